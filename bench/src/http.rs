@@ -1,0 +1,171 @@
+//! A minimal HTTP/1.1 keep-alive client connection on top of `hyper::client::conn::http1`.
+//!
+//! The connection future is driven inside the task that issues requests (no extra spawned task per
+//! connection), which keeps the load generator's own CPU cost low: it shares the machine with the
+//! server under test.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::client::conn::http1::{self, Connection, SendRequest};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+type Io = TokioIo<TcpStream>;
+type Body = Full<Bytes>;
+
+struct Live {
+    sender: SendRequest<Body>,
+    conn: Pin<Box<Connection<Io, Body>>>,
+}
+
+/// One keep-alive connection. After a transport error it is dropped and re-established lazily on
+/// the next [`Conn::send`].
+pub struct Conn {
+    addr: SocketAddr,
+    live: Option<Live>,
+    /// How many times a new TCP connection was made (the first one included).
+    pub connects: u64,
+}
+
+impl Conn {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self { addr, live: None, connects: 0 }
+    }
+
+    /// Connects now (instead of on the first request), so that connection set-up is not timed.
+    pub async fn connect(addr: SocketAddr) -> Result<Self> {
+        let mut conn = Self::new(addr);
+        conn.ensure_live().await?;
+        Ok(conn)
+    }
+
+    async fn ensure_live(&mut self) -> Result<&mut Live> {
+        if self.live.is_none() {
+            let stream = TcpStream::connect(self.addr)
+                .await
+                .with_context(|| format!("connect to {}", self.addr))?;
+            stream.set_nodelay(true).context("set TCP_NODELAY")?;
+            let (sender, conn) = http1::handshake::<_, Body>(TokioIo::new(stream))
+                .await
+                .context("HTTP/1 handshake")?;
+            self.connects += 1;
+            self.live = Some(Live { sender, conn: Box::pin(conn) });
+        }
+        self.live.as_mut().ok_or_else(|| anyhow!("connection vanished"))
+    }
+
+    /// Drops the current TCP connection (e.g. after an abandoned request); the next send reconnects.
+    pub fn reset(&mut self) {
+        self.live = None;
+    }
+
+    /// Sends one request and reads the whole response body.
+    pub async fn send(&mut self, req: Request<Body>) -> Result<(StatusCode, Bytes)> {
+        let result = self.send_inner(req).await;
+        if result.is_err() {
+            // Never poll a failed or finished connection again; reconnect next time.
+            self.live = None;
+        }
+        result
+    }
+
+    async fn send_inner(&mut self, req: Request<Body>) -> Result<(StatusCode, Bytes)> {
+        let live = self.ensure_live().await?;
+        let Live { sender, conn } = live;
+        drive(conn, sender.ready()).await?.context("connection not ready")?;
+        let resp = drive(conn, sender.send_request(req)).await?.context("send request")?;
+        let status = resp.status();
+        let closing = resp
+            .headers()
+            .get(hyper::header::CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        let body = drive(conn, resp.into_body().collect())
+            .await?
+            .context("read response body")?
+            .to_bytes();
+        if closing {
+            self.live = None;
+        }
+        Ok((status, body))
+    }
+}
+
+/// Runs `fut` while also polling the connection (which does the actual reading and writing).
+async fn drive<F: Future>(conn: &mut Pin<Box<Connection<Io, Body>>>, fut: F) -> Result<F::Output> {
+    tokio::pin!(fut);
+    tokio::select! {
+        biased;
+        out = &mut fut => return Ok(out),
+        res = conn.as_mut() => res.context("connection error")?,
+    }
+    // The connection finished cleanly (the peer closed it). What it had already read may still
+    // complete `fut`; after that the caller drops the connection.
+    match tokio::time::timeout(Duration::from_secs(1), fut).await {
+        Ok(out) => Ok(out),
+        Err(_) => bail!("connection closed by peer"),
+    }
+}
+
+/// Builds requests for one server address (fills in the `Host` header).
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub addr: SocketAddr,
+    host: String,
+}
+
+impl Target {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self { addr, host: addr.to_string() }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.host)
+    }
+
+    pub fn get(&self, path: &str, bearer: Option<&str>) -> Result<Request<Body>> {
+        let mut b = Request::builder().method(Method::GET).uri(path).header(HOST, &self.host);
+        if let Some(token) = bearer {
+            b = b.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        b.body(Full::new(Bytes::new())).context("build GET request")
+    }
+
+    /// `body` is already-serialized JSON (kept as `Bytes` so that reusing it is a cheap clone).
+    pub fn post_json(&self, path: &str, body: Bytes, bearer: Option<&str>) -> Result<Request<Body>> {
+        let mut b = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header(HOST, &self.host)
+            .header(CONTENT_TYPE, "application/json");
+        if let Some(token) = bearer {
+            b = b.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        b.body(Full::new(body)).context("build POST request")
+    }
+
+    /// One request on a fresh connection (for seeding and health checks, not for timed loops).
+    pub async fn once(&self, req: Request<Body>) -> Result<(StatusCode, Bytes)> {
+        let mut conn = Conn::new(self.addr);
+        tokio::time::timeout(Duration::from_secs(30), conn.send(req))
+            .await
+            .map_err(|_| anyhow!("request timed out after 30 s"))?
+    }
+}
+
+/// Renders a response body for an error message (truncated, lossy UTF-8).
+pub fn body_snippet(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let mut s: String = text.chars().take(300).collect();
+    if text.chars().count() > 300 {
+        s.push('…');
+    }
+    s
+}

@@ -1,0 +1,291 @@
+//! The load loops: closed-loop keep-alive connections (`run_loop`) and a one-shot burst
+//! (`run_burst`). Both measure latency of successful requests in microseconds, count non-success
+//! statuses and transport errors separately, and read the server's peak RSS for the scenario.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use hdrhistogram::Histogram;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::Settings;
+use crate::http::Conn;
+use crate::scenario::{ConnDriver, Ctx, Setup};
+use crate::server::Proc;
+
+/// How long past the end of the window an in-flight request may take before it counts as a
+/// transport error (timeout).
+const GRACE: Duration = Duration::from_secs(10);
+/// Pause after a transport error, so a dead server does not turn the loop into a busy spin.
+const ERROR_BACKOFF: Duration = Duration::from_millis(5);
+
+pub fn new_histogram() -> Result<Histogram<u64>> {
+    // 1 µs .. 100 s, 3 significant digits.
+    Histogram::new_with_bounds(1, 100_000_000, 3).context("create histogram")
+}
+
+/// What one scenario measured.
+pub struct Stats {
+    /// Latency of successful requests (or hashes), microseconds.
+    pub hist: Histogram<u64>,
+    pub ok: u64,
+    /// Responses that did not count as success, by status code.
+    pub bad_status: BTreeMap<u16, u64>,
+    /// Connect/IO/protocol errors and timeouts.
+    pub transport: u64,
+    pub first_transport_error: Option<String>,
+    /// Failures to re-establish a connection's state after an error (e.g. re-login).
+    pub recover_errors: u64,
+    /// Measurement window (or, for a burst, the time until every request finished).
+    pub elapsed: Duration,
+    /// Connections (or threads) that actually took part.
+    pub active: usize,
+    pub setup_failures: usize,
+    pub first_setup_error: Option<String>,
+    /// VmHWM during the scenario, KiB.
+    pub peak_kib: Option<u64>,
+    /// Whose peak RSS that is.
+    pub peak_of: &'static str,
+}
+
+impl Stats {
+    pub fn new(peak_of: &'static str) -> Result<Self> {
+        Ok(Self {
+            hist: new_histogram()?,
+            ok: 0,
+            bad_status: BTreeMap::new(),
+            transport: 0,
+            first_transport_error: None,
+            recover_errors: 0,
+            elapsed: Duration::ZERO,
+            active: 0,
+            setup_failures: 0,
+            first_setup_error: None,
+            peak_kib: None,
+            peak_of,
+        })
+    }
+
+    pub fn per_sec(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 { self.ok as f64 / secs } else { 0.0 }
+    }
+
+    pub fn non_success(&self) -> u64 {
+        self.bad_status.values().sum()
+    }
+
+    fn merge(&mut self, other: ConnStats) -> Result<()> {
+        self.hist.add(&other.hist).context("merge histograms")?;
+        self.ok += other.ok;
+        for (code, n) in other.bad_status {
+            *self.bad_status.entry(code).or_default() += n;
+        }
+        self.transport += other.transport;
+        self.recover_errors += other.recover_errors;
+        if self.first_transport_error.is_none() {
+            self.first_transport_error = other.first_transport_error;
+        }
+        Ok(())
+    }
+}
+
+struct ConnStats {
+    hist: Histogram<u64>,
+    ok: u64,
+    bad_status: BTreeMap<u16, u64>,
+    transport: u64,
+    first_transport_error: Option<String>,
+    recover_errors: u64,
+}
+
+impl ConnStats {
+    fn new() -> Result<Self> {
+        Ok(Self {
+            hist: new_histogram()?,
+            ok: 0,
+            bad_status: BTreeMap::new(),
+            transport: 0,
+            first_transport_error: None,
+            recover_errors: 0,
+        })
+    }
+
+    fn transport_error(&mut self, msg: impl FnOnce() -> String) {
+        self.transport += 1;
+        if self.first_transport_error.is_none() {
+            self.first_transport_error = Some(msg());
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+/// Builds every connection's driver and connects it, concurrently. Not timed.
+async fn prepare(
+    ctx: &Arc<Ctx>,
+    connections: usize,
+    setup: &Setup,
+    stats: &mut Stats,
+) -> Result<Vec<(Box<dyn ConnDriver>, Conn)>> {
+    let mut set = JoinSet::new();
+    for i in 0..connections {
+        let ctx = Arc::clone(ctx);
+        let setup = Arc::clone(setup);
+        set.spawn(async move {
+            let driver = setup(Arc::clone(&ctx), i).await?;
+            let conn = Conn::connect(ctx.target.addr).await?;
+            Ok::<_, anyhow::Error>((driver, conn))
+        });
+    }
+    let mut ready = Vec::with_capacity(connections);
+    while let Some(res) = set.join_next().await {
+        match res.map_err(|e| anyhow!("setup task failed: {e}")).and_then(|r| r) {
+            Ok(pair) => ready.push(pair),
+            Err(e) => {
+                stats.setup_failures += 1;
+                if stats.first_setup_error.is_none() {
+                    stats.first_setup_error = Some(format!("{e:#}"));
+                }
+            }
+        }
+    }
+    if ready.is_empty() {
+        bail!(
+            "all {connections} connections failed to set up: {}",
+            stats.first_setup_error.as_deref().unwrap_or("?")
+        );
+    }
+    stats.active = ready.len();
+    Ok(ready)
+}
+
+/// Closed loop: every connection sends its next request as soon as the previous answer is in,
+/// for `warmup + duration`; only requests sent after the warm-up and answered before the end of the
+/// window are recorded.
+pub async fn run_loop(
+    ctx: &Arc<Ctx>,
+    connections: usize,
+    setup: &Setup,
+    s: &Settings,
+    server: Proc,
+) -> Result<Stats> {
+    let mut stats = Stats::new("server")?;
+    let ready = prepare(ctx, connections, setup, &mut stats).await?;
+    server.reset_peak();
+    let start = Instant::now();
+    let measure_start = start + s.warmup;
+    let end = measure_start + s.duration;
+    let mut set = JoinSet::new();
+    for (driver, conn) in ready {
+        set.spawn(conn_loop(driver, conn, measure_start, end));
+    }
+    while let Some(res) = set.join_next().await {
+        let conn_stats = res.map_err(|e| anyhow!("load task failed: {e}"))??;
+        stats.merge(conn_stats)?;
+    }
+    stats.peak_kib = server.peak_kib();
+    stats.elapsed = s.duration;
+    Ok(stats)
+}
+
+async fn conn_loop(
+    mut driver: Box<dyn ConnDriver>,
+    mut conn: Conn,
+    measure_start: Instant,
+    end: Instant,
+) -> Result<ConnStats> {
+    let mut st = ConnStats::new()?;
+    loop {
+        let sent = Instant::now();
+        if sent >= end {
+            break;
+        }
+        let req = driver.request().context("build request")?;
+        let measured = sent >= measure_start;
+        let failed = match tokio::time::timeout_at(end + GRACE, conn.send(req)).await {
+            Ok(Ok((status, body))) => {
+                let done = Instant::now();
+                let ok = driver.check(status, &body);
+                if measured && done <= end {
+                    if ok {
+                        st.ok += 1;
+                        st.hist.saturating_record(micros(done - sent));
+                    } else {
+                        *st.bad_status.entry(status.as_u16()).or_default() += 1;
+                    }
+                }
+                !ok
+            }
+            Ok(Err(e)) => {
+                if measured {
+                    st.transport_error(|| format!("{e:#}"));
+                }
+                tokio::time::sleep(ERROR_BACKOFF).await;
+                true
+            }
+            Err(_) => {
+                conn.reset();
+                if measured {
+                    st.transport_error(|| format!("request timed out (> {GRACE:?} past the end)"));
+                }
+                true
+            }
+        };
+        if failed
+            && Instant::now() < end
+            && let Err(_e) = driver.recover().await
+        {
+            st.recover_errors += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(st)
+}
+
+/// Every connection sends one request at the same moment; `elapsed` is the time until the last
+/// answer. Latency of each successful request is recorded.
+pub async fn run_burst(
+    ctx: &Arc<Ctx>,
+    connections: usize,
+    setup: &Setup,
+    server: Proc,
+) -> Result<Stats> {
+    const BURST_TIMEOUT: Duration = Duration::from_secs(120);
+    let mut stats = Stats::new("server")?;
+    let ready = prepare(ctx, connections, setup, &mut stats).await?;
+    server.reset_peak();
+    let start = Instant::now();
+    let mut set = JoinSet::new();
+    for (mut driver, mut conn) in ready {
+        set.spawn(async move {
+            let mut st = ConnStats::new()?;
+            let req = driver.request().context("build request")?;
+            match tokio::time::timeout_at(start + BURST_TIMEOUT, conn.send(req)).await {
+                Ok(Ok((status, body))) => {
+                    if driver.check(status, &body) {
+                        st.ok += 1;
+                        st.hist.saturating_record(micros(start.elapsed()));
+                    } else {
+                        *st.bad_status.entry(status.as_u16()).or_default() += 1;
+                    }
+                }
+                Ok(Err(e)) => st.transport_error(|| format!("{e:#}")),
+                Err(_) => st.transport_error(|| format!("no answer within {BURST_TIMEOUT:?}")),
+            }
+            Ok::<_, anyhow::Error>(st)
+        });
+    }
+    while let Some(res) = set.join_next().await {
+        let conn_stats = res.map_err(|e| anyhow!("burst task failed: {e}"))??;
+        stats.merge(conn_stats)?;
+    }
+    stats.elapsed = start.elapsed();
+    stats.peak_kib = server.peak_kib();
+    Ok(stats)
+}

@@ -1,0 +1,264 @@
+//! Portcullis load harness. One run starts the release server on a temporary data directory,
+//! seeds users, runs every scenario (see `scenario.rs`), and prints/writes a markdown table of
+//! requests/s, p50, p99, peak RSS and errors, relative to the `/healthz` ceiling.
+//!
+//! `cargo run --release -p portcullis-bench -- --help` lists the flags.
+
+mod argon;
+mod http;
+mod load;
+mod report;
+mod scenario;
+mod server;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use clap::Parser;
+
+use crate::report::{Machine, Report, Row};
+use crate::scenario::{Ctx, Kind, Scenario};
+use crate::server::{Proc, ServerGuard};
+
+#[derive(Parser, Debug)]
+#[command(name = "portcullis-bench", about = "Load harness for the Portcullis server")]
+struct Args {
+    /// Measured seconds per scenario (after the warm-up).
+    #[arg(long, default_value_t = 10)]
+    duration_secs: u64,
+    /// Unrecorded warm-up seconds before each scenario's measurement.
+    #[arg(long, default_value_t = 1)]
+    warmup_secs: u64,
+    /// Connections for the closed-loop scenarios (healthz, me_jwt, refresh); login uses 8 and
+    /// login_inflight_rss 200 whatever this says.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Tokio worker threads of the load generator (the rest of the cores are the server's).
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
+    /// Server binary [default: $CARGO_TARGET_DIR/release/portcullis, else next to this binary,
+    /// else ./target/release/portcullis].
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Results file; the section between its bench markers is replaced
+    /// [default: bench/RESULTS.md in the source tree].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Run only these scenarios (comma-separated names).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Users to create before the scenarios (logins spread over them).
+    #[arg(long, default_value_t = 8)]
+    users: usize,
+}
+
+/// What the scenarios need to know about the run.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub connections: usize,
+}
+
+impl Settings {
+    #[cfg(test)]
+    pub fn for_tests() -> Self {
+        Self { duration: Duration::from_secs(1), warmup: Duration::ZERO, connections: 4 }
+    }
+}
+
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
+const IDLE_BEFORE_RSS: Duration = Duration::from_secs(2);
+const PAUSE_BETWEEN_SCENARIOS: Duration = Duration::from_millis(500);
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match real_main(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("portcullis-bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn default_server_bin() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(dir).join("release").join("portcullis");
+    }
+    // `cargo run --release` puts this binary in <target>/release, next to the server's.
+    if let Some(sibling) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("portcullis")))
+        .filter(|p| p.exists())
+    {
+        return sibling;
+    }
+    PathBuf::from("target/release/portcullis")
+}
+
+fn real_main(args: Args) -> Result<ExitCode> {
+    let settings = Settings {
+        duration: Duration::from_secs(args.duration_secs.max(1)),
+        warmup: Duration::from_secs(args.warmup_secs),
+        connections: args.connections.max(1),
+    };
+    let mut scenarios = scenario::all(&settings);
+    if !args.only.is_empty() {
+        let known: Vec<&str> = scenarios.iter().map(|s| s.name).collect();
+        let unknown: Vec<&String> =
+            args.only.iter().filter(|n| !known.contains(&n.as_str())).collect();
+        if !unknown.is_empty() {
+            eprintln!(
+                "portcullis-bench: unknown scenario(s) {unknown:?}; known: {}",
+                known.join(", ")
+            );
+            return Ok(ExitCode::from(2));
+        }
+        scenarios.retain(|s| args.only.iter().any(|n| n == s.name));
+    }
+    let needs_server = scenarios.iter().any(Scenario::needs_server);
+    let server_bin = args.server_bin.clone().unwrap_or_else(default_server_bin);
+    if needs_server && !server_bin.is_file() {
+        eprintln!(
+            "portcullis-bench: server binary {} not found: run `cargo build --release -p portcullis-server` first",
+            server_bin.display()
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let client_threads = args.client_threads.max(1);
+    eprintln!(
+        "[bench] load generator: {client_threads} tokio worker thread(s); {} cores on this machine \
+         (the server gets the rest)",
+        argon::threads()
+    );
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(client_threads)
+        .enable_all()
+        .build()
+        .context("build tokio runtime")?;
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            res = run(scenarios, &settings, needs_server.then_some(&server_bin), args.users) => res,
+            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted (Ctrl-C); server stopped")),
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    let (rows, idle_rss_kib) = outcome?;
+
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let report = Report {
+        rows,
+        machine: Machine::detect(&manifest_dir),
+        duration_secs: settings.duration.as_secs(),
+        warmup_secs: settings.warmup.as_secs(),
+        client_threads,
+        server_bin: needs_server.then(|| server_bin.display().to_string()),
+        idle_rss_kib,
+        users: args.users.max(1),
+    };
+    let section = report.render();
+    println!("{section}");
+    let out = args.out.unwrap_or_else(|| manifest_dir.join("RESULTS.md"));
+    report::write(&out, &section)?;
+    eprintln!("[bench] wrote {}", out.display());
+    let failed = report.rows.iter().filter(|r| r.result.is_err()).count();
+    Ok(if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+async fn run(
+    scenarios: Vec<Scenario>,
+    settings: &Settings,
+    server_bin: Option<&PathBuf>,
+    users: usize,
+) -> Result<(Vec<Row>, Option<u64>)> {
+    let mut guard = None;
+    let mut ctx = None;
+    let mut idle_rss = None;
+    if let Some(bin) = server_bin {
+        eprintln!("[bench] starting {}", bin.display());
+        let mut g = ServerGuard::start(bin)?;
+        let took = g.wait_healthy(HEALTH_TIMEOUT).await?;
+        eprintln!(
+            "[bench] server pid {} healthy on {} after {:.2} s (logs in {})",
+            g.pid,
+            g.target.base_url(),
+            took.as_secs_f64(),
+            g.dir().display()
+        );
+        let root_key = g.root_key(Duration::from_secs(2)).await;
+        if root_key.is_none() {
+            eprintln!("[bench] note: no `root API key: pk_live_…` line in the server's stderr");
+        }
+        eprintln!("[bench] seeding {} users", users.max(1));
+        let seeded = Ctx::seed(g.target.clone(), users, root_key).await.map_err(|e| {
+            anyhow!("seeding failed: {e:#}\nlast server stderr lines:\n{}", g.stderr_tail(20))
+        })?;
+        tokio::time::sleep(IDLE_BEFORE_RSS).await;
+        idle_rss = Proc::Pid(g.pid).rss_kib();
+        ctx = Some(Arc::new(seeded));
+        guard = Some(g);
+    }
+
+    let mut rows = Vec::new();
+    for sc in scenarios {
+        let concurrency = sc.concurrency_label();
+        eprintln!(
+            "[bench] {}: {concurrency} for {} s (+{} s warm-up)",
+            sc.name,
+            settings.duration.as_secs(),
+            settings.warmup.as_secs()
+        );
+        let result = run_one(&sc, settings, ctx.as_ref(), guard.as_mut()).await;
+        match &result {
+            Ok(s) => eprintln!(
+                "[bench] {}: {:.1}/s ok, {} non-success, {} transport errors",
+                sc.name,
+                s.per_sec(),
+                s.non_success(),
+                s.transport
+            ),
+            Err(e) => eprintln!("[bench] {}: failed: {e:#}", sc.name),
+        }
+        rows.push(Row { name: sc.name, concurrency, result });
+        tokio::time::sleep(PAUSE_BETWEEN_SCENARIOS).await;
+    }
+    drop(guard);
+    Ok((rows, idle_rss))
+}
+
+async fn run_one(
+    sc: &Scenario,
+    settings: &Settings,
+    ctx: Option<&Arc<Ctx>>,
+    guard: Option<&mut ServerGuard>,
+) -> Result<load::Stats> {
+    let (connections, setup, burst) = match &sc.kind {
+        Kind::InProcess { run, .. } => {
+            let run = *run;
+            let settings = settings.clone();
+            return tokio::task::spawn_blocking(move || run(&settings))
+                .await
+                .map_err(|e| anyhow!("in-process scenario panicked: {e}"))?;
+        }
+        Kind::Loop { connections, setup } => (*connections, setup, false),
+        Kind::Burst { connections, setup } => (*connections, setup, true),
+    };
+    let (Some(ctx), Some(guard)) = (ctx, guard) else {
+        bail!("scenario needs the server, which was not started");
+    };
+    guard.ensure_alive()?;
+    let proc = Proc::Pid(guard.pid);
+    let res = if burst {
+        load::run_burst(ctx, connections, setup, proc).await
+    } else {
+        load::run_loop(ctx, connections, setup, settings, proc).await
+    };
+    // If the server died during the scenario, say so rather than report a wall of errors.
+    guard.ensure_alive()?;
+    res
+}

@@ -1,0 +1,341 @@
+//! The results table (markdown, printed and written between markers in RESULTS.md) and the
+//! machine details that go with it.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context as _, Result};
+
+use crate::load::Stats;
+
+pub const BEGIN: &str = "<!-- bench:begin -->";
+pub const END: &str = "<!-- bench:end -->";
+
+pub struct Row {
+    pub name: &'static str,
+    pub concurrency: String,
+    pub result: Result<Stats>,
+}
+
+pub struct Report {
+    pub rows: Vec<Row>,
+    pub machine: Machine,
+    pub duration_secs: u64,
+    pub warmup_secs: u64,
+    pub client_threads: usize,
+    pub server_bin: Option<String>,
+    /// Server VmRSS after seeding and 2 s idle, KiB.
+    pub idle_rss_kib: Option<u64>,
+    pub users: usize,
+}
+
+pub struct Machine {
+    pub nproc: usize,
+    pub cpu: String,
+    pub mem_total: String,
+    pub kernel: String,
+    pub rustc: String,
+    pub date_utc: String,
+    pub commit: String,
+}
+
+impl Machine {
+    pub fn detect(repo_dir: &Path) -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')))
+            .map(|(_, v)| v.trim().to_owned())
+            .unwrap_or_else(|| "unknown".into());
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let mem_total = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|kib| kib.parse::<u64>().ok())
+            .map(|kib| format!("{:.1} GiB", kib as f64 / 1024.0 / 1024.0))
+            .unwrap_or_else(|| "unknown".into());
+        let kernel = command_line("uname", &["-r"], None).unwrap_or_else(|| "unknown".into());
+        let rustc = command_line("rustc", &["--version"], None).unwrap_or_else(|| "unknown".into());
+        let date_utc = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|_| "unknown".into());
+        let commit = match command_line("git", &["rev-parse", "--short", "HEAD"], Some(repo_dir)) {
+            Some(hash) => {
+                let dirty = command_line("git", &["status", "--porcelain"], Some(repo_dir))
+                    .is_some_and(|s| !s.is_empty());
+                if dirty { format!("{hash} (uncommitted changes)") } else { hash }
+            }
+            None => "none".into(),
+        };
+        let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+        Self { nproc, cpu, mem_total, kernel, rustc, date_utc, commit }
+    }
+}
+
+/// First line of a command's stdout, if it ran and succeeded.
+fn command_line(cmd: &str, args: &[&str], dir: Option<&Path>) -> Option<String> {
+    let mut c = Command::new(cmd);
+    c.args(args).stdin(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    if let Some(dir) = dir {
+        c.current_dir(dir);
+    }
+    let out = c.output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    Some(text.lines().next().unwrap_or("").trim().to_owned())
+}
+
+fn mib(kib: Option<u64>) -> String {
+    kib.map_or_else(|| "?".into(), |k| format!("{:.1}", k as f64 / 1024.0))
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.2}", us as f64 / 1000.0)
+}
+
+fn thousands(x: f64) -> String {
+    if x >= 100.0 {
+        let n = x.round() as u64;
+        let digits = n.to_string();
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i).is_multiple_of(3) {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    } else {
+        format!("{x:.1}")
+    }
+}
+
+fn errors_cell(s: &Stats) -> String {
+    let mut parts = Vec::new();
+    if s.non_success() > 0 {
+        let codes: Vec<String> =
+            s.bad_status.iter().map(|(code, n)| format!("{code}×{n}")).collect();
+        parts.push(format!("HTTP {}", codes.join(" ")));
+    }
+    if s.transport > 0 {
+        parts.push(format!("transport {}", s.transport));
+    }
+    if s.setup_failures > 0 {
+        parts.push(format!("setup {}", s.setup_failures));
+    }
+    if s.recover_errors > 0 {
+        parts.push(format!("re-login {}", s.recover_errors));
+    }
+    if parts.is_empty() { "0".into() } else { parts.join(", ") }
+}
+
+fn stats_of<'a>(rows: &'a [Row], name: &str) -> Option<&'a Stats> {
+    rows.iter().find(|r| r.name == name).and_then(|r| r.result.as_ref().ok())
+}
+
+impl Report {
+    /// The markdown that goes between the markers (and to stdout).
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        let m = &self.machine;
+        let _ = writeln!(o, "### Latest run\n");
+        let _ = writeln!(o, "- Date (UTC): {}; commit: {}", m.date_utc, m.commit);
+        let _ = writeln!(
+            o,
+            "- Machine: nproc {}; CPU: {}; memory: {}; kernel: {}; {}",
+            m.nproc, m.cpu, m.mem_total, m.kernel, m.rustc
+        );
+        let _ = writeln!(
+            o,
+            "- Each scenario: {} s warm-up (not recorded), then {} s measured; HTTP/1.1 keep-alive, \
+             closed loop. The load generator runs on {} tokio worker thread(s) in the same machine, \
+             leaving the other core(s) to the server.",
+            self.warmup_secs, self.duration_secs, self.client_threads
+        );
+        if let Some(bin) = &self.server_bin {
+            let _ = writeln!(o, "- Server: `{bin}` (RUST_LOG=warn), {} seeded users", self.users);
+        }
+        if self.server_bin.is_some() {
+            let _ = writeln!(
+                o,
+                "- Idle server RSS (after seeding and 2 s idle): {} MB",
+                mib(self.idle_rss_kib)
+            );
+        }
+        let _ = writeln!(o);
+        let _ = writeln!(
+            o,
+            "| scenario | connections | requests/s | p50 ms | p99 ms | peak RSS MB | errors | × healthz |"
+        );
+        let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---|---:|");
+        let healthz = stats_of(&self.rows, "healthz").map(Stats::per_sec).filter(|r| *r > 0.0);
+        for row in &self.rows {
+            match &row.result {
+                Ok(s) => {
+                    let rate = s.per_sec();
+                    let rate_cell = if row.name == "argon2_raw" {
+                        format!("{} hashes/s", thousands(rate))
+                    } else {
+                        thousands(rate)
+                    };
+                    let (p50, p99) = if s.hist.is_empty() {
+                        ("—".into(), "—".into())
+                    } else {
+                        (ms(s.hist.value_at_quantile(0.50)), ms(s.hist.value_at_quantile(0.99)))
+                    };
+                    let peak = if s.peak_of == "server" {
+                        mib(s.peak_kib)
+                    } else {
+                        format!("{} ({})", mib(s.peak_kib), s.peak_of)
+                    };
+                    let ratio = match healthz {
+                        Some(h) if row.name != "argon2_raw" => format!("{:.3}", rate / h),
+                        _ => "—".into(),
+                    };
+                    let _ = writeln!(
+                        o,
+                        "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                        row.name,
+                        row.concurrency,
+                        rate_cell,
+                        p50,
+                        p99,
+                        peak,
+                        errors_cell(s),
+                        ratio
+                    );
+                }
+                Err(e) => {
+                    let msg = format!("{e:#}").replace('|', "\\|").replace('\n', " ");
+                    let _ = writeln!(
+                        o,
+                        "| {} | {} | failed: {} | | | | | |",
+                        row.name, row.concurrency, msg
+                    );
+                }
+            }
+        }
+        let _ = writeln!(o);
+        if let (Some(login), Some(raw)) =
+            (stats_of(&self.rows, "login"), stats_of(&self.rows, "argon2_raw"))
+            && raw.per_sec() > 0.0
+        {
+            let _ = writeln!(
+                o,
+                "- login / argon2_raw = {:.2} (1.00 = logins are as fast as bare hashing on all cores)",
+                login.per_sec() / raw.per_sec()
+            );
+        }
+        if let Some(b) = stats_of(&self.rows, "login_inflight_rss") {
+            let n429 = b.bad_status.get(&429).copied().unwrap_or(0);
+            let n503 = b.bad_status.get(&503).copied().unwrap_or(0);
+            let other = b.non_success() - n429 - n503;
+            let _ = writeln!(
+                o,
+                "- login_inflight_rss: {} logins at once → 200: {}, 429: {}, 503: {}, other status: {}, \
+                 transport errors: {}; all finished in {:.2} s; server peak RSS {} MB",
+                b.active + b.setup_failures,
+                b.ok,
+                n429,
+                n503,
+                other,
+                b.transport,
+                b.elapsed.as_secs_f64(),
+                mib(b.peak_kib)
+            );
+        }
+        for row in &self.rows {
+            if let Ok(s) = &row.result {
+                if let Some(e) = &s.first_transport_error {
+                    let _ = writeln!(o, "- {}: first transport error: {e}", row.name);
+                }
+                if let Some(e) = &s.first_setup_error {
+                    let _ = writeln!(o, "- {}: first setup error: {e}", row.name);
+                }
+            }
+        }
+        let _ = writeln!(
+            o,
+            "- requests/s counts successes only (expected status, 200) answered inside the window; \
+             p50/p99 are of successes. Peak RSS is the server's VmHWM during the scenario (reset \
+             through /proc/PID/clear_refs first); for argon2_raw it is the harness's own. MB = 2^20 bytes."
+        );
+        o
+    }
+}
+
+/// Puts `section` between the markers of an existing results file, or makes a new file.
+pub fn merge_into(existing: Option<&str>, section: &str) -> String {
+    let block = format!("{BEGIN}\n{}\n{END}", section.trim_end());
+    match existing {
+        Some(text) => match (text.find(BEGIN), text.find(END)) {
+            (Some(b), Some(e)) if b < e => {
+                let before = text.get(..b).unwrap_or("");
+                let after = text.get(e + END.len()..).unwrap_or("");
+                format!("{before}{block}{after}")
+            }
+            _ => format!("{}\n\n{block}\n", text.trim_end()),
+        },
+        None => format!(
+            "# Portcullis benchmark results\n\n\
+             Written by `cargo run --release -p portcullis-bench`; everything between the markers is \
+             replaced on each run. See `bench/README.md` for what each row means.\n\n\
+             {block}\n\n\
+             ## Targets\n\n\
+             _For humans to fill in: the numbers each row should reach, and why._\n"
+        ),
+    }
+}
+
+pub fn write(path: &Path, section: &str) -> Result<()> {
+    let existing = match std::fs::read_to_string(path) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+    };
+    let text = merge_into(existing.as_deref(), section);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    std::fs::write(path, text).with_context(|| format!("write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_file_has_markers_and_targets() {
+        let out = merge_into(None, "table\n");
+        assert!(out.starts_with("# Portcullis benchmark results"));
+        assert!(out.contains(&format!("{BEGIN}\ntable\n{END}")));
+        assert!(out.contains("## Targets"));
+    }
+
+    #[test]
+    fn existing_section_is_replaced_and_rest_kept() {
+        let old = format!("# Title\nintro\n{BEGIN}\nold table\n{END}\n\n## Targets\nkeep me\n");
+        let out = merge_into(Some(&old), "new table");
+        assert_eq!(out, format!("# Title\nintro\n{BEGIN}\nnew table\n{END}\n\n## Targets\nkeep me\n"));
+        // And it is stable when run again.
+        assert_eq!(merge_into(Some(&out), "new table"), out);
+    }
+
+    #[test]
+    fn file_without_markers_gets_section_appended() {
+        let out = merge_into(Some("# Mine\n"), "t");
+        assert_eq!(out, format!("# Mine\n\n{BEGIN}\nt\n{END}\n"));
+    }
+
+    #[test]
+    fn number_formatting() {
+        assert_eq!(thousands(1234567.4), "1,234,567");
+        assert_eq!(thousands(999.6), "1,000");
+        assert_eq!(thousands(35.31), "35.3");
+        assert_eq!(ms(1500), "1.50");
+    }
+}

@@ -1,0 +1,241 @@
+//! Starting, watching and stopping the server under test, and reading its memory use from /proc.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use hyper::StatusCode;
+use regex::Regex;
+
+use crate::http::Target;
+
+static ROOT_KEY_RE: LazyLock<Result<Regex, regex::Error>> =
+    LazyLock::new(|| Regex::new(r"pk_live_[A-Za-z0-9]+"));
+
+/// Finds the one-time root API key the server prints on first start (`root API key: pk_live_…`).
+pub fn parse_root_key(stderr: &str) -> Option<String> {
+    let re = ROOT_KEY_RE.as_ref().ok()?;
+    // Prefer the line that announces the key; fall back to any key-shaped token.
+    stderr
+        .lines()
+        .filter(|l| l.contains("root API key"))
+        .chain(stderr.lines())
+        .find_map(|l| re.find(l).map(|m| m.as_str().to_owned()))
+}
+
+/// The running server. Dropping it stops the server (SIGTERM, then SIGKILL after 3 s), so the
+/// server is not left behind on errors or Ctrl-C. Field order matters: the child is stopped before
+/// the temporary data directory is removed.
+pub struct ServerGuard {
+    child: Child,
+    pub pid: u32,
+    pub target: Target,
+    pub stderr_path: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl ServerGuard {
+    pub fn start(bin: &Path) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("portcullis-bench-")
+            .tempdir()
+            .context("create temp dir")?;
+        let data_dir = dir.path().join("data");
+        std::fs::create_dir_all(&data_dir).context("create data dir")?;
+        let addr = free_port()?;
+        let stdout_path = dir.path().join("server.stdout.log");
+        let stderr_path = dir.path().join("server.stderr.log");
+        let stdout = File::create(&stdout_path).context("create stdout log")?;
+        let stderr = File::create(&stderr_path).context("create stderr log")?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--issuer")
+            .arg(format!("http://{addr}"))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent; it asks the
+        // kernel to kill the server if the harness dies without running its destructors (SIGKILL).
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().with_context(|| format!("start {}", bin.display()))?;
+        let pid = child.id();
+        Ok(Self { child, pid, target: Target::new(addr), stderr_path, dir })
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// The last lines of the server's stderr, for error messages.
+    pub fn stderr_tail(&self, lines: usize) -> String {
+        let text = self.stderr_text();
+        let all: Vec<&str> = text.lines().collect();
+        let start = all.len().saturating_sub(lines);
+        all.get(start..).unwrap_or_default().join("\n")
+    }
+
+    pub fn ensure_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait().context("wait for server")? {
+            bail!(
+                "server exited early ({status}); last stderr lines:\n{}",
+                self.stderr_tail(20)
+            );
+        }
+        Ok(())
+    }
+
+    /// Polls `GET /healthz` until it answers 200.
+    pub async fn wait_healthy(&mut self, timeout: Duration) -> Result<Duration> {
+        let started = Instant::now();
+        let mut last_err = String::from("no answer yet");
+        while started.elapsed() < timeout {
+            self.ensure_alive()?;
+            let req = self.target.get("/healthz", None)?;
+            match tokio::time::timeout(Duration::from_secs(2), self.target.once(req)).await {
+                Ok(Ok((StatusCode::OK, _))) => return Ok(started.elapsed()),
+                Ok(Ok((status, _))) => last_err = format!("status {status}"),
+                Ok(Err(e)) => last_err = format!("{e:#}"),
+                Err(_) => last_err = "timed out".into(),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!(
+            "server not healthy after {timeout:?} ({last_err}); last stderr lines:\n{}",
+            self.stderr_tail(20)
+        )
+    }
+
+    /// Waits briefly for the root API key line to show up in the server's stderr.
+    pub async fn root_key(&self, wait: Duration) -> Option<String> {
+        let started = Instant::now();
+        loop {
+            if let Some(key) = parse_root_key(&self.stderr_text()) {
+                return Some(key);
+            }
+            if started.elapsed() >= wait {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        if let Ok(pid) = libc::pid_t::try_from(self.pid) {
+            // SAFETY: plain syscall on our own child's pid, which has not been reaped yet.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Asks the kernel for a free port on loopback (there is a small window before the server binds
+/// it; fine on a quiet machine).
+fn free_port() -> Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("bind a free port")?;
+    listener.local_addr().context("local addr")
+}
+
+/// Which process to read memory figures of.
+#[derive(Clone, Copy, Debug)]
+pub enum Proc {
+    Pid(u32),
+    SelfProc,
+}
+
+impl Proc {
+    fn dir(self) -> PathBuf {
+        match self {
+            Proc::Pid(pid) => PathBuf::from(format!("/proc/{pid}")),
+            Proc::SelfProc => PathBuf::from("/proc/self"),
+        }
+    }
+
+    /// Resets the peak RSS (VmHWM) to the current RSS. Errors are ignored on purpose: on kernels
+    /// or sandboxes that refuse it, the peak simply covers a longer span.
+    pub fn reset_peak(self) {
+        let _ = std::fs::write(self.dir().join("clear_refs"), "5");
+    }
+
+    /// VmHWM (peak resident set) in KiB.
+    pub fn peak_kib(self) -> Option<u64> {
+        status_field(&self.dir(), "VmHWM:")
+    }
+
+    /// VmRSS (current resident set) in KiB.
+    pub fn rss_kib(self) -> Option<u64> {
+        status_field(&self.dir(), "VmRSS:")
+    }
+}
+
+fn status_field(dir: &Path, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(dir.join("status")).ok()?;
+    parse_status_field(&text, field)
+}
+
+fn parse_status_field(text: &str, field: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_root_key_line() {
+        let err = "2026-01-01 WARN something\nroot API key: pk_live_AbC123xyz (shown once)\n";
+        assert_eq!(parse_root_key(err).as_deref(), Some("pk_live_AbC123xyz"));
+        assert_eq!(parse_root_key("nothing here"), None);
+    }
+
+    #[test]
+    fn parses_status_fields() {
+        let status = "Name:\tportcullis\nVmHWM:\t   12345 kB\nVmRSS:\t    2048 kB\n";
+        assert_eq!(parse_status_field(status, "VmHWM:"), Some(12345));
+        assert_eq!(parse_status_field(status, "VmRSS:"), Some(2048));
+        assert_eq!(parse_status_field(status, "VmSwap:"), None);
+    }
+
+    #[test]
+    fn reads_own_memory() {
+        Proc::SelfProc.reset_peak();
+        assert!(Proc::SelfProc.rss_kib().is_some_and(|k| k > 0));
+        assert!(Proc::SelfProc.peak_kib().is_some_and(|k| k > 0));
+    }
+}

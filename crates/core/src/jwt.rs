@@ -1,0 +1,670 @@
+//! JSON Web Tokens as Portcullis issues and accepts them: RFC 7515 compact JWS, RFC 7519 claims and the
+//! RFC 9068 access-token profile, signed with ES256 (default), RS256 or EdDSA (Ed25519) through aws-lc-rs.
+//!
+//! Verification follows RFC 8725 (JWT best current practices):
+//! * the algorithm is pinned to the key; the header's `alg` must merely agree with it (§2.1, §3.1), so
+//!   `none` and HS256-with-the-public-key-as-secret can never succeed;
+//! * `kid` is required and must name a key we published; no key material is ever taken from the token
+//!   (`jku`, `x5u`, `jwk`, `x5c` are refused, §3.10) and `crit` extensions are refused (RFC 7515 §4.1.11);
+//! * `typ` must be `at+jwt` so other JWTs (ID tokens, logout tokens) are never accepted as access tokens
+//!   (RFC 9068 §4, RFC 8725 §3.11);
+//! * `iss`, `aud` and `exp` are required and checked, `nbf` when present, with bounded leeway.
+//!
+//! Key pairs are parsed once and kept: signing costs one ECDSA operation, not a PKCS#8 parse.
+
+use std::collections::HashMap;
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::rsa::KeySize;
+use aws_lc_rs::signature::{
+    self, ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, ED25519, EcdsaKeyPair, Ed25519KeyPair, KeyPair,
+    RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_SHA256, RsaKeyPair, UnparsedPublicKey,
+};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Millis;
+
+/// The JWS algorithms we sign with. The key decides; a token's header only has to agree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum JwsAlg {
+    #[serde(rename = "ES256")]
+    Es256,
+    #[serde(rename = "RS256")]
+    Rs256,
+    #[serde(rename = "EdDSA")]
+    EdDsa,
+}
+
+impl JwsAlg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Es256 => "ES256",
+            Self::Rs256 => "RS256",
+            Self::EdDsa => "EdDSA",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "ES256" => Some(Self::Es256),
+            "RS256" => Some(Self::Rs256),
+            "EdDSA" => Some(Self::EdDsa),
+            _ => None,
+        }
+    }
+}
+
+/// The `typ` of access tokens (RFC 9068 §2.1).
+pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
+/// Largest token we will even try to parse.
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+/// Largest leeway for `exp`/`nbf` that configuration may set (RFC 8725 asks for a small one).
+pub const MAX_LEEWAY_S: i64 = 60;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwtError {
+    #[error("the token is not a well-formed JWS compact serialization")]
+    Malformed,
+    #[error("the token's algorithm {0:?} is not accepted")]
+    UnsupportedAlg(String),
+    #[error("the token has no kid")]
+    MissingKid,
+    #[error("the token's kid is not one of our published keys")]
+    UnknownKid,
+    #[error("the token's alg does not match the algorithm of the key it names")]
+    AlgMismatch,
+    #[error("the token header carries {0:?}, which is never honoured")]
+    ForbiddenHeader(String),
+    #[error("the token's typ is not at+jwt")]
+    WrongType,
+    #[error("the token's signature is invalid")]
+    BadSignature,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token was issued by someone else")]
+    WrongIssuer,
+    #[error("the token is meant for another audience")]
+    WrongAudience,
+    #[error("the token lacks the required claim {0}")]
+    MissingClaim(&'static str),
+    #[error("key operation failed: {0}")]
+    Key(&'static str),
+}
+
+impl JwtError {
+    /// A short machine-readable reason for logs, metrics and the problem body.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::UnsupportedAlg(_) => "unsupported_alg",
+            Self::MissingKid => "missing_kid",
+            Self::UnknownKid => "unknown_kid",
+            Self::AlgMismatch => "alg_mismatch",
+            Self::ForbiddenHeader(_) => "forbidden_header",
+            Self::WrongType => "wrong_typ",
+            Self::BadSignature => "bad_signature",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::WrongIssuer => "wrong_issuer",
+            Self::WrongAudience => "wrong_audience",
+            Self::MissingClaim(_) => "missing_claim",
+            Self::Key(_) => "key_error",
+        }
+    }
+}
+
+/// The claims of an RFC 9068 access token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessClaims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub exp: i64,
+    pub iat: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    pub jti: String,
+    pub client_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub scope: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+}
+
+impl AccessClaims {
+    /// Time checks, repeated on every use of a cached verification.
+    pub fn check_time(&self, now_s: i64, leeway_s: i64) -> Result<(), JwtError> {
+        if now_s >= self.exp.saturating_add(leeway_s) {
+            return Err(JwtError::Expired);
+        }
+        if let Some(nbf) = self.nbf {
+            if now_s.saturating_add(leeway_s) < nbf {
+                return Err(JwtError::NotYetValid);
+            }
+        }
+        Ok(())
+    }
+
+    /// When the token was issued, in milliseconds: `jti` is a UUIDv7 whose first 48 bits are the
+    /// issuance time, which is finer than `iat` and lets revocation cut exactly at a moment.
+    pub fn issued_at_ms(&self) -> i64 {
+        let from_jti = uuid::Uuid::try_parse(&self.jti).ok().and_then(|u| {
+            u.get_timestamp().map(|ts| {
+                let (secs, nanos) = ts.to_unix();
+                (secs as i64) * 1000 + i64::from(nanos / 1_000_000)
+            })
+        });
+        from_jti.unwrap_or(self.iat.saturating_mul(1000))
+    }
+}
+
+enum Pair {
+    Es256(EcdsaKeyPair),
+    Rs256(RsaKeyPair),
+    EdDsa(Ed25519KeyPair),
+}
+
+/// A private key we sign with, parsed once.
+pub struct SigningKey {
+    kid: String,
+    alg: JwsAlg,
+    pair: Pair,
+    rng: SystemRandom,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SigningKey({}, {:?}, [redacted])", self.kid, self.alg)
+    }
+}
+
+/// A public key we verify with, and its JWK form.
+#[derive(Clone)]
+pub struct VerifyingKey {
+    kid: String,
+    alg: JwsAlg,
+    public: UnparsedPublicKey<Vec<u8>>,
+    jwk: serde_json::Value,
+}
+
+impl std::fmt::Debug for VerifyingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "VerifyingKey({}, {:?})", self.kid, self.alg)
+    }
+}
+
+/// PKCS#8 DER of a private key, wiped from memory when dropped.
+pub struct Pkcs8(pub secrecy::SecretSlice<u8>);
+
+impl SigningKey {
+    /// A fresh key pair; `kid` is its RFC 7638 JWK thumbprint.
+    pub fn generate(alg: JwsAlg) -> Result<(Self, Pkcs8), JwtError> {
+        let rng = SystemRandom::new();
+        let der: Vec<u8> = match alg {
+            JwsAlg::Es256 => EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+                .map_err(|_| JwtError::Key("ES256 key generation failed"))?
+                .as_ref()
+                .to_vec(),
+            JwsAlg::EdDsa => Ed25519KeyPair::generate_pkcs8(&rng)
+                .map_err(|_| JwtError::Key("EdDSA key generation failed"))?
+                .as_ref()
+                .to_vec(),
+            JwsAlg::Rs256 => {
+                let pair =
+                    RsaKeyPair::generate(KeySize::Rsa2048).map_err(|_| JwtError::Key("RS256 key generation failed"))?;
+                let der: aws_lc_rs::encoding::Pkcs8V1Der<'static> =
+                    pair.as_der().map_err(|_| JwtError::Key("RS256 key encoding failed"))?;
+                der.as_ref().to_vec()
+            }
+        };
+        let key = Self::from_pkcs8(alg, &der)?;
+        Ok((key, Pkcs8(secrecy::SecretSlice::from(der))))
+    }
+
+    pub fn from_pkcs8(alg: JwsAlg, der: &[u8]) -> Result<Self, JwtError> {
+        let pair = match alg {
+            JwsAlg::Es256 => Pair::Es256(
+                EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der)
+                    .map_err(|_| JwtError::Key("not an ES256 PKCS#8 key"))?,
+            ),
+            JwsAlg::Rs256 => {
+                Pair::Rs256(RsaKeyPair::from_pkcs8(der).map_err(|_| JwtError::Key("not an RSA PKCS#8 key"))?)
+            }
+            JwsAlg::EdDsa => {
+                Pair::EdDsa(Ed25519KeyPair::from_pkcs8(der).map_err(|_| JwtError::Key("not an Ed25519 PKCS#8 key"))?)
+            }
+        };
+        let mut key = Self { kid: String::new(), alg, pair, rng: SystemRandom::new() };
+        key.kid = thumbprint(&key.public_jwk_members()?);
+        Ok(key)
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    pub fn alg(&self) -> JwsAlg {
+        self.alg
+    }
+
+    /// The JWK members that define the public key (RFC 7638 §3.2), without `kid`/`alg`/`use`.
+    fn public_jwk_members(&self) -> Result<serde_json::Map<String, serde_json::Value>, JwtError> {
+        let mut m = serde_json::Map::new();
+        match &self.pair {
+            Pair::Es256(p) => {
+                let point = p.public_key().as_ref();
+                // Uncompressed SEC1 point: 0x04 || x (32 bytes) || y (32 bytes).
+                let (x, y) = match point {
+                    [0x04, rest @ ..] if rest.len() == 64 => rest.split_at(32),
+                    _ => return Err(JwtError::Key("unexpected EC public key encoding")),
+                };
+                m.insert("crv".into(), "P-256".into());
+                m.insert("kty".into(), "EC".into());
+                m.insert("x".into(), B64.encode(x).into());
+                m.insert("y".into(), B64.encode(y).into());
+            }
+            Pair::Rs256(p) => {
+                let public = p.public_key();
+                m.insert("e".into(), B64.encode(public.exponent().big_endian_without_leading_zero()).into());
+                m.insert("kty".into(), "RSA".into());
+                m.insert("n".into(), B64.encode(public.modulus().big_endian_without_leading_zero()).into());
+            }
+            Pair::EdDsa(p) => {
+                m.insert("crv".into(), "Ed25519".into());
+                m.insert("kty".into(), "OKP".into());
+                m.insert("x".into(), B64.encode(p.public_key().as_ref()).into());
+            }
+        }
+        Ok(m)
+    }
+
+    pub fn verifying_key(&self) -> Result<VerifyingKey, JwtError> {
+        let (public, bytes): (&'static dyn signature::VerificationAlgorithm, Vec<u8>) = match &self.pair {
+            Pair::Es256(p) => (&ECDSA_P256_SHA256_FIXED, p.public_key().as_ref().to_vec()),
+            Pair::Rs256(p) => (&RSA_PKCS1_2048_8192_SHA256, p.public_key().as_ref().to_vec()),
+            Pair::EdDsa(p) => (&ED25519, p.public_key().as_ref().to_vec()),
+        };
+        let mut jwk = self.public_jwk_members()?;
+        jwk.insert("kid".into(), self.kid.clone().into());
+        jwk.insert("alg".into(), self.alg.as_str().into());
+        jwk.insert("use".into(), "sig".into());
+        Ok(VerifyingKey {
+            kid: self.kid.clone(),
+            alg: self.alg,
+            public: UnparsedPublicKey::new(public, bytes),
+            jwk: serde_json::Value::Object(jwk),
+        })
+    }
+
+    fn sign_bytes(&self, input: &[u8]) -> Result<Vec<u8>, JwtError> {
+        match &self.pair {
+            Pair::Es256(p) => {
+                p.sign(&self.rng, input).map(|s| s.as_ref().to_vec()).map_err(|_| JwtError::Key("signing failed"))
+            }
+            Pair::Rs256(p) => {
+                let mut sig = vec![0u8; p.public_modulus_len()];
+                p.sign(&RSA_PKCS1_SHA256, &self.rng, input, &mut sig).map_err(|_| JwtError::Key("signing failed"))?;
+                Ok(sig)
+            }
+            Pair::EdDsa(p) => Ok(p.sign(input).as_ref().to_vec()),
+        }
+    }
+
+    /// Compact JWS of `claims` with header `{alg, typ, kid}`.
+    pub fn sign<C: Serialize>(&self, typ: &str, claims: &C) -> Result<String, JwtError> {
+        let header = serde_json::json!({"alg": self.alg.as_str(), "typ": typ, "kid": self.kid});
+        let header = serde_json::to_vec(&header).map_err(|_| JwtError::Key("header encoding failed"))?;
+        let payload = serde_json::to_vec(claims).map_err(|_| JwtError::Key("claims encoding failed"))?;
+        let mut token = B64.encode(header);
+        token.push('.');
+        token.push_str(&B64.encode(payload));
+        let sig = self.sign_bytes(token.as_bytes())?;
+        token.push('.');
+        token.push_str(&B64.encode(sig));
+        Ok(token)
+    }
+}
+
+impl VerifyingKey {
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    pub fn alg(&self) -> JwsAlg {
+        self.alg
+    }
+
+    /// The public JWK with `kid`, `alg` and `use`.
+    pub fn jwk(&self) -> &serde_json::Value {
+        &self.jwk
+    }
+}
+
+/// RFC 7638 thumbprint: SHA-256 over the required members in lexicographic order, base64url.
+fn thumbprint(members: &serde_json::Map<String, serde_json::Value>) -> String {
+    // serde_json's Map is a BTreeMap without the preserve_order feature, so keys serialize sorted.
+    let canonical = serde_json::to_string(members).unwrap_or_default();
+    B64.encode(crate::secrets::TokenHash::of(canonical.as_bytes()).0)
+}
+
+#[derive(Deserialize)]
+struct Header {
+    alg: Option<String>,
+    typ: Option<String>,
+    kid: Option<String>,
+    #[serde(flatten)]
+    rest: HashMap<String, serde_json::Value>,
+}
+
+/// Checks access tokens against the keys we published.
+#[derive(Clone, Debug)]
+pub struct Verifier {
+    keys: HashMap<String, VerifyingKey>,
+    issuer: String,
+    audience: String,
+    leeway_s: i64,
+}
+
+impl Verifier {
+    pub fn new(keys: impl IntoIterator<Item = VerifyingKey>, issuer: String, audience: String, leeway_s: i64) -> Self {
+        Self {
+            keys: keys.into_iter().map(|k| (k.kid.clone(), k)).collect(),
+            issuer,
+            audience,
+            leeway_s: leeway_s.clamp(0, MAX_LEEWAY_S),
+        }
+    }
+
+    pub fn leeway_s(&self) -> i64 {
+        self.leeway_s
+    }
+
+    /// Full verification of an access token: structure, header rules, signature, then claims.
+    pub fn verify_access_token(&self, token: &str, now: Millis) -> Result<AccessClaims, JwtError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(JwtError::Malformed);
+        }
+        let mut parts = token.split('.');
+        let (Some(h64), Some(p64), Some(s64), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+            return Err(JwtError::Malformed);
+        };
+        let header: Header = B64
+            .decode(h64)
+            .ok()
+            .and_then(|raw| serde_json::from_slice(&raw).ok())
+            .ok_or(JwtError::Malformed)?;
+        for forbidden in ["jku", "x5u", "jwk", "x5c", "crit"] {
+            if header.rest.contains_key(forbidden) {
+                return Err(JwtError::ForbiddenHeader(forbidden.to_owned()));
+            }
+        }
+        let alg = header.alg.ok_or(JwtError::Malformed)?;
+        let header_alg = JwsAlg::parse(&alg).ok_or_else(|| JwtError::UnsupportedAlg(alg.chars().take(16).collect()))?;
+        let kid = header.kid.ok_or(JwtError::MissingKid)?;
+        let key = self.keys.get(&kid).ok_or(JwtError::UnknownKid)?;
+        if key.alg != header_alg {
+            return Err(JwtError::AlgMismatch);
+        }
+        let typ_ok = header.typ.as_deref().is_some_and(|t| {
+            t.eq_ignore_ascii_case(ACCESS_TOKEN_TYP) || t.eq_ignore_ascii_case("application/at+jwt")
+        });
+        if !typ_ok {
+            return Err(JwtError::WrongType);
+        }
+        let sig = B64.decode(s64).map_err(|_| JwtError::Malformed)?;
+        let signed_len = h64.len() + 1 + p64.len();
+        let signed = token.get(..signed_len).ok_or(JwtError::Malformed)?;
+        key.public.verify(signed.as_bytes(), &sig).map_err(|_| JwtError::BadSignature)?;
+
+        let payload = B64.decode(p64).map_err(|_| JwtError::Malformed)?;
+        let claims = parse_claims(&payload)?;
+        if claims.iss != self.issuer {
+            return Err(JwtError::WrongIssuer);
+        }
+        if claims.aud != self.audience {
+            return Err(JwtError::WrongAudience);
+        }
+        claims.check_time(now.as_secs(), self.leeway_s)?;
+        Ok(claims)
+    }
+}
+
+/// Claims with RFC 7519's shapes: `aud` may be a string or an array (we require ours to be in it).
+fn parse_claims(payload: &[u8]) -> Result<AccessClaims, JwtError> {
+    let v: serde_json::Value = serde_json::from_slice(payload).map_err(|_| JwtError::Malformed)?;
+    let obj = v.as_object().ok_or(JwtError::Malformed)?;
+    let s = |name: &'static str| -> Result<String, JwtError> {
+        obj.get(name).and_then(|v| v.as_str()).map(str::to_owned).ok_or(JwtError::MissingClaim(name))
+    };
+    let n = |name: &'static str| -> Result<i64, JwtError> {
+        obj.get(name).and_then(|v| v.as_i64()).ok_or(JwtError::MissingClaim(name))
+    };
+    let aud = match obj.get("aud") {
+        Some(serde_json::Value::String(a)) => a.clone(),
+        Some(serde_json::Value::Array(list)) if list.len() == 1 => {
+            list.first().and_then(|a| a.as_str()).map(str::to_owned).ok_or(JwtError::WrongAudience)?
+        }
+        Some(_) => return Err(JwtError::WrongAudience),
+        None => return Err(JwtError::MissingClaim("aud")),
+    };
+    Ok(AccessClaims {
+        iss: s("iss")?,
+        sub: s("sub")?,
+        aud,
+        exp: n("exp")?,
+        iat: n("iat")?,
+        nbf: obj.get("nbf").and_then(|v| v.as_i64()),
+        jti: s("jti")?,
+        client_id: s("client_id")?,
+        scope: obj.get("scope").and_then(|v| v.as_str()).unwrap_or_default().to_owned(),
+        sid: obj.get("sid").and_then(|v| v.as_str()).map(str::to_owned),
+    })
+}
+
+/// One signing key's schedule, as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySchedule {
+    pub kid: String,
+    pub publish_at: Millis,
+    pub activate_at: Millis,
+    /// Set when a newer key took over signing.
+    pub retire_at: Option<Millis>,
+    /// When the key leaves the JWKS: retirement plus the longest lifetime of a token it signed.
+    pub expire_at: Option<Millis>,
+}
+
+impl KeySchedule {
+    pub fn is_published(&self, now: Millis) -> bool {
+        self.publish_at <= now && self.expire_at.is_none_or(|e| now < e)
+    }
+
+    pub fn can_sign(&self, now: Millis) -> bool {
+        self.activate_at <= now && self.retire_at.is_none_or(|r| now < r) && self.is_published(now)
+    }
+}
+
+/// The key to sign with now: the most recently activated key that may sign.
+pub fn current_signer(schedules: &[KeySchedule], now: Millis) -> Option<&KeySchedule> {
+    schedules.iter().filter(|s| s.can_sign(now)).max_by_key(|s| s.activate_at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ISS: &str = "http://127.0.0.1:8787";
+
+    fn claims(now: i64) -> AccessClaims {
+        AccessClaims {
+            iss: ISS.into(),
+            sub: "usr_1".into(),
+            aud: ISS.into(),
+            exp: now + 900,
+            iat: now,
+            nbf: None,
+            jti: uuid::Uuid::now_v7().to_string(),
+            client_id: "portcullis".into(),
+            scope: "account".into(),
+            sid: None,
+        }
+    }
+
+    fn setup(alg: JwsAlg) -> (SigningKey, Verifier) {
+        let (key, _) = SigningKey::generate(alg).unwrap();
+        let verifier = Verifier::new([key.verifying_key().unwrap()], ISS.into(), ISS.into(), 30);
+        (key, verifier)
+    }
+
+    fn forge(header: serde_json::Value, claims: &AccessClaims, sig: &[u8]) -> String {
+        format!(
+            "{}.{}.{}",
+            B64.encode(serde_json::to_vec(&header).unwrap()),
+            B64.encode(serde_json::to_vec(claims).unwrap()),
+            B64.encode(sig)
+        )
+    }
+
+    #[test]
+    fn every_algorithm_signs_and_verifies() {
+        for alg in [JwsAlg::Es256, JwsAlg::Rs256, JwsAlg::EdDsa] {
+            let (key, verifier) = setup(alg);
+            let now = Millis::now();
+            let c = claims(now.as_secs());
+            let token = key.sign(ACCESS_TOKEN_TYP, &c).unwrap();
+            assert_eq!(verifier.verify_access_token(&token, now).unwrap(), c);
+            let jwk = key.verifying_key().unwrap().jwk().clone();
+            assert_eq!(jwk["kid"], key.kid());
+            assert_eq!(jwk["alg"], alg.as_str());
+        }
+    }
+
+    #[test]
+    fn pkcs8_round_trip_keeps_the_kid() {
+        let (key, der) = SigningKey::generate(JwsAlg::Es256).unwrap();
+        use secrecy::ExposeSecret;
+        let again = SigningKey::from_pkcs8(JwsAlg::Es256, der.0.expose_secret()).unwrap();
+        assert_eq!(key.kid(), again.kid());
+        assert!(SigningKey::from_pkcs8(JwsAlg::Rs256, der.0.expose_secret()).is_err());
+    }
+
+    #[test]
+    fn alg_none_and_hs256_with_the_public_key_are_refused() {
+        let (key, verifier) = setup(JwsAlg::Es256);
+        let now = Millis::now();
+        let c = claims(now.as_secs());
+        let none = forge(serde_json::json!({"alg":"none","typ":"at+jwt","kid":key.kid()}), &c, b"");
+        assert!(matches!(verifier.verify_access_token(&none, now), Err(JwtError::UnsupportedAlg(_))));
+        let hs = forge(serde_json::json!({"alg":"HS256","typ":"at+jwt","kid":key.kid()}), &c, b"whatever");
+        assert!(matches!(verifier.verify_access_token(&hs, now), Err(JwtError::UnsupportedAlg(_))));
+        let mismatch = forge(serde_json::json!({"alg":"RS256","typ":"at+jwt","kid":key.kid()}), &c, b"x");
+        assert_eq!(verifier.verify_access_token(&mismatch, now), Err(JwtError::AlgMismatch));
+    }
+
+    #[test]
+    fn header_rules_are_enforced() {
+        let (key, verifier) = setup(JwsAlg::Es256);
+        let now = Millis::now();
+        let c = claims(now.as_secs());
+        let cases = [
+            (serde_json::json!({"alg":"ES256","typ":"at+jwt"}), JwtError::MissingKid),
+            (serde_json::json!({"alg":"ES256","typ":"at+jwt","kid":"../../etc/passwd"}), JwtError::UnknownKid),
+            (serde_json::json!({"alg":"ES256","typ":"JWT","kid":key.kid()}), JwtError::WrongType),
+            (
+                serde_json::json!({"alg":"ES256","typ":"at+jwt","kid":key.kid(),"jku":"https://evil.example/jwks"}),
+                JwtError::ForbiddenHeader("jku".into()),
+            ),
+            (
+                serde_json::json!({"alg":"ES256","typ":"at+jwt","kid":key.kid(),"jwk":{"kty":"EC"}}),
+                JwtError::ForbiddenHeader("jwk".into()),
+            ),
+        ];
+        for (header, want) in cases {
+            assert_eq!(verifier.verify_access_token(&forge(header, &c, b"sig"), now), Err(want));
+        }
+    }
+
+    #[test]
+    fn claims_are_checked() {
+        let (key, verifier) = setup(JwsAlg::Es256);
+        let now = Millis::now();
+        let t = now.as_secs();
+        let mut expired = claims(t);
+        expired.exp = t - 31;
+        let mut wrong_iss = claims(t);
+        wrong_iss.iss = "https://evil.example".into();
+        let mut wrong_aud = claims(t);
+        wrong_aud.aud = "someone-else".into();
+        let mut future = claims(t);
+        future.nbf = Some(t + 120);
+        for (c, want) in [
+            (expired, JwtError::Expired),
+            (wrong_iss, JwtError::WrongIssuer),
+            (wrong_aud, JwtError::WrongAudience),
+            (future, JwtError::NotYetValid),
+        ] {
+            let token = key.sign(ACCESS_TOKEN_TYP, &c).unwrap();
+            assert_eq!(verifier.verify_access_token(&token, now), Err(want));
+        }
+        let mut within_leeway = claims(t);
+        within_leeway.exp = t - 10;
+        assert!(verifier.verify_access_token(&key.sign(ACCESS_TOKEN_TYP, &within_leeway).unwrap(), now).is_ok());
+    }
+
+    #[test]
+    fn tampered_and_garbage_tokens_are_refused() {
+        let (key, verifier) = setup(JwsAlg::Es256);
+        let now = Millis::now();
+        let token = key.sign(ACCESS_TOKEN_TYP, &claims(now.as_secs())).unwrap();
+        let mut parts: Vec<&str> = token.split('.').collect();
+        let mut other = claims(now.as_secs());
+        other.sub = "usr_admin".into();
+        let forged_payload = B64.encode(serde_json::to_vec(&other).unwrap());
+        parts[1] = &forged_payload;
+        assert_eq!(verifier.verify_access_token(&parts.join("."), now), Err(JwtError::BadSignature));
+        for garbage in ["", "a.b", "a.b.c.d", "!!!.???.***", &token[..token.len() / 2]] {
+            assert!(verifier.verify_access_token(garbage, now).is_err(), "{garbage}");
+        }
+        assert_eq!(verifier.verify_access_token(&"a".repeat(MAX_TOKEN_LEN + 1), now), Err(JwtError::Malformed));
+    }
+
+    #[test]
+    fn a_token_signed_by_another_key_with_our_kid_fails() {
+        let (key, verifier) = setup(JwsAlg::Es256);
+        let (other, _) = SigningKey::generate(JwsAlg::Es256).unwrap();
+        let now = Millis::now();
+        let token = other.sign(ACCESS_TOKEN_TYP, &claims(now.as_secs())).unwrap();
+        let header = B64.encode(serde_json::to_vec(&serde_json::json!({"alg":"ES256","typ":"at+jwt","kid":key.kid()})).unwrap());
+        let rest = token.split_once('.').unwrap().1;
+        assert_eq!(verifier.verify_access_token(&format!("{header}.{rest}"), now), Err(JwtError::BadSignature));
+    }
+
+    #[test]
+    fn the_newest_active_key_signs_and_retired_keys_stay_published_until_expiry() {
+        let s = |kid: &str, p, a, r: Option<i64>, e: Option<i64>| KeySchedule {
+            kid: kid.into(),
+            publish_at: Millis(p),
+            activate_at: Millis(a),
+            retire_at: r.map(Millis),
+            expire_at: e.map(Millis),
+        };
+        let keys = [s("old", 0, 0, Some(100), Some(200)), s("new", 50, 100, None, None), s("next", 150, 250, None, None)];
+        assert_eq!(current_signer(&keys, Millis(99)).unwrap().kid, "old");
+        assert_eq!(current_signer(&keys, Millis(100)).unwrap().kid, "new");
+        assert_eq!(current_signer(&keys, Millis(260)).unwrap().kid, "next");
+        assert!(keys[0].is_published(Millis(150)) && !keys[0].is_published(Millis(200)));
+        assert!(!keys[2].is_published(Millis(149)));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn verification_never_panics_on_arbitrary_input(raw in ".{0,400}") {
+            let (_, verifier) = setup(JwsAlg::EdDsa);
+            let _ = verifier.verify_access_token(&raw, Millis::now());
+        }
+    }
+}

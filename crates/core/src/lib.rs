@@ -1,0 +1,23 @@
+//! Portcullis domain types and rules. No I/O lives here: newtypes that carry the proof that input was
+//! parsed ([`email::Email`], [`apikeys::ApiKey`]), password policy and hashing, JWT signing and
+//! verification, the rate-limit algorithm, and the sealing of secrets under the master key. Everything
+//! is a pure function of its inputs so that it can be unit-, property- and fuzz-tested.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::await_holding_lock,
+    clippy::todo
+)]
+
+pub mod apikeys;
+pub mod email;
+pub mod ids;
+pub mod jwt;
+pub mod passwords;
+pub mod ratelimit;
+pub mod scopes;
+pub mod seal;
+pub mod secrets;
+pub mod clock;

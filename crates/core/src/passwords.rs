@@ -1,0 +1,460 @@
+//! Passwords: the policy a new password must meet and the hashing of the ones that pass.
+//!
+//! Policy follows NIST SP 800-63B-4 §3.1.1.2 and OWASP ASVS 5.0 V6.2: a minimum length (12 by default,
+//! never below 8), a maximum of at least 64 (128 by default), length counted in Unicode code points and
+//! never truncated, no composition rules, and a refusal of passwords found in a list of commonly used ones
+//! or containing the account's own email local part.
+//!
+//! Hashing is argon2id with the OWASP parameters (m = 19 MiB, t = 2, p = 1) unless configured higher.
+//! Imported bcrypt and argon2 hashes verify too and report that they need an upgrade, which the caller
+//! performs on the first successful login.
+
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::{Algorithm, Argon2, Params, Version};
+use secrecy::{ExposeSecret, SecretString};
+use std::io::Read;
+use std::sync::OnceLock;
+
+use crate::email::Email;
+use crate::secrets::fill_random;
+
+/// Why a new password was refused; `code()` is what the API reports in `weak_password` errors.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeakReason {
+    TooShort { min: usize },
+    TooLong { max: usize },
+    Common,
+    ContainsEmail,
+}
+
+impl WeakReason {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::TooShort { .. } => "too_short",
+            Self::TooLong { .. } => "too_long",
+            Self::Common => "common_password",
+            Self::ContainsEmail => "contains_email",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Self::TooShort { min } => format!("password must be at least {min} characters long"),
+            Self::TooLong { max } => format!("password must be at most {max} characters long"),
+            Self::Common => "password is in a list of commonly used passwords".to_owned(),
+            Self::ContainsEmail => "password must not contain the part of your email before the @".to_owned(),
+        }
+    }
+}
+
+/// The rules a new password must meet.
+#[derive(Debug, Clone, Copy)]
+pub struct PasswordPolicy {
+    pub min_len: usize,
+    pub max_len: usize,
+}
+
+impl Default for PasswordPolicy {
+    fn default() -> Self {
+        Self { min_len: 12, max_len: 128 }
+    }
+}
+
+/// A policy that breaks the standards we follow.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum InvalidPolicy {
+    #[error("password_min_length must be at least 8 (NIST SP 800-63B-4), got {0}")]
+    MinTooSmall(usize),
+    #[error("password_max_length must be at least 64 and at least password_min_length, got {0}")]
+    MaxTooSmall(usize),
+}
+
+impl PasswordPolicy {
+    pub fn new(min_len: usize, max_len: usize) -> Result<Self, InvalidPolicy> {
+        if min_len < 8 {
+            return Err(InvalidPolicy::MinTooSmall(min_len));
+        }
+        if max_len < 64 || max_len < min_len {
+            return Err(InvalidPolicy::MaxTooSmall(max_len));
+        }
+        Ok(Self { min_len, max_len })
+    }
+
+    /// Every reason the password falls short, so the user can fix them all at once.
+    pub fn check(&self, password: &str, email: &Email) -> Result<(), Vec<WeakReason>> {
+        let mut reasons = Vec::new();
+        let len = password.chars().count();
+        if len < self.min_len {
+            reasons.push(WeakReason::TooShort { min: self.min_len });
+        }
+        if len > self.max_len {
+            reasons.push(WeakReason::TooLong { max: self.max_len });
+        }
+        // Only look further at passwords of sane size: the list and the substring search are cheap, but
+        // there is no reason to lowercase kilobytes of input.
+        if len <= self.max_len {
+            let lowered = password.to_lowercase();
+            if CommonPasswords::bundled().contains(&lowered) {
+                reasons.push(WeakReason::Common);
+            }
+            let local = email.local_part().to_lowercase();
+            // A one- or two-letter local part would forbid half the alphabet; NIST's concern is the
+            // account name itself being used as (part of) the password.
+            if local.chars().count() >= 3 && lowered.contains(&local) {
+                reasons.push(WeakReason::ContainsEmail);
+            }
+        }
+        if reasons.is_empty() { Ok(()) } else { Err(reasons) }
+    }
+}
+
+/// The bundled list of commonly used passwords (see `data/README.md` for its source and licence), kept
+/// as one sorted, newline-separated string plus offsets: about 1.3 MB for 100,000 entries.
+pub struct CommonPasswords {
+    text: String,
+    starts: Vec<u32>,
+}
+
+static BUNDLED: OnceLock<CommonPasswords> = OnceLock::new();
+const BUNDLED_GZ: &[u8] = include_bytes!("../data/common-passwords.txt.gz");
+
+impl CommonPasswords {
+    /// The bundled list, decompressed on first use.
+    pub fn bundled() -> &'static CommonPasswords {
+        BUNDLED.get_or_init(|| {
+            let mut text = String::new();
+            // The list is compiled into the binary and checked by a test, so a failure here means a
+            // corrupted build; fall back to an empty list rather than taking the server down.
+            if flate2::read::GzDecoder::new(BUNDLED_GZ).read_to_string(&mut text).is_err() {
+                text.clear();
+            }
+            Self::from_lines(&text)
+        })
+    }
+
+    pub fn from_lines(raw: &str) -> Self {
+        let mut entries: Vec<String> = raw
+            .lines()
+            .map(|l| l.trim().to_lowercase())
+            .filter(|l| !l.is_empty())
+            .collect();
+        entries.sort_unstable();
+        entries.dedup();
+        let mut text = String::with_capacity(entries.iter().map(|e| e.len() + 1).sum());
+        let mut starts = Vec::with_capacity(entries.len());
+        for e in &entries {
+            starts.push(text.len() as u32);
+            text.push_str(e);
+            text.push('\n');
+        }
+        Self { text, starts }
+    }
+
+    pub fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.starts.is_empty()
+    }
+
+    fn entry(&self, i: usize) -> &str {
+        let start = self.starts.get(i).copied().unwrap_or_default() as usize;
+        let rest = self.text.get(start..).unwrap_or_default();
+        rest.split('\n').next().unwrap_or_default()
+    }
+
+    /// `candidate` must already be lowercased.
+    pub fn contains(&self, candidate: &str) -> bool {
+        let (mut lo, mut hi) = (0usize, self.starts.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.entry(mid).cmp(candidate) {
+                std::cmp::Ordering::Equal => return true,
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+            }
+        }
+        false
+    }
+}
+
+/// argon2id cost parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Argon2Params {
+    /// Memory in KiB.
+    pub m_kib: u32,
+    /// Iterations.
+    pub t: u32,
+    /// Lanes.
+    pub p: u32,
+}
+
+impl Argon2Params {
+    /// OWASP Password Storage Cheat Sheet: m = 19 MiB, t = 2, p = 1. Also the floor: configured
+    /// parameters may only be stronger.
+    pub const OWASP: Self = Self { m_kib: 19_456, t: 2, p: 1 };
+
+    pub fn validate(self) -> Result<Self, String> {
+        if self.m_kib < Self::OWASP.m_kib || self.t < Self::OWASP.t || self.p < 1 {
+            return Err(format!(
+                "argon2 parameters must be at least m={} KiB, t={}, p=1 (OWASP); got m={}, t={}, p={}",
+                Self::OWASP.m_kib, Self::OWASP.t, self.m_kib, self.t, self.p
+            ));
+        }
+        if self.m_kib > 4 * 1024 * 1024 || self.t > 64 || self.p > 16 {
+            return Err("argon2 parameters are unreasonably high (m ≤ 4 GiB, t ≤ 64, p ≤ 16)".to_owned());
+        }
+        Ok(self)
+    }
+
+    fn argon2(self) -> Result<Argon2<'static>, HashError> {
+        let params = Params::new(self.m_kib, self.t, self.p, Some(32)).map_err(|_| HashError::Params)?;
+        Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+    }
+}
+
+impl Default for Argon2Params {
+    fn default() -> Self {
+        Self::OWASP
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HashError {
+    #[error("invalid argon2 parameters")]
+    Params,
+    #[error("password hashing failed")]
+    Hash,
+    #[error(transparent)]
+    Random(#[from] crate::secrets::RandomUnavailable),
+}
+
+/// The outcome of checking a password against a stored hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verification {
+    /// Correct. `needs_rehash` is set when the stored hash is not argon2id with the current parameters.
+    Match { needs_rehash: bool },
+    Mismatch,
+}
+
+/// A stored password hash in one of the formats we accept (ours, or an import).
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredHash(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidHash {
+    #[error("password_hash must be a bcrypt ($2a$/$2b$/$2y$) or argon2 PHC ($argon2id$…) string")]
+    UnknownFormat,
+    #[error("the bcrypt hash is malformed")]
+    BadBcrypt,
+    #[error("the argon2 hash is malformed or its parameters are out of range")]
+    BadArgon2,
+}
+
+impl StoredHash {
+    /// Accepts bcrypt (`$2a$`, `$2b$`, `$2y$`, cost 4..=31) and argon2 (`argon2id`, `argon2i`,
+    /// `argon2d`) PHC strings.
+    pub fn parse(raw: &str) -> Result<Self, InvalidHash> {
+        let raw = raw.trim();
+        if let Some(rest) = raw.strip_prefix("$2a$").or_else(|| raw.strip_prefix("$2b$")).or_else(|| raw.strip_prefix("$2y$")) {
+            let (cost, body) = rest.split_once('$').ok_or(InvalidHash::BadBcrypt)?;
+            let cost: u32 = cost.parse().map_err(|_| InvalidHash::BadBcrypt)?;
+            let alphabet_ok = body.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/');
+            if (4..=31).contains(&cost) && body.len() == 53 && alphabet_ok {
+                return Ok(Self(raw.to_owned()));
+            }
+            return Err(InvalidHash::BadBcrypt);
+        }
+        if raw.starts_with("$argon2") {
+            let parsed = PasswordHash::new(raw).map_err(|_| InvalidHash::BadArgon2)?;
+            if !matches!(parsed.algorithm.as_str(), "argon2id" | "argon2i" | "argon2d") {
+                return Err(InvalidHash::BadArgon2);
+            }
+            let params = Params::try_from(&parsed).map_err(|_| InvalidHash::BadArgon2)?;
+            // An absurd memory cost in an imported hash would let one login exhaust the server.
+            if params.m_cost() > 4 * 1024 * 1024 || params.t_cost() > 64 || params.p_cost() > 16 {
+                return Err(InvalidHash::BadArgon2);
+            }
+            if parsed.salt.is_none() || parsed.hash.is_none() {
+                return Err(InvalidHash::BadArgon2);
+            }
+            return Ok(Self(raw.to_owned()));
+        }
+        Err(InvalidHash::UnknownFormat)
+    }
+
+    /// For values read back from our own store.
+    pub fn from_stored(raw: String) -> Self {
+        Self(raw)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for StoredHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoredHash([redacted])")
+    }
+}
+
+/// Hashes and verifies passwords with fixed parameters. CPU-heavy: call it off the async runtime.
+#[derive(Clone)]
+pub struct PasswordHashing {
+    params: Argon2Params,
+    argon2: Argon2<'static>,
+    /// A hash of a random password at the current parameters. Logins for unknown accounts verify
+    /// against it so that they cost the same as logins for real ones.
+    dummy: String,
+}
+
+impl PasswordHashing {
+    pub fn new(params: Argon2Params) -> Result<Self, HashError> {
+        let argon2 = params.argon2()?;
+        let mut random = [0u8; 24];
+        fill_random(&mut random)?;
+        let mut this = Self { params, argon2, dummy: String::new() };
+        this.dummy = this.hash(&SecretString::from(hex::encode(random)))?.0;
+        Ok(this)
+    }
+
+    pub fn params(&self) -> Argon2Params {
+        self.params
+    }
+
+    pub fn hash(&self, password: &SecretString) -> Result<StoredHash, HashError> {
+        let mut salt = [0u8; 16];
+        fill_random(&mut salt)?;
+        let hash = self
+            .argon2
+            .hash_password_with_salt(password.expose_secret().as_bytes(), &salt)
+            .map_err(|_| HashError::Hash)?;
+        Ok(StoredHash(hash.to_string()))
+    }
+
+    /// Constant-time verification against any accepted format.
+    pub fn verify(&self, password: &SecretString, stored: &StoredHash) -> Verification {
+        let pw = password.expose_secret().as_bytes();
+        let raw = stored.as_str();
+        if raw.starts_with("$2") {
+            return match bcrypt::verify(pw, raw) {
+                Ok(true) => Verification::Match { needs_rehash: true },
+                _ => Verification::Mismatch,
+            };
+        }
+        let Ok(parsed) = PasswordHash::new(raw) else {
+            return Verification::Mismatch;
+        };
+        // `verify_password` takes algorithm and parameters from the stored hash, so old and imported
+        // hashes still verify; they are then flagged for an upgrade.
+        match self.argon2.verify_password(pw, &parsed) {
+            Ok(()) => Verification::Match { needs_rehash: !self.is_current(&parsed) },
+            Err(_) => Verification::Mismatch,
+        }
+    }
+
+    /// Spends the same work as a real verification, for logins of accounts that do not exist.
+    pub fn verify_dummy(&self, password: &SecretString) {
+        let _ = self.verify(password, &StoredHash(self.dummy.clone()));
+    }
+
+    fn is_current(&self, parsed: &PasswordHash) -> bool {
+        parsed.algorithm.as_str() == "argon2id"
+            && Params::try_from(parsed).is_ok_and(|p| {
+                p.m_cost() == self.params.m_kib && p.t_cost() == self.params.t && p.p_cost() == self.params.p
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn email() -> Email {
+        Email::parse("alice.smith@example.com").unwrap()
+    }
+
+    fn secret(s: &str) -> SecretString {
+        SecretString::from(s.to_owned())
+    }
+
+    #[test]
+    fn bundled_list_holds_at_least_100k_common_passwords() {
+        let list = CommonPasswords::bundled();
+        assert!(list.len() >= 100_000, "only {} entries", list.len());
+        for common in ["password", "123456", "qwerty", "iloveyou"] {
+            assert!(list.contains(common), "{common} missing");
+        }
+        assert!(!list.contains("correct horse battery staple 42"));
+    }
+
+    #[test]
+    fn policy_reports_every_reason() {
+        let p = PasswordPolicy::default();
+        assert_eq!(p.check("vq8#Lxz", &email()).unwrap_err(), vec![WeakReason::TooShort { min: 12 }]);
+        assert!(p.check("password1234", &email()).unwrap_err().contains(&WeakReason::Common));
+        assert_eq!(
+            p.check("my alice.smith password", &email()).unwrap_err(),
+            vec![WeakReason::ContainsEmail]
+        );
+        assert_eq!(p.check(&"x".repeat(129), &email()).unwrap_err(), vec![WeakReason::TooLong { max: 128 }]);
+        assert!(p.check("violet tractor umbrella", &email()).is_ok());
+    }
+
+    #[test]
+    fn length_counts_code_points_not_bytes() {
+        let p = PasswordPolicy::default();
+        // 12 code points, 36 bytes.
+        assert!(p.check("日本語のパスワードです。", &email()).is_ok());
+        assert!(p.check("日本語のパスワード", &email()).is_err());
+    }
+
+    #[test]
+    fn policy_minimum_cannot_go_below_eight() {
+        assert!(PasswordPolicy::new(7, 128).is_err());
+        assert!(PasswordPolicy::new(8, 63).is_err());
+        assert!(PasswordPolicy::new(8, 64).is_ok());
+    }
+
+    #[test]
+    fn argon2id_hashes_verify_and_are_current() {
+        let h = PasswordHashing::new(Argon2Params::OWASP).unwrap();
+        let stored = h.hash(&secret("violet tractor umbrella")).unwrap();
+        assert!(stored.as_str().starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+        assert_eq!(h.verify(&secret("violet tractor umbrella"), &stored), Verification::Match { needs_rehash: false });
+        assert_eq!(h.verify(&secret("violet tractor umbrellA"), &stored), Verification::Mismatch);
+    }
+
+    #[test]
+    fn imported_bcrypt_and_weaker_argon2_verify_and_ask_for_an_upgrade() {
+        let h = PasswordHashing::new(Argon2Params::OWASP).unwrap();
+        let bc = bcrypt::hash("legacy password 1", 4).unwrap();
+        let stored = StoredHash::parse(&bc).unwrap();
+        assert_eq!(h.verify(&secret("legacy password 1"), &stored), Verification::Match { needs_rehash: true });
+        assert_eq!(h.verify(&secret("legacy password 2"), &stored), Verification::Mismatch);
+
+        let weak = Argon2Params { m_kib: 8, t: 1, p: 1 };
+        let weak_hasher = Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(weak.m_kib, 1, 1, None).unwrap());
+        let phc = weak_hasher.hash_password_with_salt(b"legacy password 1", b"somesaltsomesalt").unwrap().to_string();
+        let stored = StoredHash::parse(&phc).unwrap();
+        assert_eq!(h.verify(&secret("legacy password 1"), &stored), Verification::Match { needs_rehash: true });
+    }
+
+    #[test]
+    fn malformed_imports_are_refused() {
+        for bad in ["", "plaintext", "$2b$03$abc", "$2b$10$short", "$argon2id$v=19$m=zz", "$5$rounds=5000$x$y",
+            "$argon2id$v=19$m=99999999,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"] {
+            assert!(StoredHash::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn weaker_than_owasp_parameters_are_refused() {
+        assert!(Argon2Params { m_kib: 4096, t: 2, p: 1 }.validate().is_err());
+        assert!(Argon2Params { m_kib: 65536, t: 3, p: 1 }.validate().is_ok());
+    }
+}
