@@ -1,19 +1,19 @@
 //! `argon2_raw`: how many argon2id hashes per second this machine does in-process, with the
 //! server's parameters. This is the ceiling for `login` (each login verifies one hash).
 
-use std::time::Instant;
 #[cfg(test)]
 use std::time::Duration;
+use std::time::Instant;
 
 use anyhow::{Context as _, Result, anyhow};
 use argon2::{Algorithm, Argon2, Params, Version};
 
 use crate::Settings;
-use crate::load::{Stats, new_histogram};
+use crate::load::{CpuMark, Stats, new_histogram};
 use crate::server::Proc;
 
 // These MUST match the server's default password-hashing parameters in portcullis-core
-// (crates/core/src/passwords.rs); if the server's defaults change, change them here too, or the
+// (`Argon2Params::OWASP` in crates/core/src/passwords.rs, output 32 bytes); if the server's defaults change, change them here too, or the
 // `login / argon2_raw` ratio stops meaning anything.
 /// Memory cost, KiB (19 MiB).
 pub const ARGON2_M_COST_KIB: u32 = 19_456;
@@ -28,12 +28,19 @@ const PASSWORD: &[u8] = b"Bench-0123456789abcd";
 
 /// One hashing thread per available core.
 pub fn threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 pub fn params() -> Result<Params> {
-    Params::new(ARGON2_M_COST_KIB, ARGON2_T_COST, ARGON2_P_COST, Some(ARGON2_OUTPUT_LEN))
-        .map_err(|e| anyhow!("argon2 params: {e}"))
+    Params::new(
+        ARGON2_M_COST_KIB,
+        ARGON2_T_COST,
+        ARGON2_P_COST,
+        Some(ARGON2_OUTPUT_LEN),
+    )
+    .map_err(|e| anyhow!("argon2 params: {e}"))
 }
 
 /// Hashes on [`threads`] threads for warm-up + duration; counts hashes that start after the
@@ -42,22 +49,29 @@ pub fn run(s: &Settings) -> Result<Stats> {
     let params = params()?;
     let n = threads();
     let me = Proc::SelfProc;
-    me.reset_peak();
+    let peak_reset = me.reset_peak();
     let start = Instant::now();
     let measure_start = start + s.warmup;
     let end = measure_start + s.duration;
-    let per_thread: Vec<Result<(u64, hdrhistogram::Histogram<u64>)>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..n)
-            .map(|_| {
-                let params = params.clone();
-                scope.spawn(move || hash_loop(params, measure_start, end))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().map_err(|_| anyhow!("hashing thread panicked"))?)
-            .collect()
+    let sampler = std::thread::spawn(move || {
+        std::thread::sleep(measure_start.saturating_duration_since(Instant::now()));
+        let first = CpuMark::now(None);
+        std::thread::sleep(end.saturating_duration_since(Instant::now()));
+        first.cores_until(&CpuMark::now(None)).1
     });
+    let per_thread: Vec<Result<(u64, hdrhistogram::Histogram<u64>)>> =
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..n)
+                .map(|_| {
+                    let params = params.clone();
+                    scope.spawn(move || hash_loop(params, measure_start, end))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().map_err(|_| anyhow!("hashing thread panicked"))?)
+                .collect()
+        });
     let mut stats = Stats::new("harness")?;
     for res in per_thread {
         let (ok, hist) = res?;
@@ -65,8 +79,13 @@ pub fn run(s: &Settings) -> Result<Stats> {
         stats.hist.add(&hist).context("merge histograms")?;
     }
     stats.active = n;
+    stats.unit = Some("hashes/s");
     stats.elapsed = s.duration;
     stats.peak_kib = me.peak_kib();
+    stats.peak_reset = peak_reset;
+    stats.harness_cpu = sampler
+        .join()
+        .map_err(|_| anyhow!("CPU sampler panicked"))?;
     Ok(stats)
 }
 
@@ -107,7 +126,9 @@ fn one_hash() -> Result<Duration> {
     let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params()?);
     let mut out = [0u8; ARGON2_OUTPUT_LEN];
     let t0 = Instant::now();
-    argon.hash_password_into(PASSWORD, &[7u8; 16], &mut out).map_err(|e| anyhow!("{e}"))?;
+    argon
+        .hash_password_into(PASSWORD, &[7u8; 16], &mut out)
+        .map_err(|e| anyhow!("{e}"))?;
     assert!(out.iter().any(|b| *b != 0));
     Ok(t0.elapsed())
 }

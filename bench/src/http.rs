@@ -37,7 +37,11 @@ pub struct Conn {
 
 impl Conn {
     pub fn new(addr: SocketAddr) -> Self {
-        Self { addr, live: None, connects: 0 }
+        Self {
+            addr,
+            live: None,
+            connects: 0,
+        }
     }
 
     /// Connects now (instead of on the first request), so that connection set-up is not timed.
@@ -57,9 +61,14 @@ impl Conn {
                 .await
                 .context("HTTP/1 handshake")?;
             self.connects += 1;
-            self.live = Some(Live { sender, conn: Box::pin(conn) });
+            self.live = Some(Live {
+                sender,
+                conn: Box::pin(conn),
+            });
         }
-        self.live.as_mut().ok_or_else(|| anyhow!("connection vanished"))
+        self.live
+            .as_mut()
+            .ok_or_else(|| anyhow!("connection vanished"))
     }
 
     /// Drops the current TCP connection (e.g. after an abandoned request); the next send reconnects.
@@ -80,8 +89,12 @@ impl Conn {
     async fn send_inner(&mut self, req: Request<Body>) -> Result<(StatusCode, Bytes)> {
         let live = self.ensure_live().await?;
         let Live { sender, conn } = live;
-        drive(conn, sender.ready()).await?.context("connection not ready")?;
-        let resp = drive(conn, sender.send_request(req)).await?.context("send request")?;
+        drive(conn, sender.ready())
+            .await?
+            .context("connection not ready")?;
+        let resp = drive(conn, sender.send_request(req))
+            .await?
+            .context("send request")?;
         let status = resp.status();
         let closing = resp
             .headers()
@@ -123,7 +136,10 @@ pub struct Target {
 
 impl Target {
     pub fn new(addr: SocketAddr) -> Self {
-        Self { addr, host: addr.to_string() }
+        Self {
+            addr,
+            host: addr.to_string(),
+        }
     }
 
     pub fn base_url(&self) -> String {
@@ -131,7 +147,10 @@ impl Target {
     }
 
     pub fn get(&self, path: &str, bearer: Option<&str>) -> Result<Request<Body>> {
-        let mut b = Request::builder().method(Method::GET).uri(path).header(HOST, &self.host);
+        let mut b = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header(HOST, &self.host);
         if let Some(token) = bearer {
             b = b.header(AUTHORIZATION, format!("Bearer {token}"));
         }
@@ -139,7 +158,12 @@ impl Target {
     }
 
     /// `body` is already-serialized JSON (kept as `Bytes` so that reusing it is a cheap clone).
-    pub fn post_json(&self, path: &str, body: Bytes, bearer: Option<&str>) -> Result<Request<Body>> {
+    pub fn post_json(
+        &self,
+        path: &str,
+        body: Bytes,
+        bearer: Option<&str>,
+    ) -> Result<Request<Body>> {
         let mut b = Request::builder()
             .method(Method::POST)
             .uri(path)

@@ -49,6 +49,45 @@ pub struct Stats {
     pub peak_kib: Option<u64>,
     /// Whose peak RSS that is.
     pub peak_of: &'static str,
+    /// Whether the peak counter could be reset before the scenario (else it covers more).
+    pub peak_reset: bool,
+    /// CPU used during the measurement, in cores (1.0 = one core busy all the time).
+    pub server_cpu: Option<f64>,
+    pub harness_cpu: Option<f64>,
+    /// What the rate counts when it is not HTTP requests (e.g. "hashes/s").
+    pub unit: Option<&'static str>,
+    /// One-shot burst: the rate is over the time until all answered; no ratio to healthz.
+    pub is_burst: bool,
+}
+
+/// CPU time of the server and of the harness at one instant.
+pub struct CpuMark {
+    server: Option<Duration>,
+    harness: Option<Duration>,
+    at: std::time::Instant,
+}
+
+impl CpuMark {
+    pub fn now(server: Option<Proc>) -> Self {
+        Self {
+            server: server.and_then(Proc::cpu_time),
+            harness: Proc::SelfProc.cpu_time(),
+            at: std::time::Instant::now(),
+        }
+    }
+
+    /// Cores used by (server, harness) between `self` and `later`.
+    pub fn cores_until(&self, later: &CpuMark) -> (Option<f64>, Option<f64>) {
+        let wall = later.at.duration_since(self.at).as_secs_f64();
+        let share = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
+            (Some(a), Some(b)) if wall > 0.0 => Some(b.saturating_sub(a).as_secs_f64() / wall),
+            _ => None,
+        };
+        (
+            share(self.server, later.server),
+            share(self.harness, later.harness),
+        )
+    }
 }
 
 impl Stats {
@@ -66,12 +105,21 @@ impl Stats {
             first_setup_error: None,
             peak_kib: None,
             peak_of,
+            peak_reset: false,
+            server_cpu: None,
+            harness_cpu: None,
+            unit: None,
+            is_burst: false,
         })
     }
 
     pub fn per_sec(&self) -> f64 {
         let secs = self.elapsed.as_secs_f64();
-        if secs > 0.0 { self.ok as f64 / secs } else { 0.0 }
+        if secs > 0.0 {
+            self.ok as f64 / secs
+        } else {
+            0.0
+        }
     }
 
     pub fn non_success(&self) -> u64 {
@@ -145,7 +193,10 @@ async fn prepare(
     }
     let mut ready = Vec::with_capacity(connections);
     while let Some(res) = set.join_next().await {
-        match res.map_err(|e| anyhow!("setup task failed: {e}")).and_then(|r| r) {
+        match res
+            .map_err(|e| anyhow!("setup task failed: {e}"))
+            .and_then(|r| r)
+        {
             Ok(pair) => ready.push(pair),
             Err(e) => {
                 stats.setup_failures += 1;
@@ -177,10 +228,16 @@ pub async fn run_loop(
 ) -> Result<Stats> {
     let mut stats = Stats::new("server")?;
     let ready = prepare(ctx, connections, setup, &mut stats).await?;
-    server.reset_peak();
+    stats.peak_reset = server.reset_peak();
     let start = Instant::now();
     let measure_start = start + s.warmup;
     let end = measure_start + s.duration;
+    let sampler = tokio::spawn(async move {
+        tokio::time::sleep_until(measure_start).await;
+        let first = CpuMark::now(Some(server));
+        tokio::time::sleep_until(end).await;
+        first.cores_until(&CpuMark::now(Some(server)))
+    });
     let mut set = JoinSet::new();
     for (driver, conn) in ready {
         set.spawn(conn_loop(driver, conn, measure_start, end));
@@ -189,6 +246,9 @@ pub async fn run_loop(
         let conn_stats = res.map_err(|e| anyhow!("load task failed: {e}"))??;
         stats.merge(conn_stats)?;
     }
+    (stats.server_cpu, stats.harness_cpu) = sampler
+        .await
+        .map_err(|e| anyhow!("CPU sampler failed: {e}"))?;
     stats.peak_kib = server.peak_kib();
     stats.elapsed = s.duration;
     Ok(stats)
@@ -258,8 +318,10 @@ pub async fn run_burst(
 ) -> Result<Stats> {
     const BURST_TIMEOUT: Duration = Duration::from_secs(120);
     let mut stats = Stats::new("server")?;
+    stats.is_burst = true;
     let ready = prepare(ctx, connections, setup, &mut stats).await?;
-    server.reset_peak();
+    stats.peak_reset = server.reset_peak();
+    let first = CpuMark::now(Some(server));
     let start = Instant::now();
     let mut set = JoinSet::new();
     for (mut driver, mut conn) in ready {
@@ -287,5 +349,6 @@ pub async fn run_burst(
     }
     stats.elapsed = start.elapsed();
     stats.peak_kib = server.peak_kib();
+    (stats.server_cpu, stats.harness_cpu) = first.cores_until(&CpuMark::now(Some(server)));
     Ok(stats)
 }

@@ -24,7 +24,10 @@ use crate::scenario::{Ctx, Kind, Scenario};
 use crate::server::{Proc, ServerGuard};
 
 #[derive(Parser, Debug)]
-#[command(name = "portcullis-bench", about = "Load harness for the Portcullis server")]
+#[command(
+    name = "portcullis-bench",
+    about = "Load harness for the Portcullis server"
+)]
 struct Args {
     /// Measured seconds per scenario (after the warm-up).
     #[arg(long, default_value_t = 10)]
@@ -66,7 +69,11 @@ pub struct Settings {
 impl Settings {
     #[cfg(test)]
     pub fn for_tests() -> Self {
-        Self { duration: Duration::from_secs(1), warmup: Duration::ZERO, connections: 4 }
+        Self {
+            duration: Duration::from_secs(1),
+            warmup: Duration::ZERO,
+            connections: 4,
+        }
     }
 }
 
@@ -109,8 +116,11 @@ fn real_main(args: Args) -> Result<ExitCode> {
     let mut scenarios = scenario::all(&settings);
     if !args.only.is_empty() {
         let known: Vec<&str> = scenarios.iter().map(|s| s.name).collect();
-        let unknown: Vec<&String> =
-            args.only.iter().filter(|n| !known.contains(&n.as_str())).collect();
+        let unknown: Vec<&String> = args
+            .only
+            .iter()
+            .filter(|n| !known.contains(&n.as_str()))
+            .collect();
         if !unknown.is_empty() {
             eprintln!(
                 "portcullis-bench: unknown scenario(s) {unknown:?}; known: {}",
@@ -167,7 +177,11 @@ fn real_main(args: Args) -> Result<ExitCode> {
     report::write(&out, &section)?;
     eprintln!("[bench] wrote {}", out.display());
     let failed = report.rows.iter().filter(|r| r.result.is_err()).count();
-    Ok(if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn run(
@@ -195,9 +209,14 @@ async fn run(
             eprintln!("[bench] note: no `root API key: pk_live_…` line in the server's stderr");
         }
         eprintln!("[bench] seeding {} users", users.max(1));
-        let seeded = Ctx::seed(g.target.clone(), users, root_key).await.map_err(|e| {
-            anyhow!("seeding failed: {e:#}\nlast server stderr lines:\n{}", g.stderr_tail(20))
-        })?;
+        let seeded = Ctx::seed(g.target.clone(), users, root_key)
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "seeding failed: {e:#}\nlast server stderr lines:\n{}",
+                    g.stderr_tail(20)
+                )
+            })?;
         tokio::time::sleep(IDLE_BEFORE_RSS).await;
         idle_rss = Proc::Pid(g.pid).rss_kib();
         ctx = Some(Arc::new(seeded));
@@ -207,12 +226,16 @@ async fn run(
     let mut rows = Vec::new();
     for sc in scenarios {
         let concurrency = sc.concurrency_label();
-        eprintln!(
-            "[bench] {}: {concurrency} for {} s (+{} s warm-up)",
-            sc.name,
-            settings.duration.as_secs(),
-            settings.warmup.as_secs()
-        );
+        if matches!(sc.kind, Kind::Burst { .. }) {
+            eprintln!("[bench] {}: {concurrency} requests at once", sc.name);
+        } else {
+            eprintln!(
+                "[bench] {}: {concurrency} for {} s (+{} s warm-up)",
+                sc.name,
+                settings.duration.as_secs(),
+                settings.warmup.as_secs()
+            );
+        }
         let result = run_one(&sc, settings, ctx.as_ref(), guard.as_mut()).await;
         match &result {
             Ok(s) => eprintln!(
@@ -224,7 +247,11 @@ async fn run(
             ),
             Err(e) => eprintln!("[bench] {}: failed: {e:#}", sc.name),
         }
-        rows.push(Row { name: sc.name, concurrency, result });
+        rows.push(Row {
+            name: sc.name,
+            concurrency,
+            result,
+        });
         tokio::time::sleep(PAUSE_BETWEEN_SCENARIOS).await;
     }
     drop(guard);

@@ -65,19 +65,35 @@ impl Machine {
             Some(hash) => {
                 let dirty = command_line("git", &["status", "--porcelain"], Some(repo_dir))
                     .is_some_and(|s| !s.is_empty());
-                if dirty { format!("{hash} (uncommitted changes)") } else { hash }
+                if dirty {
+                    format!("{hash} (uncommitted changes)")
+                } else {
+                    hash
+                }
             }
             None => "none".into(),
         };
-        let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-        Self { nproc, cpu, mem_total, kernel, rustc, date_utc, commit }
+        let nproc = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0);
+        Self {
+            nproc,
+            cpu,
+            mem_total,
+            kernel,
+            rustc,
+            date_utc,
+            commit,
+        }
     }
 }
 
 /// First line of a command's stdout, if it ran and succeeded.
 fn command_line(cmd: &str, args: &[&str], dir: Option<&Path>) -> Option<String> {
     let mut c = Command::new(cmd);
-    c.args(args).stdin(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    c.args(args)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
     if let Some(dir) = dir {
         c.current_dir(dir);
     }
@@ -114,11 +130,24 @@ fn thousands(x: f64) -> String {
     }
 }
 
+/// Three significant digits (ratios span 1.0 down to ~0.0005).
+fn sig3(x: f64) -> String {
+    if !x.is_finite() || x <= 0.0 {
+        return format!("{x:.3}");
+    }
+    let magnitude = x.log10().floor() as i32;
+    let decimals = usize::try_from((2 - magnitude).max(0)).unwrap_or(0);
+    format!("{x:.decimals$}")
+}
+
 fn errors_cell(s: &Stats) -> String {
     let mut parts = Vec::new();
     if s.non_success() > 0 {
-        let codes: Vec<String> =
-            s.bad_status.iter().map(|(code, n)| format!("{code}×{n}")).collect();
+        let codes: Vec<String> = s
+            .bad_status
+            .iter()
+            .map(|(code, n)| format!("{code}×{n}"))
+            .collect();
         parts.push(format!("HTTP {}", codes.join(" ")));
     }
     if s.transport > 0 {
@@ -130,11 +159,17 @@ fn errors_cell(s: &Stats) -> String {
     if s.recover_errors > 0 {
         parts.push(format!("re-login {}", s.recover_errors));
     }
-    if parts.is_empty() { "0".into() } else { parts.join(", ") }
+    if parts.is_empty() {
+        "0".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 fn stats_of<'a>(rows: &'a [Row], name: &str) -> Option<&'a Stats> {
-    rows.iter().find(|r| r.name == name).and_then(|r| r.result.as_ref().ok())
+    rows.iter()
+        .find(|r| r.name == name)
+        .and_then(|r| r.result.as_ref().ok())
 }
 
 impl Report {
@@ -157,7 +192,11 @@ impl Report {
             self.warmup_secs, self.duration_secs, self.client_threads
         );
         if let Some(bin) = &self.server_bin {
-            let _ = writeln!(o, "- Server: `{bin}` (RUST_LOG=warn), {} seeded users", self.users);
+            let _ = writeln!(
+                o,
+                "- Server: `{bin}` (RUST_LOG=warn), {} seeded users",
+                self.users
+            );
         }
         if self.server_bin.is_some() {
             let _ = writeln!(
@@ -172,28 +211,34 @@ impl Report {
             "| scenario | connections | requests/s | p50 ms | p99 ms | peak RSS MB | errors | × healthz |"
         );
         let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---|---:|");
-        let healthz = stats_of(&self.rows, "healthz").map(Stats::per_sec).filter(|r| *r > 0.0);
+        let healthz = stats_of(&self.rows, "healthz")
+            .map(Stats::per_sec)
+            .filter(|r| *r > 0.0);
         for row in &self.rows {
             match &row.result {
                 Ok(s) => {
                     let rate = s.per_sec();
-                    let rate_cell = if row.name == "argon2_raw" {
-                        format!("{} hashes/s", thousands(rate))
-                    } else {
-                        thousands(rate)
+                    let rate_cell = match s.unit {
+                        Some(unit) => format!("{} {unit}", thousands(rate)),
+                        None => thousands(rate),
                     };
                     let (p50, p99) = if s.hist.is_empty() {
                         ("—".into(), "—".into())
                     } else {
-                        (ms(s.hist.value_at_quantile(0.50)), ms(s.hist.value_at_quantile(0.99)))
+                        (
+                            ms(s.hist.value_at_quantile(0.50)),
+                            ms(s.hist.value_at_quantile(0.99)),
+                        )
                     };
-                    let peak = if s.peak_of == "server" {
-                        mib(s.peak_kib)
-                    } else {
-                        format!("{} ({})", mib(s.peak_kib), s.peak_of)
-                    };
+                    let mut peak = mib(s.peak_kib);
+                    if s.peak_of != "server" {
+                        peak = format!("{peak} ({})", s.peak_of);
+                    }
+                    if !s.peak_reset {
+                        peak.push_str(" (since start: reset refused)");
+                    }
                     let ratio = match healthz {
-                        Some(h) if row.name != "argon2_raw" => format!("{:.3}", rate / h),
+                        Some(h) if s.unit.is_none() && !s.is_burst => sig3(rate / h),
                         _ => "—".into(),
                     };
                     let _ = writeln!(
@@ -220,9 +265,10 @@ impl Report {
             }
         }
         let _ = writeln!(o);
-        if let (Some(login), Some(raw)) =
-            (stats_of(&self.rows, "login"), stats_of(&self.rows, "argon2_raw"))
-            && raw.per_sec() > 0.0
+        if let (Some(login), Some(raw)) = (
+            stats_of(&self.rows, "login"),
+            stats_of(&self.rows, "argon2_raw"),
+        ) && raw.per_sec() > 0.0
         {
             let _ = writeln!(
                 o,
@@ -246,6 +292,25 @@ impl Report {
                 b.transport,
                 b.elapsed.as_secs_f64(),
                 mib(b.peak_kib)
+            );
+        }
+        let cpu: Vec<String> = self
+            .rows
+            .iter()
+            .filter_map(|r| {
+                let s = r.result.as_ref().ok()?;
+                let fmt = |c: Option<f64>| c.map_or_else(|| "?".into(), |c| format!("{c:.2}"));
+                Some(match s.server_cpu {
+                    Some(_) => format!("{} {}/{}", r.name, fmt(s.server_cpu), fmt(s.harness_cpu)),
+                    None => format!("{} –/{}", r.name, fmt(s.harness_cpu)),
+                })
+            })
+            .collect();
+        if !cpu.is_empty() {
+            let _ = writeln!(
+                o,
+                "- CPU used while measuring, in cores, server/harness: {}",
+                cpu.join("; ")
             );
         }
         for row in &self.rows {
@@ -320,7 +385,10 @@ mod tests {
     fn existing_section_is_replaced_and_rest_kept() {
         let old = format!("# Title\nintro\n{BEGIN}\nold table\n{END}\n\n## Targets\nkeep me\n");
         let out = merge_into(Some(&old), "new table");
-        assert_eq!(out, format!("# Title\nintro\n{BEGIN}\nnew table\n{END}\n\n## Targets\nkeep me\n"));
+        assert_eq!(
+            out,
+            format!("# Title\nintro\n{BEGIN}\nnew table\n{END}\n\n## Targets\nkeep me\n")
+        );
         // And it is stable when run again.
         assert_eq!(merge_into(Some(&out), "new table"), out);
     }
@@ -337,5 +405,9 @@ mod tests {
         assert_eq!(thousands(999.6), "1,000");
         assert_eq!(thousands(35.31), "35.3");
         assert_eq!(ms(1500), "1.50");
+        assert_eq!(sig3(1.0), "1.00");
+        assert_eq!(sig3(0.72214), "0.722");
+        assert_eq!(sig3(0.000476), "0.000476");
+        assert_eq!(sig3(12.345), "12.3");
     }
 }

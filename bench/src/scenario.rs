@@ -59,7 +59,10 @@ pub enum Kind {
     /// `connections` connections each send exactly one request, all at the same instant.
     Burst { connections: usize, setup: Setup },
     /// Runs inside the harness, no server involved.
-    InProcess { threads: usize, run: fn(&Settings) -> Result<crate::load::Stats> },
+    InProcess {
+        threads: usize,
+        run: fn(&Settings) -> Result<crate::load::Stats>,
+    },
 }
 
 pub struct Scenario {
@@ -114,8 +117,11 @@ pub fn all(s: &Settings) -> Vec<Scenario> {
                 setup: setup(|ctx, i| async move {
                     let user = i % ctx.users.len().max(1);
                     let tokens = ctx.login(user).await?;
-                    Ok(Box::new(RefreshChain { ctx, user, refresh_token: tokens.refresh_token })
-                        as Box<dyn ConnDriver>)
+                    Ok(Box::new(RefreshChain {
+                        ctx,
+                        user,
+                        refresh_token: tokens.refresh_token,
+                    }) as Box<dyn ConnDriver>)
                 }),
             },
         },
@@ -126,13 +132,18 @@ pub fn all(s: &Settings) -> Vec<Scenario> {
                 setup: setup(|ctx, i| async move {
                     let t = ctx.target.clone();
                     let body = ctx.user(i)?.login_body.clone();
-                    Ok(Simple::boxed(move || t.post_json("/v1/auth/login", body.clone(), None)))
+                    Ok(Simple::boxed(move || {
+                        t.post_json("/v1/auth/login", body.clone(), None)
+                    }))
                 }),
             },
         },
         Scenario {
             name: "argon2_raw",
-            kind: Kind::InProcess { threads: crate::argon::threads(), run: crate::argon::run },
+            kind: Kind::InProcess {
+                threads: crate::argon::threads(),
+                run: crate::argon::run,
+            },
         },
         Scenario {
             name: "login_inflight_rss",
@@ -141,7 +152,9 @@ pub fn all(s: &Settings) -> Vec<Scenario> {
                 setup: setup(|ctx, i| async move {
                     let t = ctx.target.clone();
                     let body = ctx.user(i)?.login_body.clone();
-                    Ok(Simple::boxed(move || t.post_json("/v1/auth/login", body.clone(), None)))
+                    Ok(Simple::boxed(move || {
+                        t.post_json("/v1/auth/login", body.clone(), None)
+                    }))
                 }),
             },
         },
@@ -177,7 +190,9 @@ impl ConnDriver for RefreshChain {
     fn request(&mut self) -> Result<Req> {
         let body = serde_json::to_vec(&serde_json::json!({ "refresh_token": self.refresh_token }))
             .context("encode refresh body")?;
-        self.ctx.target.post_json("/v1/auth/refresh", Bytes::from(body), None)
+        self.ctx
+            .target
+            .post_json("/v1/auth/refresh", Bytes::from(body), None)
     }
 
     fn check(&mut self, status: StatusCode, body: &Bytes) -> bool {
@@ -241,7 +256,11 @@ impl Ctx {
                 serde_json::to_vec(&serde_json::json!({ "email": email, "password": password }))
                     .context("encode login body")?,
             );
-            users.push(User { email, password, login_body });
+            users.push(User {
+                email,
+                password,
+                login_body,
+            });
         }
         let ctx = Self {
             target,
@@ -256,7 +275,11 @@ impl Ctx {
         for i in 0..ctx.users.len() {
             let ctx = Arc::clone(&ctx);
             set.spawn(async move {
-                let _permit = ctx.login_gate.acquire().await.context("login gate closed")?;
+                let _permit = ctx
+                    .login_gate
+                    .acquire()
+                    .await
+                    .context("login gate closed")?;
                 ctx.create_user(i).await
             });
         }
@@ -264,7 +287,8 @@ impl Ctx {
             res.context("seeding task panicked")??;
         }
         let tokens = ctx.login(0).await?;
-        let mut ctx = Arc::try_unwrap(ctx).map_err(|_| anyhow::anyhow!("seeding ctx still shared"))?;
+        let mut ctx =
+            Arc::try_unwrap(ctx).map_err(|_| anyhow::anyhow!("seeding ctx still shared"))?;
         ctx.access_token = tokens.access_token;
         Ok(ctx)
     }
@@ -280,8 +304,10 @@ impl Ctx {
     async fn create_user(&self, i: usize) -> Result<()> {
         let user = self.user(i)?;
         let body = Bytes::from(
-            serde_json::to_vec(&serde_json::json!({ "email": user.email, "password": user.password }))
-                .context("encode user body")?,
+            serde_json::to_vec(
+                &serde_json::json!({ "email": user.email, "password": user.password }),
+            )
+            .context("encode user body")?,
         );
         let req = self.target.post_json("/v1/users", body.clone(), None)?;
         let (mut status, mut resp) = self.target.once(req).await.context("POST /v1/users")?;
@@ -290,7 +316,11 @@ impl Ctx {
             && let Some(key) = &self.root_key
         {
             let req = self.target.post_json("/v1/users", body, Some(key))?;
-            (status, resp) = self.target.once(req).await.context("POST /v1/users (root key)")?;
+            (status, resp) = self
+                .target
+                .once(req)
+                .await
+                .context("POST /v1/users (root key)")?;
         }
         if status != StatusCode::CREATED {
             bail!(
@@ -305,23 +335,36 @@ impl Ctx {
     /// Logs user `i` in (at most [`SETUP_LOGIN_CONCURRENCY`] at a time) and returns the tokens.
     pub async fn login(&self, i: usize) -> Result<Tokens> {
         let user = self.user(i)?;
-        let _permit = self.login_gate.acquire().await.context("login gate closed")?;
+        let _permit = self
+            .login_gate
+            .acquire()
+            .await
+            .context("login gate closed")?;
         let mut last = String::new();
         // A busy server may shed load with 429/503: retry a few times with a pause.
         for attempt in 0..5u32 {
-            let req = self.target.post_json("/v1/auth/login", user.login_body.clone(), None)?;
+            let req = self
+                .target
+                .post_json("/v1/auth/login", user.login_body.clone(), None)?;
             let (status, body) = self.target.once(req).await.context("POST /v1/auth/login")?;
             match status {
                 StatusCode::OK => {
                     return serde_json::from_slice(&body).with_context(|| {
-                        format!("login response is not the expected JSON: {}", body_snippet(&body))
+                        format!(
+                            "login response is not the expected JSON: {}",
+                            body_snippet(&body)
+                        )
                     });
                 }
                 StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
                     last = format!("{status}: {}", body_snippet(&body));
                     tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt + 1))).await;
                 }
-                _ => bail!("login of {} answered {status}: {}", user.email, body_snippet(&body)),
+                _ => bail!(
+                    "login of {} answered {status}: {}",
+                    user.email,
+                    body_snippet(&body)
+                ),
             }
         }
         bail!("login of {} kept failing: {last}", user.email)

@@ -72,9 +72,17 @@ impl ServerGuard {
                 Ok(())
             });
         }
-        let child = cmd.spawn().with_context(|| format!("start {}", bin.display()))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("start {}", bin.display()))?;
         let pid = child.id();
-        Ok(Self { child, pid, target: Target::new(addr), stderr_path, dir })
+        Ok(Self {
+            child,
+            pid,
+            target: Target::new(addr),
+            stderr_path,
+            dir,
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -85,12 +93,17 @@ impl ServerGuard {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
-    /// The last lines of the server's stderr, for error messages.
+    /// The last lines of the server's stderr, for error messages (API keys redacted, since these
+    /// messages can end up in RESULTS.md).
     pub fn stderr_tail(&self, lines: usize) -> String {
         let text = self.stderr_text();
         let all: Vec<&str> = text.lines().collect();
         let start = all.len().saturating_sub(lines);
-        all.get(start..).unwrap_or_default().join("\n")
+        let tail = all.get(start..).unwrap_or_default().join("\n");
+        match ROOT_KEY_RE.as_ref() {
+            Ok(re) => re.replace_all(&tail, "pk_live_<redacted>").into_owned(),
+            Err(_) => tail,
+        }
     }
 
     pub fn ensure_alive(&mut self) -> Result<()> {
@@ -184,10 +197,10 @@ impl Proc {
         }
     }
 
-    /// Resets the peak RSS (VmHWM) to the current RSS. Errors are ignored on purpose: on kernels
-    /// or sandboxes that refuse it, the peak simply covers a longer span.
-    pub fn reset_peak(self) {
-        let _ = std::fs::write(self.dir().join("clear_refs"), "5");
+    /// Resets the peak RSS (VmHWM) to the current RSS; false if the kernel refused. Callers
+    /// ignore that on purpose: the peak then simply covers a longer span.
+    pub fn reset_peak(self) -> bool {
+        std::fs::write(self.dir().join("clear_refs"), "5").is_ok()
     }
 
     /// VmHWM (peak resident set) in KiB.
@@ -199,6 +212,28 @@ impl Proc {
     pub fn rss_kib(self) -> Option<u64> {
         status_field(&self.dir(), "VmRSS:")
     }
+}
+
+impl Proc {
+    /// CPU time (user + system) the process has used so far.
+    pub fn cpu_time(self) -> Option<Duration> {
+        let stat = std::fs::read_to_string(self.dir().join("stat")).ok()?;
+        let ticks = parse_cpu_ticks(&stat)?;
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        let hz = u64::try_from(hz).ok().filter(|h| *h > 0)?;
+        Some(Duration::from_secs_f64(ticks as f64 / hz as f64))
+    }
+}
+
+/// utime + stime (fields 14 and 15) from /proc/PID/stat; the command name in field 2 may contain
+/// spaces, so count from the closing parenthesis.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
 }
 
 fn status_field(dir: &Path, field: &str) -> Option<u64> {
@@ -233,8 +268,33 @@ mod tests {
     }
 
     #[test]
+    fn parses_cpu_ticks() {
+        let stat = "123 (my (odd) name) S 1 2 3 4 5 6 7 8 9 10 250 17 0 0 20 0 1 0";
+        assert_eq!(parse_cpu_ticks(stat), Some(267));
+        assert!(Proc::SelfProc.cpu_time().is_some());
+    }
+
+    #[test]
+    fn clear_refs_resets_the_peak() {
+        // Touch 256 MiB, give it back, then check that a reset brings VmHWM back down.
+        let before = Proc::SelfProc.rss_kib().unwrap_or(0);
+        let big = vec![1u8; 256 << 20];
+        assert!(
+            std::hint::black_box(&big)
+                .iter()
+                .step_by(4096)
+                .all(|b| *b == 1)
+        );
+        drop(big);
+        assert!(Proc::SelfProc.peak_kib().unwrap_or(0) >= before + (200 << 10));
+        if Proc::SelfProc.reset_peak() {
+            assert!(Proc::SelfProc.peak_kib().unwrap_or(u64::MAX) < before + (200 << 10));
+        }
+    }
+
+    #[test]
     fn reads_own_memory() {
-        Proc::SelfProc.reset_peak();
+        let _ = Proc::SelfProc.reset_peak();
         assert!(Proc::SelfProc.rss_kib().is_some_and(|k| k > 0));
         assert!(Proc::SelfProc.peak_kib().is_some_and(|k| k > 0));
     }

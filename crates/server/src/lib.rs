@@ -1,1 +1,123 @@
-//! placeholder
+//! Portcullis server: axum routers, the credential → [`auth::Principal`] pipeline, middleware, error
+//! mapping, OpenAPI, configuration, telemetry, background work, and the `portcullis` binary's commands.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::await_holding_lock,
+    clippy::todo
+)]
+
+pub mod admin;
+pub mod app;
+pub mod audit;
+pub mod auth;
+pub mod background;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod hashing;
+pub mod keys;
+pub mod openapi;
+pub mod ops;
+pub mod state;
+pub mod telemetry;
+pub mod throttle;
+pub mod tokens;
+pub mod users;
+
+use std::net::SocketAddr;
+
+use portcullis_core::apikeys::{self, ApiKey};
+use portcullis_core::clock::Millis;
+use portcullis_core::ids::KeyId;
+use portcullis_store::{ApiKeyRow, ApiKeyStore, Store, UserStore};
+
+pub use config::Config;
+pub use state::{AppState, StartError};
+
+/// A server accepting connections, and the handle to stop it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+    audit: tokio::task::JoinHandle<()>,
+}
+
+/// Builds the state over an opened, migrated store and serves on `listener`.
+pub async fn start(config: Config, store: Store, listener: tokio::net::TcpListener) -> Result<Running, StartError> {
+    let addr = listener.local_addr().map_err(|e| StartError::Other(e.to_string()))?;
+    let (state, audit) = AppState::build(config, store, telemetry::metrics_handle()).await?;
+    let background = background::spawn(state.clone());
+    let router = app::router(state.clone());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await
+    });
+    Ok(Running { addr, state, shutdown: Some(tx), server, background, audit })
+}
+
+impl Running {
+    /// Stops accepting, finishes in-flight requests, flushes the audit queue and closes the store.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), &mut self.server).await;
+        for task in &self.background {
+            task.abort();
+        }
+        let store = self.state.store.clone();
+        drop(self.state);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.audit).await;
+        store.close().await;
+    }
+
+    /// Waits until the server task ends (it only ends on `stop` or an accept error).
+    pub async fn wait(&mut self) -> std::io::Result<()> {
+        match (&mut self.server).await {
+            Ok(r) => r,
+            Err(e) => Err(std::io::Error::other(e)),
+        }
+    }
+}
+
+/// Creates a root API key (scope `admin`, no owner) and returns it; it is shown only this once.
+pub async fn create_root_key(store: &Store, name: &str) -> Result<String, StartError> {
+    let key = ApiKey::generate(apikeys::DEFAULT_PREFIX).map_err(|e| StartError::Other(e.to_string()))?;
+    let now = Millis::now().0;
+    let row = ApiKeyRow {
+        id: KeyId::generate().to_string(),
+        owner_id: None,
+        prefix: key.prefix().to_owned(),
+        start: key.start(),
+        key_hash: key.hash().0.to_vec(),
+        name: name.to_owned(),
+        scopes: "admin".to_owned(),
+        meta: None,
+        created_at: now,
+        updated_at: now,
+        expires_at: None,
+        revoked_at: None,
+        remaining: None,
+        ratelimit_limit: None,
+        ratelimit_duration_ms: None,
+        last_used_at: None,
+        rolled_to: None,
+        grace_until: None,
+    };
+    store.insert_api_key(&row).await?;
+    Ok(key.expose().to_owned())
+}
+
+/// True when the store has neither users nor keys: the first start.
+pub async fn store_is_empty(store: &Store) -> Result<bool, StartError> {
+    Ok(store.count_users().await? == 0 && store.count_api_keys().await? == 0)
+}

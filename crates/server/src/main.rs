@@ -1,1 +1,314 @@
-fn main() {}
+//! The `portcullis` command. Exit status: 0 done, 2 usage or configuration error, 1 runtime failure,
+//! each failure with one line on stderr that says what to do.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use portcullis_core::clock::Millis;
+use portcullis_core::email::Email;
+use portcullis_server::config::{Config, ConfigError};
+use portcullis_server::tokens::SigningKeyView;
+use portcullis_server::{StartError, state, telemetry};
+use portcullis_store::SigningKeyStore;
+use secrecy::{ExposeSecret, SecretString};
+
+#[derive(Parser)]
+#[command(name = "portcullis", version, about = "Authentication for APIs, in one binary.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        #[command(flatten)]
+        store: StoreFlags,
+        /// Address to listen on (default 127.0.0.1:8787).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Redis URL, for several nodes.
+        #[arg(long)]
+        redis_url: Option<String>,
+        /// Public base URL, the `iss` of tokens (default http://<listen>).
+        #[arg(long)]
+        issuer: Option<String>,
+    },
+    /// Apply database migrations and exit.
+    Migrate {
+        #[command(flatten)]
+        store: StoreFlags,
+    },
+    /// Administrative commands.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// Manage users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Manage JWT signing keys.
+    SigningKeys {
+        #[command(subcommand)]
+        command: SigningKeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Root API keys (scope `admin`).
+    RootKey {
+        #[command(subcommand)]
+        command: RootKeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RootKeyCommand {
+    /// Print a new root API key, alone on stdout.
+    Create {
+        #[command(flatten)]
+        store: StoreFlags,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user; the password is read from stdin.
+    Create {
+        #[command(flatten)]
+        store: StoreFlags,
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Give the user the `admin` role.
+        #[arg(long)]
+        admin: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SigningKeysCommand {
+    /// Create the next signing key (published now, signing after the publish lead time).
+    Rotate {
+        #[command(flatten)]
+        store: StoreFlags,
+    },
+    /// List signing keys and their state.
+    List {
+        #[command(flatten)]
+        store: StoreFlags,
+    },
+}
+
+#[derive(Args, Clone)]
+struct StoreFlags {
+    /// Folder for the SQLite file and master key (default ./portcullis-data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// postgres://… selects PostgreSQL.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// TOML configuration file.
+    #[arg(long, env = "PORTCULLIS_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+enum Failure {
+    Usage(String),
+    Runtime(String),
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure::Usage(format!("configuration error: {e}"))
+    }
+}
+
+impl From<StartError> for Failure {
+    fn from(e: StartError) -> Self {
+        Failure::Runtime(e.to_string())
+    }
+}
+
+fn load(store: &StoreFlags, extra: &[(&str, Option<String>)]) -> Result<Config, Failure> {
+    let mut flags = figment::value::Dict::new();
+    if let Some(d) = &store.data_dir {
+        flags.insert("data_dir".into(), d.display().to_string().into());
+    }
+    if let Some(u) = &store.database_url {
+        flags.insert("database_url".into(), u.clone().into());
+    }
+    for (name, value) in extra {
+        if let Some(v) = value {
+            flags.insert((*name).into(), v.clone().into());
+        }
+    }
+    Ok(Config::load(store.config.as_deref(), &flags)?)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(m)) => {
+            eprintln!("error: {m}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(m)) => {
+            eprintln!("error: {m}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Serve { store, listen, redis_url, issuer } => {
+            let config = load(&store, &[("listen", listen), ("redis_url", redis_url), ("issuer", issuer)])?;
+            serve(config).await
+        }
+        Command::Migrate { store } => {
+            let config = load(&store, &[])?;
+            let store = state::open_store(&config).await?;
+            eprintln!("migrations applied ({})", store.backend_name());
+            store.close().await;
+            Ok(())
+        }
+        Command::Admin { command: AdminCommand::RootKey { command: RootKeyCommand::Create { store } } } => {
+            let config = load(&store, &[])?;
+            let store = state::open_store(&config).await?;
+            let key = portcullis_server::create_root_key(&store, "root (cli)").await?;
+            println!("{key}");
+            store.close().await;
+            Ok(())
+        }
+        Command::User { command: UserCommand::Create { store, email, name, admin } } => {
+            let config = load(&store, &[])?;
+            let email = Email::parse(&email).map_err(|e| Failure::Usage(format!("--email: {e}")))?;
+            let mut password = String::new();
+            std::io::stdin().read_to_string(&mut password).map_err(|e| Failure::Runtime(format!("reading the password from stdin: {e}")))?;
+            let password = SecretString::from(password.trim_end_matches(['\r', '\n']).to_owned());
+            config.password_policy().check(password.expose_secret(), &email).map_err(|reasons| {
+                Failure::Usage(format!(
+                    "the password is too weak: {}",
+                    reasons.iter().map(|r| r.message()).collect::<Vec<_>>().join("; ")
+                ))
+            })?;
+            let store = state::open_store(&config).await?;
+            let hashing = portcullis_core::passwords::PasswordHashing::new(config.argon2()).map_err(|e| Failure::Runtime(e.to_string()))?;
+            let hash = hashing.hash(&password).map_err(|e| Failure::Runtime(e.to_string()))?;
+            let new = portcullis_store::NewUser {
+                id: portcullis_core::ids::UserId::generate(),
+                email: email.as_str().to_owned(),
+                email_key: email.key(),
+                name,
+                password_hash: Some(hash.as_str().to_owned()),
+                roles: if admin { "admin".into() } else { String::new() },
+                created_at: Millis::now(),
+            };
+            use portcullis_store::UserStore;
+            match store.create_user(&new).await {
+                Ok(()) => println!("{}", new.id),
+                Err(portcullis_store::StoreError::Conflict(_)) => {
+                    return Err(Failure::Runtime(format!("a user with email {email} already exists")));
+                }
+                Err(e) => return Err(Failure::Runtime(e.to_string())),
+            }
+            store.close().await;
+            Ok(())
+        }
+        Command::SigningKeys { command } => {
+            let (store_flags, rotate) = match command {
+                SigningKeysCommand::Rotate { store } => (store, true),
+                SigningKeysCommand::List { store } => (store, false),
+            };
+            let config = load(&store_flags, &[])?;
+            let store = state::open_store(&config).await?;
+            let now = Millis::now();
+            if rotate {
+                let master = state::load_master_key(&config)?;
+                let ring = portcullis_server::keys::KeyRing::load(
+                    store.clone(),
+                    master,
+                    config.jwt_alg,
+                    config.issuer(),
+                    config.audience(),
+                    config.jwt_leeway_s,
+                    config.access_token_ttl_s,
+                )
+                .await
+                .map_err(|e| Failure::Runtime(e.to_string()))?;
+                let row = ring.create_key(now, config.signing_key_publish_lead_s).await.map_err(|e| Failure::Runtime(e.to_string()))?;
+                println!("{}", serde_json::to_string(&SigningKeyView::from_row(&row, now)).unwrap_or_default());
+            } else {
+                for row in store.all_signing_keys().await.map_err(|e| Failure::Runtime(e.to_string()))? {
+                    println!("{}", serde_json::to_string(&SigningKeyView::from_row(&row, now)).unwrap_or_default());
+                }
+            }
+            store.close().await;
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), Failure> {
+    telemetry::init_logging(config.log_format);
+    if config.redis_url.is_some() {
+        tracing::warn!("redis_url is set but this release keeps rate limits and caches in process");
+    }
+    let store = state::open_store(&config).await?;
+    let first_start = portcullis_server::store_is_empty(&store).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| Failure::Runtime(format!("cannot listen on {}: {e} (choose another with --listen)", config.listen)))?;
+    let issuer = config.issuer();
+    tracing::info!(listen = %config.listen, issuer = %issuer, store = store.backend_name(), config = ?config, "starting");
+    let mut running = portcullis_server::start(config, store.clone(), listener).await?;
+    if first_start {
+        let key = portcullis_server::create_root_key(&store, "root (first start)").await?;
+        eprintln!("root API key (shown once; it has scope admin): {key}");
+    }
+    eprintln!("portcullis is listening on {issuer}");
+    let result = tokio::select! {
+        r = running.wait() => r.map_err(|e| Failure::Runtime(format!("server stopped: {e}"))),
+        _ = shutdown_signal() => Ok(()),
+    };
+    tracing::info!("shutting down");
+    running.stop().await;
+    result
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+

@@ -1,1 +1,216 @@
-//! placeholder
+//! Portcullis persistence. One trait per capability ([`UserStore`], [`RefreshTokenStore`],
+//! [`SigningKeyStore`], [`ApiKeyStore`], [`AuditStore`], [`Maintenance`]), implemented by [`Store`] over
+//! either backend, chosen at start-up: SQLite (an embedded file, zero configuration) or PostgreSQL
+//! (shared by several nodes).
+//!
+//! Each backend has its own migrations (`migrations/sqlite`, `migrations/postgres`). The query text is
+//! shared: both speak `$N` parameters, `RETURNING` and the same column types as we use them (TEXT,
+//! BIGINT milliseconds, BLOB/BYTEA hashes), so [`with_pool!`] expands each method body once per backend
+//! with the pool of that backend. Races are settled by one conditional `UPDATE … RETURNING` per
+//! decision, never by read-then-write.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::await_holding_lock,
+    clippy::todo
+)]
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+mod apikeys;
+mod audit;
+mod maintenance;
+mod refresh;
+mod signing_keys;
+mod users;
+
+pub use apikeys::{ApiKeyRow, ApiKeyStore};
+pub use audit::{AuditEvent, AuditFilter, AuditStore};
+pub use maintenance::{Maintenance, Purged};
+pub use refresh::{NewFamily, NextToken, RefreshTokenStore, Rotation};
+pub use signing_keys::{SigningKeyRow, SigningKeyStore};
+pub use users::{NewUser, UserRow, UserStore};
+
+/// Store failures. Only `Conflict` and `NotFound` carry meaning for callers; `Database` is logged and
+/// becomes a 500 without details.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness rule was broken; the string names the rule (e.g. `users_email_key_unique`).
+    #[error("conflict: {0}")]
+    Conflict(&'static str),
+    #[error("not found")]
+    NotFound,
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot prepare the database file: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl StoreError {
+    /// Turns a unique violation into `Conflict(rule)`, leaving other errors alone. Backends report the
+    /// violated constraint differently (PostgreSQL by name, SQLite by table and column), so the caller
+    /// names the only unique rule its statement can break besides the random primary key.
+    pub(crate) fn unique(rule: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+        move |e| match &e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(rule),
+            _ => StoreError::Database(e),
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Which database, and its pools.
+#[derive(Clone, Debug)]
+pub(crate) enum Backend {
+    /// SQLite allows one writer at a time: writes go through a single connection (so they queue in
+    /// our process instead of failing with SQLITE_BUSY), reads through a pool.
+    Sqlite { read: SqlitePool, write: SqlitePool },
+    Postgres(PgPool),
+}
+
+/// The store the server talks to.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pub(crate) backend: Backend,
+}
+
+/// Expands `$body` with `$p` bound to the read or write pool of whichever backend is in use.
+macro_rules! with_pool {
+    ($self:expr, read, $p:ident => $body:expr) => {
+        match &$self.backend {
+            $crate::Backend::Sqlite { read, .. } => {
+                let $p = read;
+                $body
+            }
+            $crate::Backend::Postgres(pool) => {
+                let $p = pool;
+                $body
+            }
+        }
+    };
+    ($self:expr, write, $p:ident => $body:expr) => {
+        match &$self.backend {
+            $crate::Backend::Sqlite { write, .. } => {
+                let $p = write;
+                $body
+            }
+            $crate::Backend::Postgres(pool) => {
+                let $p = pool;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_pool;
+
+/// Settings for opening a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Maximum connections (PostgreSQL) or readers (SQLite).
+    pub pool_size: u32,
+    /// How long a query waits for a connection or a lock before failing.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { pool_size: 8, acquire_timeout: Duration::from_secs(5) }
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) a SQLite file: WAL, `synchronous = NORMAL`, foreign keys on, a busy
+    /// timeout, one writer connection and a pool of readers. A new file is created with mode 0600.
+    pub async fn open_sqlite(path: &Path, opts: &StoreOptions) -> Result<Self> {
+        create_private_file(path)?;
+        let base = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(opts.acquire_timeout)
+            .pragma("temp_store", "memory")
+            .pragma("cache_size", "-8000");
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(opts.acquire_timeout)
+            .connect_with(base.clone())
+            .await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(opts.pool_size.max(1))
+            .min_connections(1)
+            .acquire_timeout(opts.acquire_timeout)
+            .connect_with(base.read_only(true))
+            .await?;
+        Ok(Self { backend: Backend::Sqlite { read, write } })
+    }
+
+    /// Connects to PostgreSQL. `search_path`, when given, confines every table to one schema (the
+    /// test suite gives each test its own).
+    pub async fn connect_postgres(url: &str, opts: &StoreOptions, search_path: Option<&str>) -> Result<Self> {
+        let mut connect = PgConnectOptions::from_str(url)?;
+        if let Some(schema) = search_path {
+            connect = connect.options([("search_path", schema)]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(opts.pool_size.max(2))
+            .acquire_timeout(opts.acquire_timeout)
+            .connect_with(connect)
+            .await?;
+        Ok(Self { backend: Backend::Postgres(pool) })
+    }
+
+    /// Applies the embedded migrations of this backend.
+    pub async fn migrate(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Sqlite { write, .. } => sqlx::migrate!("migrations/sqlite").run(write).await?,
+            Backend::Postgres(pool) => sqlx::migrate!("migrations/postgres").run(pool).await?,
+        }
+        Ok(())
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite { .. } => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Closes every connection, flushing SQLite's WAL.
+    pub async fn close(&self) {
+        match &self.backend {
+            Backend::Sqlite { read, write } => {
+                read.close().await;
+                write.close().await;
+            }
+            Backend::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+#[cfg(unix)]
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(not(unix))]
+fn create_private_file(_path: &Path) -> std::io::Result<()> {
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! The router and the middleware every response passes through: request id, security headers,
+//! `Cache-Control`, metrics and the request log.
+
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+
+use crate::error::{ApiError, InternalCause};
+use crate::extract::{BodyLimit, RequestId};
+use crate::state::AppState;
+use crate::{admin, ops, tokens, users};
+
+pub fn router(state: AppState) -> Router {
+    let limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/v1/users", post(users::register))
+        .route("/v1/me", get(users::me))
+        .route("/v1/me/password", post(users::change_password))
+        .route("/v1/auth/login", post(tokens::login))
+        .route("/v1/auth/refresh", post(tokens::refresh))
+        .route("/v1/auth/logout", post(tokens::logout))
+        .route("/v1/auth/logout-all", post(tokens::logout_all))
+        .route("/.well-known/jwks.json", get(tokens::jwks))
+        .route("/admin/v1/users", get(users::list))
+        .route("/admin/v1/users/import", post(users::import))
+        .route("/admin/v1/signing-keys", get(tokens::list_signing_keys))
+        .route("/admin/v1/signing-keys/rotate", post(tokens::rotate))
+        .route("/admin/v1/audit", get(admin::audit))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint".into())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// An incoming `X-Request-Id` is kept only if it is short and plain, so it cannot inject into logs.
+fn request_id(req: &Request) -> String {
+    req.headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string())
+}
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+async fn observe(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = request_id(&req);
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let method = req.method().clone();
+    req.extensions_mut().insert(RequestId(id.clone()));
+    req.extensions_mut().insert(BodyLimit(state.config.max_body_bytes));
+
+    let mut res = next.run(req).await;
+
+    let status = res.status();
+    let elapsed = started.elapsed();
+    let headers = res.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        headers.insert(X_REQUEST_ID.clone(), v);
+    }
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers
+        .entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"));
+    // Anything that does not say otherwise may carry a secret: never store it.
+    headers.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
+    if state.config.issuer().starts_with("https://") {
+        headers.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000; includeSubDomains"));
+    }
+
+    let route_label = route.unwrap_or_else(|| "unmatched".to_owned());
+    let status_label = status.as_u16().to_string();
+    metrics::counter!("portcullis_http_requests_total", "route" => route_label.clone(), "method" => method.to_string(), "status" => status_label)
+        .increment(1);
+    metrics::histogram!("portcullis_http_request_duration_seconds", "route" => route_label.clone()).record(elapsed.as_secs_f64());
+
+    if let Some(InternalCause(cause)) = res.extensions_mut().remove::<InternalCause>() {
+        tracing::error!(request_id = %id, route = %route_label, %method, status = status.as_u16(), cause = %cause, "request failed");
+    } else {
+        // Paths only, never query strings: a misplaced credential must not reach the log.
+        tracing::debug!(request_id = %id, route = %route_label, %method, status = status.as_u16(),
+            micros = elapsed.as_micros() as u64, "request");
+    }
+    res
+}

@@ -1,0 +1,283 @@
+//! The verification pipeline: any credential → [`Principal`]. Every `/v1` and `/admin/v1` handler takes
+//! a `Principal` (or [`Admin`]) and never looks at headers itself.
+//!
+//! * `Authorization: Bearer <JWT>`: verified once, then served from a cache keyed by the SHA-256 of the
+//!   whole token and expiring with it; `exp`/`nbf` and revocation are re-checked on every hit.
+//! * `X-API-Key: <key>`, or `Authorization: Bearer <key>` when the value has our key shape: format and
+//!   checksum first, then a cache keyed by the key's hash, then the store.
+//!
+//! Revocation of access tokens works by watermark: password change, logout-all and disabling set the
+//! user's `tokens_valid_after`; tokens issued before it (by the millisecond in their UUIDv7 `jti`) fail.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use moka::Expiry;
+use moka::sync::Cache;
+use portcullis_core::apikeys::ApiKey;
+use portcullis_core::clock::Millis;
+use portcullis_core::ids::UserId;
+use portcullis_core::jwt::AccessClaims;
+use portcullis_core::scopes::Scopes;
+use portcullis_core::secrets::TokenHash;
+use portcullis_store::{ApiKeyRow, ApiKeyStore, UserRow, UserStore};
+use serde::Serialize;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// How the caller proved who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    Jwt,
+    ApiKey,
+    Session,
+    Signature,
+}
+
+/// Who is calling, how, and with which rights.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// The user, or for keys that belong to no user (root keys), the key id.
+    pub subject: String,
+    pub user_id: Option<UserId>,
+    pub method: AuthMethod,
+    pub scopes: Scopes,
+    pub session_id: Option<String>,
+    pub key_id: Option<String>,
+    pub client_id: Option<String>,
+    /// A credential from our own login (password → token, session): the user's full self-service rights.
+    pub first_party: bool,
+}
+
+impl Principal {
+    /// May this caller act with `scope`? First-party user credentials may do whatever the user may;
+    /// keys and third-party tokens only what their scopes say (`admin` implies everything).
+    pub fn may(&self, scope: &str) -> bool {
+        self.first_party || self.scopes.is_admin() || self.scopes.contains(scope)
+    }
+
+    pub fn require_user(&self) -> Result<&UserId, ApiError> {
+        self.user_id
+            .as_ref()
+            .ok_or_else(|| ApiError::Forbidden("not_a_user", "this credential does not belong to a user".into()))
+    }
+}
+
+struct UntilExp;
+
+impl Expiry<[u8; 32], Arc<AccessClaims>> for UntilExp {
+    fn expire_after_create(&self, _: &[u8; 32], claims: &Arc<AccessClaims>, _: Instant) -> Option<Duration> {
+        let left = claims.exp.saturating_sub(Millis::now().as_secs()).max(0);
+        Some(Duration::from_secs(left as u64 + 1))
+    }
+}
+
+/// Caches and the revocation list behind credential checks.
+pub struct Authenticator {
+    verified: Cache<[u8; 32], Arc<AccessClaims>>,
+    users: Cache<String, Arc<UserRow>>,
+    api_keys: Cache<[u8; 32], Arc<ApiKeyRow>>,
+    watermarks: RwLock<HashMap<String, i64>>,
+}
+
+impl Default for Authenticator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Authenticator {
+    pub fn new() -> Self {
+        Self {
+            verified: Cache::builder().max_capacity(200_000).expire_after(UntilExp).build(),
+            users: Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(60)).build(),
+            api_keys: Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(60)).build(),
+            watermarks: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Stop honouring access tokens of `user_id` issued before `at`.
+    pub fn revoke_tokens_before(&self, user_id: &str, at: Millis) {
+        if let Ok(mut w) = self.watermarks.write() {
+            let entry = w.entry(user_id.to_owned()).or_insert(at.0);
+            *entry = (*entry).max(at.0);
+        }
+        self.users.invalidate(user_id);
+    }
+
+    /// Loads watermarks young enough to matter (tokens issued before them may still be unexpired) and
+    /// forgets older ones.
+    pub fn load_watermarks(&self, rows: Vec<(String, i64)>, forget_before: Millis) {
+        if let Ok(mut w) = self.watermarks.write() {
+            w.retain(|_, at| *at >= forget_before.0);
+            for (user, at) in rows {
+                let entry = w.entry(user).or_insert(at);
+                *entry = (*entry).max(at);
+            }
+        }
+    }
+
+    fn revoked(&self, claims: &AccessClaims) -> bool {
+        let Ok(w) = self.watermarks.read() else { return true };
+        w.get(&claims.sub).is_some_and(|at| claims.issued_at_ms() < *at)
+    }
+
+    pub fn forget_user(&self, user_id: &str) {
+        self.users.invalidate(user_id);
+    }
+
+    pub fn forget_api_key(&self, hash: &TokenHash) {
+        self.api_keys.invalidate(&hash.0);
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
+    let value = value.to_str().map_err(|_| ApiError::InvalidToken("malformed"))?;
+    let (scheme, token) = value.split_once(' ').ok_or(ApiError::InvalidToken("malformed"))?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(ApiError::InvalidToken("unsupported_scheme"));
+    }
+    Ok(Some(token.trim()))
+}
+
+impl AppState {
+    /// A user by id, cached briefly; invalidated on every change this node makes.
+    pub async fn user(&self, id: &str) -> Result<Option<Arc<UserRow>>, ApiError> {
+        if let Some(u) = self.auth.users.get(id) {
+            return Ok(Some(u));
+        }
+        let Some(row) = self.store.user_by_id(id).await? else { return Ok(None) };
+        let row = Arc::new(row);
+        self.auth.users.insert(id.to_owned(), Arc::clone(&row));
+        Ok(Some(row))
+    }
+
+    /// Turns whatever credential the request carries into a principal.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
+        if let Some(key) = headers.get("x-api-key") {
+            let key = key.to_str().map_err(|_| ApiError::InvalidApiKey)?;
+            return self.authenticate_api_key(key).await;
+        }
+        match bearer(headers)? {
+            Some(token) if ApiKey::looks_like_key(token) => self.authenticate_api_key(token).await,
+            Some(token) => self.authenticate_jwt(token),
+            None => Err(ApiError::Unauthenticated),
+        }
+    }
+
+    fn authenticate_jwt(&self, token: &str) -> Result<Principal, ApiError> {
+        let now = Millis::now();
+        let hash = TokenHash::of(token.as_bytes());
+        let ring = self.keys.current();
+        let claims = match self.auth.verified.get(&hash.0) {
+            Some(claims) => {
+                claims.check_time(now.as_secs(), ring.verifier.leeway_s()).map_err(|e| ApiError::InvalidToken(e.reason()))?;
+                claims
+            }
+            None => {
+                let claims = ring.verifier.verify_access_token(token, now).map_err(|e| {
+                    metrics::counter!("portcullis_token_verifications_total", "outcome" => e.reason()).increment(1);
+                    ApiError::InvalidToken(e.reason())
+                })?;
+                let claims = Arc::new(claims);
+                self.auth.verified.insert(hash.0, Arc::clone(&claims));
+                claims
+            }
+        };
+        if self.auth.revoked(&claims) {
+            return Err(ApiError::InvalidToken("revoked"));
+        }
+        let user_id = UserId::parse(&claims.sub).ok();
+        let scopes = Scopes::parse_space_separated(&claims.scope).unwrap_or_default();
+        Ok(Principal {
+            subject: claims.sub.clone(),
+            user_id,
+            method: AuthMethod::Jwt,
+            scopes,
+            session_id: claims.sid.clone(),
+            key_id: None,
+            first_party: claims.client_id == self.config.first_party_client_id,
+            client_id: Some(claims.client_id.clone()),
+        })
+    }
+
+    async fn authenticate_api_key(&self, raw: &str) -> Result<Principal, ApiError> {
+        // Format and checksum first: made-up keys never reach a cache or the store.
+        let key = ApiKey::parse(raw).map_err(|_| ApiError::InvalidApiKey)?;
+        let hash = key.hash();
+        let row = match self.auth.api_keys.get(&hash.0) {
+            Some(row) => row,
+            None => {
+                let row = Arc::new(self.store.api_key_by_hash(&hash).await?.ok_or(ApiError::InvalidApiKey)?);
+                self.auth.api_keys.insert(hash.0, Arc::clone(&row));
+                row
+            }
+        };
+        let now = Millis::now().0;
+        if row.revoked_at.is_some_and(|at| at <= now) || row.expires_at.is_some_and(|at| at <= now) {
+            return Err(ApiError::InvalidApiKey);
+        }
+        let scopes = Scopes::parse_space_separated(&row.scopes).unwrap_or_default();
+        let user_id = row.owner_id.as_deref().and_then(|o| UserId::parse(o).ok());
+        Ok(Principal {
+            subject: row.owner_id.clone().unwrap_or_else(|| row.id.clone()),
+            user_id,
+            method: AuthMethod::ApiKey,
+            scopes,
+            session_id: None,
+            key_id: Some(row.id.clone()),
+            client_id: None,
+            first_party: false,
+        })
+    }
+
+    /// Admins: users with role `admin`, or credentials holding scope `admin`.
+    pub async fn is_admin(&self, p: &Principal) -> Result<bool, ApiError> {
+        if p.scopes.is_admin() {
+            return Ok(true);
+        }
+        if !p.first_party {
+            return Ok(false);
+        }
+        match &p.user_id {
+            Some(id) => Ok(self.user(id.as_str()).await?.is_some_and(|u| u.has_role("admin") && u.disabled_at.is_none())),
+            None => Ok(false),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(p) = parts.extensions.get::<Principal>() {
+            return Ok(p.clone());
+        }
+        let principal = state.authenticate(&parts.headers).await?;
+        parts.extensions.insert(principal.clone());
+        Ok(principal)
+    }
+}
+
+/// A principal that passed the admin check.
+pub struct Admin(pub Principal);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let p = Principal::from_request_parts(parts, state).await?;
+        if state.is_admin(&p).await? {
+            Ok(Admin(p))
+        } else {
+            Err(ApiError::Forbidden("forbidden", "this endpoint is for administrators".into()))
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! Configuration. Every setting comes from, highest first: a command-line flag, an environment variable
+//! `PORTCULLIS_<NAME>`, the TOML file named by `--config` / `PORTCULLIS_CONFIG`, the built-in default.
+//! Unknown keys in the file are an error that names the key. Every limit has a safe default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use portcullis_core::jwt::{JwsAlg, MAX_LEEWAY_S};
+use portcullis_core::passwords::{Argon2Params, PasswordPolicy};
+use serde::{Deserialize, Serialize};
+
+/// Whether anyone may create an account with `POST /v1/users`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Registration {
+    Open,
+    Closed,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Folder for the SQLite file and the master key (created with mode 0700).
+    pub data_dir: PathBuf,
+    /// `postgres://…` selects PostgreSQL; unset means SQLite in `data_dir`.
+    pub database_url: Option<String>,
+    /// Redis, for several nodes (accepted now, used by a later release).
+    pub redis_url: Option<String>,
+    /// Public base URL; the `iss` of every token. Default `http://<listen>`.
+    pub issuer: Option<String>,
+    /// `aud` of access tokens. Default: the issuer.
+    pub audience: Option<String>,
+    /// Master key as 64 hex digits (for nodes without a data folder). Default: `<data_dir>/master.key`.
+    pub master_key: Option<String>,
+    /// `open` or `closed`.
+    pub registration: Registration,
+
+    /// Signing algorithm for new keys: ES256, RS256 or EdDSA.
+    pub jwt_alg: JwsAlg,
+    /// Access-token lifetime (seconds). 15 minutes.
+    pub access_token_ttl_s: i64,
+    /// Lifetime of one refresh token (seconds). 7 days.
+    pub refresh_token_ttl_s: i64,
+    /// Absolute lifetime of a refresh family (seconds). 30 days.
+    pub refresh_family_ttl_s: i64,
+    /// A just-spent refresh token may be retried this long (seconds) if its child is unused. 0 = never.
+    pub refresh_reuse_grace_s: i64,
+    /// Clock skew tolerated on `exp`/`nbf` (seconds, at most 60).
+    pub jwt_leeway_s: i64,
+    /// Rotate signing keys this often (days); 0 disables automatic rotation.
+    pub signing_key_rotation_days: i64,
+    /// A new key is in the JWKS this long (seconds) before it signs.
+    pub signing_key_publish_lead_s: i64,
+    /// `client_id` claim of tokens issued by password login.
+    pub first_party_client_id: String,
+
+    /// Minimum password length in code points (never below 8).
+    pub password_min_length: usize,
+    /// Maximum password length in code points (at least 64).
+    pub password_max_length: usize,
+    /// argon2id memory (KiB), iterations and lanes; never below OWASP's m=19456, t=2, p=1.
+    pub argon2_m_kib: u32,
+    pub argon2_t: u32,
+    pub argon2_p: u32,
+    /// Password hashes computed at once; 0 = one per CPU core.
+    pub hash_concurrency: usize,
+    /// Hash requests allowed to wait; beyond it requests get 503 at once.
+    pub hash_queue_limit: usize,
+
+    /// Failed logins allowed per client IP per `login_ip_period_s` (GCRA).
+    pub login_ip_limit: u32,
+    pub login_ip_period_s: u64,
+    /// Failed logins of one account before waits begin; waits then double from 1 s.
+    pub login_free_failures: u32,
+    /// Longest wait after failed logins of one account (seconds).
+    pub login_max_wait_s: u64,
+
+    /// Largest request body (bytes).
+    pub max_body_bytes: usize,
+    /// Largest page of a list endpoint.
+    pub max_page_size: u32,
+    /// Connections (PostgreSQL) or readers (SQLite).
+    pub db_pool_size: u32,
+    /// Audit events older than this are deleted (days).
+    pub audit_retention_days: i64,
+    /// How often the janitor runs (seconds) and how many rows of each kind it deletes per statement.
+    pub janitor_interval_s: u64,
+    pub janitor_batch: u32,
+    /// `json` (default) or `pretty`.
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
+            data_dir: PathBuf::from("portcullis-data"),
+            database_url: None,
+            redis_url: None,
+            issuer: None,
+            audience: None,
+            master_key: None,
+            registration: Registration::Open,
+            jwt_alg: JwsAlg::Es256,
+            access_token_ttl_s: 15 * 60,
+            refresh_token_ttl_s: 7 * 24 * 3600,
+            refresh_family_ttl_s: 30 * 24 * 3600,
+            refresh_reuse_grace_s: 0,
+            jwt_leeway_s: 30,
+            signing_key_rotation_days: 30,
+            signing_key_publish_lead_s: 3600,
+            first_party_client_id: "portcullis".to_owned(),
+            password_min_length: 12,
+            password_max_length: 128,
+            argon2_m_kib: Argon2Params::OWASP.m_kib,
+            argon2_t: Argon2Params::OWASP.t,
+            argon2_p: Argon2Params::OWASP.p,
+            hash_concurrency: 0,
+            hash_queue_limit: 512,
+            login_ip_limit: 30,
+            login_ip_period_s: 60,
+            login_free_failures: 5,
+            login_max_wait_s: 20 * 60,
+            max_body_bytes: 64 * 1024,
+            max_page_size: 100,
+            db_pool_size: 8,
+            audit_retention_days: 90,
+            janitor_interval_s: 300,
+            janitor_batch: 1000,
+            log_format: LogFormat::Json,
+        }
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("database_url", &self.database_url.as_ref().map(|u| redact_url(u)))
+            .field("issuer", &self.issuer())
+            .field("master_key", &self.master_key.as_ref().map(|_| "[redacted]"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Hides the password of a `scheme://user:password@host/…` URL.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = url.get(s + 3..at).unwrap_or_default();
+            let user = creds.split(':').next().unwrap_or_default();
+            format!("{}{}:[redacted]{}", url.get(..s + 3).unwrap_or_default(), user, url.get(at..).unwrap_or_default())
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Every key the environment may set; other `PORTCULLIS_*` variables (test settings, `CONFIG`) are not ours.
+const KEYS: &[&str] = &[
+    "listen", "data_dir", "database_url", "redis_url", "issuer", "audience", "master_key", "registration", "jwt_alg",
+    "access_token_ttl_s", "refresh_token_ttl_s", "refresh_family_ttl_s", "refresh_reuse_grace_s", "jwt_leeway_s",
+    "signing_key_rotation_days", "signing_key_publish_lead_s", "first_party_client_id", "password_min_length",
+    "password_max_length", "argon2_m_kib", "argon2_t", "argon2_p", "hash_concurrency", "hash_queue_limit",
+    "login_ip_limit", "login_ip_period_s", "login_free_failures", "login_max_wait_s", "max_body_bytes",
+    "max_page_size", "db_pool_size", "audit_retention_days", "janitor_interval_s", "janitor_batch", "log_format",
+];
+
+/// A configuration that cannot be used; the message says what to change.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Layers defaults, the file, the environment and `overrides` (the flags given).
+    pub fn load(file: Option<&std::path::Path>, overrides: &figment::value::Dict) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError(format!("config file {} does not exist", path.display())));
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        fig = fig
+            .merge(Env::prefixed("PORTCULLIS_").filter(|k| KEYS.contains(&k.as_str().to_ascii_lowercase().as_str())))
+            .merge(Serialized::defaults(overrides.clone()));
+        let config: Config = fig.extract().map_err(|e| ConfigError(describe(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError(m));
+        if let Some(issuer) = &self.issuer {
+            if !(issuer.starts_with("http://") || issuer.starts_with("https://")) || issuer.ends_with('/') {
+                return err(format!("issuer must be an http(s) URL without a trailing slash, got {issuer:?}"));
+            }
+        }
+        if let Some(url) = &self.database_url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return err("database_url must start with postgres:// (leave it unset for SQLite)".into());
+            }
+        }
+        if !(60..=24 * 3600).contains(&self.access_token_ttl_s) {
+            return err("access_token_ttl_s must be between 60 and 86400".into());
+        }
+        if self.refresh_token_ttl_s < 60 || self.refresh_family_ttl_s < self.refresh_token_ttl_s {
+            return err("refresh_token_ttl_s must be ≥ 60 and refresh_family_ttl_s ≥ refresh_token_ttl_s".into());
+        }
+        if !(0..=300).contains(&self.refresh_reuse_grace_s) {
+            return err("refresh_reuse_grace_s must be between 0 and 300".into());
+        }
+        if !(0..=MAX_LEEWAY_S).contains(&self.jwt_leeway_s) {
+            return err(format!("jwt_leeway_s must be between 0 and {MAX_LEEWAY_S}"));
+        }
+        if self.signing_key_rotation_days < 0 || self.signing_key_publish_lead_s < 0 {
+            return err("signing_key_rotation_days and signing_key_publish_lead_s must not be negative".into());
+        }
+        if self.signing_key_rotation_days > 0 && self.signing_key_publish_lead_s >= self.signing_key_rotation_days * 86400 {
+            return err("signing_key_publish_lead_s must be shorter than the rotation interval".into());
+        }
+        PasswordPolicy::new(self.password_min_length, self.password_max_length).map_err(|e| ConfigError(e.to_string()))?;
+        self.argon2().validate().map_err(ConfigError)?;
+        if self.hash_queue_limit == 0 || self.login_ip_limit == 0 || self.login_ip_period_s == 0 {
+            return err("hash_queue_limit, login_ip_limit and login_ip_period_s must be positive".into());
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.max_body_bytes) {
+            return err("max_body_bytes must be between 1024 and 16777216".into());
+        }
+        if !(1..=1000).contains(&self.max_page_size) || self.janitor_batch == 0 || self.janitor_interval_s == 0 {
+            return err("max_page_size must be 1..=1000; janitor_batch and janitor_interval_s positive".into());
+        }
+        if let Some(k) = &self.master_key {
+            if k.len() != 64 || hex::decode(k).is_err() {
+                return err("master_key must be 64 hex digits (32 bytes)".into());
+            }
+        }
+        if self.first_party_client_id.is_empty() {
+            return err("first_party_client_id must not be empty".into());
+        }
+        Ok(())
+    }
+
+    pub fn issuer(&self) -> String {
+        self.issuer.clone().unwrap_or_else(|| format!("http://{}", self.listen))
+    }
+
+    pub fn audience(&self) -> String {
+        self.audience.clone().unwrap_or_else(|| self.issuer())
+    }
+
+    pub fn argon2(&self) -> Argon2Params {
+        Argon2Params { m_kib: self.argon2_m_kib, t: self.argon2_t, p: self.argon2_p }
+    }
+
+    pub fn password_policy(&self) -> PasswordPolicy {
+        PasswordPolicy { min_len: self.password_min_length, max_len: self.password_max_length }
+    }
+
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.data_dir.join("portcullis.db")
+    }
+}
+
+/// figment's errors name the key and the source; keep them on one line.
+fn describe(e: figment::Error) -> String {
+    e.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_in_the_file_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nacess_token_ttl_s = 5\n").unwrap();
+        let e = Config::load(Some(&path), &Default::default()).unwrap_err().to_string();
+        assert!(e.contains("acess_token_ttl_s"), "{e}");
+    }
+
+    #[test]
+    fn flags_beat_the_file_and_bad_values_are_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\npassword_min_length = 7\n").unwrap();
+        let e = Config::load(Some(&path), &Default::default()).unwrap_err().to_string();
+        assert!(e.contains("at least 8"), "{e}");
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\n").unwrap();
+        let mut flags = figment::value::Dict::new();
+        flags.insert("listen".into(), "127.0.0.1:9001".into());
+        assert_eq!(Config::load(Some(&path), &flags).unwrap().listen.port(), 9001);
+    }
+
+    #[test]
+    fn database_passwords_are_redacted() {
+        assert_eq!(redact_url("postgres://u:secret@h/db"), "postgres://u:[redacted]@h/db");
+    }
+}

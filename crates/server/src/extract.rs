@@ -1,0 +1,148 @@
+//! Request extractors with precise errors: bodies as JSON (or form data where the contract allows it),
+//! the client's address, the request id.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use crate::error::{ApiError, FieldError};
+
+/// A JSON body (`application/json` or `application/*+json`).
+pub struct Json<T>(pub T);
+
+/// A JSON or `application/x-www-form-urlencoded` body, for endpoints marked *form ok*.
+pub struct JsonOrForm<T>(pub T);
+
+fn media_type(req: &Request) -> Option<String> {
+    req.headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
+}
+
+fn is_json(media: &str) -> bool {
+    media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
+}
+
+async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    let limit = req.extensions().get::<BodyLimit>().map(|l| l.0).unwrap_or(64 * 1024);
+    Bytes::from_request(req, state).await.map_err(|rejection| {
+        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(limit)
+        } else {
+            ApiError::MalformedBody("the request body could not be read".into())
+        }
+    })
+}
+
+/// The configured body limit, put in request extensions by the router so errors can name it.
+#[derive(Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+/// Maps a serde error to our codes without echoing input values (a field could hold a password).
+fn json_error(e: serde_json::Error) -> ApiError {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Data => data_error(&e.to_string()),
+        Category::Syntax | Category::Eof | Category::Io => {
+            ApiError::MalformedBody(format!("the body is not valid JSON (line {}, column {})", e.line(), e.column()))
+        }
+    }
+}
+
+fn data_error(message: &str) -> ApiError {
+    let quoted = |m: &str| m.split('`').nth(1).unwrap_or_default().to_owned();
+    let error = if message.starts_with("unknown field") {
+        let field = quoted(message);
+        FieldError::new(&field, "unknown_field", format!("unknown field `{field}`"))
+    } else if message.starts_with("missing field") {
+        let field = quoted(message);
+        FieldError::new(&field, "required", format!("`{field}` is required"))
+    } else if message.starts_with("invalid type") || message.starts_with("invalid value") {
+        // serde names the expected type at the end: "…, expected a string".
+        let expected = message.rsplit(", expected ").next().unwrap_or("another type");
+        let expected = expected.split(" at line").next().unwrap_or(expected);
+        FieldError::new("", "invalid_type", format!("a field has the wrong type: expected {expected}"))
+    } else if message.starts_with("duplicate field") {
+        let field = quoted(message);
+        FieldError::new(&field, "duplicate_field", format!("`{field}` appears twice"))
+    } else {
+        FieldError::new("", "invalid", "the body does not have the expected shape")
+    };
+    ApiError::Validation(vec![error])
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match media_type(&req) {
+            Some(m) if is_json(&m) => {}
+            _ => return Err(ApiError::UnsupportedMediaType("send the body as application/json".into())),
+        }
+        let bytes = body_bytes(req, state).await?;
+        serde_json::from_slice(&bytes).map(Json).map_err(json_error)
+    }
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonOrForm<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let media = media_type(&req);
+        match media.as_deref() {
+            Some(m) if is_json(m) => {
+                let bytes = body_bytes(req, state).await?;
+                serde_json::from_slice(&bytes).map(JsonOrForm).map_err(json_error)
+            }
+            Some("application/x-www-form-urlencoded") => {
+                let bytes = body_bytes(req, state).await?;
+                serde_urlencoded::from_bytes(&bytes).map(JsonOrForm).map_err(|e| {
+                    let message = e.to_string();
+                    if message.starts_with("unknown field") || message.starts_with("missing field") {
+                        data_error(&message)
+                    } else {
+                        ApiError::MalformedBody("the form body could not be parsed".into())
+                    }
+                })
+            }
+            _ => Err(ApiError::UnsupportedMediaType(
+                "send the body as application/json or application/x-www-form-urlencoded".into(),
+            )),
+        }
+    }
+}
+
+/// The address of the peer. (Forwarded headers are honoured only from trusted proxies, which a later
+/// release configures.)
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let addr = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip())
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        Ok(Self(addr))
+    }
+}
+
+/// The id of this request (`X-Request-Id`), set by the observing middleware.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        Ok(parts.extensions.get::<RequestId>().cloned().unwrap_or_else(|| RequestId(String::new())))
+    }
+}

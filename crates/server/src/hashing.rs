@@ -1,0 +1,94 @@
+//! The password-hashing pool. argon2id at OWASP parameters costs ~19 MiB and tens of milliseconds per
+//! hash, so hashes run on a fixed set of threads (one per core by default), never on the async runtime.
+//! A login flood queues here; past `queue_limit` waiting jobs, callers get [`Overloaded`] at once (503)
+//! instead of memory growing without bound. Fixed threads (rather than `spawn_blocking`) also keep the
+//! allocator's per-thread arenas, and so the RSS, bounded.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+
+use portcullis_core::passwords::PasswordHashing;
+
+type Job = Box<dyn FnOnce(&PasswordHashing) + Send>;
+
+/// The queue is full.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("password hashing queue is full")]
+pub struct Overloaded;
+
+pub struct HashPool {
+    sender: Mutex<Option<mpsc::Sender<Job>>>,
+    waiting: Arc<AtomicUsize>,
+    queue_limit: usize,
+    threads: usize,
+}
+
+impl HashPool {
+    pub fn new(hashing: PasswordHashing, threads: usize, queue_limit: usize) -> std::io::Result<Self> {
+        let threads = threads.max(1);
+        let (sender, receiver) = mpsc::channel::<Job>();
+        let receiver = Arc::new(Mutex::new(receiver));
+        for i in 0..threads {
+            let receiver = Arc::clone(&receiver);
+            let hashing = hashing.clone();
+            std::thread::Builder::new().name(format!("argon2-{i}")).spawn(move || {
+                loop {
+                    // The lock is held only while taking the next job, not while hashing.
+                    let job = match receiver.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(&hashing),
+                        Err(_) => return,
+                    }
+                }
+            })?;
+        }
+        Ok(Self { sender: Mutex::new(Some(sender)), waiting: Arc::new(AtomicUsize::new(0)), queue_limit, threads })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Jobs queued or running.
+    pub fn in_flight(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Runs `f` on a hashing thread and waits for its result.
+    pub async fn run<R, F>(&self, f: F) -> Result<R, Overloaded>
+    where
+        R: Send + 'static,
+        F: FnOnce(&PasswordHashing) -> R + Send + 'static,
+    {
+        let previous = self.waiting.fetch_add(1, Ordering::AcqRel);
+        let guard = InFlight(Arc::clone(&self.waiting));
+        if previous >= self.queue_limit + self.threads {
+            return Err(Overloaded);
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |h| {
+            let _guard = guard;
+            let _ = tx.send(f(h));
+        });
+        let sent = match self.sender.lock() {
+            Ok(sender) => sender.as_ref().map(|s| s.send(job).is_ok()).unwrap_or(false),
+            Err(_) => false,
+        };
+        if !sent {
+            return Err(Overloaded);
+        }
+        rx.await.map_err(|_| Overloaded)
+    }
+}
+
+/// Decrements the in-flight count when a job finishes or is dropped unrun.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}

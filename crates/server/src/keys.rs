@@ -1,0 +1,179 @@
+//! The signing-key ring: which key signs now, which keys the JWKS publishes, and their rotation.
+//!
+//! A new key is published `publish_lead` before it starts signing, so every client that caches our JWKS
+//! (for up to `max-age=300` s, and usually longer) already knows it by the time a token it signed shows up.
+//! A replaced key keeps being published until the last token it signed has expired. Private keys are
+//! sealed under the master key in the store and kept parsed in memory here.
+
+use std::sync::{Arc, RwLock};
+
+use axum::body::Bytes;
+use portcullis_core::clock::Millis;
+use portcullis_core::jwt::{AccessClaims, JwsAlg, JwtError, KeySchedule, SigningKey, Verifier, current_signer};
+use portcullis_core::seal::MasterKey;
+use portcullis_store::{SigningKeyRow, SigningKeyStore, Store, StoreError};
+use secrecy::ExposeSecret;
+
+/// What the ring knows at one moment; replaced whole on every change.
+pub struct RingState {
+    keys: Vec<(KeySchedule, Arc<SigningKey>)>,
+    pub verifier: Verifier,
+    pub jwks: Bytes,
+}
+
+impl RingState {
+    pub fn signer(&self, now: Millis) -> Option<&Arc<SigningKey>> {
+        let schedules: Vec<KeySchedule> = self.keys.iter().map(|(s, _)| s.clone()).collect();
+        let kid = current_signer(&schedules, now)?.kid.clone();
+        self.keys.iter().find(|(s, _)| s.kid == kid).map(|(_, k)| k)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("signing key {kid}: {reason}")]
+    Key { kid: String, reason: String },
+    #[error("no signing key is active")]
+    NoActiveKey,
+}
+
+pub struct KeyRing {
+    store: Store,
+    master: MasterKey,
+    alg: JwsAlg,
+    issuer: String,
+    audience: String,
+    leeway_s: i64,
+    /// How long a retired key stays published: the longest access-token lifetime plus leeway.
+    overlap_ms: i64,
+    state: RwLock<Arc<RingState>>,
+}
+
+fn seal_context(kid: &str) -> String {
+    format!("portcullis:signing_key:{kid}")
+}
+
+impl KeyRing {
+    pub async fn load(
+        store: Store,
+        master: MasterKey,
+        alg: JwsAlg,
+        issuer: String,
+        audience: String,
+        leeway_s: i64,
+        access_ttl_s: i64,
+    ) -> Result<Self, KeyError> {
+        let overlap_ms = (access_ttl_s + leeway_s + 60) * 1000;
+        let empty = Arc::new(RingState {
+            keys: Vec::new(),
+            verifier: Verifier::new([], issuer.clone(), audience.clone(), leeway_s),
+            jwks: Bytes::from_static(b"{\"keys\":[]}"),
+        });
+        let ring = Self { store, master, alg, issuer, audience, leeway_s, overlap_ms, state: RwLock::new(empty) };
+        ring.reload().await?;
+        if ring.current().signer(Millis::now()).is_none() {
+            ring.create_key(Millis::now(), 0).await?;
+        }
+        Ok(ring)
+    }
+
+    pub fn current(&self) -> Arc<RingState> {
+        match self.state.read() {
+            Ok(s) => Arc::clone(&s),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Re-reads the keys from the store (another node or the CLI may have rotated).
+    pub async fn reload(&self) -> Result<(), KeyError> {
+        let now = Millis::now();
+        let rows = self.store.live_signing_keys(now).await?;
+        let mut keys = Vec::with_capacity(rows.len());
+        for row in rows {
+            let alg = JwsAlg::parse(&row.alg)
+                .ok_or_else(|| KeyError::Key { kid: row.kid.clone(), reason: format!("unknown alg {}", row.alg) })?;
+            let der = self
+                .master
+                .open(&seal_context(&row.kid), &row.private_key)
+                .map_err(|e| KeyError::Key { kid: row.kid.clone(), reason: e.to_string() })?;
+            let key = SigningKey::from_pkcs8(alg, &der)
+                .map_err(|e| KeyError::Key { kid: row.kid.clone(), reason: e.to_string() })?;
+            let schedule = KeySchedule {
+                kid: row.kid.clone(),
+                publish_at: Millis(row.publish_at),
+                activate_at: Millis(row.activate_at),
+                retire_at: row.retire_at.map(Millis),
+                expire_at: row.expire_at.map(Millis),
+            };
+            keys.push((schedule, Arc::new(key)));
+        }
+        let mut published = Vec::new();
+        let mut jwks = Vec::new();
+        for (schedule, key) in &keys {
+            if schedule.is_published(now) {
+                let vk = key.verifying_key().map_err(|e| KeyError::Key { kid: key.kid().into(), reason: e.to_string() })?;
+                jwks.push(vk.jwk().clone());
+                published.push(vk);
+            }
+        }
+        let jwks = serde_json::to_vec(&serde_json::json!({ "keys": jwks })).unwrap_or_default();
+        let state = Arc::new(RingState {
+            keys,
+            verifier: Verifier::new(published, self.issuer.clone(), self.audience.clone(), self.leeway_s),
+            jwks: Bytes::from(jwks),
+        });
+        match self.state.write() {
+            Ok(mut s) => *s = state,
+            Err(poisoned) => *poisoned.into_inner() = state,
+        }
+        Ok(())
+    }
+
+    /// Creates a key published now that signs from `now + lead_s`; older keys retire when it activates.
+    pub async fn create_key(&self, now: Millis, lead_s: i64) -> Result<SigningKeyRow, KeyError> {
+        let (key, der) = SigningKey::generate(self.alg).map_err(|e| KeyError::Key { kid: String::new(), reason: e.to_string() })?;
+        let kid = key.kid().to_owned();
+        let sealed = self
+            .master
+            .seal(&seal_context(&kid), der.0.expose_secret())
+            .map_err(|e| KeyError::Key { kid: kid.clone(), reason: e.to_string() })?;
+        let jwk = key.verifying_key().map_err(|e| KeyError::Key { kid: kid.clone(), reason: e.to_string() })?;
+        let row = SigningKeyRow {
+            kid,
+            alg: self.alg.as_str().to_owned(),
+            private_key: sealed,
+            public_jwk: jwk.jwk().to_string(),
+            created_at: now.0,
+            publish_at: now.0,
+            activate_at: now.plus_secs(lead_s).0,
+            retire_at: None,
+            expire_at: None,
+        };
+        self.store.add_signing_key(&row, self.overlap_ms).await?;
+        self.reload().await?;
+        Ok(row)
+    }
+
+    /// Rotates when the newest key has signed for `interval_s - lead_s`, so that its successor is
+    /// published `lead_s` before the interval ends. Returns the new key, if one was made.
+    pub async fn rotate_if_due(&self, interval_s: i64, lead_s: i64) -> Result<Option<SigningKeyRow>, KeyError> {
+        if interval_s <= 0 {
+            return Ok(None);
+        }
+        let now = Millis::now();
+        let newest = self.current().keys.iter().map(|(s, _)| s.activate_at).max();
+        match newest {
+            Some(activated) if now < activated.plus_secs(interval_s - lead_s) => Ok(None),
+            _ => self.create_key(now, lead_s).await.map(Some),
+        }
+    }
+
+    pub fn sign_access_token(&self, claims: &AccessClaims) -> Result<String, KeyError> {
+        let state = self.current();
+        let key = state.signer(Millis::now()).ok_or(KeyError::NoActiveKey)?;
+        key.sign(portcullis_core::jwt::ACCESS_TOKEN_TYP, claims)
+            .map_err(|e: JwtError| KeyError::Key { kid: key.kid().into(), reason: e.to_string() })
+    }
+}
