@@ -7,7 +7,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::error::{ApiError, InternalCause};
@@ -70,7 +70,19 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
     req.extensions_mut().insert(RequestId(id.clone()));
     req.extensions_mut().insert(BodyLimit(state.config.max_body_bytes));
 
-    let mut res = next.run(req).await;
+    // An announced oversized body is refused before a byte of it is read; bodies without a length
+    // are cut off by the extractors' limit as they stream in.
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut res = match announced {
+        Some(len) if len > state.config.max_body_bytes as u64 => {
+            ApiError::PayloadTooLarge(state.config.max_body_bytes).into_response()
+        }
+        _ => next.run(req).await,
+    };
 
     let status = res.status();
     let elapsed = started.elapsed();

@@ -154,8 +154,9 @@ pub struct Problem {
     pub code: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
+    /// Why a credential was refused (`expired`, `bad_signature`, `unknown_kid`…), for `invalid_token`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub request_id: Option<String>,
+    pub reason: Option<String>,
 }
 
 /// Carried in response extensions so the logging middleware can record a 500's cause next to the
@@ -180,7 +181,10 @@ impl IntoResponse for ApiError {
             detail: self.to_string(),
             code: self.code().to_owned(),
             errors,
-            request_id: None,
+            reason: match &self {
+                Self::InvalidToken(reason) => Some((*reason).to_owned()),
+                _ => None,
+            },
         };
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut headers = HeaderMap::new();

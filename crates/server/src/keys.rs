@@ -97,7 +97,10 @@ impl KeyRing {
             let der = self
                 .master
                 .open(&seal_context(&row.kid), &row.private_key)
-                .map_err(|e| KeyError::Key { kid: row.kid.clone(), reason: e.to_string() })?;
+                .map_err(|e| KeyError::Key {
+                    kid: row.kid.clone(),
+                    reason: format!("{e}; start with the master key this store was created with (master.key in the data folder, or master_key)"),
+                })?;
             let key = SigningKey::from_pkcs8(alg, &der)
                 .map_err(|e| KeyError::Key { kid: row.kid.clone(), reason: e.to_string() })?;
             let schedule = KeySchedule {

@@ -46,6 +46,8 @@ fn tally(outcomes: &[(Rotation, NextToken)]) -> (usize, usize, usize) {
     (count("Rotated"), count("Reused"), count("Invalid"))
 }
 
+/// Tokens of the family that are neither spent nor revoked, whatever the family's own state: a
+/// revocation must catch every successor a concurrent rotation stored.
 async fn live_tokens(raw: &Raw, family_id: &str) -> i64 {
     raw.scalar(&format!(
         "SELECT COUNT(*) FROM refresh_tokens WHERE family_id = '{family_id}' AND spent_at IS NULL AND revoked_at IS NULL"

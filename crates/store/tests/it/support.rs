@@ -93,6 +93,15 @@ fn options() -> StoreOptions {
     StoreOptions { pool_size: 17, acquire_timeout: Duration::from_secs(20) }
 }
 
+/// The configured URL, with `synchronous_commit = off` for this suite's sessions: commits then do not
+/// wait for the WAL flush, which is most of the cost of a test (a fresh schema and its migration)
+/// and of the races (hundreds of small transactions). Durability is irrelevant to throw-away schemas,
+/// and locking and visibility are unaffected.
+fn pg_url(url: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}options[synchronous_commit]=off")
+}
+
 async fn pg_plain(url: &str) -> sqlx::PgConnection {
     sqlx::PgConnection::connect(url).await.expect("plain PostgreSQL connection")
 }
@@ -108,7 +117,7 @@ pub async fn sqlite() -> (Ctx, Guard) {
 
 /// `None` when no PostgreSQL was configured.
 pub async fn postgres() -> Option<(Ctx, Guard)> {
-    let url = std::env::var(DATABASE_URL_VAR).ok().filter(|u| !u.trim().is_empty())?;
+    let url = pg_url(&std::env::var(DATABASE_URL_VAR).ok().filter(|u| !u.trim().is_empty())?);
     let schema = format!("t_{}", hex(&random_bytes::<8>()));
     let mut conn = pg_plain(&url).await;
     sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&mut conn).await.expect("create schema");

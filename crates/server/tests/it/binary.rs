@@ -1,0 +1,267 @@
+//! The real `portcullis` binary: zero-configuration start, the CLI's commands and exit codes, and the
+//! guarantee that logs never contain a password, token or key.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::PASSWORD;
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Server {
+    child: Child,
+    base: String,
+    stderr_lines: Vec<String>,
+}
+
+impl Server {
+    /// Starts `portcullis serve` in `dir` with `args`, waits for it to print its URL.
+    fn start(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut cmd = Command::new(BIN);
+        cmd.current_dir(dir).arg("serve").args(["--listen", &listen]).args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.stdout(Stdio::from(std::fs::File::create(dir.join("stdout.log")).unwrap())).stderr(Stdio::piped()).spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut lines = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+                let done = line.contains("listening on");
+                lines.push(line);
+                if done {
+                    break;
+                }
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("server exited with {status}: {lines:?}");
+            }
+        }
+        assert!(lines.iter().any(|l| l.contains("listening on")), "no start line: {lines:?}");
+        Server { child, base: format!("http://{listen}"), stderr_lines: lines }
+    }
+
+    fn root_key(&self) -> Option<String> {
+        self.stderr_lines.iter().find_map(|l| l.split("root API key").nth(1)?.rsplit(' ').next().map(str::to_owned))
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn run(dir: &std::path::Path, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    let mut child = Command::new(BIN)
+        .current_dir(dir)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
+}
+
+#[cfg(unix)]
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_config_serve_creates_a_private_data_folder_and_prints_a_root_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[], &[]);
+    let data = dir.path().join("portcullis-data");
+    #[cfg(unix)]
+    {
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(&data.join("master.key")), 0o600);
+        assert_eq!(mode(&data.join("portcullis.db")), 0o600);
+    }
+    let root = server.root_key().expect("a root key on first start");
+    assert!(root.starts_with("pk_live_"));
+    let client = reqwest::Client::new();
+    let r = client.get(format!("{}/admin/v1/users", server.base)).header("x-api-key", &root).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    server.stop();
+    // A second start on the same store prints no new key.
+    let again = Server::start(dir.path(), &[], &[]);
+    assert!(again.root_key().is_none());
+    again.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_never_contain_passwords_tokens_or_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[], &[("RUST_LOG", "trace,hyper=info,h2=info,tower=info")]);
+    let root = server.root_key().unwrap();
+    let c = reqwest::Client::new();
+    let base = server.base.clone();
+    let r = c.post(format!("{base}/v1/users")).json(&json!({"email": "leak@example.com", "password": PASSWORD})).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let wrong = "a wrong password 9876";
+    c.post(format!("{base}/v1/auth/login")).json(&json!({"email": "leak@example.com", "password": wrong})).send().await.unwrap();
+    let t: Value = c.post(format!("{base}/v1/auth/login")).json(&json!({"email": "leak@example.com", "password": PASSWORD})).send().await.unwrap().json().await.unwrap();
+    let t2: Value = c.post(format!("{base}/v1/auth/refresh")).json(&json!({"refresh_token": t["refresh_token"]})).send().await.unwrap().json().await.unwrap();
+    c.post(format!("{base}/v1/auth/refresh")).json(&json!({"refresh_token": t["refresh_token"]})).send().await.unwrap();
+    c.get(format!("{base}/v1/me")).bearer_auth(t2["access_token"].as_str().unwrap()).send().await.unwrap();
+    c.get(format!("{base}/v1/me?api_key={root}")).send().await.unwrap();
+    c.get(format!("{base}/admin/v1/audit")).header("x-api-key", &root).send().await.unwrap();
+    let new_password = "another fine passphrase";
+    c.post(format!("{base}/v1/me/password"))
+        .bearer_auth(t2["access_token"].as_str().unwrap())
+        .json(&json!({"current_password": PASSWORD, "new_password": new_password}))
+        .send()
+        .await
+        .unwrap();
+    server.stop();
+    let logs = std::fs::read_to_string(dir.path().join("stdout.log")).unwrap();
+    assert!(logs.lines().count() > 5, "trace logging produced lines: {logs}");
+    let master = std::fs::read_to_string(dir.path().join("portcullis-data/master.key")).unwrap();
+    let secrets = [
+        PASSWORD,
+        wrong,
+        new_password,
+        t["access_token"].as_str().unwrap(),
+        t["refresh_token"].as_str().unwrap(),
+        t2["access_token"].as_str().unwrap(),
+        t2["refresh_token"].as_str().unwrap(),
+        &root,
+        master.trim(),
+    ];
+    for secret in secrets {
+        assert!(!logs.contains(secret), "a secret reached the logs: {}…", &secret[..8]);
+        // Also the distinctive middle of each secret, in case it was logged cut or escaped.
+        let mid = &secret[secret.len() / 3..secret.len() / 3 + 8.min(secret.len() / 3)];
+        assert!(!logs.contains(mid) || mid.len() < 8, "part of a secret reached the logs");
+    }
+    assert!(!logs.contains("$argon2id$"), "password hashes are not logged");
+}
+
+#[test]
+fn configuration_errors_exit_2_and_name_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.toml"), "listen = \"127.0.0.1:1\"\nrefresh_token_tll_s = 5\n").unwrap();
+    let out = run(dir.path(), &["serve", "--config", "bad.toml"], None);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refresh_token_tll_s"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+
+    let out = run(dir.path(), &["serve", "--listen", "not-an-address"], None);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(dir.path(), &["frobnicate"], None);
+    assert_eq!(out.status.code(), Some(2));
+    let out = run(dir.path(), &["serve", "--database-url", "mysql://x"], None);
+    assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(BIN).current_dir(dir.path()).args(["migrate"]).env("PORTCULLIS_JWT_LEEWAY_S", "600").output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "environment values are validated too");
+}
+
+#[test]
+fn cli_creates_users_root_keys_and_rotates_signing_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &["migrate"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(dir.path(), &["admin", "root-key", "create"], None);
+    assert!(out.status.success());
+    let key = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(key.lines().count(), 1);
+    assert!(key.trim().starts_with("pk_live_"));
+    let out = run(dir.path(), &["user", "create", "--email", "root@example.com", "--admin"], Some("an admin passphrase\n"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8(out.stdout).unwrap().starts_with("usr_"));
+    let out = run(dir.path(), &["user", "create", "--email", "weak@example.com"], Some("password\n"));
+    assert_eq!(out.status.code(), Some(2));
+    let out = run(dir.path(), &["user", "create", "--email", "root@example.com"], Some("another passphrase\n"));
+    assert_eq!(out.status.code(), Some(1));
+    let out = run(dir.path(), &["signing-keys", "list"], None);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 0, "no key before the first start");
+    let out = run(dir.path(), &["signing-keys", "rotate"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(dir.path(), &["signing-keys", "rotate"], None);
+    let rotated: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rotated["state"], "next");
+    // The first rotation on an empty store also made the initial key.
+    let out = run(dir.path(), &["signing-keys", "list"], None);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_user_from_the_cli_can_use_admin_endpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(run(dir.path(), &["user", "create", "--email", "boss@example.com", "--admin"], Some("chief of the whole place\n")).status.success());
+    let server = Server::start(dir.path(), &[], &[]);
+    assert!(server.root_key().is_none(), "the store is not empty: no root key is printed");
+    let c = reqwest::Client::new();
+    let t: Value = c.post(format!("{}/v1/auth/login", server.base)).json(&json!({"email": "boss@example.com", "password": "chief of the whole place"})).send().await.unwrap().json().await.unwrap();
+    let r = c.get(format!("{}/admin/v1/users", server.base)).bearer_auth(t["access_token"].as_str().unwrap()).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let me: Value = c.get(format!("{}/v1/me", server.base)).bearer_auth(t["access_token"].as_str().unwrap()).send().await.unwrap().json().await.unwrap();
+    assert_eq!(me["roles"], json!(["admin"]));
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_binary_serves_from_postgresql() {
+    let Ok(url) = std::env::var("PORTCULLIS_TEST_DATABASE_URL") else {
+        eprintln!("skipped: PORTCULLIS_TEST_DATABASE_URL not set");
+        return;
+    };
+    // A schema of its own (through libpq's `options`), so runs with other master keys never meet.
+    let schema = format!("bin_{}", crate::support::uuid_hex());
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.unwrap();
+    sqlx::Executor::execute(&mut conn, sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).await.unwrap();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let url = format!("{url}{sep}options=-c%20search_path%3D{schema}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &["migrate", "--database-url", &url], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let server = Server::start(dir.path(), &["--database-url", &url], &[]);
+    let c = reqwest::Client::new();
+    let email = format!("pg{}@example.com", crate::support::uuid_hex());
+    let r = c.post(format!("{}/v1/users", server.base)).json(&json!({"email": email, "password": PASSWORD})).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let t: Value = c.post(format!("{}/v1/auth/login", server.base)).json(&json!({"email": email, "password": PASSWORD})).send().await.unwrap().json().await.unwrap();
+    let r = c.post(format!("{}/v1/auth/refresh", server.base)).json(&json!({"refresh_token": t["refresh_token"]})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    server.stop();
+    sqlx::Executor::execute(&mut conn, sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE"))).await.unwrap();
+}

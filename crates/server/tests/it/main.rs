@@ -1,0 +1,12 @@
+//! The server's integration tests: one binary (link time matters on two cores), talking HTTP to the
+//! real router over real SQLite and, when configured, real PostgreSQL.
+
+mod support;
+
+mod binary;
+mod http;
+mod interop;
+mod jwt;
+mod keys;
+mod tokens;
+mod users;

@@ -1,0 +1,210 @@
+//! `TestApp`: the real router on 127.0.0.1:0 over a fresh SQLite file or a fresh PostgreSQL schema,
+//! and small HTTP helpers. The same test bodies run on both stores through `on_both_stores!`.
+
+use portcullis_server::{Config, Running};
+use portcullis_store::{Store, StoreOptions};
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{Value, json};
+
+pub const PASSWORD: &str = "violet tractor umbrella";
+
+#[derive(Clone, Debug)]
+pub enum Backend {
+    Sqlite,
+    Postgres(String),
+}
+
+impl Backend {
+    /// PostgreSQL when `PORTCULLIS_TEST_DATABASE_URL` is set; otherwise the test says it is skipped.
+    pub fn postgres() -> Option<Self> {
+        match std::env::var("PORTCULLIS_TEST_DATABASE_URL") {
+            Ok(url) if !url.is_empty() => Some(Self::Postgres(url)),
+            _ => {
+                eprintln!("skipped: PORTCULLIS_TEST_DATABASE_URL not set");
+                None
+            }
+        }
+    }
+}
+
+/// Runs each named `async fn name(backend: Backend)` on SQLite and on PostgreSQL.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::support::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(b) = $crate::support::Backend::postgres() {
+                        super::$name(b).await
+                    }
+                }
+            )*
+        }
+    };
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub client: Client,
+    pub store: Store,
+    running: Option<Running>,
+    _dir: tempfile::TempDir,
+    schema: Option<(String, String)>,
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, |_| {}).await
+    }
+
+    pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut config = Config {
+            listen: addr,
+            data_dir: dir.path().join("data"),
+            issuer: Some(format!("http://{addr}")),
+            ..Config::default()
+        };
+        tweak(&mut config);
+        let (store, schema) = match &backend {
+            Backend::Sqlite => {
+                std::fs::create_dir_all(&config.data_dir).unwrap();
+                (Store::open_sqlite(&config.sqlite_path(), &StoreOptions::default()).await.unwrap(), None)
+            }
+            Backend::Postgres(url) => {
+                let schema = format!("t_{}", uuid_hex());
+                let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url).await.unwrap();
+                sqlx::Executor::execute(&mut conn, sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).await.unwrap();
+                let store = Store::connect_postgres(url, &StoreOptions::default(), Some(&schema)).await.unwrap();
+                (store, Some((url.clone(), schema)))
+            }
+        };
+        store.migrate().await.unwrap();
+        let running = portcullis_server::start(config, store.clone(), listener).await.unwrap();
+        Self {
+            base: format!("http://{addr}"),
+            client: Client::builder().build().unwrap(),
+            store,
+            running: Some(running),
+            _dir: dir,
+            schema,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn state(&self) -> &portcullis_server::AppState {
+        &self.running.as_ref().unwrap().state
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.client.post(self.url(path)).json(body).send().await.unwrap()
+    }
+
+    pub async fn get_bearer(&self, path: &str, token: &str) -> Response {
+        self.client.get(self.url(path)).bearer_auth(token).send().await.unwrap()
+    }
+
+    pub async fn register(&self, email: &str) -> Value {
+        let r = self.post_json("/v1/users", &json!({"email": email, "password": PASSWORD})).await;
+        assert_eq!(r.status(), StatusCode::CREATED, "{:?}", r.text().await);
+        r.json().await.unwrap()
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Response {
+        self.post_json("/v1/auth/login", &json!({"email": email, "password": password})).await
+    }
+
+    /// Registers and logs in; returns the token response.
+    pub async fn user_with_tokens(&self, email: &str) -> Value {
+        self.register(email).await;
+        let r = self.login(email, PASSWORD).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json().await.unwrap()
+    }
+
+    pub async fn root_key(&self) -> String {
+        portcullis_server::create_root_key(&self.store, "test root").await.unwrap()
+    }
+
+    /// Polls the audit log (written asynchronously) until an event of `kind` shows up.
+    pub async fn wait_for_audit(&self, root: &str, kind: &str) -> Value {
+        for _ in 0..50 {
+            let r = self
+                .client
+                .get(self.url(&format!("/admin/v1/audit?type={kind}")))
+                .header("x-api-key", root)
+                .send()
+                .await
+                .unwrap();
+            let body: Value = r.json().await.unwrap();
+            if let Some(e) = body["events"].as_array().and_then(|a| a.first()) {
+                return e.clone();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("no audit event of type {kind}");
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await;
+        }
+        self.drop_schema().await;
+    }
+
+    async fn drop_schema(&mut self) {
+        if let Some((url, schema)) = self.schema.take() {
+            if let Ok(mut conn) = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await {
+                let _ = sqlx::Executor::execute(&mut conn, sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE"))).await;
+            }
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // Tests that panic skip `stop`; drop the schema on a helper thread so it does not linger.
+        if let Some((url, schema)) = self.schema.take() {
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(async {
+                    if let Ok(mut conn) = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await {
+                        let _ = sqlx::Executor::execute(&mut conn, sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE"))).await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+pub fn uuid_hex() -> String {
+    let mut b = [0u8; 8];
+    portcullis_core::secrets::fill_random(&mut b).unwrap();
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Asserts a problem+json answer with this status and code; returns the body.
+pub async fn assert_problem(r: Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(r.status(), status, "expected {status} {code}");
+    let ct = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    assert_eq!(ct, "application/problem+json");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["status"], status.as_u16());
+    body
+}
