@@ -37,10 +37,16 @@ pub enum KeyFormatError {
 /// Checks a prefix for new keys.
 pub fn validate_prefix(prefix: &str) -> Result<(), KeyFormatError> {
     let ok = (2..=20).contains(&prefix.len())
-        && prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         && !prefix.starts_with('_')
         && !prefix.ends_with('_');
-    if ok { Ok(()) } else { Err(KeyFormatError::Prefix) }
+    if ok {
+        Ok(())
+    } else {
+        Err(KeyFormatError::Prefix)
+    }
 }
 
 fn base62_checksum(data: &[u8]) -> [u8; CHECKSUM_CHARS] {
@@ -66,7 +72,9 @@ impl ApiKey {
             fill_random(&mut buf)?;
             for b in buf {
                 if b < 248 && produced < RANDOM_CHARS {
-                    key.push(char::from(BASE62.get(usize::from(b % 62)).copied().unwrap_or(b'0')));
+                    key.push(char::from(
+                        BASE62.get(usize::from(b % 62)).copied().unwrap_or(b'0'),
+                    ));
                     produced += 1;
                 }
             }
@@ -85,7 +93,10 @@ impl ApiKey {
         }
         validate_prefix(prefix)?;
         let split = raw.len() - CHECKSUM_CHARS;
-        let (signed, checksum) = (raw.get(..split).unwrap_or_default(), raw.get(split..).unwrap_or_default());
+        let (signed, checksum) = (
+            raw.get(..split).unwrap_or_default(),
+            raw.get(split..).unwrap_or_default(),
+        );
         if base62_checksum(signed.as_bytes()) != checksum.as_bytes() {
             return Err(KeyFormatError::Checksum);
         }
@@ -95,7 +106,10 @@ impl ApiKey {
     /// True when the string has the shape of one of our keys (used to tell a key from a JWT in an
     /// `Authorization: Bearer` header).
     pub fn looks_like_key(raw: &str) -> bool {
-        !raw.contains('.') && raw.rsplit_once('_').is_some_and(|(_, body)| body.len() == BODY_CHARS)
+        !raw.contains('.')
+            && raw
+                .rsplit_once('_')
+                .is_some_and(|(_, body)| body.len() == BODY_CHARS)
     }
 
     pub fn hash(&self) -> TokenHash {
@@ -103,7 +117,11 @@ impl ApiKey {
     }
 
     pub fn prefix(&self) -> &str {
-        self.0.expose_secret().rsplit_once('_').map(|(p, _)| p).unwrap_or_default()
+        self.0
+            .expose_secret()
+            .rsplit_once('_')
+            .map(|(p, _)| p)
+            .unwrap_or_default()
     }
 
     /// The first characters, safe to show in lists.
@@ -153,7 +171,10 @@ mod tests {
         let mut raw = k.expose().to_owned().into_bytes();
         let i = 10;
         raw[i] = if raw[i] == b'a' { b'b' } else { b'a' };
-        assert_eq!(ApiKey::parse(std::str::from_utf8(&raw).unwrap()).unwrap_err(), KeyFormatError::Checksum);
+        assert_eq!(
+            ApiKey::parse(std::str::from_utf8(&raw).unwrap()).unwrap_err(),
+            KeyFormatError::Checksum
+        );
     }
 
     #[test]

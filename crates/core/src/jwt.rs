@@ -18,8 +18,9 @@ use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::KeySize;
 use aws_lc_rs::signature::{
-    self, ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, ED25519, EcdsaKeyPair, Ed25519KeyPair, KeyPair,
-    RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_SHA256, RsaKeyPair, UnparsedPublicKey,
+    self, ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, ED25519, EcdsaKeyPair,
+    Ed25519KeyPair, KeyPair, RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_SHA256, RsaKeyPair,
+    UnparsedPublicKey,
 };
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -142,10 +143,11 @@ impl AccessClaims {
         if now_s >= self.exp.saturating_add(leeway_s) {
             return Err(JwtError::Expired);
         }
-        if let Some(nbf) = self.nbf {
-            if now_s.saturating_add(leeway_s) < nbf {
-                return Err(JwtError::NotYetValid);
-            }
+        if self
+            .nbf
+            .is_some_and(|nbf| now_s.saturating_add(leeway_s) < nbf)
+        {
+            return Err(JwtError::NotYetValid);
         }
         Ok(())
     }
@@ -215,10 +217,11 @@ impl SigningKey {
                 .as_ref()
                 .to_vec(),
             JwsAlg::Rs256 => {
-                let pair =
-                    RsaKeyPair::generate(KeySize::Rsa2048).map_err(|_| JwtError::Key("RS256 key generation failed"))?;
-                let der: aws_lc_rs::encoding::Pkcs8V1Der<'static> =
-                    pair.as_der().map_err(|_| JwtError::Key("RS256 key encoding failed"))?;
+                let pair = RsaKeyPair::generate(KeySize::Rsa2048)
+                    .map_err(|_| JwtError::Key("RS256 key generation failed"))?;
+                let der: aws_lc_rs::encoding::Pkcs8V1Der<'static> = pair
+                    .as_der()
+                    .map_err(|_| JwtError::Key("RS256 key encoding failed"))?;
                 der.as_ref().to_vec()
             }
         };
@@ -232,14 +235,20 @@ impl SigningKey {
                 EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der)
                     .map_err(|_| JwtError::Key("not an ES256 PKCS#8 key"))?,
             ),
-            JwsAlg::Rs256 => {
-                Pair::Rs256(RsaKeyPair::from_pkcs8(der).map_err(|_| JwtError::Key("not an RSA PKCS#8 key"))?)
-            }
-            JwsAlg::EdDsa => {
-                Pair::EdDsa(Ed25519KeyPair::from_pkcs8(der).map_err(|_| JwtError::Key("not an Ed25519 PKCS#8 key"))?)
-            }
+            JwsAlg::Rs256 => Pair::Rs256(
+                RsaKeyPair::from_pkcs8(der).map_err(|_| JwtError::Key("not an RSA PKCS#8 key"))?,
+            ),
+            JwsAlg::EdDsa => Pair::EdDsa(
+                Ed25519KeyPair::from_pkcs8(der)
+                    .map_err(|_| JwtError::Key("not an Ed25519 PKCS#8 key"))?,
+            ),
         };
-        let mut key = Self { kid: String::new(), alg, pair, rng: SystemRandom::new() };
+        let mut key = Self {
+            kid: String::new(),
+            alg,
+            pair,
+            rng: SystemRandom::new(),
+        };
         key.kid = thumbprint(&key.public_jwk_members()?);
         Ok(key)
     }
@@ -270,9 +279,17 @@ impl SigningKey {
             }
             Pair::Rs256(p) => {
                 let public = p.public_key();
-                m.insert("e".into(), B64.encode(public.exponent().big_endian_without_leading_zero()).into());
+                m.insert(
+                    "e".into(),
+                    B64.encode(public.exponent().big_endian_without_leading_zero())
+                        .into(),
+                );
                 m.insert("kty".into(), "RSA".into());
-                m.insert("n".into(), B64.encode(public.modulus().big_endian_without_leading_zero()).into());
+                m.insert(
+                    "n".into(),
+                    B64.encode(public.modulus().big_endian_without_leading_zero())
+                        .into(),
+                );
             }
             Pair::EdDsa(p) => {
                 m.insert("crv".into(), "Ed25519".into());
@@ -284,11 +301,15 @@ impl SigningKey {
     }
 
     pub fn verifying_key(&self) -> Result<VerifyingKey, JwtError> {
-        let (public, bytes): (&'static dyn signature::VerificationAlgorithm, Vec<u8>) = match &self.pair {
-            Pair::Es256(p) => (&ECDSA_P256_SHA256_FIXED, p.public_key().as_ref().to_vec()),
-            Pair::Rs256(p) => (&RSA_PKCS1_2048_8192_SHA256, p.public_key().as_ref().to_vec()),
-            Pair::EdDsa(p) => (&ED25519, p.public_key().as_ref().to_vec()),
-        };
+        let (public, bytes): (&'static dyn signature::VerificationAlgorithm, Vec<u8>) =
+            match &self.pair {
+                Pair::Es256(p) => (&ECDSA_P256_SHA256_FIXED, p.public_key().as_ref().to_vec()),
+                Pair::Rs256(p) => (
+                    &RSA_PKCS1_2048_8192_SHA256,
+                    p.public_key().as_ref().to_vec(),
+                ),
+                Pair::EdDsa(p) => (&ED25519, p.public_key().as_ref().to_vec()),
+            };
         let mut jwk = self.public_jwk_members()?;
         jwk.insert("kid".into(), self.kid.clone().into());
         jwk.insert("alg".into(), self.alg.as_str().into());
@@ -303,12 +324,14 @@ impl SigningKey {
 
     fn sign_bytes(&self, input: &[u8]) -> Result<Vec<u8>, JwtError> {
         match &self.pair {
-            Pair::Es256(p) => {
-                p.sign(&self.rng, input).map(|s| s.as_ref().to_vec()).map_err(|_| JwtError::Key("signing failed"))
-            }
+            Pair::Es256(p) => p
+                .sign(&self.rng, input)
+                .map(|s| s.as_ref().to_vec())
+                .map_err(|_| JwtError::Key("signing failed")),
             Pair::Rs256(p) => {
                 let mut sig = vec![0u8; p.public_modulus_len()];
-                p.sign(&RSA_PKCS1_SHA256, &self.rng, input, &mut sig).map_err(|_| JwtError::Key("signing failed"))?;
+                p.sign(&RSA_PKCS1_SHA256, &self.rng, input, &mut sig)
+                    .map_err(|_| JwtError::Key("signing failed"))?;
                 Ok(sig)
             }
             Pair::EdDsa(p) => Ok(p.sign(input).as_ref().to_vec()),
@@ -318,8 +341,10 @@ impl SigningKey {
     /// Compact JWS of `claims` with header `{alg, typ, kid}`.
     pub fn sign<C: Serialize>(&self, typ: &str, claims: &C) -> Result<String, JwtError> {
         let header = serde_json::json!({"alg": self.alg.as_str(), "typ": typ, "kid": self.kid});
-        let header = serde_json::to_vec(&header).map_err(|_| JwtError::Key("header encoding failed"))?;
-        let payload = serde_json::to_vec(claims).map_err(|_| JwtError::Key("claims encoding failed"))?;
+        let header =
+            serde_json::to_vec(&header).map_err(|_| JwtError::Key("header encoding failed"))?;
+        let payload =
+            serde_json::to_vec(claims).map_err(|_| JwtError::Key("claims encoding failed"))?;
         let mut token = B64.encode(header);
         token.push('.');
         token.push_str(&B64.encode(payload));
@@ -371,7 +396,12 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    pub fn new(keys: impl IntoIterator<Item = VerifyingKey>, issuer: String, audience: String, leeway_s: i64) -> Self {
+    pub fn new(
+        keys: impl IntoIterator<Item = VerifyingKey>,
+        issuer: String,
+        audience: String,
+        leeway_s: i64,
+    ) -> Self {
         Self {
             keys: keys.into_iter().map(|k| (k.kid.clone(), k)).collect(),
             issuer,
@@ -390,7 +420,9 @@ impl Verifier {
             return Err(JwtError::Malformed);
         }
         let mut parts = token.split('.');
-        let (Some(h64), Some(p64), Some(s64), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        let (Some(h64), Some(p64), Some(s64), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(JwtError::Malformed);
         };
         let header: Header = B64
@@ -404,7 +436,8 @@ impl Verifier {
             }
         }
         let alg = header.alg.ok_or(JwtError::Malformed)?;
-        let header_alg = JwsAlg::parse(&alg).ok_or_else(|| JwtError::UnsupportedAlg(alg.chars().take(16).collect()))?;
+        let header_alg = JwsAlg::parse(&alg)
+            .ok_or_else(|| JwtError::UnsupportedAlg(alg.chars().take(16).collect()))?;
         let kid = header.kid.ok_or(JwtError::MissingKid)?;
         let key = self.keys.get(&kid).ok_or(JwtError::UnknownKid)?;
         if key.alg != header_alg {
@@ -419,7 +452,9 @@ impl Verifier {
         let sig = B64.decode(s64).map_err(|_| JwtError::Malformed)?;
         let signed_len = h64.len() + 1 + p64.len();
         let signed = token.get(..signed_len).ok_or(JwtError::Malformed)?;
-        key.public.verify(signed.as_bytes(), &sig).map_err(|_| JwtError::BadSignature)?;
+        key.public
+            .verify(signed.as_bytes(), &sig)
+            .map_err(|_| JwtError::BadSignature)?;
 
         let payload = B64.decode(p64).map_err(|_| JwtError::Malformed)?;
         let claims = parse_claims(&payload)?;
@@ -439,16 +474,23 @@ fn parse_claims(payload: &[u8]) -> Result<AccessClaims, JwtError> {
     let v: serde_json::Value = serde_json::from_slice(payload).map_err(|_| JwtError::Malformed)?;
     let obj = v.as_object().ok_or(JwtError::Malformed)?;
     let s = |name: &'static str| -> Result<String, JwtError> {
-        obj.get(name).and_then(|v| v.as_str()).map(str::to_owned).ok_or(JwtError::MissingClaim(name))
+        obj.get(name)
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+            .ok_or(JwtError::MissingClaim(name))
     };
     let n = |name: &'static str| -> Result<i64, JwtError> {
-        obj.get(name).and_then(|v| v.as_i64()).ok_or(JwtError::MissingClaim(name))
+        obj.get(name)
+            .and_then(|v| v.as_i64())
+            .ok_or(JwtError::MissingClaim(name))
     };
     let aud = match obj.get("aud") {
         Some(serde_json::Value::String(a)) => a.clone(),
-        Some(serde_json::Value::Array(list)) if list.len() == 1 => {
-            list.first().and_then(|a| a.as_str()).map(str::to_owned).ok_or(JwtError::WrongAudience)?
-        }
+        Some(serde_json::Value::Array(list)) if list.len() == 1 => list
+            .first()
+            .and_then(|a| a.as_str())
+            .map(str::to_owned)
+            .ok_or(JwtError::WrongAudience)?,
         Some(_) => return Err(JwtError::WrongAudience),
         None => return Err(JwtError::MissingClaim("aud")),
     };
@@ -461,7 +503,11 @@ fn parse_claims(payload: &[u8]) -> Result<AccessClaims, JwtError> {
         nbf: obj.get("nbf").and_then(|v| v.as_i64()),
         jti: s("jti")?,
         client_id: s("client_id")?,
-        scope: obj.get("scope").and_then(|v| v.as_str()).unwrap_or_default().to_owned(),
+        scope: obj
+            .get("scope")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned(),
         sid: obj.get("sid").and_then(|v| v.as_str()).map(str::to_owned),
     })
 }
@@ -490,7 +536,10 @@ impl KeySchedule {
 
 /// The key to sign with now: the most recently activated key that may sign.
 pub fn current_signer(schedules: &[KeySchedule], now: Millis) -> Option<&KeySchedule> {
-    schedules.iter().filter(|s| s.can_sign(now)).max_by_key(|s| s.activate_at)
+    schedules
+        .iter()
+        .filter(|s| s.can_sign(now))
+        .max_by_key(|s| s.activate_at)
 }
 
 #[cfg(test)]
@@ -557,12 +606,33 @@ mod tests {
         let (key, verifier) = setup(JwsAlg::Es256);
         let now = Millis::now();
         let c = claims(now.as_secs());
-        let none = forge(serde_json::json!({"alg":"none","typ":"at+jwt","kid":key.kid()}), &c, b"");
-        assert!(matches!(verifier.verify_access_token(&none, now), Err(JwtError::UnsupportedAlg(_))));
-        let hs = forge(serde_json::json!({"alg":"HS256","typ":"at+jwt","kid":key.kid()}), &c, b"whatever");
-        assert!(matches!(verifier.verify_access_token(&hs, now), Err(JwtError::UnsupportedAlg(_))));
-        let mismatch = forge(serde_json::json!({"alg":"RS256","typ":"at+jwt","kid":key.kid()}), &c, b"x");
-        assert_eq!(verifier.verify_access_token(&mismatch, now), Err(JwtError::AlgMismatch));
+        let none = forge(
+            serde_json::json!({"alg":"none","typ":"at+jwt","kid":key.kid()}),
+            &c,
+            b"",
+        );
+        assert!(matches!(
+            verifier.verify_access_token(&none, now),
+            Err(JwtError::UnsupportedAlg(_))
+        ));
+        let hs = forge(
+            serde_json::json!({"alg":"HS256","typ":"at+jwt","kid":key.kid()}),
+            &c,
+            b"whatever",
+        );
+        assert!(matches!(
+            verifier.verify_access_token(&hs, now),
+            Err(JwtError::UnsupportedAlg(_))
+        ));
+        let mismatch = forge(
+            serde_json::json!({"alg":"RS256","typ":"at+jwt","kid":key.kid()}),
+            &c,
+            b"x",
+        );
+        assert_eq!(
+            verifier.verify_access_token(&mismatch, now),
+            Err(JwtError::AlgMismatch)
+        );
     }
 
     #[test]
@@ -571,9 +641,18 @@ mod tests {
         let now = Millis::now();
         let c = claims(now.as_secs());
         let cases = [
-            (serde_json::json!({"alg":"ES256","typ":"at+jwt"}), JwtError::MissingKid),
-            (serde_json::json!({"alg":"ES256","typ":"at+jwt","kid":"../../etc/passwd"}), JwtError::UnknownKid),
-            (serde_json::json!({"alg":"ES256","typ":"JWT","kid":key.kid()}), JwtError::WrongType),
+            (
+                serde_json::json!({"alg":"ES256","typ":"at+jwt"}),
+                JwtError::MissingKid,
+            ),
+            (
+                serde_json::json!({"alg":"ES256","typ":"at+jwt","kid":"../../etc/passwd"}),
+                JwtError::UnknownKid,
+            ),
+            (
+                serde_json::json!({"alg":"ES256","typ":"JWT","kid":key.kid()}),
+                JwtError::WrongType,
+            ),
             (
                 serde_json::json!({"alg":"ES256","typ":"at+jwt","kid":key.kid(),"jku":"https://evil.example/jwks"}),
                 JwtError::ForbiddenHeader("jku".into()),
@@ -584,7 +663,10 @@ mod tests {
             ),
         ];
         for (header, want) in cases {
-            assert_eq!(verifier.verify_access_token(&forge(header, &c, b"sig"), now), Err(want));
+            assert_eq!(
+                verifier.verify_access_token(&forge(header, &c, b"sig"), now),
+                Err(want)
+            );
         }
     }
 
@@ -612,7 +694,11 @@ mod tests {
         }
         let mut within_leeway = claims(t);
         within_leeway.exp = t - 10;
-        assert!(verifier.verify_access_token(&key.sign(ACCESS_TOKEN_TYP, &within_leeway).unwrap(), now).is_ok());
+        assert!(
+            verifier
+                .verify_access_token(&key.sign(ACCESS_TOKEN_TYP, &within_leeway).unwrap(), now)
+                .is_ok()
+        );
     }
 
     #[test]
@@ -625,11 +711,26 @@ mod tests {
         other.sub = "usr_admin".into();
         let forged_payload = B64.encode(serde_json::to_vec(&other).unwrap());
         parts[1] = &forged_payload;
-        assert_eq!(verifier.verify_access_token(&parts.join("."), now), Err(JwtError::BadSignature));
-        for garbage in ["", "a.b", "a.b.c.d", "!!!.???.***", &token[..token.len() / 2]] {
-            assert!(verifier.verify_access_token(garbage, now).is_err(), "{garbage}");
+        assert_eq!(
+            verifier.verify_access_token(&parts.join("."), now),
+            Err(JwtError::BadSignature)
+        );
+        for garbage in [
+            "",
+            "a.b",
+            "a.b.c.d",
+            "!!!.???.***",
+            &token[..token.len() / 2],
+        ] {
+            assert!(
+                verifier.verify_access_token(garbage, now).is_err(),
+                "{garbage}"
+            );
         }
-        assert_eq!(verifier.verify_access_token(&"a".repeat(MAX_TOKEN_LEN + 1), now), Err(JwtError::Malformed));
+        assert_eq!(
+            verifier.verify_access_token(&"a".repeat(MAX_TOKEN_LEN + 1), now),
+            Err(JwtError::Malformed)
+        );
     }
 
     #[test]
@@ -637,10 +738,18 @@ mod tests {
         let (key, verifier) = setup(JwsAlg::Es256);
         let (other, _) = SigningKey::generate(JwsAlg::Es256).unwrap();
         let now = Millis::now();
-        let token = other.sign(ACCESS_TOKEN_TYP, &claims(now.as_secs())).unwrap();
-        let header = B64.encode(serde_json::to_vec(&serde_json::json!({"alg":"ES256","typ":"at+jwt","kid":key.kid()})).unwrap());
+        let token = other
+            .sign(ACCESS_TOKEN_TYP, &claims(now.as_secs()))
+            .unwrap();
+        let header = B64.encode(
+            serde_json::to_vec(&serde_json::json!({"alg":"ES256","typ":"at+jwt","kid":key.kid()}))
+                .unwrap(),
+        );
         let rest = token.split_once('.').unwrap().1;
-        assert_eq!(verifier.verify_access_token(&format!("{header}.{rest}"), now), Err(JwtError::BadSignature));
+        assert_eq!(
+            verifier.verify_access_token(&format!("{header}.{rest}"), now),
+            Err(JwtError::BadSignature)
+        );
     }
 
     #[test]
@@ -652,7 +761,11 @@ mod tests {
             retire_at: r.map(Millis),
             expire_at: e.map(Millis),
         };
-        let keys = [s("old", 0, 0, Some(100), Some(200)), s("new", 50, 100, None, None), s("next", 150, 250, None, None)];
+        let keys = [
+            s("old", 0, 0, Some(100), Some(200)),
+            s("new", 50, 100, None, None),
+            s("next", 150, 250, None, None),
+        ];
         assert_eq!(current_signer(&keys, Millis(99)).unwrap().kid, "old");
         assert_eq!(current_signer(&keys, Millis(100)).unwrap().kid, "new");
         assert_eq!(current_signer(&keys, Millis(260)).unwrap().kid, "next");

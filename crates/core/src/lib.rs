@@ -12,6 +12,7 @@
 )]
 
 pub mod apikeys;
+pub mod clock;
 pub mod email;
 pub mod ids;
 pub mod jwt;
@@ -20,4 +21,3 @@ pub mod ratelimit;
 pub mod scopes;
 pub mod seal;
 pub mod secrets;
-pub mod clock;

@@ -44,7 +44,9 @@ impl WeakReason {
             Self::TooShort { min } => format!("password must be at least {min} characters long"),
             Self::TooLong { max } => format!("password must be at most {max} characters long"),
             Self::Common => "password is in a list of commonly used passwords".to_owned(),
-            Self::ContainsEmail => "password must not contain the part of your email before the @".to_owned(),
+            Self::ContainsEmail => {
+                "password must not contain the part of your email before the @".to_owned()
+            }
         }
     }
 }
@@ -58,7 +60,10 @@ pub struct PasswordPolicy {
 
 impl Default for PasswordPolicy {
     fn default() -> Self {
-        Self { min_len: 12, max_len: 128 }
+        Self {
+            min_len: 12,
+            max_len: 128,
+        }
     }
 }
 
@@ -106,7 +111,11 @@ impl PasswordPolicy {
                 reasons.push(WeakReason::ContainsEmail);
             }
         }
-        if reasons.is_empty() { Ok(()) } else { Err(reasons) }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons)
+        }
     }
 }
 
@@ -127,7 +136,10 @@ impl CommonPasswords {
             let mut text = String::new();
             // The list is compiled into the binary and checked by a test, so a failure here means a
             // corrupted build; fall back to an empty list rather than taking the server down.
-            if flate2::read::GzDecoder::new(BUNDLED_GZ).read_to_string(&mut text).is_err() {
+            if flate2::read::GzDecoder::new(BUNDLED_GZ)
+                .read_to_string(&mut text)
+                .is_err()
+            {
                 text.clear();
             }
             Self::from_lines(&text)
@@ -195,23 +207,34 @@ pub struct Argon2Params {
 impl Argon2Params {
     /// OWASP Password Storage Cheat Sheet: m = 19 MiB, t = 2, p = 1. Also the floor: configured
     /// parameters may only be stronger.
-    pub const OWASP: Self = Self { m_kib: 19_456, t: 2, p: 1 };
+    pub const OWASP: Self = Self {
+        m_kib: 19_456,
+        t: 2,
+        p: 1,
+    };
 
     pub fn validate(self) -> Result<Self, String> {
         if self.m_kib < Self::OWASP.m_kib || self.t < Self::OWASP.t || self.p < 1 {
             return Err(format!(
                 "argon2 parameters must be at least m={} KiB, t={}, p=1 (OWASP); got m={}, t={}, p={}",
-                Self::OWASP.m_kib, Self::OWASP.t, self.m_kib, self.t, self.p
+                Self::OWASP.m_kib,
+                Self::OWASP.t,
+                self.m_kib,
+                self.t,
+                self.p
             ));
         }
         if self.m_kib > 4 * 1024 * 1024 || self.t > 64 || self.p > 16 {
-            return Err("argon2 parameters are unreasonably high (m ≤ 4 GiB, t ≤ 64, p ≤ 16)".to_owned());
+            return Err(
+                "argon2 parameters are unreasonably high (m ≤ 4 GiB, t ≤ 64, p ≤ 16)".to_owned(),
+            );
         }
         Ok(self)
     }
 
     fn argon2(self) -> Result<Argon2<'static>, HashError> {
-        let params = Params::new(self.m_kib, self.t, self.p, Some(32)).map_err(|_| HashError::Params)?;
+        let params =
+            Params::new(self.m_kib, self.t, self.p, Some(32)).map_err(|_| HashError::Params)?;
         Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
     }
 }
@@ -236,7 +259,9 @@ pub enum HashError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verification {
     /// Correct. `needs_rehash` is set when the stored hash is not argon2id with the current parameters.
-    Match { needs_rehash: bool },
+    Match {
+        needs_rehash: bool,
+    },
     Mismatch,
 }
 
@@ -259,10 +284,16 @@ impl StoredHash {
     /// `argon2d`) PHC strings.
     pub fn parse(raw: &str) -> Result<Self, InvalidHash> {
         let raw = raw.trim();
-        if let Some(rest) = raw.strip_prefix("$2a$").or_else(|| raw.strip_prefix("$2b$")).or_else(|| raw.strip_prefix("$2y$")) {
+        if let Some(rest) = raw
+            .strip_prefix("$2a$")
+            .or_else(|| raw.strip_prefix("$2b$"))
+            .or_else(|| raw.strip_prefix("$2y$"))
+        {
             let (cost, body) = rest.split_once('$').ok_or(InvalidHash::BadBcrypt)?;
             let cost: u32 = cost.parse().map_err(|_| InvalidHash::BadBcrypt)?;
-            let alphabet_ok = body.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/');
+            let alphabet_ok = body
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/');
             if (4..=31).contains(&cost) && body.len() == 53 && alphabet_ok {
                 return Ok(Self(raw.to_owned()));
             }
@@ -270,7 +301,10 @@ impl StoredHash {
         }
         if raw.starts_with("$argon2") {
             let parsed = PasswordHash::new(raw).map_err(|_| InvalidHash::BadArgon2)?;
-            if !matches!(parsed.algorithm.as_str(), "argon2id" | "argon2i" | "argon2d") {
+            if !matches!(
+                parsed.algorithm.as_str(),
+                "argon2id" | "argon2i" | "argon2d"
+            ) {
                 return Err(InvalidHash::BadArgon2);
             }
             let params = Params::try_from(&parsed).map_err(|_| InvalidHash::BadArgon2)?;
@@ -317,7 +351,11 @@ impl PasswordHashing {
         let argon2 = params.argon2()?;
         let mut random = [0u8; 24];
         fill_random(&mut random)?;
-        let mut this = Self { params, argon2, dummy: String::new() };
+        let mut this = Self {
+            params,
+            argon2,
+            dummy: String::new(),
+        };
         this.dummy = this.hash(&SecretString::from(hex::encode(random)))?.0;
         Ok(this)
     }
@@ -352,7 +390,9 @@ impl PasswordHashing {
         // `verify_password` takes algorithm and parameters from the stored hash, so old and imported
         // hashes still verify; they are then flagged for an upgrade.
         match self.argon2.verify_password(pw, &parsed) {
-            Ok(()) => Verification::Match { needs_rehash: !self.is_current(&parsed) },
+            Ok(()) => Verification::Match {
+                needs_rehash: !self.is_current(&parsed),
+            },
             Err(_) => Verification::Mismatch,
         }
     }
@@ -365,7 +405,9 @@ impl PasswordHashing {
     fn is_current(&self, parsed: &PasswordHash) -> bool {
         parsed.algorithm.as_str() == "argon2id"
             && Params::try_from(parsed).is_ok_and(|p| {
-                p.m_cost() == self.params.m_kib && p.t_cost() == self.params.t && p.p_cost() == self.params.p
+                p.m_cost() == self.params.m_kib
+                    && p.t_cost() == self.params.t
+                    && p.p_cost() == self.params.p
             })
     }
 }
@@ -395,13 +437,23 @@ mod tests {
     #[test]
     fn policy_reports_every_reason() {
         let p = PasswordPolicy::default();
-        assert_eq!(p.check("vq8#Lxz", &email()).unwrap_err(), vec![WeakReason::TooShort { min: 12 }]);
-        assert!(p.check("password1234", &email()).unwrap_err().contains(&WeakReason::Common));
+        assert_eq!(
+            p.check("vq8#Lxz", &email()).unwrap_err(),
+            vec![WeakReason::TooShort { min: 12 }]
+        );
+        assert!(
+            p.check("password1234", &email())
+                .unwrap_err()
+                .contains(&WeakReason::Common)
+        );
         assert_eq!(
             p.check("my alice.smith password", &email()).unwrap_err(),
             vec![WeakReason::ContainsEmail]
         );
-        assert_eq!(p.check(&"x".repeat(129), &email()).unwrap_err(), vec![WeakReason::TooLong { max: 128 }]);
+        assert_eq!(
+            p.check(&"x".repeat(129), &email()).unwrap_err(),
+            vec![WeakReason::TooLong { max: 128 }]
+        );
         assert!(p.check("violet tractor umbrella", &email()).is_ok());
     }
 
@@ -424,9 +476,21 @@ mod tests {
     fn argon2id_hashes_verify_and_are_current() {
         let h = PasswordHashing::new(Argon2Params::OWASP).unwrap();
         let stored = h.hash(&secret("violet tractor umbrella")).unwrap();
-        assert!(stored.as_str().starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
-        assert_eq!(h.verify(&secret("violet tractor umbrella"), &stored), Verification::Match { needs_rehash: false });
-        assert_eq!(h.verify(&secret("violet tractor umbrellA"), &stored), Verification::Mismatch);
+        assert!(
+            stored
+                .as_str()
+                .starts_with("$argon2id$v=19$m=19456,t=2,p=1$")
+        );
+        assert_eq!(
+            h.verify(&secret("violet tractor umbrella"), &stored),
+            Verification::Match {
+                needs_rehash: false
+            }
+        );
+        assert_eq!(
+            h.verify(&secret("violet tractor umbrellA"), &stored),
+            Verification::Mismatch
+        );
     }
 
     #[test]
@@ -434,27 +498,70 @@ mod tests {
         let h = PasswordHashing::new(Argon2Params::OWASP).unwrap();
         let bc = bcrypt::hash("legacy password 1", 4).unwrap();
         let stored = StoredHash::parse(&bc).unwrap();
-        assert_eq!(h.verify(&secret("legacy password 1"), &stored), Verification::Match { needs_rehash: true });
-        assert_eq!(h.verify(&secret("legacy password 2"), &stored), Verification::Mismatch);
+        assert_eq!(
+            h.verify(&secret("legacy password 1"), &stored),
+            Verification::Match { needs_rehash: true }
+        );
+        assert_eq!(
+            h.verify(&secret("legacy password 2"), &stored),
+            Verification::Mismatch
+        );
 
-        let weak = Argon2Params { m_kib: 8, t: 1, p: 1 };
-        let weak_hasher = Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(weak.m_kib, 1, 1, None).unwrap());
-        let phc = weak_hasher.hash_password_with_salt(b"legacy password 1", b"somesaltsomesalt").unwrap().to_string();
+        let weak = Argon2Params {
+            m_kib: 8,
+            t: 1,
+            p: 1,
+        };
+        let weak_hasher = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(weak.m_kib, 1, 1, None).unwrap(),
+        );
+        let phc = weak_hasher
+            .hash_password_with_salt(b"legacy password 1", b"somesaltsomesalt")
+            .unwrap()
+            .to_string();
         let stored = StoredHash::parse(&phc).unwrap();
-        assert_eq!(h.verify(&secret("legacy password 1"), &stored), Verification::Match { needs_rehash: true });
+        assert_eq!(
+            h.verify(&secret("legacy password 1"), &stored),
+            Verification::Match { needs_rehash: true }
+        );
     }
 
     #[test]
     fn malformed_imports_are_refused() {
-        for bad in ["", "plaintext", "$2b$03$abc", "$2b$10$short", "$argon2id$v=19$m=zz", "$5$rounds=5000$x$y",
-            "$argon2id$v=19$m=99999999,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"] {
+        for bad in [
+            "",
+            "plaintext",
+            "$2b$03$abc",
+            "$2b$10$short",
+            "$argon2id$v=19$m=zz",
+            "$5$rounds=5000$x$y",
+            "$argon2id$v=19$m=99999999,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
+        ] {
             assert!(StoredHash::parse(bad).is_err(), "{bad:?} accepted");
         }
     }
 
     #[test]
     fn weaker_than_owasp_parameters_are_refused() {
-        assert!(Argon2Params { m_kib: 4096, t: 2, p: 1 }.validate().is_err());
-        assert!(Argon2Params { m_kib: 65536, t: 3, p: 1 }.validate().is_ok());
+        assert!(
+            Argon2Params {
+                m_kib: 4096,
+                t: 2,
+                p: 1
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            Argon2Params {
+                m_kib: 65536,
+                t: 3,
+                p: 1
+            }
+            .validate()
+            .is_ok()
+        );
     }
 }

@@ -31,7 +31,12 @@ pub mod gcra {
 
     /// Decides a request of `cost` at `now_ms` given the stored TAT; returns the decision and the TAT
     /// to store (unchanged when refused).
-    pub fn check(tat: Option<i64>, now_ms: i64, policy: RatePolicy, cost: u32) -> (RateDecision, i64) {
+    pub fn check(
+        tat: Option<i64>,
+        now_ms: i64,
+        policy: RatePolicy,
+        cost: u32,
+    ) -> (RateDecision, i64) {
         let limit = i64::from(policy.limit.max(1));
         let period = i64::try_from(policy.period_ms.max(1)).unwrap_or(i64::MAX);
         let interval = (period / limit).max(1);
@@ -48,8 +53,12 @@ pub mod gcra {
             return (decision, tat);
         }
         let remaining = ((period - (new_tat - now_ms)) / interval).clamp(0, limit) as u32;
-        let decision =
-            RateDecision { allowed: true, remaining, reset_ms: (new_tat - now_ms).max(0) as u64, retry_after_ms: 0 };
+        let decision = RateDecision {
+            allowed: true,
+            remaining,
+            reset_ms: (new_tat - now_ms).max(0) as u64,
+            retry_after_ms: 0,
+        };
         (decision, new_tat)
     }
 }
@@ -71,7 +80,12 @@ impl Default for LoginBackoff {
     /// 5 free failures, then 1 s, 2 s, 4 s … capped at 20 min: at most about 86 guesses per account per
     /// day, under NIST's limit of 100 consecutive failures, while the real user waits at most 20 min.
     fn default() -> Self {
-        Self { free_failures: 5, base_wait_ms: 1_000, max_wait_ms: 20 * 60 * 1000, forget_after_ms: 24 * 3600 * 1000 }
+        Self {
+            free_failures: 5,
+            base_wait_ms: 1_000,
+            max_wait_ms: 20 * 60 * 1000,
+            forget_after_ms: 24 * 3600 * 1000,
+        }
     }
 }
 
@@ -82,7 +96,9 @@ impl LoginBackoff {
             return 0;
         }
         let doublings = (failures - self.free_failures).min(40);
-        self.base_wait_ms.saturating_mul(1u64 << doublings).min(self.max_wait_ms)
+        self.base_wait_ms
+            .saturating_mul(1u64 << doublings)
+            .min(self.max_wait_ms)
     }
 
     /// Milliseconds the caller must still wait, or 0 when an attempt is allowed now.
@@ -96,7 +112,11 @@ impl LoginBackoff {
 
     /// The failure count after one more failure at `now_ms`.
     pub fn record_failure(&self, failures: u32, last_failure_ms: i64, now_ms: i64) -> u32 {
-        if (now_ms - last_failure_ms).max(0) as u64 >= self.forget_after_ms { 1 } else { failures.saturating_add(1) }
+        if (now_ms - last_failure_ms).max(0) as u64 >= self.forget_after_ms {
+            1
+        } else {
+            failures.saturating_add(1)
+        }
     }
 }
 
@@ -105,7 +125,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const P: RatePolicy = RatePolicy { limit: 10, period_ms: 1000 };
+    const P: RatePolicy = RatePolicy {
+        limit: 10,
+        period_ms: 1000,
+    };
 
     #[test]
     fn gcra_allows_a_burst_of_limit_then_refuses_then_refills() {

@@ -20,8 +20,14 @@ impl Scope {
     pub fn parse(raw: &str) -> Result<Self, InvalidScope> {
         let ok = !raw.is_empty()
             && raw.len() <= 64
-            && raw.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'.' | b'-' | b'/'));
-        if ok { Ok(Self(raw.to_owned())) } else { Err(InvalidScope(raw.chars().take(80).collect())) }
+            && raw.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'.' | b'-' | b'/')
+            });
+        if ok {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(InvalidScope(raw.chars().take(80).collect()))
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -44,11 +50,18 @@ impl Scopes {
 
     /// Parses a space-separated scope string (the `scope` claim, a stored column).
     pub fn parse_space_separated(raw: &str) -> Result<Self, InvalidScope> {
-        raw.split(' ').filter(|s| !s.is_empty()).map(Scope::parse).collect::<Result<BTreeSet<_>, _>>().map(Self)
+        raw.split(' ')
+            .filter(|s| !s.is_empty())
+            .map(Scope::parse)
+            .collect::<Result<BTreeSet<_>, _>>()
+            .map(Self)
     }
 
     pub fn from_list<'a>(raw: impl IntoIterator<Item = &'a str>) -> Result<Self, InvalidScope> {
-        let set = raw.into_iter().map(Scope::parse).collect::<Result<BTreeSet<_>, _>>()?;
+        let set = raw
+            .into_iter()
+            .map(Scope::parse)
+            .collect::<Result<BTreeSet<_>, _>>()?;
         if set.len() > Self::MAX {
             return Err(InvalidScope(format!("more than {} scopes", Self::MAX)));
         }

@@ -54,8 +54,12 @@ impl MasterKey {
         let mut nonce = [0u8; NONCE_LEN];
         fill_random(&mut nonce)?;
         let mut buf = plaintext.to_vec();
-        key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(context.as_bytes()), &mut buf)
-            .map_err(|_| SealError::Seal)?;
+        key.seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(context.as_bytes()),
+            &mut buf,
+        )
+        .map_err(|_| SealError::Seal)?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&buf);
         Ok(out)
@@ -99,6 +103,9 @@ mod tests {
             *b ^= 1;
         }
         assert_eq!(k.open("signing_key:abc", &tampered), Err(SealError::Open));
-        assert_eq!(k.open("signing_key:abc", &sealed[..10]), Err(SealError::Open));
+        assert_eq!(
+            k.open("signing_key:abc", &sealed[..10]),
+            Err(SealError::Open)
+        );
     }
 }

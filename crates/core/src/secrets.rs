@@ -48,7 +48,11 @@ impl TokenHash {
 impl std::fmt::Debug for TokenHash {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The first four bytes identify a hash in a log line without helping anyone guess the secret.
-        write!(f, "TokenHash({}…)", hex::encode(self.0.get(..4).unwrap_or_default()))
+        write!(
+            f,
+            "TokenHash({}…)",
+            hex::encode(self.0.get(..4).unwrap_or_default())
+        )
     }
 }
 
@@ -67,7 +71,10 @@ impl OpaqueToken {
     pub fn generate(prefix: &str) -> Result<Self, RandomUnavailable> {
         let mut raw = [0u8; Self::RANDOM_BYTES];
         fill_random(&mut raw)?;
-        Ok(Self(SecretString::from(format!("{prefix}_{}", URL_SAFE_NO_PAD.encode(raw)))))
+        Ok(Self(SecretString::from(format!(
+            "{prefix}_{}",
+            URL_SAFE_NO_PAD.encode(raw)
+        ))))
     }
 
     /// Checks prefix and shape so that garbage never reaches the store.
@@ -77,7 +84,9 @@ impl OpaqueToken {
             .and_then(|rest| rest.strip_prefix('_'))
             .ok_or(MalformedToken)?;
         if body.len() != Self::ENCODED_LEN
-            || !body.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            || !body
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
             return Err(MalformedToken);
         }

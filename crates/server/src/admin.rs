@@ -52,19 +52,39 @@ pub struct AuditPage {
 #[utoipa::path(get, path = "/admin/v1/audit", tag = "admin", params(AuditQuery),
     responses((status = 200, body = AuditPage), (status = 400, body = Problem), (status = 403, body = Problem)),
     security(("bearer" = []), ("api_key" = [])))]
-pub async fn audit(State(state): State<AppState>, _: Admin, Query(q): Query<AuditQuery>) -> ApiResult<axum::Json<AuditPage>> {
+pub async fn audit(
+    State(state): State<AppState>,
+    _: Admin,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<axum::Json<AuditPage>> {
     let since = match q.since.as_deref() {
         Some(raw) => Some(
             time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
                 .map(Millis::from_datetime)
-                .map_err(|_| ApiError::Validation(vec![FieldError::new("since", "invalid_time", "since must be an RFC 3339 time")]))?,
+                .map_err(|_| {
+                    ApiError::Validation(vec![FieldError::new(
+                        "since",
+                        "invalid_time",
+                        "since must be an RFC 3339 time",
+                    )])
+                })?,
         ),
         None => None,
     };
     let limit = q.limit.unwrap_or(50).clamp(1, state.config.max_page_size);
-    let filter = AuditFilter { kind: q.kind, actor: q.actor, since, before_id: q.cursor, limit };
+    let filter = AuditFilter {
+        kind: q.kind,
+        actor: q.actor,
+        since,
+        before_id: q.cursor,
+        limit,
+    };
     let rows = state.store.list_audit_events(&filter).await?;
-    let next_cursor = if rows.len() == limit as usize { rows.last().map(|e| e.id.clone()) } else { None };
+    let next_cursor = if rows.len() == limit as usize {
+        rows.last().map(|e| e.id.clone())
+    } else {
+        None
+    };
     let events = rows
         .into_iter()
         .map(|e| AuditEventView {
@@ -78,5 +98,8 @@ pub async fn audit(State(state): State<AppState>, _: Admin, Query(q): Query<Audi
             created_at: Millis(e.created_at),
         })
         .collect();
-    Ok(axum::Json(AuditPage { events, next_cursor }))
+    Ok(axum::Json(AuditPage {
+        events,
+        next_cursor,
+    }))
 }

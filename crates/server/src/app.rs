@@ -55,7 +55,12 @@ fn request_id(req: &Request) -> String {
     req.headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string())
 }
@@ -65,10 +70,14 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 async fn observe(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = request_id(&req);
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
     let method = req.method().clone();
     req.extensions_mut().insert(RequestId(id.clone()));
-    req.extensions_mut().insert(BodyLimit(state.config.max_body_bytes));
+    req.extensions_mut()
+        .insert(BodyLimit(state.config.max_body_bytes));
 
     // An announced oversized body is refused before a byte of it is read; bodies without a length
     // are cut off by the extractors' limit as they stream in.
@@ -90,23 +99,37 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
     if let Ok(v) = HeaderValue::from_str(&id) {
         headers.insert(X_REQUEST_ID.clone(), v);
     }
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     headers
         .entry(header::CONTENT_SECURITY_POLICY)
-        .or_insert(HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"));
+        .or_insert(HeaderValue::from_static(
+            "default-src 'none'; frame-ancestors 'none'",
+        ));
     // Anything that does not say otherwise may carry a secret: never store it.
-    headers.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
     if state.config.issuer().starts_with("https://") {
-        headers.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000; includeSubDomains"));
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000; includeSubDomains"),
+        );
     }
 
     let route_label = route.unwrap_or_else(|| "unmatched".to_owned());
     let status_label = status.as_u16().to_string();
     metrics::counter!("portcullis_http_requests_total", "route" => route_label.clone(), "method" => method.to_string(), "status" => status_label)
         .increment(1);
-    metrics::histogram!("portcullis_http_request_duration_seconds", "route" => route_label.clone()).record(elapsed.as_secs_f64());
+    metrics::histogram!("portcullis_http_request_duration_seconds", "route" => route_label.clone())
+        .record(elapsed.as_secs_f64());
 
     if let Some(InternalCause(cause)) = res.extensions_mut().remove::<InternalCause>() {
         tracing::error!(request_id = %id, route = %route_label, %method, status = status.as_u16(), cause = %cause, "request failed");

@@ -32,7 +32,8 @@ impl Audit {
                 if let Err(e) = store.insert_audit_events(&batch).await {
                     tracing::error!(error = %e, events = batch.len(), "writing audit events failed; retrying once");
                     if let Err(e) = store.insert_audit_events(&batch).await {
-                        metrics::counter!("portcullis_audit_events_lost_total").increment(batch.len() as u64);
+                        metrics::counter!("portcullis_audit_events_lost_total")
+                            .increment(batch.len() as u64);
                         tracing::error!(error = %e, events = batch.len(), "audit events lost");
                     }
                 }

@@ -63,16 +63,24 @@ impl Principal {
     }
 
     pub fn require_user(&self) -> Result<&UserId, ApiError> {
-        self.user_id
-            .as_ref()
-            .ok_or_else(|| ApiError::Forbidden("not_a_user", "this credential does not belong to a user".into()))
+        self.user_id.as_ref().ok_or_else(|| {
+            ApiError::Forbidden(
+                "not_a_user",
+                "this credential does not belong to a user".into(),
+            )
+        })
     }
 }
 
 struct UntilExp;
 
 impl Expiry<[u8; 32], Arc<AccessClaims>> for UntilExp {
-    fn expire_after_create(&self, _: &[u8; 32], claims: &Arc<AccessClaims>, _: Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _: &[u8; 32],
+        claims: &Arc<AccessClaims>,
+        _: Instant,
+    ) -> Option<Duration> {
         let left = claims.exp.saturating_sub(Millis::now().as_secs()).max(0);
         Some(Duration::from_secs(left as u64 + 1))
     }
@@ -95,9 +103,18 @@ impl Default for Authenticator {
 impl Authenticator {
     pub fn new() -> Self {
         Self {
-            verified: Cache::builder().max_capacity(200_000).expire_after(UntilExp).build(),
-            users: Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(60)).build(),
-            api_keys: Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(60)).build(),
+            verified: Cache::builder()
+                .max_capacity(200_000)
+                .expire_after(UntilExp)
+                .build(),
+            users: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
+            api_keys: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
             watermarks: RwLock::new(HashMap::new()),
         }
     }
@@ -124,8 +141,11 @@ impl Authenticator {
     }
 
     fn revoked(&self, claims: &AccessClaims) -> bool {
-        let Ok(w) = self.watermarks.read() else { return true };
-        w.get(&claims.sub).is_some_and(|at| claims.issued_at_ms() < *at)
+        let Ok(w) = self.watermarks.read() else {
+            return true;
+        };
+        w.get(&claims.sub)
+            .is_some_and(|at| claims.issued_at_ms() < *at)
     }
 
     pub fn forget_user(&self, user_id: &str) {
@@ -138,9 +158,15 @@ impl Authenticator {
 }
 
 fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
-    let value = value.to_str().map_err(|_| ApiError::InvalidToken("malformed"))?;
-    let (scheme, token) = value.split_once(' ').ok_or(ApiError::InvalidToken("malformed"))?;
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::InvalidToken("malformed"))?;
+    let (scheme, token) = value
+        .split_once(' ')
+        .ok_or(ApiError::InvalidToken("malformed"))?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(ApiError::InvalidToken("unsupported_scheme"));
     }
@@ -153,7 +179,9 @@ impl AppState {
         if let Some(u) = self.auth.users.get(id) {
             return Ok(Some(u));
         }
-        let Some(row) = self.store.user_by_id(id).await? else { return Ok(None) };
+        let Some(row) = self.store.user_by_id(id).await? else {
+            return Ok(None);
+        };
         let row = Arc::new(row);
         self.auth.users.insert(id.to_owned(), Arc::clone(&row));
         Ok(Some(row))
@@ -178,7 +206,9 @@ impl AppState {
         let ring = self.keys.current();
         let claims = match self.auth.verified.get(&hash.0) {
             Some(claims) => {
-                claims.check_time(now.as_secs(), ring.verifier.leeway_s()).map_err(|e| ApiError::InvalidToken(e.reason()))?;
+                claims
+                    .check_time(now.as_secs(), ring.verifier.leeway_s())
+                    .map_err(|e| ApiError::InvalidToken(e.reason()))?;
                 claims
             }
             None => {
@@ -215,13 +245,19 @@ impl AppState {
         let row = match self.auth.api_keys.get(&hash.0) {
             Some(row) => row,
             None => {
-                let row = Arc::new(self.store.api_key_by_hash(&hash).await?.ok_or(ApiError::InvalidApiKey)?);
+                let row = Arc::new(
+                    self.store
+                        .api_key_by_hash(&hash)
+                        .await?
+                        .ok_or(ApiError::InvalidApiKey)?,
+                );
                 self.auth.api_keys.insert(hash.0, Arc::clone(&row));
                 row
             }
         };
         let now = Millis::now().0;
-        if row.revoked_at.is_some_and(|at| at <= now) || row.expires_at.is_some_and(|at| at <= now) {
+        if row.revoked_at.is_some_and(|at| at <= now) || row.expires_at.is_some_and(|at| at <= now)
+        {
             return Err(ApiError::InvalidApiKey);
         }
         let scopes = Scopes::parse_space_separated(&row.scopes).unwrap_or_default();
@@ -247,7 +283,10 @@ impl AppState {
             return Ok(false);
         }
         match &p.user_id {
-            Some(id) => Ok(self.user(id.as_str()).await?.is_some_and(|u| u.has_role("admin") && u.disabled_at.is_none())),
+            Some(id) => Ok(self
+                .user(id.as_str())
+                .await?
+                .is_some_and(|u| u.has_role("admin") && u.disabled_at.is_none())),
             None => Ok(false),
         }
     }
@@ -277,7 +316,10 @@ impl FromRequestParts<AppState> for Admin {
         if state.is_admin(&p).await? {
             Ok(Admin(p))
         } else {
-            Err(ApiError::Forbidden("forbidden", "this endpoint is for administrators".into()))
+            Err(ApiError::Forbidden(
+                "forbidden",
+                "this endpoint is for administrators".into(),
+            ))
         }
     }
 }

@@ -9,7 +9,11 @@ use portcullis_store::{Maintenance, UserStore};
 use crate::state::AppState;
 
 pub fn spawn(state: AppState) -> Vec<tokio::task::JoinHandle<()>> {
-    vec![tokio::spawn(keys_loop(state.clone())), tokio::spawn(janitor_loop(state.clone())), tokio::spawn(watermark_loop(state))]
+    vec![
+        tokio::spawn(keys_loop(state.clone())),
+        tokio::spawn(janitor_loop(state.clone())),
+        tokio::spawn(watermark_loop(state)),
+    ]
 }
 
 async fn keys_loop(state: AppState) {
@@ -17,10 +21,20 @@ async fn keys_loop(state: AppState) {
     loop {
         tick.tick().await;
         let interval_s = state.config.signing_key_rotation_days * 86_400;
-        match state.keys.rotate_if_due(interval_s, state.config.signing_key_publish_lead_s).await {
+        match state
+            .keys
+            .rotate_if_due(interval_s, state.config.signing_key_publish_lead_s)
+            .await
+        {
             Ok(Some(row)) => {
                 tracing::info!(kid = %row.kid, activate_at = %Millis(row.activate_at).rfc3339(), "signing key rotated on schedule");
-                state.audit.record("signing_key.rotated", Some("system"), Some(&row.kid), &Default::default(), serde_json::json!({ "scheduled": true }));
+                state.audit.record(
+                    "signing_key.rotated",
+                    Some("system"),
+                    Some(&row.kid),
+                    &Default::default(),
+                    serde_json::json!({ "scheduled": true }),
+                );
             }
             Ok(None) => {
                 // Picks up keys made by another node or the CLI, and moves keys between states.
@@ -39,13 +53,22 @@ pub async fn janitor_pass(state: &AppState) -> u64 {
     let audit_before = now.plus_secs(-state.config.audit_retention_days * 86_400);
     let mut total = 0;
     loop {
-        match state.store.purge_expired(now, audit_before, state.config.janitor_batch).await {
+        match state
+            .store
+            .purge_expired(now, audit_before, state.config.janitor_batch)
+            .await
+        {
             Ok(purged) => {
                 total += purged.total();
                 let batch = u64::from(state.config.janitor_batch);
-                let full = [purged.refresh_families, purged.audit_events, purged.signing_keys, purged.api_keys]
-                    .iter()
-                    .any(|n| *n >= batch);
+                let full = [
+                    purged.refresh_families,
+                    purged.audit_events,
+                    purged.signing_keys,
+                    purged.api_keys,
+                ]
+                .iter()
+                .any(|n| *n >= batch);
                 if !full {
                     break;
                 }
@@ -76,7 +99,8 @@ async fn watermark_loop(state: AppState) {
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     loop {
         tick.tick().await;
-        let forget_before = Millis::now().plus_secs(-(state.config.access_token_ttl_s + state.config.jwt_leeway_s + 60));
+        let forget_before = Millis::now()
+            .plus_secs(-(state.config.access_token_ttl_s + state.config.jwt_leeway_s + 60));
         match state.store.token_watermarks_since(forget_before).await {
             Ok(rows) => state.auth.load_watermarks(rows, forget_before),
             Err(e) => tracing::error!(error = %e, "reloading token watermarks failed"),

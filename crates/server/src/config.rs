@@ -149,9 +149,15 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("listen", &self.listen)
             .field("data_dir", &self.data_dir)
-            .field("database_url", &self.database_url.as_ref().map(|u| redact_url(u)))
+            .field(
+                "database_url",
+                &self.database_url.as_ref().map(|u| redact_url(u)),
+            )
             .field("issuer", &self.issuer())
-            .field("master_key", &self.master_key.as_ref().map(|_| "[redacted]"))
+            .field(
+                "master_key",
+                &self.master_key.as_ref().map(|_| "[redacted]"),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -162,7 +168,12 @@ pub fn redact_url(url: &str) -> String {
         (Some(s), Some(at)) if at > s => {
             let creds = url.get(s + 3..at).unwrap_or_default();
             let user = creds.split(':').next().unwrap_or_default();
-            format!("{}{}:[redacted]{}", url.get(..s + 3).unwrap_or_default(), user, url.get(at..).unwrap_or_default())
+            format!(
+                "{}{}:[redacted]{}",
+                url.get(..s + 3).unwrap_or_default(),
+                user,
+                url.get(at..).unwrap_or_default()
+            )
         }
         _ => url.to_owned(),
     }
@@ -170,12 +181,41 @@ pub fn redact_url(url: &str) -> String {
 
 /// Every key the environment may set; other `PORTCULLIS_*` variables (test settings, `CONFIG`) are not ours.
 const KEYS: &[&str] = &[
-    "listen", "data_dir", "database_url", "redis_url", "issuer", "audience", "master_key", "registration", "jwt_alg",
-    "access_token_ttl_s", "refresh_token_ttl_s", "refresh_family_ttl_s", "refresh_reuse_grace_s", "jwt_leeway_s",
-    "signing_key_rotation_days", "signing_key_publish_lead_s", "first_party_client_id", "password_min_length",
-    "password_max_length", "argon2_m_kib", "argon2_t", "argon2_p", "hash_concurrency", "hash_queue_limit",
-    "login_ip_limit", "login_ip_period_s", "login_free_failures", "login_max_wait_s", "max_body_bytes",
-    "max_page_size", "db_pool_size", "audit_retention_days", "janitor_interval_s", "janitor_batch", "log_format",
+    "listen",
+    "data_dir",
+    "database_url",
+    "redis_url",
+    "issuer",
+    "audience",
+    "master_key",
+    "registration",
+    "jwt_alg",
+    "access_token_ttl_s",
+    "refresh_token_ttl_s",
+    "refresh_family_ttl_s",
+    "refresh_reuse_grace_s",
+    "jwt_leeway_s",
+    "signing_key_rotation_days",
+    "signing_key_publish_lead_s",
+    "first_party_client_id",
+    "password_min_length",
+    "password_max_length",
+    "argon2_m_kib",
+    "argon2_t",
+    "argon2_p",
+    "hash_concurrency",
+    "hash_queue_limit",
+    "login_ip_limit",
+    "login_ip_period_s",
+    "login_free_failures",
+    "login_max_wait_s",
+    "max_body_bytes",
+    "max_page_size",
+    "db_pool_size",
+    "audit_retention_days",
+    "janitor_interval_s",
+    "janitor_batch",
+    "log_format",
 ];
 
 /// A configuration that cannot be used; the message says what to change.
@@ -185,16 +225,25 @@ pub struct ConfigError(pub String);
 
 impl Config {
     /// Layers defaults, the file, the environment and `overrides` (the flags given).
-    pub fn load(file: Option<&std::path::Path>, overrides: &figment::value::Dict) -> Result<Self, ConfigError> {
+    pub fn load(
+        file: Option<&std::path::Path>,
+        overrides: &figment::value::Dict,
+    ) -> Result<Self, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.is_file() {
-                return Err(ConfigError(format!("config file {} does not exist", path.display())));
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
             }
             fig = fig.merge(Toml::file_exact(path));
         }
         fig = fig
-            .merge(Env::prefixed("PORTCULLIS_").filter(|k| KEYS.contains(&k.as_str().to_ascii_lowercase().as_str())))
+            .merge(
+                Env::prefixed("PORTCULLIS_")
+                    .filter(|k| KEYS.contains(&k.as_str().to_ascii_lowercase().as_str())),
+            )
             .merge(Serialized::defaults(overrides.clone()));
         let config: Config = fig.extract().map_err(|e| ConfigError(describe(e)))?;
         config.validate()?;
@@ -203,21 +252,29 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let err = |m: String| Err(ConfigError(m));
-        if let Some(issuer) = &self.issuer {
-            if !(issuer.starts_with("http://") || issuer.starts_with("https://")) || issuer.ends_with('/') {
-                return err(format!("issuer must be an http(s) URL without a trailing slash, got {issuer:?}"));
-            }
+        if let Some(issuer) = &self.issuer
+            && (!(issuer.starts_with("http://") || issuer.starts_with("https://"))
+                || issuer.ends_with('/'))
+        {
+            return err(format!(
+                "issuer must be an http(s) URL without a trailing slash, got {issuer:?}"
+            ));
         }
-        if let Some(url) = &self.database_url {
-            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-                return err("database_url must start with postgres:// (leave it unset for SQLite)".into());
-            }
+        if let Some(url) = &self.database_url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return err(
+                "database_url must start with postgres:// (leave it unset for SQLite)".into(),
+            );
         }
         if !(60..=24 * 3600).contains(&self.access_token_ttl_s) {
             return err("access_token_ttl_s must be between 60 and 86400".into());
         }
         if self.refresh_token_ttl_s < 60 || self.refresh_family_ttl_s < self.refresh_token_ttl_s {
-            return err("refresh_token_ttl_s must be ≥ 60 and refresh_family_ttl_s ≥ refresh_token_ttl_s".into());
+            return err(
+                "refresh_token_ttl_s must be ≥ 60 and refresh_family_ttl_s ≥ refresh_token_ttl_s"
+                    .into(),
+            );
         }
         if !(0..=300).contains(&self.refresh_reuse_grace_s) {
             return err("refresh_reuse_grace_s must be between 0 and 300".into());
@@ -226,26 +283,42 @@ impl Config {
             return err(format!("jwt_leeway_s must be between 0 and {MAX_LEEWAY_S}"));
         }
         if self.signing_key_rotation_days < 0 || self.signing_key_publish_lead_s < 0 {
-            return err("signing_key_rotation_days and signing_key_publish_lead_s must not be negative".into());
+            return err(
+                "signing_key_rotation_days and signing_key_publish_lead_s must not be negative"
+                    .into(),
+            );
         }
-        if self.signing_key_rotation_days > 0 && self.signing_key_publish_lead_s >= self.signing_key_rotation_days * 86400 {
-            return err("signing_key_publish_lead_s must be shorter than the rotation interval".into());
+        if self.signing_key_rotation_days > 0
+            && self.signing_key_publish_lead_s >= self.signing_key_rotation_days * 86400
+        {
+            return err(
+                "signing_key_publish_lead_s must be shorter than the rotation interval".into(),
+            );
         }
-        PasswordPolicy::new(self.password_min_length, self.password_max_length).map_err(|e| ConfigError(e.to_string()))?;
+        PasswordPolicy::new(self.password_min_length, self.password_max_length)
+            .map_err(|e| ConfigError(e.to_string()))?;
         self.argon2().validate().map_err(ConfigError)?;
         if self.hash_queue_limit == 0 || self.login_ip_limit == 0 || self.login_ip_period_s == 0 {
-            return err("hash_queue_limit, login_ip_limit and login_ip_period_s must be positive".into());
+            return err(
+                "hash_queue_limit, login_ip_limit and login_ip_period_s must be positive".into(),
+            );
         }
         if !(1024..=16 * 1024 * 1024).contains(&self.max_body_bytes) {
             return err("max_body_bytes must be between 1024 and 16777216".into());
         }
-        if !(1..=1000).contains(&self.max_page_size) || self.janitor_batch == 0 || self.janitor_interval_s == 0 {
-            return err("max_page_size must be 1..=1000; janitor_batch and janitor_interval_s positive".into());
+        if !(1..=1000).contains(&self.max_page_size)
+            || self.janitor_batch == 0
+            || self.janitor_interval_s == 0
+        {
+            return err(
+                "max_page_size must be 1..=1000; janitor_batch and janitor_interval_s positive"
+                    .into(),
+            );
         }
-        if let Some(k) = &self.master_key {
-            if k.len() != 64 || hex::decode(k).is_err() {
-                return err("master_key must be 64 hex digits (32 bytes)".into());
-            }
+        if let Some(k) = &self.master_key
+            && (k.len() != 64 || hex::decode(k).is_err())
+        {
+            return err("master_key must be 64 hex digits (32 bytes)".into());
         }
         if self.first_party_client_id.is_empty() {
             return err("first_party_client_id must not be empty".into());
@@ -254,7 +327,9 @@ impl Config {
     }
 
     pub fn issuer(&self) -> String {
-        self.issuer.clone().unwrap_or_else(|| format!("http://{}", self.listen))
+        self.issuer
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen))
     }
 
     pub fn audience(&self) -> String {
@@ -262,11 +337,18 @@ impl Config {
     }
 
     pub fn argon2(&self) -> Argon2Params {
-        Argon2Params { m_kib: self.argon2_m_kib, t: self.argon2_t, p: self.argon2_p }
+        Argon2Params {
+            m_kib: self.argon2_m_kib,
+            t: self.argon2_t,
+            p: self.argon2_p,
+        }
     }
 
     pub fn password_policy(&self) -> PasswordPolicy {
-        PasswordPolicy { min_len: self.password_min_length, max_len: self.password_max_length }
+        PasswordPolicy {
+            min_len: self.password_min_length,
+            max_len: self.password_max_length,
+        }
     }
 
     pub fn sqlite_path(&self) -> PathBuf {
@@ -276,7 +358,10 @@ impl Config {
 
 /// figment's errors name the key and the source; keep them on one line.
 fn describe(e: figment::Error) -> String {
-    e.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
+    e.into_iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[cfg(test)]
@@ -287,8 +372,14 @@ mod tests {
     fn unknown_keys_in_the_file_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.toml");
-        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nacess_token_ttl_s = 5\n").unwrap();
-        let e = Config::load(Some(&path), &Default::default()).unwrap_err().to_string();
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\nacess_token_ttl_s = 5\n",
+        )
+        .unwrap();
+        let e = Config::load(Some(&path), &Default::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("acess_token_ttl_s"), "{e}");
     }
 
@@ -296,17 +387,29 @@ mod tests {
     fn flags_beat_the_file_and_bad_values_are_explained() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.toml");
-        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\npassword_min_length = 7\n").unwrap();
-        let e = Config::load(Some(&path), &Default::default()).unwrap_err().to_string();
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\npassword_min_length = 7\n",
+        )
+        .unwrap();
+        let e = Config::load(Some(&path), &Default::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("at least 8"), "{e}");
         std::fs::write(&path, "listen = \"127.0.0.1:9000\"\n").unwrap();
         let mut flags = figment::value::Dict::new();
         flags.insert("listen".into(), "127.0.0.1:9001".into());
-        assert_eq!(Config::load(Some(&path), &flags).unwrap().listen.port(), 9001);
+        assert_eq!(
+            Config::load(Some(&path), &flags).unwrap().listen.port(),
+            9001
+        );
     }
 
     #[test]
     fn database_passwords_are_redacted() {
-        assert_eq!(redact_url("postgres://u:secret@h/db"), "postgres://u:[redacted]@h/db");
+        assert_eq!(
+            redact_url("postgres://u:secret@h/db"),
+            "postgres://u:[redacted]@h/db"
+        );
     }
 }

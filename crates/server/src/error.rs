@@ -18,7 +18,11 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: &str, code: &str, message: impl Into<String>) -> Self {
-        Self { field: field.to_owned(), code: code.to_owned(), message: message.into() }
+        Self {
+            field: field.to_owned(),
+            code: code.to_owned(),
+            message: message.into(),
+        }
     }
 }
 
@@ -99,7 +103,9 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MalformedBody(_) | Self::Validation(_) | Self::WeakPassword(_) => StatusCode::BAD_REQUEST,
+            Self::MalformedBody(_) | Self::Validation(_) | Self::WeakPassword(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::EmailTaken => StatusCode::CONFLICT,
@@ -169,13 +175,17 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let errors = match &self {
             Self::Validation(errors) => errors.clone(),
-            Self::WeakPassword(reasons) => {
-                reasons.iter().map(|r| FieldError::new("password", r.code(), r.message())).collect()
-            }
+            Self::WeakPassword(reasons) => reasons
+                .iter()
+                .map(|r| FieldError::new("password", r.code(), r.message()))
+                .collect(),
             _ => Vec::new(),
         };
         let problem = Problem {
-            kind: format!("https://portcullis.dev/problems/{}", self.code().replace('_', "-")),
+            kind: format!(
+                "https://portcullis.dev/problems/{}",
+                self.code().replace('_', "-")
+            ),
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
             status: status.as_u16(),
             detail: self.to_string(),
@@ -188,13 +198,19 @@ impl IntoResponse for ApiError {
         };
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         match &self {
             Self::Unauthenticated => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             Self::InvalidToken(_) | Self::InvalidApiKey => {
-                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
             }
             Self::RateLimited(t) => rate_limit_headers(&mut headers, t),
             Self::Overloaded => {
@@ -217,11 +233,20 @@ pub fn rate_limit_headers(headers: &mut HeaderMap, t: &Throttled) {
     let reset = t.decision.reset_ms.div_ceil(1000);
     let pairs = [
         (header::RETRY_AFTER.as_str(), retry.to_string()),
-        ("ratelimit-policy", format!("\"{}\";q={};w={}", t.policy, t.limit, t.window_s)),
-        ("ratelimit", format!("\"{}\";r={};t={}", t.policy, t.decision.remaining, reset)),
+        (
+            "ratelimit-policy",
+            format!("\"{}\";q={};w={}", t.policy, t.limit, t.window_s),
+        ),
+        (
+            "ratelimit",
+            format!("\"{}\";r={};t={}", t.policy, t.decision.remaining, reset),
+        ),
     ];
     for (name, value) in pairs {
-        if let (Ok(name), Ok(value)) = (header::HeaderName::try_from(name), HeaderValue::try_from(value)) {
+        if let (Ok(name), Ok(value)) = (
+            header::HeaderName::try_from(name),
+            HeaderValue::try_from(value),
+        ) {
             headers.insert(name, value);
         }
     }

@@ -21,7 +21,13 @@ fn media_type(req: &Request) -> Option<String> {
     req.headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        })
 }
 
 fn is_json(media: &str) -> bool {
@@ -29,7 +35,11 @@ fn is_json(media: &str) -> bool {
 }
 
 async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
-    let limit = req.extensions().get::<BodyLimit>().map(|l| l.0).unwrap_or(64 * 1024);
+    let limit = req
+        .extensions()
+        .get::<BodyLimit>()
+        .map(|l| l.0)
+        .unwrap_or(64 * 1024);
     Bytes::from_request(req, state).await.map_err(|rejection| {
         if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge(limit)
@@ -48,9 +58,11 @@ fn json_error(e: serde_json::Error) -> ApiError {
     use serde_json::error::Category;
     match e.classify() {
         Category::Data => data_error(&e.to_string()),
-        Category::Syntax | Category::Eof | Category::Io => {
-            ApiError::MalformedBody(format!("the body is not valid JSON (line {}, column {})", e.line(), e.column()))
-        }
+        Category::Syntax | Category::Eof | Category::Io => ApiError::MalformedBody(format!(
+            "the body is not valid JSON (line {}, column {})",
+            e.line(),
+            e.column()
+        )),
     }
 }
 
@@ -64,12 +76,23 @@ fn data_error(message: &str) -> ApiError {
         FieldError::new(&field, "required", format!("`{field}` is required"))
     } else if message.starts_with("invalid type") || message.starts_with("invalid value") {
         // serde names the expected type at the end: "…, expected a string".
-        let expected = message.rsplit(", expected ").next().unwrap_or("another type");
+        let expected = message
+            .rsplit(", expected ")
+            .next()
+            .unwrap_or("another type");
         let expected = expected.split(" at line").next().unwrap_or(expected);
-        FieldError::new("", "invalid_type", format!("a field has the wrong type: expected {expected}"))
+        FieldError::new(
+            "",
+            "invalid_type",
+            format!("a field has the wrong type: expected {expected}"),
+        )
     } else if message.starts_with("duplicate field") {
         let field = quoted(message);
-        FieldError::new(&field, "duplicate_field", format!("`{field}` appears twice"))
+        FieldError::new(
+            &field,
+            "duplicate_field",
+            format!("`{field}` appears twice"),
+        )
     } else {
         FieldError::new("", "invalid", "the body does not have the expected shape")
     };
@@ -82,7 +105,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         match media_type(&req) {
             Some(m) if is_json(&m) => {}
-            _ => return Err(ApiError::UnsupportedMediaType("send the body as application/json".into())),
+            _ => {
+                return Err(ApiError::UnsupportedMediaType(
+                    "send the body as application/json".into(),
+                ));
+            }
         }
         let bytes = body_bytes(req, state).await?;
         serde_json::from_slice(&bytes).map(Json).map_err(json_error)
@@ -97,18 +124,24 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonOrForm<T> {
         match media.as_deref() {
             Some(m) if is_json(m) => {
                 let bytes = body_bytes(req, state).await?;
-                serde_json::from_slice(&bytes).map(JsonOrForm).map_err(json_error)
+                serde_json::from_slice(&bytes)
+                    .map(JsonOrForm)
+                    .map_err(json_error)
             }
             Some("application/x-www-form-urlencoded") => {
                 let bytes = body_bytes(req, state).await?;
-                serde_urlencoded::from_bytes(&bytes).map(JsonOrForm).map_err(|e| {
-                    let message = e.to_string();
-                    if message.starts_with("unknown field") || message.starts_with("missing field") {
-                        data_error(&message)
-                    } else {
-                        ApiError::MalformedBody("the form body could not be parsed".into())
-                    }
-                })
+                serde_urlencoded::from_bytes(&bytes)
+                    .map(JsonOrForm)
+                    .map_err(|e| {
+                        let message = e.to_string();
+                        if message.starts_with("unknown field")
+                            || message.starts_with("missing field")
+                        {
+                            data_error(&message)
+                        } else {
+                            ApiError::MalformedBody("the form body could not be parsed".into())
+                        }
+                    })
             }
             _ => Err(ApiError::UnsupportedMediaType(
                 "send the body as application/json or application/x-www-form-urlencoded".into(),
@@ -143,6 +176,10 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        Ok(parts.extensions.get::<RequestId>().cloned().unwrap_or_else(|| RequestId(String::new())))
+        Ok(parts
+            .extensions
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_else(|| RequestId(String::new())))
     }
 }

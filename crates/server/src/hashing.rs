@@ -24,28 +24,39 @@ pub struct HashPool {
 }
 
 impl HashPool {
-    pub fn new(hashing: PasswordHashing, threads: usize, queue_limit: usize) -> std::io::Result<Self> {
+    pub fn new(
+        hashing: PasswordHashing,
+        threads: usize,
+        queue_limit: usize,
+    ) -> std::io::Result<Self> {
         let threads = threads.max(1);
         let (sender, receiver) = mpsc::channel::<Job>();
         let receiver = Arc::new(Mutex::new(receiver));
         for i in 0..threads {
             let receiver = Arc::clone(&receiver);
             let hashing = hashing.clone();
-            std::thread::Builder::new().name(format!("argon2-{i}")).spawn(move || {
-                loop {
-                    // The lock is held only while taking the next job, not while hashing.
-                    let job = match receiver.lock() {
-                        Ok(rx) => rx.recv(),
-                        Err(_) => return,
-                    };
-                    match job {
-                        Ok(job) => job(&hashing),
-                        Err(_) => return,
+            std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || {
+                    loop {
+                        // The lock is held only while taking the next job, not while hashing.
+                        let job = match receiver.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(&hashing),
+                            Err(_) => return,
+                        }
                     }
-                }
-            })?;
+                })?;
         }
-        Ok(Self { sender: Mutex::new(Some(sender)), waiting: Arc::new(AtomicUsize::new(0)), queue_limit, threads })
+        Ok(Self {
+            sender: Mutex::new(Some(sender)),
+            waiting: Arc::new(AtomicUsize::new(0)),
+            queue_limit,
+            threads,
+        })
     }
 
     pub fn threads(&self) -> usize {
@@ -74,7 +85,10 @@ impl HashPool {
             let _ = tx.send(f(h));
         });
         let sent = match self.sender.lock() {
-            Ok(sender) => sender.as_ref().map(|s| s.send(job).is_ok()).unwrap_or(false),
+            Ok(sender) => sender
+                .as_ref()
+                .map(|s| s.send(job).is_ok())
+                .unwrap_or(false),
             Err(_) => false,
         };
         if !sent {

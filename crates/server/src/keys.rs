@@ -9,7 +9,9 @@ use std::sync::{Arc, RwLock};
 
 use axum::body::Bytes;
 use portcullis_core::clock::Millis;
-use portcullis_core::jwt::{AccessClaims, JwsAlg, JwtError, KeySchedule, SigningKey, Verifier, current_signer};
+use portcullis_core::jwt::{
+    AccessClaims, JwsAlg, JwtError, KeySchedule, SigningKey, Verifier, current_signer,
+};
 use portcullis_core::seal::MasterKey;
 use portcullis_store::{SigningKeyRow, SigningKeyStore, Store, StoreError};
 use secrecy::ExposeSecret;
@@ -71,7 +73,16 @@ impl KeyRing {
             verifier: Verifier::new([], issuer.clone(), audience.clone(), leeway_s),
             jwks: Bytes::from_static(b"{\"keys\":[]}"),
         });
-        let ring = Self { store, master, alg, issuer, audience, leeway_s, overlap_ms, state: RwLock::new(empty) };
+        let ring = Self {
+            store,
+            master,
+            alg,
+            issuer,
+            audience,
+            leeway_s,
+            overlap_ms,
+            state: RwLock::new(empty),
+        };
         ring.reload().await?;
         if ring.current().signer(Millis::now()).is_none() {
             ring.create_key(Millis::now(), 0).await?;
@@ -92,8 +103,10 @@ impl KeyRing {
         let rows = self.store.live_signing_keys(now).await?;
         let mut keys = Vec::with_capacity(rows.len());
         for row in rows {
-            let alg = JwsAlg::parse(&row.alg)
-                .ok_or_else(|| KeyError::Key { kid: row.kid.clone(), reason: format!("unknown alg {}", row.alg) })?;
+            let alg = JwsAlg::parse(&row.alg).ok_or_else(|| KeyError::Key {
+                kid: row.kid.clone(),
+                reason: format!("unknown alg {}", row.alg),
+            })?;
             let der = self
                 .master
                 .open(&seal_context(&row.kid), &row.private_key)
@@ -101,8 +114,10 @@ impl KeyRing {
                     kid: row.kid.clone(),
                     reason: format!("{e}; start with the master key this store was created with (master.key in the data folder, or master_key)"),
                 })?;
-            let key = SigningKey::from_pkcs8(alg, &der)
-                .map_err(|e| KeyError::Key { kid: row.kid.clone(), reason: e.to_string() })?;
+            let key = SigningKey::from_pkcs8(alg, &der).map_err(|e| KeyError::Key {
+                kid: row.kid.clone(),
+                reason: e.to_string(),
+            })?;
             let schedule = KeySchedule {
                 kid: row.kid.clone(),
                 publish_at: Millis(row.publish_at),
@@ -116,7 +131,10 @@ impl KeyRing {
         let mut jwks = Vec::new();
         for (schedule, key) in &keys {
             if schedule.is_published(now) {
-                let vk = key.verifying_key().map_err(|e| KeyError::Key { kid: key.kid().into(), reason: e.to_string() })?;
+                let vk = key.verifying_key().map_err(|e| KeyError::Key {
+                    kid: key.kid().into(),
+                    reason: e.to_string(),
+                })?;
                 jwks.push(vk.jwk().clone());
                 published.push(vk);
             }
@@ -124,7 +142,12 @@ impl KeyRing {
         let jwks = serde_json::to_vec(&serde_json::json!({ "keys": jwks })).unwrap_or_default();
         let state = Arc::new(RingState {
             keys,
-            verifier: Verifier::new(published, self.issuer.clone(), self.audience.clone(), self.leeway_s),
+            verifier: Verifier::new(
+                published,
+                self.issuer.clone(),
+                self.audience.clone(),
+                self.leeway_s,
+            ),
             jwks: Bytes::from(jwks),
         });
         match self.state.write() {
@@ -136,13 +159,22 @@ impl KeyRing {
 
     /// Creates a key published now that signs from `now + lead_s`; older keys retire when it activates.
     pub async fn create_key(&self, now: Millis, lead_s: i64) -> Result<SigningKeyRow, KeyError> {
-        let (key, der) = SigningKey::generate(self.alg).map_err(|e| KeyError::Key { kid: String::new(), reason: e.to_string() })?;
+        let (key, der) = SigningKey::generate(self.alg).map_err(|e| KeyError::Key {
+            kid: String::new(),
+            reason: e.to_string(),
+        })?;
         let kid = key.kid().to_owned();
         let sealed = self
             .master
             .seal(&seal_context(&kid), der.0.expose_secret())
-            .map_err(|e| KeyError::Key { kid: kid.clone(), reason: e.to_string() })?;
-        let jwk = key.verifying_key().map_err(|e| KeyError::Key { kid: kid.clone(), reason: e.to_string() })?;
+            .map_err(|e| KeyError::Key {
+                kid: kid.clone(),
+                reason: e.to_string(),
+            })?;
+        let jwk = key.verifying_key().map_err(|e| KeyError::Key {
+            kid: kid.clone(),
+            reason: e.to_string(),
+        })?;
         let row = SigningKeyRow {
             kid,
             alg: self.alg.as_str().to_owned(),
@@ -161,7 +193,11 @@ impl KeyRing {
 
     /// Rotates when the newest key has signed for `interval_s - lead_s`, so that its successor is
     /// published `lead_s` before the interval ends. Returns the new key, if one was made.
-    pub async fn rotate_if_due(&self, interval_s: i64, lead_s: i64) -> Result<Option<SigningKeyRow>, KeyError> {
+    pub async fn rotate_if_due(
+        &self,
+        interval_s: i64,
+        lead_s: i64,
+    ) -> Result<Option<SigningKeyRow>, KeyError> {
         if interval_s <= 0 {
             return Ok(None);
         }
@@ -177,6 +213,9 @@ impl KeyRing {
         let state = self.current();
         let key = state.signer(Millis::now()).ok_or(KeyError::NoActiveKey)?;
         key.sign(portcullis_core::jwt::ACCESS_TOKEN_TYP, claims)
-            .map_err(|e: JwtError| KeyError::Key { kid: key.kid().into(), reason: e.to_string() })
+            .map_err(|e: JwtError| KeyError::Key {
+                kid: key.kid().into(),
+                reason: e.to_string(),
+            })
     }
 }

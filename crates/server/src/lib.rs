@@ -48,20 +48,36 @@ pub struct Running {
 }
 
 /// Builds the state over an opened, migrated store and serves on `listener`.
-pub async fn start(config: Config, store: Store, listener: tokio::net::TcpListener) -> Result<Running, StartError> {
-    let addr = listener.local_addr().map_err(|e| StartError::Other(e.to_string()))?;
+pub async fn start(
+    config: Config,
+    store: Store,
+    listener: tokio::net::TcpListener,
+) -> Result<Running, StartError> {
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Other(e.to_string()))?;
     let (state, audit) = AppState::build(config, store, telemetry::metrics_handle()).await?;
     let background = background::spawn(state.clone());
     let router = app::router(state.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async {
-                let _ = rx.await;
-            })
-            .await
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async {
+            let _ = rx.await;
+        })
+        .await
     });
-    Ok(Running { addr, state, shutdown: Some(tx), server, background, audit })
+    Ok(Running {
+        addr,
+        state,
+        shutdown: Some(tx),
+        server,
+        background,
+        audit,
+    })
 }
 
 impl Running {
@@ -91,7 +107,8 @@ impl Running {
 
 /// Creates a root API key (scope `admin`, no owner) and returns it; it is shown only this once.
 pub async fn create_root_key(store: &Store, name: &str) -> Result<String, StartError> {
-    let key = ApiKey::generate(apikeys::DEFAULT_PREFIX).map_err(|e| StartError::Other(e.to_string()))?;
+    let key =
+        ApiKey::generate(apikeys::DEFAULT_PREFIX).map_err(|e| StartError::Other(e.to_string()))?;
     let now = Millis::now().0;
     let row = ApiKeyRow {
         id: KeyId::generate().to_string(),

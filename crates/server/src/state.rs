@@ -43,7 +43,10 @@ impl std::ops::Deref for AppState {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot prepare the data folder {path}: {source}")]
-    DataDir { path: String, source: std::io::Error },
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot read the master key {path}: {reason}")]
     MasterKey { path: String, reason: String },
     #[error("cannot open the store: {0}")]
@@ -56,7 +59,10 @@ pub enum StartError {
 
 /// Opens the store named by the configuration (creating the data folder for SQLite) and migrates it.
 pub async fn open_store(config: &Config) -> Result<Store, StartError> {
-    let opts = StoreOptions { pool_size: config.db_pool_size, ..StoreOptions::default() };
+    let opts = StoreOptions {
+        pool_size: config.db_pool_size,
+        ..StoreOptions::default()
+    };
     let store = match &config.database_url {
         Some(url) => Store::connect_postgres(url, &opts, None).await?,
         None => {
@@ -70,12 +76,19 @@ pub async fn open_store(config: &Config) -> Result<Store, StartError> {
 
 /// Creates `dir` with mode 0700 if missing.
 pub fn ensure_private_dir(dir: &Path) -> Result<(), StartError> {
-    let err = |source| StartError::DataDir { path: dir.display().to_string(), source };
+    let err = |source| StartError::DataDir {
+        path: dir.display().to_string(),
+        source,
+    };
     if !dir.exists() {
         #[cfg(unix)]
         {
             use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(err)?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(err)?;
         }
         #[cfg(not(unix))]
         std::fs::create_dir_all(dir).map_err(err)?;
@@ -87,20 +100,30 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), StartError> {
 /// bytes as hex).
 pub fn load_master_key(config: &Config) -> Result<MasterKey, StartError> {
     if let Some(hexed) = &config.master_key {
-        let raw = hex::decode(hexed).map_err(|e| StartError::MasterKey { path: "master_key".into(), reason: e.to_string() })?;
-        return MasterKey::from_bytes(raw).map_err(|e| StartError::MasterKey { path: "master_key".into(), reason: e.to_string() });
+        let raw = hex::decode(hexed).map_err(|e| StartError::MasterKey {
+            path: "master_key".into(),
+            reason: e.to_string(),
+        })?;
+        return MasterKey::from_bytes(raw).map_err(|e| StartError::MasterKey {
+            path: "master_key".into(),
+            reason: e.to_string(),
+        });
     }
     ensure_private_dir(&config.data_dir)?;
     let path = config.data_dir.join("master.key");
     let shown = path.display().to_string();
-    let bad = |reason: String| StartError::MasterKey { path: shown.clone(), reason };
+    let bad = |reason: String| StartError::MasterKey {
+        path: shown.clone(),
+        reason,
+    };
     if path.exists() {
         let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
         let raw = hex::decode(text.trim()).map_err(|_| bad("expected 64 hex digits".into()))?;
         return MasterKey::from_bytes(raw).map_err(|e| bad(e.to_string()));
     }
     let key = MasterKey::generate().map_err(|e| bad(e.to_string()))?;
-    write_private_file(&path, hex::encode(key.expose_bytes()).as_bytes()).map_err(|e| bad(e.to_string()))?;
+    write_private_file(&path, hex::encode(key.expose_bytes()).as_bytes())
+        .map_err(|e| bad(e.to_string()))?;
     Ok(key)
 }
 
@@ -108,7 +131,11 @@ pub fn load_master_key(config: &Config) -> Result<MasterKey, StartError> {
 fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(contents)?;
     f.sync_all()
 }
@@ -119,7 +146,11 @@ fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 }
 
 impl AppState {
-    pub async fn build(config: Config, store: Store, metrics: PrometheusHandle) -> Result<(Self, tokio::task::JoinHandle<()>), StartError> {
+    pub async fn build(
+        config: Config,
+        store: Store,
+        metrics: PrometheusHandle,
+    ) -> Result<(Self, tokio::task::JoinHandle<()>), StartError> {
         let master = load_master_key(&config)?;
         let keys = KeyRing::load(
             store.clone(),
@@ -131,26 +162,37 @@ impl AppState {
             config.access_token_ttl_s,
         )
         .await?;
-        let hashing = PasswordHashing::new(config.argon2()).map_err(|e| StartError::Other(e.to_string()))?;
+        let hashing =
+            PasswordHashing::new(config.argon2()).map_err(|e| StartError::Other(e.to_string()))?;
         let threads = match config.hash_concurrency {
-            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
             n => n,
         };
-        let hashing = HashPool::new(hashing, threads, config.hash_queue_limit).map_err(|e| StartError::Other(e.to_string()))?;
+        let hashing = HashPool::new(hashing, threads, config.hash_queue_limit)
+            .map_err(|e| StartError::Other(e.to_string()))?;
         let backoff = LoginBackoff {
             free_failures: config.login_free_failures,
             max_wait_ms: config.login_max_wait_s * 1000,
             ..LoginBackoff::default()
         };
-        let ip_policy = RatePolicy { limit: config.login_ip_limit, period_ms: config.login_ip_period_s * 1000 };
+        let ip_policy = RatePolicy {
+            limit: config.login_ip_limit,
+            period_ms: config.login_ip_period_s * 1000,
+        };
         let limiter = MemoryLimiter::new(
             std::time::Duration::from_millis(ip_policy.period_ms.max(1000)),
             std::time::Duration::from_millis(backoff.forget_after_ms),
         );
         let (audit, audit_task) = Audit::spawn(store.clone());
         let auth = Authenticator::new();
-        let forget_before = Millis::now().plus_secs(-(config.access_token_ttl_s + config.jwt_leeway_s + 60));
-        auth.load_watermarks(store.token_watermarks_since(forget_before).await?, forget_before);
+        let forget_before =
+            Millis::now().plus_secs(-(config.access_token_ttl_s + config.jwt_leeway_s + 60));
+        auth.load_watermarks(
+            store.token_watermarks_since(forget_before).await?,
+            forget_before,
+        );
         // Load the bundled password list now rather than on the first registration.
         let _ = portcullis_core::passwords::CommonPasswords::bundled().len();
         let state = AppState(Arc::new(Inner {

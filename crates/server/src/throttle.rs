@@ -16,7 +16,12 @@ use crate::error::{ApiError, Throttled};
 
 /// Rate-limit state keyed by string. `check` consumes, `peek` only looks.
 pub trait RateLimiter: Send + Sync {
-    fn check(&self, key: &str, policy: RatePolicy, cost: u32) -> impl Future<Output = RateDecision> + Send;
+    fn check(
+        &self,
+        key: &str,
+        policy: RatePolicy,
+        cost: u32,
+    ) -> impl Future<Output = RateDecision> + Send;
     fn peek(&self, key: &str, policy: RatePolicy) -> impl Future<Output = RateDecision> + Send;
     /// Consecutive-failure state for growing waits: `(failures, last_failure_ms)`.
     fn failures(&self, key: &str) -> impl Future<Output = (u32, i64)> + Send;
@@ -34,8 +39,14 @@ pub struct MemoryLimiter {
 impl MemoryLimiter {
     pub fn new(max_period: Duration, forget_after: Duration) -> Self {
         Self {
-            tats: Cache::builder().max_capacity(1_000_000).time_to_idle(max_period).build(),
-            failures: Cache::builder().max_capacity(1_000_000).time_to_live(forget_after).build(),
+            tats: Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_idle(max_period)
+                .build(),
+            failures: Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(forget_after)
+                .build(),
         }
     }
 }
@@ -51,7 +62,12 @@ impl RateLimiter for MemoryLimiter {
             decision = Some(d);
             if d.allowed { Op::Put(tat) } else { Op::Nop }
         });
-        decision.unwrap_or(RateDecision { allowed: false, remaining: 0, reset_ms: 0, retry_after_ms: 1000 })
+        decision.unwrap_or(RateDecision {
+            allowed: false,
+            remaining: 0,
+            reset_ms: 0,
+            retry_after_ms: 1000,
+        })
     }
 
     async fn peek(&self, key: &str, policy: RatePolicy) -> RateDecision {
@@ -64,10 +80,12 @@ impl RateLimiter for MemoryLimiter {
 
     async fn record_failure(&self, key: &str, backoff: LoginBackoff) {
         let now = Millis::now().0;
-        self.failures.entry(key.to_owned()).and_compute_with(|entry| {
-            let (n, last) = entry.map(|e| e.into_value()).unwrap_or((0, 0));
-            Op::Put((backoff.record_failure(n, last, now), now))
-        });
+        self.failures
+            .entry(key.to_owned())
+            .and_compute_with(|entry| {
+                let (n, last) = entry.map(|e| e.into_value()).unwrap_or((0, 0));
+                Op::Put((backoff.record_failure(n, last, now), now))
+            });
     }
 
     async fn clear_failures(&self, key: &str) {
@@ -84,7 +102,11 @@ pub struct LoginThrottle<L> {
 
 impl<L: RateLimiter> LoginThrottle<L> {
     pub fn new(limiter: L, ip_policy: RatePolicy, backoff: LoginBackoff) -> Self {
-        Self { limiter, ip_policy, backoff }
+        Self {
+            limiter,
+            ip_policy,
+            backoff,
+        }
     }
 
     fn ip_key(ip: &std::net::IpAddr) -> String {
@@ -113,18 +135,30 @@ impl<L: RateLimiter> LoginThrottle<L> {
                 policy: "login-account",
                 limit: self.backoff.free_failures,
                 window_s: self.backoff.max_wait_ms / 1000,
-                decision: RateDecision { allowed: false, remaining: 0, reset_ms: wait, retry_after_ms: wait },
+                decision: RateDecision {
+                    allowed: false,
+                    remaining: 0,
+                    reset_ms: wait,
+                    retry_after_ms: wait,
+                },
             }));
         }
         Ok(())
     }
 
     pub async fn failed(&self, ip: &std::net::IpAddr, email_key: &str) {
-        let _ = self.limiter.check(&Self::ip_key(ip), self.ip_policy, 1).await;
-        self.limiter.record_failure(&Self::account_key(email_key), self.backoff).await;
+        let _ = self
+            .limiter
+            .check(&Self::ip_key(ip), self.ip_policy, 1)
+            .await;
+        self.limiter
+            .record_failure(&Self::account_key(email_key), self.backoff)
+            .await;
     }
 
     pub async fn succeeded(&self, email_key: &str) {
-        self.limiter.clear_failures(&Self::account_key(email_key)).await;
+        self.limiter
+            .clear_failures(&Self::account_key(email_key))
+            .await;
     }
 }

@@ -9,7 +9,9 @@ use portcullis_core::ids::{FamilyId, RefreshTokenId};
 use portcullis_core::jwt::AccessClaims;
 use portcullis_core::passwords::{StoredHash, Verification};
 use portcullis_core::secrets::OpaqueToken;
-use portcullis_store::{NewFamily, NextToken, RefreshTokenStore, Rotation, SigningKeyStore, UserRow, UserStore};
+use portcullis_store::{
+    NewFamily, NextToken, RefreshTokenStore, Rotation, SigningKeyStore, UserRow, UserStore,
+};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -60,14 +62,23 @@ impl std::fmt::Debug for TokenPair {
 impl IntoResponse for TokenPair {
     fn into_response(self) -> Response {
         let mut r = axum::Json(self).into_response();
-        r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        r.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        r.headers_mut()
+            .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
         r
     }
 }
 
 impl AppState {
-    fn sign_access_token(&self, user_id: &str, client_id: &str, scope: &str, sid: Option<String>, now: Millis) -> ApiResult<(String, i64)> {
+    fn sign_access_token(
+        &self,
+        user_id: &str,
+        client_id: &str,
+        scope: &str,
+        sid: Option<String>,
+        now: Millis,
+    ) -> ApiResult<(String, i64)> {
         let ttl = self.config.access_token_ttl_s;
         let claims = AccessClaims {
             iss: self.config.issuer(),
@@ -81,13 +92,20 @@ impl AppState {
             scope: scope.to_owned(),
             sid,
         };
-        let token = self.keys.sign_access_token(&claims).map_err(ApiError::internal)?;
+        let token = self
+            .keys
+            .sign_access_token(&claims)
+            .map_err(ApiError::internal)?;
         metrics::counter!("portcullis_tokens_issued_total", "kind" => "access").increment(1);
         Ok((token, ttl))
     }
 
     /// A new refresh family and the first access token for `user`.
-    pub async fn issue_tokens(&self, user: &UserRow, session_id: Option<String>) -> ApiResult<TokenPair> {
+    pub async fn issue_tokens(
+        &self,
+        user: &UserRow,
+        session_id: Option<String>,
+    ) -> ApiResult<TokenPair> {
         let now = Millis::now();
         let client_id = self.config.first_party_client_id.clone();
         let refresh = OpaqueToken::generate(REFRESH_PREFIX).map_err(ApiError::internal)?;
@@ -100,9 +118,14 @@ impl AppState {
             created_at: now,
             expires_at: now.plus_secs(self.config.refresh_family_ttl_s),
         };
-        let first = NextToken { id: RefreshTokenId::generate(), hash: refresh.hash(), ttl_ms: self.config.refresh_token_ttl_s * 1000 };
+        let first = NextToken {
+            id: RefreshTokenId::generate(),
+            hash: refresh.hash(),
+            ttl_ms: self.config.refresh_token_ttl_s * 1000,
+        };
         let refresh_expires = self.store.start_family(&family, &first).await?;
-        let (access_token, expires_in) = self.sign_access_token(&user.id, &client_id, "", session_id, now)?;
+        let (access_token, expires_in) =
+            self.sign_access_token(&user.id, &client_id, "", session_id, now)?;
         metrics::counter!("portcullis_tokens_issued_total", "kind" => "refresh").increment(1);
         Ok(TokenPair {
             access_token,
@@ -114,27 +137,49 @@ impl AppState {
     }
 
     /// Checks a password login; charges failures to the IP and the account; upgrades old hashes.
-    pub async fn login(&self, req: LoginRequest, ip: std::net::IpAddr, ctx: &AuditContext) -> ApiResult<UserRow> {
+    pub async fn login(
+        &self,
+        req: LoginRequest,
+        ip: std::net::IpAddr,
+        ctx: &AuditContext,
+    ) -> ApiResult<UserRow> {
         let email = parse_email(&req.email)?;
         if req.password.expose_secret().len() > MAX_LOGIN_PASSWORD_BYTES {
-            return Err(ApiError::Validation(vec![FieldError::new("password", "too_long", "password is too long")]));
+            return Err(ApiError::Validation(vec![FieldError::new(
+                "password",
+                "too_long",
+                "password is too long",
+            )]));
         }
         let key = email.key();
         if let Err(e) = self.throttle.admit(&ip, &key).await {
             metrics::counter!("portcullis_logins_total", "outcome" => "throttled").increment(1);
-            self.audit.record("login.throttled", None, None, ctx, serde_json::json!({ "email": key }));
+            self.audit.record(
+                "login.throttled",
+                None,
+                None,
+                ctx,
+                serde_json::json!({ "email": key }),
+            );
             return Err(e);
         }
         let user = self.store.user_by_email_key(&key).await?;
-        let stored = user.as_ref().and_then(|u| u.password_hash.clone()).map(StoredHash::from_stored);
+        let stored = user
+            .as_ref()
+            .and_then(|u| u.password_hash.clone())
+            .map(StoredHash::from_stored);
         let password = req.password;
         // Unknown accounts verify against a dummy hash so that both answers cost the same.
         let (verdict, upgraded) = self
             .hashing
             .run(move |h| match stored {
                 Some(stored) => match h.verify(&password, &stored) {
-                    Verification::Match { needs_rehash: true } => (true, h.hash(&password).ok().map(|n| (stored, n))),
-                    Verification::Match { needs_rehash: false } => (true, None),
+                    Verification::Match { needs_rehash: true } => {
+                        (true, h.hash(&password).ok().map(|n| (stored, n)))
+                    }
+                    Verification::Match {
+                        needs_rehash: false,
+                    } => (true, None),
                     Verification::Mismatch => (false, None),
                 },
                 None => {
@@ -148,21 +193,42 @@ impl AppState {
             Some(user) if verdict && user.disabled_at.is_none() => {
                 self.throttle.succeeded(&key).await;
                 if let Some((old, new)) = upgraded {
-                    let upgraded = self.store.upgrade_password_hash(&user.id, old.as_str(), new.as_str(), Millis::now()).await?;
+                    let upgraded = self
+                        .store
+                        .upgrade_password_hash(&user.id, old.as_str(), new.as_str(), Millis::now())
+                        .await?;
                     if upgraded {
                         self.auth.forget_user(&user.id);
-                        self.audit.record("password.upgraded", Some(&user.id), Some(&user.id), ctx, serde_json::json!({}));
+                        self.audit.record(
+                            "password.upgraded",
+                            Some(&user.id),
+                            Some(&user.id),
+                            ctx,
+                            serde_json::json!({}),
+                        );
                     }
                 }
                 metrics::counter!("portcullis_logins_total", "outcome" => "success").increment(1);
-                self.audit.record("login.succeeded", Some(&user.id), Some(&user.id), ctx, serde_json::json!({}));
+                self.audit.record(
+                    "login.succeeded",
+                    Some(&user.id),
+                    Some(&user.id),
+                    ctx,
+                    serde_json::json!({}),
+                );
                 Ok(user)
             }
             user => {
                 self.throttle.failed(&ip, &key).await;
                 metrics::counter!("portcullis_logins_total", "outcome" => "failure").increment(1);
                 let subject = user.as_ref().map(|u| u.id.as_str());
-                self.audit.record("login.failed", None, subject, ctx, serde_json::json!({ "email": key }));
+                self.audit.record(
+                    "login.failed",
+                    None,
+                    subject,
+                    ctx,
+                    serde_json::json!({ "email": key }),
+                );
                 Err(ApiError::InvalidCredentials)
             }
         }
@@ -173,19 +239,41 @@ impl AppState {
             .map_err(|_| ApiError::InvalidRefreshToken)?;
         let now = Millis::now();
         let next_secret = OpaqueToken::generate(REFRESH_PREFIX).map_err(ApiError::internal)?;
-        let next = NextToken { id: RefreshTokenId::generate(), hash: next_secret.hash(), ttl_ms: self.config.refresh_token_ttl_s * 1000 };
+        let next = NextToken {
+            id: RefreshTokenId::generate(),
+            hash: next_secret.hash(),
+            ttl_ms: self.config.refresh_token_ttl_s * 1000,
+        };
         let grace_ms = self.config.refresh_reuse_grace_s * 1000;
-        match self.store.rotate(&presented.hash(), now, grace_ms, &next).await? {
+        match self
+            .store
+            .rotate(&presented.hash(), now, grace_ms, &next)
+            .await?
+        {
             Rotation::Rotated { family, expires_at } => {
                 let user = self.user(&family.user_id).await?;
                 if user.is_none_or(|u| u.disabled_at.is_some()) {
-                    self.store.revoke_user_families(&family.user_id, now, "user_disabled").await?;
+                    self.store
+                        .revoke_user_families(&family.user_id, now, "user_disabled")
+                        .await?;
                     return Err(ApiError::InvalidRefreshToken);
                 }
-                let (access_token, expires_in) =
-                    self.sign_access_token(&family.user_id, &family.client_id, &family.scope, family.session_id.clone(), now)?;
-                metrics::counter!("portcullis_tokens_issued_total", "kind" => "refresh").increment(1);
-                self.audit.record("refresh.rotated", Some(&family.user_id), Some(&family.id), ctx, serde_json::json!({}));
+                let (access_token, expires_in) = self.sign_access_token(
+                    &family.user_id,
+                    &family.client_id,
+                    &family.scope,
+                    family.session_id.clone(),
+                    now,
+                )?;
+                metrics::counter!("portcullis_tokens_issued_total", "kind" => "refresh")
+                    .increment(1);
+                self.audit.record(
+                    "refresh.rotated",
+                    Some(&family.user_id),
+                    Some(&family.id),
+                    ctx,
+                    serde_json::json!({}),
+                );
                 Ok(TokenPair {
                     access_token,
                     token_type: "Bearer",
@@ -197,7 +285,13 @@ impl AppState {
             Rotation::Reused { family_id, user_id } => {
                 metrics::counter!("portcullis_refresh_reuse_detected_total").increment(1);
                 tracing::warn!(family = %family_id, user = %user_id, "refresh token reuse detected; family revoked");
-                self.audit.record("refresh.reuse_detected", Some(&user_id), Some(&family_id), ctx, serde_json::json!({}));
+                self.audit.record(
+                    "refresh.reuse_detected",
+                    Some(&user_id),
+                    Some(&family_id),
+                    ctx,
+                    serde_json::json!({}),
+                );
                 Err(ApiError::RefreshTokenReused)
             }
             Rotation::Invalid => Err(ApiError::InvalidRefreshToken),
@@ -206,9 +300,22 @@ impl AppState {
 
     pub async fn logout(&self, req: RefreshRequest, ctx: &AuditContext) -> ApiResult<()> {
         // Unknown and malformed tokens are accepted silently, as RFC 7009 §2.2 does for revocation.
-        let Ok(presented) = OpaqueToken::parse(REFRESH_PREFIX, req.refresh_token.expose_secret()) else { return Ok(()) };
-        if let Some((family, user)) = self.store.revoke_family_of(&presented.hash(), Millis::now(), "logout").await? {
-            self.audit.record("logout", Some(&user), Some(&family), ctx, serde_json::json!({}));
+        let Ok(presented) = OpaqueToken::parse(REFRESH_PREFIX, req.refresh_token.expose_secret())
+        else {
+            return Ok(());
+        };
+        if let Some((family, user)) = self
+            .store
+            .revoke_family_of(&presented.hash(), Millis::now(), "logout")
+            .await?
+        {
+            self.audit.record(
+                "logout",
+                Some(&user),
+                Some(&family),
+                ctx,
+                serde_json::json!({}),
+            );
         }
         Ok(())
     }
@@ -216,13 +323,27 @@ impl AppState {
     pub async fn logout_all(&self, p: &Principal, ctx: &AuditContext) -> ApiResult<()> {
         let user_id = p.require_user()?;
         if !p.first_party {
-            return Err(ApiError::Forbidden("insufficient_scope", "only the user's own login may log out everywhere".into()));
+            return Err(ApiError::Forbidden(
+                "insufficient_scope",
+                "only the user's own login may log out everywhere".into(),
+            ));
         }
         let now = Millis::now();
-        let families = self.store.revoke_user_families(user_id.as_str(), now, "logout_all").await?;
-        self.store.set_tokens_valid_after(user_id.as_str(), now).await?;
+        let families = self
+            .store
+            .revoke_user_families(user_id.as_str(), now, "logout_all")
+            .await?;
+        self.store
+            .set_tokens_valid_after(user_id.as_str(), now)
+            .await?;
         self.auth.revoke_tokens_before(user_id.as_str(), now);
-        self.audit.record("logout.all", Some(user_id.as_str()), Some(user_id.as_str()), ctx, serde_json::json!({ "families": families }));
+        self.audit.record(
+            "logout.all",
+            Some(user_id.as_str()),
+            Some(user_id.as_str()),
+            ctx,
+            serde_json::json!({ "families": families }),
+        );
         Ok(())
     }
 }
@@ -231,7 +352,12 @@ impl AppState {
 #[utoipa::path(post, path = "/v1/auth/login", tag = "tokens",
     request_body(content((LoginRequest = "application/json"), (LoginRequest = "application/x-www-form-urlencoded"))),
     responses((status = 200, body = TokenPair), (status = 400, body = Problem), (status = 401, body = Problem), (status = 429, body = Problem), (status = 503, body = Problem)))]
-pub async fn login(State(state): State<AppState>, ip: ClientIp, rid: RequestId, JsonOrForm(req): JsonOrForm<LoginRequest>) -> ApiResult<TokenPair> {
+pub async fn login(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    rid: RequestId,
+    JsonOrForm(req): JsonOrForm<LoginRequest>,
+) -> ApiResult<TokenPair> {
     let ctx = audit_context(&ip, &rid);
     let user = state.login(req, ip.0, &ctx).await?;
     state.issue_tokens(&user, None).await
@@ -241,13 +367,23 @@ pub async fn login(State(state): State<AppState>, ip: ClientIp, rid: RequestId, 
 #[utoipa::path(post, path = "/v1/auth/refresh", tag = "tokens",
     request_body(content((RefreshRequest = "application/json"), (RefreshRequest = "application/x-www-form-urlencoded"))),
     responses((status = 200, body = TokenPair), (status = 401, body = Problem)))]
-pub async fn refresh(State(state): State<AppState>, ip: ClientIp, rid: RequestId, JsonOrForm(req): JsonOrForm<RefreshRequest>) -> ApiResult<TokenPair> {
+pub async fn refresh(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    rid: RequestId,
+    JsonOrForm(req): JsonOrForm<RefreshRequest>,
+) -> ApiResult<TokenPair> {
     state.refresh(req, &audit_context(&ip, &rid)).await
 }
 
 /// Revoke the refresh family the token belongs to.
 #[utoipa::path(post, path = "/v1/auth/logout", tag = "tokens", request_body = RefreshRequest, responses((status = 204)))]
-pub async fn logout(State(state): State<AppState>, ip: ClientIp, rid: RequestId, JsonOrForm(req): JsonOrForm<RefreshRequest>) -> ApiResult<StatusCode> {
+pub async fn logout(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    rid: RequestId,
+    JsonOrForm(req): JsonOrForm<RefreshRequest>,
+) -> ApiResult<StatusCode> {
     state.logout(req, &audit_context(&ip, &rid)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -255,7 +391,12 @@ pub async fn logout(State(state): State<AppState>, ip: ClientIp, rid: RequestId,
 /// Revoke every refresh token and access token of the calling user.
 #[utoipa::path(post, path = "/v1/auth/logout-all", tag = "tokens", responses((status = 204), (status = 401, body = Problem)),
     security(("bearer" = [])))]
-pub async fn logout_all(State(state): State<AppState>, p: Principal, ip: ClientIp, rid: RequestId) -> ApiResult<StatusCode> {
+pub async fn logout_all(
+    State(state): State<AppState>,
+    p: Principal,
+    ip: ClientIp,
+    rid: RequestId,
+) -> ApiResult<StatusCode> {
     state.logout_all(&p, &audit_context(&ip, &rid)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -265,7 +406,10 @@ pub async fn logout_all(State(state): State<AppState>, p: Principal, ip: ClientI
 pub async fn jwks(State(state): State<AppState>) -> Response {
     let body = state.keys.current().jwks.clone();
     (
-        [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "public, max-age=300")],
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
         body,
     )
         .into_response()
@@ -319,18 +463,44 @@ pub struct SigningKeyList {
 /// Create the next signing key: published now, signing after the publish lead time.
 #[utoipa::path(post, path = "/admin/v1/signing-keys/rotate", tag = "admin",
     responses((status = 201, body = SigningKeyView), (status = 403, body = Problem)), security(("bearer" = []), ("api_key" = [])))]
-pub async fn rotate(State(state): State<AppState>, Admin(admin): Admin, ip: ClientIp, rid: RequestId) -> ApiResult<impl IntoResponse> {
+pub async fn rotate(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    ip: ClientIp,
+    rid: RequestId,
+) -> ApiResult<impl IntoResponse> {
     let now = Millis::now();
-    let row = state.keys.create_key(now, state.config.signing_key_publish_lead_s).await.map_err(ApiError::internal)?;
-    state.audit.record("signing_key.rotated", Some(&admin.subject), Some(&row.kid), &audit_context(&ip, &rid), serde_json::json!({ "alg": row.alg }));
-    Ok((StatusCode::CREATED, axum::Json(SigningKeyView::from_row(&row, now))))
+    let row = state
+        .keys
+        .create_key(now, state.config.signing_key_publish_lead_s)
+        .await
+        .map_err(ApiError::internal)?;
+    state.audit.record(
+        "signing_key.rotated",
+        Some(&admin.subject),
+        Some(&row.kid),
+        &audit_context(&ip, &rid),
+        serde_json::json!({ "alg": row.alg }),
+    );
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(SigningKeyView::from_row(&row, now)),
+    ))
 }
 
 /// Every signing key and its state.
 #[utoipa::path(get, path = "/admin/v1/signing-keys", tag = "admin",
     responses((status = 200, body = SigningKeyList), (status = 403, body = Problem)), security(("bearer" = []), ("api_key" = [])))]
-pub async fn list_signing_keys(State(state): State<AppState>, _: Admin) -> ApiResult<axum::Json<SigningKeyList>> {
+pub async fn list_signing_keys(
+    State(state): State<AppState>,
+    _: Admin,
+) -> ApiResult<axum::Json<SigningKeyList>> {
     let now = Millis::now();
     let rows = state.store.all_signing_keys().await?;
-    Ok(axum::Json(SigningKeyList { keys: rows.iter().map(|r| SigningKeyView::from_row(r, now)).collect() }))
+    Ok(axum::Json(SigningKeyList {
+        keys: rows
+            .iter()
+            .map(|r| SigningKeyView::from_row(r, now))
+            .collect(),
+    }))
 }

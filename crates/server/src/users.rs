@@ -41,7 +41,12 @@ pub struct UserView {
 
 impl From<&UserRow> for UserView {
     fn from(u: &UserRow) -> Self {
-        Self { id: u.id.clone(), email: u.email.clone(), name: u.name.clone(), created_at: Millis(u.created_at) }
+        Self {
+            id: u.id.clone(),
+            email: u.email.clone(),
+            name: u.name.clone(),
+            created_at: Millis(u.created_at),
+        }
     }
 }
 
@@ -89,11 +94,19 @@ pub struct ImportUserRequest {
 }
 
 pub(crate) fn parse_email(raw: &str) -> ApiResult<Email> {
-    Email::parse(raw).map_err(|e| ApiError::Validation(vec![FieldError::new("email", "invalid_email", e.to_string())]))
+    Email::parse(raw).map_err(|e| {
+        ApiError::Validation(vec![FieldError::new(
+            "email",
+            "invalid_email",
+            e.to_string(),
+        )])
+    })
 }
 
 fn parse_name(name: Option<String>) -> ApiResult<Option<String>> {
-    let Some(name) = name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()) else { return Ok(None) };
+    let Some(name) = name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()) else {
+        return Ok(None);
+    };
     if name.chars().count() > 200 || name.chars().any(char::is_control) {
         return Err(ApiError::Validation(vec![FieldError::new(
             "name",
@@ -111,7 +124,9 @@ impl AppState {
         }
         let email = parse_email(&req.email)?;
         let name = parse_name(req.name)?;
-        self.policy.check(req.password.expose_secret(), &email).map_err(ApiError::WeakPassword)?;
+        self.policy
+            .check(req.password.expose_secret(), &email)
+            .map_err(ApiError::WeakPassword)?;
         let password = req.password;
         let hash = self
             .hashing
@@ -119,12 +134,26 @@ impl AppState {
             .await
             .map_err(|_| ApiError::Overloaded)?
             .map_err(ApiError::internal)?;
-        let user = self.create_user(&email, name, Some(hash.as_str().to_owned()), "").await?;
-        self.audit.record("user.registered", Some(&user.id), Some(&user.id), ctx, serde_json::json!({}));
+        let user = self
+            .create_user(&email, name, Some(hash.as_str().to_owned()), "")
+            .await?;
+        self.audit.record(
+            "user.registered",
+            Some(&user.id),
+            Some(&user.id),
+            ctx,
+            serde_json::json!({}),
+        );
         Ok(user)
     }
 
-    pub(crate) async fn create_user(&self, email: &Email, name: Option<String>, hash: Option<String>, roles: &str) -> ApiResult<UserRow> {
+    pub(crate) async fn create_user(
+        &self,
+        email: &Email,
+        name: Option<String>,
+        hash: Option<String>,
+        roles: &str,
+    ) -> ApiResult<UserRow> {
         let new = NewUser {
             id: UserId::generate(),
             email: email.as_str().to_owned(),
@@ -139,20 +168,37 @@ impl AppState {
             Err(StoreError::Conflict(_)) => return Err(ApiError::EmailTaken),
             Err(e) => return Err(e.into()),
         }
-        self.store.user_by_id(new.id.as_str()).await?.ok_or_else(|| ApiError::internal("user vanished after insert"))
+        self.store
+            .user_by_id(new.id.as_str())
+            .await?
+            .ok_or_else(|| ApiError::internal("user vanished after insert"))
     }
 
     /// Changes the password after checking the current one, then ends every other way in: all refresh
     /// families and every access token issued before now.
-    pub async fn change_password(&self, p: &Principal, req: ChangePasswordRequest, ip: std::net::IpAddr, ctx: &AuditContext) -> ApiResult<()> {
+    pub async fn change_password(
+        &self,
+        p: &Principal,
+        req: ChangePasswordRequest,
+        ip: std::net::IpAddr,
+        ctx: &AuditContext,
+    ) -> ApiResult<()> {
         let user_id = p.require_user()?;
         if !p.first_party {
-            return Err(ApiError::Forbidden("insufficient_scope", "only the user's own login may change the password".into()));
+            return Err(ApiError::Forbidden(
+                "insufficient_scope",
+                "only the user's own login may change the password".into(),
+            ));
         }
-        let user = self.user(user_id.as_str()).await?.ok_or(ApiError::Unauthenticated)?;
+        let user = self
+            .user(user_id.as_str())
+            .await?
+            .ok_or(ApiError::Unauthenticated)?;
         let email = Email::parse(&user.email).map_err(ApiError::internal)?;
         self.throttle.admit(&ip, &user.email_key).await?;
-        self.policy.check(req.new_password.expose_secret(), &email).map_err(ApiError::WeakPassword)?;
+        self.policy
+            .check(req.new_password.expose_secret(), &email)
+            .map_err(ApiError::WeakPassword)?;
         let stored = user.password_hash.clone().map(StoredHash::from_stored);
         let (current, new) = (req.current_password, req.new_password);
         let (verdict, new_hash) = self
@@ -171,41 +217,84 @@ impl AppState {
             .map_err(|_| ApiError::Overloaded)?;
         if !verdict {
             self.throttle.failed(&ip, &user.email_key).await;
-            self.audit.record("password.change_failed", Some(&user.id), Some(&user.id), ctx, serde_json::json!({}));
+            self.audit.record(
+                "password.change_failed",
+                Some(&user.id),
+                Some(&user.id),
+                ctx,
+                serde_json::json!({}),
+            );
             return Err(ApiError::Validation(vec![FieldError::new(
                 "current_password",
                 "incorrect",
                 "the current password is wrong",
             )]));
         }
-        let new_hash = new_hash.ok_or_else(|| ApiError::internal("hashing the new password failed"))?;
+        let new_hash =
+            new_hash.ok_or_else(|| ApiError::internal("hashing the new password failed"))?;
         let now = Millis::now();
-        self.store.set_password_hash(&user.id, new_hash.as_str(), now, Some(now)).await?;
-        self.store.revoke_user_families(&user.id, now, "password_change").await?;
+        self.store
+            .set_password_hash(&user.id, new_hash.as_str(), now, Some(now))
+            .await?;
+        self.store
+            .revoke_user_families(&user.id, now, "password_change")
+            .await?;
         self.auth.revoke_tokens_before(&user.id, now);
-        self.audit.record("password.changed", Some(&user.id), Some(&user.id), ctx, serde_json::json!({}));
+        self.audit.record(
+            "password.changed",
+            Some(&user.id),
+            Some(&user.id),
+            ctx,
+            serde_json::json!({}),
+        );
         Ok(())
     }
 
-    pub async fn import_user(&self, admin: &Principal, req: ImportUserRequest, ctx: &AuditContext) -> ApiResult<UserRow> {
+    pub async fn import_user(
+        &self,
+        admin: &Principal,
+        req: ImportUserRequest,
+        ctx: &AuditContext,
+    ) -> ApiResult<UserRow> {
         let email = parse_email(&req.email)?;
         let name = parse_name(req.name)?;
-        let hash = StoredHash::parse(req.password_hash.expose_secret())
-            .map_err(|e| ApiError::Validation(vec![FieldError::new("password_hash", "invalid_hash", e.to_string())]))?;
-        let user = self.create_user(&email, name, Some(hash.as_str().to_owned()), "").await?;
-        self.audit.record("user.imported", Some(&admin.subject), Some(&user.id), ctx, serde_json::json!({}));
+        let hash = StoredHash::parse(req.password_hash.expose_secret()).map_err(|e| {
+            ApiError::Validation(vec![FieldError::new(
+                "password_hash",
+                "invalid_hash",
+                e.to_string(),
+            )])
+        })?;
+        let user = self
+            .create_user(&email, name, Some(hash.as_str().to_owned()), "")
+            .await?;
+        self.audit.record(
+            "user.imported",
+            Some(&admin.subject),
+            Some(&user.id),
+            ctx,
+            serde_json::json!({}),
+        );
         Ok(user)
     }
 }
 
 pub(crate) fn audit_context(ip: &ClientIp, request_id: &RequestId) -> AuditContext {
-    AuditContext { ip: Some(ip.0.to_string()), request_id: Some(request_id.0.clone()) }
+    AuditContext {
+        ip: Some(ip.0.to_string()),
+        request_id: Some(request_id.0.clone()),
+    }
 }
 
 /// Create an account.
 #[utoipa::path(post, path = "/v1/users", tag = "users", request_body = RegisterRequest,
     responses((status = 201, body = UserView), (status = 400, body = Problem), (status = 403, body = Problem), (status = 409, body = Problem)))]
-pub async fn register(State(state): State<AppState>, ip: ClientIp, rid: RequestId, Json(req): Json<RegisterRequest>) -> ApiResult<impl IntoResponse> {
+pub async fn register(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    rid: RequestId,
+    Json(req): Json<RegisterRequest>,
+) -> ApiResult<impl IntoResponse> {
     let user = state.register(req, &audit_context(&ip, &rid)).await?;
     Ok((StatusCode::CREATED, axum::Json(UserView::from(&user))))
 }
@@ -215,7 +304,10 @@ pub async fn register(State(state): State<AppState>, ip: ClientIp, rid: RequestI
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn me(State(state): State<AppState>, p: Principal) -> ApiResult<axum::Json<MeView>> {
     let user_id = p.require_user()?;
-    let user = state.user(user_id.as_str()).await?.ok_or(ApiError::Unauthenticated)?;
+    let user = state
+        .user(user_id.as_str())
+        .await?
+        .ok_or(ApiError::Unauthenticated)?;
     if user.disabled_at.is_some() {
         return Err(ApiError::Unauthenticated);
     }
@@ -223,7 +315,12 @@ pub async fn me(State(state): State<AppState>, p: Principal) -> ApiResult<axum::
         id: user.id.clone(),
         email: user.email.clone(),
         name: user.name.clone(),
-        roles: user.roles.split(' ').filter(|r| !r.is_empty()).map(str::to_owned).collect(),
+        roles: user
+            .roles
+            .split(' ')
+            .filter(|r| !r.is_empty())
+            .map(str::to_owned)
+            .collect(),
         created_at: Millis(user.created_at),
         auth: AuthView {
             method: p.method,
@@ -246,7 +343,9 @@ pub async fn change_password(
     rid: RequestId,
     Json(req): Json<ChangePasswordRequest>,
 ) -> ApiResult<StatusCode> {
-    state.change_password(&p, req, ip.0, &audit_context(&ip, &rid)).await?;
+    state
+        .change_password(&p, req, ip.0, &audit_context(&ip, &rid))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -261,7 +360,9 @@ pub async fn import(
     rid: RequestId,
     Json(req): Json<ImportUserRequest>,
 ) -> ApiResult<impl IntoResponse> {
-    let user = state.import_user(&admin, req, &audit_context(&ip, &rid)).await?;
+    let user = state
+        .import_user(&admin, req, &audit_context(&ip, &rid))
+        .await?;
     Ok((StatusCode::CREATED, axum::Json(UserView::from(&user))))
 }
 
@@ -282,9 +383,26 @@ pub struct UserList {
 /// List users (admin), oldest first.
 #[utoipa::path(get, path = "/admin/v1/users", tag = "admin", params(Page),
     responses((status = 200, body = UserList), (status = 403, body = Problem)), security(("bearer" = []), ("api_key" = [])))]
-pub async fn list(State(state): State<AppState>, _: Admin, Query(page): Query<Page>) -> ApiResult<axum::Json<UserList>> {
-    let limit = page.limit.unwrap_or(50).clamp(1, state.config.max_page_size);
-    let rows = state.store.list_users(page.cursor.as_deref(), limit).await?;
-    let next_cursor = if rows.len() == limit as usize { rows.last().map(|u| u.id.clone()) } else { None };
-    Ok(axum::Json(UserList { users: rows.iter().map(UserView::from).collect(), next_cursor }))
+pub async fn list(
+    State(state): State<AppState>,
+    _: Admin,
+    Query(page): Query<Page>,
+) -> ApiResult<axum::Json<UserList>> {
+    let limit = page
+        .limit
+        .unwrap_or(50)
+        .clamp(1, state.config.max_page_size);
+    let rows = state
+        .store
+        .list_users(page.cursor.as_deref(), limit)
+        .await?;
+    let next_cursor = if rows.len() == limit as usize {
+        rows.last().map(|u| u.id.clone())
+    } else {
+        None
+    };
+    Ok(axum::Json(UserList {
+        users: rows.iter().map(UserView::from).collect(),
+        next_cursor,
+    }))
 }

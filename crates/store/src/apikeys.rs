@@ -38,13 +38,20 @@ macro_rules! api_key_columns {
 
 pub trait ApiKeyStore {
     fn insert_api_key(&self, key: &ApiKeyRow) -> impl Future<Output = Result<()>> + Send;
-    fn api_key_by_hash(&self, hash: &TokenHash) -> impl Future<Output = Result<Option<ApiKeyRow>>> + Send;
+    fn api_key_by_hash(
+        &self,
+        hash: &TokenHash,
+    ) -> impl Future<Output = Result<Option<ApiKeyRow>>> + Send;
     fn count_api_keys(&self) -> impl Future<Output = Result<i64>> + Send;
 }
 
 impl ApiKeyStore for Store {
     async fn insert_api_key(&self, k: &ApiKeyRow) -> Result<()> {
-        let sql = concat!("INSERT INTO api_keys (", api_key_columns!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)");
+        let sql = concat!(
+            "INSERT INTO api_keys (",
+            api_key_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+        );
         with_pool!(self, write, p => {
             sqlx::query(sql)
                 .bind(&k.id)
@@ -73,11 +80,19 @@ impl ApiKeyStore for Store {
     }
 
     async fn api_key_by_hash(&self, hash: &TokenHash) -> Result<Option<ApiKeyRow>> {
-        let sql = concat!("SELECT ", api_key_columns!(), " FROM api_keys WHERE key_hash = $1");
-        Ok(with_pool!(self, read, p => sqlx::query_as::<_, ApiKeyRow>(sql).bind(hash.as_bytes()).fetch_optional(p).await?))
+        let sql = concat!(
+            "SELECT ",
+            api_key_columns!(),
+            " FROM api_keys WHERE key_hash = $1"
+        );
+        Ok(
+            with_pool!(self, read, p => sqlx::query_as::<_, ApiKeyRow>(sql).bind(hash.as_bytes()).fetch_optional(p).await?),
+        )
     }
 
     async fn count_api_keys(&self) -> Result<i64> {
-        Ok(with_pool!(self, read, p => sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM api_keys").fetch_one(p).await?))
+        Ok(
+            with_pool!(self, read, p => sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM api_keys").fetch_one(p).await?),
+        )
     }
 }

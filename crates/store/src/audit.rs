@@ -32,9 +32,13 @@ pub struct AuditFilter {
 }
 
 pub trait AuditStore {
-    fn insert_audit_events(&self, events: &[AuditEvent]) -> impl Future<Output = Result<()>> + Send;
+    fn insert_audit_events(&self, events: &[AuditEvent])
+    -> impl Future<Output = Result<()>> + Send;
     /// Newest first.
-    fn list_audit_events(&self, filter: &AuditFilter) -> impl Future<Output = Result<Vec<AuditEvent>>> + Send;
+    fn list_audit_events(
+        &self,
+        filter: &AuditFilter,
+    ) -> impl Future<Output = Result<Vec<AuditEvent>>> + Send;
 }
 
 impl AuditStore for Store {

@@ -22,7 +22,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 mod apikeys;
 mod audit;
@@ -74,7 +76,10 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub(crate) enum Backend {
     /// SQLite allows one writer at a time: writes go through a single connection (so they queue in
     /// our process instead of failing with SQLITE_BUSY), reads through a pool.
-    Sqlite { read: SqlitePool, write: SqlitePool },
+    Sqlite {
+        read: SqlitePool,
+        write: SqlitePool,
+    },
     Postgres(PgPool),
 }
 
@@ -124,7 +129,10 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { pool_size: 8, acquire_timeout: Duration::from_secs(5) }
+        Self {
+            pool_size: 8,
+            acquire_timeout: Duration::from_secs(5),
+        }
     }
 }
 
@@ -154,12 +162,18 @@ impl Store {
             .acquire_timeout(opts.acquire_timeout)
             .connect_with(base.read_only(true))
             .await?;
-        Ok(Self { backend: Backend::Sqlite { read, write } })
+        Ok(Self {
+            backend: Backend::Sqlite { read, write },
+        })
     }
 
     /// Connects to PostgreSQL. `search_path`, when given, confines every table to one schema (the
     /// test suite gives each test its own).
-    pub async fn connect_postgres(url: &str, opts: &StoreOptions, search_path: Option<&str>) -> Result<Self> {
+    pub async fn connect_postgres(
+        url: &str,
+        opts: &StoreOptions,
+        search_path: Option<&str>,
+    ) -> Result<Self> {
         let mut connect = PgConnectOptions::from_str(url)?;
         if let Some(schema) = search_path {
             connect = connect.options([("search_path", schema)]);
@@ -169,7 +183,9 @@ impl Store {
             .acquire_timeout(opts.acquire_timeout)
             .connect_with(connect)
             .await?;
-        Ok(Self { backend: Backend::Postgres(pool) })
+        Ok(Self {
+            backend: Backend::Postgres(pool),
+        })
     }
 
     /// Applies the embedded migrations of this backend.
@@ -203,7 +219,12 @@ impl Store {
 #[cfg(unix)]
 fn create_private_file(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e),

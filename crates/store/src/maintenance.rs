@@ -40,7 +40,12 @@ impl Maintenance for Store {
         Ok(())
     }
 
-    async fn purge_expired(&self, dead_before: Millis, audit_before: Millis, batch: u32) -> Result<Purged> {
+    async fn purge_expired(
+        &self,
+        dead_before: Millis,
+        audit_before: Millis,
+        batch: u32,
+    ) -> Result<Purged> {
         let batch = i64::from(batch.max(1));
         with_pool!(self, write, p => {
             let refresh_families = sqlx::query(

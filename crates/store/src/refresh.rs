@@ -67,7 +67,10 @@ pub struct FamilyRow {
 #[derive(Debug, Clone)]
 pub enum Rotation {
     /// The presented token is now spent and `next` was stored, expiring at `expires_at`.
-    Rotated { family: FamilyRow, expires_at: Millis },
+    Rotated {
+        family: FamilyRow,
+        expires_at: Millis,
+    },
     /// A spent token was presented again: the family has been revoked.
     Reused { family_id: String, user_id: String },
     /// Unknown, revoked or expired.
@@ -94,7 +97,11 @@ macro_rules! family_columns {
 
 pub trait RefreshTokenStore {
     /// Stores a new family and its first token; returns the token's expiry.
-    fn start_family(&self, family: &NewFamily, first: &NextToken) -> impl Future<Output = Result<Millis>> + Send;
+    fn start_family(
+        &self,
+        family: &NewFamily,
+        first: &NextToken,
+    ) -> impl Future<Output = Result<Millis>> + Send;
     fn rotate(
         &self,
         presented: &TokenHash,
@@ -110,12 +117,22 @@ pub trait RefreshTokenStore {
         reason: &str,
     ) -> impl Future<Output = Result<Option<(String, String)>>> + Send;
     /// Revokes every family of a user; returns how many were live.
-    fn revoke_user_families(&self, user_id: &str, now: Millis, reason: &str) -> impl Future<Output = Result<u64>> + Send;
+    fn revoke_user_families(
+        &self,
+        user_id: &str,
+        now: Millis,
+        reason: &str,
+    ) -> impl Future<Output = Result<u64>> + Send;
 }
 
 impl RefreshTokenStore for Store {
     async fn start_family(&self, f: &NewFamily, first: &NextToken) -> Result<Millis> {
-        let expires_at = Millis(f.created_at.0.saturating_add(first.ttl_ms).min(f.expires_at.0));
+        let expires_at = Millis(
+            f.created_at
+                .0
+                .saturating_add(first.ttl_ms)
+                .min(f.expires_at.0),
+        );
         with_pool!(self, write, p => {
             let mut tx = p.begin().await?;
             sqlx::query(
@@ -147,8 +164,18 @@ impl RefreshTokenStore for Store {
         Ok(expires_at)
     }
 
-    async fn rotate(&self, presented: &TokenHash, now: Millis, grace_ms: i64, next: &NextToken) -> Result<Rotation> {
-        let family_sql = concat!("SELECT ", family_columns!(), " FROM refresh_families WHERE id = $1");
+    async fn rotate(
+        &self,
+        presented: &TokenHash,
+        now: Millis,
+        grace_ms: i64,
+        next: &NextToken,
+    ) -> Result<Rotation> {
+        let family_sql = concat!(
+            "SELECT ",
+            family_columns!(),
+            " FROM refresh_families WHERE id = $1"
+        );
         with_pool!(self, write, p => {
             let mut tx = p.begin().await?;
             // Lock order: the family row first, then its tokens, as every revocation does. Without it
@@ -246,7 +273,12 @@ impl RefreshTokenStore for Store {
         })
     }
 
-    async fn revoke_family_of(&self, presented: &TokenHash, now: Millis, reason: &str) -> Result<Option<(String, String)>> {
+    async fn revoke_family_of(
+        &self,
+        presented: &TokenHash,
+        now: Millis,
+        reason: &str,
+    ) -> Result<Option<(String, String)>> {
         with_pool!(self, write, p => {
             let mut tx = p.begin().await?;
             let found = sqlx::query_as::<_, (String, String)>(
@@ -290,4 +322,3 @@ impl RefreshTokenStore for Store {
         })
     }
 }
-

@@ -29,9 +29,16 @@ macro_rules! signing_key_columns {
 pub trait SigningKeyStore {
     /// Stores a new key and schedules every older, unretired key to retire when it activates and to
     /// leave the JWKS `overlap_ms` later (the longest lifetime of a token they signed).
-    fn add_signing_key(&self, key: &SigningKeyRow, overlap_ms: i64) -> impl Future<Output = Result<()>> + Send;
+    fn add_signing_key(
+        &self,
+        key: &SigningKeyRow,
+        overlap_ms: i64,
+    ) -> impl Future<Output = Result<()>> + Send;
     /// Every key not yet expired at `now`, oldest first.
-    fn live_signing_keys(&self, now: Millis) -> impl Future<Output = Result<Vec<SigningKeyRow>>> + Send;
+    fn live_signing_keys(
+        &self,
+        now: Millis,
+    ) -> impl Future<Output = Result<Vec<SigningKeyRow>>> + Send;
     /// Every key, newest first (for `signing-keys list`).
     fn all_signing_keys(&self) -> impl Future<Output = Result<Vec<SigningKeyRow>>> + Send;
 }
@@ -70,12 +77,22 @@ impl SigningKeyStore for Store {
     }
 
     async fn live_signing_keys(&self, now: Millis) -> Result<Vec<SigningKeyRow>> {
-        let sql = concat!("SELECT ", signing_key_columns!(), " FROM signing_keys WHERE expire_at IS NULL OR expire_at > $1 ORDER BY activate_at, kid");
-        Ok(with_pool!(self, read, p => sqlx::query_as::<_, SigningKeyRow>(sql).bind(now.0).fetch_all(p).await?))
+        let sql = concat!(
+            "SELECT ",
+            signing_key_columns!(),
+            " FROM signing_keys WHERE expire_at IS NULL OR expire_at > $1 ORDER BY activate_at, kid"
+        );
+        Ok(
+            with_pool!(self, read, p => sqlx::query_as::<_, SigningKeyRow>(sql).bind(now.0).fetch_all(p).await?),
+        )
     }
 
     async fn all_signing_keys(&self) -> Result<Vec<SigningKeyRow>> {
-        let sql = concat!("SELECT ", signing_key_columns!(), " FROM signing_keys ORDER BY activate_at DESC, kid");
+        let sql = concat!(
+            "SELECT ",
+            signing_key_columns!(),
+            " FROM signing_keys ORDER BY activate_at DESC, kid"
+        );
         Ok(with_pool!(self, read, p => sqlx::query_as::<_, SigningKeyRow>(sql).fetch_all(p).await?))
     }
 }

@@ -48,7 +48,10 @@ pub trait UserStore {
     /// `Conflict("users_email_key_unique")` when the email is taken.
     fn create_user(&self, user: &NewUser) -> impl Future<Output = Result<()>> + Send;
     fn user_by_id(&self, id: &str) -> impl Future<Output = Result<Option<UserRow>>> + Send;
-    fn user_by_email_key(&self, email_key: &str) -> impl Future<Output = Result<Option<UserRow>>> + Send;
+    fn user_by_email_key(
+        &self,
+        email_key: &str,
+    ) -> impl Future<Output = Result<Option<UserRow>>> + Send;
     /// Replaces the hash and, when `revoke_tokens_at` is set, stops honouring access tokens issued
     /// before it.
     fn set_password_hash(
@@ -59,12 +62,29 @@ pub trait UserStore {
         revoke_tokens_at: Option<Millis>,
     ) -> impl Future<Output = Result<()>> + Send;
     /// Upgrades a hash only if it is still the one that was verified (a concurrent password change wins).
-    fn upgrade_password_hash(&self, id: &str, old: &str, new: &str, now: Millis) -> impl Future<Output = Result<bool>> + Send;
-    fn set_tokens_valid_after(&self, id: &str, at: Millis) -> impl Future<Output = Result<()>> + Send;
+    fn upgrade_password_hash(
+        &self,
+        id: &str,
+        old: &str,
+        new: &str,
+        now: Millis,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    fn set_tokens_valid_after(
+        &self,
+        id: &str,
+        at: Millis,
+    ) -> impl Future<Output = Result<()>> + Send;
     /// Users whose token watermark is later than `since`: what the in-memory revocation list loads.
-    fn token_watermarks_since(&self, since: Millis) -> impl Future<Output = Result<Vec<(String, i64)>>> + Send;
+    fn token_watermarks_since(
+        &self,
+        since: Millis,
+    ) -> impl Future<Output = Result<Vec<(String, i64)>>> + Send;
     /// Page of users ordered by id, after `cursor`.
-    fn list_users(&self, after: Option<&str>, limit: u32) -> impl Future<Output = Result<Vec<UserRow>>> + Send;
+    fn list_users(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<UserRow>>> + Send;
     fn count_users(&self) -> impl Future<Output = Result<i64>> + Send;
 }
 
@@ -91,15 +111,29 @@ impl UserStore for Store {
 
     async fn user_by_id(&self, id: &str) -> Result<Option<UserRow>> {
         let sql = concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1");
-        Ok(with_pool!(self, read, p => sqlx::query_as::<_, UserRow>(sql).bind(id).fetch_optional(p).await?))
+        Ok(
+            with_pool!(self, read, p => sqlx::query_as::<_, UserRow>(sql).bind(id).fetch_optional(p).await?),
+        )
     }
 
     async fn user_by_email_key(&self, email_key: &str) -> Result<Option<UserRow>> {
-        let sql = concat!("SELECT ", user_columns!(), " FROM users WHERE email_key = $1");
-        Ok(with_pool!(self, read, p => sqlx::query_as::<_, UserRow>(sql).bind(email_key).fetch_optional(p).await?))
+        let sql = concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE email_key = $1"
+        );
+        Ok(
+            with_pool!(self, read, p => sqlx::query_as::<_, UserRow>(sql).bind(email_key).fetch_optional(p).await?),
+        )
     }
 
-    async fn set_password_hash(&self, id: &str, hash: &str, now: Millis, revoke: Option<Millis>) -> Result<()> {
+    async fn set_password_hash(
+        &self,
+        id: &str,
+        hash: &str,
+        now: Millis,
+        revoke: Option<Millis>,
+    ) -> Result<()> {
         let done = with_pool!(self, write, p => {
             sqlx::query(
                 "UPDATE users SET password_hash = $2, updated_at = $3, \
@@ -113,10 +147,20 @@ impl UserStore for Store {
             .await?
             .rows_affected()
         });
-        if done == 0 { Err(StoreError::NotFound) } else { Ok(()) }
+        if done == 0 {
+            Err(StoreError::NotFound)
+        } else {
+            Ok(())
+        }
     }
 
-    async fn upgrade_password_hash(&self, id: &str, old: &str, new: &str, now: Millis) -> Result<bool> {
+    async fn upgrade_password_hash(
+        &self,
+        id: &str,
+        old: &str,
+        new: &str,
+        now: Millis,
+    ) -> Result<bool> {
         let done = with_pool!(self, write, p => {
             sqlx::query("UPDATE users SET password_hash = $3, updated_at = $4 WHERE id = $1 AND password_hash = $2")
                 .bind(id)
@@ -153,7 +197,11 @@ impl UserStore for Store {
     }
 
     async fn list_users(&self, after: Option<&str>, limit: u32) -> Result<Vec<UserRow>> {
-        let sql = concat!("SELECT ", user_columns!(), " FROM users WHERE id > $1 ORDER BY id LIMIT $2");
+        let sql = concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE id > $1 ORDER BY id LIMIT $2"
+        );
         Ok(with_pool!(self, read, p => {
             sqlx::query_as::<_, UserRow>(sql)
                 .bind(after.unwrap_or(""))
@@ -164,6 +212,8 @@ impl UserStore for Store {
     }
 
     async fn count_users(&self) -> Result<i64> {
-        Ok(with_pool!(self, read, p => sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM users").fetch_one(p).await?))
+        Ok(
+            with_pool!(self, read, p => sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM users").fetch_one(p).await?),
+        )
     }
 }

@@ -12,7 +12,11 @@ use crate::support::PASSWORD;
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Server {
@@ -27,11 +31,20 @@ impl Server {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let mut cmd = Command::new(BIN);
-        cmd.current_dir(dir).arg("serve").args(["--listen", &listen]).args(args);
+        cmd.current_dir(dir)
+            .arg("serve")
+            .args(["--listen", &listen])
+            .args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.stdout(Stdio::from(std::fs::File::create(dir.join("stdout.log")).unwrap())).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = cmd
+            .stdout(Stdio::from(
+                std::fs::File::create(dir.join("stdout.log")).unwrap(),
+            ))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -55,16 +68,31 @@ impl Server {
                 panic!("server exited with {status}: {lines:?}");
             }
         }
-        assert!(lines.iter().any(|l| l.contains("listening on")), "no start line: {lines:?}");
-        Server { child, base: format!("http://{listen}"), stderr_lines: lines }
+        assert!(
+            lines.iter().any(|l| l.contains("listening on")),
+            "no start line: {lines:?}"
+        );
+        Server {
+            child,
+            base: format!("http://{listen}"),
+            stderr_lines: lines,
+        }
     }
 
     fn root_key(&self) -> Option<String> {
-        self.stderr_lines.iter().find_map(|l| l.split("root API key").nth(1)?.rsplit(' ').next().map(str::to_owned))
+        self.stderr_lines.iter().find_map(|l| {
+            l.split("root API key")
+                .nth(1)?
+                .rsplit(' ')
+                .next()
+                .map(str::to_owned)
+        })
     }
 
     fn stop(mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -92,7 +120,12 @@ fn run(dir: &std::path::Path, args: &[&str], stdin: Option<&str>) -> std::proces
         .spawn()
         .unwrap();
     if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
     }
     drop(child.stdin.take());
     child.wait_with_output().unwrap()
@@ -118,7 +151,12 @@ async fn zero_config_serve_creates_a_private_data_folder_and_prints_a_root_key()
     let root = server.root_key().expect("a root key on first start");
     assert!(root.starts_with("pk_live_"));
     let client = reqwest::Client::new();
-    let r = client.get(format!("{}/admin/v1/users", server.base)).header("x-api-key", &root).send().await.unwrap();
+    let r = client
+        .get(format!("{}/admin/v1/users", server.base))
+        .header("x-api-key", &root)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     server.stop();
     // A second start on the same store prints no new key.
@@ -130,20 +168,64 @@ async fn zero_config_serve_creates_a_private_data_folder_and_prints_a_root_key()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_never_contain_passwords_tokens_or_keys() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[], &[("RUST_LOG", "trace,hyper=info,h2=info,tower=info")]);
+    let server = Server::start(
+        dir.path(),
+        &[],
+        &[("RUST_LOG", "trace,hyper=info,h2=info,tower=info")],
+    );
     let root = server.root_key().unwrap();
     let c = reqwest::Client::new();
     let base = server.base.clone();
-    let r = c.post(format!("{base}/v1/users")).json(&json!({"email": "leak@example.com", "password": PASSWORD})).send().await.unwrap();
+    let r = c
+        .post(format!("{base}/v1/users"))
+        .json(&json!({"email": "leak@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
     let wrong = "a wrong password 9876";
-    c.post(format!("{base}/v1/auth/login")).json(&json!({"email": "leak@example.com", "password": wrong})).send().await.unwrap();
-    let t: Value = c.post(format!("{base}/v1/auth/login")).json(&json!({"email": "leak@example.com", "password": PASSWORD})).send().await.unwrap().json().await.unwrap();
-    let t2: Value = c.post(format!("{base}/v1/auth/refresh")).json(&json!({"refresh_token": t["refresh_token"]})).send().await.unwrap().json().await.unwrap();
-    c.post(format!("{base}/v1/auth/refresh")).json(&json!({"refresh_token": t["refresh_token"]})).send().await.unwrap();
-    c.get(format!("{base}/v1/me")).bearer_auth(t2["access_token"].as_str().unwrap()).send().await.unwrap();
-    c.get(format!("{base}/v1/me?api_key={root}")).send().await.unwrap();
-    c.get(format!("{base}/admin/v1/audit")).header("x-api-key", &root).send().await.unwrap();
+    c.post(format!("{base}/v1/auth/login"))
+        .json(&json!({"email": "leak@example.com", "password": wrong}))
+        .send()
+        .await
+        .unwrap();
+    let t: Value = c
+        .post(format!("{base}/v1/auth/login"))
+        .json(&json!({"email": "leak@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let t2: Value = c
+        .post(format!("{base}/v1/auth/refresh"))
+        .json(&json!({"refresh_token": t["refresh_token"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    c.post(format!("{base}/v1/auth/refresh"))
+        .json(&json!({"refresh_token": t["refresh_token"]}))
+        .send()
+        .await
+        .unwrap();
+    c.get(format!("{base}/v1/me"))
+        .bearer_auth(t2["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    c.get(format!("{base}/v1/me?api_key={root}"))
+        .send()
+        .await
+        .unwrap();
+    c.get(format!("{base}/admin/v1/audit"))
+        .header("x-api-key", &root)
+        .send()
+        .await
+        .unwrap();
     let new_password = "another fine passphrase";
     c.post(format!("{base}/v1/me/password"))
         .bearer_auth(t2["access_token"].as_str().unwrap())
@@ -153,7 +235,10 @@ async fn logs_never_contain_passwords_tokens_or_keys() {
         .unwrap();
     server.stop();
     let logs = std::fs::read_to_string(dir.path().join("stdout.log")).unwrap();
-    assert!(logs.lines().count() > 5, "trace logging produced lines: {logs}");
+    assert!(
+        logs.lines().count() > 5,
+        "trace logging produced lines: {logs}"
+    );
     let master = std::fs::read_to_string(dir.path().join("portcullis-data/master.key")).unwrap();
     let secrets = [
         PASSWORD,
@@ -167,18 +252,32 @@ async fn logs_never_contain_passwords_tokens_or_keys() {
         master.trim(),
     ];
     for secret in secrets {
-        assert!(!logs.contains(secret), "a secret reached the logs: {}…", &secret[..8]);
+        assert!(
+            !logs.contains(secret),
+            "a secret reached the logs: {}…",
+            &secret[..8]
+        );
         // Also the distinctive middle of each secret, in case it was logged cut or escaped.
         let mid = &secret[secret.len() / 3..secret.len() / 3 + 8.min(secret.len() / 3)];
-        assert!(!logs.contains(mid) || mid.len() < 8, "part of a secret reached the logs");
+        assert!(
+            !logs.contains(mid) || mid.len() < 8,
+            "part of a secret reached the logs"
+        );
     }
-    assert!(!logs.contains("$argon2id$"), "password hashes are not logged");
+    assert!(
+        !logs.contains("$argon2id$"),
+        "password hashes are not logged"
+    );
 }
 
 #[test]
 fn configuration_errors_exit_2_and_name_the_problem() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("bad.toml"), "listen = \"127.0.0.1:1\"\nrefresh_token_tll_s = 5\n").unwrap();
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "listen = \"127.0.0.1:1\"\nrefresh_token_tll_s = 5\n",
+    )
+    .unwrap();
     let out = run(dir.path(), &["serve", "--config", "bad.toml"], None);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -186,36 +285,78 @@ fn configuration_errors_exit_2_and_name_the_problem() {
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 
     let out = run(dir.path(), &["serve", "--listen", "not-an-address"], None);
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = run(dir.path(), &["frobnicate"], None);
     assert_eq!(out.status.code(), Some(2));
     let out = run(dir.path(), &["serve", "--database-url", "mysql://x"], None);
     assert_eq!(out.status.code(), Some(2));
-    let out = Command::new(BIN).current_dir(dir.path()).args(["migrate"]).env("PORTCULLIS_JWT_LEEWAY_S", "600").output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "environment values are validated too");
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["migrate"])
+        .env("PORTCULLIS_JWT_LEEWAY_S", "600")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "environment values are validated too"
+    );
 }
 
 #[test]
 fn cli_creates_users_root_keys_and_rotates_signing_keys() {
     let dir = tempfile::tempdir().unwrap();
     let out = run(dir.path(), &["migrate"], None);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = run(dir.path(), &["admin", "root-key", "create"], None);
     assert!(out.status.success());
     let key = String::from_utf8(out.stdout).unwrap();
     assert_eq!(key.lines().count(), 1);
     assert!(key.trim().starts_with("pk_live_"));
-    let out = run(dir.path(), &["user", "create", "--email", "root@example.com", "--admin"], Some("an admin passphrase\n"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(
+        dir.path(),
+        &["user", "create", "--email", "root@example.com", "--admin"],
+        Some("an admin passphrase\n"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8(out.stdout).unwrap().starts_with("usr_"));
-    let out = run(dir.path(), &["user", "create", "--email", "weak@example.com"], Some("password\n"));
+    let out = run(
+        dir.path(),
+        &["user", "create", "--email", "weak@example.com"],
+        Some("password\n"),
+    );
     assert_eq!(out.status.code(), Some(2));
-    let out = run(dir.path(), &["user", "create", "--email", "root@example.com"], Some("another passphrase\n"));
+    let out = run(
+        dir.path(),
+        &["user", "create", "--email", "root@example.com"],
+        Some("another passphrase\n"),
+    );
     assert_eq!(out.status.code(), Some(1));
     let out = run(dir.path(), &["signing-keys", "list"], None);
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 0, "no key before the first start");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        0,
+        "no key before the first start"
+    );
     let out = run(dir.path(), &["signing-keys", "rotate"], None);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = run(dir.path(), &["signing-keys", "rotate"], None);
     let rotated: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rotated["state"], "next");
@@ -227,14 +368,46 @@ fn cli_creates_users_root_keys_and_rotates_signing_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_user_from_the_cli_can_use_admin_endpoints() {
     let dir = tempfile::tempdir().unwrap();
-    assert!(run(dir.path(), &["user", "create", "--email", "boss@example.com", "--admin"], Some("chief of the whole place\n")).status.success());
+    assert!(
+        run(
+            dir.path(),
+            &["user", "create", "--email", "boss@example.com", "--admin"],
+            Some("chief of the whole place\n")
+        )
+        .status
+        .success()
+    );
     let server = Server::start(dir.path(), &[], &[]);
-    assert!(server.root_key().is_none(), "the store is not empty: no root key is printed");
+    assert!(
+        server.root_key().is_none(),
+        "the store is not empty: no root key is printed"
+    );
     let c = reqwest::Client::new();
-    let t: Value = c.post(format!("{}/v1/auth/login", server.base)).json(&json!({"email": "boss@example.com", "password": "chief of the whole place"})).send().await.unwrap().json().await.unwrap();
-    let r = c.get(format!("{}/admin/v1/users", server.base)).bearer_auth(t["access_token"].as_str().unwrap()).send().await.unwrap();
+    let t: Value = c
+        .post(format!("{}/v1/auth/login", server.base))
+        .json(&json!({"email": "boss@example.com", "password": "chief of the whole place"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = c
+        .get(format!("{}/admin/v1/users", server.base))
+        .bearer_auth(t["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let me: Value = c.get(format!("{}/v1/me", server.base)).bearer_auth(t["access_token"].as_str().unwrap()).send().await.unwrap().json().await.unwrap();
+    let me: Value = c
+        .get(format!("{}/v1/me", server.base))
+        .bearer_auth(t["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(me["roles"], json!(["admin"]));
     server.stop();
 }
@@ -247,21 +420,55 @@ async fn the_same_binary_serves_from_postgresql() {
     };
     // A schema of its own (through libpq's `options`), so runs with other master keys never meet.
     let schema = format!("bin_{}", crate::support::uuid_hex());
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.unwrap();
-    sqlx::Executor::execute(&mut conn, sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).await.unwrap();
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    sqlx::Executor::execute(
+        &mut conn,
+        sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")),
+    )
+    .await
+    .unwrap();
     let sep = if url.contains('?') { '&' } else { '?' };
     let url = format!("{url}{sep}options=-c%20search_path%3D{schema}");
     let dir = tempfile::tempdir().unwrap();
     let out = run(dir.path(), &["migrate", "--database-url", &url], None);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let server = Server::start(dir.path(), &["--database-url", &url], &[]);
     let c = reqwest::Client::new();
     let email = format!("pg{}@example.com", crate::support::uuid_hex());
-    let r = c.post(format!("{}/v1/users", server.base)).json(&json!({"email": email, "password": PASSWORD})).send().await.unwrap();
+    let r = c
+        .post(format!("{}/v1/users", server.base))
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
-    let t: Value = c.post(format!("{}/v1/auth/login", server.base)).json(&json!({"email": email, "password": PASSWORD})).send().await.unwrap().json().await.unwrap();
-    let r = c.post(format!("{}/v1/auth/refresh", server.base)).json(&json!({"refresh_token": t["refresh_token"]})).send().await.unwrap();
+    let t: Value = c
+        .post(format!("{}/v1/auth/login", server.base))
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = c
+        .post(format!("{}/v1/auth/refresh", server.base))
+        .json(&json!({"refresh_token": t["refresh_token"]}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     server.stop();
-    sqlx::Executor::execute(&mut conn, sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE"))).await.unwrap();
+    sqlx::Executor::execute(
+        &mut conn,
+        sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")),
+    )
+    .await
+    .unwrap();
 }

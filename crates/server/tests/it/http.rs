@@ -22,21 +22,60 @@ async fn every_response_carries_the_security_headers_and_a_request_id(b: Backend
         assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
         assert_eq!(h["x-frame-options"], "DENY", "{path}");
         assert_eq!(h["referrer-policy"], "no-referrer", "{path}");
-        assert!(h["content-security-policy"].to_str().unwrap().contains("frame-ancestors 'none'"), "{path}");
+        assert!(
+            h["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .contains("frame-ancestors 'none'"),
+            "{path}"
+        );
         assert!(h.contains_key("x-request-id"), "{path}");
-        assert!(!h.contains_key("strict-transport-security"), "no HSTS over plain HTTP");
+        assert!(
+            !h.contains_key("strict-transport-security"),
+            "no HSTS over plain HTTP"
+        );
     }
-    let r = app.client.get(app.url("/healthz")).header("x-request-id", "trace-abc_123").send().await.unwrap();
+    let r = app
+        .client
+        .get(app.url("/healthz"))
+        .header("x-request-id", "trace-abc_123")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["x-request-id"], "trace-abc_123");
-    let r = app.client.get(app.url("/healthz")).header("x-request-id", "bad id\twith tab").send().await.unwrap();
+    let r = app
+        .client
+        .get(app.url("/healthz"))
+        .header("x-request-id", "bad id\twith tab")
+        .send()
+        .await
+        .unwrap();
     assert_ne!(r.headers()["x-request-id"], "bad id\twith tab");
     app.stop().await;
 }
 
 async fn unknown_routes_and_methods_are_problems(b: Backend) {
     let app = TestApp::spawn(b).await;
-    assert_problem(app.client.get(app.url("/v1/nothing-here")).send().await.unwrap(), StatusCode::NOT_FOUND, "not_found").await;
-    assert_problem(app.client.delete(app.url("/v1/auth/login")).send().await.unwrap(), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
+    assert_problem(
+        app.client
+            .get(app.url("/v1/nothing-here"))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    assert_problem(
+        app.client
+            .delete(app.url("/v1/auth/login"))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    )
+    .await;
     app.stop().await;
 }
 
@@ -50,9 +89,17 @@ async fn bodies_over_64_kib_are_refused_and_nothing_is_written(b: Backend) {
     );
     let answer = raw_exchange(&app, head.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
-    assert!(answer.contains("\"code\":\"payload_too_large\""), "{answer}");
+    assert!(
+        answer.contains("\"code\":\"payload_too_large\""),
+        "{answer}"
+    );
     let just_over = "p".repeat(64 * 1024);
-    let r = app.post_json("/v1/auth/login", &json!({"email": "big@example.com", "password": just_over})).await;
+    let r = app
+        .post_json(
+            "/v1/auth/login",
+            &json!({"email": "big@example.com", "password": just_over}),
+        )
+        .await;
     assert_problem(r, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
     // Chunked, without Content-Length.
     let chunks = futures_stream(70 * 1024);
@@ -66,23 +113,48 @@ async fn bodies_over_64_kib_are_refused_and_nothing_is_written(b: Backend) {
         .unwrap();
     assert_problem(r, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
     // A 60 KB password fits the body limit but not the password policy.
-    let r = app.post_json("/v1/users", &json!({"email": "big@example.com", "password": "q".repeat(60 * 1024)})).await;
+    let r = app
+        .post_json(
+            "/v1/users",
+            &json!({"email": "big@example.com", "password": "q".repeat(60 * 1024)}),
+        )
+        .await;
     assert_problem(r, StatusCode::BAD_REQUEST, "weak_password").await;
-    assert_eq!(portcullis_store::UserStore::count_users(&app.store).await.unwrap(), 0);
-    assert_eq!(app.client.get(app.url("/healthz")).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        portcullis_store::UserStore::count_users(&app.store)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        app.client
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
     app.stop().await;
 }
 
 async fn raw_exchange(app: &TestApp, request: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://")).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
     stream.write_all(request).await.unwrap();
     let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf)).await.unwrap().unwrap();
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
-fn futures_stream(total: usize) -> impl futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static {
+fn futures_stream(
+    total: usize,
+) -> impl futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static {
     let chunk = vec![b' '; 8 * 1024];
     let n = total / chunk.len() + 1;
     ChunkStream { chunk, left: n }
@@ -95,7 +167,10 @@ struct ChunkStream {
 
 impl futures_core::Stream for ChunkStream {
     type Item = Result<Vec<u8>, std::io::Error>;
-    fn poll_next(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
         if self.left == 0 {
             return std::task::Poll::Ready(None);
         }
@@ -113,18 +188,69 @@ async fn malformed_and_mistyped_bodies_get_precise_codes(b: Backend) {
         }
         req.send()
     };
-    assert_problem(send("{\"email\": ", Some("application/json")).await.unwrap(), StatusCode::BAD_REQUEST, "malformed_body").await;
-    assert_problem(send("not json at all", Some("application/json")).await.unwrap(), StatusCode::BAD_REQUEST, "malformed_body").await;
-    assert_problem(send("{}", None).await.unwrap(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type").await;
-    assert_problem(send("{}", Some("text/plain")).await.unwrap(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type").await;
-    let r = app.client.post(app.url("/v1/users")).form(&[("email", "f@example.com"), ("password", PASSWORD)]).send().await.unwrap();
-    assert_problem(r, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type").await;
-    let r = app.post_json("/v1/auth/login", &json!({"email": "a@example.com", "password": PASSWORD, "remember": true})).await;
+    assert_problem(
+        send("{\"email\": ", Some("application/json"))
+            .await
+            .unwrap(),
+        StatusCode::BAD_REQUEST,
+        "malformed_body",
+    )
+    .await;
+    assert_problem(
+        send("not json at all", Some("application/json"))
+            .await
+            .unwrap(),
+        StatusCode::BAD_REQUEST,
+        "malformed_body",
+    )
+    .await;
+    assert_problem(
+        send("{}", None).await.unwrap(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+    assert_problem(
+        send("{}", Some("text/plain")).await.unwrap(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+    let r = app
+        .client
+        .post(app.url("/v1/users"))
+        .form(&[("email", "f@example.com"), ("password", PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    assert_problem(
+        r,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+    let r = app
+        .post_json(
+            "/v1/auth/login",
+            &json!({"email": "a@example.com", "password": PASSWORD, "remember": true}),
+        )
+        .await;
     let body = assert_problem(r, StatusCode::BAD_REQUEST, "validation_failed").await;
-    assert_eq!(body["errors"][0], json!({"field": "remember", "code": "unknown_field", "message": "unknown field `remember`"}));
+    assert_eq!(
+        body["errors"][0],
+        json!({"field": "remember", "code": "unknown_field", "message": "unknown field `remember`"})
+    );
     let r = app.post_json("/v1/auth/login", &json!(["a", "b"])).await;
     assert_problem(r, StatusCode::BAD_REQUEST, "validation_failed").await;
-    let body: Value = app.post_json("/v1/auth/login", &json!({"email": "not an email", "password": PASSWORD})).await.json().await.unwrap();
+    let body: Value = app
+        .post_json(
+            "/v1/auth/login",
+            &json!({"email": "not an email", "password": PASSWORD}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(body["code"], "validation_failed");
     app.stop().await;
 }
@@ -136,18 +262,49 @@ async fn health_readiness_and_metrics_answer(b: Backend) {
     let r = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     app.client.get(app.url("/v1/me")).send().await.unwrap();
-    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(text.contains("portcullis_http_requests_total{route=\"/v1/me\",method=\"GET\",status=\"401\"}"), "{text}");
-    assert!(text.contains("portcullis_http_request_duration_seconds_bucket{route=\"/healthz\""), "{text}");
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(
+            "portcullis_http_requests_total{route=\"/v1/me\",method=\"GET\",status=\"401\"}"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("portcullis_http_request_duration_seconds_bucket{route=\"/healthz\""),
+        "{text}"
+    );
     app.stop().await;
 }
 
 #[tokio::test]
 async fn openapi_document_matches_the_snapshot() {
     let app = TestApp::spawn(Backend::Sqlite).await;
-    let doc: Value = app.client.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let doc: Value = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
-    for path in ["/v1/users", "/v1/me", "/v1/auth/login", "/v1/auth/refresh", "/.well-known/jwks.json", "/admin/v1/audit"] {
+    for path in [
+        "/v1/users",
+        "/v1/me",
+        "/v1/auth/login",
+        "/v1/auth/refresh",
+        "/.well-known/jwks.json",
+        "/admin/v1/audit",
+    ] {
         assert!(doc["paths"].get(path).is_some(), "{path} missing");
     }
     insta::assert_json_snapshot!("openapi", doc, {".info.version" => "[version]"});
@@ -158,7 +315,11 @@ async fn openapi_document_matches_the_snapshot() {
 async fn the_janitor_deletes_what_is_past_use() {
     let app = TestApp::spawn(Backend::Sqlite).await;
     let t = app.user_with_tokens("jan@example.com").await;
-    app.post_json("/v1/auth/logout", &json!({"refresh_token": t["refresh_token"]})).await;
+    app.post_json(
+        "/v1/auth/logout",
+        &json!({"refresh_token": t["refresh_token"]}),
+    )
+    .await;
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let removed = portcullis_server::background::janitor_pass(app.state()).await;
     assert!(removed >= 1, "the revoked family is purged");

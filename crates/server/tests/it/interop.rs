@@ -27,7 +27,14 @@ async fn verify_with(program: &str, script: &str, label: &str) {
         let token = t["access_token"].as_str().unwrap().to_owned();
         let out = tokio::process::Command::new(program)
             .arg(interop_dir().join(script))
-            .args(["--jwks-url", &app.url("/.well-known/jwks.json"), "--issuer", &app.base, "--audience", &app.base])
+            .args([
+                "--jwks-url",
+                &app.url("/.well-known/jwks.json"),
+                "--issuer",
+                &app.base,
+                "--audience",
+                &app.base,
+            ])
             .args(["--token", &token, "--tampered", &tamper(&token)])
             .output()
             .await;
@@ -47,9 +54,13 @@ async fn verify_with(program: &str, script: &str, label: &str) {
             return;
         }
         assert!(out.status.success(), "{label} {alg:?}: {stdout}\n{stderr}");
-        let result: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap();
+        let result: serde_json::Value =
+            serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap();
         assert_eq!(result["verified"], true, "{label} {alg:?}: {stdout}");
-        assert_eq!(result["tampered_rejected"], true, "{label} {alg:?}: {stdout}");
+        assert_eq!(
+            result["tampered_rejected"], true,
+            "{label} {alg:?}: {stdout}"
+        );
         app.stop().await;
     }
 }
@@ -58,7 +69,10 @@ fn skip_or_fail(label: &str, why: &str) {
     if std::env::var("PORTCULLIS_REQUIRE_INTEROP").as_deref() == Ok("1") {
         panic!("{label} is required (PORTCULLIS_REQUIRE_INTEROP=1) but unavailable: {why}");
     }
-    eprintln!("skipped: {label} unavailable ({}); .ci/run installs it", why.trim());
+    eprintln!(
+        "skipped: {label} unavailable ({}); .ci/run installs it",
+        why.trim()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

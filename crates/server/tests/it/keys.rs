@@ -18,20 +18,35 @@ on_both_stores!(
 fn header_kid(token: &str) -> String {
     use base64::Engine;
     let head = token.split('.').next().unwrap();
-    let h: Value = serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(head).unwrap()).unwrap();
+    let h: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(head)
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(h["typ"], "at+jwt");
     assert_eq!(h["alg"], "ES256");
     h["kid"].as_str().unwrap().to_owned()
 }
 
 async fn jwks(app: &TestApp) -> Vec<String> {
-    let r = app.client.get(app.url("/.well-known/jwks.json")).send().await.unwrap();
+    let r = app
+        .client
+        .get(app.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["cache-control"], "public, max-age=300");
     let body: Value = r.json().await.unwrap();
-    body["keys"].as_array().unwrap().iter().map(|k| {
-        assert!(k.get("d").is_none(), "private part published");
-        k["kid"].as_str().unwrap().to_owned()
-    }).collect()
+    body["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            assert!(k.get("d").is_none(), "private part published");
+            k["kid"].as_str().unwrap().to_owned()
+        })
+        .collect()
 }
 
 async fn jwks_is_public_and_cacheable(b: Backend) {
@@ -47,13 +62,27 @@ async fn rotation_publishes_the_next_key_before_it_signs(b: Backend) {
     let app = TestApp::spawn(b).await;
     let root = app.root_key().await;
     let before = jwks(&app).await;
-    let r = app.client.post(app.url("/admin/v1/signing-keys/rotate")).header("x-api-key", &root).send().await.unwrap();
+    let r = app
+        .client
+        .post(app.url("/admin/v1/signing-keys/rotate"))
+        .header("x-api-key", &root)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     let key: Value = r.json().await.unwrap();
     assert_eq!(key["alg"], "ES256");
     assert_eq!(key["state"], "next");
-    let publish = time::OffsetDateTime::parse(key["publish_at"].as_str().unwrap(), &time::format_description::well_known::Rfc3339).unwrap();
-    let activate = time::OffsetDateTime::parse(key["activate_at"].as_str().unwrap(), &time::format_description::well_known::Rfc3339).unwrap();
+    let publish = time::OffsetDateTime::parse(
+        key["publish_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let activate = time::OffsetDateTime::parse(
+        key["activate_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
     assert_eq!((activate - publish).whole_seconds(), 3600);
     let after = jwks(&app).await;
     assert_eq!(after.len(), 2, "the next key is published at once");
@@ -61,8 +90,22 @@ async fn rotation_publishes_the_next_key_before_it_signs(b: Backend) {
     // Tokens are still signed by the current key until the next one activates.
     let t = app.user_with_tokens("leo@example.com").await;
     assert_eq!(header_kid(t["access_token"].as_str().unwrap()), before[0]);
-    let list: Value = app.client.get(app.url("/admin/v1/signing-keys")).header("x-api-key", &root).send().await.unwrap().json().await.unwrap();
-    let states: Vec<&str> = list["keys"].as_array().unwrap().iter().map(|k| k["state"].as_str().unwrap()).collect();
+    let list: Value = app
+        .client
+        .get(app.url("/admin/v1/signing-keys"))
+        .header("x-api-key", &root)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let states: Vec<&str> = list["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["state"].as_str().unwrap())
+        .collect();
     assert_eq!(states, ["next", "current"]);
     app.wait_for_audit(&root, "signing_key.rotated").await;
     app.stop().await;
@@ -73,29 +116,89 @@ async fn without_lead_time_the_new_key_signs_and_the_old_one_still_verifies(b: B
     let root = app.root_key().await;
     let old = app.user_with_tokens("mia@example.com").await;
     let old_kid = header_kid(old["access_token"].as_str().unwrap());
-    let r = app.client.post(app.url("/admin/v1/signing-keys/rotate")).header("x-api-key", &root).send().await.unwrap();
+    let r = app
+        .client
+        .post(app.url("/admin/v1/signing-keys/rotate"))
+        .header("x-api-key", &root)
+        .send()
+        .await
+        .unwrap();
     let key: Value = r.json().await.unwrap();
-    let fresh: Value = app.login("mia@example.com", crate::support::PASSWORD).await.json().await.unwrap();
-    assert_eq!(header_kid(fresh["access_token"].as_str().unwrap()), key["kid"].as_str().unwrap());
+    let fresh: Value = app
+        .login("mia@example.com", crate::support::PASSWORD)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        header_kid(fresh["access_token"].as_str().unwrap()),
+        key["kid"].as_str().unwrap()
+    );
     // The retired key stays published until its last token has expired.
     assert!(jwks(&app).await.contains(&old_kid));
-    assert_eq!(app.get_bearer("/v1/me", old["access_token"].as_str().unwrap()).await.status(), StatusCode::OK);
-    assert_eq!(app.get_bearer("/v1/me", fresh["access_token"].as_str().unwrap()).await.status(), StatusCode::OK);
-    let list: Value = app.client.get(app.url("/admin/v1/signing-keys")).header("x-api-key", &root).send().await.unwrap().json().await.unwrap();
-    let old_entry = list["keys"].as_array().unwrap().iter().find(|k| k["kid"] == old_kid.as_str()).unwrap().clone();
+    assert_eq!(
+        app.get_bearer("/v1/me", old["access_token"].as_str().unwrap())
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.get_bearer("/v1/me", fresh["access_token"].as_str().unwrap())
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let list: Value = app
+        .client
+        .get(app.url("/admin/v1/signing-keys"))
+        .header("x-api-key", &root)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let old_entry = list["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == old_kid.as_str())
+        .unwrap()
+        .clone();
     assert_eq!(old_entry["state"], "retiring");
-    let retire = time::OffsetDateTime::parse(old_entry["retire_at"].as_str().unwrap(), &time::format_description::well_known::Rfc3339).unwrap();
-    let expire = time::OffsetDateTime::parse(old_entry["expire_at"].as_str().unwrap(), &time::format_description::well_known::Rfc3339).unwrap();
-    assert!((expire - retire).whole_seconds() >= 900, "published at least one access-token lifetime after retiring");
+    let retire = time::OffsetDateTime::parse(
+        old_entry["retire_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let expire = time::OffsetDateTime::parse(
+        old_entry["expire_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert!(
+        (expire - retire).whole_seconds() >= 900,
+        "published at least one access-token lifetime after retiring"
+    );
     app.stop().await;
 }
 
 async fn scheduled_rotation_runs_when_due(b: Backend) {
     let app = TestApp::spawn(b).await;
     let keys = &app.state().keys;
-    assert!(keys.rotate_if_due(30 * 86_400, 3600).await.unwrap().is_none(), "a fresh key is not due");
+    assert!(
+        keys.rotate_if_due(30 * 86_400, 3600)
+            .await
+            .unwrap()
+            .is_none(),
+        "a fresh key is not due"
+    );
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    let made = keys.rotate_if_due(1, 0).await.unwrap().expect("due after its interval");
+    let made = keys
+        .rotate_if_due(1, 0)
+        .await
+        .unwrap()
+        .expect("due after its interval");
     assert!(made.activate_at <= Millis::now().0);
     assert_eq!(jwks(&app).await.len(), 2);
     app.stop().await;
@@ -104,7 +207,13 @@ async fn scheduled_rotation_runs_when_due(b: Backend) {
 async fn signing_key_admin_needs_an_admin(b: Backend) {
     let app = TestApp::spawn(b).await;
     let t = app.user_with_tokens("ned@example.com").await;
-    let r = app.client.post(app.url("/admin/v1/signing-keys/rotate")).bearer_auth(t["access_token"].as_str().unwrap()).send().await.unwrap();
+    let r = app
+        .client
+        .post(app.url("/admin/v1/signing-keys/rotate"))
+        .bearer_auth(t["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
     assert_problem(r, StatusCode::FORBIDDEN, "forbidden").await;
     assert_eq!(jwks(&app).await.len(), 1);
     app.stop().await;

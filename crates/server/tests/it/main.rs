@@ -1,5 +1,11 @@
 //! The server's integration tests: one binary (link time matters on two cores), talking HTTP to the
 //! real router over real SQLite and, when configured, real PostgreSQL.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod support;
 

@@ -80,18 +80,34 @@ impl TestApp {
         let (store, schema) = match &backend {
             Backend::Sqlite => {
                 std::fs::create_dir_all(&config.data_dir).unwrap();
-                (Store::open_sqlite(&config.sqlite_path(), &StoreOptions::default()).await.unwrap(), None)
+                (
+                    Store::open_sqlite(&config.sqlite_path(), &StoreOptions::default())
+                        .await
+                        .unwrap(),
+                    None,
+                )
             }
             Backend::Postgres(url) => {
                 let schema = format!("t_{}", uuid_hex());
-                let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url).await.unwrap();
-                sqlx::Executor::execute(&mut conn, sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).await.unwrap();
-                let store = Store::connect_postgres(url, &StoreOptions::default(), Some(&schema)).await.unwrap();
+                let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+                    .await
+                    .unwrap();
+                sqlx::Executor::execute(
+                    &mut conn,
+                    sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")),
+                )
+                .await
+                .unwrap();
+                let store = Store::connect_postgres(url, &StoreOptions::default(), Some(&schema))
+                    .await
+                    .unwrap();
                 (store, Some((url.clone(), schema)))
             }
         };
         store.migrate().await.unwrap();
-        let running = portcullis_server::start(config, store.clone(), listener).await.unwrap();
+        let running = portcullis_server::start(config, store.clone(), listener)
+            .await
+            .unwrap();
         Self {
             base: format!("http://{addr}"),
             client: Client::builder().build().unwrap(),
@@ -111,21 +127,37 @@ impl TestApp {
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> Response {
-        self.client.post(self.url(path)).json(body).send().await.unwrap()
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn get_bearer(&self, path: &str, token: &str) -> Response {
-        self.client.get(self.url(path)).bearer_auth(token).send().await.unwrap()
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn register(&self, email: &str) -> Value {
-        let r = self.post_json("/v1/users", &json!({"email": email, "password": PASSWORD})).await;
+        let r = self
+            .post_json("/v1/users", &json!({"email": email, "password": PASSWORD}))
+            .await;
         assert_eq!(r.status(), StatusCode::CREATED, "{:?}", r.text().await);
         r.json().await.unwrap()
     }
 
     pub async fn login(&self, email: &str, password: &str) -> Response {
-        self.post_json("/v1/auth/login", &json!({"email": email, "password": password})).await
+        self.post_json(
+            "/v1/auth/login",
+            &json!({"email": email, "password": password}),
+        )
+        .await
     }
 
     /// Registers and logs in; returns the token response.
@@ -137,7 +169,9 @@ impl TestApp {
     }
 
     pub async fn root_key(&self) -> String {
-        portcullis_server::create_root_key(&self.store, "test root").await.unwrap()
+        portcullis_server::create_root_key(&self.store, "test root")
+            .await
+            .unwrap()
     }
 
     /// Polls the audit log (written asynchronously) until an event of `kind` shows up.
@@ -163,27 +197,27 @@ impl TestApp {
         if let Some(r) = self.running.take() {
             r.stop().await;
         }
-        self.drop_schema().await;
-    }
-
-    async fn drop_schema(&mut self) {
-        if let Some((url, schema)) = self.schema.take() {
-            if let Ok(mut conn) = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await {
-                let _ = sqlx::Executor::execute(&mut conn, sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE"))).await;
-            }
-        }
     }
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        // Tests that panic skip `stop`; drop the schema on a helper thread so it does not linger.
+        // Drop the test's schema (also when the test panicked) on a helper thread: Drop cannot await.
         if let Some((url, schema)) = self.schema.take() {
             let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
                 rt.block_on(async {
-                    if let Ok(mut conn) = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await {
-                        let _ = sqlx::Executor::execute(&mut conn, sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE"))).await;
+                    if let Ok(mut conn) =
+                        <sqlx::PgConnection as sqlx::Connection>::connect(&url).await
+                    {
+                        let _ = sqlx::Executor::execute(
+                            &mut conn,
+                            sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")),
+                        )
+                        .await;
                     }
                 });
             })
@@ -201,7 +235,12 @@ pub fn uuid_hex() -> String {
 /// Asserts a problem+json answer with this status and code; returns the body.
 pub async fn assert_problem(r: Response, status: StatusCode, code: &str) -> Value {
     assert_eq!(r.status(), status, "expected {status} {code}");
-    let ct = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let ct = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     assert_eq!(ct, "application/problem+json");
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["code"], code, "{body}");

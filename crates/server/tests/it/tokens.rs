@@ -33,8 +33,19 @@ async fn login_returns_a_no_store_token_pair(b: Backend) {
     assert_eq!(t["access_token"].as_str().unwrap().split('.').count(), 3);
     let root = app.root_key().await;
     app.wait_for_audit(&root, "login.succeeded").await;
-    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("portcullis_logins_total{outcome=\"success\"}"), "{metrics}");
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("portcullis_logins_total{outcome=\"success\"}"),
+        "{metrics}"
+    );
     assert!(metrics.contains("portcullis_tokens_issued_total"));
     app.stop().await;
 }
@@ -42,10 +53,22 @@ async fn login_returns_a_no_store_token_pair(b: Backend) {
 async fn login_accepts_form_bodies(b: Backend) {
     let app = TestApp::spawn(b).await;
     app.register("bob@example.com").await;
-    let r = app.client.post(app.url("/v1/auth/login")).form(&[("email", "bob@example.com"), ("password", PASSWORD)]).send().await.unwrap();
+    let r = app
+        .client
+        .post(app.url("/v1/auth/login"))
+        .form(&[("email", "bob@example.com"), ("password", PASSWORD)])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let t: Value = r.json().await.unwrap();
-    let r = app.client.post(app.url("/v1/auth/refresh")).form(&[("refresh_token", t["refresh_token"].as_str().unwrap())]).send().await.unwrap();
+    let r = app
+        .client
+        .post(app.url("/v1/auth/refresh"))
+        .form(&[("refresh_token", t["refresh_token"].as_str().unwrap())])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     app.stop().await;
 }
@@ -53,31 +76,47 @@ async fn login_accepts_form_bodies(b: Backend) {
 async fn wrong_password_and_unknown_account_look_the_same(b: Backend) {
     let app = TestApp::spawn(b).await;
     app.register("cat@example.com").await;
-    let wrong = assert_problem(app.login("cat@example.com", "not the password").await, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
-    let unknown = assert_problem(app.login("nobody@example.com", "not the password").await, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
+    let wrong = assert_problem(
+        app.login("cat@example.com", "not the password").await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+    )
+    .await;
+    let unknown = assert_problem(
+        app.login("nobody@example.com", "not the password").await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+    )
+    .await;
     assert_eq!(wrong["detail"], unknown["detail"]);
     // Both do the same argon2 work: time several of each and compare medians.
     let mut t_wrong = Vec::new();
     let mut t_unknown = Vec::new();
     for i in 0..4 {
         let s = std::time::Instant::now();
-        app.login("cat@example.com", &format!("wrong password {i}")).await;
+        app.login("cat@example.com", &format!("wrong password {i}"))
+            .await;
         t_wrong.push(s.elapsed().as_secs_f64());
         let s = std::time::Instant::now();
-        app.login(&format!("ghost{i}@example.com"), "wrong password").await;
+        app.login(&format!("ghost{i}@example.com"), "wrong password")
+            .await;
         t_unknown.push(s.elapsed().as_secs_f64());
     }
     t_wrong.sort_by(f64::total_cmp);
     t_unknown.sort_by(f64::total_cmp);
     let (a, b) = (t_wrong[2], t_unknown[2]);
-    assert!(a / b < 3.0 && b / a < 3.0, "wrong password {a:.4}s vs unknown account {b:.4}s");
+    assert!(
+        a / b < 3.0 && b / a < 3.0,
+        "wrong password {a:.4}s vs unknown account {b:.4}s"
+    );
     let root = app.root_key().await;
     app.wait_for_audit(&root, "login.failed").await;
     app.stop().await;
 }
 
 async fn refresh(app: &TestApp, token: &Value) -> reqwest::Response {
-    app.post_json("/v1/auth/refresh", &json!({"refresh_token": token})).await
+    app.post_json("/v1/auth/refresh", &json!({"refresh_token": token}))
+        .await
 }
 
 async fn refresh_rotates_and_the_old_token_is_spent(b: Backend) {
@@ -88,8 +127,17 @@ async fn refresh_rotates_and_the_old_token_is_spent(b: Backend) {
     assert_eq!(r.headers()["cache-control"], "no-store");
     let t2: Value = r.json().await.unwrap();
     assert_ne!(t2["refresh_token"], t1["refresh_token"]);
-    assert_eq!(app.get_bearer("/v1/me", t2["access_token"].as_str().unwrap()).await.status(), StatusCode::OK);
-    let t3: Value = refresh(&app, &t2["refresh_token"]).await.json().await.unwrap();
+    assert_eq!(
+        app.get_bearer("/v1/me", t2["access_token"].as_str().unwrap())
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let t3: Value = refresh(&app, &t2["refresh_token"])
+        .await
+        .json()
+        .await
+        .unwrap();
     assert!(t3["refresh_token"].is_string());
     let root = app.root_key().await;
     app.wait_for_audit(&root, "refresh.rotated").await;
@@ -99,14 +147,36 @@ async fn refresh_rotates_and_the_old_token_is_spent(b: Backend) {
 async fn reused_refresh_token_revokes_the_family(b: Backend) {
     let app = TestApp::spawn(b).await;
     let t1 = app.user_with_tokens("eve@example.com").await;
-    let other = app.login("eve@example.com", PASSWORD).await.json::<Value>().await.unwrap();
-    let t2: Value = refresh(&app, &t1["refresh_token"]).await.json().await.unwrap();
+    let other = app
+        .login("eve@example.com", PASSWORD)
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    let t2: Value = refresh(&app, &t1["refresh_token"])
+        .await
+        .json()
+        .await
+        .unwrap();
     // The attacker (or the victim) presents the spent token again.
-    assert_problem(refresh(&app, &t1["refresh_token"]).await, StatusCode::UNAUTHORIZED, "refresh_token_reused").await;
+    assert_problem(
+        refresh(&app, &t1["refresh_token"]).await,
+        StatusCode::UNAUTHORIZED,
+        "refresh_token_reused",
+    )
+    .await;
     // The family's newest token is dead too.
-    assert_problem(refresh(&app, &t2["refresh_token"]).await, StatusCode::UNAUTHORIZED, "invalid_refresh_token").await;
+    assert_problem(
+        refresh(&app, &t2["refresh_token"]).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_refresh_token",
+    )
+    .await;
     // Another login's family is untouched.
-    assert_eq!(refresh(&app, &other["refresh_token"]).await.status(), StatusCode::OK);
+    assert_eq!(
+        refresh(&app, &other["refresh_token"]).await.status(),
+        StatusCode::OK
+    );
     let root = app.root_key().await;
     app.wait_for_audit(&root, "refresh.reuse_detected").await;
     app.stop().await;
@@ -116,7 +186,12 @@ async fn concurrent_refreshes_of_one_token_let_exactly_one_through(b: Backend) {
     let app = TestApp::spawn(b).await;
     app.register("fay@example.com").await;
     for _round in 0..3 {
-        let t: Value = app.login("fay@example.com", PASSWORD).await.json().await.unwrap();
+        let t: Value = app
+            .login("fay@example.com", PASSWORD)
+            .await
+            .json()
+            .await
+            .unwrap();
         let token = t["refresh_token"].clone();
         let mut tasks = Vec::new();
         for _ in 0..12 {
@@ -124,7 +199,13 @@ async fn concurrent_refreshes_of_one_token_let_exactly_one_through(b: Backend) {
             let url = app.url("/v1/auth/refresh");
             let token = token.clone();
             tasks.push(tokio::spawn(async move {
-                client.post(url).json(&json!({"refresh_token": token})).send().await.unwrap().status()
+                client
+                    .post(url)
+                    .json(&json!({"refresh_token": token}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
             }));
         }
         let mut ok = 0;
@@ -143,18 +224,41 @@ async fn concurrent_refreshes_of_one_token_let_exactly_one_through(b: Backend) {
 async fn grace_period_retry_gets_a_fresh_pair_and_revokes_the_sibling(b: Backend) {
     let app = TestApp::spawn_with(b, |c| c.refresh_reuse_grace_s = 30).await;
     let t1 = app.user_with_tokens("gus@example.com").await;
-    let lost: Value = refresh(&app, &t1["refresh_token"]).await.json().await.unwrap();
+    let lost: Value = refresh(&app, &t1["refresh_token"])
+        .await
+        .json()
+        .await
+        .unwrap();
     // The response was lost; the client retries with the token it just spent.
     let r = refresh(&app, &t1["refresh_token"]).await;
     assert_eq!(r.status(), StatusCode::OK);
     let retried: Value = r.json().await.unwrap();
     // The unused sibling from the lost response no longer works; the retried one does.
-    assert_problem(refresh(&app, &lost["refresh_token"]).await, StatusCode::UNAUTHORIZED, "invalid_refresh_token").await;
-    let next: Value = refresh(&app, &retried["refresh_token"]).await.json().await.unwrap();
+    assert_problem(
+        refresh(&app, &lost["refresh_token"]).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_refresh_token",
+    )
+    .await;
+    let next: Value = refresh(&app, &retried["refresh_token"])
+        .await
+        .json()
+        .await
+        .unwrap();
     assert!(next["refresh_token"].is_string());
     // Once the child has been used, the old token is plain reuse again.
-    assert_problem(refresh(&app, &t1["refresh_token"]).await, StatusCode::UNAUTHORIZED, "refresh_token_reused").await;
-    assert_problem(refresh(&app, &next["refresh_token"]).await, StatusCode::UNAUTHORIZED, "invalid_refresh_token").await;
+    assert_problem(
+        refresh(&app, &t1["refresh_token"]).await,
+        StatusCode::UNAUTHORIZED,
+        "refresh_token_reused",
+    )
+    .await;
+    assert_problem(
+        refresh(&app, &next["refresh_token"]).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_refresh_token",
+    )
+    .await;
     app.stop().await;
 }
 
@@ -162,24 +266,53 @@ async fn garbage_refresh_tokens_are_invalid(b: Backend) {
     let app = TestApp::spawn(b).await;
     let t = app.user_with_tokens("hal@example.com").await;
     let good = t["refresh_token"].as_str().unwrap();
-    for bad in ["", "prt_", "garbage", &good[..good.len() - 1], &format!("{good}x"), &good.replace("prt_", "xyz_")] {
-        assert_problem(refresh(&app, &json!(bad)).await, StatusCode::UNAUTHORIZED, "invalid_refresh_token").await;
+    for bad in [
+        "",
+        "prt_",
+        "garbage",
+        &good[..good.len() - 1],
+        &format!("{good}x"),
+        &good.replace("prt_", "xyz_"),
+    ] {
+        assert_problem(
+            refresh(&app, &json!(bad)).await,
+            StatusCode::UNAUTHORIZED,
+            "invalid_refresh_token",
+        )
+        .await;
     }
-    let r = app.post_json("/v1/auth/refresh", &json!({"refresh_token": 5})).await;
+    let r = app
+        .post_json("/v1/auth/refresh", &json!({"refresh_token": 5}))
+        .await;
     assert_problem(r, StatusCode::BAD_REQUEST, "validation_failed").await;
     // None of this touched the real token.
-    assert_eq!(refresh(&app, &t["refresh_token"]).await.status(), StatusCode::OK);
+    assert_eq!(
+        refresh(&app, &t["refresh_token"]).await.status(),
+        StatusCode::OK
+    );
     app.stop().await;
 }
 
 async fn logout_revokes_the_family(b: Backend) {
     let app = TestApp::spawn(b).await;
     let t = app.user_with_tokens("ian@example.com").await;
-    let r = app.post_json("/v1/auth/logout", &json!({"refresh_token": t["refresh_token"]})).await;
+    let r = app
+        .post_json(
+            "/v1/auth/logout",
+            &json!({"refresh_token": t["refresh_token"]}),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    assert_problem(refresh(&app, &t["refresh_token"]).await, StatusCode::UNAUTHORIZED, "invalid_refresh_token").await;
+    assert_problem(
+        refresh(&app, &t["refresh_token"]).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_refresh_token",
+    )
+    .await;
     // Unknown tokens are accepted silently (RFC 7009 style).
-    let r = app.post_json("/v1/auth/logout", &json!({"refresh_token": "prt_nothing"})).await;
+    let r = app
+        .post_json("/v1/auth/logout", &json!({"refresh_token": "prt_nothing"}))
+        .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     app.stop().await;
 }
@@ -188,15 +321,51 @@ async fn logout_all_revokes_everything(b: Backend) {
     let app = TestApp::spawn(b).await;
     let a = app.user_with_tokens("jay@example.com").await;
     let other = app.user_with_tokens("kim@example.com").await;
-    let b2: Value = app.login("jay@example.com", PASSWORD).await.json().await.unwrap();
-    let r = app.client.post(app.url("/v1/auth/logout-all")).bearer_auth(a["access_token"].as_str().unwrap()).send().await.unwrap();
+    let b2: Value = app
+        .login("jay@example.com", PASSWORD)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let r = app
+        .client
+        .post(app.url("/v1/auth/logout-all"))
+        .bearer_auth(a["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     for t in [&a, &b2] {
-        assert_problem(refresh(&app, &t["refresh_token"]).await, StatusCode::UNAUTHORIZED, "invalid_refresh_token").await;
-        assert_problem(app.get_bearer("/v1/me", t["access_token"].as_str().unwrap()).await, StatusCode::UNAUTHORIZED, "invalid_token").await;
+        assert_problem(
+            refresh(&app, &t["refresh_token"]).await,
+            StatusCode::UNAUTHORIZED,
+            "invalid_refresh_token",
+        )
+        .await;
+        assert_problem(
+            app.get_bearer("/v1/me", t["access_token"].as_str().unwrap())
+                .await,
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+        )
+        .await;
     }
-    assert_eq!(app.get_bearer("/v1/me", other["access_token"].as_str().unwrap()).await.status(), StatusCode::OK);
-    assert_problem(app.client.post(app.url("/v1/auth/logout-all")).send().await.unwrap(), StatusCode::UNAUTHORIZED, "unauthenticated").await;
+    assert_eq!(
+        app.get_bearer("/v1/me", other["access_token"].as_str().unwrap())
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_problem(
+        app.client
+            .post(app.url("/v1/auth/logout-all"))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+    )
+    .await;
     app.stop().await;
 }
 
@@ -209,15 +378,26 @@ async fn failed_logins_are_throttled_per_ip_with_ratelimit_headers(b: Backend) {
     .await;
     app.register("lea@example.com").await;
     for i in 0..5 {
-        let r = app.login(&format!("someone{i}@example.com"), "wrong password").await;
+        let r = app
+            .login(&format!("someone{i}@example.com"), "wrong password")
+            .await;
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     }
     let r = app.login("lea@example.com", PASSWORD).await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
-    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=12).contains(&retry), "retry-after {retry}");
     assert_eq!(r.headers()["ratelimit-policy"], "\"login-ip\";q=5;w=60");
-    assert!(r.headers()["ratelimit"].to_str().unwrap().starts_with("\"login-ip\";r=0;t="));
+    assert!(
+        r.headers()["ratelimit"]
+            .to_str()
+            .unwrap()
+            .starts_with("\"login-ip\";r=0;t=")
+    );
     assert_problem(r, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
     let root = app.root_key().await;
     app.wait_for_audit(&root, "login.throttled").await;
@@ -232,22 +412,51 @@ async fn failed_logins_of_one_account_buy_growing_waits(b: Backend) {
     .await;
     app.register("max@example.com").await;
     for _ in 0..2 {
-        assert_eq!(app.login("max@example.com", "wrong password").await.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            app.login("max@example.com", "wrong password")
+                .await
+                .status(),
+            StatusCode::UNAUTHORIZED
+        );
     }
     // Two free failures used up: a 1 s wait, during which even the correct password is refused
     // without any hashing.
     let r = app.login("max@example.com", PASSWORD).await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(r.headers()["ratelimit-policy"].to_str().unwrap().split(';').next().unwrap(), "\"login-account\"");
+    assert_eq!(
+        r.headers()["ratelimit-policy"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap(),
+        "\"login-account\""
+    );
     // Unknown accounts are throttled the same way: a 429 reveals nothing.
     for _ in 0..2 {
         app.login("nobody@example.com", "wrong password").await;
     }
-    assert_eq!(app.login("nobody@example.com", "wrong password").await.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        app.login("nobody@example.com", "wrong password")
+            .await
+            .status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
     // The wait ends; a success clears the count.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    assert_eq!(app.login("max@example.com", PASSWORD).await.status(), StatusCode::OK);
-    assert_eq!(app.login("max@example.com", "wrong password").await.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(app.login("max@example.com", PASSWORD).await.status(), StatusCode::OK);
+    assert_eq!(
+        app.login("max@example.com", PASSWORD).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.login("max@example.com", "wrong password")
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.login("max@example.com", PASSWORD).await.status(),
+        StatusCode::OK
+    );
     app.stop().await;
 }

@@ -55,23 +55,40 @@ async fn insert_and_lookup_by_hash(t: Ctx) {
     full.revoked_at = Some(T0.0 + 4);
     s.insert_api_key(&full).await.unwrap();
 
-    let got = s.api_key_by_hash(&root_hash).await.unwrap().expect("root key");
+    let got = s
+        .api_key_by_hash(&root_hash)
+        .await
+        .unwrap()
+        .expect("root key");
     assert_eq!(got.id, root.id);
     assert_eq!(got.owner_id, None);
     assert_eq!(got.key_hash, root_hash.as_bytes());
-    assert_eq!((got.prefix.as_str(), got.start.as_str(), got.name.as_str()), ("pk_", "pk_abcd", "ci"));
+    assert_eq!(
+        (got.prefix.as_str(), got.start.as_str(), got.name.as_str()),
+        ("pk_", "pk_abcd", "ci")
+    );
     assert_eq!(got.scopes, "users:read users:write");
     assert_eq!((got.created_at, got.updated_at), (T0.0, T0.0));
-    assert_eq!((got.expires_at, got.revoked_at, got.remaining, got.meta), (None, None, None, None));
+    assert_eq!(
+        (got.expires_at, got.revoked_at, got.remaining, got.meta),
+        (None, None, None, None)
+    );
 
-    let got = s.api_key_by_hash(&user_hash).await.unwrap().expect("user key");
+    let got = s
+        .api_key_by_hash(&user_hash)
+        .await
+        .unwrap()
+        .expect("user key");
     assert_eq!(got.id, full.id);
     assert_eq!(got.owner_id.as_deref(), Some(uid.as_str()));
     assert_eq!(got.meta, full.meta);
     assert_eq!(got.expires_at, full.expires_at);
     assert_eq!(got.revoked_at, full.revoked_at);
     assert_eq!(got.remaining, full.remaining);
-    assert_eq!((got.ratelimit_limit, got.ratelimit_duration_ms), (Some(10), Some(60_000)));
+    assert_eq!(
+        (got.ratelimit_limit, got.ratelimit_duration_ms),
+        (Some(10), Some(60_000))
+    );
     assert_eq!(got.last_used_at, full.last_used_at);
     assert_eq!(got.rolled_to, full.rolled_to);
     assert_eq!(got.grace_until, full.grace_until);
@@ -96,7 +113,9 @@ async fn count_api_keys_counts(t: Ctx) {
     let s = &t.store;
     assert_eq!(s.count_api_keys().await.unwrap(), 0);
     for n in 1..=3 {
-        s.insert_api_key(&api_key(None, &random_hash(), T0)).await.unwrap();
+        s.insert_api_key(&api_key(None, &random_hash(), T0))
+            .await
+            .unwrap();
         assert_eq!(s.count_api_keys().await.unwrap(), n);
     }
 }

@@ -21,7 +21,12 @@ const RACERS: usize = 16;
 
 /// Presents each hash in `presented` from its own task, all released at once by a barrier; returns
 /// every outcome with the token that task offered as successor.
-async fn race(s: &Store, presented: Vec<TokenHash>, now: Millis, grace_ms: i64) -> Vec<(Rotation, NextToken)> {
+async fn race(
+    s: &Store,
+    presented: Vec<TokenHash>,
+    now: Millis,
+    grace_ms: i64,
+) -> Vec<(Rotation, NextToken)> {
     let barrier = Arc::new(Barrier::new(presented.len()));
     let mut tasks = JoinSet::new();
     for hash in presented {
@@ -30,7 +35,10 @@ async fn race(s: &Store, presented: Vec<TokenHash>, now: Millis, grace_ms: i64) 
         tasks.spawn(async move {
             let next = next_token();
             barrier.wait().await;
-            let r = s.rotate(&hash, now, grace_ms, &next).await.expect("rotate must not fail under contention");
+            let r = s
+                .rotate(&hash, now, grace_ms, &next)
+                .await
+                .expect("rotate must not fail under contention");
             (r, next)
         });
     }
@@ -60,7 +68,11 @@ async fn live_tokens(raw: &Raw, family_id: &str) -> i64 {
 async fn how_many_rotate(s: &Store, candidates: &[TokenHash], now: Millis, grace_ms: i64) -> usize {
     let mut n = 0;
     for hash in candidates {
-        match s.rotate(hash, now, grace_ms, &next_token()).await.expect("rotate") {
+        match s
+            .rotate(hash, now, grace_ms, &next_token())
+            .await
+            .expect("rotate")
+        {
             Rotation::Rotated { .. } => n += 1,
             Rotation::Invalid => {}
             Rotation::Reused { .. } => panic!("a never-spent successor was reported as reused"),
@@ -85,16 +97,35 @@ async fn concurrent_rotations_of_one_token_have_exactly_one_winner(t: Ctx) {
         );
         for (r, _) in &outcomes {
             if let Rotation::Reused { family_id, user_id } = r {
-                assert_eq!((family_id.as_str(), user_id.as_str()), (f.id.as_str(), uid.as_str()));
+                assert_eq!(
+                    (family_id.as_str(), user_id.as_str()),
+                    (f.id.as_str(), uid.as_str())
+                );
             }
         }
         // Exactly one successor was stored, and the reuse that followed killed it with its family.
-        let stored = t.raw.scalar(&format!("SELECT COUNT(*) FROM refresh_tokens WHERE family_id = '{}'", f.id)).await;
-        assert_eq!(stored, 2, "round {round}: the presented token and one successor");
+        let stored = t
+            .raw
+            .scalar(&format!(
+                "SELECT COUNT(*) FROM refresh_tokens WHERE family_id = '{}'",
+                f.id
+            ))
+            .await;
+        assert_eq!(
+            stored, 2,
+            "round {round}: the presented token and one successor"
+        );
         assert_eq!(live_tokens(&t.raw, f.id.as_str()).await, 0, "round {round}");
-        let winners: Vec<TokenHash> =
-            outcomes.iter().filter(|(r, _)| kind(r) == "Rotated").map(|(_, n)| n.hash.clone()).collect();
-        assert_eq!(how_many_rotate(s, &winners, now.plus_millis(1), 0).await, 0, "round {round}");
+        let winners: Vec<TokenHash> = outcomes
+            .iter()
+            .filter(|(r, _)| kind(r) == "Rotated")
+            .map(|(_, n)| n.hash.clone())
+            .collect();
+        assert_eq!(
+            how_many_rotate(s, &winners, now.plus_millis(1), 0).await,
+            0,
+            "round {round}"
+        );
     }
 }
 
@@ -109,21 +140,45 @@ async fn concurrent_grace_retries_never_leave_two_live_tokens(t: Ctx) {
         expect_rotated(s, &first.hash, now, grace, &child).await;
 
         // The client lost the response and retries from many places at once.
-        let outcomes = race(s, vec![first.hash.clone(); RACERS], now.plus_millis(10), grace).await;
+        let outcomes = race(
+            s,
+            vec![first.hash.clone(); RACERS],
+            now.plus_millis(10),
+            grace,
+        )
+        .await;
         let (rotated, reused, invalid) = tally(&outcomes);
-        assert_eq!(rotated + reused, RACERS, "round {round}: no retry may be Invalid");
+        assert_eq!(
+            rotated + reused,
+            RACERS,
+            "round {round}: no retry may be Invalid"
+        );
         assert_eq!(invalid, 0);
 
         let live = live_tokens(&t.raw, f.id.as_str()).await;
-        assert!(live <= 1, "round {round}: {live} live tokens after {rotated} grace rotations");
+        assert!(
+            live <= 1,
+            "round {round}: {live} live tokens after {rotated} grace rotations"
+        );
         if reused == 0 {
-            assert_eq!(live, 1, "round {round}: without reuse detection the last retry's token is live");
+            assert_eq!(
+                live, 1,
+                "round {round}: without reuse detection the last retry's token is live"
+            );
         }
 
         let mut candidates = vec![child.hash.clone()];
-        candidates.extend(outcomes.iter().filter(|(r, _)| kind(r) == "Rotated").map(|(_, n)| n.hash.clone()));
+        candidates.extend(
+            outcomes
+                .iter()
+                .filter(|(r, _)| kind(r) == "Rotated")
+                .map(|(_, n)| n.hash.clone()),
+        );
         let usable = how_many_rotate(s, &candidates, now.plus_millis(20), grace).await;
-        assert!(usable <= 1, "round {round}: {usable} tokens of one family still rotate");
+        assert!(
+            usable <= 1,
+            "round {round}: {usable} tokens of one family still rotate"
+        );
         assert_eq!(usable as i64, live, "round {round}");
     }
 }
@@ -144,14 +199,24 @@ async fn concurrent_grace_retries_and_child_use_never_leave_two_live_tokens(t: C
         let outcomes = race(s, presented, now.plus_millis(10), grace).await;
 
         let live = live_tokens(&t.raw, f.id.as_str()).await;
-        assert!(live <= 1, "round {round}: {live} live tokens; outcomes {:?}", outcomes.iter().map(|(r, _)| kind(r)).collect::<Vec<_>>());
+        assert!(
+            live <= 1,
+            "round {round}: {live} live tokens; outcomes {:?}",
+            outcomes.iter().map(|(r, _)| kind(r)).collect::<Vec<_>>()
+        );
 
         // The child is spent or revoked by now (presenting a spent child again would rightly be reuse),
         // so probe only the successors handed out during the race.
-        let candidates: Vec<TokenHash> =
-            outcomes.iter().filter(|(r, _)| kind(r) == "Rotated").map(|(_, n)| n.hash.clone()).collect();
+        let candidates: Vec<TokenHash> = outcomes
+            .iter()
+            .filter(|(r, _)| kind(r) == "Rotated")
+            .map(|(_, n)| n.hash.clone())
+            .collect();
         let usable = how_many_rotate(s, &candidates, now.plus_millis(20), grace).await;
-        assert!(usable <= 1, "round {round}: {usable} tokens of one family still rotate");
+        assert!(
+            usable <= 1,
+            "round {round}: {usable} tokens of one family still rotate"
+        );
         assert_eq!(usable as i64, live, "round {round}");
     }
 }

@@ -1,6 +1,11 @@
 //! Integration tests of `portcullis-store`: every test runs on SQLite (a fresh file) and, when
 //! `PORTCULLIS_TEST_DATABASE_URL` is set, on PostgreSQL (a fresh schema per test).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod support;
 

@@ -1,16 +1,20 @@
 use portcullis_store::{
-    ApiKeyStore, AuditFilter, AuditStore, Maintenance, Purged, RefreshTokenStore, SigningKeyStore, UserStore,
+    ApiKeyStore, AuditFilter, AuditStore, Maintenance, Purged, RefreshTokenStore, SigningKeyStore,
+    UserStore,
 };
 
 use crate::api_keys::api_key;
 use crate::audit::events;
 use crate::signing_keys::key;
 use crate::support::{
-    Ctx, DAY, T0, backend_tests, expect_invalid, expect_reused, expect_rotated, new_family, next_token,
-    next_token_ttl, random_hash, user,
+    Ctx, DAY, T0, backend_tests, expect_invalid, expect_reused, expect_rotated, new_family,
+    next_token, next_token_ttl, random_hash, user,
 };
 
-backend_tests!(ping_answers, purge_expired_removes_dead_rows_in_batches_and_keeps_live_ones);
+backend_tests!(
+    ping_answers,
+    purge_expired_removes_dead_rows_in_batches_and_keeps_live_ones
+);
 
 async fn ping_answers(t: Ctx) {
     t.store.ping().await.unwrap();
@@ -18,7 +22,12 @@ async fn ping_answers(t: Ctx) {
 }
 
 fn purged(refresh_families: u64, audit_events: u64, signing_keys: u64, api_keys: u64) -> Purged {
-    Purged { refresh_families, audit_events, signing_keys, api_keys }
+    Purged {
+        refresh_families,
+        audit_events,
+        signing_keys,
+        api_keys,
+    }
 }
 
 async fn purge_expired_removes_dead_rows_in_batches_and_keeps_live_ones(t: Ctx) {
@@ -48,13 +57,19 @@ async fn purge_expired_removes_dead_rows_in_batches_and_keeps_live_ones(t: Ctx) 
     let (_, revoked_a) = start(30 * DAY).await;
     let revoked_child = next_token();
     expect_rotated(s, &revoked_a.hash, T0.plus_millis(1), 0, &revoked_child).await;
-    s.revoke_family_of(&revoked_a.hash, T0.plus_millis(2), "logout").await.unwrap();
+    s.revoke_family_of(&revoked_a.hash, T0.plus_millis(2), "logout")
+        .await
+        .unwrap();
     let (_, revoked_b) = start(30 * DAY).await;
-    s.revoke_family_of(&revoked_b.hash, T0.plus_millis(2), "logout").await.unwrap();
+    s.revoke_family_of(&revoked_b.hash, T0.plus_millis(2), "logout")
+        .await
+        .unwrap();
     let (_, live_a) = start(30 * DAY).await;
     let (_, live_b) = start(30 * DAY).await;
     let (late_revoked_family, late_revoked) = start(30 * DAY).await;
-    s.revoke_family_of(&late_revoked.hash, dead_before, "logout").await.unwrap();
+    s.revoke_family_of(&late_revoked.hash, dead_before, "logout")
+        .await
+        .unwrap();
 
     // Before the purge, the spent token of a revoked family is still known (reuse)...
     expect_reused(s, &revoked_a.hash, T0.plus_millis(3), 0).await;
@@ -81,7 +96,9 @@ async fn purge_expired_removes_dead_rows_in_batches_and_keeps_live_ones(t: Ctx) 
     retired.retire_at = Some(dead_before.0 - 1);
     retired.expire_at = Some(dead_before.0 + DAY);
     s.add_signing_key(&retired, 0).await.unwrap();
-    s.add_signing_key(&key("current", T0.plus_millis(30)), 0).await.unwrap();
+    s.add_signing_key(&key("current", T0.plus_millis(30)), 0)
+        .await
+        .unwrap();
 
     // --- API keys: 2 expired + 2 revoked before `dead_before`; kept: no expiry, future expiry, revoked
     // at `dead_before`.
@@ -105,19 +122,37 @@ async fn purge_expired_removes_dead_rows_in_batches_and_keeps_live_ones(t: Ctx) 
         s.insert_api_key(&k).await.unwrap();
     }
 
-    assert_eq!(t.raw.scalar("SELECT COUNT(*) FROM refresh_families").await, 8);
-    assert_eq!(t.raw.scalar("SELECT COUNT(*) FROM refresh_tokens").await, 10);
+    assert_eq!(
+        t.raw.scalar("SELECT COUNT(*) FROM refresh_families").await,
+        8
+    );
+    assert_eq!(
+        t.raw.scalar("SELECT COUNT(*) FROM refresh_tokens").await,
+        10
+    );
 
     // --- at most `batch` rows of each kind per call, until nothing is left.
-    assert_eq!(s.purge_expired(dead_before, audit_before, 2).await.unwrap(), purged(2, 2, 2, 2));
-    assert_eq!(s.purge_expired(dead_before, audit_before, 2).await.unwrap(), purged(2, 1, 1, 2));
-    assert_eq!(s.purge_expired(dead_before, audit_before, 2).await.unwrap(), purged(1, 0, 0, 0));
+    assert_eq!(
+        s.purge_expired(dead_before, audit_before, 2).await.unwrap(),
+        purged(2, 2, 2, 2)
+    );
+    assert_eq!(
+        s.purge_expired(dead_before, audit_before, 2).await.unwrap(),
+        purged(2, 1, 1, 2)
+    );
+    assert_eq!(
+        s.purge_expired(dead_before, audit_before, 2).await.unwrap(),
+        purged(1, 0, 0, 0)
+    );
     let nothing = s.purge_expired(dead_before, audit_before, 2).await.unwrap();
     assert_eq!(nothing, Purged::default());
     assert_eq!(nothing.total(), 0);
 
     // Refresh families: the dead ones went, with their tokens (ON DELETE CASCADE).
-    assert_eq!(t.raw.scalar("SELECT COUNT(*) FROM refresh_families").await, 3);
+    assert_eq!(
+        t.raw.scalar("SELECT COUNT(*) FROM refresh_families").await,
+        3
+    );
     assert_eq!(t.raw.scalar("SELECT COUNT(*) FROM refresh_tokens").await, 3);
     assert_eq!(
         t.raw.scalar("SELECT COUNT(*) FROM refresh_tokens WHERE family_id NOT IN (SELECT id FROM refresh_families)").await,
@@ -128,17 +163,31 @@ async fn purge_expired_removes_dead_rows_in_batches_and_keeps_live_ones(t: Ctx) 
     expect_invalid(s, &revoked_child.hash, later, 0).await;
     expect_invalid(s, &expired_a.hash, later, 0).await;
     expect_invalid(s, &spent_child.hash, later, 0).await;
-    assert_eq!(s.revoke_family_of(&revoked_b.hash, later, "logout").await.unwrap(), None);
+    assert_eq!(
+        s.revoke_family_of(&revoked_b.hash, later, "logout")
+            .await
+            .unwrap(),
+        None
+    );
     // The live families still work; the late-revoked one is still there (revoked, so Invalid).
     expect_rotated(s, &live_a.hash, later, 0, &next_token()).await;
     expect_rotated(s, &live_b.hash, later, 0, &next_token()).await;
     assert_eq!(
-        s.revoke_family_of(&late_revoked.hash, later, "logout").await.unwrap().map(|(f, _)| f),
+        s.revoke_family_of(&late_revoked.hash, later, "logout")
+            .await
+            .unwrap()
+            .map(|(f, _)| f),
         Some(late_revoked_family.id.as_str().to_owned())
     );
 
     // Audit: the recent events remain.
-    let left = s.list_audit_events(&AuditFilter { limit: 100, ..AuditFilter::default() }).await.unwrap();
+    let left = s
+        .list_audit_events(&AuditFilter {
+            limit: 100,
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(
         left.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
         vec![new_events[1].id.as_str(), new_events[0].id.as_str()]
@@ -146,9 +195,17 @@ async fn purge_expired_removes_dead_rows_in_batches_and_keeps_live_ones(t: Ctx) 
 
     // Signing keys: expired ones gone, the rest untouched.
     let keys = s.all_signing_keys().await.unwrap();
-    assert_eq!(keys.iter().map(|k| k.kid.as_str()).collect::<Vec<_>>(), vec!["current", "retired", "edge"]);
     assert_eq!(
-        s.live_signing_keys(dead_before).await.unwrap().iter().map(|k| k.kid.as_str()).collect::<Vec<_>>(),
+        keys.iter().map(|k| k.kid.as_str()).collect::<Vec<_>>(),
+        vec!["current", "retired", "edge"]
+    );
+    assert_eq!(
+        s.live_signing_keys(dead_before)
+            .await
+            .unwrap()
+            .iter()
+            .map(|k| k.kid.as_str())
+            .collect::<Vec<_>>(),
         vec!["retired", "current"]
     );
 

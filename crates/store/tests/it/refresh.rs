@@ -1,8 +1,8 @@
 use portcullis_store::{RefreshTokenStore, Rotation};
 
 use crate::support::{
-    Ctx, DAY, HOUR, T0, backend_tests, expect_invalid, expect_reused, expect_rotated, family, new_family, next_token,
-    next_token_ttl, random_hash, user,
+    Ctx, DAY, HOUR, T0, backend_tests, expect_invalid, expect_reused, expect_rotated, family,
+    new_family, next_token, next_token_ttl, random_hash, user,
 };
 
 backend_tests!(
@@ -28,7 +28,10 @@ async fn start_family_caps_first_expiry_by_family_expiry(t: Ctx) {
     // Token lifetime within the family's: created_at + ttl.
     let f = new_family(&uid, T0, DAY);
     let first = next_token_ttl(HOUR);
-    assert_eq!(s.start_family(&f, &first).await.unwrap(), T0.plus_millis(HOUR));
+    assert_eq!(
+        s.start_family(&f, &first).await.unwrap(),
+        T0.plus_millis(HOUR)
+    );
 
     // Token lifetime beyond the family's absolute end: capped.
     let f = new_family(&uid, T0, 10 * 60_000);
@@ -37,7 +40,14 @@ async fn start_family_caps_first_expiry_by_family_expiry(t: Ctx) {
     assert_eq!(exp, f.expires_at);
     // The stored expiry is the capped one: usable just before it, not at it.
     expect_invalid(s, &first.hash, f.expires_at, 0).await;
-    expect_rotated(s, &first.hash, f.expires_at.plus_millis(-1), 0, &next_token()).await;
+    expect_rotated(
+        s,
+        &first.hash,
+        f.expires_at.plus_millis(-1),
+        0,
+        &next_token(),
+    )
+    .await;
 }
 
 async fn rotate_live_token_issues_usable_token_and_spends_old(t: Ctx) {
@@ -98,7 +108,10 @@ async fn reused_token_revokes_the_whole_family(t: Ctx) {
 
     // The attacker (or the victim) presents the spent token.
     let (family_id, user_id) = expect_reused(s, &first.hash, T0.plus_millis(20), 0).await;
-    assert_eq!((family_id.as_str(), user_id.as_str()), (f.id.as_str(), uid.as_str()));
+    assert_eq!(
+        (family_id.as_str(), user_id.as_str()),
+        (f.id.as_str(), uid.as_str())
+    );
 
     // Both tokens of the family are dead: the newest one no longer rotates.
     expect_invalid(s, &second.hash, T0.plus_millis(30), 0).await;
@@ -146,7 +159,10 @@ async fn revoked_family_is_invalid(t: Ctx) {
     let s = &t.store;
     let uid = user(s).await;
     let (f, first) = family(s, &uid).await;
-    let found = s.revoke_family_of(&first.hash, T0.plus_millis(5), "logout").await.unwrap();
+    let found = s
+        .revoke_family_of(&first.hash, T0.plus_millis(5), "logout")
+        .await
+        .unwrap();
     assert_eq!(found, Some((f.id.as_str().to_owned(), uid.clone())));
     expect_invalid(s, &first.hash, T0.plus_millis(10), 0).await;
     expect_invalid(s, &first.hash, T0.plus_millis(10), 60_000).await;
@@ -177,7 +193,14 @@ async fn grace_retry_while_child_unused_rotates_and_revokes_child(t: Ctx) {
 
     let grandchild = next_token();
     expect_rotated(s, &retry2.hash, now.plus_millis(6_000), grace, &grandchild).await;
-    expect_rotated(s, &grandchild.hash, now.plus_millis(7_000), grace, &next_token()).await;
+    expect_rotated(
+        s,
+        &grandchild.hash,
+        now.plus_millis(7_000),
+        grace,
+        &next_token(),
+    )
+    .await;
 }
 
 async fn grace_retry_after_child_used_is_reuse(t: Ctx) {
@@ -221,15 +244,26 @@ async fn revoke_family_of_revokes_only_that_family(t: Ctx) {
     expect_rotated(s, &first.hash, T0.plus_millis(10), 0, &second).await;
 
     // Any token of the family finds it, including a spent one.
-    let found = s.revoke_family_of(&first.hash, T0.plus_millis(20), "logout").await.unwrap();
+    let found = s
+        .revoke_family_of(&first.hash, T0.plus_millis(20), "logout")
+        .await
+        .unwrap();
     assert_eq!(found, Some((f.id.as_str().to_owned(), uid.clone())));
     expect_invalid(s, &second.hash, T0.plus_millis(30), 0).await;
 
     // Idempotent: revoking again still reports the family.
-    let again = s.revoke_family_of(&second.hash, T0.plus_millis(40), "logout").await.unwrap();
+    let again = s
+        .revoke_family_of(&second.hash, T0.plus_millis(40), "logout")
+        .await
+        .unwrap();
     assert_eq!(again, Some((f.id.as_str().to_owned(), uid.clone())));
 
-    assert_eq!(s.revoke_family_of(&random_hash(), T0.plus_millis(50), "logout").await.unwrap(), None);
+    assert_eq!(
+        s.revoke_family_of(&random_hash(), T0.plus_millis(50), "logout")
+            .await
+            .unwrap(),
+        None
+    );
     expect_rotated(s, &other.hash, T0.plus_millis(60), 0, &next_token()).await;
 }
 
@@ -243,17 +277,34 @@ async fn revoke_user_families_revokes_every_live_family_of_the_user(t: Ctx) {
     let (_, b1) = family(s, &bob).await;
 
     // One of Alice's families is already revoked: it does not count as live.
-    s.revoke_family_of(&a3.hash, T0.plus_millis(1), "logout").await.unwrap();
+    s.revoke_family_of(&a3.hash, T0.plus_millis(1), "logout")
+        .await
+        .unwrap();
     // A rotated family: its newest token must die too.
     let a1_next = next_token();
     expect_rotated(s, &a1.hash, T0.plus_millis(2), 0, &a1_next).await;
 
-    assert_eq!(s.revoke_user_families(&alice, T0.plus_millis(10), "logout-all").await.unwrap(), 2);
+    assert_eq!(
+        s.revoke_user_families(&alice, T0.plus_millis(10), "logout-all")
+            .await
+            .unwrap(),
+        2
+    );
     expect_invalid(s, &a1_next.hash, T0.plus_millis(20), 0).await;
     expect_invalid(s, &a2.hash, T0.plus_millis(20), 0).await;
     expect_invalid(s, &a3.hash, T0.plus_millis(20), 0).await;
-    assert_eq!(s.revoke_user_families(&alice, T0.plus_millis(30), "logout-all").await.unwrap(), 0);
+    assert_eq!(
+        s.revoke_user_families(&alice, T0.plus_millis(30), "logout-all")
+            .await
+            .unwrap(),
+        0
+    );
 
     expect_rotated(s, &b1.hash, T0.plus_millis(40), 0, &next_token()).await;
-    assert_eq!(s.revoke_user_families(&bob, T0.plus_millis(50), "logout-all").await.unwrap(), 1);
+    assert_eq!(
+        s.revoke_user_families(&bob, T0.plus_millis(50), "logout-all")
+            .await
+            .unwrap(),
+        1
+    );
 }

@@ -28,13 +28,22 @@ pub fn key(kid: &str, activate_at: Millis) -> SigningKeyRow {
 
 /// k1 at T0, k2 at T0+1000, k3 at T0+2000, each added with a 500 ms overlap.
 async fn three_keys(t: &Ctx) {
-    for (kid, at) in [("k1", T0), ("k2", T0.plus_millis(1_000)), ("k3", T0.plus_millis(2_000))] {
-        t.store.add_signing_key(&key(kid, at), OVERLAP).await.unwrap();
+    for (kid, at) in [
+        ("k1", T0),
+        ("k2", T0.plus_millis(1_000)),
+        ("k3", T0.plus_millis(2_000)),
+    ] {
+        t.store
+            .add_signing_key(&key(kid, at), OVERLAP)
+            .await
+            .unwrap();
     }
 }
 
 fn schedule(rows: &[SigningKeyRow]) -> Vec<(&str, Option<i64>, Option<i64>)> {
-    rows.iter().map(|k| (k.kid.as_str(), k.retire_at, k.expire_at)).collect()
+    rows.iter()
+        .map(|k| (k.kid.as_str(), k.retire_at, k.expire_at))
+        .collect()
 }
 
 fn kids(rows: &[SigningKeyRow]) -> Vec<&str> {
@@ -47,11 +56,21 @@ async fn new_keys_retire_older_keys_on_schedule(t: Ctx) {
     let one = s.all_signing_keys().await.unwrap();
     assert_eq!(schedule(&one), vec![("k1", None, None)]);
 
-    s.add_signing_key(&key("k2", T0.plus_millis(1_000)), OVERLAP).await.unwrap();
+    s.add_signing_key(&key("k2", T0.plus_millis(1_000)), OVERLAP)
+        .await
+        .unwrap();
     let two = s.all_signing_keys().await.unwrap();
-    assert_eq!(schedule(&two), vec![("k2", None, None), ("k1", Some(T0.0 + 1_000), Some(T0.0 + 1_500))]);
+    assert_eq!(
+        schedule(&two),
+        vec![
+            ("k2", None, None),
+            ("k1", Some(T0.0 + 1_000), Some(T0.0 + 1_500))
+        ]
+    );
 
-    s.add_signing_key(&key("k3", T0.plus_millis(2_000)), OVERLAP).await.unwrap();
+    s.add_signing_key(&key("k3", T0.plus_millis(2_000)), OVERLAP)
+        .await
+        .unwrap();
     let three = s.all_signing_keys().await.unwrap();
     // k1 was already retired: its schedule is not moved by k3.
     assert_eq!(
@@ -69,38 +88,70 @@ async fn new_keys_retire_older_keys_on_schedule(t: Ctx) {
     assert_eq!(k3.alg, want.alg);
     assert_eq!(k3.private_key, want.private_key);
     assert_eq!(k3.public_jwk, want.public_jwk);
-    assert_eq!((k3.created_at, k3.publish_at, k3.activate_at), (want.created_at, want.publish_at, want.activate_at));
+    assert_eq!(
+        (k3.created_at, k3.publish_at, k3.activate_at),
+        (want.created_at, want.publish_at, want.activate_at)
+    );
 }
 
 async fn live_signing_keys_excludes_expired_keys(t: Ctx) {
     let s = &t.store;
     three_keys(&t).await;
     // Oldest first; a key is live until (not at) its expiry.
-    assert_eq!(kids(&s.live_signing_keys(T0).await.unwrap()), vec!["k1", "k2", "k3"]);
-    assert_eq!(kids(&s.live_signing_keys(T0.plus_millis(1_499)).await.unwrap()), vec!["k1", "k2", "k3"]);
-    assert_eq!(kids(&s.live_signing_keys(T0.plus_millis(1_500)).await.unwrap()), vec!["k2", "k3"]);
-    assert_eq!(kids(&s.live_signing_keys(T0.plus_millis(2_499)).await.unwrap()), vec!["k2", "k3"]);
-    assert_eq!(kids(&s.live_signing_keys(T0.plus_millis(2_500)).await.unwrap()), vec!["k3"]);
-    assert_eq!(kids(&s.live_signing_keys(Millis(i64::MAX)).await.unwrap()), vec!["k3"]);
+    assert_eq!(
+        kids(&s.live_signing_keys(T0).await.unwrap()),
+        vec!["k1", "k2", "k3"]
+    );
+    assert_eq!(
+        kids(&s.live_signing_keys(T0.plus_millis(1_499)).await.unwrap()),
+        vec!["k1", "k2", "k3"]
+    );
+    assert_eq!(
+        kids(&s.live_signing_keys(T0.plus_millis(1_500)).await.unwrap()),
+        vec!["k2", "k3"]
+    );
+    assert_eq!(
+        kids(&s.live_signing_keys(T0.plus_millis(2_499)).await.unwrap()),
+        vec!["k2", "k3"]
+    );
+    assert_eq!(
+        kids(&s.live_signing_keys(T0.plus_millis(2_500)).await.unwrap()),
+        vec!["k3"]
+    );
+    assert_eq!(
+        kids(&s.live_signing_keys(Millis(i64::MAX)).await.unwrap()),
+        vec!["k3"]
+    );
 }
 
 async fn all_signing_keys_lists_newest_first(t: Ctx) {
     let s = &t.store;
     assert!(s.all_signing_keys().await.unwrap().is_empty());
     three_keys(&t).await;
-    assert_eq!(kids(&s.all_signing_keys().await.unwrap()), vec!["k3", "k2", "k1"]);
+    assert_eq!(
+        kids(&s.all_signing_keys().await.unwrap()),
+        vec!["k3", "k2", "k1"]
+    );
 }
 
 async fn duplicate_kid_is_a_conflict_and_changes_nothing(t: Ctx) {
     let s = &t.store;
     s.add_signing_key(&key("k1", T0), OVERLAP).await.unwrap();
-    match s.add_signing_key(&key("k1", T0.plus_millis(1_000)), OVERLAP).await {
+    match s
+        .add_signing_key(&key("k1", T0.plus_millis(1_000)), OVERLAP)
+        .await
+    {
         Err(StoreError::Conflict(rule)) => assert_eq!(rule, "signing_keys_pkey"),
         other => panic!("expected Conflict(signing_keys_pkey), got {other:?}"),
     }
     // The retirement scheduled in the same transaction was rolled back with the failed insert.
-    assert_eq!(schedule(&s.all_signing_keys().await.unwrap()), vec![("k1", None, None)]);
+    assert_eq!(
+        schedule(&s.all_signing_keys().await.unwrap()),
+        vec![("k1", None, None)]
+    );
     // And the store still works afterwards (the writer connection was not left mid-transaction).
-    s.add_signing_key(&key("k2", T0.plus_millis(1_000)), OVERLAP).await.unwrap();
+    s.add_signing_key(&key("k2", T0.plus_millis(1_000)), OVERLAP)
+        .await
+        .unwrap();
     assert_eq!(kids(&s.all_signing_keys().await.unwrap()), vec!["k2", "k1"]);
 }

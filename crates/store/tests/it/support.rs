@@ -13,7 +13,9 @@ use std::time::Duration;
 use portcullis_core::clock::Millis;
 use portcullis_core::ids::{FamilyId, RefreshTokenId, UserId};
 use portcullis_core::secrets::{TokenHash, fill_random};
-use portcullis_store::{NewFamily, NewUser, NextToken, RefreshTokenStore, Store, StoreOptions, UserStore};
+use portcullis_store::{
+    NewFamily, NewUser, NextToken, RefreshTokenStore, Store, StoreOptions, UserStore,
+};
 // Only ever fed SQL written by this suite and schema names it generated (hex).
 use sqlx::{AssertSqlSafe, Connection};
 
@@ -44,16 +46,29 @@ impl Raw {
     pub async fn scalar(&self, sql: &str) -> i64 {
         match self {
             Raw::Sqlite(path) => {
-                let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(path).read_only(true);
-                let mut conn = sqlx::SqliteConnection::connect_with(&opts).await.expect("raw sqlite connection");
-                let v = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql.to_owned())).fetch_one(&mut conn).await.expect(sql);
+                let opts = sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(path)
+                    .read_only(true);
+                let mut conn = sqlx::SqliteConnection::connect_with(&opts)
+                    .await
+                    .expect("raw sqlite connection");
+                let v = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql.to_owned()))
+                    .fetch_one(&mut conn)
+                    .await
+                    .expect(sql);
                 conn.close().await.ok();
                 v
             }
             Raw::Postgres { url, schema } => {
                 let mut conn = pg_plain(url).await;
-                sqlx::query(AssertSqlSafe(format!("SET search_path TO {schema}"))).execute(&mut conn).await.expect("search_path");
-                let v = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql.to_owned())).fetch_one(&mut conn).await.expect(sql);
+                sqlx::query(AssertSqlSafe(format!("SET search_path TO {schema}")))
+                    .execute(&mut conn)
+                    .await
+                    .expect("search_path");
+                let v = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql.to_owned()))
+                    .fetch_one(&mut conn)
+                    .await
+                    .expect(sql);
                 conn.close().await.ok();
                 v
             }
@@ -74,9 +89,14 @@ impl Guard {
             Guard::Postgres { url, schema } => {
                 // Best effort: a failure here must not hide the test's own result.
                 if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
-                    let _ = sqlx::query("SET lock_timeout = '10s'").execute(&mut conn).await;
-                    if let Err(e) =
-                        sqlx::query(AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))).execute(&mut conn).await
+                    let _ = sqlx::query("SET lock_timeout = '10s'")
+                        .execute(&mut conn)
+                        .await;
+                    if let Err(e) = sqlx::query(AssertSqlSafe(format!(
+                        "DROP SCHEMA IF EXISTS {schema} CASCADE"
+                    )))
+                    .execute(&mut conn)
+                    .await
                     {
                         eprintln!("warning: could not drop schema {schema}: {e}");
                     }
@@ -90,7 +110,10 @@ impl Guard {
 fn options() -> StoreOptions {
     // Enough connections for the 16-way races to really run side by side on PostgreSQL (connections are
     // opened lazily, so other tests do not pay for them).
-    StoreOptions { pool_size: 17, acquire_timeout: Duration::from_secs(20) }
+    StoreOptions {
+        pool_size: 17,
+        acquire_timeout: Duration::from_secs(20),
+    }
 }
 
 /// The configured URL, with `synchronous_commit = off` for this suite's sessions: commits then do not
@@ -103,26 +126,46 @@ fn pg_url(url: &str) -> String {
 }
 
 async fn pg_plain(url: &str) -> sqlx::PgConnection {
-    sqlx::PgConnection::connect(url).await.expect("plain PostgreSQL connection")
+    sqlx::PgConnection::connect(url)
+        .await
+        .expect("plain PostgreSQL connection")
 }
 
 pub async fn sqlite() -> (Ctx, Guard) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("portcullis.db");
-    let store = Store::open_sqlite(&path, &options()).await.expect("open sqlite");
+    let store = Store::open_sqlite(&path, &options())
+        .await
+        .expect("open sqlite");
     store.migrate().await.expect("migrate sqlite");
     assert_eq!(store.backend_name(), "sqlite");
-    (Ctx { store, raw: Raw::Sqlite(path) }, Guard::Sqlite(dir))
+    (
+        Ctx {
+            store,
+            raw: Raw::Sqlite(path),
+        },
+        Guard::Sqlite(dir),
+    )
 }
 
 /// `None` when no PostgreSQL was configured.
 pub async fn postgres() -> Option<(Ctx, Guard)> {
-    let url = pg_url(&std::env::var(DATABASE_URL_VAR).ok().filter(|u| !u.trim().is_empty())?);
+    let url = pg_url(
+        &std::env::var(DATABASE_URL_VAR)
+            .ok()
+            .filter(|u| !u.trim().is_empty())?,
+    );
     let schema = format!("t_{}", hex(&random_bytes::<8>()));
     let mut conn = pg_plain(&url).await;
-    sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&mut conn).await.expect("create schema");
+    sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&mut conn)
+        .await
+        .expect("create schema");
     conn.close().await.ok();
-    let guard = Guard::Postgres { url: url.clone(), schema: schema.clone() };
+    let guard = Guard::Postgres {
+        url: url.clone(),
+        schema: schema.clone(),
+    };
     let store = match Store::connect_postgres(&url, &options(), Some(&schema)).await {
         Ok(s) => s,
         Err(e) => {
@@ -136,7 +179,13 @@ pub async fn postgres() -> Option<(Ctx, Guard)> {
         panic!("migrate postgres: {e}");
     }
     assert_eq!(store.backend_name(), "postgres");
-    Some((Ctx { store, raw: Raw::Postgres { url, schema } }, guard))
+    Some((
+        Ctx {
+            store,
+            raw: Raw::Postgres { url, schema },
+        },
+        guard,
+    ))
 }
 
 /// Runs one test body on one backend, then always tears the database down, then re-raises a panic.
@@ -239,7 +288,11 @@ pub fn next_token() -> NextToken {
 }
 
 pub fn next_token_ttl(ttl_ms: i64) -> NextToken {
-    NextToken { id: RefreshTokenId::generate(), hash: random_hash(), ttl_ms }
+    NextToken {
+        id: RefreshTokenId::generate(),
+        hash: random_hash(),
+        ttl_ms,
+    }
 }
 
 pub fn new_family(user_id: &str, created_at: Millis, lifetime_ms: i64) -> NewFamily {
@@ -277,16 +330,35 @@ pub fn kind(r: &Rotation) -> &'static str {
 }
 
 /// Presents `presented`, expects `Rotated`; returns the new token's expiry.
-pub async fn expect_rotated(s: &Store, presented: &TokenHash, now: Millis, grace_ms: i64, next: &NextToken) -> Millis {
-    match s.rotate(presented, now, grace_ms, next).await.expect("rotate") {
+pub async fn expect_rotated(
+    s: &Store,
+    presented: &TokenHash,
+    now: Millis,
+    grace_ms: i64,
+    next: &NextToken,
+) -> Millis {
+    match s
+        .rotate(presented, now, grace_ms, next)
+        .await
+        .expect("rotate")
+    {
         Rotation::Rotated { expires_at, .. } => expires_at,
         other => panic!("expected Rotated, got {other:?}"),
     }
 }
 
 /// Presents `presented`, expects `Reused`; returns `(family_id, user_id)`.
-pub async fn expect_reused(s: &Store, presented: &TokenHash, now: Millis, grace_ms: i64) -> (String, String) {
-    match s.rotate(presented, now, grace_ms, &next_token()).await.expect("rotate") {
+pub async fn expect_reused(
+    s: &Store,
+    presented: &TokenHash,
+    now: Millis,
+    grace_ms: i64,
+) -> (String, String) {
+    match s
+        .rotate(presented, now, grace_ms, &next_token())
+        .await
+        .expect("rotate")
+    {
         Rotation::Reused { family_id, user_id } => (family_id, user_id),
         other => panic!("expected Reused, got {other:?}"),
     }
@@ -294,7 +366,11 @@ pub async fn expect_reused(s: &Store, presented: &TokenHash, now: Millis, grace_
 
 /// Presents `presented`, expects `Invalid`.
 pub async fn expect_invalid(s: &Store, presented: &TokenHash, now: Millis, grace_ms: i64) {
-    match s.rotate(presented, now, grace_ms, &next_token()).await.expect("rotate") {
+    match s
+        .rotate(presented, now, grace_ms, &next_token())
+        .await
+        .expect("rotate")
+    {
         Rotation::Invalid => {}
         other => panic!("expected Invalid, got {other:?}"),
     }

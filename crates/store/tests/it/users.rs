@@ -22,7 +22,11 @@ async fn create_and_read_back_by_id_and_email_key(t: Ctx) {
     u.roles = "admin user".to_owned();
     s.create_user(&u).await.unwrap();
 
-    let by_id = s.user_by_id(u.id.as_str()).await.unwrap().expect("user by id");
+    let by_id = s
+        .user_by_id(u.id.as_str())
+        .await
+        .unwrap()
+        .expect("user by id");
     assert_eq!(by_id.id, u.id.as_str());
     assert_eq!(by_id.email, "Alice@Example.TEST");
     assert_eq!(by_id.email_key, "alice@example.test");
@@ -35,7 +39,11 @@ async fn create_and_read_back_by_id_and_email_key(t: Ctx) {
     assert_eq!(by_id.created_at, T0.0);
     assert_eq!(by_id.updated_at, T0.0);
 
-    let by_key = s.user_by_email_key("alice@example.test").await.unwrap().expect("user by email key");
+    let by_key = s
+        .user_by_email_key("alice@example.test")
+        .await
+        .unwrap()
+        .expect("user by email key");
     assert_eq!(by_key.id, by_id.id);
 
     // A user without name or password (e.g. invited) round-trips its NULLs.
@@ -49,15 +57,32 @@ async fn create_and_read_back_by_id_and_email_key(t: Ctx) {
     assert_eq!(bare_row.password_hash, None);
     assert!(!bare_row.has_role("user"));
 
-    assert!(s.user_by_id(UserId::generate().as_str()).await.unwrap().is_none());
-    assert!(s.user_by_email_key("nobody@example.test").await.unwrap().is_none());
+    assert!(
+        s.user_by_id(UserId::generate().as_str())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        s.user_by_email_key("nobody@example.test")
+            .await
+            .unwrap()
+            .is_none()
+    );
     // Lookup is by the normalised key, never by the displayed address.
-    assert!(s.user_by_email_key("Alice@Example.TEST").await.unwrap().is_none());
+    assert!(
+        s.user_by_email_key("Alice@Example.TEST")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 async fn duplicate_email_key_is_a_conflict(t: Ctx) {
     let s = &t.store;
-    s.create_user(&new_user_row("carol@example.test", T0)).await.unwrap();
+    s.create_user(&new_user_row("carol@example.test", T0))
+        .await
+        .unwrap();
     let again = new_user_row("CAROL@example.test", T0);
     match s.create_user(&again).await {
         Err(StoreError::Conflict(rule)) => assert_eq!(rule, "users_email_key_unique"),
@@ -70,15 +95,24 @@ async fn duplicate_email_key_is_a_conflict(t: Ctx) {
 async fn set_password_hash_without_revoke_keeps_watermark(t: Ctx) {
     let s = &t.store;
     let id = user(s).await;
-    s.set_password_hash(&id, "hash-2", T0.plus_millis(10), None).await.unwrap();
+    s.set_password_hash(&id, "hash-2", T0.plus_millis(10), None)
+        .await
+        .unwrap();
     let row = s.user_by_id(&id).await.unwrap().unwrap();
     assert_eq!(row.password_hash.as_deref(), Some("hash-2"));
     assert_eq!(row.updated_at, T0.0 + 10);
-    assert_eq!(row.tokens_valid_after, None, "no revoke: watermark stays unset");
+    assert_eq!(
+        row.tokens_valid_after, None,
+        "no revoke: watermark stays unset"
+    );
 
     // An existing watermark also survives a change without revoke.
-    s.set_tokens_valid_after(&id, T0.plus_millis(20)).await.unwrap();
-    s.set_password_hash(&id, "hash-3", T0.plus_millis(30), None).await.unwrap();
+    s.set_tokens_valid_after(&id, T0.plus_millis(20))
+        .await
+        .unwrap();
+    s.set_password_hash(&id, "hash-3", T0.plus_millis(30), None)
+        .await
+        .unwrap();
     let row = s.user_by_id(&id).await.unwrap().unwrap();
     assert_eq!(row.password_hash.as_deref(), Some("hash-3"));
     assert_eq!(row.tokens_valid_after, Some(T0.0 + 20));
@@ -89,15 +123,22 @@ async fn set_password_hash_with_revoke_sets_watermark(t: Ctx) {
     let s = &t.store;
     let id = user(s).await;
     let now = T0.plus_millis(1_000);
-    s.set_password_hash(&id, "hash-2", now, Some(now)).await.unwrap();
+    s.set_password_hash(&id, "hash-2", now, Some(now))
+        .await
+        .unwrap();
     let row = s.user_by_id(&id).await.unwrap().unwrap();
     assert_eq!(row.password_hash.as_deref(), Some("hash-2"));
     assert_eq!(row.tokens_valid_after, Some(now.0));
     assert_eq!(row.updated_at, now.0);
 
     let later = now.plus_millis(5_000);
-    s.set_password_hash(&id, "hash-3", later, Some(later)).await.unwrap();
-    assert_eq!(s.user_by_id(&id).await.unwrap().unwrap().tokens_valid_after, Some(later.0));
+    s.set_password_hash(&id, "hash-3", later, Some(later))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.user_by_id(&id).await.unwrap().unwrap().tokens_valid_after,
+        Some(later.0)
+    );
 }
 
 async fn set_password_hash_of_unknown_user_is_not_found(t: Ctx) {
@@ -120,20 +161,34 @@ async fn upgrade_password_hash_only_when_old_hash_still_matches(t: Ctx) {
     let id = u.id.as_str();
 
     // The verified hash is still current: upgraded.
-    assert!(s.upgrade_password_hash(id, "bcrypt-old", "argon-new", T0.plus_millis(5)).await.unwrap());
+    assert!(
+        s.upgrade_password_hash(id, "bcrypt-old", "argon-new", T0.plus_millis(5))
+            .await
+            .unwrap()
+    );
     let row = s.user_by_id(id).await.unwrap().unwrap();
     assert_eq!(row.password_hash.as_deref(), Some("argon-new"));
     assert_eq!(row.updated_at, T0.0 + 5);
 
     // A password change happened since the verification: the upgrade must not overwrite it.
-    s.set_password_hash(id, "changed", T0.plus_millis(6), None).await.unwrap();
-    assert!(!s.upgrade_password_hash(id, "argon-new", "argon-rehash", T0.plus_millis(7)).await.unwrap());
+    s.set_password_hash(id, "changed", T0.plus_millis(6), None)
+        .await
+        .unwrap();
+    assert!(
+        !s.upgrade_password_hash(id, "argon-new", "argon-rehash", T0.plus_millis(7))
+            .await
+            .unwrap()
+    );
     let row = s.user_by_id(id).await.unwrap().unwrap();
     assert_eq!(row.password_hash.as_deref(), Some("changed"));
     assert_eq!(row.updated_at, T0.0 + 6);
 
     // Unknown user: nothing to upgrade.
-    assert!(!s.upgrade_password_hash(UserId::generate().as_str(), "changed", "x", T0).await.unwrap());
+    assert!(
+        !s.upgrade_password_hash(UserId::generate().as_str(), "changed", "x", T0)
+            .await
+            .unwrap()
+    );
 }
 
 async fn token_watermarks_since_returns_later_watermarks(t: Ctx) {
@@ -141,8 +196,12 @@ async fn token_watermarks_since_returns_later_watermarks(t: Ctx) {
     let a = user(s).await;
     let b = user(s).await;
     let _never = user(s).await;
-    s.set_tokens_valid_after(&a, T0.plus_millis(100)).await.unwrap();
-    s.set_password_hash(&b, "h", T0.plus_millis(200), Some(T0.plus_millis(200))).await.unwrap();
+    s.set_tokens_valid_after(&a, T0.plus_millis(100))
+        .await
+        .unwrap();
+    s.set_password_hash(&b, "h", T0.plus_millis(200), Some(T0.plus_millis(200)))
+        .await
+        .unwrap();
 
     let sorted = |mut v: Vec<(String, i64)>| {
         v.sort();
@@ -150,12 +209,29 @@ async fn token_watermarks_since_returns_later_watermarks(t: Ctx) {
     };
     let mut both = vec![(a.clone(), T0.0 + 100), (b.clone(), T0.0 + 200)];
     both.sort();
-    assert_eq!(sorted(s.token_watermarks_since(Millis(0)).await.unwrap()), both);
-    assert_eq!(sorted(s.token_watermarks_since(T0.plus_millis(99)).await.unwrap()), both);
+    assert_eq!(
+        sorted(s.token_watermarks_since(Millis(0)).await.unwrap()),
+        both
+    );
+    assert_eq!(
+        sorted(s.token_watermarks_since(T0.plus_millis(99)).await.unwrap()),
+        both
+    );
     // Strictly later than `since`.
-    assert_eq!(s.token_watermarks_since(T0.plus_millis(100)).await.unwrap(), vec![(b.clone(), T0.0 + 200)]);
-    assert_eq!(s.token_watermarks_since(T0.plus_millis(199)).await.unwrap(), vec![(b, T0.0 + 200)]);
-    assert!(s.token_watermarks_since(T0.plus_millis(200)).await.unwrap().is_empty());
+    assert_eq!(
+        s.token_watermarks_since(T0.plus_millis(100)).await.unwrap(),
+        vec![(b.clone(), T0.0 + 200)]
+    );
+    assert_eq!(
+        s.token_watermarks_since(T0.plus_millis(199)).await.unwrap(),
+        vec![(b, T0.0 + 200)]
+    );
+    assert!(
+        s.token_watermarks_since(T0.plus_millis(200))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn list_users_paginates_by_id_cursor(t: Ctx) {
@@ -182,7 +258,10 @@ async fn list_users_paginates_by_id_cursor(t: Ctx) {
 
     assert_eq!(s.list_users(None, 100).await.unwrap().len(), 7);
     let after_fifth = s.list_users(Some(&ids[4]), 100).await.unwrap();
-    assert_eq!(after_fifth.iter().map(|u| u.id.clone()).collect::<Vec<_>>(), ids[5..].to_vec());
+    assert_eq!(
+        after_fifth.iter().map(|u| u.id.clone()).collect::<Vec<_>>(),
+        ids[5..].to_vec()
+    );
     assert!(s.list_users(Some(&ids[6]), 100).await.unwrap().is_empty());
 }
 
