@@ -36,7 +36,7 @@ mod users;
 pub use apikeys::{ApiKeyRow, ApiKeyStore};
 pub use audit::{AuditEvent, AuditFilter, AuditStore};
 pub use maintenance::{Maintenance, Purged};
-pub use refresh::{NewFamily, NextToken, RefreshTokenStore, Rotation};
+pub use refresh::{FamilyRow, NewFamily, NextToken, RefreshTokenStore, Rotation};
 pub use signing_keys::{SigningKeyRow, SigningKeyStore};
 pub use users::{NewUser, UserRow, UserStore};
 
