@@ -12,15 +12,14 @@ use crate::Settings;
 use crate::load::{CpuMark, Stats, new_histogram};
 use crate::server::Proc;
 
-// These MUST match the server's default password-hashing parameters in portcullis-core
-// (`Argon2Params::OWASP` in crates/core/src/passwords.rs, output 32 bytes); if the server's defaults change, change them here too, or the
-// `login / argon2_raw` ratio stops meaning anything.
+// The server's default parameters, taken from portcullis-core so the `login / argon2_raw` ratio
+// always compares like with like.
 /// Memory cost, KiB (19 MiB).
-pub const ARGON2_M_COST_KIB: u32 = 19_456;
+pub const ARGON2_M_COST_KIB: u32 = portcullis_core::passwords::Argon2Params::OWASP.m_kib;
 /// Iterations.
-pub const ARGON2_T_COST: u32 = 2;
+pub const ARGON2_T_COST: u32 = portcullis_core::passwords::Argon2Params::OWASP.t;
 /// Lanes.
-pub const ARGON2_P_COST: u32 = 1;
+pub const ARGON2_P_COST: u32 = portcullis_core::passwords::Argon2Params::OWASP.p;
 /// Output length, bytes.
 pub const ARGON2_OUTPUT_LEN: usize = 32;
 

@@ -2,14 +2,19 @@
 //! hash, so hashes run on a fixed set of threads (one per core by default), never on the async runtime.
 //! A login flood queues here; past `queue_limit` waiting jobs, callers get [`Overloaded`] at once (503)
 //! instead of memory growing without bound. Fixed threads (rather than `spawn_blocking`) also keep the
-//! allocator's per-thread arenas, and so the RSS, bounded.
+//! allocator's per-thread arenas, and so the RSS, bounded. Each thread reuses one argon2 working buffer
+//! while it is busy and gives it back after `IDLE_RELEASE` without work, so an idle server stays small.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
 
-use portcullis_core::passwords::PasswordHashing;
+use portcullis_core::passwords::{Hasher, PasswordHashing, Scratch};
 
-type Job = Box<dyn FnOnce(&PasswordHashing) + Send>;
+type Job = Box<dyn FnOnce(&mut Hasher<'_>) + Send>;
+
+/// A hashing thread frees its ~19 MiB working buffer after this long without a job.
+const IDLE_RELEASE: Duration = Duration::from_secs(5);
 
 /// The queue is full.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
@@ -38,15 +43,17 @@ impl HashPool {
             std::thread::Builder::new()
                 .name(format!("argon2-{i}"))
                 .spawn(move || {
+                    let mut scratch = Scratch::new();
                     loop {
                         // The lock is held only while taking the next job, not while hashing.
                         let job = match receiver.lock() {
-                            Ok(rx) => rx.recv(),
+                            Ok(rx) => rx.recv_timeout(IDLE_RELEASE),
                             Err(_) => return,
                         };
                         match job {
-                            Ok(job) => job(&hashing),
-                            Err(_) => return,
+                            Ok(job) => job(&mut hashing.with_scratch(&mut scratch)),
+                            Err(mpsc::RecvTimeoutError::Timeout) => scratch.release(),
+                            Err(mpsc::RecvTimeoutError::Disconnected) => return,
                         }
                     }
                 })?;
@@ -72,7 +79,7 @@ impl HashPool {
     pub async fn run<R, F>(&self, f: F) -> Result<R, Overloaded>
     where
         R: Send + 'static,
-        F: FnOnce(&PasswordHashing) -> R + Send + 'static,
+        F: FnOnce(&mut Hasher<'_>) -> R + Send + 'static,
     {
         let previous = self.waiting.fetch_add(1, Ordering::AcqRel);
         let guard = InFlight(Arc::clone(&self.waiting));

@@ -178,20 +178,22 @@ impl RefreshTokenStore for Store {
         );
         with_pool!(self, write, p => {
             let mut tx = p.begin().await?;
-            // Lock order: the family row first, then its tokens, as every revocation does. Without it
-            // PostgreSQL deadlocks (40P01) under concurrent presentations of one family's tokens: a
-            // conditional UPDATE that waited on a row and then found it no longer matching still keeps
-            // that row locked, so the reuse and grace paths below (and revocations, which update every
-            // token of the family in one statement) would take token rows in conflicting orders. The
-            // no-op UPDATE is the portable row lock; on SQLite, whose single writer already serialises
-            // rotations, it is merely redundant.
-            sqlx::query(
-                "UPDATE refresh_families SET revoked_reason = revoked_reason \
-                 WHERE id = (SELECT family_id FROM refresh_tokens WHERE token_hash = $1)",
-            )
-            .bind(presented.as_bytes())
-            .execute(&mut *tx)
-            .await?;
+            // Lock order (PostgreSQL): the family row first, then its tokens, as every revocation does.
+            // Without it PostgreSQL deadlocks (40P01) under concurrent presentations of one family's
+            // tokens: a conditional UPDATE that waited on a row and then found it no longer matching
+            // still keeps that row locked, so the reuse and grace paths below (and revocations, which
+            // update every token of the family in one statement) would take token rows in conflicting
+            // orders. SQLite needs no lock: its single writer already serialises rotations, and the
+            // statement would cost every refresh a write.
+            if self.is_postgres() {
+                sqlx::query(
+                    "UPDATE refresh_families SET revoked_reason = revoked_reason \
+                     WHERE id = (SELECT family_id FROM refresh_tokens WHERE token_hash = $1)",
+                )
+                .bind(presented.as_bytes())
+                .execute(&mut *tx)
+                .await?;
+            }
             // The decision: only a live token of a live family is spent, and only once.
             let spent = sqlx::query_as::<_, (String, String)>(
                 "UPDATE refresh_tokens SET spent_at = $2 \

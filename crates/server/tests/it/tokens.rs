@@ -17,6 +17,7 @@ on_both_stores!(
     logout_all_revokes_everything,
     failed_logins_are_throttled_per_ip_with_ratelimit_headers,
     failed_logins_of_one_account_buy_growing_waits,
+    a_full_hashing_queue_answers_503_at_once,
 );
 
 async fn login_returns_a_no_store_token_pair(b: Backend) {
@@ -457,6 +458,50 @@ async fn failed_logins_of_one_account_buy_growing_waits(b: Backend) {
     assert_eq!(
         app.login("max@example.com", PASSWORD).await.status(),
         StatusCode::OK
+    );
+    app.stop().await;
+}
+
+async fn a_full_hashing_queue_answers_503_at_once(b: Backend) {
+    let app = TestApp::spawn_with(b, |c| {
+        c.hash_concurrency = 1;
+        c.hash_queue_limit = 1;
+        c.login_ip_limit = 1000;
+        c.login_free_failures = 1000;
+    })
+    .await;
+    app.register("ola@example.com").await;
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let client = app.client.clone();
+        let url = app.url("/v1/auth/login");
+        tasks.push(tokio::spawn(async move {
+            let r = client
+                .post(url)
+                .json(&json!({"email": "ola@example.com", "password": PASSWORD}))
+                .send()
+                .await
+                .unwrap();
+            (r.status(), r.headers().get("retry-after").cloned())
+        }));
+    }
+    let (mut ok, mut overloaded) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            (StatusCode::OK, _) => ok += 1,
+            (StatusCode::SERVICE_UNAVAILABLE, retry) => {
+                assert_eq!(retry.unwrap(), "1");
+                overloaded += 1;
+            }
+            (other, _) => panic!("unexpected {other}"),
+        }
+    }
+    assert!(ok >= 2, "the running and the queued login succeed: {ok}");
+    assert!(overloaded >= 1, "the rest are turned away: {overloaded}");
+    assert_eq!(
+        app.login("ola@example.com", PASSWORD).await.status(),
+        StatusCode::OK,
+        "and it recovers"
     );
     app.stop().await;
 }
