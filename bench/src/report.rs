@@ -25,7 +25,7 @@ pub struct Report {
     pub warmup_secs: u64,
     pub client_threads: usize,
     pub server_bin: Option<String>,
-    /// Server VmRSS after seeding and 2 s idle, KiB.
+    /// Server VmRSS after seeding and 7 s idle, KiB.
     pub idle_rss_kib: Option<u64>,
     pub users: usize,
 }
@@ -201,7 +201,7 @@ impl Report {
         if self.server_bin.is_some() {
             let _ = writeln!(
                 o,
-                "- Idle server RSS (after seeding and 2 s idle): {} MB",
+                "- Idle server RSS (after seeding and 7 s idle): {} MB",
                 mib(self.idle_rss_kib)
             );
         }

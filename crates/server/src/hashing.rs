@@ -6,7 +6,7 @@
 //! while it is busy and gives it back after `IDLE_RELEASE` without work, so an idle server stays small.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use portcullis_core::passwords::{Hasher, PasswordHashing, Scratch};
@@ -22,7 +22,10 @@ const IDLE_RELEASE: Duration = Duration::from_secs(5);
 pub struct Overloaded;
 
 pub struct HashPool {
-    sender: Mutex<Option<mpsc::Sender<Job>>>,
+    /// One queue per thread, dealt round-robin (argon2 jobs all cost the same), so that each thread
+    /// can notice on its own that it has been idle and free its buffer.
+    senders: Vec<mpsc::Sender<Job>>,
+    next: AtomicUsize,
     waiting: Arc<AtomicUsize>,
     queue_limit: usize,
     threads: usize,
@@ -35,31 +38,27 @@ impl HashPool {
         queue_limit: usize,
     ) -> std::io::Result<Self> {
         let threads = threads.max(1);
-        let (sender, receiver) = mpsc::channel::<Job>();
-        let receiver = Arc::new(Mutex::new(receiver));
+        let mut senders = Vec::with_capacity(threads);
         for i in 0..threads {
-            let receiver = Arc::clone(&receiver);
+            let (sender, receiver) = mpsc::channel::<Job>();
             let hashing = hashing.clone();
             std::thread::Builder::new()
                 .name(format!("argon2-{i}"))
                 .spawn(move || {
                     let mut scratch = Scratch::new();
                     loop {
-                        // The lock is held only while taking the next job, not while hashing.
-                        let job = match receiver.lock() {
-                            Ok(rx) => rx.recv_timeout(IDLE_RELEASE),
-                            Err(_) => return,
-                        };
-                        match job {
+                        match receiver.recv_timeout(IDLE_RELEASE) {
                             Ok(job) => job(&mut hashing.with_scratch(&mut scratch)),
                             Err(mpsc::RecvTimeoutError::Timeout) => scratch.release(),
                             Err(mpsc::RecvTimeoutError::Disconnected) => return,
                         }
                     }
                 })?;
+            senders.push(sender);
         }
         Ok(Self {
-            sender: Mutex::new(Some(sender)),
+            senders,
+            next: AtomicUsize::new(0),
             waiting: Arc::new(AtomicUsize::new(0)),
             queue_limit,
             threads,
@@ -91,13 +90,8 @@ impl HashPool {
             let _guard = guard;
             let _ = tx.send(f(h));
         });
-        let sent = match self.sender.lock() {
-            Ok(sender) => sender
-                .as_ref()
-                .map(|s| s.send(job).is_ok())
-                .unwrap_or(false),
-            Err(_) => false,
-        };
+        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len();
+        let sent = self.senders.get(slot).is_some_and(|s| s.send(job).is_ok());
         if !sent {
             return Err(Overloaded);
         }
