@@ -79,6 +79,8 @@ pub(crate) enum Backend {
     Sqlite {
         read: SqlitePool,
         write: SqlitePool,
+        /// Refresh-token rotations, settled in batches by one task (group commit); see `refresh`.
+        rotations: Option<refresh::RotationQueue>,
     },
     Postgres(PgPool),
 }
@@ -162,8 +164,20 @@ impl Store {
             .acquire_timeout(opts.acquire_timeout)
             .connect_with(base.read_only(true))
             .await?;
+        let direct = Self {
+            backend: Backend::Sqlite {
+                read: read.clone(),
+                write: write.clone(),
+                rotations: None,
+            },
+        };
+        let rotations = Some(refresh::RotationQueue::spawn(direct));
         Ok(Self {
-            backend: Backend::Sqlite { read, write },
+            backend: Backend::Sqlite {
+                read,
+                write,
+                rotations,
+            },
         })
     }
 
@@ -211,7 +225,7 @@ impl Store {
     /// Closes every connection, flushing SQLite's WAL.
     pub async fn close(&self) {
         match &self.backend {
-            Backend::Sqlite { read, write } => {
+            Backend::Sqlite { read, write, .. } => {
                 read.close().await;
                 write.close().await;
             }

@@ -11,7 +11,7 @@ use portcullis_core::clock::Millis;
 use portcullis_core::ids::{FamilyId, RefreshTokenId};
 use portcullis_core::secrets::TokenHash;
 
-use crate::{Result, Store, with_pool};
+use crate::{Backend, Result, Store, StoreError, with_pool};
 
 /// Revokes a family and every token in it, inside the caller's transaction (a macro because the
 /// transaction's type differs per backend).
@@ -171,6 +171,75 @@ impl RefreshTokenStore for Store {
         grace_ms: i64,
         next: &NextToken,
     ) -> Result<Rotation> {
+        if let Backend::Sqlite {
+            rotations: Some(queue),
+            ..
+        } = &self.backend
+        {
+            return queue.rotate(presented, now, grace_ms, next).await;
+        }
+        self.rotate_one(presented, now, grace_ms, next).await
+    }
+
+    async fn revoke_family_of(
+        &self,
+        presented: &TokenHash,
+        now: Millis,
+        reason: &str,
+    ) -> Result<Option<(String, String)>> {
+        with_pool!(self, write, p => {
+            let mut tx = p.begin().await?;
+            let found = sqlx::query_as::<_, (String, String)>(
+                "SELECT f.id, f.user_id FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family_id \
+                 WHERE t.token_hash = $1",
+            )
+            .bind(presented.as_bytes())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((family_id, _)) = &found {
+                revoke_family!(tx, family_id, now, reason);
+            }
+            tx.commit().await?;
+            Ok(found)
+        })
+    }
+
+    async fn revoke_user_families(&self, user_id: &str, now: Millis, reason: &str) -> Result<u64> {
+        with_pool!(self, write, p => {
+            let mut tx = p.begin().await?;
+            let families = sqlx::query(
+                "UPDATE refresh_families SET revoked_at = $2, revoked_reason = $3 \
+                 WHERE user_id = $1 AND revoked_at IS NULL",
+            )
+            .bind(user_id)
+            .bind(now.0)
+            .bind(reason)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            sqlx::query(
+                "UPDATE refresh_tokens SET revoked_at = $2 WHERE revoked_at IS NULL \
+                 AND family_id IN (SELECT id FROM refresh_families WHERE user_id = $1)",
+            )
+            .bind(user_id)
+            .bind(now.0)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(families)
+        })
+    }
+}
+
+impl Store {
+    /// One rotation in its own transaction: the whole decision, including reuse and grace.
+    pub(crate) async fn rotate_one(
+        &self,
+        presented: &TokenHash,
+        now: Millis,
+        grace_ms: i64,
+        next: &NextToken,
+    ) -> Result<Rotation> {
         let family_sql = concat!(
             "SELECT ",
             family_columns!(),
@@ -274,53 +343,194 @@ impl RefreshTokenStore for Store {
             Ok(Rotation::Rotated { family, expires_at })
         })
     }
+}
 
-    async fn revoke_family_of(
+/// Group commit for SQLite, whose single writer makes every statement a turn in one queue (measured:
+/// 57 µs per statement through the driver, 358 µs per single rotation). Concurrent rotations queue
+/// here; one task spends a whole batch with one `UPDATE … WHERE token_hash IN (…) RETURNING`, reads
+/// their families with one `SELECT` and stores every successor with one multi-row `INSERT`, in one
+/// transaction. A row is spent at most once by that UPDATE, so of several requests presenting the same
+/// token in one batch only the first gets it; every request whose token was not spent (duplicates,
+/// reuse, grace retries, unknown or dead tokens) then takes [`Store::rotate_one`], which decides it
+/// exactly as before.
+#[derive(Clone, Debug)]
+pub(crate) struct RotationQueue {
+    tx: tokio::sync::mpsc::Sender<RotateRequest>,
+}
+
+#[derive(Debug)]
+struct RotateRequest {
+    presented: TokenHash,
+    now: Millis,
+    grace_ms: i64,
+    next: NextToken,
+    reply: tokio::sync::oneshot::Sender<Result<Rotation>>,
+}
+
+/// Most rotations settled by one transaction.
+const BATCH: usize = 128;
+
+impl RotationQueue {
+    /// `direct` must be a store whose rotations are not queued (it is the queue's own writer).
+    pub(crate) fn spawn(direct: Store) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(4 * BATCH);
+        tokio::spawn(run_rotations(direct, rx));
+        Self { tx }
+    }
+
+    async fn rotate(
         &self,
         presented: &TokenHash,
         now: Millis,
-        reason: &str,
-    ) -> Result<Option<(String, String)>> {
-        with_pool!(self, write, p => {
-            let mut tx = p.begin().await?;
-            let found = sqlx::query_as::<_, (String, String)>(
-                "SELECT f.id, f.user_id FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family_id \
-                 WHERE t.token_hash = $1",
-            )
-            .bind(presented.as_bytes())
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some((family_id, _)) = &found {
-                revoke_family!(tx, family_id, now, reason);
+        grace_ms: i64,
+        next: &NextToken,
+    ) -> Result<Rotation> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let request = RotateRequest {
+            presented: presented.clone(),
+            now,
+            grace_ms,
+            next: next.clone(),
+            reply,
+        };
+        self.tx.send(request).await.map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
+    }
+}
+
+fn closed() -> StoreError {
+    StoreError::Database(sqlx::Error::PoolClosed)
+}
+
+async fn run_rotations(store: Store, mut rx: tokio::sync::mpsc::Receiver<RotateRequest>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let requests = std::mem::take(&mut batch);
+        let spent = match &store.backend {
+            Backend::Sqlite { write, .. } => spend_batch(write, &requests).await,
+            Backend::Postgres(_) => Ok(vec![None; requests.len()]),
+        };
+        match spent {
+            Ok(outcomes) => {
+                for (request, outcome) in requests.into_iter().zip(outcomes) {
+                    let answer = match outcome {
+                        Some(rotation) => Ok(rotation),
+                        None => {
+                            store
+                                .rotate_one(
+                                    &request.presented,
+                                    request.now,
+                                    request.grace_ms,
+                                    &request.next,
+                                )
+                                .await
+                        }
+                    };
+                    let _ = request.reply.send(answer);
+                }
             }
-            tx.commit().await?;
-            Ok(found)
-        })
+            Err(e) => {
+                let message = e.to_string();
+                for request in requests {
+                    let _ = request
+                        .reply
+                        .send(Err(StoreError::Database(sqlx::Error::Protocol(
+                            message.clone(),
+                        ))));
+                }
+            }
+        }
+    }
+}
+
+/// Spends every live token of the batch and stores its successor; `None` where the request must be
+/// decided on its own.
+async fn spend_batch(
+    pool: &sqlx::SqlitePool,
+    requests: &[RotateRequest],
+) -> Result<Vec<Option<Rotation>>> {
+    let now = requests
+        .iter()
+        .map(|r| r.now)
+        .max()
+        .unwrap_or_else(Millis::now);
+    let mut tx = pool.begin().await?;
+    let mut update = sqlx::QueryBuilder::new("UPDATE refresh_tokens SET spent_at = ");
+    update.push_bind(now.0);
+    update.push(" WHERE spent_at IS NULL AND revoked_at IS NULL AND expires_at > ");
+    update.push_bind(now.0);
+    update.push(" AND family_id IN (SELECT id FROM refresh_families WHERE revoked_at IS NULL AND expires_at > ");
+    update.push_bind(now.0);
+    update.push(") AND token_hash IN (");
+    let mut hashes = update.separated(", ");
+    for r in requests {
+        hashes.push_bind(r.presented.as_bytes().to_vec());
+    }
+    update.push(") RETURNING token_hash, id, family_id");
+    let spent: Vec<(Vec<u8>, String, String)> = update.build_query_as().fetch_all(&mut *tx).await?;
+    if spent.is_empty() {
+        tx.commit().await?;
+        return Ok(requests.iter().map(|_| None).collect());
     }
 
-    async fn revoke_user_families(&self, user_id: &str, now: Millis, reason: &str) -> Result<u64> {
-        with_pool!(self, write, p => {
-            let mut tx = p.begin().await?;
-            let families = sqlx::query(
-                "UPDATE refresh_families SET revoked_at = $2, revoked_reason = $3 \
-                 WHERE user_id = $1 AND revoked_at IS NULL",
-            )
-            .bind(user_id)
-            .bind(now.0)
-            .bind(reason)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            sqlx::query(
-                "UPDATE refresh_tokens SET revoked_at = $2 WHERE revoked_at IS NULL \
-                 AND family_id IN (SELECT id FROM refresh_families WHERE user_id = $1)",
-            )
-            .bind(user_id)
-            .bind(now.0)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok(families)
-        })
+    let mut families_query = sqlx::QueryBuilder::new(concat!(
+        "SELECT ",
+        family_columns!(),
+        " FROM refresh_families WHERE id IN ("
+    ));
+    let mut ids = families_query.separated(", ");
+    for (_, _, family_id) in &spent {
+        ids.push_bind(family_id.clone());
     }
+    families_query.push(")");
+    let families: Vec<FamilyRow> = families_query.build_query_as().fetch_all(&mut *tx).await?;
+
+    // Each spent row goes to the first request that presented its hash.
+    let mut outcomes: Vec<Option<Rotation>> = requests.iter().map(|_| None).collect();
+    let mut children = Vec::with_capacity(spent.len());
+    for (hash, parent_id, family_id) in &spent {
+        let Some(index) = requests
+            .iter()
+            .position(|r| r.presented.as_bytes() == hash.as_slice())
+        else {
+            continue;
+        };
+        let (Some(request), Some(family)) = (
+            requests.get(index),
+            families.iter().find(|f| &f.id == family_id),
+        ) else {
+            continue;
+        };
+        let expires_at = Millis(
+            now.0
+                .saturating_add(request.next.ttl_ms)
+                .min(family.expires_at),
+        );
+        children.push((request, parent_id, family_id, expires_at));
+        if let Some(slot) = outcomes.get_mut(index) {
+            *slot = Some(Rotation::Rotated {
+                family: family.clone(),
+                expires_at,
+            });
+        }
+    }
+    if !children.is_empty() {
+        let mut insert = sqlx::QueryBuilder::new(
+            "INSERT INTO refresh_tokens (id, family_id, parent_id, token_hash, created_at, expires_at) ",
+        );
+        insert.push_values(
+            &children,
+            |mut row, (request, parent_id, family_id, expires_at)| {
+                row.push_bind(request.next.id.as_str().to_owned())
+                    .push_bind((*family_id).clone())
+                    .push_bind((*parent_id).clone())
+                    .push_bind(request.next.hash.as_bytes().to_vec())
+                    .push_bind(now.0)
+                    .push_bind(expires_at.0);
+            },
+        );
+        insert.build().execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(outcomes)
 }

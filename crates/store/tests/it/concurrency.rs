@@ -15,6 +15,7 @@ backend_tests!(
     concurrent_rotations_of_one_token_have_exactly_one_winner,
     concurrent_grace_retries_never_leave_two_live_tokens,
     concurrent_grace_retries_and_child_use_never_leave_two_live_tokens,
+    concurrent_rotations_of_different_tokens_all_succeed,
 );
 
 const RACERS: usize = 16;
@@ -218,5 +219,46 @@ async fn concurrent_grace_retries_and_child_use_never_leave_two_live_tokens(t: C
             "round {round}: {usable} tokens of one family still rotate"
         );
         assert_eq!(usable as i64, live, "round {round}");
+    }
+}
+
+/// Many families rotating at once (on SQLite they are settled together, in one batch): every one
+/// rotates, each successor belongs to its own family, and each successor rotates again.
+async fn concurrent_rotations_of_different_tokens_all_succeed(t: Ctx) {
+    let s = &t.store;
+    let uid = user(s).await;
+    let mut families = Vec::new();
+    for _ in 0..40 {
+        families.push(family(s, &uid).await);
+    }
+    let now = T0.plus_millis(1_000);
+    let outcomes = race(
+        s,
+        families
+            .iter()
+            .map(|(_, first)| first.hash.clone())
+            .collect(),
+        now,
+        0,
+    )
+    .await;
+    assert_eq!(tally(&outcomes), (40, 0, 0));
+    for (f, _) in &families {
+        let stored = t
+            .raw
+            .scalar(&format!(
+                "SELECT COUNT(*) FROM refresh_tokens WHERE family_id = '{}'",
+                f.id
+            ))
+            .await;
+        assert_eq!(stored, 2, "each family got exactly its own successor");
+        assert_eq!(live_tokens(&t.raw, f.id.as_str()).await, 1);
+    }
+    for (r, next) in &outcomes {
+        let Rotation::Rotated { family, .. } = r else {
+            unreachable!()
+        };
+        assert!(families.iter().any(|(f, _)| f.id.as_str() == family.id));
+        expect_rotated(s, &next.hash, now.plus_millis(1), 0, &next_token()).await;
     }
 }
