@@ -1,6 +1,6 @@
 //! The audit writer. Handlers record events without waiting for the store: events go into a bounded
 //! queue and one task writes whatever has accumulated in a single transaction, so a burst of logins
-//! becomes a few batched inserts instead of one write per request.
+//! becomes a few batched inserts instead of one write per request, at most about 20 flushes a second.
 
 use portcullis_core::clock::Millis;
 use portcullis_core::ids::EventId;
@@ -9,6 +9,10 @@ use tokio::sync::mpsc;
 
 const QUEUE: usize = 65_536;
 const BATCH: usize = 1_000;
+/// Pause between flushes. On SQLite the audit writer shares the single writer connection with every
+/// decision (refresh rotations above all); flushing at most ~20 times a second in larger batches keeps
+/// it from taking turns with each rotation batch. Events appear in the log within about this long.
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Where an event happened.
 #[derive(Debug, Clone, Default)]
@@ -39,6 +43,7 @@ impl Audit {
                 }
                 metrics::counter!("portcullis_audit_events_total").increment(batch.len() as u64);
                 batch.clear();
+                tokio::time::sleep(FLUSH_EVERY).await;
             }
         });
         (Self { tx }, handle)
