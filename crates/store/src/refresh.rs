@@ -412,9 +412,24 @@ async fn run_rotations(store: Store, mut rx: tokio::sync::mpsc::Receiver<RotateR
         };
         match spent {
             Ok(outcomes) => {
+                // Tokens we never issued need no writer: answer them from a reader, so a flood of
+                // made-up (well-formed) tokens cannot queue up behind the single-token path.
+                let misses: Vec<&TokenHash> = requests
+                    .iter()
+                    .zip(&outcomes)
+                    .filter(|(_, o)| o.is_none())
+                    .map(|(r, _)| &r.presented)
+                    .collect();
+                let known = match known_hashes(&store, &misses).await {
+                    Ok(known) => known,
+                    Err(_) => misses.iter().map(|h| h.as_bytes().to_vec()).collect(),
+                };
                 for (request, outcome) in requests.into_iter().zip(outcomes) {
                     let answer = match outcome {
                         Some(rotation) => Ok(rotation),
+                        None if !known.contains(request.presented.as_bytes()) => {
+                            Ok(Rotation::Invalid)
+                        }
                         None => {
                             store
                                 .rotate_one(
@@ -441,6 +456,28 @@ async fn run_rotations(store: Store, mut rx: tokio::sync::mpsc::Receiver<RotateR
             }
         }
     }
+}
+
+/// Which of `hashes` belong to a stored token (in any state).
+async fn known_hashes(
+    store: &Store,
+    hashes: &[&TokenHash],
+) -> Result<std::collections::HashSet<Vec<u8>>> {
+    if hashes.is_empty() {
+        return Ok(Default::default());
+    }
+    let Backend::Sqlite { read, .. } = &store.backend else {
+        return Ok(hashes.iter().map(|h| h.as_bytes().to_vec()).collect());
+    };
+    let mut query =
+        sqlx::QueryBuilder::new("SELECT token_hash FROM refresh_tokens WHERE token_hash IN (");
+    let mut list = query.separated(", ");
+    for h in hashes {
+        list.push_bind(h.as_bytes().to_vec());
+    }
+    query.push(")");
+    let rows: Vec<(Vec<u8>,)> = query.build_query_as().fetch_all(read).await?;
+    Ok(rows.into_iter().map(|(h,)| h).collect())
 }
 
 /// Spends every live token of the batch and stores its successor; `None` where the request must be

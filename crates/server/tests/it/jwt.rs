@@ -122,8 +122,10 @@ async fn bad_tokens_are_refused_with_a_precise_reason(b: Backend) {
     let cases: Vec<(&str, String, &str)> = vec![
         ("garbage", "garbage".into(), "malformed"),
         (
+            // 86 base64url characters less one: a length no base64 decodes, so always malformed
+            // (cutting 4 would decode whenever the leftover bits happen to be zero).
             "truncated signature",
-            good[..good.len() - 4].to_owned(),
+            good[..good.len() - 1].to_owned(),
             "malformed",
         ),
         (

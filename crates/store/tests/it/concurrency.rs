@@ -9,13 +9,16 @@ use portcullis_store::{NextToken, RefreshTokenStore, Rotation, Store};
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 
-use crate::support::{Ctx, Raw, T0, backend_tests, expect_rotated, family, kind, next_token, user};
+use crate::support::{
+    Ctx, Raw, T0, backend_tests, expect_rotated, family, kind, next_token, random_hash, user,
+};
 
 backend_tests!(
     concurrent_rotations_of_one_token_have_exactly_one_winner,
     concurrent_grace_retries_never_leave_two_live_tokens,
     concurrent_grace_retries_and_child_use_never_leave_two_live_tokens,
     concurrent_rotations_of_different_tokens_all_succeed,
+    made_up_tokens_among_real_ones_are_invalid_and_harm_nothing,
 );
 
 const RACERS: usize = 16;
@@ -261,4 +264,18 @@ async fn concurrent_rotations_of_different_tokens_all_succeed(t: Ctx) {
         assert!(families.iter().any(|(f, _)| f.id.as_str() == family.id));
         expect_rotated(s, &next.hash, now.plus_millis(1), 0, &next_token()).await;
     }
+}
+
+/// Well-formed tokens we never issued, presented in the same moment as real ones: they are `Invalid`,
+/// and every real one still rotates.
+async fn made_up_tokens_among_real_ones_are_invalid_and_harm_nothing(t: Ctx) {
+    let s = &t.store;
+    let uid = user(s).await;
+    let mut presented = Vec::new();
+    for _ in 0..20 {
+        presented.push(family(s, &uid).await.1.hash);
+        presented.push(random_hash());
+    }
+    let outcomes = race(s, presented, T0.plus_millis(1_000), 0).await;
+    assert_eq!(tally(&outcomes), (20, 0, 20));
 }
