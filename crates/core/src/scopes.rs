@@ -46,8 +46,6 @@ impl From<Scope> for String {
 pub struct Scopes(BTreeSet<Scope>);
 
 impl Scopes {
-    pub const MAX: usize = 64;
-
     /// Parses a space-separated scope string (the `scope` claim, a stored column).
     pub fn parse_space_separated(raw: &str) -> Result<Self, InvalidScope> {
         raw.split(' ')
@@ -55,21 +53,6 @@ impl Scopes {
             .map(Scope::parse)
             .collect::<Result<BTreeSet<_>, _>>()
             .map(Self)
-    }
-
-    pub fn from_list<'a>(raw: impl IntoIterator<Item = &'a str>) -> Result<Self, InvalidScope> {
-        let set = raw
-            .into_iter()
-            .map(Scope::parse)
-            .collect::<Result<BTreeSet<_>, _>>()?;
-        if set.len() > Self::MAX {
-            return Err(InvalidScope(format!("more than {} scopes", Self::MAX)));
-        }
-        Ok(Self(set))
-    }
-
-    pub fn single(scope: &str) -> Self {
-        Self(Scope::parse(scope).into_iter().collect())
     }
 
     pub fn contains(&self, scope: &str) -> bool {

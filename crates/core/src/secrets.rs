@@ -35,10 +35,6 @@ impl TokenHash {
         &self.0
     }
 
-    pub fn from_slice(raw: &[u8]) -> Option<Self> {
-        <[u8; 32]>::try_from(raw).ok().map(Self)
-    }
-
     /// Constant-time equality, for the rare place where two hashes are compared outside the store.
     pub fn ct_eq(&self, other: &Self) -> bool {
         self.0.ct_eq(&other.0).into()

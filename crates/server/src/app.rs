@@ -117,7 +117,7 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
     headers
         .entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
-    if state.config.issuer().starts_with("https://") {
+    if state.hsts {
         headers.insert(
             header::STRICT_TRANSPORT_SECURITY,
             HeaderValue::from_static("max-age=31536000; includeSubDomains"),

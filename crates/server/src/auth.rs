@@ -151,10 +151,6 @@ impl Authenticator {
     pub fn forget_user(&self, user_id: &str) {
         self.users.invalidate(user_id);
     }
-
-    pub fn forget_api_key(&self, hash: &TokenHash) {
-        self.api_keys.invalidate(&hash.0);
-    }
 }
 
 fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {

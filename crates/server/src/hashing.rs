@@ -65,10 +65,6 @@ impl HashPool {
         })
     }
 
-    pub fn threads(&self) -> usize {
-        self.threads
-    }
-
     /// Jobs queued or running.
     pub fn in_flight(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)

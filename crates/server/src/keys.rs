@@ -5,6 +5,7 @@
 //! A replaced key keeps being published until the last token it signed has expired. Private keys are
 //! sealed under the master key in the store and kept parsed in memory here.
 
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use axum::body::Bytes;
@@ -18,16 +19,16 @@ use secrecy::ExposeSecret;
 
 /// What the ring knows at one moment; replaced whole on every change.
 pub struct RingState {
-    keys: Vec<(KeySchedule, Arc<SigningKey>)>,
+    schedules: Vec<KeySchedule>,
+    keys: HashMap<String, Arc<SigningKey>>,
     pub verifier: Verifier,
     pub jwks: Bytes,
 }
 
 impl RingState {
+    /// The key to sign with now. Called for every token issued: no allocation.
     pub fn signer(&self, now: Millis) -> Option<&Arc<SigningKey>> {
-        let schedules: Vec<KeySchedule> = self.keys.iter().map(|(s, _)| s.clone()).collect();
-        let kid = current_signer(&schedules, now)?.kid.clone();
-        self.keys.iter().find(|(s, _)| s.kid == kid).map(|(_, k)| k)
+        current_signer(&self.schedules, now).and_then(|s| self.keys.get(&s.kid))
     }
 }
 
@@ -69,7 +70,8 @@ impl KeyRing {
     ) -> Result<Self, KeyError> {
         let overlap_ms = (access_ttl_s + leeway_s + 60) * 1000;
         let empty = Arc::new(RingState {
-            keys: Vec::new(),
+            schedules: Vec::new(),
+            keys: HashMap::new(),
             verifier: Verifier::new([], issuer.clone(), audience.clone(), leeway_s),
             jwks: Bytes::from_static(b"{\"keys\":[]}"),
         });
@@ -90,6 +92,24 @@ impl KeyRing {
         Ok(ring)
     }
 
+    /// The ring the configuration describes.
+    pub async fn from_config(
+        store: Store,
+        master: MasterKey,
+        config: &crate::Config,
+    ) -> Result<Self, KeyError> {
+        Self::load(
+            store,
+            master,
+            config.jwt_alg,
+            config.issuer(),
+            config.audience(),
+            config.jwt_leeway_s,
+            config.access_token_ttl_s,
+        )
+        .await
+    }
+
     pub fn current(&self) -> Arc<RingState> {
         match self.state.read() {
             Ok(s) => Arc::clone(&s),
@@ -101,7 +121,8 @@ impl KeyRing {
     pub async fn reload(&self) -> Result<(), KeyError> {
         let now = Millis::now();
         let rows = self.store.live_signing_keys(now).await?;
-        let mut keys = Vec::with_capacity(rows.len());
+        let mut schedules = Vec::with_capacity(rows.len());
+        let mut keys = HashMap::with_capacity(rows.len());
         for row in rows {
             let alg = JwsAlg::parse(&row.alg).ok_or_else(|| KeyError::Key {
                 kid: row.kid.clone(),
@@ -125,11 +146,15 @@ impl KeyRing {
                 retire_at: row.retire_at.map(Millis),
                 expire_at: row.expire_at.map(Millis),
             };
-            keys.push((schedule, Arc::new(key)));
+            keys.insert(schedule.kid.clone(), Arc::new(key));
+            schedules.push(schedule);
         }
         let mut published = Vec::new();
         let mut jwks = Vec::new();
-        for (schedule, key) in &keys {
+        for schedule in &schedules {
+            let Some(key) = keys.get(&schedule.kid) else {
+                continue;
+            };
             if schedule.is_published(now) {
                 let vk = key.verifying_key().map_err(|e| KeyError::Key {
                     kid: key.kid().into(),
@@ -141,6 +166,7 @@ impl KeyRing {
         }
         let jwks = serde_json::to_vec(&serde_json::json!({ "keys": jwks })).unwrap_or_default();
         let state = Arc::new(RingState {
+            schedules,
             keys,
             verifier: Verifier::new(
                 published,
@@ -202,7 +228,7 @@ impl KeyRing {
             return Ok(None);
         }
         let now = Millis::now();
-        let newest = self.current().keys.iter().map(|(s, _)| s.activate_at).max();
+        let newest = self.current().schedules.iter().map(|s| s.activate_at).max();
         match newest {
             Some(activated) if now < activated.plus_secs(interval_s - lead_s) => Ok(None),
             _ => self.create_key(now, lead_s).await.map(Some),

@@ -9,7 +9,9 @@ use clap::{Args, Parser, Subcommand};
 use portcullis_core::clock::Millis;
 use portcullis_core::email::Email;
 use portcullis_server::config::{Config, ConfigError};
+use portcullis_server::error::ApiError;
 use portcullis_server::tokens::SigningKeyView;
+use portcullis_server::users::insert_user;
 use portcullis_server::{StartError, state, telemetry};
 use portcullis_store::SigningKeyStore;
 use secrecy::{ExposeSecret, SecretString};
@@ -272,23 +274,15 @@ async fn run(command: Command) -> Result<(), Failure> {
             let hash = hashing
                 .hash(&password)
                 .map_err(|e| Failure::Runtime(e.to_string()))?;
-            let new = portcullis_store::NewUser {
-                id: portcullis_core::ids::UserId::generate(),
-                email: email.as_str().to_owned(),
-                email_key: email.key(),
-                name,
-                password_hash: Some(hash.as_str().to_owned()),
-                roles: if admin { "admin".into() } else { String::new() },
-                created_at: Millis::now(),
-            };
-            use portcullis_store::UserStore;
-            match store.create_user(&new).await {
-                Ok(()) => println!("{}", new.id),
-                Err(portcullis_store::StoreError::Conflict(_)) => {
+            let roles = if admin { "admin" } else { "" };
+            match insert_user(&store, &email, name, Some(hash.as_str().to_owned()), roles).await {
+                Ok(user) => println!("{}", user.id),
+                Err(ApiError::EmailTaken) => {
                     return Err(Failure::Runtime(format!(
                         "a user with email {email} already exists"
                     )));
                 }
+                Err(ApiError::Internal(cause)) => return Err(Failure::Runtime(cause)),
                 Err(e) => return Err(Failure::Runtime(e.to_string())),
             }
             store.close().await;
@@ -304,17 +298,10 @@ async fn run(command: Command) -> Result<(), Failure> {
             let now = Millis::now();
             if rotate {
                 let master = state::load_master_key(&config)?;
-                let ring = portcullis_server::keys::KeyRing::load(
-                    store.clone(),
-                    master,
-                    config.jwt_alg,
-                    config.issuer(),
-                    config.audience(),
-                    config.jwt_leeway_s,
-                    config.access_token_ttl_s,
-                )
-                .await
-                .map_err(|e| Failure::Runtime(e.to_string()))?;
+                let ring =
+                    portcullis_server::keys::KeyRing::from_config(store.clone(), master, &config)
+                        .await
+                        .map_err(|e| Failure::Runtime(e.to_string()))?;
                 let row = ring
                     .create_key(now, config.signing_key_publish_lead_s)
                     .await

@@ -19,6 +19,11 @@ use crate::throttle::{LoginThrottle, MemoryLimiter};
 
 pub struct Inner {
     pub config: Config,
+    /// `config.issuer()` and `config.audience()`, worked out once: every token carries them.
+    pub issuer: String,
+    pub audience: String,
+    /// Served over TLS (the issuer is https): send HSTS.
+    pub hsts: bool,
     pub store: Store,
     pub keys: KeyRing,
     pub auth: Authenticator,
@@ -152,16 +157,7 @@ impl AppState {
         metrics: PrometheusHandle,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), StartError> {
         let master = load_master_key(&config)?;
-        let keys = KeyRing::load(
-            store.clone(),
-            master,
-            config.jwt_alg,
-            config.issuer(),
-            config.audience(),
-            config.jwt_leeway_s,
-            config.access_token_ttl_s,
-        )
-        .await?;
+        let keys = KeyRing::from_config(store.clone(), master, &config).await?;
         let hashing =
             PasswordHashing::new(config.argon2()).map_err(|e| StartError::Other(e.to_string()))?;
         let threads = match config.hash_concurrency {
@@ -197,6 +193,9 @@ impl AppState {
         let _ = portcullis_core::passwords::CommonPasswords::bundled().len();
         let state = AppState(Arc::new(Inner {
             policy: config.password_policy(),
+            issuer: config.issuer(),
+            audience: config.audience(),
+            hsts: config.issuer().starts_with("https://"),
             throttle: LoginThrottle::new(limiter, ip_policy, backoff),
             config,
             store,

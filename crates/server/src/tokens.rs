@@ -81,9 +81,9 @@ impl AppState {
     ) -> ApiResult<(String, i64)> {
         let ttl = self.config.access_token_ttl_s;
         let claims = AccessClaims {
-            iss: self.config.issuer(),
+            iss: self.issuer.clone(),
             sub: user_id.to_owned(),
-            aud: self.config.audience(),
+            aud: self.audience.clone(),
             exp: now.as_secs() + ttl,
             iat: now.as_secs(),
             nbf: None,
@@ -320,6 +320,23 @@ impl AppState {
         Ok(())
     }
 
+    /// Ends every way the user is signed in: all refresh families, and (in this process at once; other
+    /// nodes through the stored watermark, which the caller has written) every access token issued
+    /// before `now`. Returns how many families were live.
+    pub(crate) async fn end_every_login(
+        &self,
+        user_id: &str,
+        now: Millis,
+        reason: &str,
+    ) -> ApiResult<u64> {
+        let families = self
+            .store
+            .revoke_user_families(user_id, now, reason)
+            .await?;
+        self.auth.revoke_tokens_before(user_id, now);
+        Ok(families)
+    }
+
     pub async fn logout_all(&self, p: &Principal, ctx: &AuditContext) -> ApiResult<()> {
         let user_id = p.require_user()?;
         if !p.first_party {
@@ -329,14 +346,12 @@ impl AppState {
             ));
         }
         let now = Millis::now();
-        let families = self
-            .store
-            .revoke_user_families(user_id.as_str(), now, "logout_all")
-            .await?;
         self.store
             .set_tokens_valid_after(user_id.as_str(), now)
             .await?;
-        self.auth.revoke_tokens_before(user_id.as_str(), now);
+        let families = self
+            .end_every_login(user_id.as_str(), now, "logout_all")
+            .await?;
         self.audit.record(
             "logout.all",
             Some(user_id.as_str()),

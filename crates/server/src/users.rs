@@ -8,7 +8,7 @@ use portcullis_core::clock::{Millis, rfc3339};
 use portcullis_core::email::Email;
 use portcullis_core::ids::UserId;
 use portcullis_core::passwords::{StoredHash, Verification};
-use portcullis_store::{NewUser, RefreshTokenStore, StoreError, UserRow, UserStore};
+use portcullis_store::{NewUser, Store, StoreError, UserRow, UserStore};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -154,24 +154,7 @@ impl AppState {
         hash: Option<String>,
         roles: &str,
     ) -> ApiResult<UserRow> {
-        let new = NewUser {
-            id: UserId::generate(),
-            email: email.as_str().to_owned(),
-            email_key: email.key(),
-            name,
-            password_hash: hash,
-            roles: roles.to_owned(),
-            created_at: Millis::now(),
-        };
-        match self.store.create_user(&new).await {
-            Ok(()) => {}
-            Err(StoreError::Conflict(_)) => return Err(ApiError::EmailTaken),
-            Err(e) => return Err(e.into()),
-        }
-        self.store
-            .user_by_id(new.id.as_str())
-            .await?
-            .ok_or_else(|| ApiError::internal("user vanished after insert"))
+        insert_user(&self.store, email, name, hash, roles).await
     }
 
     /// Changes the password after checking the current one, then ends every other way in: all refresh
@@ -233,13 +216,12 @@ impl AppState {
         let new_hash =
             new_hash.ok_or_else(|| ApiError::internal("hashing the new password failed"))?;
         let now = Millis::now();
+        // The new hash and the token watermark are written in one UPDATE.
         self.store
             .set_password_hash(&user.id, new_hash.as_str(), now, Some(now))
             .await?;
-        self.store
-            .revoke_user_families(&user.id, now, "password_change")
+        self.end_every_login(&user.id, now, "password_change")
             .await?;
-        self.auth.revoke_tokens_before(&user.id, now);
         self.audit.record(
             "password.changed",
             Some(&user.id),
@@ -277,6 +259,34 @@ impl AppState {
         );
         Ok(user)
     }
+}
+
+/// Stores a new user (the API and the CLI both come here); `EmailTaken` when the email is in use.
+pub async fn insert_user(
+    store: &Store,
+    email: &Email,
+    name: Option<String>,
+    hash: Option<String>,
+    roles: &str,
+) -> ApiResult<UserRow> {
+    let new = NewUser {
+        id: UserId::generate(),
+        email: email.as_str().to_owned(),
+        email_key: email.key(),
+        name,
+        password_hash: hash,
+        roles: roles.to_owned(),
+        created_at: Millis::now(),
+    };
+    match store.create_user(&new).await {
+        Ok(()) => {}
+        Err(StoreError::Conflict(_)) => return Err(ApiError::EmailTaken),
+        Err(e) => return Err(e.into()),
+    }
+    store
+        .user_by_id(new.id.as_str())
+        .await?
+        .ok_or_else(|| ApiError::internal("user vanished after insert"))
 }
 
 pub(crate) fn audit_context(ip: &ClientIp, request_id: &RequestId) -> AuditContext {
