@@ -63,12 +63,8 @@ async fn rotation_publishes_the_next_key_before_it_signs(b: Backend) {
     let root = app.root_key().await;
     let before = jwks(&app).await;
     let r = app
-        .client
-        .post(app.url("/admin/v1/signing-keys/rotate"))
-        .header("x-api-key", &root)
-        .send()
-        .await
-        .unwrap();
+        .post_with_key("/admin/v1/signing-keys/rotate", &root, None)
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let key: Value = r.json().await.unwrap();
     assert_eq!(key["alg"], "ES256");
@@ -91,12 +87,8 @@ async fn rotation_publishes_the_next_key_before_it_signs(b: Backend) {
     let t = app.user_with_tokens("leo@example.com").await;
     assert_eq!(header_kid(t["access_token"].as_str().unwrap()), before[0]);
     let list: Value = app
-        .client
-        .get(app.url("/admin/v1/signing-keys"))
-        .header("x-api-key", &root)
-        .send()
+        .get_with_key("/admin/v1/signing-keys", &root)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -117,12 +109,8 @@ async fn without_lead_time_the_new_key_signs_and_the_old_one_still_verifies(b: B
     let old = app.user_with_tokens("mia@example.com").await;
     let old_kid = header_kid(old["access_token"].as_str().unwrap());
     let r = app
-        .client
-        .post(app.url("/admin/v1/signing-keys/rotate"))
-        .header("x-api-key", &root)
-        .send()
-        .await
-        .unwrap();
+        .post_with_key("/admin/v1/signing-keys/rotate", &root, None)
+        .await;
     let key: Value = r.json().await.unwrap();
     let fresh: Value = app
         .login("mia@example.com", crate::support::PASSWORD)
@@ -149,12 +137,8 @@ async fn without_lead_time_the_new_key_signs_and_the_old_one_still_verifies(b: B
         StatusCode::OK
     );
     let list: Value = app
-        .client
-        .get(app.url("/admin/v1/signing-keys"))
-        .header("x-api-key", &root)
-        .send()
+        .get_with_key("/admin/v1/signing-keys", &root)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();

@@ -135,6 +135,24 @@ impl TestApp {
             .unwrap()
     }
 
+    /// A request authenticated with an API key (`X-API-Key`).
+    pub async fn get_with_key(&self, path: &str, key: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .header("x-api-key", key)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post_with_key(&self, path: &str, key: &str, body: Option<&Value>) -> Response {
+        let mut req = self.client.post(self.url(path)).header("x-api-key", key);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        req.send().await.unwrap()
+    }
+
     pub async fn get_bearer(&self, path: &str, token: &str) -> Response {
         self.client
             .get(self.url(path))
@@ -178,12 +196,8 @@ impl TestApp {
     pub async fn wait_for_audit(&self, root: &str, kind: &str) -> Value {
         for _ in 0..50 {
             let r = self
-                .client
-                .get(self.url(&format!("/admin/v1/audit?type={kind}")))
-                .header("x-api-key", root)
-                .send()
-                .await
-                .unwrap();
+                .get_with_key(&format!("/admin/v1/audit?type={kind}"), root)
+                .await;
             let body: Value = r.json().await.unwrap();
             if let Some(e) = body["events"].as_array().and_then(|a| a.first()) {
                 return e.clone();

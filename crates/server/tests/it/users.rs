@@ -300,13 +300,12 @@ async fn imported_bcrypt_and_argon2_hashes_log_in_and_are_upgraded(b: Backend) {
         ),
     ] {
         let r = app
-            .client
-            .post(app.url("/admin/v1/users/import"))
-            .header("x-api-key", &root)
-            .json(&json!({"email": email, "password_hash": hash}))
-            .send()
-            .await
-            .unwrap();
+            .post_with_key(
+                "/admin/v1/users/import",
+                &root,
+                Some(&json!({"email": email, "password_hash": hash})),
+            )
+            .await;
         assert_eq!(r.status(), StatusCode::CREATED);
         let id = r.json::<Value>().await.unwrap()["id"]
             .as_str()
@@ -349,13 +348,12 @@ async fn import_needs_an_admin_and_a_valid_hash(b: Backend) {
     let root = app.root_key().await;
     for bad in ["plaintext-password", "$2b$10$tooshort", "$1$md5$legacy"] {
         let r = app
-            .client
-            .post(app.url("/admin/v1/users/import"))
-            .header("x-api-key", &root)
-            .json(&json!({"email": "x@example.com", "password_hash": bad}))
-            .send()
-            .await
-            .unwrap();
+            .post_with_key(
+                "/admin/v1/users/import",
+                &root,
+                Some(&json!({"email": "x@example.com", "password_hash": bad})),
+            )
+            .await;
         let body = assert_problem(r, StatusCode::BAD_REQUEST, "validation_failed").await;
         assert_eq!(body["errors"][0]["field"], "password_hash");
         assert!(!body.to_string().contains(bad), "the hash is not echoed");
@@ -378,24 +376,16 @@ async fn admins_list_users_page_by_page(b: Backend) {
     }
     let root = app.root_key().await;
     let page: Value = app
-        .client
-        .get(app.url("/admin/v1/users?limit=2"))
-        .header("x-api-key", &root)
-        .send()
+        .get_with_key("/admin/v1/users?limit=2", &root)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(page["users"].as_array().unwrap().len(), 2);
     let cursor = page["next_cursor"].as_str().unwrap();
     let rest: Value = app
-        .client
-        .get(app.url(&format!("/admin/v1/users?limit=2&cursor={cursor}")))
-        .header("x-api-key", &root)
-        .send()
+        .get_with_key(&format!("/admin/v1/users?limit=2&cursor={cursor}"), &root)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
