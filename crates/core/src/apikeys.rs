@@ -140,6 +140,56 @@ impl std::fmt::Debug for ApiKey {
     }
 }
 
+/// The answer of a key verification. Checks run in this order and the first that fails is the answer:
+/// format → exists → revoked → expired → scopes → remaining → rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum VerifyCode {
+    Valid,
+    /// Bad prefix, alphabet, length or checksum: decided without any lookup.
+    Malformed,
+    NotFound,
+    Revoked,
+    /// Past `expires_at`, or past the grace period of a roll.
+    Expired,
+    InsufficientScope,
+    /// `remaining` reached zero.
+    UsageExceeded,
+    RateLimited,
+}
+
+impl VerifyCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Valid => "VALID",
+            Self::Malformed => "MALFORMED",
+            Self::NotFound => "NOT_FOUND",
+            Self::Revoked => "REVOKED",
+            Self::Expired => "EXPIRED",
+            Self::InsufficientScope => "INSUFFICIENT_SCOPE",
+            Self::UsageExceeded => "USAGE_EXCEEDED",
+            Self::RateLimited => "RATE_LIMITED",
+        }
+    }
+}
+
+/// The lifetime checks of a stored key at `now` (ms): revoked first, then expired (by `expires_at`
+/// or by the end of a roll's grace period).
+pub fn lifetime_code(
+    revoked_at: Option<i64>,
+    expires_at: Option<i64>,
+    grace_until: Option<i64>,
+    now: i64,
+) -> Option<VerifyCode> {
+    if revoked_at.is_some_and(|at| at <= now) {
+        Some(VerifyCode::Revoked)
+    } else if expires_at.is_some_and(|at| at <= now) || grace_until.is_some_and(|at| at <= now) {
+        Some(VerifyCode::Expired)
+    } else {
+        None
+    }
+}
+
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 pub enum GenerateError {
     #[error(transparent)]
@@ -182,6 +232,29 @@ mod tests {
         for bad in ["A_B", "x", "with-dash", &"a".repeat(21), "_lead", "trail_"] {
             assert!(validate_prefix(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn revoked_wins_over_expired_and_grace_ends_a_rolled_key() {
+        assert_eq!(lifetime_code(None, None, None, 10), None);
+        assert_eq!(
+            lifetime_code(Some(5), Some(5), None, 10),
+            Some(VerifyCode::Revoked)
+        );
+        assert_eq!(lifetime_code(Some(11), None, None, 10), None);
+        assert_eq!(
+            lifetime_code(None, Some(10), None, 10),
+            Some(VerifyCode::Expired)
+        );
+        assert_eq!(
+            lifetime_code(None, Some(11), Some(10), 10),
+            Some(VerifyCode::Expired)
+        );
+        assert_eq!(lifetime_code(None, None, Some(11), 10), None);
+        assert_eq!(
+            serde_json::to_string(&VerifyCode::InsufficientScope).unwrap(),
+            r#""INSUFFICIENT_SCOPE""#
+        );
     }
 
     proptest! {

@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use crate::error::{ApiError, InternalCause};
 use crate::extract::{BodyLimit, RequestId};
 use crate::state::AppState;
-use crate::{admin, ops, tokens, users};
+use crate::{admin, apikeys, ops, tokens, users};
 
 pub fn router(state: AppState) -> Router {
     let limit = state.config.max_body_bytes;
@@ -25,12 +25,26 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/auth/refresh", post(tokens::refresh))
         .route("/v1/auth/logout", post(tokens::logout))
         .route("/v1/auth/logout-all", post(tokens::logout_all))
+        .route("/v1/keys", post(apikeys::create).get(apikeys::list))
+        .route("/v1/keys/verify", post(apikeys::verify))
+        .route(
+            "/v1/keys/{id}",
+            get(apikeys::get)
+                .patch(apikeys::patch)
+                .delete(apikeys::revoke),
+        )
+        .route("/v1/keys/{id}/roll", post(apikeys::roll))
         .route("/.well-known/jwks.json", get(tokens::jwks))
         .route("/admin/v1/users", get(users::list))
         .route("/admin/v1/users/import", post(users::import))
         .route("/admin/v1/signing-keys", get(tokens::list_signing_keys))
         .route("/admin/v1/signing-keys/rotate", post(tokens::rotate))
         .route("/admin/v1/audit", get(admin::audit))
+        .route("/admin/v1/keys", get(apikeys::admin_list))
+        .route(
+            "/admin/v1/keys/{id}",
+            get(apikeys::admin_get).delete(apikeys::admin_revoke),
+        )
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

@@ -18,17 +18,20 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use moka::Expiry;
 use moka::sync::Cache;
-use portcullis_core::apikeys::ApiKey;
+use portcullis_core::apikeys::{ApiKey, VerifyCode, lifetime_code};
 use portcullis_core::clock::Millis;
 use portcullis_core::ids::UserId;
 use portcullis_core::jwt::AccessClaims;
-use portcullis_core::scopes::Scopes;
+use portcullis_core::ratelimit::{RateDecision, RatePolicy};
+use portcullis_core::scopes::{Scope, Scopes};
 use portcullis_core::secrets::TokenHash;
-use portcullis_store::{ApiKeyRow, ApiKeyStore, UserRow, UserStore};
+use portcullis_store::{ApiKeyRow, ApiKeyStore, Spend, UserRow, UserStore};
 use serde::Serialize;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Throttled};
+use crate::invalidation::Invalidation;
 use crate::state::AppState;
+use crate::throttle::RateLimiter;
 
 /// How the caller proved who they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -91,17 +94,15 @@ pub struct Authenticator {
     verified: Cache<[u8; 32], Arc<AccessClaims>>,
     users: Cache<String, Arc<UserRow>>,
     api_keys: Cache<[u8; 32], Arc<ApiKeyRow>>,
+    /// Well-formed keys that do not exist, so that guessing costs no store reads. Safe to cache: a new
+    /// key has 196 random bits, so nobody presents it before it exists.
+    unknown_keys: Cache<[u8; 32], ()>,
     watermarks: RwLock<HashMap<String, i64>>,
 }
 
-impl Default for Authenticator {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Authenticator {
-    pub fn new() -> Self {
+    /// `key_ttl`: how long a looked-up API key (or a miss) is kept.
+    pub fn new(key_ttl: Duration) -> Self {
         Self {
             verified: Cache::builder()
                 .max_capacity(200_000)
@@ -113,7 +114,11 @@ impl Authenticator {
                 .build(),
             api_keys: Cache::builder()
                 .max_capacity(100_000)
-                .time_to_live(Duration::from_secs(60))
+                .time_to_live(key_ttl)
+                .build(),
+            unknown_keys: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(key_ttl)
                 .build(),
             watermarks: RwLock::new(HashMap::new()),
         }
@@ -151,6 +156,29 @@ impl Authenticator {
     pub fn forget_user(&self, user_id: &str) {
         self.users.invalidate(user_id);
     }
+
+    /// Drops whatever `event` makes stale.
+    pub fn apply(&self, event: &Invalidation) {
+        match event {
+            Invalidation::ApiKey(hash) => {
+                self.api_keys.invalidate(hash);
+                self.unknown_keys.invalidate(hash);
+            }
+            Invalidation::User(id) => self.users.invalidate(id),
+        }
+    }
+}
+
+/// The outcome of [`AppState::check_api_key`].
+#[derive(Debug)]
+pub struct KeyCheck {
+    pub code: VerifyCode,
+    /// The stored key, when it exists.
+    pub row: Option<Arc<ApiKeyRow>>,
+    /// Uses left after this one (`None`: unlimited).
+    pub remaining: Option<i64>,
+    /// The key's rate limit and this request's decision, when the key has one and got that far.
+    pub ratelimit: Option<(RatePolicy, RateDecision)>,
 }
 
 fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
@@ -196,6 +224,12 @@ impl AppState {
         }
     }
 
+    /// Applies an invalidation to this node's caches (see [`crate::invalidation`]).
+    pub fn invalidate(&self, event: Invalidation) {
+        self.auth.apply(&event);
+        self.bus.send(event);
+    }
+
     fn authenticate_jwt(&self, token: &str) -> Result<Principal, ApiError> {
         let now = Millis::now();
         let hash = TokenHash::of(token.as_bytes());
@@ -235,27 +269,26 @@ impl AppState {
     }
 
     async fn authenticate_api_key(&self, raw: &str) -> Result<Principal, ApiError> {
-        // Format and checksum first: made-up keys never reach a cache or the store.
-        let key = ApiKey::parse(raw).map_err(|_| ApiError::InvalidApiKey)?;
-        let hash = key.hash();
-        let row = match self.auth.api_keys.get(&hash.0) {
-            Some(row) => row,
-            None => {
-                let row = Arc::new(
-                    self.store
-                        .api_key_by_hash(&hash)
-                        .await?
-                        .ok_or(ApiError::InvalidApiKey)?,
-                );
-                self.auth.api_keys.insert(hash.0, Arc::clone(&row));
-                row
+        let check = self.check_api_key(raw, &[]).await?;
+        let row = match check.code {
+            VerifyCode::Valid => check.row.ok_or(ApiError::InvalidApiKey)?,
+            VerifyCode::UsageExceeded => {
+                return Err(ApiError::Forbidden(
+                    "usage_exceeded",
+                    "this API key has no uses left".into(),
+                ));
             }
+            VerifyCode::RateLimited => {
+                let (policy, decision) = check.ratelimit.ok_or(ApiError::InvalidApiKey)?;
+                return Err(ApiError::RateLimited(Throttled {
+                    policy: "api-key",
+                    limit: policy.limit,
+                    window_s: policy.period_ms.div_ceil(1000),
+                    decision,
+                }));
+            }
+            _ => return Err(ApiError::InvalidApiKey),
         };
-        let now = Millis::now().0;
-        if row.revoked_at.is_some_and(|at| at <= now) || row.expires_at.is_some_and(|at| at <= now)
-        {
-            return Err(ApiError::InvalidApiKey);
-        }
         let scopes = Scopes::parse_space_separated(&row.scopes).unwrap_or_default();
         let user_id = row.owner_id.as_deref().and_then(|o| UserId::parse(o).ok());
         Ok(Principal {
@@ -268,6 +301,121 @@ impl AppState {
             client_id: None,
             first_party: false,
         })
+    }
+
+    /// A stored key by hash: from memory when it was looked up recently (misses too), else the store.
+    async fn api_key_row(&self, hash: &TokenHash) -> Result<Option<Arc<ApiKeyRow>>, ApiError> {
+        if let Some(row) = self.auth.api_keys.get(&hash.0) {
+            return Ok(Some(row));
+        }
+        if self.auth.unknown_keys.contains_key(&hash.0) {
+            return Ok(None);
+        }
+        match self.store.api_key_by_hash(hash).await? {
+            Some(row) => {
+                let row = Arc::new(row);
+                self.auth.api_keys.insert(hash.0, Arc::clone(&row));
+                Ok(Some(row))
+            }
+            None => {
+                self.auth.unknown_keys.insert(hash.0, ());
+                Ok(None)
+            }
+        }
+    }
+
+    /// Every check of an API key, in the documented order: format → exists → revoked (or its owner
+    /// disabled) → expired → scopes → remaining → rate limit. The first that fails is the answer.
+    ///
+    /// Format and checksum come first, so a made-up key costs no lookup at all. A key in use is served
+    /// from memory; only a key with `remaining` set costs a store write (one conditional UPDATE). The
+    /// rate limit is taken before `remaining` is spent, so a request refused for its rate does not use
+    /// up one of the key's uses; a key whose cached `remaining` is already 0 answers USAGE_EXCEEDED
+    /// without touching either.
+    pub async fn check_api_key(
+        &self,
+        raw: &str,
+        required_scopes: &[Scope],
+    ) -> Result<KeyCheck, ApiError> {
+        let mut check = KeyCheck {
+            code: VerifyCode::Malformed,
+            row: None,
+            remaining: None,
+            ratelimit: None,
+        };
+        let Ok(key) = ApiKey::parse(raw) else {
+            return Ok(check);
+        };
+        let Some(row) = self.api_key_row(&key.hash()).await? else {
+            check.code = VerifyCode::NotFound;
+            return Ok(check);
+        };
+        check.row = Some(Arc::clone(&row));
+        check.remaining = row.remaining;
+        let now = Millis::now().0;
+        if let Some(code) = lifetime_code(row.revoked_at, row.expires_at, row.grace_until, now) {
+            check.code = code;
+            return Ok(check);
+        }
+        if let Some(owner) = &row.owner_id
+            && self
+                .user(owner)
+                .await?
+                .is_none_or(|u| u.disabled_at.is_some())
+        {
+            check.code = VerifyCode::Revoked;
+            return Ok(check);
+        }
+        if !required_scopes.is_empty() {
+            let held = Scopes::parse_space_separated(&row.scopes).unwrap_or_default();
+            if !required_scopes.iter().all(|s| held.contains(s.as_str())) {
+                check.code = VerifyCode::InsufficientScope;
+                return Ok(check);
+            }
+        }
+        if row.remaining == Some(0) && row.rolled_to.is_none() {
+            check.code = VerifyCode::UsageExceeded;
+            return Ok(check);
+        }
+        if let (Some(limit), Some(period)) = (row.ratelimit_limit, row.ratelimit_duration_ms) {
+            let policy = RatePolicy {
+                limit: u32::try_from(limit).unwrap_or(u32::MAX),
+                period_ms: u64::try_from(period).unwrap_or(1000),
+            };
+            let decision = self
+                .key_limits
+                .check(&format!("key:{}", row.counter_id()), policy, 1)
+                .await;
+            check.ratelimit = Some((policy, decision));
+            if !decision.allowed {
+                // The cached `remaining` is as of the lookup; USAGE_EXCEEDED comes first in the order,
+                // so a metered key refused for its rate asks the store how many uses are left.
+                if row.remaining.is_some()
+                    && let Some(counter) = self.store.api_key_by_id(row.counter_id()).await?
+                {
+                    check.remaining = counter.remaining;
+                    if counter.remaining == Some(0) {
+                        check.code = VerifyCode::UsageExceeded;
+                        return Ok(check);
+                    }
+                }
+                check.code = VerifyCode::RateLimited;
+                return Ok(check);
+            }
+        }
+        if row.remaining.is_some() {
+            match self.store.spend_api_key(row.counter_id()).await? {
+                Spend::Spent(left) => check.remaining = left,
+                Spend::Exhausted => {
+                    check.remaining = Some(0);
+                    check.code = VerifyCode::UsageExceeded;
+                    return Ok(check);
+                }
+            }
+        }
+        self.key_usage.used(&row.id);
+        check.code = VerifyCode::Valid;
+        Ok(check)
     }
 
     /// Admins: users with role `admin`, or credentials holding scope `admin`.
@@ -288,12 +436,48 @@ impl AppState {
     }
 }
 
+/// Query parameters that carry credentials in other products' APIs.
+const CREDENTIAL_PARAMS: &[&str] = &[
+    "api_key",
+    "apikey",
+    "api-key",
+    "x-api-key",
+    "x_api_key",
+    "key",
+    "access_token",
+    "token",
+];
+
+/// True when the query string carries a credential: a parameter named like one, or any value that is
+/// one of our API keys. URLs end up in proxy and server logs, browser history and `Referer` headers, so
+/// such requests are refused rather than served (OWASP ASVS 5.0 V14.2.1).
+pub fn credential_in_query(query: Option<&str>) -> bool {
+    let Some(query) = query else {
+        return false;
+    };
+    query.split('&').any(|pair| {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = name.to_ascii_lowercase();
+        CREDENTIAL_PARAMS.contains(&name.as_str())
+            || (value.len() <= 128
+                && ApiKey::parse(&value.replace("%5F", "_").replace("%5f", "_")).is_ok())
+    })
+}
+
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         if let Some(p) = parts.extensions.get::<Principal>() {
             return Ok(p.clone());
+        }
+        if credential_in_query(parts.uri.query()) {
+            return Err(ApiError::BadRequest(
+                "credential_in_query",
+                "credentials belong in a header (X-API-Key or Authorization), never in the URL, \
+                 where proxies, logs and browser history keep them; this request was refused"
+                    .into(),
+            ));
         }
         let principal = state.authenticate(&parts.headers).await?;
         parts.extensions.insert(principal.clone());

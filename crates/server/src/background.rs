@@ -12,6 +12,8 @@ pub fn spawn(state: AppState) -> Vec<tokio::task::JoinHandle<()>> {
     vec![
         tokio::spawn(keys_loop(state.clone())),
         tokio::spawn(janitor_loop(state.clone())),
+        tokio::spawn(crate::usage::key_usage_loop(state.clone())),
+        tokio::spawn(crate::usage::verify_failures_loop(state.clone())),
         tokio::spawn(watermark_loop(state)),
     ]
 }
@@ -51,11 +53,12 @@ async fn keys_loop(state: AppState) {
 pub async fn janitor_pass(state: &AppState) -> u64 {
     let now = Millis::now();
     let audit_before = now.plus_secs(-state.config.audit_retention_days * 86_400);
+    let keys_before = now.plus_secs(-state.config.api_key_retention_days * 86_400);
     let mut total = 0;
     loop {
         match state
             .store
-            .purge_expired(now, audit_before, state.config.janitor_batch)
+            .purge_expired(now, audit_before, keys_before, state.config.janitor_batch)
             .await
         {
             Ok(purged) => {

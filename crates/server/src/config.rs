@@ -100,6 +100,21 @@ pub struct Config {
     pub janitor_batch: u32,
     /// `json` (default) or `pretty`.
     pub log_format: LogFormat,
+
+    /// Prefix of new API keys when a request names none.
+    pub api_key_prefix: String,
+    /// How long a looked-up API key is served from memory. Changes made on this node apply at once;
+    /// this bounds how stale another node's view can be until the Redis bus arrives.
+    pub api_key_cache_ttl_s: u64,
+    /// Largest `meta` of an API key (bytes of JSON).
+    pub api_key_meta_max_bytes: usize,
+    /// Revoked and expired API keys are deleted this many days later; until then a verify answers
+    /// REVOKED or EXPIRED rather than NOT_FOUND.
+    pub api_key_retention_days: i64,
+    /// Longest grace period of a roll (seconds).
+    pub api_key_max_grace_s: i64,
+    /// Verify failures are audited as one event per caller and code per this interval (ms).
+    pub verify_audit_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -140,6 +155,12 @@ impl Default for Config {
             janitor_interval_s: 300,
             janitor_batch: 1000,
             log_format: LogFormat::Json,
+            api_key_prefix: portcullis_core::apikeys::DEFAULT_PREFIX.to_owned(),
+            api_key_cache_ttl_s: 60,
+            api_key_meta_max_bytes: 8 * 1024,
+            api_key_retention_days: 30,
+            api_key_max_grace_s: 30 * 24 * 3600,
+            verify_audit_interval_ms: 60_000,
         }
     }
 }
@@ -216,6 +237,12 @@ const KEYS: &[&str] = &[
     "janitor_interval_s",
     "janitor_batch",
     "log_format",
+    "api_key_prefix",
+    "api_key_cache_ttl_s",
+    "api_key_meta_max_bytes",
+    "api_key_retention_days",
+    "api_key_max_grace_s",
+    "verify_audit_interval_ms",
 ];
 
 /// A configuration that cannot be used; the message says what to change.
@@ -319,6 +346,22 @@ impl Config {
             && (k.len() != 64 || hex::decode(k).is_err())
         {
             return err("master_key must be 64 hex digits (32 bytes)".into());
+        }
+        if portcullis_core::apikeys::validate_prefix(&self.api_key_prefix).is_err() {
+            return err(format!(
+                "api_key_prefix must be 2 to 20 characters of a-z, 0-9 and _ (not at either end), got {:?}",
+                self.api_key_prefix
+            ));
+        }
+        if !(1..=3600).contains(&self.api_key_cache_ttl_s)
+            || !(64..=65536).contains(&self.api_key_meta_max_bytes)
+            || !(0..=365 * 24 * 3600).contains(&self.api_key_max_grace_s)
+            || !(0..=3650).contains(&self.api_key_retention_days)
+            || !(100..=3_600_000).contains(&self.verify_audit_interval_ms)
+        {
+            return err("api_key_cache_ttl_s must be 1..=3600, api_key_meta_max_bytes 64..=65536, \
+                 api_key_max_grace_s 0..=31536000, api_key_retention_days 0..=3650 and verify_audit_interval_ms 100..=3600000"
+                .into());
         }
         if self.first_party_client_id.is_empty() {
             return err("first_party_client_id must not be empty".into());

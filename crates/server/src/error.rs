@@ -52,6 +52,12 @@ pub enum ApiError {
     /// 400 `weak_password`, with every reason.
     #[error("the password does not meet the password policy")]
     WeakPassword(Vec<WeakReason>),
+    /// 400 with the given code (e.g. `credential_in_query`).
+    #[error("{1}")]
+    BadRequest(&'static str, String),
+    /// 409 with the given code (e.g. `key_revoked`).
+    #[error("{1}")]
+    Conflict(&'static str, String),
     /// 409 `email_taken`.
     #[error("an account with this email already exists")]
     EmailTaken,
@@ -103,9 +109,11 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MalformedBody(_) | Self::Validation(_) | Self::WeakPassword(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::MalformedBody(_)
+            | Self::Validation(_)
+            | Self::WeakPassword(_)
+            | Self::BadRequest(..) => StatusCode::BAD_REQUEST,
+            Self::Conflict(..) => StatusCode::CONFLICT,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::EmailTaken => StatusCode::CONFLICT,
@@ -131,6 +139,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::Validation(_) => "validation_failed",
             Self::WeakPassword(_) => "weak_password",
+            Self::BadRequest(code, _) | Self::Conflict(code, _) => code,
             Self::EmailTaken => "email_taken",
             Self::RegistrationClosed => "registration_closed",
             Self::InvalidCredentials => "invalid_credentials",

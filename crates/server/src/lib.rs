@@ -10,6 +10,7 @@
 )]
 
 pub mod admin;
+pub mod apikeys;
 pub mod app;
 pub mod audit;
 pub mod auth;
@@ -18,6 +19,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod hashing;
+pub mod invalidation;
 pub mod keys;
 pub mod openapi;
 pub mod ops;
@@ -25,11 +27,12 @@ pub mod state;
 pub mod telemetry;
 pub mod throttle;
 pub mod tokens;
+pub mod usage;
 pub mod users;
 
 use std::net::SocketAddr;
 
-use portcullis_core::apikeys::{self, ApiKey};
+use portcullis_core::apikeys::{ApiKey, DEFAULT_PREFIX};
 use portcullis_core::clock::Millis;
 use portcullis_core::ids::KeyId;
 use portcullis_store::{ApiKeyRow, ApiKeyStore, Store, UserStore};
@@ -90,6 +93,8 @@ impl Running {
         for task in &self.background {
             task.abort();
         }
+        usage::flush_key_usage(&self.state).await;
+        usage::flush_verify_failures(&self.state);
         let store = self.state.store.clone();
         drop(self.state);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.audit).await;
@@ -107,8 +112,7 @@ impl Running {
 
 /// Creates a root API key (scope `admin`, no owner) and returns it; it is shown only this once.
 pub async fn create_root_key(store: &Store, name: &str) -> Result<String, StartError> {
-    let key =
-        ApiKey::generate(apikeys::DEFAULT_PREFIX).map_err(|e| StartError::Other(e.to_string()))?;
+    let key = ApiKey::generate(DEFAULT_PREFIX).map_err(|e| StartError::Other(e.to_string()))?;
     let now = Millis::now().0;
     let row = ApiKeyRow {
         id: KeyId::generate().to_string(),

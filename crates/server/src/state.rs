@@ -14,8 +14,10 @@ use crate::audit::Audit;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::hashing::HashPool;
+use crate::invalidation::Bus;
 use crate::keys::KeyRing;
 use crate::throttle::{LoginThrottle, MemoryLimiter};
+use crate::usage::{KeyUsage, VerifyFailures};
 
 pub struct Inner {
     pub config: Config,
@@ -30,6 +32,12 @@ pub struct Inner {
     pub hashing: HashPool,
     pub policy: PasswordPolicy,
     pub throttle: LoginThrottle<MemoryLimiter>,
+    /// Per-key rate limits of API keys.
+    pub key_limits: MemoryLimiter,
+    pub key_usage: KeyUsage,
+    pub verify_failures: VerifyFailures,
+    /// Cache invalidations, for other nodes (see [`crate::invalidation`]).
+    pub bus: Bus,
     pub audit: Audit,
     pub metrics: PrometheusHandle,
 }
@@ -182,7 +190,12 @@ impl AppState {
             std::time::Duration::from_millis(backoff.forget_after_ms),
         );
         let (audit, audit_task) = Audit::spawn(store.clone());
-        let auth = Authenticator::new();
+        let auth = Authenticator::new(std::time::Duration::from_secs(config.api_key_cache_ttl_s));
+        // A key's limiter state is forgotten after a day idle: the longest period a key may have.
+        let key_limits = MemoryLimiter::new(
+            std::time::Duration::from_millis(crate::apikeys::MAX_RATELIMIT_DURATION_MS as u64),
+            std::time::Duration::from_secs(60),
+        );
         let forget_before =
             Millis::now().plus_secs(-(config.access_token_ttl_s + config.jwt_leeway_s + 60));
         auth.load_watermarks(
@@ -197,6 +210,10 @@ impl AppState {
             audience: config.audience(),
             hsts: config.issuer().starts_with("https://"),
             throttle: LoginThrottle::new(limiter, ip_policy, backoff),
+            key_limits,
+            key_usage: KeyUsage::new(),
+            verify_failures: VerifyFailures::default(),
+            bus: Bus::new(),
             config,
             store,
             keys,

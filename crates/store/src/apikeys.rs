@@ -1,5 +1,10 @@
-//! API keys as stored: SHA-256 of the key, never the key. The full lifecycle arrives with the API-key
-//! issue; the foundation needs creation and lookup for root keys.
+//! API keys as stored: the SHA-256 of the key, never the key. Every decision is one conditional
+//! statement: spending one use of `remaining`, rolling a key (once), revoking it and the keys rolled
+//! into it.
+//!
+//! Rolling: the old row gets `rolled_to` (the new key's id) and `grace_until`; until then it keeps
+//! working, sharing the new key's `remaining` counter (see [`ApiKeyRow::counter_id`]) so a roll never
+//! doubles a key's uses. Rolling the new key again re-points older keys still in grace at the newest.
 
 use portcullis_core::secrets::TokenHash;
 
@@ -8,7 +13,7 @@ use crate::{Result, Store, StoreError, with_pool};
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ApiKeyRow {
     pub id: String,
-    /// `None` for root keys, which belong to no user.
+    /// `None` for keys that belong to no user (root and service keys, managed by administrators).
     pub owner_id: Option<String>,
     pub prefix: String,
     pub start: String,
@@ -16,6 +21,7 @@ pub struct ApiKeyRow {
     pub name: String,
     /// Space-separated.
     pub scopes: String,
+    /// A JSON object, as text.
     pub meta: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
@@ -27,6 +33,54 @@ pub struct ApiKeyRow {
     pub last_used_at: Option<i64>,
     pub rolled_to: Option<String>,
     pub grace_until: Option<i64>,
+}
+
+impl ApiKeyRow {
+    /// The row whose `remaining` (and rate limit) this key spends: its own, or while it is in the grace
+    /// period of a roll, the key it was rolled to.
+    pub fn counter_id(&self) -> &str {
+        self.rolled_to.as_deref().unwrap_or(&self.id)
+    }
+}
+
+/// Which keys a listing covers.
+#[derive(Debug, Clone, Copy)]
+pub enum KeyOwner<'a> {
+    /// Every key (administrators).
+    All,
+    /// Keys that belong to no user.
+    Nobody,
+    User(&'a str),
+}
+
+/// A change to a key. `None` leaves a field alone; `Some(None)` clears a nullable one.
+#[derive(Debug, Clone, Default)]
+pub struct ApiKeyPatch {
+    pub name: Option<String>,
+    pub scopes: Option<String>,
+    pub meta: Option<Option<String>>,
+    pub expires_at: Option<Option<i64>>,
+    pub remaining: Option<Option<i64>>,
+    /// `(limit, duration_ms)`.
+    pub ratelimit: Option<Option<(i64, i64)>>,
+}
+
+/// The new key of a roll: what the server generated. Everything else is copied from the old row by
+/// the database, in the same transaction, so a concurrent verify or patch cannot be lost.
+#[derive(Debug, Clone)]
+pub struct RolledKey {
+    pub id: String,
+    pub start: String,
+    pub key_hash: Vec<u8>,
+}
+
+/// The outcome of spending one use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spend {
+    /// Spent; the uses left (`None`: the key is unlimited).
+    Spent(Option<i64>),
+    /// No uses left, or the key was revoked meanwhile.
+    Exhausted,
 }
 
 macro_rules! api_key_columns {
@@ -42,7 +96,42 @@ pub trait ApiKeyStore {
         &self,
         hash: &TokenHash,
     ) -> impl Future<Output = Result<Option<ApiKeyRow>>> + Send;
+    fn api_key_by_id(&self, id: &str) -> impl Future<Output = Result<Option<ApiKeyRow>>> + Send;
+    /// Keys in creation order, `limit` at most, after the key id `after`.
+    fn list_api_keys(
+        &self,
+        owner: KeyOwner<'_>,
+        after: Option<&str>,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<ApiKeyRow>>> + Send;
     fn count_api_keys(&self) -> impl Future<Output = Result<i64>> + Send;
+    /// Applies `patch` to a key that is not revoked; `None` when there is no such key.
+    fn update_api_key(
+        &self,
+        id: &str,
+        patch: &ApiKeyPatch,
+        now: i64,
+    ) -> impl Future<Output = Result<Option<ApiKeyRow>>> + Send;
+    /// Spends one use of `remaining` of the key `id` (a counter id), atomically.
+    fn spend_api_key(&self, id: &str) -> impl Future<Output = Result<Spend>> + Send;
+    /// Revokes the key and any key still rolled into it; returns the hashes of the keys revoked.
+    fn revoke_api_key(
+        &self,
+        id: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<Vec<Vec<u8>>>> + Send;
+    /// Rolls `old_id` (not revoked, not rolled before) into `new`, which copies its settings. The old
+    /// key keeps working until `grace_until`. Returns the new row and the hashes of every older key
+    /// whose row changed. `StoreError::NotFound` when the old key is unknown, revoked or already rolled.
+    fn roll_api_key(
+        &self,
+        old_id: &str,
+        new: &RolledKey,
+        grace_until: i64,
+        now: i64,
+    ) -> impl Future<Output = Result<(ApiKeyRow, Vec<Vec<u8>>)>> + Send;
+    /// Records `last_used_at` for a batch of keys (never moving it backwards).
+    fn touch_api_keys(&self, used: &[(String, i64)]) -> impl Future<Output = Result<()>> + Send;
 }
 
 impl ApiKeyStore for Store {
@@ -90,9 +179,214 @@ impl ApiKeyStore for Store {
         )
     }
 
+    async fn api_key_by_id(&self, id: &str) -> Result<Option<ApiKeyRow>> {
+        let sql = concat!(
+            "SELECT ",
+            api_key_columns!(),
+            " FROM api_keys WHERE id = $1"
+        );
+        Ok(
+            with_pool!(self, read, p => sqlx::query_as::<_, ApiKeyRow>(sql).bind(id).fetch_optional(p).await?),
+        )
+    }
+
+    async fn list_api_keys(
+        &self,
+        owner: KeyOwner<'_>,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<ApiKeyRow>> {
+        // Ids are UUIDv7: ordering by id is ordering by creation.
+        let (sql, owner_id) = match owner {
+            KeyOwner::All => (
+                concat!(
+                    "SELECT ",
+                    api_key_columns!(),
+                    " FROM api_keys WHERE id > $1 AND $2 IS NULL ORDER BY id LIMIT $3"
+                ),
+                None,
+            ),
+            KeyOwner::Nobody => (
+                concat!(
+                    "SELECT ",
+                    api_key_columns!(),
+                    " FROM api_keys WHERE id > $1 AND owner_id IS NULL AND $2 IS NULL ORDER BY id LIMIT $3"
+                ),
+                None,
+            ),
+            KeyOwner::User(u) => (
+                concat!(
+                    "SELECT ",
+                    api_key_columns!(),
+                    " FROM api_keys WHERE id > $1 AND owner_id = $2 ORDER BY id LIMIT $3"
+                ),
+                Some(u),
+            ),
+        };
+        let after = after.unwrap_or("");
+        Ok(
+            with_pool!(self, read, p => sqlx::query_as::<_, ApiKeyRow>(sql)
+            .bind(after)
+            .bind(owner_id)
+            .bind(limit)
+            .fetch_all(p)
+            .await?),
+        )
+    }
+
     async fn count_api_keys(&self) -> Result<i64> {
         Ok(
             with_pool!(self, read, p => sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM api_keys").fetch_one(p).await?),
         )
+    }
+
+    async fn update_api_key(
+        &self,
+        id: &str,
+        patch: &ApiKeyPatch,
+        now: i64,
+    ) -> Result<Option<ApiKeyRow>> {
+        // One statement with a flag per field: only the fields named change, so a concurrent spend of
+        // `remaining` is never overwritten by a patch of something else.
+        let sql = concat!(
+            "UPDATE api_keys SET updated_at = $2, \
+             name = CASE WHEN $3 THEN $4 ELSE name END, \
+             scopes = CASE WHEN $5 THEN $6 ELSE scopes END, \
+             meta = CASE WHEN $7 THEN $8 ELSE meta END, \
+             expires_at = CASE WHEN $9 THEN $10 ELSE expires_at END, \
+             remaining = CASE WHEN $11 THEN $12 ELSE remaining END, \
+             ratelimit_limit = CASE WHEN $13 THEN $14 ELSE ratelimit_limit END, \
+             ratelimit_duration_ms = CASE WHEN $15 THEN $16 ELSE ratelimit_duration_ms END \
+             WHERE id = $1 AND revoked_at IS NULL RETURNING ",
+            api_key_columns!()
+        );
+        let rl = patch.ratelimit.map(|r| r.map(|(l, _)| l));
+        let rd = patch.ratelimit.map(|r| r.map(|(_, d)| d));
+        Ok(
+            with_pool!(self, write, p => sqlx::query_as::<_, ApiKeyRow>(sql)
+            .bind(id)
+            .bind(now)
+            .bind(patch.name.is_some())
+            .bind(patch.name.as_deref())
+            .bind(patch.scopes.is_some())
+            .bind(patch.scopes.as_deref())
+            .bind(patch.meta.is_some())
+            .bind(patch.meta.clone().flatten())
+            .bind(patch.expires_at.is_some())
+            .bind(patch.expires_at.flatten())
+            .bind(patch.remaining.is_some())
+            .bind(patch.remaining.flatten())
+            .bind(rl.is_some())
+            .bind(rl.flatten())
+            .bind(rd.is_some())
+            .bind(rd.flatten())
+            .fetch_optional(p)
+            .await?),
+        )
+    }
+
+    async fn spend_api_key(&self, id: &str) -> Result<Spend> {
+        // The decision is the WHERE clause: of N concurrent spends of a key with k uses left, exactly
+        // min(N, k) find `remaining > 0`.
+        let sql = "UPDATE api_keys SET remaining = remaining - 1 \
+                   WHERE id = $1 AND revoked_at IS NULL AND (remaining IS NULL OR remaining > 0) \
+                   RETURNING remaining";
+        let left = with_pool!(self, write, p => sqlx::query_scalar::<_, Option<i64>>(sql)
+            .bind(id)
+            .fetch_optional(p)
+            .await?);
+        Ok(match left {
+            Some(left) => Spend::Spent(left),
+            None => Spend::Exhausted,
+        })
+    }
+
+    async fn revoke_api_key(&self, id: &str, now: i64) -> Result<Vec<Vec<u8>>> {
+        let sql = "UPDATE api_keys SET revoked_at = $2, updated_at = $2 \
+                   WHERE (id = $1 OR rolled_to = $1) AND revoked_at IS NULL RETURNING key_hash";
+        Ok(
+            with_pool!(self, write, p => sqlx::query_scalar::<_, Vec<u8>>(sql)
+            .bind(id)
+            .bind(now)
+            .fetch_all(p)
+            .await?),
+        )
+    }
+
+    async fn roll_api_key(
+        &self,
+        old_id: &str,
+        new: &RolledKey,
+        grace_until: i64,
+        now: i64,
+    ) -> Result<(ApiKeyRow, Vec<Vec<u8>>)> {
+        let insert = concat!(
+            "INSERT INTO api_keys (",
+            api_key_columns!(),
+            ") SELECT $2, owner_id, prefix, $3, $4, name, scopes, meta, $5, $5, expires_at, NULL, \
+             remaining, ratelimit_limit, ratelimit_duration_ms, NULL, NULL, NULL \
+             FROM api_keys WHERE id = $1 RETURNING ",
+            api_key_columns!()
+        );
+        with_pool!(self, write, p => {
+            let mut tx = p.begin().await?;
+            // The decision: a key is rolled once. A second roll of the same key finds rolled_to set.
+            let old_hash = sqlx::query_scalar::<_, Vec<u8>>(
+                "UPDATE api_keys SET rolled_to = $2, grace_until = $3, updated_at = $4 \
+                 WHERE id = $1 AND revoked_at IS NULL AND rolled_to IS NULL RETURNING key_hash",
+            )
+            .bind(old_id)
+            .bind(&new.id)
+            .bind(grace_until)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(old_hash) = old_hash else {
+                return Err(StoreError::NotFound);
+            };
+            let row = sqlx::query_as::<_, ApiKeyRow>(insert)
+                .bind(old_id)
+                .bind(&new.id)
+                .bind(&new.start)
+                .bind(&new.key_hash)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(StoreError::unique("api_keys_hash_unique"))?;
+            // Keys still in grace from earlier rolls now spend the newest key's counter.
+            let mut changed = sqlx::query_scalar::<_, Vec<u8>>(
+                "UPDATE api_keys SET rolled_to = $2, updated_at = $3 \
+                 WHERE rolled_to = $1 AND revoked_at IS NULL RETURNING key_hash",
+            )
+            .bind(old_id)
+            .bind(&new.id)
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            changed.push(old_hash);
+            Ok((row, changed))
+        })
+    }
+
+    async fn touch_api_keys(&self, used: &[(String, i64)]) -> Result<()> {
+        if used.is_empty() {
+            return Ok(());
+        }
+        with_pool!(self, write, p => {
+            let mut tx = p.begin().await?;
+            for (id, at) in used {
+                sqlx::query(
+                    "UPDATE api_keys SET last_used_at = $2 \
+                     WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)",
+                )
+                .bind(id)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
     }
 }

@@ -33,7 +33,7 @@ mod refresh;
 mod signing_keys;
 mod users;
 
-pub use apikeys::{ApiKeyRow, ApiKeyStore};
+pub use apikeys::{ApiKeyPatch, ApiKeyRow, ApiKeyStore, KeyOwner, RolledKey, Spend};
 pub use audit::{AuditEvent, AuditFilter, AuditStore};
 pub use maintenance::{Maintenance, Purged};
 pub use refresh::{FamilyRow, NewFamily, NextToken, RefreshTokenStore, Rotation};

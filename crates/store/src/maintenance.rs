@@ -25,11 +25,13 @@ pub trait Maintenance {
     fn ping(&self) -> impl Future<Output = Result<()>> + Send;
     /// Deletes at most `batch` rows of each kind that are past use: refresh families expired or revoked
     /// before `dead_before` (their tokens go with them), audit events before `audit_before`, signing keys
-    /// expired before `dead_before`, API keys expired or revoked before `dead_before`.
+    /// expired before `dead_before`, API keys expired, revoked or past the grace of a roll before
+    /// `keys_before` (kept longer so that a verify can still say REVOKED or EXPIRED instead of NOT_FOUND).
     fn purge_expired(
         &self,
         dead_before: Millis,
         audit_before: Millis,
+        keys_before: Millis,
         batch: u32,
     ) -> impl Future<Output = Result<Purged>> + Send;
 }
@@ -44,6 +46,7 @@ impl Maintenance for Store {
         &self,
         dead_before: Millis,
         audit_before: Millis,
+        keys_before: Millis,
         batch: u32,
     ) -> Result<Purged> {
         let batch = i64::from(batch.max(1));
@@ -75,9 +78,9 @@ impl Maintenance for Store {
             .rows_affected();
             let api_keys = sqlx::query(
                 "DELETE FROM api_keys WHERE id IN (SELECT id FROM api_keys \
-                 WHERE expires_at < $1 OR revoked_at < $1 LIMIT $2)",
+                 WHERE expires_at < $1 OR revoked_at < $1 OR grace_until < $1 LIMIT $2)",
             )
-            .bind(dead_before.0)
+            .bind(keys_before.0)
             .bind(batch)
             .execute(p)
             .await?

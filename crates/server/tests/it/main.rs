@@ -9,6 +9,7 @@
 
 mod support;
 
+mod api_keys;
 mod binary;
 mod http;
 mod interop;

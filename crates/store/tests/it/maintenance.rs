@@ -13,8 +13,42 @@ use crate::support::{
 
 backend_tests!(
     ping_answers,
-    purge_expired_removes_dead_rows_in_batches_and_keeps_live_ones
+    purge_expired_removes_dead_rows_in_batches_and_keeps_live_ones,
+    dead_api_keys_are_kept_until_their_own_cutoff,
 );
+
+async fn dead_api_keys_are_kept_until_their_own_cutoff(t: Ctx) {
+    let s = &t.store;
+    let uid = user(s).await;
+    for i in 0..4 {
+        let mut k = api_key(Some(&uid), &random_hash(), T0);
+        match i {
+            0 => k.expires_at = Some(T0.0 + DAY),
+            1 => k.revoked_at = Some(T0.0 + DAY),
+            2 => {
+                k.rolled_to = Some("key_next".to_owned());
+                k.grace_until = Some(T0.0 + DAY);
+            }
+            _ => {}
+        }
+        s.insert_api_key(&k).await.unwrap();
+    }
+    let long_after = T0.plus_millis(10 * DAY);
+    // Everything else is long dead, but the keys' own cutoff is before they died: all kept.
+    let kept = s
+        .purge_expired(long_after, long_after, T0.plus_millis(DAY), 10)
+        .await
+        .unwrap();
+    assert_eq!(kept.api_keys, 0);
+    assert_eq!(s.count_api_keys().await.unwrap(), 4);
+    // Past it: the expired, the revoked and the rolled key whose grace ended go; the live one stays.
+    let gone = s
+        .purge_expired(long_after, long_after, T0.plus_millis(DAY + 1), 10)
+        .await
+        .unwrap();
+    assert_eq!(gone.api_keys, 3);
+    assert_eq!(s.count_api_keys().await.unwrap(), 1);
+}
 
 async fn ping_answers(t: Ctx) {
     t.store.ping().await.unwrap();
@@ -133,18 +167,27 @@ async fn purge_expired_removes_dead_rows_in_batches_and_keeps_live_ones(t: Ctx) 
 
     // --- at most `batch` rows of each kind per call, until nothing is left.
     assert_eq!(
-        s.purge_expired(dead_before, audit_before, 2).await.unwrap(),
+        s.purge_expired(dead_before, audit_before, dead_before, 2)
+            .await
+            .unwrap(),
         purged(2, 2, 2, 2)
     );
     assert_eq!(
-        s.purge_expired(dead_before, audit_before, 2).await.unwrap(),
+        s.purge_expired(dead_before, audit_before, dead_before, 2)
+            .await
+            .unwrap(),
         purged(2, 1, 1, 2)
     );
     assert_eq!(
-        s.purge_expired(dead_before, audit_before, 2).await.unwrap(),
+        s.purge_expired(dead_before, audit_before, dead_before, 2)
+            .await
+            .unwrap(),
         purged(1, 0, 0, 0)
     );
-    let nothing = s.purge_expired(dead_before, audit_before, 2).await.unwrap();
+    let nothing = s
+        .purge_expired(dead_before, audit_before, dead_before, 2)
+        .await
+        .unwrap();
     assert_eq!(nothing, Purged::default());
     assert_eq!(nothing.total(), 0);
 

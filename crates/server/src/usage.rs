@@ -1,0 +1,153 @@
+//! Writes that are not decisions, coalesced off the request path:
+//!
+//! * [`KeyUsage`]: `last_used_at` of API keys, written at most once a minute per key (and per node), in
+//!   batches of one transaction each second.
+//! * [`VerifyFailures`]: failed key verifications are audited as counts — one event per caller and
+//!   code per interval — rather than one row per request, so a flood of bad keys cannot flood the log.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use moka::sync::Cache;
+use portcullis_core::apikeys::VerifyCode;
+use portcullis_core::clock::Millis;
+use portcullis_store::ApiKeyStore;
+
+use crate::state::AppState;
+
+/// How often a key's `last_used_at` may be written.
+pub const LAST_USED_EVERY: Duration = Duration::from_secs(60);
+/// How often pending `last_used_at` values are flushed.
+pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// Key ids kept per aggregated failure event.
+const SAMPLE_KEYS: usize = 20;
+
+pub struct KeyUsage {
+    /// Keys whose use was recorded within the last minute.
+    recent: Cache<String, ()>,
+    pending: Mutex<Vec<(String, i64)>>,
+}
+
+impl Default for KeyUsage {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl KeyUsage {
+    pub fn new() -> Self {
+        Self {
+            recent: Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(LAST_USED_EVERY)
+                .build(),
+            pending: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Notes a use of key `id`; cheap when the key was used within the last minute.
+    pub fn used(&self, id: &str) {
+        if self.recent.contains_key(id) {
+            return;
+        }
+        self.recent.insert(id.to_owned(), ());
+        if let Ok(mut p) = self.pending.lock() {
+            p.push((id.to_owned(), Millis::now().0));
+        }
+    }
+
+    fn take(&self) -> Vec<(String, i64)> {
+        self.pending
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or_default()
+    }
+}
+
+/// Counts of failed verifications since the last flush, by (caller, code).
+#[derive(Default)]
+pub struct VerifyFailures {
+    counts: Mutex<HashMap<(String, VerifyCode), Failures>>,
+}
+
+#[derive(Default)]
+struct Failures {
+    count: u64,
+    first_ms: i64,
+    key_ids: Vec<String>,
+}
+
+impl VerifyFailures {
+    pub fn record(&self, caller: &str, code: VerifyCode, key_id: Option<&str>) {
+        let Ok(mut counts) = self.counts.lock() else {
+            return;
+        };
+        let entry = counts.entry((caller.to_owned(), code)).or_default();
+        if entry.count == 0 {
+            entry.first_ms = Millis::now().0;
+        }
+        entry.count += 1;
+        if let Some(id) = key_id
+            && entry.key_ids.len() < SAMPLE_KEYS
+            && !entry.key_ids.iter().any(|k| k == id)
+        {
+            entry.key_ids.push(id.to_owned());
+        }
+    }
+
+    fn take(&self) -> HashMap<(String, VerifyCode), Failures> {
+        self.counts
+            .lock()
+            .map(|mut c| std::mem::take(&mut *c))
+            .unwrap_or_default()
+    }
+}
+
+/// Writes pending `last_used_at` values.
+pub async fn flush_key_usage(state: &AppState) {
+    let used = state.key_usage.take();
+    if used.is_empty() {
+        return;
+    }
+    if let Err(e) = state.store.touch_api_keys(&used).await {
+        tracing::warn!(error = %e, keys = used.len(), "recording API key use failed");
+    }
+}
+
+/// Turns the failure counts into audit events (`api_key.verify_failed`).
+pub fn flush_verify_failures(state: &AppState) {
+    let now = Millis::now();
+    for ((caller, code), f) in state.verify_failures.take() {
+        state.audit.record(
+            "api_key.verify_failed",
+            Some(&caller),
+            None,
+            &Default::default(),
+            serde_json::json!({
+                "code": code.as_str(),
+                "count": f.count,
+                "since": Millis(f.first_ms).rfc3339(),
+                "until": now.rfc3339(),
+                "key_ids": f.key_ids,
+            }),
+        );
+    }
+}
+
+pub async fn key_usage_loop(state: AppState) {
+    let mut tick = tokio::time::interval(FLUSH_EVERY);
+    loop {
+        tick.tick().await;
+        flush_key_usage(&state).await;
+    }
+}
+
+pub async fn verify_failures_loop(state: AppState) {
+    let mut tick =
+        tokio::time::interval(Duration::from_millis(state.config.verify_audit_interval_ms));
+    loop {
+        tick.tick().await;
+        flush_verify_failures(&state);
+    }
+}
