@@ -1,11 +1,12 @@
-//! Background work: signing-key rotation and reload, the janitor, and reloading token watermarks set by
-//! other nodes. Each loop is independent and survives store errors (logged, retried next tick).
+//! Background work: signing-key rotation and reload, the janitor, and picking up what other nodes
+//! changed (token watermarks, API keys). Each loop is independent and survives store errors (logged, retried next tick).
 
 use std::time::Duration;
 
 use portcullis_core::clock::Millis;
-use portcullis_store::{Maintenance, UserStore};
+use portcullis_store::{ApiKeyStore, Maintenance, UserStore};
 
+use crate::invalidation::Invalidation;
 use crate::state::AppState;
 
 pub fn spawn(state: AppState) -> Vec<tokio::task::JoinHandle<()>> {
@@ -14,8 +15,45 @@ pub fn spawn(state: AppState) -> Vec<tokio::task::JoinHandle<()>> {
         tokio::spawn(janitor_loop(state.clone())),
         tokio::spawn(crate::usage::key_usage_loop(state.clone())),
         tokio::spawn(crate::usage::verify_failures_loop(state.clone())),
+        tokio::spawn(key_changes_loop(state.clone())),
         tokio::spawn(watermark_loop(state)),
     ]
+}
+
+/// How far back each poll for API-key changes looks before the previous one: covers clock skew between
+/// nodes and changes committed after a poll that started before them. Re-dropping a cached key is
+/// harmless.
+const KEY_CHANGES_LOOKBACK_MS: i64 = 5_000;
+const KEY_CHANGES_BATCH: i64 = 10_000;
+
+/// Picks up API-key changes made by other nodes (or the CLI) from the shared store, so that a key
+/// revoked anywhere is refused here within a second (polled twice a second). Changes made on this node were applied
+/// already, before they were acknowledged. (With Redis, the bus will push them instead.)
+async fn key_changes_loop(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut since = Millis::now().0;
+    loop {
+        tick.tick().await;
+        let started = Millis::now().0;
+        match state
+            .store
+            .api_keys_changed_since(since - KEY_CHANGES_LOOKBACK_MS, KEY_CHANGES_BATCH)
+            .await
+        {
+            Ok(rows) => {
+                for (hash, _) in &rows {
+                    if let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) {
+                        state.auth.apply(&Invalidation::ApiKey(hash));
+                    }
+                }
+                since = match rows.last() {
+                    Some((_, at)) if rows.len() as i64 == KEY_CHANGES_BATCH => *at,
+                    _ => started,
+                };
+            }
+            Err(e) => tracing::error!(error = %e, "polling API-key changes failed"),
+        }
+    }
 }
 
 async fn keys_loop(state: AppState) {

@@ -130,6 +130,13 @@ pub trait ApiKeyStore {
         grace_until: i64,
         now: i64,
     ) -> impl Future<Output = Result<(ApiKeyRow, Vec<Vec<u8>>)>> + Send;
+    /// Hashes and change times of the keys changed (patched, revoked, rolled) at or after `since`, at
+    /// most `limit`, oldest change first. Every node polls this to drop stale cached keys.
+    fn api_keys_changed_since(
+        &self,
+        since: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<(Vec<u8>, i64)>>> + Send;
     /// Records `last_used_at` for a batch of keys (never moving it backwards).
     fn touch_api_keys(&self, used: &[(String, i64)]) -> impl Future<Output = Result<()>> + Send;
 }
@@ -367,6 +374,16 @@ impl ApiKeyStore for Store {
             changed.push(old_hash);
             Ok((row, changed))
         })
+    }
+
+    async fn api_keys_changed_since(&self, since: i64, limit: i64) -> Result<Vec<(Vec<u8>, i64)>> {
+        let sql = "SELECT key_hash, updated_at FROM api_keys WHERE updated_at >= $1 \
+                   ORDER BY updated_at LIMIT $2";
+        Ok(with_pool!(self, read, p => sqlx::query_as::<_, (Vec<u8>, i64)>(sql)
+            .bind(since)
+            .bind(limit)
+            .fetch_all(p)
+            .await?))
     }
 
     async fn touch_api_keys(&self, used: &[(String, i64)]) -> Result<()> {

@@ -21,6 +21,7 @@ on_both_stores!(
     remaining_is_spent_atomically_under_concurrency,
     per_key_rate_limit_answers_rate_limited,
     revocation_and_changes_apply_at_once,
+    a_revocation_on_one_node_reaches_the_others_within_a_second,
     roll_keeps_the_old_key_for_the_grace_period,
     limits_also_apply_when_the_key_calls_our_endpoints,
     bad_input_is_a_precise_400,
@@ -1334,4 +1335,93 @@ async fn audit_records_lifecycle_and_aggregates_verify_failures(b: Backend) {
     assert_eq!(counts.get("NOT_FOUND"), Some(&25));
     assert_eq!(counts.get("REVOKED"), Some(&5));
     assert!(rows <= 6, "{rows} events for 30 failures");
+}
+
+async fn a_revocation_on_one_node_reaches_the_others_within_a_second(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let (root, v) = verifier(&app).await;
+    let k = create(
+        &app,
+        &root,
+        json!({"name": "shared", "scopes": ["orders:read"]}),
+    )
+    .await;
+    let key = key_of(&k);
+
+    // A second node over the same store, with caches of its own.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut config = app.state().config.clone();
+    config.listen = addr;
+    let node2 = portcullis_server::start(config, app.store.clone(), listener)
+        .await
+        .unwrap();
+    let verifier_key = match &v {
+        Auth::Key(k) => k.clone(),
+        Auth::Bearer(_) => unreachable!(),
+    };
+    let verify2 = |required: Value| {
+        let (client, url, verifier_key, key) = (
+            app.client.clone(),
+            format!("http://{addr}/v1/keys/verify"),
+            verifier_key.clone(),
+            key.clone(),
+        );
+        async move {
+            let r = client
+                .post(url)
+                .header("x-api-key", verifier_key)
+                .json(&json!({"key": key, "required_scopes": required}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            r.json::<Value>().await.unwrap()["code"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    // Node 2 has the key in memory.
+    assert_eq!(verify2(json!(["orders:read"])).await, "VALID");
+    assert_eq!(verify2(json!(["orders:read"])).await, "VALID");
+
+    async fn until(what: &str, f: impl AsyncFn() -> bool) -> Duration {
+        let started = std::time::Instant::now();
+        while !f().await {
+            assert!(
+                started.elapsed() < Duration::from_millis(1_500),
+                "{what} did not reach the other node in time"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        started.elapsed()
+    }
+
+    // A change on node 1 …
+    let path = format!("/v1/keys/{}", id_of(&k));
+    let r = call(
+        &app,
+        Method::PATCH,
+        &path,
+        &root,
+        Some(json!({"scopes": ["orders:write"]})),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let took = until("a scope change", async || {
+        verify2(json!(["orders:read"])).await == "INSUFFICIENT_SCOPE"
+    })
+    .await;
+    eprintln!("scope change seen by node 2 after {took:?}");
+
+    // … and a revocation.
+    let r = call(&app, Method::DELETE, &path, &root, None).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let took = until("a revocation", async || {
+        verify2(json!([])).await == "REVOKED"
+    })
+    .await;
+    eprintln!("revocation seen by node 2 after {took:?}");
+    node2.stop().await;
 }

@@ -226,6 +226,61 @@ async fn logs_never_contain_passwords_tokens_or_keys() {
         .send()
         .await
         .unwrap();
+    // API keys: created, verified, rolled, used in a URL by mistake, revoked.
+    let create_key = |body: Value| {
+        let (c, base, root) = (c.clone(), base.clone(), root.clone());
+        async move {
+            let r = c
+                .post(format!("{base}/v1/keys"))
+                .header("x-api-key", &root)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let customer =
+        create_key(json!({"name": "customer", "scopes": ["orders:read"], "remaining": 5})).await;
+    let verifier = create_key(json!({"name": "verifier", "scopes": ["keys:verify"]})).await;
+    let customer_key = customer["key"].as_str().unwrap().to_owned();
+    let verifier_key = verifier["key"].as_str().unwrap().to_owned();
+    for key in [customer_key.as_str(), "pk_live_made_up"] {
+        let r = c
+            .post(format!("{base}/v1/keys/verify"))
+            .header("x-api-key", &verifier_key)
+            .json(&json!({"key": key}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let rolled: Value = c
+        .post(format!(
+            "{base}/v1/keys/{}/roll",
+            customer["id"].as_str().unwrap()
+        ))
+        .header("x-api-key", &root)
+        .json(&json!({"grace_period_s": 60}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rolled_key = rolled["key"].as_str().unwrap().to_owned();
+    let r = c
+        .get(format!("{base}/v1/keys?token={rolled_key}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    c.delete(format!("{base}/v1/keys/{}", rolled["id"].as_str().unwrap()))
+        .header("x-api-key", &root)
+        .send()
+        .await
+        .unwrap();
     let new_password = "another fine passphrase";
     c.post(format!("{base}/v1/me/password"))
         .bearer_auth(t2["access_token"].as_str().unwrap())
@@ -250,6 +305,9 @@ async fn logs_never_contain_passwords_tokens_or_keys() {
         t2["refresh_token"].as_str().unwrap(),
         &root,
         master.trim(),
+        &customer_key,
+        &verifier_key,
+        &rolled_key,
     ];
     for secret in secrets {
         assert!(
@@ -268,6 +326,17 @@ async fn logs_never_contain_passwords_tokens_or_keys() {
         !logs.contains("$argon2id$"),
         "password hashes are not logged"
     );
+    // The store holds hashes only: no API key appears in the database files either.
+    for entry in std::fs::read_dir(dir.path().join("portcullis-data")).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        for key in [&root, &customer_key, &verifier_key, &rolled_key] {
+            let secret = &key.as_bytes()[12..];
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret),
+                "an API key is stored in clear"
+            );
+        }
+    }
 }
 
 #[test]

@@ -1,6 +1,11 @@
 //! Real outside verifiers (Python PyJWT, Node jose) fetch our JWKS and verify tokens we issued, for each
 //! signing algorithm, and reject a tampered one. Dependencies are installed by `.ci/run`; without them the
 //! tests say they are skipped, unless `PORTCULLIS_REQUIRE_INTEROP=1` makes that a failure.
+//!
+//! Plain HTTP clients with nothing but each language's standard library (Python `urllib.request`, Node's
+//! global `fetch`) walk the API-key lifecycle the README shows with `curl`: create, verify, spend, roll,
+//! revoke, and the refusal of credentials in a URL. They are skipped the same way when `python3` or
+//! `node` (18 or later) is missing.
 
 use portcullis_core::jwt::JwsAlg;
 
@@ -83,4 +88,61 @@ async fn python_pyjwt_verifies_our_tokens_and_rejects_tampered_ones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_jose_verifies_our_tokens_and_rejects_tampered_ones() {
     verify_with("node", "node/verify_jwt.mjs", "jose").await;
+}
+
+/// Runs an interop API-key client against a fresh server with a root key; it exits 0 when every check of
+/// its scenario passed, 1 (saying which check) on the first mismatch, 3 when its runtime is too old.
+async fn api_key_client(program: &str, script: &str, label: &str) {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let root = app.root_key().await;
+    let run = tokio::process::Command::new(program)
+        .arg(interop_dir().join(script))
+        .args(["--base-url", &app.base, "--root-key", &root])
+        .env_remove("PORTCULLIS_BASE_URL")
+        .env_remove("PORTCULLIS_ROOT_KEY")
+        .kill_on_drop(true)
+        .output();
+    let out = match tokio::time::timeout(std::time::Duration::from_secs(120), run).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => {
+            skip_or_fail(label, &format!("cannot run {program}: {e}"));
+            app.stop().await;
+            return;
+        }
+        Err(_) => panic!("{label}: {script} did not finish within 120 s"),
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() == Some(3) {
+        skip_or_fail(label, &stderr);
+        app.stop().await;
+        return;
+    }
+    assert!(
+        out.status.success(),
+        "{label}: {script} failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(
+        stdout
+            .lines()
+            .last()
+            .is_some_and(|l| l.contains("every check passed")),
+        "{label}: {script} exited 0 without finishing its scenario:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        !stdout.contains(&root) && !stderr.contains(&root),
+        "{label}: {script} printed the root key"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_urllib_client_walks_the_api_key_lifecycle() {
+    api_key_client("python3", "python/api_keys.py", "python3 (urllib)").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_fetch_client_walks_the_api_key_lifecycle() {
+    api_key_client("node", "node/api_keys.mjs", "node (fetch)").await;
 }
