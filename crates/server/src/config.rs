@@ -449,6 +449,27 @@ mod tests {
     }
 
     #[test]
+    fn api_key_settings_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        for (line, expect) in [
+            ("api_key_prefix = \"PK\"", "api_key_prefix"),
+            ("api_key_cache_ttl_s = 0", "api_key_cache_ttl_s"),
+            ("api_key_meta_max_bytes = 10", "api_key_meta_max_bytes"),
+            ("verify_audit_interval_ms = 5", "verify_audit_interval_ms"),
+        ] {
+            std::fs::write(&path, format!("{line}\n")).unwrap();
+            let e = Config::load(Some(&path), &Default::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(expect), "{line}: {e}");
+        }
+        std::fs::write(&path, "api_key_prefix = \"sk_test\"\n").unwrap();
+        let c = Config::load(Some(&path), &Default::default()).unwrap();
+        assert_eq!(c.api_key_prefix, "sk_test");
+    }
+
+    #[test]
     fn database_passwords_are_redacted() {
         assert_eq!(
             redact_url("postgres://u:secret@h/db"),
