@@ -127,6 +127,24 @@ async fn drive<F: Future>(conn: &mut Pin<Box<Connection<Io, Body>>>, fut: F) -> 
     }
 }
 
+const X_API_KEY: &str = "x-api-key";
+
+/// The credential a request carries.
+#[derive(Clone, Copy)]
+enum Cred<'a> {
+    None,
+    /// `Authorization: Bearer <token>` (an access token, or a key: the server accepts both there).
+    Bearer(&'a str),
+    /// `X-API-Key: <key>`.
+    ApiKey(&'a str),
+}
+
+impl<'a> Cred<'a> {
+    fn bearer(token: Option<&'a str>) -> Self {
+        token.map_or(Self::None, Self::Bearer)
+    }
+}
+
 /// Builds requests for one server address (fills in the `Host` header).
 #[derive(Clone, Debug)]
 pub struct Target {
@@ -147,14 +165,12 @@ impl Target {
     }
 
     pub fn get(&self, path: &str, bearer: Option<&str>) -> Result<Request<Body>> {
-        let mut b = Request::builder()
-            .method(Method::GET)
-            .uri(path)
-            .header(HOST, &self.host);
-        if let Some(token) = bearer {
-            b = b.header(AUTHORIZATION, format!("Bearer {token}"));
-        }
-        b.body(Full::new(Bytes::new())).context("build GET request")
+        self.build(Method::GET, path, Cred::bearer(bearer), None)
+    }
+
+    /// `GET` with `X-API-Key: <key>`.
+    pub fn get_api_key(&self, path: &str, key: &str) -> Result<Request<Body>> {
+        self.build(Method::GET, path, Cred::ApiKey(key), None)
     }
 
     /// `body` is already-serialized JSON (kept as `Bytes` so that reusing it is a cheap clone).
@@ -164,15 +180,39 @@ impl Target {
         body: Bytes,
         bearer: Option<&str>,
     ) -> Result<Request<Body>> {
+        self.build(Method::POST, path, Cred::bearer(bearer), Some(body))
+    }
+
+    /// `POST` of JSON with `X-API-Key: <key>`.
+    pub fn post_json_api_key(&self, path: &str, body: Bytes, key: &str) -> Result<Request<Body>> {
+        self.build(Method::POST, path, Cred::ApiKey(key), Some(body))
+    }
+
+    fn build(
+        &self,
+        method: Method,
+        path: &str,
+        cred: Cred<'_>,
+        json: Option<Bytes>,
+    ) -> Result<Request<Body>> {
         let mut b = Request::builder()
-            .method(Method::POST)
+            .method(method.clone())
             .uri(path)
-            .header(HOST, &self.host)
-            .header(CONTENT_TYPE, "application/json");
-        if let Some(token) = bearer {
-            b = b.header(AUTHORIZATION, format!("Bearer {token}"));
+            .header(HOST, &self.host);
+        match cred {
+            Cred::None => {}
+            Cred::Bearer(token) => b = b.header(AUTHORIZATION, format!("Bearer {token}")),
+            Cred::ApiKey(key) => b = b.header(X_API_KEY, key),
         }
-        b.body(Full::new(body)).context("build POST request")
+        let body = match json {
+            Some(body) => {
+                b = b.header(CONTENT_TYPE, "application/json");
+                body
+            }
+            None => Bytes::new(),
+        };
+        b.body(Full::new(body))
+            .with_context(|| format!("build {method} request"))
     }
 
     /// One request on a fresh connection (for seeding and health checks, not for timed loops).

@@ -276,6 +276,9 @@ impl Report {
                 login.per_sec() / raw.per_sec()
             );
         }
+        if let Some(v) = stats_of(&self.rows, "verify_cached") {
+            let _ = writeln!(o, "{}", verify_targets(v, healthz));
+        }
         if let Some(b) = stats_of(&self.rows, "login_inflight_rss") {
             let n429 = b.bad_status.get(&429).copied().unwrap_or(0);
             let n503 = b.bad_status.get(&503).copied().unwrap_or(0);
@@ -331,6 +334,37 @@ impl Report {
         );
         o
     }
+}
+
+/// Cached `POST /v1/keys/verify` must keep ≥ 40% of the `/healthz` ceiling.
+pub const VERIFY_MIN_RATIO: f64 = 0.40;
+/// … with p99 below this, at 64 connections.
+pub const VERIFY_MAX_P99_US: u64 = 5_000;
+
+fn verdict(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "met",
+        Some(false) => "**missed**",
+        None => "not measured",
+    }
+}
+
+/// The line under the table that holds `verify_cached` against its targets.
+fn verify_targets(v: &Stats, healthz: Option<f64>) -> String {
+    let ratio = healthz.map(|h| v.per_sec() / h);
+    let p99 = (!v.hist.is_empty()).then(|| v.hist.value_at_quantile(0.99));
+    format!(
+        "- verify_cached targets: {} × healthz (target ≥ {:.2}: {}); p99 {} ms (target < {} ms at 64 \
+         connections: {})",
+        ratio.map_or_else(|| "?".into(), sig3),
+        VERIFY_MIN_RATIO,
+        ratio.map_or("needs the healthz row", |r| verdict(Some(
+            r >= VERIFY_MIN_RATIO
+        ))),
+        p99.map_or_else(|| "?".into(), ms),
+        VERIFY_MAX_P99_US / 1000,
+        verdict(p99.map(|p| p < VERIFY_MAX_P99_US)),
+    )
 }
 
 /// Puts `section` between the markers of an existing results file, or makes a new file.
@@ -397,6 +431,37 @@ mod tests {
     fn file_without_markers_gets_section_appended() {
         let out = merge_into(Some("# Mine\n"), "t");
         assert_eq!(out, format!("# Mine\n\n{BEGIN}\nt\n{END}\n"));
+    }
+
+    #[test]
+    fn verify_targets_line() -> Result<()> {
+        let mut v = Stats::new("server")?;
+        v.ok = 20_000;
+        v.elapsed = std::time::Duration::from_secs(1);
+        v.hist.record(1_000)?;
+        assert_eq!(
+            verify_targets(&v, Some(40_000.0)),
+            "- verify_cached targets: 0.500 × healthz (target ≥ 0.40: met); p99 1.00 ms \
+             (target < 5 ms at 64 connections: met)"
+        );
+        v.hist.record(8_000)?;
+        v.hist.record(8_000)?;
+        let line = verify_targets(&v, Some(100_000.0));
+        assert!(
+            line.contains("0.200 × healthz (target ≥ 0.40: **missed**)"),
+            "{line}"
+        );
+        assert!(
+            line.contains("p99 8.00 ms (target < 5 ms at 64 connections: **missed**)"),
+            "{line}"
+        );
+        let line = verify_targets(&Stats::new("server")?, None);
+        assert!(
+            line.contains("? × healthz (target ≥ 0.40: needs the healthz row)"),
+            "{line}"
+        );
+        assert!(line.contains("p99 ? ms"), "{line}");
+        Ok(())
     }
 
     #[test]

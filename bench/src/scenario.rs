@@ -15,11 +15,16 @@ use anyhow::{Context as _, Result, bail};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, StatusCode};
+use portcullis_core::apikeys::{ApiKey, DEFAULT_PREFIX};
 use serde::Deserialize;
-use tokio::sync::Semaphore;
+use tokio::sync::{OnceCell, Semaphore};
 
 use crate::Settings;
 use crate::http::{Target, body_snippet};
+
+/// Connections of the API-key scenarios, whatever `--connections` says: their targets (cached
+/// verify ≥ 40% of the `/healthz` ceiling, p99 < 5 ms) are stated at 64.
+pub const KEY_CONNECTIONS: usize = 64;
 
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub type Req = Request<Full<Bytes>>;
@@ -139,6 +144,52 @@ pub fn all(s: &Settings) -> Vec<Scenario> {
             },
         },
         Scenario {
+            name: "verify_cached",
+            kind: Kind::Loop {
+                connections: KEY_CONNECTIONS,
+                setup: setup(|ctx, _| async move {
+                    let verifier = ctx.verifier_key().await?.to_owned();
+                    let body = verify_body(ctx.valid_key().await?)?;
+                    Ok(Box::new(Verify {
+                        target: ctx.target.clone(),
+                        verifier,
+                        body,
+                        expect: Expected::new(true, "VALID"),
+                    }) as Box<dyn ConnDriver>)
+                }),
+            },
+        },
+        Scenario {
+            name: "verify_unknown",
+            kind: Kind::Loop {
+                connections: KEY_CONNECTIONS,
+                setup: setup(|ctx, _| async move {
+                    let verifier = ctx.verifier_key().await?.to_owned();
+                    // Well-formed, checksum right, never issued: passes the offline format check
+                    // and ends at the lookup (the server remembers misses).
+                    let unknown = ApiKey::generate(DEFAULT_PREFIX).context("generate a key")?;
+                    let body = verify_body(unknown.expose())?;
+                    Ok(Box::new(Verify {
+                        target: ctx.target.clone(),
+                        verifier,
+                        body,
+                        expect: Expected::new(false, "NOT_FOUND"),
+                    }) as Box<dyn ConnDriver>)
+                }),
+            },
+        },
+        Scenario {
+            name: "me_api_key",
+            kind: Kind::Loop {
+                connections: KEY_CONNECTIONS,
+                setup: setup(|ctx, _| async move {
+                    let t = ctx.target.clone();
+                    let key = ctx.user_key().await?.to_owned();
+                    Ok(Simple::boxed(move || t.get_api_key("/v1/me", &key)))
+                }),
+            },
+        },
+        Scenario {
             name: "argon2_raw",
             kind: Kind::InProcess {
                 threads: crate::argon::threads(),
@@ -217,6 +268,82 @@ impl ConnDriver for RefreshChain {
     }
 }
 
+/// `POST /v1/keys/verify` of one key by a service key holding `keys:verify`; a response counts only
+/// if it is 200 with the expected `valid` and `code`.
+struct Verify {
+    target: Target,
+    verifier: String,
+    /// Pre-serialized `{"key": …}`.
+    body: Bytes,
+    expect: Expected,
+}
+
+impl ConnDriver for Verify {
+    fn request(&mut self) -> Result<Req> {
+        self.target
+            .post_json_api_key("/v1/keys/verify", self.body.clone(), &self.verifier)
+    }
+
+    fn check(&mut self, status: StatusCode, body: &Bytes) -> bool {
+        status == StatusCode::OK && self.expect.matches(body)
+    }
+}
+
+fn verify_body(key: &str) -> Result<Bytes> {
+    json_bytes(&serde_json::json!({ "key": key }))
+}
+
+fn json_bytes(v: &serde_json::Value) -> Result<Bytes> {
+    Ok(Bytes::from(
+        serde_json::to_vec(v).context("encode JSON body")?,
+    ))
+}
+
+/// What a verify answer must say. Checked cheaply: the server writes compact JSON, so both fields
+/// are looked for as bytes first (no parsing on the load generator's hot path); only when that fails
+/// is the body parsed, so that a different layout of the same answer still counts.
+struct Expected {
+    valid: bool,
+    code: &'static str,
+    needles: [Vec<u8>; 2],
+}
+
+#[derive(Deserialize)]
+struct VerifyAnswer {
+    valid: bool,
+    code: String,
+}
+
+impl Expected {
+    fn new(valid: bool, code: &'static str) -> Self {
+        Self {
+            valid,
+            code,
+            needles: [
+                format!("\"valid\":{valid}").into_bytes(),
+                format!("\"code\":\"{code}\"").into_bytes(),
+            ],
+        }
+    }
+
+    fn matches(&self, body: &[u8]) -> bool {
+        if self.needles.iter().all(|n| contains(body, n)) {
+            return true;
+        }
+        serde_json::from_slice::<VerifyAnswer>(body)
+            .is_ok_and(|a| a.valid == self.valid && a.code == self.code)
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[derive(Deserialize)]
+struct CreatedKey {
+    key: String,
+}
+
 pub struct User {
     pub email: String,
     pub password: String,
@@ -236,10 +363,15 @@ pub struct Ctx {
     pub users: Vec<User>,
     /// Access token of user 0 (the server caches verified tokens, so sharing one is fine).
     pub access_token: String,
-    /// The root API key the server printed on first start (unused by today's scenarios).
+    /// The root API key the server printed on first start (creates the key scenarios' keys).
     pub root_key: Option<String>,
     /// Logins are slow (argon2); setup and recovery run at most this many at once.
     login_gate: Semaphore,
+    /// API keys of the key scenarios, each made (and tried once) by the first connection that
+    /// needs it; the other connections wait for it and share it.
+    verifier_key: OnceCell<String>,
+    valid_key: OnceCell<String>,
+    user_key: OnceCell<String>,
 }
 
 const SETUP_LOGIN_CONCURRENCY: usize = 3;
@@ -268,6 +400,9 @@ impl Ctx {
             access_token: String::new(),
             root_key,
             login_gate: Semaphore::new(SETUP_LOGIN_CONCURRENCY),
+            verifier_key: OnceCell::new(),
+            valid_key: OnceCell::new(),
+            user_key: OnceCell::new(),
         };
         // Creating a user hashes its password too: a few at a time.
         let mut set = tokio::task::JoinSet::new();
@@ -330,6 +465,116 @@ impl Ctx {
             );
         }
         Ok(())
+    }
+
+    fn root(&self) -> Result<&str> {
+        self.root_key.as_deref().context(
+            "no root API key (the server printed no `root API key:` line), so no keys can be made",
+        )
+    }
+
+    /// Sends a `POST /v1/keys` and returns the new key (expects 201).
+    async fn create_key(&self, req: Req, what: &str) -> Result<String> {
+        let (status, body) = self
+            .target
+            .once(req)
+            .await
+            .with_context(|| format!("POST /v1/keys ({what})"))?;
+        if status != StatusCode::CREATED {
+            bail!(
+                "POST /v1/keys ({what}) answered {status} (expected 201): {}",
+                body_snippet(&body)
+            );
+        }
+        let created: CreatedKey = serde_json::from_slice(&body).with_context(|| {
+            format!(
+                "POST /v1/keys ({what}) answered 201 without a `key`: {}",
+                body_snippet(&body)
+            )
+        })?;
+        Ok(created.key)
+    }
+
+    /// An ownerless service key with scope `keys:verify`, made with the root key.
+    pub async fn verifier_key(&self) -> Result<&str> {
+        let key = self
+            .verifier_key
+            .get_or_try_init(|| async {
+                let body = json_bytes(
+                    &serde_json::json!({ "name": "bench-verifier", "scopes": ["keys:verify"] }),
+                )?;
+                let req = self
+                    .target
+                    .post_json_api_key("/v1/keys", body, self.root()?)?;
+                self.create_key(req, "verifier, with the root key").await
+            })
+            .await?;
+        Ok(key)
+    }
+
+    /// An ownerless key without scopes, `remaining` or rate limit (the cached verify path), made
+    /// with the root key and verified once by [`Self::verifier_key`] before it is handed out.
+    pub async fn valid_key(&self) -> Result<&str> {
+        let key = self
+            .valid_key
+            .get_or_try_init(|| async {
+                let body = json_bytes(&serde_json::json!({ "name": "bench-verified" }))?;
+                let req = self
+                    .target
+                    .post_json_api_key("/v1/keys", body, self.root()?)?;
+                let key = self
+                    .create_key(req, "key to verify, with the root key")
+                    .await?;
+                let req = self.target.post_json_api_key(
+                    "/v1/keys/verify",
+                    verify_body(&key)?,
+                    self.verifier_key().await?,
+                )?;
+                let (status, body) = self
+                    .target
+                    .once(req)
+                    .await
+                    .context("POST /v1/keys/verify (trial)")?;
+                if status != StatusCode::OK || !Expected::new(true, "VALID").matches(&body) {
+                    bail!(
+                        "verifying the new key answered {status} (expected 200, valid): {}",
+                        body_snippet(&body)
+                    );
+                }
+                Ok::<_, anyhow::Error>(key)
+            })
+            .await?;
+        Ok(key)
+    }
+
+    /// A key owned by user 0, made with that user's access token; tried once on `GET /v1/me`.
+    pub async fn user_key(&self) -> Result<&str> {
+        let key = self
+            .user_key
+            .get_or_try_init(|| async {
+                let body = json_bytes(&serde_json::json!({ "name": "bench-me" }))?;
+                let req = self
+                    .target
+                    .post_json("/v1/keys", body, Some(&self.access_token))?;
+                let key = self
+                    .create_key(req, "user 0's, with its access token")
+                    .await?;
+                let req = self.target.get_api_key("/v1/me", &key)?;
+                let (status, body) = self
+                    .target
+                    .once(req)
+                    .await
+                    .context("GET /v1/me with the key (trial)")?;
+                if status != StatusCode::OK {
+                    bail!(
+                        "GET /v1/me with user 0's new key answered {status} (expected 200): {}",
+                        body_snippet(&body)
+                    );
+                }
+                Ok::<_, anyhow::Error>(key)
+            })
+            .await?;
+        Ok(key)
     }
 
     /// Logs user `i` in (at most [`SETUP_LOGIN_CONCURRENCY`] at a time) and returns the tokens.
@@ -400,5 +645,41 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), scenarios.len());
+    }
+
+    #[test]
+    fn key_scenarios_use_64_connections() {
+        let s = Settings::for_tests();
+        let scenarios = all(&s);
+        for name in ["verify_cached", "verify_unknown", "me_api_key"] {
+            let sc = scenarios.iter().find(|sc| sc.name == name);
+            assert!(
+                sc.is_some_and(|sc| sc.needs_server() && sc.concurrency_label() == "64"),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn verify_answers_are_judged_by_valid_and_code() {
+        let valid = Expected::new(true, "VALID");
+        let not_found = Expected::new(false, "NOT_FOUND");
+        let ok = br#"{"valid":true,"code":"VALID","key_id":"k","name":"n","scopes":[]}"#;
+        let missing = br#"{"valid":false,"code":"NOT_FOUND"}"#;
+        assert!(valid.matches(ok));
+        assert!(!valid.matches(missing));
+        assert!(not_found.matches(missing));
+        assert!(!not_found.matches(ok));
+        // Same answer, other layout: parsed instead.
+        assert!(valid.matches(b"{ \"code\": \"VALID\", \"valid\": true }"));
+        assert!(!valid.matches(br#"{"valid":false,"code":"REVOKED"}"#));
+        assert!(!valid.matches(b"not json"));
+    }
+
+    #[test]
+    fn unknown_keys_pass_the_format_check() -> Result<()> {
+        let key = ApiKey::generate(DEFAULT_PREFIX)?;
+        assert!(ApiKey::parse(key.expose()).is_ok());
+        Ok(())
     }
 }
