@@ -13,6 +13,7 @@
 
 pub mod apikeys;
 pub mod clock;
+pub mod csrf;
 pub mod email;
 pub mod ids;
 pub mod jwt;

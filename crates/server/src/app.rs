@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use crate::error::{ApiError, InternalCause};
 use crate::extract::{BodyLimit, RequestId};
 use crate::state::AppState;
-use crate::{admin, apikeys, ops, tokens, users};
+use crate::{admin, apikeys, ops, sessions, tokens, users};
 
 pub fn router(state: AppState) -> Router {
     let limit = state.config.max_body_bytes;
@@ -25,6 +25,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/auth/refresh", post(tokens::refresh))
         .route("/v1/auth/logout", post(tokens::logout))
         .route("/v1/auth/logout-all", post(tokens::logout_all))
+        .route("/v1/sessions", post(sessions::create).get(sessions::list))
+        .route(
+            "/v1/sessions/current",
+            get(sessions::current).delete(sessions::revoke_current),
+        )
+        .route("/v1/sessions/{id}", axum::routing::delete(sessions::revoke))
+        .route(
+            "/admin/v1/users/{id}/sessions",
+            get(sessions::admin_list).delete(sessions::admin_revoke_all),
+        )
         .route("/v1/keys", post(apikeys::create).get(apikeys::list))
         .route("/v1/keys/verify", post(apikeys::verify))
         .route(
@@ -37,6 +47,8 @@ pub fn router(state: AppState) -> Router {
         .route("/.well-known/jwks.json", get(tokens::jwks))
         .route("/admin/v1/users", get(users::list))
         .route("/admin/v1/users/import", post(users::import))
+        .route("/admin/v1/users/{id}/disable", post(users::disable))
+        .route("/admin/v1/users/{id}/enable", post(users::enable))
         .route("/admin/v1/signing-keys", get(tokens::list_signing_keys))
         .route("/admin/v1/signing-keys/rotate", post(tokens::rotate))
         .route("/admin/v1/audit", get(admin::audit))

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, Method, header};
 use moka::Expiry;
 use moka::sync::Cache;
 use portcullis_core::apikeys::{ApiKey, VerifyCode, lifetime_code};
@@ -97,11 +97,12 @@ pub struct Authenticator {
     /// Well-formed keys that do not exist, so that guessing costs no store reads. Safe to cache: a new
     /// key has 196 random bits, so nobody presents it before it exists.
     unknown_keys: Cache<[u8; 32], ()>,
+    sessions: Cache<[u8; 32], Arc<portcullis_store::SessionRow>>,
     watermarks: RwLock<HashMap<String, i64>>,
 }
 
 impl Authenticator {
-    /// `key_ttl`: how long a looked-up API key (or a miss) is kept.
+    /// `key_ttl`: how long a looked-up API key (or a miss) or session is kept.
     pub fn new(key_ttl: Duration) -> Self {
         Self {
             verified: Cache::builder()
@@ -118,6 +119,10 @@ impl Authenticator {
                 .build(),
             unknown_keys: Cache::builder()
                 .max_capacity(100_000)
+                .time_to_live(key_ttl)
+                .build(),
+            sessions: Cache::builder()
+                .max_capacity(200_000)
                 .time_to_live(key_ttl)
                 .build(),
             watermarks: RwLock::new(HashMap::new()),
@@ -164,8 +169,17 @@ impl Authenticator {
                 self.api_keys.invalidate(hash);
                 self.unknown_keys.invalidate(hash);
             }
+            Invalidation::Session(hash) => self.sessions.invalidate(hash),
             Invalidation::User(id) => self.users.invalidate(id),
         }
+    }
+
+    pub fn session(&self, hash: &TokenHash) -> Option<Arc<portcullis_store::SessionRow>> {
+        self.sessions.get(&hash.0)
+    }
+
+    pub fn remember_session(&self, hash: TokenHash, row: Arc<portcullis_store::SessionRow>) {
+        self.sessions.insert(hash.0, row);
     }
 }
 
@@ -211,8 +225,14 @@ impl AppState {
         Ok(Some(row))
     }
 
-    /// Turns whatever credential the request carries into a principal.
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    /// Turns whatever credential the request carries into a principal: an API key, else a Bearer
+    /// token, else the session cookie (with the CSRF checks for unsafe methods). Only the first kind
+    /// present is tried, so a bad header never falls back to a cookie.
+    pub async fn authenticate(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Result<Principal, ApiError> {
         if let Some(key) = headers.get("x-api-key") {
             let key = key.to_str().map_err(|_| ApiError::InvalidApiKey)?;
             return self.authenticate_api_key(key).await;
@@ -220,7 +240,10 @@ impl AppState {
         match bearer(headers)? {
             Some(token) if ApiKey::looks_like_key(token) => self.authenticate_api_key(token).await,
             Some(token) => self.authenticate_jwt(token),
-            None => Err(ApiError::Unauthenticated),
+            None => match crate::sessions::session_cookie(headers)? {
+                Some(raw) => self.authenticate_session(raw, method, headers).await,
+                None => Err(ApiError::Unauthenticated),
+            },
         }
     }
 
@@ -479,7 +502,7 @@ impl FromRequestParts<AppState> for Principal {
                     .into(),
             ));
         }
-        let principal = state.authenticate(&parts.headers).await?;
+        let principal = state.authenticate(&parts.method, &parts.headers).await?;
         parts.extensions.insert(principal.clone());
         Ok(principal)
     }

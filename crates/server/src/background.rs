@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use portcullis_core::clock::Millis;
-use portcullis_store::{ApiKeyStore, Maintenance, UserStore};
+use portcullis_store::{ApiKeyStore, Maintenance, SessionStore, UserStore};
 
 use crate::invalidation::Invalidation;
 use crate::state::AppState;
@@ -26,33 +26,55 @@ pub fn spawn(state: AppState) -> Vec<tokio::task::JoinHandle<()>> {
 const KEY_CHANGES_LOOKBACK_MS: i64 = 5_000;
 const KEY_CHANGES_BATCH: i64 = 10_000;
 
-/// Picks up API-key changes made by other nodes (or the CLI) from the shared store, so that a key
-/// revoked anywhere is refused here within a second (polled twice a second). Changes made on this node were applied
-/// already, before they were acknowledged. (With Redis, the bus will push them instead.)
+/// Picks up API-key changes and session revocations made by other nodes (or the CLI) from the shared
+/// store, so that a key or session revoked anywhere is refused here within a second (polled twice a
+/// second). Changes made on this node were applied already, before they were acknowledged. (With
+/// Redis, the bus will push them instead.)
 async fn key_changes_loop(state: AppState) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let mut since = Millis::now().0;
+    let mut keys_since = Millis::now().0;
+    let mut sessions_since = keys_since;
     loop {
         tick.tick().await;
         let started = Millis::now().0;
-        match state
+        let keys = state
             .store
-            .api_keys_changed_since(since - KEY_CHANGES_LOOKBACK_MS, KEY_CHANGES_BATCH)
-            .await
-        {
+            .api_keys_changed_since(keys_since - KEY_CHANGES_LOOKBACK_MS, KEY_CHANGES_BATCH)
+            .await;
+        match keys {
             Ok(rows) => {
-                for (hash, _) in &rows {
-                    if let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) {
-                        state.auth.apply(&Invalidation::ApiKey(hash));
-                    }
-                }
-                since = match rows.last() {
-                    Some((_, at)) if rows.len() as i64 == KEY_CHANGES_BATCH => *at,
-                    _ => started,
-                };
+                apply(&state, &rows, Invalidation::ApiKey);
+                keys_since = next_since(&rows, started);
             }
             Err(e) => tracing::error!(error = %e, "polling API-key changes failed"),
         }
+        let sessions = state
+            .store
+            .sessions_revoked_since(sessions_since - KEY_CHANGES_LOOKBACK_MS, KEY_CHANGES_BATCH)
+            .await;
+        match sessions {
+            Ok(rows) => {
+                apply(&state, &rows, Invalidation::Session);
+                sessions_since = next_since(&rows, started);
+            }
+            Err(e) => tracing::error!(error = %e, "polling session revocations failed"),
+        }
+    }
+}
+
+fn apply(state: &AppState, rows: &[(Vec<u8>, i64)], event: fn([u8; 32]) -> Invalidation) {
+    for (hash, _) in rows {
+        if let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) {
+            state.auth.apply(&event(hash));
+        }
+    }
+}
+
+/// Where the next poll starts: after a full batch, at its last change; else at this poll's start.
+fn next_since(rows: &[(Vec<u8>, i64)], started: i64) -> i64 {
+    match rows.last() {
+        Some((_, at)) if rows.len() as i64 == KEY_CHANGES_BATCH => *at,
+        _ => started,
     }
 }
 
@@ -117,6 +139,31 @@ pub async fn janitor_pass(state: &AppState) -> u64 {
             }
             Err(e) => {
                 tracing::error!(error = %e, "janitor pass failed");
+                break;
+            }
+        }
+    }
+    // Sessions: ended a day ago, or idle for the idle timeout.
+    let idle_before = now.0 - state.config.session_idle_timeout_s * 1000 - 60_000;
+    loop {
+        match state
+            .store
+            .purge_sessions(
+                now.plus_secs(-86_400).0,
+                idle_before,
+                state.config.janitor_batch,
+            )
+            .await
+        {
+            Ok(n) => {
+                total += n;
+                if n < u64::from(state.config.janitor_batch) {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "janitor pass over sessions failed");
                 break;
             }
         }

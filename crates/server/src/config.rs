@@ -115,6 +115,11 @@ pub struct Config {
     pub api_key_max_grace_s: i64,
     /// Verify failures are audited as one event per caller and code per this interval (ms).
     pub verify_audit_interval_ms: u64,
+
+    /// A session unused for this long ends (seconds).
+    pub session_idle_timeout_s: i64,
+    /// A session ends this long after login, however busy (seconds).
+    pub session_absolute_timeout_s: i64,
 }
 
 impl Default for Config {
@@ -161,6 +166,8 @@ impl Default for Config {
             api_key_retention_days: 30,
             api_key_max_grace_s: 30 * 24 * 3600,
             verify_audit_interval_ms: 60_000,
+            session_idle_timeout_s: 30 * 60,
+            session_absolute_timeout_s: 24 * 3600,
         }
     }
 }
@@ -243,6 +250,8 @@ const KEYS: &[&str] = &[
     "api_key_retention_days",
     "api_key_max_grace_s",
     "verify_audit_interval_ms",
+    "session_idle_timeout_s",
+    "session_absolute_timeout_s",
 ];
 
 /// A configuration that cannot be used; the message says what to change.
@@ -362,6 +371,14 @@ impl Config {
             return err("api_key_cache_ttl_s must be 1..=3600, api_key_meta_max_bytes 64..=65536, \
                  api_key_max_grace_s 0..=31536000, api_key_retention_days 0..=3650 and verify_audit_interval_ms 100..=3600000"
                 .into());
+        }
+        if !(1..=90 * 24 * 3600).contains(&self.session_absolute_timeout_s)
+            || !(1..=self.session_absolute_timeout_s).contains(&self.session_idle_timeout_s)
+        {
+            return err(
+                "session_absolute_timeout_s must be 1..=7776000 and session_idle_timeout_s 1..=session_absolute_timeout_s"
+                    .into(),
+            );
         }
         if self.first_party_client_id.is_empty() {
             return err("first_party_client_id must not be empty".into());

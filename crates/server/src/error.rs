@@ -76,6 +76,13 @@ pub enum ApiError {
     /// 401 `invalid_api_key`.
     #[error("the API key is not valid")]
     InvalidApiKey,
+    /// 401 `invalid_session`, with the reason (`malformed`, `unknown`, `revoked`, `expired`, `idle`,
+    /// `duplicate_cookie`, `missing`).
+    #[error("the session is not valid: {0}")]
+    InvalidSession(&'static str),
+    /// 403 `csrf_failed`.
+    #[error("{0}")]
+    CsrfFailed(&'static str),
     /// 401 `invalid_refresh_token`.
     #[error("the refresh token is not valid")]
     InvalidRefreshToken,
@@ -117,11 +124,14 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::EmailTaken => StatusCode::CONFLICT,
-            Self::RegistrationClosed | Self::Forbidden(..) => StatusCode::FORBIDDEN,
+            Self::RegistrationClosed | Self::Forbidden(..) | Self::CsrfFailed(_) => {
+                StatusCode::FORBIDDEN
+            }
             Self::InvalidCredentials
             | Self::Unauthenticated
             | Self::InvalidToken(_)
             | Self::InvalidApiKey
+            | Self::InvalidSession(_)
             | Self::InvalidRefreshToken
             | Self::RefreshTokenReused => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
@@ -146,6 +156,8 @@ impl ApiError {
             Self::Unauthenticated => "unauthenticated",
             Self::InvalidToken(_) => "invalid_token",
             Self::InvalidApiKey => "invalid_api_key",
+            Self::InvalidSession(_) => "invalid_session",
+            Self::CsrfFailed(_) => "csrf_failed",
             Self::InvalidRefreshToken => "invalid_refresh_token",
             Self::RefreshTokenReused => "refresh_token_reused",
             Self::Forbidden(code, _) => code,
@@ -201,7 +213,9 @@ impl IntoResponse for ApiError {
             code: self.code().to_owned(),
             errors,
             reason: match &self {
-                Self::InvalidToken(reason) => Some((*reason).to_owned()),
+                Self::InvalidToken(reason) | Self::InvalidSession(reason) => {
+                    Some((*reason).to_owned())
+                }
                 _ => None,
             },
         };
@@ -220,6 +234,10 @@ impl IntoResponse for ApiError {
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer error=\"invalid_token\""),
                 );
+            }
+            Self::InvalidSession(_) => {
+                // A dead session cookie is of no further use to the browser.
+                headers.insert(header::SET_COOKIE, crate::sessions::clear_cookie());
             }
             Self::RateLimited(t) => rate_limit_headers(&mut headers, t),
             Self::Overloaded => {

@@ -12,6 +12,8 @@ use tokio::sync::broadcast;
 pub enum Invalidation {
     /// The API key with this SHA-256 changed: drop its cached row.
     ApiKey([u8; 32]),
+    /// The session whose token has this SHA-256 ended: drop its cached row.
+    Session([u8; 32]),
     /// The user with this id changed: drop the cached row.
     User(String),
 }

@@ -23,6 +23,7 @@ pub mod invalidation;
 pub mod keys;
 pub mod openapi;
 pub mod ops;
+pub mod sessions;
 pub mod state;
 pub mod telemetry;
 pub mod throttle;

@@ -8,11 +8,14 @@ use utoipa::{Modify, OpenApi};
     info(title = "Portcullis", description = "Authentication for APIs: JWT access tokens, refresh tokens, API keys, sessions, request signatures."),
     paths(
         crate::users::register, crate::users::me, crate::users::change_password, crate::users::import, crate::users::list,
+        crate::users::disable, crate::users::enable,
         crate::tokens::login, crate::tokens::refresh, crate::tokens::logout, crate::tokens::logout_all, crate::tokens::jwks,
         crate::tokens::rotate, crate::tokens::list_signing_keys, crate::admin::audit,
         crate::apikeys::create, crate::apikeys::list, crate::apikeys::get, crate::apikeys::patch,
         crate::apikeys::revoke, crate::apikeys::roll, crate::apikeys::verify,
         crate::apikeys::admin_list, crate::apikeys::admin_get, crate::apikeys::admin_revoke,
+        crate::sessions::create, crate::sessions::current, crate::sessions::list, crate::sessions::revoke, crate::sessions::revoke_current,
+        crate::sessions::admin_list, crate::sessions::admin_revoke_all,
         crate::ops::healthz, crate::ops::readyz, crate::ops::metrics,
     ),
     components(schemas(crate::error::Problem, crate::error::FieldError)),
@@ -33,6 +36,10 @@ impl Modify for Security {
                     .bearer_format("JWT")
                     .build(),
             ),
+        );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new("__Host-portcullis"))),
         );
         components.add_security_scheme(
             "api_key",

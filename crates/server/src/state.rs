@@ -17,7 +17,7 @@ use crate::hashing::HashPool;
 use crate::invalidation::Bus;
 use crate::keys::KeyRing;
 use crate::throttle::{LoginThrottle, MemoryLimiter};
-use crate::usage::{KeyUsage, VerifyFailures};
+use crate::usage::{KeyUsage, SessionActivity, VerifyFailures};
 
 pub struct Inner {
     pub config: Config,
@@ -36,6 +36,7 @@ pub struct Inner {
     pub key_limits: MemoryLimiter,
     pub key_usage: KeyUsage,
     pub verify_failures: VerifyFailures,
+    pub session_activity: SessionActivity,
     /// Cache invalidations, for other nodes (see [`crate::invalidation`]).
     pub bus: Bus,
     pub audit: Audit,
@@ -213,6 +214,9 @@ impl AppState {
             key_limits,
             key_usage: KeyUsage::new(),
             verify_failures: VerifyFailures::default(),
+            session_activity: SessionActivity::new(std::time::Duration::from_secs(
+                config.session_idle_timeout_s.unsigned_abs(),
+            )),
             bus: Bus::new(),
             config,
             store,

@@ -320,9 +320,9 @@ impl AppState {
         Ok(())
     }
 
-    /// Ends every way the user is signed in: all refresh families, and (in this process at once; other
-    /// nodes through the stored watermark, which the caller has written) every access token issued
-    /// before `now`. Returns how many families were live.
+    /// Ends every way the user is signed in: all refresh families, every session, and (in this process
+    /// at once; other nodes through the stored watermark, which the caller has written) every access
+    /// token issued before `now`. Returns how many families were live.
     pub(crate) async fn end_every_login(
         &self,
         user_id: &str,
@@ -334,6 +334,7 @@ impl AppState {
             .revoke_user_families(user_id, now, reason)
             .await?;
         self.auth.revoke_tokens_before(user_id, now);
+        self.end_user_sessions(user_id, reason).await?;
         Ok(families)
     }
 

@@ -1,7 +1,7 @@
 //! Writes that are not decisions, coalesced off the request path:
 //!
 //! * [`KeyUsage`]: `last_used_at` of API keys, written at most once a minute per key (and per node), in
-//!   batches of one transaction each second.
+//!   batches of one transaction each second. [`SessionActivity`] does the same for sessions.
 //! * [`VerifyFailures`]: failed key verifications are audited as counts — one event per caller and
 //!   code per interval — rather than one row per request, so a flood of bad keys cannot flood the log.
 
@@ -12,7 +12,7 @@ use std::time::Duration;
 use moka::sync::Cache;
 use portcullis_core::apikeys::VerifyCode;
 use portcullis_core::clock::Millis;
-use portcullis_store::ApiKeyStore;
+use portcullis_store::{ApiKeyStore, SessionStore};
 
 use crate::state::AppState;
 
@@ -65,6 +65,56 @@ impl KeyUsage {
     }
 }
 
+/// When sessions were last used. Every request notes its time in memory (the idle timeout is measured
+/// from it on this node); the store's `last_seen_at` is written at most once a minute per session, in
+/// batches, for the session list and for other nodes.
+pub struct SessionActivity {
+    seen: Cache<String, i64>,
+    written: Cache<String, ()>,
+    pending: Mutex<Vec<(String, i64)>>,
+}
+
+impl SessionActivity {
+    /// `idle`: the idle timeout; a session unseen for that long needs no memory of it.
+    pub fn new(idle: Duration) -> Self {
+        Self {
+            seen: Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_idle(idle + LAST_USED_EVERY)
+                .build(),
+            written: Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(LAST_USED_EVERY)
+                .build(),
+            pending: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn seen(&self, id: &str) {
+        let now = Millis::now().0;
+        self.seen.insert(id.to_owned(), now);
+        if self.written.contains_key(id) {
+            return;
+        }
+        self.written.insert(id.to_owned(), ());
+        if let Ok(mut p) = self.pending.lock() {
+            p.push((id.to_owned(), now));
+        }
+    }
+
+    /// When this node last saw the session used (0: not recently).
+    pub fn last_seen(&self, id: &str) -> i64 {
+        self.seen.get(id).unwrap_or(0)
+    }
+
+    fn take(&self) -> Vec<(String, i64)> {
+        self.pending
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or_default()
+    }
+}
+
 /// Counts of failed verifications since the last flush, by (caller, code).
 #[derive(Default)]
 pub struct VerifyFailures {
@@ -104,14 +154,19 @@ impl VerifyFailures {
     }
 }
 
-/// Writes pending `last_used_at` values.
+/// Writes pending `last_used_at` (keys) and `last_seen_at` (sessions) values.
 pub async fn flush_key_usage(state: &AppState) {
     let used = state.key_usage.take();
-    if used.is_empty() {
-        return;
-    }
-    if let Err(e) = state.store.touch_api_keys(&used).await {
+    if !used.is_empty()
+        && let Err(e) = state.store.touch_api_keys(&used).await
+    {
         tracing::warn!(error = %e, keys = used.len(), "recording API key use failed");
+    }
+    let seen = state.session_activity.take();
+    if !seen.is_empty()
+        && let Err(e) = state.store.touch_sessions(&seen).await
+    {
+        tracing::warn!(error = %e, sessions = seen.len(), "recording session use failed");
     }
 }
 

@@ -359,6 +359,63 @@ pub async fn change_password(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Disable a user (admin): every session, refresh token and access token of theirs ends at once, and
+/// their API keys stop working until the user is enabled again.
+#[utoipa::path(post, path = "/admin/v1/users/{id}/disable", tag = "admin",
+    responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = []), ("api_key" = [])))]
+pub async fn disable(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    ip: ClientIp,
+    rid: RequestId,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> ApiResult<StatusCode> {
+    let now = Millis::now();
+    if !state.store.set_user_disabled(&id, Some(now), now).await? {
+        return Err(ApiError::NotFound("no such user".into()));
+    }
+    state.invalidate(crate::invalidation::Invalidation::User(id.clone()));
+    state.end_every_login(&id, now, "disabled").await?;
+    state.audit.record(
+        "user.disabled",
+        Some(&admin.subject),
+        Some(&id),
+        &audit_context(&ip, &rid),
+        serde_json::json!({}),
+    );
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Enable a disabled user again (admin). Their old sessions and tokens stay ended.
+#[utoipa::path(post, path = "/admin/v1/users/{id}/enable", tag = "admin",
+    responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = []), ("api_key" = [])))]
+pub async fn enable(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    ip: ClientIp,
+    rid: RequestId,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> ApiResult<StatusCode> {
+    if !state
+        .store
+        .set_user_disabled(&id, None, Millis::now())
+        .await?
+    {
+        return Err(ApiError::NotFound("no such user".into()));
+    }
+    state.invalidate(crate::invalidation::Invalidation::User(id.clone()));
+    state.audit.record(
+        "user.enabled",
+        Some(&admin.subject),
+        Some(&id),
+        &audit_context(&ip, &rid),
+        serde_json::json!({}),
+    );
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// Import a user with an existing bcrypt or argon2 hash (admin).
 #[utoipa::path(post, path = "/admin/v1/users/import", tag = "admin", request_body = ImportUserRequest,
     responses((status = 201, body = UserView), (status = 400, body = Problem), (status = 403, body = Problem), (status = 409, body = Problem)),

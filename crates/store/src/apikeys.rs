@@ -379,11 +379,13 @@ impl ApiKeyStore for Store {
     async fn api_keys_changed_since(&self, since: i64, limit: i64) -> Result<Vec<(Vec<u8>, i64)>> {
         let sql = "SELECT key_hash, updated_at FROM api_keys WHERE updated_at >= $1 \
                    ORDER BY updated_at LIMIT $2";
-        Ok(with_pool!(self, read, p => sqlx::query_as::<_, (Vec<u8>, i64)>(sql)
+        Ok(
+            with_pool!(self, read, p => sqlx::query_as::<_, (Vec<u8>, i64)>(sql)
             .bind(since)
             .bind(limit)
             .fetch_all(p)
-            .await?))
+            .await?),
+        )
     }
 
     async fn touch_api_keys(&self, used: &[(String, i64)]) -> Result<()> {

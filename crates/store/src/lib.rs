@@ -1,5 +1,5 @@
 //! Portcullis persistence. One trait per capability ([`UserStore`], [`RefreshTokenStore`],
-//! [`SigningKeyStore`], [`ApiKeyStore`], [`AuditStore`], [`Maintenance`]), implemented by [`Store`] over
+//! [`SigningKeyStore`], [`ApiKeyStore`], [`SessionStore`], [`AuditStore`], [`Maintenance`]), implemented by [`Store`] over
 //! either backend, chosen at start-up: SQLite (an embedded file, zero configuration) or PostgreSQL
 //! (shared by several nodes).
 //!
@@ -30,6 +30,7 @@ mod apikeys;
 mod audit;
 mod maintenance;
 mod refresh;
+mod sessions;
 mod signing_keys;
 mod users;
 
@@ -37,6 +38,7 @@ pub use apikeys::{ApiKeyPatch, ApiKeyRow, ApiKeyStore, KeyOwner, RolledKey, Spen
 pub use audit::{AuditEvent, AuditFilter, AuditStore};
 pub use maintenance::{Maintenance, Purged};
 pub use refresh::{FamilyRow, NewFamily, NextToken, RefreshTokenStore, Rotation};
+pub use sessions::{SessionRow, SessionStore};
 pub use signing_keys::{SigningKeyRow, SigningKeyStore};
 pub use users::{NewUser, UserRow, UserStore};
 

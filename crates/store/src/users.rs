@@ -79,6 +79,14 @@ pub trait UserStore {
         &self,
         since: Millis,
     ) -> impl Future<Output = Result<Vec<(String, i64)>>> + Send;
+    /// Disables (`Some(at)`, which also stops honouring tokens issued before `at`) or re-enables
+    /// (`None`) a user. False when there is no such user.
+    fn set_user_disabled(
+        &self,
+        id: &str,
+        at: Option<Millis>,
+        now: Millis,
+    ) -> impl Future<Output = Result<bool>> + Send;
     /// Page of users ordered by id, after `cursor`.
     fn list_users(
         &self,
@@ -107,6 +115,20 @@ impl UserStore for Store {
             .map_err(StoreError::unique("users_email_key_unique"))?;
         });
         Ok(())
+    }
+
+    async fn set_user_disabled(&self, id: &str, at: Option<Millis>, now: Millis) -> Result<bool> {
+        let done = with_pool!(self, write, p => sqlx::query(
+            "UPDATE users SET disabled_at = $2, updated_at = $3, \
+             tokens_valid_after = COALESCE($2, tokens_valid_after) WHERE id = $1",
+        )
+        .bind(id)
+        .bind(at.map(|a| a.0))
+        .bind(now.0)
+        .execute(p)
+        .await?
+        .rows_affected());
+        Ok(done == 1)
     }
 
     async fn user_by_id(&self, id: &str) -> Result<Option<UserRow>> {

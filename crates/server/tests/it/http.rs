@@ -138,7 +138,7 @@ async fn bodies_over_64_kib_are_refused_and_nothing_is_written(b: Backend) {
     app.stop().await;
 }
 
-async fn raw_exchange(app: &TestApp, request: &[u8]) -> String {
+pub async fn raw_exchange(app: &TestApp, request: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))
         .await

@@ -15,5 +15,6 @@ mod http;
 mod interop;
 mod jwt;
 mod keys;
+mod sessions;
 mod tokens;
 mod users;
