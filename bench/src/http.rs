@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper::client::conn::http1::{self, Connection, SendRequest};
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE, HOST, HeaderMap};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -78,6 +78,15 @@ impl Conn {
 
     /// Sends one request and reads the whole response body.
     pub async fn send(&mut self, req: Request<Body>) -> Result<(StatusCode, Bytes)> {
+        let (status, _headers, body) = self.send_full(req).await?;
+        Ok((status, body))
+    }
+
+    /// [`Conn::send`], also keeping the response headers (e.g. `Set-Cookie`).
+    pub async fn send_full(
+        &mut self,
+        req: Request<Body>,
+    ) -> Result<(StatusCode, HeaderMap, Bytes)> {
         let result = self.send_inner(req).await;
         if result.is_err() {
             // Never poll a failed or finished connection again; reconnect next time.
@@ -86,7 +95,7 @@ impl Conn {
         result
     }
 
-    async fn send_inner(&mut self, req: Request<Body>) -> Result<(StatusCode, Bytes)> {
+    async fn send_inner(&mut self, req: Request<Body>) -> Result<(StatusCode, HeaderMap, Bytes)> {
         let live = self.ensure_live().await?;
         let Live { sender, conn } = live;
         drive(conn, sender.ready())
@@ -95,19 +104,19 @@ impl Conn {
         let resp = drive(conn, sender.send_request(req))
             .await?
             .context("send request")?;
-        let status = resp.status();
-        let closing = resp
-            .headers()
+        let (parts, body) = resp.into_parts();
+        let closing = parts
+            .headers
             .get(hyper::header::CONNECTION)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-        let body = drive(conn, resp.into_body().collect())
+        let body = drive(conn, body.collect())
             .await?
             .context("read response body")?
             .to_bytes();
         if closing {
             self.live = None;
         }
-        Ok((status, body))
+        Ok((parts.status, parts.headers, body))
     }
 }
 
@@ -137,6 +146,8 @@ enum Cred<'a> {
     Bearer(&'a str),
     /// `X-API-Key: <key>`.
     ApiKey(&'a str),
+    /// `Cookie: <name>=<value>` (a browser session).
+    Cookie(&'a str),
 }
 
 impl<'a> Cred<'a> {
@@ -173,6 +184,11 @@ impl Target {
         self.build(Method::GET, path, Cred::ApiKey(key), None)
     }
 
+    /// `GET` with `Cookie: <cookie>`, where `cookie` is one `name=value` pair.
+    pub fn get_cookie(&self, path: &str, cookie: &str) -> Result<Request<Body>> {
+        self.build(Method::GET, path, Cred::Cookie(cookie), None)
+    }
+
     /// `body` is already-serialized JSON (kept as `Bytes` so that reusing it is a cheap clone).
     pub fn post_json(
         &self,
@@ -203,6 +219,7 @@ impl Target {
             Cred::None => {}
             Cred::Bearer(token) => b = b.header(AUTHORIZATION, format!("Bearer {token}")),
             Cred::ApiKey(key) => b = b.header(X_API_KEY, key),
+            Cred::Cookie(pair) => b = b.header(COOKIE, pair),
         }
         let body = match json {
             Some(body) => {
@@ -217,8 +234,14 @@ impl Target {
 
     /// One request on a fresh connection (for seeding and health checks, not for timed loops).
     pub async fn once(&self, req: Request<Body>) -> Result<(StatusCode, Bytes)> {
+        let (status, _headers, body) = self.once_full(req).await?;
+        Ok((status, body))
+    }
+
+    /// [`Target::once`], also keeping the response headers.
+    pub async fn once_full(&self, req: Request<Body>) -> Result<(StatusCode, HeaderMap, Bytes)> {
         let mut conn = Conn::new(self.addr);
-        tokio::time::timeout(Duration::from_secs(30), conn.send(req))
+        tokio::time::timeout(Duration::from_secs(30), conn.send_full(req))
             .await
             .map_err(|_| anyhow!("request timed out after 30 s"))?
     }

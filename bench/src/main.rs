@@ -36,8 +36,8 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     warmup_secs: u64,
     /// Connections for the closed-loop scenarios (healthz, me_jwt, refresh); login uses 8,
-    /// verify_cached, verify_unknown and me_api_key 64, and login_inflight_rss 200 whatever this
-    /// says.
+    /// verify_cached, verify_unknown, me_api_key and me_session 64, and login_inflight_rss 200
+    /// whatever this says.
     #[arg(long, default_value_t = 64)]
     connections: usize,
     /// Tokio worker threads of the load generator (the rest of the cores are the server's).

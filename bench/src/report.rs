@@ -279,6 +279,9 @@ impl Report {
         if let Some(v) = stats_of(&self.rows, "verify_cached") {
             let _ = writeln!(o, "{}", verify_targets(v, healthz));
         }
+        if let Some(s) = stats_of(&self.rows, "me_session") {
+            let _ = writeln!(o, "{}", me_session_target(s, healthz));
+        }
         if let Some(b) = stats_of(&self.rows, "login_inflight_rss") {
             let n429 = b.bad_status.get(&429).copied().unwrap_or(0);
             let n503 = b.bad_status.get(&503).copied().unwrap_or(0);
@@ -340,6 +343,8 @@ impl Report {
 pub const VERIFY_MIN_RATIO: f64 = 0.40;
 /// … with p99 below this, at 64 connections.
 pub const VERIFY_MAX_P99_US: u64 = 5_000;
+/// `GET /v1/me` with a session cookie must keep ≥ 40% of the `/healthz` ceiling (at 64 connections).
+pub const ME_SESSION_MIN_RATIO: f64 = 0.40;
 
 fn verdict(met: Option<bool>) -> &'static str {
     match met {
@@ -349,21 +354,33 @@ fn verdict(met: Option<bool>) -> &'static str {
     }
 }
 
+/// `0.500 × healthz (target ≥ 0.40: met)`: a row's rate over `healthz`'s, against a minimum.
+fn ratio_target(s: &Stats, healthz: Option<f64>, min: f64) -> String {
+    let ratio = healthz.map(|h| s.per_sec() / h);
+    format!(
+        "{} × healthz (target ≥ {min:.2}: {})",
+        ratio.map_or_else(|| "?".into(), sig3),
+        ratio.map_or("needs the healthz row", |r| verdict(Some(r >= min))),
+    )
+}
+
 /// The line under the table that holds `verify_cached` against its targets.
 fn verify_targets(v: &Stats, healthz: Option<f64>) -> String {
-    let ratio = healthz.map(|h| v.per_sec() / h);
     let p99 = (!v.hist.is_empty()).then(|| v.hist.value_at_quantile(0.99));
     format!(
-        "- verify_cached targets: {} × healthz (target ≥ {:.2}: {}); p99 {} ms (target < {} ms at 64 \
-         connections: {})",
-        ratio.map_or_else(|| "?".into(), sig3),
-        VERIFY_MIN_RATIO,
-        ratio.map_or("needs the healthz row", |r| verdict(Some(
-            r >= VERIFY_MIN_RATIO
-        ))),
+        "- verify_cached targets: {}; p99 {} ms (target < {} ms at 64 connections: {})",
+        ratio_target(v, healthz, VERIFY_MIN_RATIO),
         p99.map_or_else(|| "?".into(), ms),
         VERIFY_MAX_P99_US / 1000,
         verdict(p99.map(|p| p < VERIFY_MAX_P99_US)),
+    )
+}
+
+/// The line under the table that holds `me_session` against its target.
+fn me_session_target(s: &Stats, healthz: Option<f64>) -> String {
+    format!(
+        "- me_session target: {} at 64 connections",
+        ratio_target(s, healthz, ME_SESSION_MIN_RATIO)
     )
 }
 
@@ -461,6 +478,80 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("p99 ? ms"), "{line}");
+        Ok(())
+    }
+
+    #[test]
+    fn me_session_target_line() -> Result<()> {
+        let mut s = Stats::new("server")?;
+        s.ok = 20_000;
+        s.elapsed = std::time::Duration::from_secs(1);
+        s.hist.record(1_000)?;
+        assert_eq!(
+            me_session_target(&s, Some(40_000.0)),
+            "- me_session target: 0.500 × healthz (target ≥ 0.40: met) at 64 connections"
+        );
+        assert_eq!(
+            me_session_target(&s, Some(100_000.0)),
+            "- me_session target: 0.200 × healthz (target ≥ 0.40: **missed**) at 64 connections"
+        );
+        assert_eq!(
+            me_session_target(&Stats::new("server")?, None),
+            "- me_session target: ? × healthz (target ≥ 0.40: needs the healthz row) at 64 \
+             connections"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn target_lines_are_under_the_table() -> Result<()> {
+        let row = |name: &'static str, ok: u64| -> Result<Row> {
+            let mut s = Stats::new("server")?;
+            s.ok = ok;
+            s.elapsed = std::time::Duration::from_secs(1);
+            s.hist.record(1_000)?;
+            Ok(Row {
+                name,
+                concurrency: "64".into(),
+                result: Ok(s),
+            })
+        };
+        let report = |rows| Report {
+            rows,
+            machine: Machine {
+                nproc: 2,
+                cpu: "cpu".into(),
+                mem_total: "1 GiB".into(),
+                kernel: "k".into(),
+                rustc: "rustc".into(),
+                date_utc: "now".into(),
+                commit: "c".into(),
+            },
+            duration_secs: 1,
+            warmup_secs: 0,
+            client_threads: 1,
+            server_bin: None,
+            idle_rss_kib: None,
+            users: 1,
+        };
+        let out = report(vec![
+            row("healthz", 40_000)?,
+            row("verify_cached", 30_000)?,
+            row("me_session", 10_000)?,
+        ])
+        .render();
+        assert!(
+            out.contains("- verify_cached targets: 0.750 × healthz (target ≥ 0.40: met);"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "- me_session target: 0.250 × healthz (target ≥ 0.40: **missed**) at 64 connections"
+            ),
+            "{out}"
+        );
+        let out = report(vec![row("healthz", 40_000)?]).render();
+        assert!(!out.contains("me_session target"), "{out}");
         Ok(())
     }
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use bytes::Bytes;
 use http_body_util::Full;
+use hyper::header::{HeaderMap, SET_COOKIE};
 use hyper::{Request, StatusCode};
 use portcullis_core::apikeys::{ApiKey, DEFAULT_PREFIX};
 use serde::Deserialize;
@@ -22,9 +23,13 @@ use tokio::sync::{OnceCell, Semaphore};
 use crate::Settings;
 use crate::http::{Target, body_snippet};
 
-/// Connections of the API-key scenarios, whatever `--connections` says: their targets (cached
-/// verify ≥ 40% of the `/healthz` ceiling, p99 < 5 ms) are stated at 64.
-pub const KEY_CONNECTIONS: usize = 64;
+/// Connections of the API-key scenarios and `me_session`, whatever `--connections` says: their
+/// targets (cached verify ≥ 40% of the `/healthz` ceiling, p99 < 5 ms; `me_session` ≥ 40%) are
+/// stated at 64.
+pub const FIXED_CONNECTIONS: usize = 64;
+
+/// The server's browser-session cookie (`crates/server/src/sessions.rs`).
+pub const SESSION_COOKIE: &str = "__Host-portcullis";
 
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub type Req = Request<Full<Bytes>>;
@@ -146,7 +151,7 @@ pub fn all(s: &Settings) -> Vec<Scenario> {
         Scenario {
             name: "verify_cached",
             kind: Kind::Loop {
-                connections: KEY_CONNECTIONS,
+                connections: FIXED_CONNECTIONS,
                 setup: setup(|ctx, _| async move {
                     let verifier = ctx.verifier_key().await?.to_owned();
                     let body = verify_body(ctx.valid_key().await?)?;
@@ -162,7 +167,7 @@ pub fn all(s: &Settings) -> Vec<Scenario> {
         Scenario {
             name: "verify_unknown",
             kind: Kind::Loop {
-                connections: KEY_CONNECTIONS,
+                connections: FIXED_CONNECTIONS,
                 setup: setup(|ctx, _| async move {
                     let verifier = ctx.verifier_key().await?.to_owned();
                     // Well-formed, checksum right, never issued: passes the offline format check
@@ -181,11 +186,22 @@ pub fn all(s: &Settings) -> Vec<Scenario> {
         Scenario {
             name: "me_api_key",
             kind: Kind::Loop {
-                connections: KEY_CONNECTIONS,
+                connections: FIXED_CONNECTIONS,
                 setup: setup(|ctx, _| async move {
                     let t = ctx.target.clone();
                     let key = ctx.user_key().await?.to_owned();
                     Ok(Simple::boxed(move || t.get_api_key("/v1/me", &key)))
+                }),
+            },
+        },
+        Scenario {
+            name: "me_session",
+            kind: Kind::Loop {
+                connections: FIXED_CONNECTIONS,
+                setup: setup(|ctx, _| async move {
+                    let t = ctx.target.clone();
+                    let cookie = ctx.session_cookie().await?.to_owned();
+                    Ok(Simple::boxed(move || t.get_cookie("/v1/me", &cookie)))
                 }),
             },
         },
@@ -344,6 +360,37 @@ struct CreatedKey {
     key: String,
 }
 
+/// The `name=value` pair of the session cookie in a response's `Set-Cookie` headers, as a browser
+/// would send it back in `Cookie`. An empty value (the server clearing the cookie) is no session.
+fn session_cookie_pair(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| {
+            let (name, value) = v.split(';').next()?.split_once('=')?;
+            let value = value.trim();
+            (name.trim() == SESSION_COOKIE && !value.is_empty())
+                .then(|| format!("{SESSION_COOKIE}={value}"))
+        })
+}
+
+/// The part of a `GET /v1/me` answer that says how the caller authenticated.
+#[derive(Deserialize)]
+struct MeAnswer {
+    auth: MeAuth,
+}
+
+#[derive(Deserialize)]
+struct MeAuth {
+    method: String,
+}
+
+/// Whether a `GET /v1/me` body says the caller authenticated by `method` (e.g. `session`).
+fn authenticated_by(body: &[u8], method: &str) -> bool {
+    serde_json::from_slice::<MeAnswer>(body).is_ok_and(|me| me.auth.method == method)
+}
+
 pub struct User {
     pub email: String,
     pub password: String,
@@ -372,6 +419,8 @@ pub struct Ctx {
     verifier_key: OnceCell<String>,
     valid_key: OnceCell<String>,
     user_key: OnceCell<String>,
+    /// `__Host-portcullis=pcs_…` of a browser session of user 0, made like the keys above.
+    session_cookie: OnceCell<String>,
 }
 
 const SETUP_LOGIN_CONCURRENCY: usize = 3;
@@ -403,6 +452,7 @@ impl Ctx {
             verifier_key: OnceCell::new(),
             valid_key: OnceCell::new(),
             user_key: OnceCell::new(),
+            session_cookie: OnceCell::new(),
         };
         // Creating a user hashes its password too: a few at a time.
         let mut set = tokio::task::JoinSet::new();
@@ -577,8 +627,63 @@ impl Ctx {
         Ok(key)
     }
 
+    /// A browser session of user 0: logs in with `POST /v1/sessions` (201), takes the cookie pair
+    /// from `Set-Cookie`, and tries it once on `GET /v1/me` (200, authenticated by `session`). The
+    /// harness sends neither `Sec-Fetch-Site` nor `Origin`, so the login-CSRF check lets it in.
+    pub async fn session_cookie(&self) -> Result<&str> {
+        let cookie = self
+            .session_cookie
+            .get_or_try_init(|| async {
+                let (headers, body) = self
+                    .post_credentials(0, "/v1/sessions", StatusCode::CREATED)
+                    .await?;
+                let cookie = session_cookie_pair(&headers).with_context(|| {
+                    format!(
+                        "POST /v1/sessions answered 201 without a `{SESSION_COOKIE}=…` Set-Cookie: {}",
+                        body_snippet(&body)
+                    )
+                })?;
+                let req = self.target.get_cookie("/v1/me", &cookie)?;
+                let (status, body) = self
+                    .target
+                    .once(req)
+                    .await
+                    .context("GET /v1/me with the session cookie (trial)")?;
+                if status != StatusCode::OK || !authenticated_by(&body, "session") {
+                    bail!(
+                        "GET /v1/me with user 0's session cookie answered {status} (expected 200, \
+                         auth method session): {}",
+                        body_snippet(&body)
+                    );
+                }
+                Ok::<_, anyhow::Error>(cookie)
+            })
+            .await?;
+        Ok(cookie)
+    }
+
     /// Logs user `i` in (at most [`SETUP_LOGIN_CONCURRENCY`] at a time) and returns the tokens.
     pub async fn login(&self, i: usize) -> Result<Tokens> {
+        let (_, body) = self
+            .post_credentials(i, "/v1/auth/login", StatusCode::OK)
+            .await?;
+        serde_json::from_slice(&body).with_context(|| {
+            format!(
+                "login response is not the expected JSON: {}",
+                body_snippet(&body)
+            )
+        })
+    }
+
+    /// Posts user `i`'s `{"email","password"}` to a login endpoint (at most
+    /// [`SETUP_LOGIN_CONCURRENCY`] at a time) and returns the answer's headers and body if its
+    /// status is `expect`.
+    async fn post_credentials(
+        &self,
+        i: usize,
+        path: &str,
+        expect: StatusCode,
+    ) -> Result<(HeaderMap, Bytes)> {
         let user = self.user(i)?;
         let _permit = self
             .login_gate
@@ -588,31 +693,26 @@ impl Ctx {
         let mut last = String::new();
         // A busy server may shed load with 429/503: retry a few times with a pause.
         for attempt in 0..5u32 {
-            let req = self
+            let req = self.target.post_json(path, user.login_body.clone(), None)?;
+            let (status, headers, body) = self
                 .target
-                .post_json("/v1/auth/login", user.login_body.clone(), None)?;
-            let (status, body) = self.target.once(req).await.context("POST /v1/auth/login")?;
+                .once_full(req)
+                .await
+                .with_context(|| format!("POST {path}"))?;
             match status {
-                StatusCode::OK => {
-                    return serde_json::from_slice(&body).with_context(|| {
-                        format!(
-                            "login response is not the expected JSON: {}",
-                            body_snippet(&body)
-                        )
-                    });
-                }
+                s if s == expect => return Ok((headers, body)),
                 StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
                     last = format!("{status}: {}", body_snippet(&body));
                     tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt + 1))).await;
                 }
                 _ => bail!(
-                    "login of {} answered {status}: {}",
+                    "POST {path} (login of {}) answered {status} (expected {expect}): {}",
                     user.email,
                     body_snippet(&body)
                 ),
             }
         }
-        bail!("login of {} kept failing: {last}", user.email)
+        bail!("POST {path} (login of {}) kept failing: {last}", user.email)
     }
 }
 
@@ -648,10 +748,15 @@ mod tests {
     }
 
     #[test]
-    fn key_scenarios_use_64_connections() {
+    fn key_and_session_scenarios_use_64_connections() {
         let s = Settings::for_tests();
         let scenarios = all(&s);
-        for name in ["verify_cached", "verify_unknown", "me_api_key"] {
+        for name in [
+            "verify_cached",
+            "verify_unknown",
+            "me_api_key",
+            "me_session",
+        ] {
             let sc = scenarios.iter().find(|sc| sc.name == name);
             assert!(
                 sc.is_some_and(|sc| sc.needs_server() && sc.concurrency_label() == "64"),
@@ -674,6 +779,40 @@ mod tests {
         assert!(valid.matches(b"{ \"code\": \"VALID\", \"valid\": true }"));
         assert!(!valid.matches(br#"{"valid":false,"code":"REVOKED"}"#));
         assert!(!valid.matches(b"not json"));
+    }
+
+    #[test]
+    fn session_cookie_is_taken_from_set_cookie() -> Result<()> {
+        let mut h = HeaderMap::new();
+        assert_eq!(session_cookie_pair(&h), None);
+        h.append(SET_COOKIE, "other=1; Path=/".parse()?);
+        // The server clearing the cookie is no session.
+        h.append(
+            SET_COOKIE,
+            "__Host-portcullis=; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age=0".parse()?,
+        );
+        assert_eq!(session_cookie_pair(&h), None);
+        h.append(
+            SET_COOKIE,
+            "__Host-portcullis=pcs_abc123; Path=/; HttpOnly; Secure; SameSite=Lax".parse()?,
+        );
+        assert_eq!(
+            session_cookie_pair(&h).as_deref(),
+            Some("__Host-portcullis=pcs_abc123")
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn me_answers_say_how_the_caller_authenticated() {
+        let body = br#"{"id":"u","email":"e","roles":[],"auth":{"method":"session","scopes":[],"session_id":"s"}}"#;
+        assert!(authenticated_by(body, "session"));
+        assert!(!authenticated_by(body, "api_key"));
+        assert!(!authenticated_by(
+            br#"{"auth":{"method":"jwt"}}"#,
+            "session"
+        ));
+        assert!(!authenticated_by(b"not json", "session"));
     }
 
     #[test]

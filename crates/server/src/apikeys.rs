@@ -719,6 +719,24 @@ impl AppState {
         Ok((key, row, grace_until))
     }
 
+    /// Revokes one of the caller's keys (the account page's button).
+    pub(crate) async fn revoke_own_key(
+        &self,
+        p: &Principal,
+        id: &str,
+        ctx: &AuditContext,
+    ) -> ApiResult<()> {
+        let m = self.key_manager(p, true).await?;
+        let row = self.managed_key(&m, id).await?;
+        self.revoke_row(p, &row, ctx).await
+    }
+
+    /// The caller's keys, first page (the account page).
+    pub(crate) async fn own_keys(&self, p: &Principal) -> ApiResult<Vec<KeyView>> {
+        let m = self.key_manager(p, false).await?;
+        Ok(self.list_keys(m.listing(), None, None).await?.keys)
+    }
+
     async fn list_keys(
         &self,
         owner: KeyOwner<'_>,

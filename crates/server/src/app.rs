@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use crate::error::{ApiError, InternalCause};
 use crate::extract::{BodyLimit, RequestId};
 use crate::state::AppState;
-use crate::{admin, apikeys, ops, sessions, tokens, users};
+use crate::{admin, apikeys, ops, pages, sessions, tokens, users};
 
 pub fn router(state: AppState) -> Router {
     let limit = state.config.max_body_bytes;
@@ -57,6 +57,15 @@ pub fn router(state: AppState) -> Router {
             "/admin/v1/keys/{id}",
             get(apikeys::admin_get).delete(apikeys::admin_revoke),
         )
+        .route("/login", get(pages::login_form).post(pages::login_submit))
+        .route("/account", get(pages::account))
+        .route("/account/logout", post(pages::logout))
+        .route("/account/sessions/{id}/revoke", post(pages::revoke_session))
+        .route("/account/keys", post(pages::create_key))
+        .route("/account/keys/{id}/revoke", post(pages::revoke_key))
+        .route("/account/keys/{id}/roll", post(pages::roll_key))
+        .route("/account/password", post(pages::change_password))
+        .route("/assets/portcullis.css", get(pages::stylesheet))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

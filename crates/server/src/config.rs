@@ -116,6 +116,9 @@ pub struct Config {
     /// Verify failures are audited as one event per caller and code per this interval (ms).
     pub verify_audit_interval_ms: u64,
 
+    /// A folder whose files replace the built-in page templates of the same name (`base.html`,
+    /// `login.html`, `account.html`, `message.html`, `portcullis.css`).
+    pub templates_dir: Option<PathBuf>,
     /// A session unused for this long ends (seconds).
     pub session_idle_timeout_s: i64,
     /// A session ends this long after login, however busy (seconds).
@@ -166,6 +169,7 @@ impl Default for Config {
             api_key_retention_days: 30,
             api_key_max_grace_s: 30 * 24 * 3600,
             verify_audit_interval_ms: 60_000,
+            templates_dir: None,
             session_idle_timeout_s: 30 * 60,
             session_absolute_timeout_s: 24 * 3600,
         }
@@ -250,6 +254,7 @@ const KEYS: &[&str] = &[
     "api_key_retention_days",
     "api_key_max_grace_s",
     "verify_audit_interval_ms",
+    "templates_dir",
     "session_idle_timeout_s",
     "session_absolute_timeout_s",
 ];

@@ -22,6 +22,7 @@ pub mod hashing;
 pub mod invalidation;
 pub mod keys;
 pub mod openapi;
+pub mod pages;
 pub mod ops;
 pub mod sessions;
 pub mod state;

@@ -309,7 +309,11 @@ impl AppState {
         }
     }
 
-    async fn list_sessions(&self, user_id: &str, current: Option<&str>) -> ApiResult<SessionList> {
+    pub(crate) async fn list_sessions(
+        &self,
+        user_id: &str,
+        current: Option<&str>,
+    ) -> ApiResult<SessionList> {
         let now = Millis::now().0;
         let idle_before = now - self.config.session_idle_timeout_s * 1000;
         let rows = self
@@ -331,7 +335,7 @@ impl AppState {
         })
     }
 
-    async fn revoke_one(
+    pub(crate) async fn revoke_one(
         &self,
         user_id: &str,
         id: &str,

@@ -37,6 +37,7 @@ pub struct Inner {
     pub key_usage: KeyUsage,
     pub verify_failures: VerifyFailures,
     pub session_activity: SessionActivity,
+    pub pages: crate::pages::Pages,
     /// Cache invalidations, for other nodes (see [`crate::invalidation`]).
     pub bus: Bus,
     pub audit: Audit,
@@ -205,7 +206,10 @@ impl AppState {
         );
         // Load the bundled password list now rather than on the first registration.
         let _ = portcullis_core::passwords::CommonPasswords::bundled().len();
+        let pages =
+            crate::pages::Pages::new(config.templates_dir.clone()).map_err(StartError::Other)?;
         let state = AppState(Arc::new(Inner {
+            pages,
             policy: config.password_policy(),
             issuer: config.issuer(),
             audience: config.audience(),

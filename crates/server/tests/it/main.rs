@@ -15,6 +15,7 @@ mod http;
 mod interop;
 mod jwt;
 mod keys;
+mod pages;
 mod sessions;
 mod tokens;
 mod users;

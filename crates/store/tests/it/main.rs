@@ -14,5 +14,6 @@ mod audit;
 mod concurrency;
 mod maintenance;
 mod refresh;
+mod sessions;
 mod signing_keys;
 mod users;

@@ -14,6 +14,9 @@ backend_tests!(
     token_watermarks_since_returns_later_watermarks,
     list_users_paginates_by_id_cursor,
     count_users_counts,
+    set_user_disabled_disables_and_sets_the_watermark,
+    set_user_disabled_none_reenables_and_keeps_the_watermark,
+    set_user_disabled_of_unknown_user_is_false,
 );
 
 async fn create_and_read_back_by_id_and_email_key(t: Ctx) {
@@ -272,4 +275,103 @@ async fn count_users_counts(t: Ctx) {
         user(s).await;
         assert_eq!(s.count_users().await.unwrap(), n);
     }
+}
+
+async fn set_user_disabled_disables_and_sets_the_watermark(t: Ctx) {
+    let s = &t.store;
+    let id = user(s).await;
+    let bystander = user(s).await;
+    let bystander_before = s.user_by_id(&bystander).await.unwrap().unwrap();
+
+    // `at` and `now` differ so a swap of the two would show.
+    let at = T0.plus_millis(100);
+    let now = T0.plus_millis(150);
+    assert!(s.set_user_disabled(&id, Some(at), now).await.unwrap());
+    let row = s.user_by_id(&id).await.unwrap().unwrap();
+    assert_eq!(row.disabled_at, Some(at.0));
+    assert_eq!(row.tokens_valid_after, Some(at.0));
+    assert_eq!(row.updated_at, now.0);
+    assert_eq!(row.created_at, T0.0);
+    assert_eq!(
+        s.token_watermarks_since(T0).await.unwrap(),
+        vec![(id.clone(), at.0)]
+    );
+
+    // Disabling again replaces both with the new moment (an earlier watermark is overwritten).
+    let at2 = T0.plus_millis(300);
+    s.set_tokens_valid_after(&id, T0.plus_millis(200))
+        .await
+        .unwrap();
+    assert!(
+        s.set_user_disabled(&id, Some(at2), T0.plus_millis(310))
+            .await
+            .unwrap()
+    );
+    let row = s.user_by_id(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (row.disabled_at, row.tokens_valid_after, row.updated_at),
+        (Some(at2.0), Some(at2.0), T0.0 + 310)
+    );
+
+    let other = s.user_by_id(&bystander).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            other.disabled_at,
+            other.tokens_valid_after,
+            other.updated_at
+        ),
+        (
+            bystander_before.disabled_at,
+            bystander_before.tokens_valid_after,
+            bystander_before.updated_at
+        ),
+        "another user is untouched"
+    );
+}
+
+async fn set_user_disabled_none_reenables_and_keeps_the_watermark(t: Ctx) {
+    let s = &t.store;
+    let id = user(s).await;
+    let at = T0.plus_millis(100);
+    assert!(s.set_user_disabled(&id, Some(at), at).await.unwrap());
+
+    let now = T0.plus_millis(500);
+    assert!(s.set_user_disabled(&id, None, now).await.unwrap());
+    let row = s.user_by_id(&id).await.unwrap().unwrap();
+    assert_eq!(row.disabled_at, None);
+    assert_eq!(
+        row.tokens_valid_after,
+        Some(at.0),
+        "re-enabling does not revive tokens issued before the disable"
+    );
+    assert_eq!(row.updated_at, now.0);
+
+    // Re-enabling a user that was never disabled: true, and no watermark appears.
+    let fresh = user(s).await;
+    assert!(s.set_user_disabled(&fresh, None, now).await.unwrap());
+    let row = s.user_by_id(&fresh).await.unwrap().unwrap();
+    assert_eq!(
+        (row.disabled_at, row.tokens_valid_after, row.updated_at),
+        (None, None, now.0)
+    );
+}
+
+async fn set_user_disabled_of_unknown_user_is_false(t: Ctx) {
+    let s = &t.store;
+    let someone = user(s).await;
+    let unknown = UserId::generate();
+    for at in [Some(T0.plus_millis(1)), None] {
+        assert!(
+            !s.set_user_disabled(unknown.as_str(), at, T0.plus_millis(2))
+                .await
+                .unwrap()
+        );
+    }
+    assert!(s.user_by_id(unknown.as_str()).await.unwrap().is_none());
+    let row = s.user_by_id(&someone).await.unwrap().unwrap();
+    assert_eq!(
+        (row.disabled_at, row.tokens_valid_after, row.updated_at),
+        (None, None, T0.0)
+    );
+    assert_eq!(s.count_users().await.unwrap(), 1);
 }
