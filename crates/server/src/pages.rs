@@ -168,6 +168,40 @@ fn when(ms: Option<i64>) -> Option<String> {
     })
 }
 
+/// The list `field` of an API view, with its RFC 3339 `times` rewritten for people.
+fn for_display(
+    view: Result<serde_json::Value, serde_json::Error>,
+    field: &str,
+    times: &[&str],
+) -> Vec<serde_json::Value> {
+    let mut items = match view {
+        Ok(serde_json::Value::Object(mut o)) => match o.remove(field) {
+            Some(serde_json::Value::Array(items)) => items,
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    };
+    for item in &mut items {
+        if let Some(o) = item.as_object_mut() {
+            for t in times {
+                let ms = o
+                    .get(*t)
+                    .and_then(|v| v.as_str())
+                    .and_then(|v| {
+                        time::OffsetDateTime::parse(
+                            v,
+                            &time::format_description::well_known::Rfc3339,
+                        )
+                        .ok()
+                    })
+                    .map(|at| Millis::from_datetime(at).0);
+                o.insert((*t).to_owned(), json!(when(ms)));
+            }
+        }
+    }
+    items
+}
+
 fn form_fields(body: &Bytes) -> Option<HashMap<String, String>> {
     serde_urlencoded::from_bytes::<Vec<(String, String)>>(body)
         .ok()
@@ -334,51 +368,23 @@ async fn render_account(
         return to_login("/account", true);
     };
     let sessions = match state.list_sessions(&s.row.user_id, Some(&s.row.id)).await {
-        Ok(list) => serde_json::to_value(list).unwrap_or_default()["sessions"].clone(),
+        Ok(list) => for_display(serde_json::to_value(list), "sessions", &["last_seen_at"]),
         Err(e) => return e.into_response(),
     };
-    let sessions: Vec<serde_json::Value> = sessions
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|mut v| {
-            let seen = v["last_seen_at"]
-                .as_str()
-                .and_then(|t| {
-                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                        .ok()
-                })
-                .map(|t| Millis::from_datetime(t).0);
-            v["last_seen_at"] = json!(when(seen));
-            v
-        })
-        .collect();
     let keys = match state.own_keys(&p).await {
-        Ok(keys) => serde_json::to_value(keys).unwrap_or_default(),
+        Ok(keys) => for_display(
+            serde_json::to_value(json!({ "keys": keys })),
+            "keys",
+            &["expires_at", "last_used_at"],
+        ),
         Err(e) => return e.into_response(),
     };
+    // Only keys that still work: revoked ones and the old halves of rolls are history.
     let keys: Vec<serde_json::Value> = keys
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
         .into_iter()
-        .filter(|k| k["revoked_at"].is_null() && k["rolled_to"].is_null())
-        .map(|mut k| {
-            for field in ["expires_at", "last_used_at"] {
-                let ms = k[field]
-                    .as_str()
-                    .and_then(|t| {
-                        time::OffsetDateTime::parse(
-                            t,
-                            &time::format_description::well_known::Rfc3339,
-                        )
-                        .ok()
-                    })
-                    .map(|t| Millis::from_datetime(t).0);
-                k[field] = json!(when(ms));
-            }
-            k
+        .filter(|k| {
+            k.get("revoked_at").is_none_or(|v| v.is_null())
+                && k.get("rolled_to").is_none_or(|v| v.is_null())
         })
         .collect();
     page(
@@ -564,11 +570,12 @@ pub async fn create_key(
         .get("scopes")
         .map(|s| s.split_whitespace().collect())
         .unwrap_or_default();
-    let mut req = json!({"name": name, "scopes": scopes});
-    if let Some(date) = fields.get("expires").filter(|d| !d.is_empty()) {
-        // A date means the end of that day, UTC.
-        req["expires_at"] = json!(format!("{date}T23:59:59Z"));
-    }
+    // A date means the end of that day, UTC.
+    let expires_at = fields
+        .get("expires")
+        .filter(|d| !d.is_empty())
+        .map(|date| format!("{date}T23:59:59Z"));
+    let req = json!({"name": name, "scopes": scopes, "expires_at": expires_at});
     let req = match serde_json::from_value(req) {
         Ok(r) => r,
         Err(e) => return ApiError::internal(e).into_response(),
