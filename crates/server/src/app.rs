@@ -121,9 +121,36 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let cors_origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .filter(|o| state.config.cors_allowed_origins.iter().any(|a| a == o))
+        .and_then(|o| HeaderValue::from_str(o).ok());
+    let preflight = method == axum::http::Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
     let mut res = match announced {
         Some(len) if len > state.config.max_body_bytes as u64 => {
             ApiError::PayloadTooLarge(state.config.max_body_bytes).into_response()
+        }
+        _ if preflight && cors_origin.is_some() => {
+            let mut res = axum::http::StatusCode::NO_CONTENT.into_response();
+            let h = res.headers_mut();
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static("GET, POST, PATCH, DELETE"),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static("authorization, content-type, x-api-key, x-csrf-token"),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_MAX_AGE,
+                HeaderValue::from_static("600"),
+            );
+            res
         }
         _ => next.run(req).await,
     };
@@ -131,6 +158,19 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
     let status = res.status();
     let elapsed = started.elapsed();
     let headers = res.headers_mut();
+    // CORS: only origins on the allowlist (default none) may read our answers from their pages.
+    headers.append(header::VARY, HeaderValue::from_static("Origin"));
+    if let Some(origin) = cors_origin {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("x-request-id, retry-after, ratelimit, ratelimit-policy"),
+        );
+    }
     if let Ok(v) = HeaderValue::from_str(&id) {
         headers.insert(X_REQUEST_ID.clone(), v);
     }

@@ -119,6 +119,9 @@ pub struct Config {
     /// A folder whose files replace the built-in page templates of the same name (`base.html`,
     /// `login.html`, `account.html`, `message.html`, `portcullis.css`).
     pub templates_dir: Option<PathBuf>,
+    /// Origins (`https://app.example.com`) whose pages may call the API from the browser with
+    /// credentials (CORS). Default: none. Their cookie requests still need the CSRF token.
+    pub cors_allowed_origins: Vec<String>,
     /// A session unused for this long ends (seconds).
     pub session_idle_timeout_s: i64,
     /// A session ends this long after login, however busy (seconds).
@@ -170,6 +173,7 @@ impl Default for Config {
             api_key_max_grace_s: 30 * 24 * 3600,
             verify_audit_interval_ms: 60_000,
             templates_dir: None,
+            cors_allowed_origins: Vec::new(),
             session_idle_timeout_s: 30 * 60,
             session_absolute_timeout_s: 24 * 3600,
         }
@@ -255,6 +259,7 @@ const KEYS: &[&str] = &[
     "api_key_max_grace_s",
     "verify_audit_interval_ms",
     "templates_dir",
+    "cors_allowed_origins",
     "session_idle_timeout_s",
     "session_absolute_timeout_s",
 ];
@@ -385,6 +390,15 @@ impl Config {
                     .into(),
             );
         }
+        for origin in &self.cors_allowed_origins {
+            if portcullis_core::csrf::origin_of(origin).as_deref() != Some(origin.as_str())
+                || !(origin.starts_with("https://") || origin.starts_with("http://"))
+            {
+                return err(format!(
+                    "cors_allowed_origins entries must be origins like https://app.example.com (lowercase, no path), got {origin:?}"
+                ));
+            }
+        }
         if self.first_party_client_id.is_empty() {
             return err("first_party_client_id must not be empty".into());
         }
@@ -479,6 +493,11 @@ mod tests {
             ("api_key_cache_ttl_s = 0", "api_key_cache_ttl_s"),
             ("api_key_meta_max_bytes = 10", "api_key_meta_max_bytes"),
             ("verify_audit_interval_ms = 5", "verify_audit_interval_ms"),
+            (
+                "cors_allowed_origins = [\"https://app.example.com/x\"]",
+                "cors_allowed_origins",
+            ),
+            ("session_idle_timeout_s = 0", "session_idle_timeout_s"),
         ] {
             std::fs::write(&path, format!("{line}\n")).unwrap();
             let e = Config::load(Some(&path), &Default::default())

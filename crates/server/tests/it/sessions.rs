@@ -18,7 +18,89 @@ on_both_stores!(
     idle_and_absolute_timeouts_end_sessions,
     bad_cookies_are_refused_precisely,
     administrators_list_and_end_a_users_sessions,
+    cors_answers_only_allowlisted_origins,
 );
+
+async fn cors_answers_only_allowlisted_origins(b: Backend) {
+    const APP: &str = "https://app.example.com";
+    let app = TestApp::spawn_with(b, |c| c.cors_allowed_origins = vec![APP.to_owned()]).await;
+    app.register("alice@example.com").await;
+    let s = login(&app, "alice@example.com").await;
+
+    let r = app
+        .client
+        .request(Method::OPTIONS, app.url("/v1/keys"))
+        .header("origin", APP)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "content-type, x-csrf-token",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(r.headers()["access-control-allow-origin"], APP);
+    assert_eq!(r.headers()["access-control-allow-credentials"], "true");
+    assert!(
+        r.headers()["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .contains("x-csrf-token")
+    );
+
+    // Another origin gets no CORS headers at all: its pages cannot read our answers.
+    let r = app
+        .client
+        .request(Method::OPTIONS, app.url("/v1/keys"))
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    let r = with(&app, Method::GET, "/v1/me", &s)
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    assert!(r.headers()["vary"].to_str().unwrap().contains("Origin"));
+
+    // The allowed origin reads answers and may make cookie changes, with the CSRF token.
+    let r = with(&app, Method::GET, "/v1/me", &s)
+        .header("origin", APP)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["access-control-allow-origin"], APP);
+    let r = with(&app, Method::POST, "/v1/keys", &s)
+        .header("origin", APP)
+        .header("sec-fetch-site", "same-site")
+        .json(&json!({"name": "spa"}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, StatusCode::FORBIDDEN, "csrf_failed").await;
+    let r = with(&app, Method::POST, "/v1/keys", &s)
+        .header("origin", APP)
+        .header("sec-fetch-site", "same-site")
+        .header("x-csrf-token", &s.csrf)
+        .json(&json!({"name": "spa"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = with(&app, Method::POST, "/v1/keys", &s)
+        .header("origin", "https://other.example.com")
+        .header("sec-fetch-site", "same-site")
+        .header("x-csrf-token", &s.csrf)
+        .json(&json!({"name": "spa"}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, StatusCode::FORBIDDEN, "csrf_failed").await;
+}
 
 struct Session {
     cookie: String,
