@@ -19,7 +19,54 @@ on_both_stores!(
     bad_cookies_are_refused_precisely,
     administrators_list_and_end_a_users_sessions,
     cors_answers_only_allowlisted_origins,
+    a_session_revoked_on_one_node_ends_on_the_others_within_a_second,
 );
+
+async fn a_session_revoked_on_one_node_ends_on_the_others_within_a_second(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    app.register("alice@example.com").await;
+    let a = login(&app, "alice@example.com").await;
+    let victim = login(&app, "alice@example.com").await;
+    // A second node over the same store, with caches of its own.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut config = app.state().config.clone();
+    config.listen = addr;
+    let node2 = portcullis_server::start(config, app.store.clone(), listener)
+        .await
+        .unwrap();
+    let me2 = || {
+        app.client
+            .get(format!("http://{addr}/v1/me"))
+            .header("cookie", &victim.cookie)
+            .send()
+    };
+    assert_eq!(me2().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(me2().await.unwrap().status(), StatusCode::OK);
+    let r = unsafe_req(
+        &app,
+        Method::DELETE,
+        &format!("/v1/sessions/{}", victim.id),
+        &a,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let started = std::time::Instant::now();
+    while me2().await.unwrap().status() == StatusCode::OK {
+        assert!(
+            started.elapsed() < Duration::from_millis(1_500),
+            "node 2 still accepts the revoked session"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    eprintln!(
+        "session revocation seen by node 2 after {:?}",
+        started.elapsed()
+    );
+    node2.stop().await;
+}
 
 async fn cors_answers_only_allowlisted_origins(b: Backend) {
     const APP: &str = "https://app.example.com";
