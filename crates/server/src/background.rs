@@ -70,10 +70,12 @@ fn apply(state: &AppState, rows: &[(Vec<u8>, i64)], event: fn([u8; 32]) -> Inval
     }
 }
 
-/// Where the next poll starts: after a full batch, at its last change; else at this poll's start.
+/// Where the next poll starts (before the lookback is taken off): after a full batch, at its last
+/// change with no lookback, so that a burst larger than one batch is read in pieces instead of again
+/// and again; else at this poll's start.
 fn next_since(rows: &[(Vec<u8>, i64)], started: i64) -> i64 {
     match rows.last() {
-        Some((_, at)) if rows.len() as i64 == KEY_CHANGES_BATCH => *at,
+        Some((_, at)) if rows.len() as i64 == KEY_CHANGES_BATCH => at + KEY_CHANGES_LOOKBACK_MS,
         _ => started,
     }
 }

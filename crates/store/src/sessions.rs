@@ -49,7 +49,8 @@ pub trait SessionStore {
         now: i64,
         reason: &str,
     ) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
-    /// Revokes every live session of the user; returns their token hashes.
+    /// Revokes every session of the user not revoked yet (expired and idle ones too, harmlessly);
+    /// returns their token hashes.
     fn revoke_user_sessions(
         &self,
         user_id: &str,
