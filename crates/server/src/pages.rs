@@ -439,14 +439,7 @@ async fn account_post(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<(CookieSession, HashMap<String, String>), Response> {
-    let Some(s) = page_session(state, headers).await? else {
-        return Err(to_login("/account", true));
-    };
-    let fields = form_fields(body).unwrap_or_default();
-    let token_ok = fields
-        .get("csrf_token")
-        .is_some_and(|t| csrf::token_matches(s.token.expose_secret(), t));
-    if state.check_same_site(headers).is_err() || !token_ok {
+    let refused = |state: &AppState| {
         let mut res = message(
             state,
             StatusCode::FORBIDDEN,
@@ -459,7 +452,23 @@ async fn account_post(
             "x-portcullis-error",
             HeaderValue::from_static("csrf_failed"),
         );
-        return Err(res);
+        res
+    };
+    // Another site's post is refused before anything else, so that it cannot even clear the cookie
+    // (a cross-site post arrives without it, SameSite=Lax, and must not look like a dead session).
+    if state.check_same_site(headers).is_err() {
+        return Err(refused(state));
+    }
+    let Some(s) = page_session(state, headers).await? else {
+        let had_cookie = session_cookie(headers).ok().flatten().is_some();
+        return Err(to_login("/account", had_cookie));
+    };
+    let fields = form_fields(body).unwrap_or_default();
+    let token_ok = fields
+        .get("csrf_token")
+        .is_some_and(|t| csrf::token_matches(s.token.expose_secret(), t));
+    if !token_ok {
+        return Err(refused(state));
     }
     Ok((s, fields))
 }

@@ -11,6 +11,7 @@ mod support;
 
 mod api_keys;
 mod binary;
+mod browser;
 mod http;
 mod interop;
 mod jwt;

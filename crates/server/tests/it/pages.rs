@@ -317,6 +317,29 @@ async fn account_forms_need_the_csrf_field_and_our_origin(b: Backend) {
         0,
         "nothing was created"
     );
+    // Another site's post arrives without the cookie (SameSite=Lax): refused, and it must not clear
+    // the browser's cookie either (that would let any site log people out).
+    let r = no_redirects()
+        .post(app.url("/account/logout"))
+        .header("sec-fetch-site", "cross-site")
+        .form(&[("csrf_token", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(r.headers().get("set-cookie").is_none());
+    let r = no_redirects()
+        .post(app.url("/account/keys"))
+        .header("sec-fetch-site", "same-origin")
+        .form(&[("name", "k")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(
+        r.headers().get("set-cookie").is_none(),
+        "no cookie was sent, none to clear"
+    );
     // A form without a name is a precise error on the page.
     let r = post(vec![("csrf_token", csrf.clone())], "same-origin")
         .await

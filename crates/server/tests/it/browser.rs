@@ -1,0 +1,105 @@
+//! A real browser on the real pages: `interop/node/browser.mjs` drives the system's Chromium
+//! (`/usr/bin/chromium`) through npm `playwright-core` against a fresh server: log in through the form,
+//! create an API key and use it, sign another device out, refuse cross-origin form posts, log out.
+//! `.ci/run` installs both; without them the test says it is skipped, unless
+//! `PORTCULLIS_REQUIRE_INTEROP=1` makes that a failure. Screenshots go to
+//! `$CARGO_TARGET_DIR/browser-tests/` (`target/browser-tests/` when it is unset).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::support::{self, Backend, TestApp};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const EMAIL: &str = "browser@example.com";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn screenshot_dir() -> PathBuf {
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => {
+            let dir = PathBuf::from(dir);
+            // A relative target directory is relative to where cargo ran, most likely the root.
+            if dir.is_absolute() {
+                dir
+            } else {
+                repo_root().join(dir)
+            }
+        }
+        _ => repo_root().join("target"),
+    };
+    target.join("browser-tests")
+}
+
+fn skip_or_fail(why: &str) {
+    if std::env::var("PORTCULLIS_REQUIRE_INTEROP").as_deref() == Ok("1") {
+        panic!(
+            "browser tests are required (PORTCULLIS_REQUIRE_INTEROP=1) but cannot run: {}",
+            why.trim()
+        );
+    }
+    eprintln!(
+        "skipped: browser tests ({}); .ci/run installs chromium and playwright-core",
+        why.trim()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_logs_in_creates_a_key_signs_out_a_device_refuses_csrf_and_logs_out() {
+    let node_dir = repo_root().join("interop/node");
+    if !Path::new(CHROMIUM).exists() {
+        return skip_or_fail(&format!("no Chromium at {CHROMIUM}"));
+    }
+    if !node_dir.join("node_modules/playwright-core").is_dir() {
+        return skip_or_fail("playwright-core is not installed in interop/node/node_modules");
+    }
+    let out_dir = screenshot_dir();
+    let _ = std::fs::remove_dir_all(&out_dir);
+    std::fs::create_dir_all(&out_dir).unwrap();
+
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    app.register(EMAIL).await;
+    let run = tokio::process::Command::new("node")
+        .arg(node_dir.join("browser.mjs"))
+        .args(["--base-url", &app.base, "--email", EMAIL])
+        .args(["--password", support::PASSWORD, "--chromium", CHROMIUM])
+        .arg("--out-dir")
+        .arg(&out_dir)
+        .current_dir(&node_dir)
+        .kill_on_drop(true)
+        .output();
+    let out = match tokio::time::timeout(Duration::from_secs(180), run).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => {
+            app.stop().await;
+            return skip_or_fail(&format!("cannot run node: {e}"));
+        }
+        Err(_) => panic!("browser.mjs did not finish within 180 s"),
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() == Some(3) {
+        app.stop().await;
+        return skip_or_fail(&stderr);
+    }
+    eprint!("{stdout}");
+    eprintln!("browser screenshots: {}", out_dir.display());
+    assert!(
+        out.status.success(),
+        "browser.mjs failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(
+        stdout
+            .lines()
+            .last()
+            .is_some_and(|l| l.contains("every check passed")),
+        "browser.mjs exited 0 without finishing its scenario:\n{stdout}\n{stderr}"
+    );
+    let login_png = out_dir.join("login.png");
+    let size = std::fs::metadata(&login_png).map_or(0, |m| m.len());
+    assert!(size > 0, "{} is missing or empty", login_png.display());
+    app.stop().await;
+}
