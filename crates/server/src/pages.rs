@@ -23,7 +23,7 @@ use serde_json::json;
 
 use crate::error::ApiError;
 use crate::extract::{ClientIp, RequestId};
-use crate::sessions::{CookieSession, clear_cookie, session_cookie};
+use crate::sessions::{CookieSession, clear_cookie, session_cookie, set_cookie};
 use crate::state::AppState;
 use crate::users::audit_context;
 
@@ -329,11 +329,7 @@ pub async fn login_submit(
         serde_json::json!({ "via": "login_page" }),
     );
     let mut res = see_other(&return_to);
-    if let Ok(v) = HeaderValue::from_str(&format!(
-        "{}={}; Path=/; HttpOnly; Secure; SameSite=Lax",
-        crate::sessions::COOKIE,
-        token.expose()
-    )) {
+    if let Some(v) = set_cookie(token.expose()) {
         res.headers_mut().insert(header::SET_COOKIE, v);
     }
     res
@@ -747,11 +743,7 @@ pub async fn change_password(
         Err(e) => return e.into_response(),
     };
     let mut res = see_other("/account?done=password_changed");
-    if let Ok(v) = HeaderValue::from_str(&format!(
-        "{}={}; Path=/; HttpOnly; Secure; SameSite=Lax",
-        crate::sessions::COOKIE,
-        token.expose()
-    )) {
+    if let Some(v) = set_cookie(token.expose()) {
         res.headers_mut().insert(header::SET_COOKIE, v);
     }
     res

@@ -119,7 +119,8 @@ pub fn session_cookie(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     Ok(found)
 }
 
-fn set_cookie(value: &str) -> Option<HeaderValue> {
+/// The `Set-Cookie` value that starts a session in the browser.
+pub fn set_cookie(value: &str) -> Option<HeaderValue> {
     HeaderValue::from_str(&format!(
         "{COOKIE}={value}; Path=/; HttpOnly; Secure; SameSite=Lax"
     ))
