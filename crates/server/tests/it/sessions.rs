@@ -20,7 +20,56 @@ on_both_stores!(
     administrators_list_and_end_a_users_sessions,
     cors_answers_only_allowlisted_origins,
     a_session_revoked_on_one_node_ends_on_the_others_within_a_second,
+    last_seen_at_is_written_at_most_once_a_minute,
 );
+
+async fn last_seen_at_is_written_at_most_once_a_minute(b: Backend) {
+    use portcullis_store::SessionStore;
+    let app = TestApp::spawn(b).await;
+    app.register("alice@example.com").await;
+    let s = login(&app, "alice@example.com").await;
+    let stored = || async {
+        app.store
+            .session_by_id(&s.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_seen_at
+    };
+    let at_login = stored().await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The first use after login is written (in the background, within about a second)…
+    assert_eq!(
+        with(&app, Method::GET, "/v1/me", &s)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let mut first = at_login;
+    for _ in 0..40 {
+        first = stored().await;
+        if first > at_login {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(first > at_login, "last_seen_at was never written");
+    // …later uses within the minute are not.
+    for _ in 0..5 {
+        assert_eq!(
+            with(&app, Method::GET, "/v1/me", &s)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::OK
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(stored().await, first);
+}
 
 async fn a_session_revoked_on_one_node_ends_on_the_others_within_a_second(b: Backend) {
     let app = TestApp::spawn(b).await;
