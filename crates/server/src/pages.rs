@@ -296,8 +296,13 @@ pub async fn login_submit(
         Err(ApiError::InvalidCredentials) => {
             return again(StatusCode::UNAUTHORIZED, "The email or password is wrong.");
         }
-        Err(ApiError::Validation(_)) => {
-            return again(StatusCode::BAD_REQUEST, "Enter a valid email address.");
+        Err(ApiError::Validation(errors)) => {
+            // A malformed email can be said so; an over-long password is simply not the password.
+            return if errors.iter().any(|e| e.field == "email") {
+                again(StatusCode::BAD_REQUEST, "Enter a valid email address.")
+            } else {
+                again(StatusCode::UNAUTHORIZED, "The email or password is wrong.")
+            };
         }
         Err(ApiError::RateLimited(t)) => {
             let wait = t.decision.retry_after_ms.div_ceil(1000).max(1);

@@ -168,6 +168,31 @@ async fn login_page_errors_are_inline_and_reveal_nothing(b: Backend) {
                 .contains("Enter your email and your password.")
         );
     }
+    // A malformed email is named; an over-long password is just wrong.
+    let long = "p".repeat(5000);
+    for (email, password, status, text) in [
+        (
+            "not-an-email",
+            PASSWORD,
+            StatusCode::BAD_REQUEST,
+            "Enter a valid email address.",
+        ),
+        (
+            "alice@example.com",
+            long.as_str(),
+            StatusCode::UNAUTHORIZED,
+            "The email or password is wrong.",
+        ),
+    ] {
+        let r = no_redirects()
+            .post(app.url("/login"))
+            .form(&[("email", email), ("password", password)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{email}");
+        assert!(r.text().await.unwrap().contains(text), "{email}");
+    }
     // Markup in the email is escaped, not rendered.
     let r = no_redirects()
         .post(app.url("/login"))
