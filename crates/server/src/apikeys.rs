@@ -484,14 +484,6 @@ impl AppState {
         }
     }
 
-    fn forget_keys(&self, hashes: &[Vec<u8>]) {
-        for h in hashes {
-            if let Ok(h) = <[u8; 32]>::try_from(h.as_slice()) {
-                self.invalidate(Invalidation::ApiKey(h));
-            }
-        }
-    }
-
     pub async fn create_key(
         &self,
         p: &Principal,
@@ -614,7 +606,10 @@ impl AppState {
                 "this API key is revoked and can no longer be changed".into(),
             ));
         };
-        self.forget_keys(std::slice::from_ref(&current.key_hash));
+        self.invalidate_hashes(
+            std::slice::from_ref(&current.key_hash),
+            Invalidation::ApiKey,
+        );
         let changed: Vec<&str> = [
             ("name", patch.name.is_some()),
             ("scopes", patch.scopes.is_some()),
@@ -644,9 +639,9 @@ impl AppState {
         ctx: &AuditContext,
     ) -> ApiResult<()> {
         let hashes = self.store.revoke_api_key(&row.id, Millis::now().0).await?;
-        self.forget_keys(&hashes);
+        self.invalidate_hashes(&hashes, Invalidation::ApiKey);
         // Also when it was revoked already (nothing changed): the cached row may be older.
-        self.forget_keys(std::slice::from_ref(&row.key_hash));
+        self.invalidate_hashes(std::slice::from_ref(&row.key_hash), Invalidation::ApiKey);
         if !hashes.is_empty() {
             self.audit.record(
                 "api_key.revoked",
@@ -708,7 +703,7 @@ impl AppState {
             }
             Err(e) => return Err(e.into()),
         };
-        self.forget_keys(&changed);
+        self.invalidate_hashes(&changed, Invalidation::ApiKey);
         self.audit.record(
             "api_key.rolled",
             Some(&p.subject),
@@ -838,10 +833,6 @@ impl AppState {
     }
 }
 
-fn ctx(ip: &ClientIp, rid: &RequestId) -> AuditContext {
-    audit_context(ip, rid)
-}
-
 /// Create a key. The key is in this response only.
 #[utoipa::path(post, path = "/v1/keys", tag = "keys", request_body = CreateKeyRequest,
     responses((status = 201, body = CreatedKeyView), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)),
@@ -853,7 +844,7 @@ pub async fn create(
     rid: RequestId,
     Json(req): Json<CreateKeyRequest>,
 ) -> ApiResult<impl IntoResponse> {
-    let (key, row) = state.create_key(&p, req, &ctx(&ip, &rid)).await?;
+    let (key, row) = state.create_key(&p, req, &audit_context(&ip, &rid)).await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(CreatedKeyView {
@@ -904,7 +895,9 @@ pub async fn patch(
     Path(id): Path<String>,
     Json(req): Json<PatchKeyRequest>,
 ) -> ApiResult<axum::Json<KeyView>> {
-    let row = state.patch_key(&p, &id, req, &ctx(&ip, &rid)).await?;
+    let row = state
+        .patch_key(&p, &id, req, &audit_context(&ip, &rid))
+        .await?;
     Ok(axum::Json(KeyView::from(&row)))
 }
 
@@ -921,7 +914,9 @@ pub async fn revoke(
 ) -> ApiResult<StatusCode> {
     let m = state.key_manager(&p, true).await?;
     let row = state.managed_key(&m, &id).await?;
-    state.revoke_row(&p, &row, &ctx(&ip, &rid)).await?;
+    state
+        .revoke_row(&p, &row, &audit_context(&ip, &rid))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -937,7 +932,9 @@ pub async fn roll(
     Path(id): Path<String>,
     OptionalJson(req): OptionalJson<RollRequest>,
 ) -> ApiResult<impl IntoResponse> {
-    let (key, row, grace_until) = state.roll_key(&p, &id, req, &ctx(&ip, &rid)).await?;
+    let (key, row, grace_until) = state
+        .roll_key(&p, &id, req, &audit_context(&ip, &rid))
+        .await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(RolledKeyView {
@@ -1012,7 +1009,9 @@ pub async fn admin_revoke(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let row = admin_key(&state, &id).await?;
-    state.revoke_row(&p, &row, &ctx(&ip, &rid)).await?;
+    state
+        .revoke_row(&p, &row, &audit_context(&ip, &rid))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

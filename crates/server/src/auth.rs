@@ -158,10 +158,6 @@ impl Authenticator {
             .is_some_and(|at| claims.issued_at_ms() < *at)
     }
 
-    pub fn forget_user(&self, user_id: &str) {
-        self.users.invalidate(user_id);
-    }
-
     /// Drops whatever `event` makes stale.
     pub fn apply(&self, event: &Invalidation) {
         match event {
@@ -251,6 +247,13 @@ impl AppState {
     pub fn invalidate(&self, event: Invalidation) {
         self.auth.apply(&event);
         self.bus.send(event);
+    }
+
+    /// Invalidates the cached rows of these stored hashes (keys or sessions).
+    pub fn invalidate_hashes(&self, hashes: &[Vec<u8>], kind: fn([u8; 32]) -> Invalidation) {
+        for event in Invalidation::of_hashes(hashes.iter().map(Vec::as_slice), kind) {
+            self.invalidate(event);
+        }
     }
 
     fn authenticate_jwt(&self, token: &str) -> Result<Principal, ApiError> {

@@ -62,11 +62,10 @@ async fn key_changes_loop(state: AppState) {
     }
 }
 
-fn apply(state: &AppState, rows: &[(Vec<u8>, i64)], event: fn([u8; 32]) -> Invalidation) {
-    for (hash, _) in rows {
-        if let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) {
-            state.auth.apply(&event(hash));
-        }
+/// Applies changes made elsewhere to this node's caches (not onto the bus: they are not ours).
+fn apply(state: &AppState, rows: &[(Vec<u8>, i64)], kind: fn([u8; 32]) -> Invalidation) {
+    for event in Invalidation::of_hashes(rows.iter().map(|(h, _)| h.as_slice()), kind) {
+        state.auth.apply(&event);
     }
 }
 

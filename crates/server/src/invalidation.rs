@@ -18,6 +18,19 @@ pub enum Invalidation {
     User(String),
 }
 
+impl Invalidation {
+    /// One event of `kind` per stored SHA-256 (as the store returns them).
+    pub fn of_hashes<'a>(
+        hashes: impl IntoIterator<Item = &'a [u8]>,
+        kind: fn([u8; 32]) -> Invalidation,
+    ) -> impl Iterator<Item = Invalidation> {
+        hashes
+            .into_iter()
+            .filter_map(|h| <[u8; 32]>::try_from(h).ok())
+            .map(kind)
+    }
+}
+
 /// The in-process bus. Sending never blocks; a subscriber that falls behind loses old events and is
 /// told so (`RecvError::Lagged`), and must then drop its whole cache.
 pub struct Bus {

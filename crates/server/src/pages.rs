@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use minijinja::{Environment, context};
@@ -474,18 +474,42 @@ async fn account_post(
     Ok((s, fields))
 }
 
+/// An account form post that passed [`account_post`]; any other request is answered by the rejection.
+pub struct AccountForm {
+    session: CookieSession,
+    fields: HashMap<String, String>,
+}
+
+impl FromRequest<AppState> for AccountForm {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Response> {
+        let headers = req.headers().clone();
+        let body = Bytes::from_request(req, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let (session, fields) = account_post(state, &headers, &body).await?;
+        Ok(Self { session, fields })
+    }
+}
+
+/// The account page again, with an error for the form that was posted.
+async fn account_error(
+    state: &AppState,
+    s: &CookieSession,
+    status: StatusCode,
+    error: &str,
+) -> Response {
+    render_account(state, s, status, None, Some(error.to_owned()), None).await
+}
+
 /// `POST /account/logout`.
 pub async fn logout(
     State(state): State<AppState>,
     ip: ClientIp,
     rid: RequestId,
-    headers: HeaderMap,
-    body: Bytes,
+    AccountForm { session: s, .. }: AccountForm,
 ) -> Response {
-    let (s, _) = match account_post(&state, &headers, &body).await {
-        Ok(ok) => ok,
-        Err(res) => return res,
-    };
     let ctx = audit_context(&ip, &rid);
     if let Err(e) = state
         .revoke_one(&s.row.user_id, &s.row.id, "logout", &ctx, &s.row.user_id)
@@ -503,14 +527,9 @@ pub async fn revoke_session(
     State(state): State<AppState>,
     ip: ClientIp,
     rid: RequestId,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    body: Bytes,
+    AccountForm { session: s, .. }: AccountForm,
 ) -> Response {
-    let (s, _) = match account_post(&state, &headers, &body).await {
-        Ok(ok) => ok,
-        Err(res) => return res,
-    };
     let ctx = audit_context(&ip, &rid);
     match state
         .revoke_one(&s.row.user_id, &id, "revoked", &ctx, &s.row.user_id)
@@ -523,13 +542,11 @@ pub async fn revoke_session(
         }
         Ok(true) => see_other("/account?done=session_revoked"),
         Ok(false) => {
-            render_account(
+            account_error(
                 &state,
                 &s,
                 StatusCode::NOT_FOUND,
-                None,
-                Some("That session does not exist or has already ended.".into()),
-                None,
+                "That session does not exist or has already ended.",
             )
             .await
         }
@@ -558,23 +575,10 @@ pub async fn create_key(
     State(state): State<AppState>,
     ip: ClientIp,
     rid: RequestId,
-    headers: HeaderMap,
-    body: Bytes,
+    AccountForm { session: s, fields }: AccountForm,
 ) -> Response {
-    let (s, fields) = match account_post(&state, &headers, &body).await {
-        Ok(ok) => ok,
-        Err(res) => return res,
-    };
     let Some(name) = fields.get("name").filter(|n| !n.trim().is_empty()) else {
-        return render_account(
-            &state,
-            &s,
-            StatusCode::BAD_REQUEST,
-            None,
-            Some("Give the key a name.".into()),
-            None,
-        )
-        .await;
+        return account_error(&state, &s, StatusCode::BAD_REQUEST, "Give the key a name.").await;
     };
     let scopes: Vec<&str> = fields
         .get("scopes")
@@ -612,14 +616,9 @@ pub async fn revoke_key(
     State(state): State<AppState>,
     ip: ClientIp,
     rid: RequestId,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    body: Bytes,
+    AccountForm { session: s, .. }: AccountForm,
 ) -> Response {
-    let (s, _) = match account_post(&state, &headers, &body).await {
-        Ok(ok) => ok,
-        Err(res) => return res,
-    };
     let p = state.session_principal(&s);
     match state
         .revoke_own_key(&p, &id, &audit_context(&ip, &rid))
@@ -627,15 +626,7 @@ pub async fn revoke_key(
     {
         Ok(()) => see_other("/account?done=key_revoked"),
         Err(ApiError::NotFound(_)) => {
-            render_account(
-                &state,
-                &s,
-                StatusCode::NOT_FOUND,
-                None,
-                Some("No such key.".into()),
-                None,
-            )
-            .await
+            account_error(&state, &s, StatusCode::NOT_FOUND, "No such key.").await
         }
         Err(e) => e.into_response(),
     }
@@ -646,14 +637,9 @@ pub async fn roll_key(
     State(state): State<AppState>,
     ip: ClientIp,
     rid: RequestId,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    body: Bytes,
+    AccountForm { session: s, .. }: AccountForm,
 ) -> Response {
-    let (s, _) = match account_post(&state, &headers, &body).await {
-        Ok(ok) => ok,
-        Err(res) => return res,
-    };
     let p = state.session_principal(&s);
     match state
         .roll_key(&p, &id, Default::default(), &audit_context(&ip, &rid))
@@ -665,13 +651,11 @@ pub async fn roll_key(
             render_account(&state, &s, StatusCode::CREATED, None, None, Some(new_key)).await
         }
         Err(ApiError::NotFound(_) | ApiError::Conflict(..)) => {
-            render_account(
+            account_error(
                 &state,
                 &s,
                 StatusCode::NOT_FOUND,
-                None,
-                Some("That key cannot be rolled.".into()),
-                None,
+                "That key cannot be rolled.",
             )
             .await
         }
@@ -685,23 +669,17 @@ pub async fn change_password(
     ip: ClientIp,
     rid: RequestId,
     headers: HeaderMap,
-    body: Bytes,
+    AccountForm { session: s, fields }: AccountForm,
 ) -> Response {
-    let (s, fields) = match account_post(&state, &headers, &body).await {
-        Ok(ok) => ok,
-        Err(res) => return res,
-    };
     let (Some(current), Some(new)) = (
         fields.get("current_password").filter(|v| !v.is_empty()),
         fields.get("new_password").filter(|v| !v.is_empty()),
     ) else {
-        return render_account(
+        return account_error(
             &state,
             &s,
             StatusCode::BAD_REQUEST,
-            None,
-            Some("Enter your current password and a new one.".into()),
-            None,
+            "Enter your current password and a new one.",
         )
         .await;
     };
@@ -726,13 +704,11 @@ pub async fn change_password(
                 .await
             }
             ApiError::RateLimited(_) => {
-                render_account(
+                account_error(
                     &state,
                     &s,
                     StatusCode::TOO_MANY_REQUESTS,
-                    None,
-                    Some("Too many attempts. Try again later.".into()),
-                    None,
+                    "Too many attempts. Try again later.",
                 )
                 .await
             }

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use portcullis_core::clock::{Millis, rfc3339};
 use portcullis_core::csrf;
 use portcullis_core::ids::SessionId;
-use portcullis_core::secrets::{OpaqueToken, TokenHash};
+use portcullis_core::secrets::OpaqueToken;
 use portcullis_store::{SessionRow, SessionStore, UserRow};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
@@ -302,16 +302,8 @@ impl AppState {
             .store
             .revoke_user_sessions(user_id, Millis::now().0, reason)
             .await?;
-        self.forget_sessions(&hashes);
+        self.invalidate_hashes(&hashes, Invalidation::Session);
         Ok(hashes.len())
-    }
-
-    pub(crate) fn forget_sessions(&self, hashes: &[Vec<u8>]) {
-        for h in hashes {
-            if let Ok(h) = <[u8; 32]>::try_from(h.as_slice()) {
-                self.invalidate(Invalidation::Session(h));
-            }
-        }
     }
 
     pub(crate) async fn list_sessions(
@@ -358,7 +350,7 @@ impl AppState {
         else {
             return Ok(false);
         };
-        self.forget_sessions(&[hash]);
+        self.invalidate_hashes(&[hash], Invalidation::Session);
         self.audit.record(
             "session.revoked",
             Some(actor),
@@ -368,10 +360,6 @@ impl AppState {
         );
         Ok(true)
     }
-}
-
-fn ctx(ip: &ClientIp, rid: &RequestId) -> AuditContext {
-    audit_context(ip, rid)
 }
 
 /// Session responses carry the cookie; they are never stored by caches.
@@ -395,7 +383,7 @@ pub async fn create(
 ) -> ApiResult<Response> {
     // Login CSRF: nobody else's page may sign this browser in (to the attacker's account, say).
     state.check_same_site(&headers)?;
-    let ctx = ctx(&ip, &rid);
+    let ctx = audit_context(&ip, &rid);
     let user = state.login(req, ip.0, &ctx).await?;
     state.end_presented_session(&headers).await;
     let (row, token) = state.start_session(&user, &ip, &headers).await?;
@@ -423,7 +411,7 @@ pub async fn create(
 pub async fn current(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
     let raw = session_cookie(&headers)?.ok_or(ApiError::InvalidSession("missing"))?;
     let s = state.cookie_session(raw).await?;
-    state.session_principal(&s);
+    state.session_activity.seen(&s.row.id);
     let seen = state.session_activity.last_seen(&s.row.id);
     Ok(with_cookie(
         StatusCode::OK,
@@ -474,7 +462,7 @@ pub async fn revoke(
     rid: RequestId,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    end_session(&state, &p, &ctx(&ip, &rid), id).await
+    end_session(&state, &p, &audit_context(&ip, &rid), id).await
 }
 
 /// Log out: end this request's session and clear the cookie.
@@ -487,7 +475,7 @@ pub async fn revoke_current(
     ip: ClientIp,
     rid: RequestId,
 ) -> ApiResult<Response> {
-    end_session(&state, &p, &ctx(&ip, &rid), "current".to_owned()).await
+    end_session(&state, &p, &audit_context(&ip, &rid), "current".to_owned()).await
 }
 
 async fn end_session(
@@ -549,13 +537,8 @@ pub async fn admin_revoke_all(
         "session.revoked_all",
         Some(&p.subject),
         Some(&user_id),
-        &ctx(&ip, &rid),
+        &audit_context(&ip, &rid),
         serde_json::json!({ "sessions": n }),
     );
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// The hash of a session token as the caches key it.
-pub fn cache_key(hash: &TokenHash) -> [u8; 32] {
-    hash.0
 }

@@ -216,7 +216,7 @@ impl AppState {
             hsts: config.issuer().starts_with("https://"),
             throttle: LoginThrottle::new(limiter, ip_policy, backoff),
             key_limits,
-            key_usage: KeyUsage::new(),
+            key_usage: KeyUsage::default(),
             verify_failures: VerifyFailures::default(),
             session_activity: SessionActivity::new(std::time::Duration::from_secs(
                 config.session_idle_timeout_s.unsigned_abs(),

@@ -198,7 +198,7 @@ impl AppState {
                         .upgrade_password_hash(&user.id, old.as_str(), new.as_str(), Millis::now())
                         .await?;
                     if upgraded {
-                        self.auth.forget_user(&user.id);
+                        self.invalidate(crate::invalidation::Invalidation::User(user.id.clone()));
                         self.audit.record(
                             "password.upgraded",
                             Some(&user.id),

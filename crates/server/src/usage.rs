@@ -23,37 +23,34 @@ pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// Key ids kept per aggregated failure event.
 const SAMPLE_KEYS: usize = 20;
 
-pub struct KeyUsage {
-    /// Keys whose use was recorded within the last minute.
-    recent: Cache<String, ()>,
+/// Uses of something (a key, a session) to be written to the store at most once a minute per id.
+pub struct OncePerMinute {
+    /// Ids whose use was queued within the last minute.
+    written: Cache<String, ()>,
     pending: Mutex<Vec<(String, i64)>>,
 }
 
-impl Default for KeyUsage {
+impl Default for OncePerMinute {
     fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl KeyUsage {
-    pub fn new() -> Self {
         Self {
-            recent: Cache::builder()
+            written: Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_live(LAST_USED_EVERY)
                 .build(),
             pending: Mutex::new(Vec::new()),
         }
     }
+}
 
-    /// Notes a use of key `id`; cheap when the key was used within the last minute.
-    pub fn used(&self, id: &str) {
-        if self.recent.contains_key(id) {
+impl OncePerMinute {
+    /// Queues a use of `id` at `at` unless one was queued within the last minute.
+    pub fn note(&self, id: &str, at: i64) {
+        if self.written.contains_key(id) {
             return;
         }
-        self.recent.insert(id.to_owned(), ());
+        self.written.insert(id.to_owned(), ());
         if let Ok(mut p) = self.pending.lock() {
-            p.push((id.to_owned(), Millis::now().0));
+            p.push((id.to_owned(), at));
         }
     }
 
@@ -65,13 +62,23 @@ impl KeyUsage {
     }
 }
 
+/// `last_used_at` of API keys.
+#[derive(Default)]
+pub struct KeyUsage(OncePerMinute);
+
+impl KeyUsage {
+    /// Notes a use of key `id`; cheap when the key was used within the last minute.
+    pub fn used(&self, id: &str) {
+        self.0.note(id, Millis::now().0);
+    }
+}
+
 /// When sessions were last used. Every request notes its time in memory (the idle timeout is measured
 /// from it on this node); the store's `last_seen_at` is written at most once a minute per session, in
 /// batches, for the session list and for other nodes.
 pub struct SessionActivity {
     seen: Cache<String, i64>,
-    written: Cache<String, ()>,
-    pending: Mutex<Vec<(String, i64)>>,
+    writes: OncePerMinute,
 }
 
 impl SessionActivity {
@@ -82,36 +89,19 @@ impl SessionActivity {
                 .max_capacity(1_000_000)
                 .time_to_idle(idle + LAST_USED_EVERY)
                 .build(),
-            written: Cache::builder()
-                .max_capacity(1_000_000)
-                .time_to_live(LAST_USED_EVERY)
-                .build(),
-            pending: Mutex::new(Vec::new()),
+            writes: OncePerMinute::default(),
         }
     }
 
     pub fn seen(&self, id: &str) {
         let now = Millis::now().0;
         self.seen.insert(id.to_owned(), now);
-        if self.written.contains_key(id) {
-            return;
-        }
-        self.written.insert(id.to_owned(), ());
-        if let Ok(mut p) = self.pending.lock() {
-            p.push((id.to_owned(), now));
-        }
+        self.writes.note(id, now);
     }
 
     /// When this node last saw the session used (0: not recently).
     pub fn last_seen(&self, id: &str) -> i64 {
         self.seen.get(id).unwrap_or(0)
-    }
-
-    fn take(&self) -> Vec<(String, i64)> {
-        self.pending
-            .lock()
-            .map(|mut p| std::mem::take(&mut *p))
-            .unwrap_or_default()
     }
 }
 
@@ -156,13 +146,13 @@ impl VerifyFailures {
 
 /// Writes pending `last_used_at` (keys) and `last_seen_at` (sessions) values.
 pub async fn flush_key_usage(state: &AppState) {
-    let used = state.key_usage.take();
+    let used = state.key_usage.0.take();
     if !used.is_empty()
         && let Err(e) = state.store.touch_api_keys(&used).await
     {
         tracing::warn!(error = %e, keys = used.len(), "recording API key use failed");
     }
-    let seen = state.session_activity.take();
+    let seen = state.session_activity.writes.take();
     if !seen.is_empty()
         && let Err(e) = state.store.touch_sessions(&seen).await
     {
