@@ -1,10 +1,20 @@
 //! Email addresses. We check shape, not deliverability: one `@`, a non-empty local part, a domain of
 //! dot-separated labels, no whitespace or control characters, at most 254 bytes (RFC 5321 §4.5.3.1.3).
-//! The domain is lowercased; the local part keeps its case for display, but uniqueness is decided on the
-//! fully lowercased form ([`Email::key`]) because almost every real mail system treats it that way and
-//! two accounts differing only in case are an account-takeover aid.
+//!
+//! Two addresses that a person cannot tell apart must not be two accounts, so before anything else the
+//! address is put in Unicode normal form NFKC (fullwidth `ａ` and `＠` become `a` and `@`, `ﬁ` becomes
+//! `fi`), and characters that render as nothing or reorder text, and words that mix scripts, are
+//! refused (see [`crate::text`]). The domain goes through IDNA (UTS #46): `Bücher.example` and
+//! `xn--bcher-kva.example` are one domain. The local part keeps its case for display, but uniqueness
+//! and throttling are decided on [`Email::key`]: the local part case-folded (Unicode full case folding,
+//! so `ß` and `ss` agree) and the domain in its ASCII form, because almost every real mail system
+//! treats addresses that way and two accounts differing only in case are an account-takeover aid.
 
 use std::fmt;
+
+use unicode_normalization::UnicodeNormalization;
+
+use crate::text::{is_invisible_or_bidi, is_single_script};
 
 /// A syntactically valid email address.
 #[derive(Clone, PartialEq, Eq, Hash, serde::Serialize)]
@@ -12,6 +22,7 @@ use std::fmt;
 pub struct Email {
     address: String,
     local_len: usize,
+    key: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -22,8 +33,12 @@ pub enum InvalidEmail {
     TooLong,
     #[error("email must contain exactly one @ with text on both sides")]
     Shape,
-    #[error("email contains whitespace or control characters")]
+    #[error("email contains whitespace, control, invisible or text-direction characters")]
     BadCharacter,
+    #[error(
+        "email mixes letters of different scripts in one part (for example Latin and Cyrillic)"
+    )]
+    MixedScripts,
     #[error("email domain is not a valid host name")]
     BadDomain,
 }
@@ -36,13 +51,21 @@ impl Email {
         if raw.is_empty() {
             return Err(InvalidEmail::Empty);
         }
-        if raw.len() > Self::MAX_LEN {
+        // Bound the work before normalising: NFKC can grow a string, but not from nothing.
+        if raw.len() > 4 * Self::MAX_LEN {
             return Err(InvalidEmail::TooLong);
         }
-        if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        let normal: String = raw.nfkc().collect();
+        if normal.len() > Self::MAX_LEN {
+            return Err(InvalidEmail::TooLong);
+        }
+        if normal
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || is_invisible_or_bidi(c))
+        {
             return Err(InvalidEmail::BadCharacter);
         }
-        let (local, domain) = raw.split_once('@').ok_or(InvalidEmail::Shape)?;
+        let (local, domain) = normal.split_once('@').ok_or(InvalidEmail::Shape)?;
         if local.is_empty() || domain.is_empty() || domain.contains('@') || local.len() > 64 {
             return Err(InvalidEmail::Shape);
         }
@@ -57,21 +80,39 @@ impl Email {
         }) {
             return Err(InvalidEmail::BadCharacter);
         }
-        let domain = domain.to_lowercase();
-        let labels_ok = domain.split('.').count() >= 2
-            && domain.split('.').all(|label| {
+        if !is_single_script(local) {
+            return Err(InvalidEmail::MixedScripts);
+        }
+        let ascii = idna::domain_to_ascii(domain).map_err(|_| InvalidEmail::BadDomain)?;
+        let labels_ok = ascii.split('.').count() >= 2
+            && ascii.split('.').all(|label| {
                 !label.is_empty()
                     && label.len() <= 63
                     && !label.starts_with('-')
                     && !label.ends_with('-')
-                    && label.chars().all(|c| c.is_alphanumeric() || c == '-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             });
         if !labels_ok {
             return Err(InvalidEmail::BadDomain);
         }
+        let (unicode, converted) = idna::domain_to_unicode(&ascii);
+        if converted.is_err() {
+            return Err(InvalidEmail::BadDomain);
+        }
+        if !unicode.split('.').all(is_single_script) {
+            return Err(InvalidEmail::MixedScripts);
+        }
+        if local.len() + 1 + ascii.len() > Self::MAX_LEN {
+            return Err(InvalidEmail::TooLong);
+        }
+        // NFKC(casefold(NFKC(x))): Unicode's recommended form for caseless matching of identifiers.
+        let folded: String = caseless::default_case_fold_str(local).nfkc().collect();
         Ok(Self {
             local_len: local.len(),
-            address: format!("{local}@{domain}"),
+            address: format!("{local}@{unicode}"),
+            key: format!("{folded}@{ascii}"),
         })
     }
 
@@ -84,9 +125,9 @@ impl Email {
         self.address.get(..self.local_len).unwrap_or_default()
     }
 
-    /// The form uniqueness and throttling are keyed on.
+    /// The form uniqueness and throttling are keyed on: case-folded local part, ASCII domain.
     pub fn key(&self) -> String {
-        self.address.to_lowercase()
+        self.key.clone()
     }
 }
 
@@ -144,6 +185,39 @@ mod tests {
             Email::parse(&format!("{}@x.com", "a".repeat(300))),
             Err(InvalidEmail::TooLong)
         );
+    }
+
+    #[test]
+    fn addresses_that_look_the_same_are_the_same_account() {
+        let key = |raw: &str| Email::parse(raw).unwrap().key();
+        let plain = key("alice@example.com");
+        // Fullwidth letters and at sign, NFD vs NFC, case, ligatures, an IDNA domain in either form.
+        assert_eq!(key("ａｌｉｃｅ＠ｅｘａｍｐｌｅ．ｃｏｍ"), plain);
+        assert_eq!(key("ALICE@EXAMPLE.COM"), plain);
+        assert_eq!(key("jose\u{301}@example.com"), key("jos\u{e9}@example.com"));
+        assert_eq!(key("ﬁ@example.com"), key("fi@example.com"));
+        assert_eq!(key("strasse@example.com"), key("STRAẞE@example.com"));
+        assert_eq!(key("a@Bücher.example"), key("a@xn--bcher-kva.example"));
+        assert_eq!(
+            Email::parse("a@xn--bcher-kva.example").unwrap().as_str(),
+            "a@bücher.example"
+        );
+    }
+
+    #[test]
+    fn invisible_bidi_and_mixed_script_addresses_are_refused() {
+        for (raw, why) in [
+            ("ali\u{200B}ce@example.com", InvalidEmail::BadCharacter),
+            ("alice\u{200D}@example.com", InvalidEmail::BadCharacter),
+            ("\u{202E}ecila@example.com", InvalidEmail::BadCharacter),
+            ("alice@exa\u{00AD}mple.com", InvalidEmail::BadCharacter),
+            ("\u{430}lice@example.com", InvalidEmail::MixedScripts),
+            ("alice@\u{435}xample.com", InvalidEmail::MixedScripts),
+        ] {
+            assert_eq!(Email::parse(raw), Err(why), "{raw:?}");
+        }
+        // One script throughout is a real, distinct address.
+        assert!(Email::parse("\u{430}\u{43b}\u{438}\u{441}\u{430}@example.com").is_ok());
     }
 
     proptest! {

@@ -326,7 +326,7 @@ impl SigningKey {
         match &self.pair {
             Pair::Es256(p) => p
                 .sign(&self.rng, input)
-                .map(|s| s.as_ref().to_vec())
+                .map(|s| ecdsa_low_s(s.as_ref()))
                 .map_err(|_| JwtError::Key("signing failed")),
             Pair::Rs256(p) => {
                 let mut sig = vec![0u8; p.public_modulus_len()];
@@ -368,6 +368,45 @@ impl VerifyingKey {
     pub fn jwk(&self) -> &serde_json::Value {
         &self.jwk
     }
+}
+
+/// The order n of the P-256 group, big-endian.
+const P256_ORDER: [u8; 32] = [
+    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+];
+/// ⌊n / 2⌋ for P-256, big-endian: the largest `s` of a low-S signature.
+const P256_HALF_ORDER: [u8; 32] = [
+    0x7f, 0xff, 0xff, 0xff, 0x80, 0x00, 0x00, 0x00, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xde, 0x73, 0x7d, 0x56, 0xd3, 0x8b, 0xcf, 0x42, 0x79, 0xdc, 0xe5, 0x61, 0x7e, 0x31, 0x92, 0xa8,
+];
+
+/// Is this fixed-size (r ‖ s) P-256 signature in low-S form (s ≤ n/2)? Anything not 64 bytes is not.
+fn ecdsa_is_low_s(sig: &[u8]) -> bool {
+    sig.len() == 64 && sig.get(32..).is_some_and(|s| s <= &P256_HALF_ORDER[..])
+}
+
+/// The low-S form of a fixed-size (r ‖ s) P-256 signature: s is replaced by n - s when above n/2.
+fn ecdsa_low_s(sig: &[u8]) -> Vec<u8> {
+    let mut out = sig.to_vec();
+    if sig.len() != 64 || ecdsa_is_low_s(sig) {
+        return out;
+    }
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let (Some(n), Some(s), Some(slot)) =
+            (P256_ORDER.get(i), sig.get(32 + i), out.get_mut(32 + i))
+        else {
+            continue;
+        };
+        let mut d = i16::from(*n) - i16::from(*s) - borrow;
+        borrow = i16::from(d < 0);
+        if d < 0 {
+            d += 256;
+        }
+        *slot = d as u8;
+    }
+    out
 }
 
 /// RFC 7638 thumbprint: SHA-256 over the required members in lexicographic order, base64url.
@@ -450,6 +489,12 @@ impl Verifier {
             return Err(JwtError::WrongType);
         }
         let sig = B64.decode(s64).map_err(|_| JwtError::Malformed)?;
+        // ECDSA signatures are malleable: (r, n - s) verifies as well as (r, s). We only ever issue the
+        // low-S form, so the high-S twin of a token is a forgery of its identity (a different string,
+        // hence a different cache key and jti-less replay) and is refused.
+        if key.alg == JwsAlg::Es256 && !ecdsa_is_low_s(&sig) {
+            return Err(JwtError::BadSignature);
+        }
         let signed_len = h64.len() + 1 + p64.len();
         let signed = token.get(..signed_len).ok_or(JwtError::Malformed)?;
         key.public
@@ -771,6 +816,58 @@ mod tests {
         assert_eq!(current_signer(&keys, Millis(260)).unwrap().kid, "next");
         assert!(keys[0].is_published(Millis(150)) && !keys[0].is_published(Millis(200)));
         assert!(!keys[2].is_published(Millis(149)));
+    }
+
+    #[test]
+    fn es256_signatures_are_low_s_and_the_high_s_twin_is_refused() {
+        let (key, verifier) = setup(JwsAlg::Es256);
+        let now = Millis::now();
+        for _ in 0..32 {
+            let token = key.sign(ACCESS_TOKEN_TYP, &claims(now.as_secs())).unwrap();
+            let (signed, s64) = token.rsplit_once('.').unwrap();
+            let sig = B64.decode(s64).unwrap();
+            assert!(ecdsa_is_low_s(&sig), "we issued a high-S signature");
+            verifier.verify_access_token(&token, now).unwrap();
+            // n - s: the same signature's malleated twin, which a plain ECDSA verifier accepts.
+            let mut twin = sig.clone();
+            let mut borrow = 0i16;
+            for i in (0..32).rev() {
+                let mut d = i16::from(P256_ORDER[i]) - i16::from(sig[32 + i]) - borrow;
+                borrow = i16::from(d < 0);
+                if d < 0 {
+                    d += 256;
+                }
+                twin[32 + i] = d as u8;
+            }
+            let forged = format!("{signed}.{}", B64.encode(&twin));
+            let public = UnparsedPublicKey::new(
+                &ECDSA_P256_SHA256_FIXED,
+                key.verifying_key().unwrap().public.as_ref().to_vec(),
+            );
+            assert!(
+                public.verify(signed.as_bytes(), &twin).is_ok(),
+                "the twin must be a valid plain ECDSA signature for this test to mean anything"
+            );
+            assert_eq!(
+                verifier.verify_access_token(&forged, now).unwrap_err(),
+                JwtError::BadSignature
+            );
+        }
+    }
+
+    #[test]
+    fn low_s_normalisation_maps_s_to_n_minus_s() {
+        let mut sig = vec![0u8; 64];
+        sig[32..].copy_from_slice(&P256_ORDER);
+        sig[63] -= 1; // s = n - 1, high
+        let low = ecdsa_low_s(&sig);
+        assert_eq!(&low[32..63], &[0u8; 31]);
+        assert_eq!(low[63], 1);
+        assert!(ecdsa_is_low_s(&low));
+        let mut half = vec![0u8; 64];
+        half[32..].copy_from_slice(&P256_HALF_ORDER);
+        assert!(ecdsa_is_low_s(&half));
+        assert_eq!(ecdsa_low_s(&half), half);
     }
 
     proptest::proptest! {

@@ -14,6 +14,7 @@
 pub mod apikeys;
 pub mod clock;
 pub mod csrf;
+pub mod devices;
 pub mod email;
 pub mod ids;
 pub mod jwt;
@@ -22,3 +23,4 @@ pub mod ratelimit;
 pub mod scopes;
 pub mod seal;
 pub mod secrets;
+pub mod text;

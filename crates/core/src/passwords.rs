@@ -280,6 +280,22 @@ pub enum InvalidHash {
     BadBcrypt,
     #[error("the argon2 hash is malformed or its parameters are out of range")]
     BadArgon2,
+    #[error(
+        "the hash is too costly to verify: bcrypt cost at most 13; argon2 memory at most twice the \
+         configured argon2_m_kib, memory × passes at most twice the configured cost, at most 8 lanes"
+    )]
+    TooCostly,
+}
+
+/// The highest bcrypt cost we run (about half a second per login on current hardware).
+pub const MAX_BCRYPT_COST: u32 = 13;
+/// bcrypt reads at most this many bytes of a password.
+const BCRYPT_MAX_PASSWORD_BYTES: usize = 72;
+const MAX_IMPORT_LANES: u32 = 8;
+
+/// The cost of a `$2?$NN$…` string.
+fn bcrypt_cost(raw: &str) -> Option<u32> {
+    raw.get(4..)?.split('$').next()?.parse().ok()
 }
 
 impl StoredHash {
@@ -321,6 +337,24 @@ impl StoredHash {
             return Ok(Self(raw.to_owned()));
         }
         Err(InvalidHash::UnknownFormat)
+    }
+
+    /// [`Self::parse`], plus a cost cap for hashes brought in from elsewhere: bcrypt at most cost
+    /// [`MAX_BCRYPT_COST`], argon2 within [`PasswordHashing::within_budget`] of `current`.
+    pub fn parse_import(raw: &str, current: &PasswordHashing) -> Result<Self, InvalidHash> {
+        let hash = Self::parse(raw)?;
+        if hash.0.starts_with("$2") {
+            return match bcrypt_cost(&hash.0) {
+                Some(c) if c <= MAX_BCRYPT_COST => Ok(hash),
+                _ => Err(InvalidHash::TooCostly),
+            };
+        }
+        let parsed = PasswordHash::new(&hash.0).map_err(|_| InvalidHash::BadArgon2)?;
+        if current.is_current(&parsed) || current.within_budget(&parsed) {
+            Ok(hash)
+        } else {
+            Err(InvalidHash::TooCostly)
+        }
     }
 
     /// For values read back from our own store.
@@ -378,26 +412,63 @@ impl PasswordHashing {
     }
 
     /// Constant-time verification against any accepted format.
+    ///
+    /// A stored hash cheaper than ours (an import) answers a wrong password only after the work of a
+    /// current hash as well, so that its timing does not single out imported accounts. A hash over the
+    /// cost budget ([`Self::within_budget`]) is never run: it answers `Mismatch`. Against bcrypt, a
+    /// password over 72 bytes is a mismatch: bcrypt reads only the first 72, and we never truncate.
     pub fn verify(&self, password: &SecretString, stored: &StoredHash) -> Verification {
+        let (verdict, pad) = self.verify_general(password, stored);
+        if pad && verdict == Verification::Mismatch {
+            self.verify_dummy(password);
+        }
+        verdict
+    }
+
+    /// The verdict, and whether a mismatch must be padded to the cost of a current hash.
+    fn verify_general(&self, password: &SecretString, stored: &StoredHash) -> (Verification, bool) {
         let pw = password.expose_secret().as_bytes();
         let raw = stored.as_str();
         if raw.starts_with("$2") {
+            let affordable = bcrypt_cost(raw).is_some_and(|c| c <= MAX_BCRYPT_COST);
+            if !affordable || pw.len() > BCRYPT_MAX_PASSWORD_BYTES {
+                return (Verification::Mismatch, true);
+            }
             return match bcrypt::verify(pw, raw) {
-                Ok(true) => Verification::Match { needs_rehash: true },
-                _ => Verification::Mismatch,
+                Ok(true) => (Verification::Match { needs_rehash: true }, true),
+                _ => (Verification::Mismatch, true),
             };
         }
         let Ok(parsed) = PasswordHash::new(raw) else {
-            return Verification::Mismatch;
+            return (Verification::Mismatch, true);
         };
+        let current = self.is_current(&parsed);
+        if !current && !self.within_budget(&parsed) {
+            return (Verification::Mismatch, true);
+        }
         // `verify_password` takes algorithm and parameters from the stored hash, so old and imported
         // hashes still verify; they are then flagged for an upgrade.
         match self.argon2.verify_password(pw, &parsed) {
-            Ok(()) => Verification::Match {
-                needs_rehash: !self.is_current(&parsed),
-            },
-            Err(_) => Verification::Mismatch,
+            Ok(()) => (
+                Verification::Match {
+                    needs_rehash: !current,
+                },
+                !current,
+            ),
+            Err(_) => (Verification::Mismatch, !current),
         }
+    }
+
+    /// May a stored argon2 hash be run at all? Its memory may be at most twice ours and its work
+    /// (memory × passes) at most twice ours, so that one hostile or mistaken hash cannot stall a
+    /// hashing thread (a 4 GiB import did) or exhaust memory.
+    fn within_budget(&self, parsed: &PasswordHash) -> bool {
+        Params::try_from(parsed).is_ok_and(|p| {
+            let ours = u64::from(self.params.m_kib) * u64::from(self.params.t);
+            u64::from(p.m_cost()) <= 2 * u64::from(self.params.m_kib)
+                && u64::from(p.m_cost()) * u64::from(p.t_cost()) <= 2 * ours
+                && p.p_cost() <= MAX_IMPORT_LANES
+        })
     }
 
     /// Spends the same work as a real verification, for logins of accounts that do not exist.
@@ -494,7 +565,7 @@ impl Hasher<'_> {
     /// anything else (imports, old parameters) takes the general path.
     pub fn verify(&mut self, password: &SecretString, stored: &StoredHash) -> Verification {
         let Ok(parsed) = PasswordHash::new(stored.as_str()) else {
-            return self.hashing.verify(password, stored);
+            return self.verify_elsewhere(password, stored);
         };
         let (Some(salt), Some(expected)) = (parsed.salt.as_ref(), parsed.hash.as_ref()) else {
             return Verification::Mismatch;
@@ -503,7 +574,7 @@ impl Hasher<'_> {
             || expected.as_bytes().len() != 32
             || parsed.version != Some(19)
         {
-            return self.hashing.verify(password, stored);
+            return self.verify_elsewhere(password, stored);
         }
         match self.raw(password.expose_secret().as_bytes(), salt.as_ref()) {
             Ok(out) if bool::from(out.ct_eq(expected.as_bytes())) => Verification::Match {
@@ -511,6 +582,16 @@ impl Hasher<'_> {
             },
             _ => Verification::Mismatch,
         }
+    }
+
+    /// A hash that is not ours at current parameters: the general path, padded (on this thread's
+    /// scratch memory) as [`PasswordHashing::verify`] pads.
+    fn verify_elsewhere(&mut self, password: &SecretString, stored: &StoredHash) -> Verification {
+        let (verdict, pad) = self.hashing.verify_general(password, stored);
+        if pad && verdict == Verification::Mismatch {
+            self.verify_dummy(password);
+        }
+        verdict
     }
 
     pub fn verify_dummy(&mut self, password: &SecretString) {
@@ -632,6 +713,94 @@ mod tests {
         assert_eq!(
             h.verify(&secret("legacy password 1"), &stored),
             Verification::Match { needs_rehash: true }
+        );
+    }
+
+    #[test]
+    fn bcrypt_never_truncates_a_long_password() {
+        let h = PasswordHashing::new(Argon2Params::OWASP).unwrap();
+        let long = "x".repeat(72);
+        let stored = StoredHash::parse(&bcrypt::hash(&long, 4).unwrap()).unwrap();
+        assert_eq!(
+            h.verify(&secret(&long), &stored),
+            Verification::Match { needs_rehash: true }
+        );
+        // bcrypt itself accepts this one (it reads only 72 bytes); we do not.
+        let longer = format!("{long}but different after byte 72");
+        assert!(bcrypt::verify(&longer, stored.as_str()).unwrap());
+        assert_eq!(h.verify(&secret(&longer), &stored), Verification::Mismatch);
+        let mut scratch = Scratch::new();
+        assert_eq!(
+            h.with_scratch(&mut scratch)
+                .verify(&secret(&longer), &stored),
+            Verification::Mismatch
+        );
+    }
+
+    #[test]
+    fn imports_over_the_cost_budget_are_refused_and_never_run() {
+        let h = PasswordHashing::new(Argon2Params::OWASP).unwrap();
+        let b13 = format!("$2b$13${}", "a".repeat(53));
+        let b14 = format!("$2b$14${}", "a".repeat(53));
+        let b31 = format!("$2b$31${}", "a".repeat(53));
+        assert!(StoredHash::parse_import(&b13, &h).is_ok());
+        for costly in [&b14, &b31] {
+            assert_eq!(
+                StoredHash::parse_import(costly, &h),
+                Err(InvalidHash::TooCostly)
+            );
+            // Stored before the cap, or written by hand: answered without running it.
+            let started = std::time::Instant::now();
+            assert_eq!(
+                h.verify(
+                    &secret("anything at all"),
+                    &StoredHash::from_stored(costly.clone())
+                ),
+                Verification::Mismatch
+            );
+            assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        }
+        let salt = "c2FsdHNhbHRzYWx0c2FsdA";
+        let digest = "aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g";
+        let argon =
+            |m: u32, t: u32, p: u32| format!("$argon2id$v=19$m={m},t={t},p={p}${salt}${digest}");
+        assert!(StoredHash::parse_import(&argon(19456, 2, 1), &h).is_ok());
+        assert!(StoredHash::parse_import(&argon(38912, 2, 1), &h).is_ok());
+        assert!(StoredHash::parse_import(&argon(19456, 4, 1), &h).is_ok());
+        for costly in [
+            argon(38913, 1, 1),
+            argon(19456, 5, 1),
+            argon(4 * 1024 * 1024, 1, 1),
+            argon(19456, 1, 16),
+        ] {
+            assert_eq!(
+                StoredHash::parse_import(&costly, &h),
+                Err(InvalidHash::TooCostly),
+                "{costly}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_wrong_password_against_a_cheap_import_costs_a_full_hash() {
+        let h = PasswordHashing::new(Argon2Params::OWASP).unwrap();
+        let cheap = StoredHash::parse(&bcrypt::hash("legacy password 1", 4).unwrap()).unwrap();
+        let time = |stored: &StoredHash| {
+            let started = std::time::Instant::now();
+            for _ in 0..3 {
+                assert_eq!(
+                    h.verify(&secret("wrong guess 123"), stored),
+                    Verification::Mismatch
+                );
+            }
+            started.elapsed()
+        };
+        let ours = h.hash(&secret("violet tractor umbrella")).unwrap();
+        let (cheap_t, ours_t) = (time(&cheap), time(&ours));
+        // The padded cheap path does a full current hash plus bcrypt-4: never much faster than ours.
+        assert!(
+            cheap_t * 10 >= ours_t * 7,
+            "cheap {cheap_t:?} vs ours {ours_t:?}"
         );
     }
 
