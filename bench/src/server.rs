@@ -17,15 +17,26 @@ use crate::http::Target;
 static ROOT_KEY_RE: LazyLock<Result<Regex, regex::Error>> =
     LazyLock::new(|| Regex::new(r"pk_live_[A-Za-z0-9]+"));
 
-/// Finds the one-time root API key the server prints on first start (`root API key: pk_live_…`).
+/// Finds the one-time root API key of a first start: the server writes it to a 0600 file and names
+/// the file on stderr (`root API key (scope admin) written to <path> (mode 0600)…`); a key printed
+/// on stderr itself (a terminal, or an older server) is taken too.
 pub fn parse_root_key(stderr: &str) -> Option<String> {
     let re = ROOT_KEY_RE.as_ref().ok()?;
-    // Prefer the line that announces the key; fall back to any key-shaped token.
-    stderr
-        .lines()
-        .filter(|l| l.contains("root API key"))
-        .chain(stderr.lines())
-        .find_map(|l| re.find(l).map(|m| m.as_str().to_owned()))
+    let from_file = stderr.lines().find_map(|l| {
+        let path = l
+            .split("root API key (scope admin) written to ")
+            .nth(1)?
+            .split(" (mode 0600)")
+            .next()?;
+        let text = std::fs::read_to_string(path).ok()?;
+        re.find(&text).map(|m| m.as_str().to_owned())
+    });
+    from_file.or_else(|| {
+        stderr
+            .lines()
+            .filter(|l| l.contains("root API key"))
+            .find_map(|l| re.find(l).map(|m| m.as_str().to_owned()))
+    })
 }
 
 /// The running server. Dropping it stops the server (SIGTERM, then SIGKILL after 3 s), so the
@@ -257,6 +268,17 @@ mod tests {
         let err = "2026-01-01 WARN something\nroot API key: pk_live_AbC123xyz (shown once)\n";
         assert_eq!(parse_root_key(err).as_deref(), Some("pk_live_AbC123xyz"));
         assert_eq!(parse_root_key("nothing here"), None);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("root-key.txt");
+        std::fs::write(&path, "pk_live_FromTheFile9\n").unwrap();
+        let err = format!(
+            "root API key (scope admin) written to {} (mode 0600): store it\n",
+            path.display()
+        );
+        assert_eq!(
+            parse_root_key(&err).as_deref(),
+            Some("pk_live_FromTheFile9")
+        );
     }
 
     #[test]

@@ -1,11 +1,20 @@
 //! API keys (API.md "API keys"): create, list, read, change, revoke, roll and verify, for their owners
 //! under `/v1/keys` and for administrators under `/admin/v1/keys`.
 //!
-//! Who may do what:
-//! * A user's own login (password → token, session) manages that user's keys.
+//! Who may do what (API.md "Who may grant what"):
+//! * Administrators (users with role `admin`, keys with scope `admin`) grant any scope, and write
+//!   `meta`, which verify returns as the operator's word about a key.
+//! * A user's own login (password → token, session) manages that user's keys, granting only
+//!   Portcullis's self-service scopes (`keys:read`, `keys:write`) and those the operator lists in
+//!   `self_service_scopes`, and writes `owner_meta` (never `meta`). So a fresh account cannot mint
+//!   a key that a gateway would take for one its operator issued.
 //! * An API key manages its owner's keys only with scope `keys:write` (`keys:read` to list and read),
-//!   and may grant only scopes it holds itself, so a key can never mint a stronger key.
-//! * Scopes `admin` and `keys:verify` are granted only by administrators.
+//!   and only keys whose scopes are a subset of its own; it may grant only scopes it holds itself.
+//!   Its limits are part of its grant: whatever it creates, rolls or changes ends no later than it
+//!   does, is rate-limited no looser (and shares its rate-limit state), and takes `remaining` out of
+//!   its own; it never loosens its own limits.
+//! * Scopes `admin` and `keys:verify` are granted only by administrators; Portcullis's own scopes in
+//!   another letter case (`Admin`, `keys:Verify`) are refused to everyone, as confusable.
 //! * A root key (scope `admin`, no owner) manages the keys that belong to nobody (service keys).
 //! * Verifying needs scope `keys:verify` (or an administrator).
 //!
@@ -18,7 +27,9 @@ use portcullis_core::apikeys::{ApiKey, VerifyCode, validate_prefix};
 use portcullis_core::clock::{Millis, rfc3339};
 use portcullis_core::ids::{KeyId, UserId};
 use portcullis_core::scopes::{Scope, Scopes};
-use portcullis_store::{ApiKeyPatch, ApiKeyRow, ApiKeyStore, KeyOwner, RolledKey, StoreError};
+use portcullis_store::{
+    ApiKeyPatch, ApiKeyRow, ApiKeyStore, KeyOwner, RolledKey, Spend, StoreError,
+};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -39,9 +50,30 @@ const MAX_SCOPES: usize = 64;
 const MAX_NAME_CHARS: usize = 200;
 /// Scopes only administrators may grant.
 const RESERVED_SCOPES: &[&str] = &[Scope::ADMIN, VERIFY_SCOPE];
+/// Scopes a user may always grant their own keys.
+const SELF_SERVICE_SCOPES: &[&str] = &[READ_SCOPE, WRITE_SCOPE];
+/// Portcullis's own scopes: no other scope may equal one of them in another letter case.
+const OWN_SCOPES: &[&str] = &[Scope::ADMIN, VERIFY_SCOPE, READ_SCOPE, WRITE_SCOPE];
 const VERIFY_SCOPE: &str = "keys:verify";
 const WRITE_SCOPE: &str = "keys:write";
 const READ_SCOPE: &str = "keys:read";
+
+/// Portcullis's own scope this one imitates in another letter case (`Admin`, `KEYS:VERIFY`).
+fn confusable_with(scope: &str) -> Option<&'static str> {
+    OWN_SCOPES
+        .iter()
+        .find(|own| **own != scope && own.eq_ignore_ascii_case(scope))
+        .copied()
+}
+
+/// Scopes nobody may list in `self_service_scopes`: the administrators' own, and look-alikes of
+/// Portcullis's scopes.
+pub fn is_reserved_scope(scope: &str) -> bool {
+    RESERVED_SCOPES
+        .iter()
+        .any(|r| r.eq_ignore_ascii_case(scope))
+        || confusable_with(scope).is_some()
+}
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -62,9 +94,12 @@ pub struct CreateKeyRequest {
     ratelimit: Option<RatelimitSettings>,
     /// Uses allowed; each successful verification (or request made with the key) spends one.
     remaining: Option<i64>,
-    /// A JSON object returned by verify.
+    /// A JSON object returned by verify as the operator's word: administrators only.
     #[schema(value_type = Option<Object>)]
     meta: Option<Value>,
+    /// A JSON object of the owner's own notes, returned by verify apart from `meta`.
+    #[schema(value_type = Option<Object>)]
+    owner_meta: Option<Value>,
     /// `[a-z0-9_]{2,20}`; the server's default (`pk_live`) when left out.
     prefix: Option<String>,
 }
@@ -78,6 +113,9 @@ pub struct PatchKeyRequest {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<Object>)]
     meta: Option<Option<Value>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<Object>)]
+    owner_meta: Option<Option<Value>>,
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<String>)]
     expires_at: Option<Option<String>>,
@@ -109,6 +147,9 @@ pub struct VerifyRequest {
     key: String,
     /// Scopes the key must hold, all of them.
     required_scopes: Option<Vec<String>>,
+    /// Accept only keys of this owner: a user id (`usr_…`), or `none` for keys that belong to no
+    /// user (the ones administrators issue). A key of anyone else answers NOT_FOUND.
+    owner: Option<String>,
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -135,8 +176,12 @@ pub struct KeyView {
     start: String,
     name: String,
     scopes: Vec<String>,
+    /// Written by administrators.
     #[schema(value_type = Option<Object>)]
     meta: Option<Value>,
+    /// Written by the key's owner.
+    #[schema(value_type = Option<Object>)]
+    owner_meta: Option<Value>,
     /// `null` for keys that belong to no user.
     owner_id: Option<String>,
     #[serde(with = "rfc3339")]
@@ -177,6 +222,7 @@ impl From<&ApiKeyRow> for KeyView {
             name: r.name.clone(),
             scopes: split_scopes(&r.scopes),
             meta: parse_meta(r.meta.as_deref()),
+            owner_meta: parse_meta(r.owner_meta.as_deref()),
             owner_id: r.owner_id.clone(),
             created_at: Millis(r.created_at),
             updated_at: Millis(r.updated_at),
@@ -239,15 +285,22 @@ pub struct VerifyResponse {
     code: VerifyCode,
     #[serde(skip_serializing_if = "Option::is_none")]
     key_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Always present: the owner's user id, or `null` for a key that belongs to no user (or when no
+    /// key was found). A gateway that accepts only its operator's keys checks this, or passes
+    /// `owner`.
     owner_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     scopes: Option<Vec<String>>,
+    /// Written by administrators only: the operator's word about the key.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     meta: Option<Value>,
+    /// Written by the key's owner: never to be taken as the operator's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    owner_meta: Option<Value>,
     #[serde(
         with = "rfc3339::option",
         skip_serializing_if = "Option::is_none",
@@ -285,12 +338,16 @@ fn check_name(raw: &str, errors: &mut Vec<FieldError>) -> String {
     let name = raw.trim();
     if name.is_empty()
         || name.chars().count() > MAX_NAME_CHARS
-        || name.chars().any(char::is_control)
+        || name
+            .chars()
+            .any(portcullis_core::text::is_forbidden_in_display)
     {
         errors.push(FieldError::new(
             "name",
             "invalid_name",
-            format!("name must be 1 to {MAX_NAME_CHARS} characters without control characters"),
+            format!(
+                "name must be 1 to {MAX_NAME_CHARS} characters without control, invisible or text-direction characters"
+            ),
         ));
     }
     name.to_owned()
@@ -374,19 +431,19 @@ fn check_remaining(n: i64, errors: &mut Vec<FieldError>) -> i64 {
     n
 }
 
-fn check_meta(meta: &Value, max: usize, errors: &mut Vec<FieldError>) -> String {
+fn check_meta(field: &str, meta: &Value, max: usize, errors: &mut Vec<FieldError>) -> String {
     let text = meta.to_string();
     if !meta.is_object() {
         errors.push(FieldError::new(
-            "meta",
+            field,
             "not_an_object",
-            "meta must be a JSON object",
+            format!("{field} must be a JSON object"),
         ));
     } else if text.len() > max {
         errors.push(FieldError::new(
-            "meta",
+            field,
             "too_large",
-            format!("meta must be at most {max} bytes of JSON"),
+            format!("{field} must be at most {max} bytes of JSON"),
         ));
     }
     text
@@ -425,6 +482,108 @@ impl Manager {
     }
 }
 
+/// The limits of the API key making a request (not an administrator's): whatever it creates, rolls
+/// or changes must stay within them.
+#[derive(Debug, Clone)]
+struct Bounds {
+    id: String,
+    scopes: Scopes,
+    /// When it stops working: its expiry, or the end of its grace period.
+    end: Option<i64>,
+    /// `(limit, duration_ms)`.
+    rate: Option<(i64, i64)>,
+    /// Uses left on its counter.
+    remaining: Option<i64>,
+    counter_id: String,
+    bucket_id: String,
+}
+
+fn beyond(message: String) -> ApiError {
+    ApiError::Forbidden("limit_exceeded", message)
+}
+
+impl Bounds {
+    /// No later than this key's own end.
+    fn check_end(&self, end: Option<i64>) -> ApiResult<()> {
+        match (self.end, end) {
+            (Some(own), None) => Err(beyond(format!(
+                "this API key stops working at {}; a key it makes or changes must expire by then",
+                Millis(own).rfc3339()
+            ))),
+            (Some(own), Some(e)) if e > own => Err(beyond(format!(
+                "expires_at may be at most {}, when this API key itself stops working",
+                Millis(own).rfc3339()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// No burst larger and no rate faster than this key's own.
+    fn check_rate(&self, rate: Option<(i64, i64)>) -> ApiResult<()> {
+        match (self.rate, rate) {
+            (Some((l, d)), None) => Err(beyond(format!(
+                "this API key is limited to {l} requests per {d} ms; a key it makes or changes must be limited as strictly"
+            ))),
+            (Some((l, d)), Some((rl, rd)))
+                if rl > l || i128::from(rl) * i128::from(d) > i128::from(l) * i128::from(rd) =>
+            {
+                Err(beyond(format!(
+                    "ratelimit may be at most {l} requests per {d} ms (and no faster), this API key's own"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// No more uses than this key has left.
+    fn check_remaining(&self, remaining: Option<i64>) -> ApiResult<()> {
+        match (self.remaining, remaining) {
+            (Some(own), None) => Err(beyond(format!(
+                "this API key has {own} uses left; a key it makes or changes must have at most as many (set remaining)"
+            ))),
+            (Some(own), Some(r)) if r > own => Err(beyond(format!(
+                "remaining may be at most {own}, the uses this API key has left"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// A key the caller may change: itself, or one whose scopes are a subset of its own.
+    fn check_target(&self, row: &ApiKeyRow) -> ApiResult<()> {
+        if row.id == self.id {
+            return Ok(());
+        }
+        let theirs = Scopes::parse_space_separated(&row.scopes).unwrap_or_default();
+        match theirs.iter().find(|s| !self.scopes.contains(s)) {
+            Some(s) => Err(ApiError::Forbidden(
+                "insufficient_scope",
+                format!(
+                    "this API key may change only keys whose scopes it holds itself, and it lacks {s}"
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// `row`'s settings as they are, within these bounds (rolling copies them).
+    fn check_within(&self, row: &ApiKeyRow) -> ApiResult<()> {
+        self.check_end(end_of(row))?;
+        self.check_rate(rate_of(row))?;
+        self.check_remaining(row.remaining)
+    }
+}
+
+fn end_of(row: &ApiKeyRow) -> Option<i64> {
+    match (row.expires_at, row.grace_until) {
+        (Some(e), Some(g)) => Some(e.min(g)),
+        (e, g) => e.or(g),
+    }
+}
+
+fn rate_of(row: &ApiKeyRow) -> Option<(i64, i64)> {
+    row.ratelimit_limit.zip(row.ratelimit_duration_ms)
+}
+
 impl AppState {
     async fn key_manager(&self, p: &Principal, write: bool) -> ApiResult<Manager> {
         let admin = self.is_admin(p).await?;
@@ -453,17 +612,71 @@ impl AppState {
         }
     }
 
-    /// May `p` hand out `scopes`? Reserved scopes need an administrator; a key (or any credential
-    /// that is not the user's own login) may only pass on scopes it holds.
-    fn check_grant(p: &Principal, admin: bool, scopes: &Scopes) -> ApiResult<()> {
+    /// The bounds of the API key behind `p`, unless it is an administrator (or not a key).
+    async fn bounds(&self, p: &Principal, m: &Manager) -> ApiResult<Option<Bounds>> {
+        let (Some(key_id), false) = (&p.key_id, m.admin) else {
+            return Ok(None);
+        };
+        let row = self
+            .store
+            .api_key_by_id(key_id)
+            .await?
+            .ok_or(ApiError::InvalidApiKey)?;
+        let remaining = match &row.rolled_to {
+            Some(counter) => self
+                .store
+                .api_key_by_id(counter)
+                .await?
+                .and_then(|c| c.remaining),
+            None => row.remaining,
+        };
+        Ok(Some(Bounds {
+            id: row.id.clone(),
+            scopes: Scopes::parse_space_separated(&row.scopes).unwrap_or_default(),
+            end: end_of(&row),
+            rate: rate_of(&row),
+            remaining,
+            counter_id: row.counter_id().to_owned(),
+            bucket_id: row.bucket_id().to_owned(),
+        }))
+    }
+
+    /// May `p` hand out `scopes`? Look-alikes of Portcullis's own scopes are refused to everyone;
+    /// reserved scopes need an administrator; a user's own login grants only self-service scopes; a
+    /// key (or any credential that is not the user's own login) only scopes it holds itself.
+    fn check_grant(&self, p: &Principal, admin: bool, scopes: &Scopes) -> ApiResult<()> {
         for s in scopes.iter() {
-            if RESERVED_SCOPES.contains(&s) && !admin {
+            if let Some(own) = confusable_with(s) {
+                return Err(ApiError::Validation(vec![FieldError::new(
+                    "scopes",
+                    "confusable_scope",
+                    format!(
+                        "scope {s} differs from Portcullis's own {own} only in letter case; scopes are case-sensitive, so it is refused"
+                    ),
+                )]));
+            }
+            if admin {
+                continue;
+            }
+            if RESERVED_SCOPES.contains(&s) {
                 return Err(ApiError::Forbidden(
                     "insufficient_scope",
                     format!("only administrators may grant scope {s}"),
                 ));
             }
-            if !p.first_party && !admin && !p.scopes.contains(s) {
+            if p.first_party {
+                let self_service = SELF_SERVICE_SCOPES.contains(&s)
+                    || self.config.self_service_scopes.iter().any(|x| x == s);
+                if !self_service {
+                    return Err(ApiError::Forbidden(
+                        "insufficient_scope",
+                        format!(
+                            "your own keys may carry {} and the scopes the operator lists in self_service_scopes; {s} is granted by administrators",
+                            SELF_SERVICE_SCOPES.join(", ")
+                        ),
+                    ));
+                }
+            } else if !p.scopes.contains(s) {
                 return Err(ApiError::Forbidden(
                     "insufficient_scope",
                     format!("a key may only grant scopes it holds itself, and this one lacks {s}"),
@@ -484,6 +697,17 @@ impl AppState {
         }
     }
 
+    fn admin_only_meta(m: &Manager) -> ApiResult<()> {
+        if m.admin {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(
+                "insufficient_scope",
+                "meta is written by administrators only (verify returns it as the operator's word); put your own notes in owner_meta".into(),
+            ))
+        }
+    }
+
     pub async fn create_key(
         &self,
         p: &Principal,
@@ -495,16 +719,21 @@ impl AppState {
         let mut errors = Vec::new();
         let name = check_name(&req.name, &mut errors);
         let scopes = check_scopes(req.scopes.as_deref().unwrap_or_default(), &mut errors);
-        let expires_at = req
+        let mut expires_at = req
             .expires_at
             .as_deref()
             .and_then(|e| check_expiry(e, now, &mut errors));
-        let ratelimit = req.ratelimit.map(|r| check_ratelimit(r, &mut errors));
+        let mut ratelimit = req.ratelimit.map(|r| check_ratelimit(r, &mut errors));
         let remaining = req.remaining.map(|n| check_remaining(n, &mut errors));
+        let max_meta = self.config.api_key_meta_max_bytes;
         let meta = req
             .meta
             .as_ref()
-            .map(|m| check_meta(m, self.config.api_key_meta_max_bytes, &mut errors));
+            .map(|v| check_meta("meta", v, max_meta, &mut errors));
+        let owner_meta = req
+            .owner_meta
+            .as_ref()
+            .map(|v| check_meta("owner_meta", v, max_meta, &mut errors));
         let prefix = req
             .prefix
             .unwrap_or_else(|| self.config.api_key_prefix.clone());
@@ -516,7 +745,23 @@ impl AppState {
             ));
         }
         validation(errors)?;
-        Self::check_grant(p, m.admin, &scopes)?;
+        self.check_grant(p, m.admin, &scopes)?;
+        if meta.is_some() {
+            Self::admin_only_meta(&m)?;
+        }
+        // A limited key passes on its limits: what it leaves out, the new key inherits.
+        let bounds = self.bounds(p, &m).await?;
+        let mut bucket = None;
+        if let Some(b) = &bounds {
+            expires_at = expires_at.or(b.end);
+            ratelimit = ratelimit.or(b.rate);
+            b.check_end(expires_at)?;
+            b.check_rate(ratelimit)?;
+            b.check_remaining(remaining)?;
+            if b.rate.is_some() {
+                bucket = Some(b.bucket_id.clone());
+            }
+        }
 
         let key = ApiKey::generate(&prefix).map_err(ApiError::internal)?;
         let row = ApiKeyRow {
@@ -526,8 +771,9 @@ impl AppState {
             start: key.start(),
             key_hash: key.hash().0.to_vec(),
             name,
-            scopes: scopes.iter().collect::<Vec<_>>().join(" "),
+            scopes: scopes.to_string(),
             meta,
+            owner_meta,
             created_at: now.0,
             updated_at: now.0,
             expires_at,
@@ -538,10 +784,27 @@ impl AppState {
             last_used_at: None,
             rolled_to: None,
             grace_until: None,
+            ratelimit_bucket: bucket,
         };
+        // The new key's uses come out of its maker's: taken (all or nothing) before it exists.
+        if let Some(b) = bounds.as_ref().filter(|b| b.remaining.is_some()) {
+            let uses = remaining.unwrap_or(0);
+            if uses > 0 && self.store.spend_api_key(&b.counter_id, uses).await? == Spend::Exhausted
+            {
+                return Err(beyond(
+                    "this API key no longer has that many uses left".into(),
+                ));
+            }
+        }
         self.store.insert_api_key(&row).await?;
         // Should somebody have presented this exact key before (they cannot have), forget the miss.
         self.invalidate(Invalidation::ApiKey(key.hash().0));
+        if let Some(b) = &bounds
+            && b.remaining.is_some()
+        {
+            // The maker's counter changed: its cached row (with `remaining`) is stale.
+            self.invalidate_key_id(&b.id).await?;
+        }
         self.audit.record(
             "api_key.created",
             Some(&p.subject),
@@ -550,6 +813,14 @@ impl AppState {
             serde_json::json!({ "name": row.name, "scopes": row.scopes, "owner_id": row.owner_id, "start": row.start }),
         );
         Ok((key, row))
+    }
+
+    /// Drops the cached row of the key `id` (by id: the cache is keyed by hash).
+    async fn invalidate_key_id(&self, id: &str) -> ApiResult<()> {
+        if let Some(row) = self.store.api_key_by_id(id).await? {
+            self.invalidate_hashes(std::slice::from_ref(&row.key_hash), Invalidation::ApiKey);
+        }
+        Ok(())
     }
 
     pub async fn patch_key(
@@ -563,17 +834,19 @@ impl AppState {
         let current = self.managed_key(&m, id).await?;
         let now = Millis::now();
         let mut errors = Vec::new();
+        let max_meta = self.config.api_key_meta_max_bytes;
         let mut patch = ApiKeyPatch {
             name: req.name.as_deref().map(|n| check_name(n, &mut errors)),
             ..ApiKeyPatch::default()
         };
         let scopes = req.scopes.as_deref().map(|s| check_scopes(s, &mut errors));
-        patch.scopes = scopes
-            .as_ref()
-            .map(|s| s.iter().collect::<Vec<_>>().join(" "));
+        patch.scopes = scopes.as_ref().map(Scopes::to_string);
         patch.meta = req
             .meta
-            .map(|m| m.map(|m| check_meta(&m, self.config.api_key_meta_max_bytes, &mut errors)));
+            .map(|v| v.map(|v| check_meta("meta", &v, max_meta, &mut errors)));
+        patch.owner_meta = req
+            .owner_meta
+            .map(|v| v.map(|v| check_meta("owner_meta", &v, max_meta, &mut errors)));
         patch.expires_at = req
             .expires_at
             .map(|e| e.and_then(|e| check_expiry(&e, now, &mut errors)));
@@ -586,6 +859,7 @@ impl AppState {
         let nothing = patch.name.is_none()
             && patch.scopes.is_none()
             && patch.meta.is_none()
+            && patch.owner_meta.is_none()
             && patch.expires_at.is_none()
             && patch.remaining.is_none()
             && patch.ratelimit.is_none();
@@ -593,14 +867,35 @@ impl AppState {
             errors.push(FieldError::new(
                 "",
                 "empty_patch",
-                "name at least one of name, scopes, meta, expires_at, ratelimit, remaining",
+                "name at least one of name, scopes, meta, owner_meta, expires_at, ratelimit, remaining",
             ));
         }
         validation(errors)?;
         if let Some(scopes) = &scopes {
-            Self::check_grant(p, m.admin, scopes)?;
+            self.check_grant(p, m.admin, scopes)?;
         }
-        let Some(row) = self.store.update_api_key(id, &patch, now.0).await? else {
+        if patch.meta.is_some() {
+            Self::admin_only_meta(&m)?;
+        }
+        if let Some(b) = self.bounds(p, &m).await? {
+            b.check_target(&current)?;
+            if let Some(end) = patch.expires_at {
+                b.check_end(end)?;
+            }
+            if let Some(rate) = patch.ratelimit {
+                b.check_rate(rate)?;
+            }
+            // A metered key's uses are only ever taken away: it cannot top up itself or a sibling.
+            if let Some(remaining) = patch.remaining
+                && b.remaining.is_some()
+                && !matches!((current.remaining, remaining), (Some(cur), Some(r)) if r <= cur)
+            {
+                return Err(beyond(
+                    "a metered API key may only lower remaining, never raise or clear it".into(),
+                ));
+            }
+        }
+        let Some((row, predecessors)) = self.store.update_api_key(id, &patch, now.0).await? else {
             return Err(ApiError::Conflict(
                 "key_revoked",
                 "this API key is revoked and can no longer be changed".into(),
@@ -610,10 +905,12 @@ impl AppState {
             std::slice::from_ref(&current.key_hash),
             Invalidation::ApiKey,
         );
+        self.invalidate_hashes(&predecessors, Invalidation::ApiKey);
         let changed: Vec<&str> = [
             ("name", patch.name.is_some()),
             ("scopes", patch.scopes.is_some()),
             ("meta", patch.meta.is_some()),
+            ("owner_meta", patch.owner_meta.is_some()),
             ("expires_at", patch.expires_at.is_some()),
             ("remaining", patch.remaining.is_some()),
             ("ratelimit", patch.ratelimit.is_some()),
@@ -654,6 +951,21 @@ impl AppState {
         Ok(())
     }
 
+    /// Revokes one of the caller's keys (the API and the account page's button).
+    pub(crate) async fn revoke_own_key(
+        &self,
+        p: &Principal,
+        id: &str,
+        ctx: &AuditContext,
+    ) -> ApiResult<()> {
+        let m = self.key_manager(p, true).await?;
+        let row = self.managed_key(&m, id).await?;
+        if let Some(b) = self.bounds(p, &m).await? {
+            b.check_target(&row)?;
+        }
+        self.revoke_row(p, &row, ctx).await
+    }
+
     pub async fn roll_key(
         &self,
         p: &Principal,
@@ -674,12 +986,24 @@ impl AppState {
                 ),
             )]));
         }
-        // Rolling hands the caller a key with the old key's scopes: the same rule as granting them.
-        Self::check_grant(
-            p,
-            m.admin,
-            &Scopes::parse_space_separated(&old.scopes).unwrap_or_default(),
-        )?;
+        // Rolling hands the caller a key with the old key's scopes and limits. For a user's own
+        // login it replaces a key they hold already (only reserved scopes need an administrator);
+        // for a key it is a grant like any other.
+        let scopes = Scopes::parse_space_separated(&old.scopes).unwrap_or_default();
+        if p.first_party && !m.admin {
+            if let Some(s) = scopes.iter().find(|s| RESERVED_SCOPES.contains(s)) {
+                return Err(ApiError::Forbidden(
+                    "insufficient_scope",
+                    format!("only administrators may grant scope {s}"),
+                ));
+            }
+        } else {
+            self.check_grant(p, m.admin, &scopes)?;
+        }
+        if let Some(b) = self.bounds(p, &m).await? {
+            b.check_target(&old)?;
+            b.check_within(&old)?;
+        }
         let now = Millis::now();
         let grace_until = now.plus_secs(grace);
         let key = ApiKey::generate(&old.prefix).map_err(ApiError::internal)?;
@@ -712,18 +1036,6 @@ impl AppState {
             serde_json::json!({ "new_key_id": row.id, "grace_until": grace_until.rfc3339() }),
         );
         Ok((key, row, grace_until))
-    }
-
-    /// Revokes one of the caller's keys (the account page's button).
-    pub(crate) async fn revoke_own_key(
-        &self,
-        p: &Principal,
-        id: &str,
-        ctx: &AuditContext,
-    ) -> ApiResult<()> {
-        let m = self.key_manager(p, true).await?;
-        let row = self.managed_key(&m, id).await?;
-        self.revoke_row(p, &row, ctx).await
     }
 
     /// The caller's keys, first page (the account page).
@@ -792,12 +1104,24 @@ impl AppState {
                 })?);
             }
         }
-        let check = self.check_api_key(&req.key, &required).await?;
+        let owner = match req.owner.as_deref() {
+            None => None,
+            Some("none") => Some(None),
+            Some(u) if UserId::parse(u).is_ok() => Some(Some(u)),
+            Some(_) => {
+                return Err(ApiError::Validation(vec![FieldError::new(
+                    "owner",
+                    "invalid_owner",
+                    "owner must be a user id (usr_…) or none",
+                )]));
+            }
+        };
+        let check = self.check_api_key(&req.key, &required, owner).await?;
         let code = check.code;
         metrics::counter!("portcullis_api_key_verifications_total", "code" => code.as_str())
             .increment(1);
         if code != VerifyCode::Valid {
-            self.verify_failures.record(
+            self.audit_counts.verify_failed(
                 &p.subject,
                 code,
                 check.row.as_ref().map(|r| r.id.as_str()),
@@ -811,6 +1135,7 @@ impl AppState {
             name: None,
             scopes: None,
             meta: None,
+            owner_meta: None,
             expires_at: None,
             remaining: None,
             ratelimit: None,
@@ -821,6 +1146,7 @@ impl AppState {
             res.name = Some(row.name.clone());
             res.scopes = Some(split_scopes(&row.scopes));
             res.meta = parse_meta(row.meta.as_deref());
+            res.owner_meta = parse_meta(row.owner_meta.as_deref());
             res.expires_at = row.expires_at.map(Millis);
             res.remaining = check.remaining;
             res.ratelimit = check.ratelimit.map(|(policy, d)| RatelimitState {
@@ -912,10 +1238,8 @@ pub async fn revoke(
     rid: RequestId,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let m = state.key_manager(&p, true).await?;
-    let row = state.managed_key(&m, &id).await?;
     state
-        .revoke_row(&p, &row, &audit_context(&ip, &rid))
+        .revoke_own_key(&p, &id, &audit_context(&ip, &rid))
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

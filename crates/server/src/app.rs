@@ -4,14 +4,16 @@
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::error::{ApiError, InternalCause};
-use crate::extract::{BodyLimit, RequestId};
+use crate::extract::{BodyDeadline, BodyLimit, ClientIp, RequestId};
 use crate::state::AppState;
 use crate::{admin, apikeys, ops, pages, sessions, tokens, users};
 
@@ -51,6 +53,10 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/v1/users/{id}/enable", post(users::enable))
         .route("/admin/v1/signing-keys", get(tokens::list_signing_keys))
         .route("/admin/v1/signing-keys/rotate", post(tokens::rotate))
+        .route(
+            "/admin/v1/signing-keys/{kid}/revoke",
+            post(tokens::revoke_signing_key),
+        )
         .route("/admin/v1/audit", get(admin::audit))
         .route("/admin/v1/keys", get(apikeys::admin_list))
         .route(
@@ -77,6 +83,14 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The router of the separate `metrics_listen` address: `/metrics` and nothing else.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(ops::metrics_unrestricted))
+        .fallback(not_found)
+        .with_state(state)
+}
+
 async fn not_found() -> ApiError {
     ApiError::NotFound("no such endpoint".into())
 }
@@ -100,6 +114,59 @@ fn request_id(req: &Request) -> String {
         .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string())
 }
 
+/// The method as a metrics label: one of the standard methods, else `other`, so that made-up methods
+/// cannot grow the number of series without bound.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// The client's address: the peer's, or, when the peer is a trusted proxy, the right-most address in
+/// `X-Forwarded-For` that is not itself a trusted proxy. Right-most, because every proxy appends
+/// what it saw and only our own proxies' entries can be believed; anything left of the first
+/// untrusted hop was written by the client. An entry that does not parse ends the walk there.
+pub fn client_ip(
+    peer: Option<std::net::IpAddr>,
+    headers: &axum::http::HeaderMap,
+    trusted: &[ipnet::IpNet],
+) -> std::net::IpAddr {
+    let peer = peer.unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    for hop in hops.iter().rev() {
+        let parsed = hop
+            .parse::<std::net::IpAddr>()
+            .or_else(|_| hop.parse::<SocketAddr>().map(|s| s.ip()));
+        let Ok(ip) = parsed else {
+            break;
+        };
+        client = ip;
+        if !is_trusted(&ip) {
+            break;
+        }
+    }
+    client
+}
+
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 async fn observe(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
@@ -110,9 +177,21 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned());
     let method = req.method().clone();
+    let client = client_ip(
+        req.extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip()),
+        req.headers(),
+        &state.trusted_proxies,
+    );
     req.extensions_mut().insert(RequestId(id.clone()));
+    req.extensions_mut().insert(ClientIp(client));
     req.extensions_mut()
         .insert(BodyLimit(state.config.max_body_bytes));
+    req.extensions_mut().insert(BodyDeadline(
+        tokio::time::Instant::now()
+            + std::time::Duration::from_secs(state.config.request_body_timeout_s),
+    ));
 
     // An announced oversized body is refused before a byte of it is read; bodies without a length
     // are cut off by the extractors' limit as they stream in.
@@ -179,10 +258,11 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
         HeaderValue::from_static("nosniff"),
     );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
+    // Pages set `same-origin` themselves (their own form posts must carry a real Origin); every
+    // other answer sends no referrer at all.
+    headers
+        .entry(header::REFERRER_POLICY)
+        .or_insert(HeaderValue::from_static("no-referrer"));
     headers
         .entry(header::CONTENT_SECURITY_POLICY)
         .or_insert(HeaderValue::from_static(
@@ -192,16 +272,13 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
     headers
         .entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
-    if state.hsts {
-        headers.insert(
-            header::STRICT_TRANSPORT_SECURITY,
-            HeaderValue::from_static("max-age=31536000; includeSubDomains"),
-        );
+    if let Some(hsts) = &state.hsts {
+        headers.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
     }
 
     let route_label = route.unwrap_or_else(|| "unmatched".to_owned());
     let status_label = status.as_u16().to_string();
-    metrics::counter!("portcullis_http_requests_total", "route" => route_label.clone(), "method" => method.to_string(), "status" => status_label)
+    metrics::counter!("portcullis_http_requests_total", "route" => route_label.clone(), "method" => method_label(&method), "status" => status_label)
         .increment(1);
     metrics::histogram!("portcullis_http_request_duration_seconds", "route" => route_label.clone())
         .record(elapsed.as_secs_f64());

@@ -150,6 +150,12 @@ impl Authenticator {
         }
     }
 
+    /// Forgets every verified token, so that each is verified against the key ring again (after a
+    /// signing key was revoked: a token it signed must stop working at once, cached or not).
+    pub fn forget_verified(&self) {
+        self.verified.invalidate_all();
+    }
+
     fn revoked(&self, claims: &AccessClaims) -> bool {
         let Ok(w) = self.watermarks.read() else {
             return true;
@@ -221,22 +227,36 @@ impl AppState {
         Ok(Some(row))
     }
 
-    /// Turns whatever credential the request carries into a principal: an API key, else a Bearer
-    /// token, else the session cookie (with the CSRF checks for unsafe methods). Only the first kind
-    /// present is tried, so a bad header never falls back to a cookie.
+    /// Turns the credential the request carries into a principal: an API key (`X-API-Key`, or a
+    /// Bearer value with our key shape), a Bearer access token, or the session cookie (with the CSRF
+    /// checks for unsafe methods).
+    ///
+    /// A request is decided on every credential it presents, never on the first that checks out: one
+    /// that carries more than one (a valid key beside a garbage `Authorization` header, a Bearer
+    /// token beside a session cookie) is refused before any of them is checked, so no credential is
+    /// spent and no bad one is ignored.
     pub async fn authenticate(
         &self,
         method: &Method,
         headers: &HeaderMap,
     ) -> Result<Principal, ApiError> {
-        if let Some(key) = headers.get("x-api-key") {
+        let api_key = headers.get("x-api-key");
+        let authorization = headers.get(header::AUTHORIZATION);
+        let cookie = crate::sessions::session_cookie(headers)?;
+        let presented = usize::from(api_key.is_some())
+            + usize::from(authorization.is_some())
+            + usize::from(cookie.is_some());
+        if presented > 1 || headers.get_all("x-api-key").iter().count() > 1 {
+            return Err(ApiError::MultipleCredentials);
+        }
+        if let Some(key) = api_key {
             let key = key.to_str().map_err(|_| ApiError::InvalidApiKey)?;
             return self.authenticate_api_key(key).await;
         }
         match bearer(headers)? {
             Some(token) if ApiKey::looks_like_key(token) => self.authenticate_api_key(token).await,
-            Some(token) => self.authenticate_jwt(token),
-            None => match crate::sessions::session_cookie(headers)? {
+            Some(token) => self.authenticate_jwt(token).await,
+            None => match cookie {
                 Some(raw) => self.authenticate_session(raw, method, headers).await,
                 None => Err(ApiError::Unauthenticated),
             },
@@ -256,7 +276,7 @@ impl AppState {
         }
     }
 
-    fn authenticate_jwt(&self, token: &str) -> Result<Principal, ApiError> {
+    async fn authenticate_jwt(&self, token: &str) -> Result<Principal, ApiError> {
         let now = Millis::now();
         let hash = TokenHash::of(token.as_bytes());
         let ring = self.keys.current();
@@ -281,6 +301,15 @@ impl AppState {
             return Err(ApiError::InvalidToken("revoked"));
         }
         let user_id = UserId::parse(&claims.sub).ok();
+        // A disabled (or deleted) user's tokens stop at once here, whatever their watermark says.
+        if let Some(id) = &user_id
+            && self
+                .user(id.as_str())
+                .await?
+                .is_none_or(|u| u.disabled_at.is_some())
+        {
+            return Err(ApiError::InvalidToken("revoked"));
+        }
         let scopes = Scopes::parse_space_separated(&claims.scope).unwrap_or_default();
         Ok(Principal {
             subject: claims.sub.clone(),
@@ -295,7 +324,7 @@ impl AppState {
     }
 
     async fn authenticate_api_key(&self, raw: &str) -> Result<Principal, ApiError> {
-        let check = self.check_api_key(raw, &[]).await?;
+        let check = self.check_api_key(raw, &[], None).await?;
         let row = match check.code {
             VerifyCode::Valid => check.row.ok_or(ApiError::InvalidApiKey)?,
             VerifyCode::UsageExceeded => {
@@ -358,10 +387,14 @@ impl AppState {
     /// rate limit is taken before `remaining` is spent, so a request refused for its rate does not use
     /// up one of the key's uses; a key whose cached `remaining` is already 0 answers USAGE_EXCEEDED
     /// without touching either.
+    ///
+    /// `owner`: `Some(None)` accepts only keys that belong to no user, `Some(Some(id))` only that
+    /// user's; a key of anyone else is NOT_FOUND, as if it did not exist, and nothing is spent.
     pub async fn check_api_key(
         &self,
         raw: &str,
         required_scopes: &[Scope],
+        owner: Option<Option<&str>>,
     ) -> Result<KeyCheck, ApiError> {
         let mut check = KeyCheck {
             code: VerifyCode::Malformed,
@@ -376,6 +409,10 @@ impl AppState {
             check.code = VerifyCode::NotFound;
             return Ok(check);
         };
+        if owner.is_some_and(|o| o != row.owner_id.as_deref()) {
+            check.code = VerifyCode::NotFound;
+            return Ok(check);
+        }
         check.row = Some(Arc::clone(&row));
         check.remaining = row.remaining;
         let now = Millis::now().0;
@@ -410,7 +447,7 @@ impl AppState {
             };
             let decision = self
                 .key_limits
-                .check(&format!("key:{}", row.counter_id()), policy, 1)
+                .check(&format!("key:{}", row.bucket_id()), policy, 1)
                 .await;
             check.ratelimit = Some((policy, decision));
             if !decision.allowed {
@@ -430,7 +467,7 @@ impl AppState {
             }
         }
         if row.remaining.is_some() {
-            match self.store.spend_api_key(row.counter_id()).await? {
+            match self.store.spend_api_key(row.counter_id(), 1).await? {
                 Spend::Spent(left) => check.remaining = left,
                 Spend::Exhausted => {
                     check.remaining = Some(0);

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use portcullis_core::clock::Millis;
-use portcullis_store::{ApiKeyStore, Maintenance, SessionStore, UserStore};
+use portcullis_store::{ApiKeyStore, Maintenance, SessionStore, SigningKeyStore, UserStore};
 
 use crate::invalidation::Invalidation;
 use crate::state::AppState;
@@ -14,10 +14,20 @@ pub fn spawn(state: AppState) -> Vec<tokio::task::JoinHandle<()>> {
         tokio::spawn(keys_loop(state.clone())),
         tokio::spawn(janitor_loop(state.clone())),
         tokio::spawn(crate::usage::key_usage_loop(state.clone())),
-        tokio::spawn(crate::usage::verify_failures_loop(state.clone())),
+        tokio::spawn(crate::usage::audit_counts_loop(state.clone())),
         tokio::spawn(key_changes_loop(state.clone())),
-        tokio::spawn(watermark_loop(state)),
+        tokio::spawn(metrics_upkeep_loop(state)),
     ]
+}
+
+/// Drains the Prometheus histograms' buckets into their summaries every few seconds, so that their
+/// memory stays bounded however long the process runs.
+async fn metrics_upkeep_loop(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        state.metrics.run_upkeep();
+    }
 }
 
 /// How far back each poll for API-key changes looks before the previous one: covers clock skew between
@@ -26,14 +36,17 @@ pub fn spawn(state: AppState) -> Vec<tokio::task::JoinHandle<()>> {
 const KEY_CHANGES_LOOKBACK_MS: i64 = 5_000;
 const KEY_CHANGES_BATCH: i64 = 10_000;
 
-/// Picks up API-key changes and session revocations made by other nodes (or the CLI) from the shared
-/// store, so that a key or session revoked anywhere is refused here within a second (polled twice a
-/// second). Changes made on this node were applied already, before they were acknowledged. (With
+/// Picks up what other nodes (or the CLI) changed in the shared store, so that it is honoured here
+/// within a second (polled twice a second): API keys changed or revoked, sessions revoked, users
+/// changed (disabled, roles, passwords), access-token watermarks, and signing keys revoked in an
+/// emergency. Changes made on this node were applied already, before they were acknowledged. (With
 /// Redis, the bus will push them instead.)
 async fn key_changes_loop(state: AppState) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let mut keys_since = Millis::now().0;
-    let mut sessions_since = keys_since;
+    let start = Millis::now().0;
+    let (mut keys_since, mut sessions_since, mut users_since, mut marks_since) =
+        (start, start, start, start);
+    let mut signing_since = start;
     loop {
         tick.tick().await;
         let started = Millis::now().0;
@@ -59,6 +72,64 @@ async fn key_changes_loop(state: AppState) {
             }
             Err(e) => tracing::error!(error = %e, "polling session revocations failed"),
         }
+        match state
+            .store
+            .users_changed_since(users_since - KEY_CHANGES_LOOKBACK_MS, KEY_CHANGES_BATCH)
+            .await
+        {
+            Ok(rows) => {
+                for (id, _) in &rows {
+                    state.auth.apply(&Invalidation::User(id.clone()));
+                }
+                users_since = match rows.last() {
+                    Some((_, at)) if rows.len() as i64 == KEY_CHANGES_BATCH => {
+                        at + KEY_CHANGES_LOOKBACK_MS
+                    }
+                    _ => started,
+                };
+            }
+            Err(e) => tracing::error!(error = %e, "polling user changes failed"),
+        }
+        let forget_before = Millis::now()
+            .plus_secs(-(state.config.access_token_ttl_s + state.config.jwt_leeway_s + 60));
+        let marks_from = Millis((marks_since - KEY_CHANGES_LOOKBACK_MS).max(forget_before.0));
+        match state.store.token_watermarks_since(marks_from).await {
+            Ok(rows) => {
+                state.auth.load_watermarks(rows, forget_before);
+                marks_since = started;
+            }
+            Err(e) => tracing::error!(error = %e, "polling token watermarks failed"),
+        }
+        let revoked = state
+            .store
+            .signing_keys_expired_between(
+                Millis(signing_since - KEY_CHANGES_LOOKBACK_MS),
+                Millis(started),
+            )
+            .await;
+        match revoked {
+            Ok(kids) => {
+                if kids.iter().any(|k| state.keys.current().knows(k)) {
+                    reload_signing_keys(&state).await;
+                }
+                signing_since = started;
+            }
+            Err(e) => tracing::error!(error = %e, "polling signing-key revocations failed"),
+        }
+    }
+}
+
+/// Re-reads the signing keys; when a key this node knew has gone, every cached verification is
+/// dropped, so tokens it signed stop working at once.
+pub async fn reload_signing_keys(state: &AppState) {
+    let before = state.keys.current();
+    if let Err(e) = state.keys.reload().await {
+        tracing::error!(error = %e, "reloading signing keys failed");
+        return;
+    }
+    let after = state.keys.current();
+    if before.kids().any(|k| !after.knows(k)) {
+        state.auth.forget_verified();
     }
 }
 
@@ -101,9 +172,7 @@ async fn keys_loop(state: AppState) {
             }
             Ok(None) => {
                 // Picks up keys made by another node or the CLI, and moves keys between states.
-                if let Err(e) = state.keys.reload().await {
-                    tracing::error!(error = %e, "reloading signing keys failed");
-                }
+                reload_signing_keys(&state).await;
             }
             Err(e) => tracing::error!(error = %e, "scheduled signing-key rotation failed"),
         }
@@ -181,18 +250,5 @@ async fn janitor_loop(state: AppState) {
     loop {
         tick.tick().await;
         janitor_pass(&state).await;
-    }
-}
-
-async fn watermark_loop(state: AppState) {
-    let mut tick = tokio::time::interval(Duration::from_secs(30));
-    loop {
-        tick.tick().await;
-        let forget_before = Millis::now()
-            .plus_secs(-(state.config.access_token_ttl_s + state.config.jwt_leeway_s + 60));
-        match state.store.token_watermarks_since(forget_before).await {
-            Ok(rows) => state.auth.load_watermarks(rows, forget_before),
-            Err(e) => tracing::error!(error = %e, "reloading token watermarks failed"),
-        }
     }
 }

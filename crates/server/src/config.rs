@@ -126,6 +126,41 @@ pub struct Config {
     pub session_idle_timeout_s: i64,
     /// A session ends this long after login, however busy (seconds).
     pub session_absolute_timeout_s: i64,
+
+    /// Addresses or CIDR ranges of reverse proxies in front of us (`10.0.0.0/8`, `::1`). Only from
+    /// them is `X-Forwarded-For` believed: the client is the right-most address not in this list.
+    /// Default: none (the peer address is the client).
+    pub trusted_proxies: Vec<String>,
+    /// Failed logins of one account from all clients together before waits begin (≥
+    /// `login_free_failures`). A device that signed in before is not held by it.
+    pub login_account_free_failures: u32,
+    /// How long a known-device cookie lasts (days); 0 turns known devices off.
+    pub known_device_ttl_days: i64,
+    /// Registrations allowed per client IP (an IPv6 /64 counts as one) per `registration_ip_period_s`.
+    pub registration_ip_limit: u32,
+    pub registration_ip_period_s: u64,
+    /// Scopes a user may put on their own keys besides `keys:read` and `keys:write`. Default: none;
+    /// every other scope is granted by administrators only.
+    pub self_service_scopes: Vec<String>,
+    /// Time allowed for a request's headers to arrive, counted from the connection's start or the end
+    /// of the previous response, so it is also how long an idle keep-alive connection stays open
+    /// (seconds).
+    pub header_read_timeout_s: u64,
+    /// Time allowed for a whole request body to arrive (seconds); slower bodies get 408.
+    pub request_body_timeout_s: u64,
+    /// Connections open at once; 0 derives it from the open-file limit (raised to its maximum at
+    /// start), keeping room for the database and files.
+    pub max_connections: usize,
+    /// Connections open at once from one client address (an IPv6 /64 counts as one); trusted proxies
+    /// are exempt.
+    pub max_connections_per_ip: usize,
+    /// Serve `/metrics` on this separate address instead of the main listener.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Clients (addresses or CIDR ranges) that may read `/metrics` on the main listener. Default:
+    /// loopback only.
+    pub metrics_allowed_ips: Vec<String>,
+    /// Add `includeSubDomains` to HSTS (sent when the issuer is https).
+    pub hsts_include_subdomains: bool,
 }
 
 impl Default for Config {
@@ -176,6 +211,19 @@ impl Default for Config {
             cors_allowed_origins: Vec::new(),
             session_idle_timeout_s: 30 * 60,
             session_absolute_timeout_s: 24 * 3600,
+            trusted_proxies: Vec::new(),
+            login_account_free_failures: 10,
+            known_device_ttl_days: 180,
+            registration_ip_limit: 20,
+            registration_ip_period_s: 3600,
+            self_service_scopes: Vec::new(),
+            header_read_timeout_s: 20,
+            request_body_timeout_s: 30,
+            max_connections: 0,
+            max_connections_per_ip: 256,
+            metrics_listen: None,
+            metrics_allowed_ips: vec!["127.0.0.0/8".to_owned(), "::1/128".to_owned()],
+            hsts_include_subdomains: true,
         }
     }
 }
@@ -190,6 +238,7 @@ impl std::fmt::Debug for Config {
                 &self.database_url.as_ref().map(|u| redact_url(u)),
             )
             .field("issuer", &self.issuer())
+            .field("redis_url", &self.redis_url.as_ref().map(|u| redact_url(u)))
             .field(
                 "master_key",
                 &self.master_key.as_ref().map(|_| "[redacted]"),
@@ -198,21 +247,46 @@ impl std::fmt::Debug for Config {
     }
 }
 
-/// Hides the password of a `scheme://user:password@host/…` URL.
+/// Hides every password a connection URL can carry: the userinfo's (`scheme://user:password@host`)
+/// and any query parameter naming one (`?password=`, `sslpassword=`, `pass=`, `secret=`, `token=`…),
+/// so that a URL can be logged.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let base = match (base.find("://"), base.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
-            let creds = url.get(s + 3..at).unwrap_or_default();
-            let user = creds.split(':').next().unwrap_or_default();
-            format!(
-                "{}{}:[redacted]{}",
-                url.get(..s + 3).unwrap_or_default(),
-                user,
-                url.get(at..).unwrap_or_default()
-            )
+            let creds = base.get(s + 3..at).unwrap_or_default();
+            match creds.split_once(':') {
+                Some((user, _)) => format!(
+                    "{}{}:[redacted]{}",
+                    base.get(..s + 3).unwrap_or_default(),
+                    user,
+                    base.get(at..).unwrap_or_default()
+                ),
+                None => base.to_owned(),
+            }
         }
-        _ => url.to_owned(),
-    }
+        _ => base.to_owned(),
+    };
+    let Some(query) = query else {
+        return base;
+    };
+    let secret_name = |name: &str| {
+        let name = name.to_ascii_lowercase();
+        ["pass", "pwd", "secret", "token", "key", "auth"]
+            .iter()
+            .any(|s| name.contains(s))
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) if secret_name(name) => format!("{name}=[redacted]"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{base}?{}", query.join("&"))
 }
 
 /// Every key the environment may set; other `PORTCULLIS_*` variables (test settings, `CONFIG`) are not ours.
@@ -262,6 +336,19 @@ const KEYS: &[&str] = &[
     "cors_allowed_origins",
     "session_idle_timeout_s",
     "session_absolute_timeout_s",
+    "trusted_proxies",
+    "login_account_free_failures",
+    "known_device_ttl_days",
+    "registration_ip_limit",
+    "registration_ip_period_s",
+    "self_service_scopes",
+    "header_read_timeout_s",
+    "request_body_timeout_s",
+    "max_connections",
+    "max_connections_per_ip",
+    "metrics_listen",
+    "metrics_allowed_ips",
+    "hsts_include_subdomains",
 ];
 
 /// A configuration that cannot be used; the message says what to change.
@@ -402,7 +489,60 @@ impl Config {
         if self.first_party_client_id.is_empty() {
             return err("first_party_client_id must not be empty".into());
         }
+        if self.issuer.is_none() && !self.listen.ip().is_loopback() {
+            return err(format!(
+                "issuer must be set when listening on {} (not a loopback address): it is the public \
+                 URL clients use and the `iss` of every token, e.g. issuer = \"https://auth.example.com\"",
+                self.listen
+            ));
+        }
+        parse_nets("trusted_proxies", &self.trusted_proxies)?;
+        parse_nets("metrics_allowed_ips", &self.metrics_allowed_ips)?;
+        if self.login_account_free_failures < self.login_free_failures {
+            return err("login_account_free_failures must be at least login_free_failures".into());
+        }
+        if !(0..=3650).contains(&self.known_device_ttl_days) {
+            return err("known_device_ttl_days must be 0..=3650".into());
+        }
+        if self.registration_ip_limit == 0 || self.registration_ip_period_s == 0 {
+            return err(
+                "registration_ip_limit and registration_ip_period_s must be positive".into(),
+            );
+        }
+        for scope in &self.self_service_scopes {
+            if portcullis_core::scopes::Scope::parse(scope).is_err()
+                || crate::apikeys::is_reserved_scope(scope)
+            {
+                return err(format!(
+                    "self_service_scopes entries must be scopes ([A-Za-z0-9_:.-/], 1 to 64) and not one \
+                     of Portcullis's own (admin, keys:verify …), got {scope:?}"
+                ));
+            }
+        }
+        if !(1..=300).contains(&self.header_read_timeout_s)
+            || !(1..=600).contains(&self.request_body_timeout_s)
+        {
+            return err(
+                "header_read_timeout_s must be 1..=300 and request_body_timeout_s 1..=600".into(),
+            );
+        }
+        if self.max_connections_per_ip == 0
+            || (self.max_connections != 0 && self.max_connections < self.max_connections_per_ip)
+        {
+            return err(
+                "max_connections_per_ip must be positive and at most max_connections (0 = derived)"
+                    .into(),
+            );
+        }
         Ok(())
+    }
+
+    pub fn trusted_proxies(&self) -> Vec<ipnet::IpNet> {
+        parse_nets("trusted_proxies", &self.trusted_proxies).unwrap_or_default()
+    }
+
+    pub fn metrics_allowed(&self) -> Vec<ipnet::IpNet> {
+        parse_nets("metrics_allowed_ips", &self.metrics_allowed_ips).unwrap_or_default()
     }
 
     pub fn issuer(&self) -> String {
@@ -433,6 +573,22 @@ impl Config {
     pub fn sqlite_path(&self) -> PathBuf {
         self.data_dir.join("portcullis.db")
     }
+}
+
+/// Addresses (`10.1.2.3`, `::1`) and CIDR ranges (`10.0.0.0/8`); the error names the setting and entry.
+fn parse_nets(setting: &str, entries: &[String]) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    entries
+        .iter()
+        .map(|e| {
+            e.parse::<ipnet::IpNet>()
+                .or_else(|_| e.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    ConfigError(format!(
+                        "{setting} entries must be IP addresses or CIDR ranges like 10.0.0.0/8, got {e:?}"
+                    ))
+                })
+        })
+        .collect()
 }
 
 /// figment's errors name the key and the source; keep them on one line.
@@ -512,9 +668,65 @@ mod tests {
 
     #[test]
     fn database_passwords_are_redacted() {
-        assert_eq!(
-            redact_url("postgres://u:secret@h/db"),
-            "postgres://u:[redacted]@h/db"
-        );
+        for (url, want) in [
+            ("postgres://u:secret@h/db", "postgres://u:[redacted]@h/db"),
+            (
+                "postgres://u@h/db?password=secret&sslmode=require",
+                "postgres://u@h/db?password=[redacted]&sslmode=require",
+            ),
+            (
+                "postgresql://h/db?user=u&sslpassword=secret",
+                "postgresql://h/db?user=u&sslpassword=[redacted]",
+            ),
+            ("redis://:secret@h:6379/0", "redis://:[redacted]@h:6379/0"),
+            ("postgres://u:p@ss@h/db", "postgres://u:[redacted]@h/db"),
+            ("postgres://h/db", "postgres://h/db"),
+        ] {
+            assert_eq!(redact_url(url), want);
+            assert!(!redact_url(url).contains("secret"), "{url}");
+        }
+    }
+
+    #[test]
+    fn an_issuer_is_required_off_loopback_and_network_lists_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        for (text, expect) in [
+            ("listen = \"0.0.0.0:8787\"\n", Some("issuer must be set")),
+            (
+                "listen = \"0.0.0.0:8787\"\nissuer = \"https://auth.example.com\"\n",
+                None,
+            ),
+            (
+                "trusted_proxies = [\"10.0.0.0/33\"]\n",
+                Some("trusted_proxies"),
+            ),
+            ("trusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n", None),
+            (
+                "metrics_allowed_ips = [\"nope\"]\n",
+                Some("metrics_allowed_ips"),
+            ),
+            (
+                "self_service_scopes = [\"Admin\"]\n",
+                Some("self_service_scopes"),
+            ),
+            ("self_service_scopes = [\"orders:read\"]\n", None),
+            (
+                "login_account_free_failures = 2\n",
+                Some("login_account_free_failures"),
+            ),
+            ("header_read_timeout_s = 0\n", Some("header_read_timeout_s")),
+            (
+                "max_connections_per_ip = 0\n",
+                Some("max_connections_per_ip"),
+            ),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            match (Config::load(Some(&path), &Default::default()), expect) {
+                (Ok(_), None) => {}
+                (Err(e), Some(want)) => assert!(e.to_string().contains(want), "{text}: {e}"),
+                (r, _) => panic!("{text}: {:?}", r.map(|_| ())),
+            }
+        }
     }
 }

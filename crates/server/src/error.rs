@@ -43,6 +43,14 @@ pub enum ApiError {
     /// 415 `unsupported_media_type`.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// 408 `request_timeout`: the body did not arrive within `request_body_timeout_s`.
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
+    /// 401 `multiple_credentials`: more than one credential was presented.
+    #[error(
+        "send exactly one credential: this request carries more than one (an API key, an Authorization header, a session cookie)"
+    )]
+    MultipleCredentials,
     /// 413 `payload_too_large`.
     #[error("the request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
@@ -123,6 +131,7 @@ impl ApiError {
             Self::Conflict(..) => StatusCode::CONFLICT,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::EmailTaken => StatusCode::CONFLICT,
             Self::RegistrationClosed | Self::Forbidden(..) | Self::CsrfFailed(_) => {
                 StatusCode::FORBIDDEN
@@ -133,6 +142,7 @@ impl ApiError {
             | Self::InvalidApiKey
             | Self::InvalidSession(_)
             | Self::InvalidRefreshToken
+            | Self::MultipleCredentials
             | Self::RefreshTokenReused => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -147,6 +157,8 @@ impl ApiError {
             Self::MalformedBody(_) => "malformed_body",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::RequestTimeout => "request_timeout",
+            Self::MultipleCredentials => "multiple_credentials",
             Self::Validation(_) => "validation_failed",
             Self::WeakPassword(_) => "weak_password",
             Self::BadRequest(code, _) | Self::Conflict(code, _) => code,
@@ -228,6 +240,15 @@ impl IntoResponse for ApiError {
         match &self {
             Self::Unauthenticated => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::MultipleCredentials => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_request\""),
+                );
+            }
+            Self::RequestTimeout => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             Self::InvalidToken(_) | Self::InvalidApiKey => {
                 headers.insert(

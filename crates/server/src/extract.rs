@@ -34,13 +34,23 @@ fn is_json(media: &str) -> bool {
     media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
 }
 
-async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+/// Reads the whole body, within the size limit and before the body deadline: a body trickled in
+/// slower than that is answered 408 instead of holding a connection and a task for ever.
+pub async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
     let limit = req
         .extensions()
         .get::<BodyLimit>()
         .map(|l| l.0)
         .unwrap_or(64 * 1024);
-    Bytes::from_request(req, state).await.map_err(|rejection| {
+    let deadline = req.extensions().get::<BodyDeadline>().map(|d| d.0);
+    let read = Bytes::from_request(req, state);
+    let read = match deadline {
+        Some(at) => tokio::time::timeout_at(at, read)
+            .await
+            .map_err(|_| ApiError::RequestTimeout)?,
+        None => read.await,
+    };
+    read.map_err(|rejection| {
         if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge(limit)
         } else {
@@ -52,6 +62,10 @@ async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Ap
 /// The configured body limit, put in request extensions by the router so errors can name it.
 #[derive(Clone, Copy)]
 pub struct BodyLimit(pub usize);
+
+/// When the request body must have arrived by (`request_body_timeout_s` after the request began).
+#[derive(Clone, Copy)]
+pub struct BodyDeadline(pub tokio::time::Instant);
 
 /// Maps a serde error to our codes without echoing input values (a field could hold a password).
 fn json_error(e: serde_json::Error) -> ApiError {
@@ -173,8 +187,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonOrForm<T> {
     }
 }
 
-/// The address of the peer. (Forwarded headers are honoured only from trusted proxies, which a later
-/// release configures.)
+/// The client's address, as the router's middleware worked it out: the peer's, or from
+/// `X-Forwarded-For` when the peer is one of `trusted_proxies` (see [`crate::app::client_ip`]).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub IpAddr);
 
@@ -182,6 +196,9 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        if let Some(ip) = parts.extensions.get::<ClientIp>() {
+            return Ok(*ip);
+        }
         let addr = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()

@@ -30,6 +30,15 @@ impl RingState {
     pub fn signer(&self, now: Millis) -> Option<&Arc<SigningKey>> {
         current_signer(&self.schedules, now).and_then(|s| self.keys.get(&s.kid))
     }
+
+    /// Is `kid` one of the keys loaded (published, signing or retiring)?
+    pub fn knows(&self, kid: &str) -> bool {
+        self.keys.contains_key(kid)
+    }
+
+    pub fn kids(&self) -> impl Iterator<Item = &str> {
+        self.keys.keys().map(String::as_str)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -233,6 +242,24 @@ impl KeyRing {
             Some(activated) if now < activated.plus_secs(interval_s - lead_s) => Ok(None),
             _ => self.create_key(now, lead_s).await.map(Some),
         }
+    }
+
+    /// Ends `kid` now, everywhere (it may be compromised): it stops signing and verifying, and when it
+    /// was the one signing, a new key takes over at once (published now: there is no time for a
+    /// lead). Returns the replacement, if one was made; `Ok(None)` with `false` when no such live key.
+    pub async fn revoke(&self, kid: &str) -> Result<(bool, Option<SigningKeyRow>), KeyError> {
+        let now = Millis::now();
+        let was_signing = self.current().signer(now).is_some_and(|k| k.kid() == kid);
+        if !self.store.revoke_signing_key(kid, now).await? {
+            return Ok((false, None));
+        }
+        self.reload().await?;
+        let replacement = if was_signing || self.current().signer(Millis::now()).is_none() {
+            Some(self.create_key(Millis::now(), 0).await?)
+        } else {
+            None
+        };
+        Ok((true, replacement))
     }
 
     pub fn sign_access_token(&self, claims: &AccessClaims) -> Result<String, KeyError> {

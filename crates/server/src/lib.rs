@@ -21,6 +21,7 @@ pub mod extract;
 pub mod hashing;
 pub mod invalidation;
 pub mod keys;
+pub mod listener;
 pub mod openapi;
 pub mod ops;
 pub mod pages;
@@ -46,35 +47,58 @@ pub use state::{AppState, StartError};
 pub struct Running {
     pub addr: SocketAddr,
     pub state: AppState,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    shutdown: Option<tokio::sync::watch::Sender<bool>>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     background: Vec<tokio::task::JoinHandle<()>>,
     audit: tokio::task::JoinHandle<()>,
 }
 
-/// Builds the state over an opened, migrated store and serves on `listener`.
+/// Builds the state over an opened, migrated store and serves on `listener` (and `/metrics` on
+/// `metrics_listener` when the configuration names one).
 pub async fn start(
     config: Config,
     store: Store,
     listener: tokio::net::TcpListener,
 ) -> Result<Running, StartError> {
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            StartError::Other(format!("cannot listen on {addr} for metrics_listen: {e}"))
+        })?),
+        None => None,
+    };
     let addr = listener
         .local_addr()
         .map_err(|e| StartError::Other(e.to_string()))?;
+    let limits = listener::Limits::from_config(&config);
     let (state, audit) = AppState::build(config, store, telemetry::metrics_handle()).await?;
-    let background = background::spawn(state.clone());
+    let mut background = background::spawn(state.clone());
     let router = app::router(state.clone());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async {
-            let _ = rx.await;
-        })
-        .await
-    });
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    if let Some(metrics_listener) = metrics_listener {
+        let router = app::metrics_router(state.clone());
+        let limits = limits.clone();
+        let rx = rx.clone();
+        background.push(tokio::spawn(async move {
+            let _ = listener::serve(
+                metrics_listener,
+                router,
+                limits,
+                stopped(rx),
+                std::time::Duration::from_secs(1),
+            )
+            .await;
+        }));
+    }
+    let server = tokio::spawn(listener::serve(
+        listener,
+        router,
+        limits,
+        stopped(rx),
+        std::time::Duration::from_secs(10),
+    ));
     Ok(Running {
         addr,
         state,
@@ -89,14 +113,14 @@ impl Running {
     /// Stops accepting, finishes in-flight requests, flushes the audit queue and closes the store.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
+            let _ = tx.send(true);
         }
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), &mut self.server).await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(11), &mut self.server).await;
         for task in &self.background {
             task.abort();
         }
         usage::flush_key_usage(&self.state).await;
-        usage::flush_verify_failures(&self.state);
+        usage::flush_audit_counts(&self.state);
         let store = self.state.store.clone();
         drop(self.state);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.audit).await;
@@ -125,6 +149,7 @@ pub async fn create_root_key(store: &Store, name: &str) -> Result<String, StartE
         name: name.to_owned(),
         scopes: "admin".to_owned(),
         meta: None,
+        owner_meta: None,
         created_at: now,
         updated_at: now,
         expires_at: None,
@@ -135,6 +160,7 @@ pub async fn create_root_key(store: &Store, name: &str) -> Result<String, StartE
         last_used_at: None,
         rolled_to: None,
         grace_until: None,
+        ratelimit_bucket: None,
     };
     store.insert_api_key(&row).await?;
     Ok(key.expose().to_owned())

@@ -345,11 +345,12 @@ async fn serve(config: Config) -> Result<(), Failure> {
             ))
         })?;
     let issuer = config.issuer();
+    let data_dir = config.data_dir.clone();
     tracing::info!(listen = %config.listen, issuer = %issuer, store = store.backend_name(), config = ?config, "starting");
     let mut running = portcullis_server::start(config, store.clone(), listener).await?;
     if first_start {
         let key = portcullis_server::create_root_key(&store, "root (first start)").await?;
-        eprintln!("root API key (shown once; it has scope admin): {key}");
+        hand_over_root_key(&data_dir, &key)?;
     }
     eprintln!("portcullis is listening on {issuer}");
     let result = tokio::select! {
@@ -359,6 +360,30 @@ async fn serve(config: Config) -> Result<(), Failure> {
     tracing::info!("shutting down");
     running.stop().await;
     result
+}
+
+/// The first start's root key goes into a file only its owner can read, never into a log: stderr is
+/// usually captured by a supervisor (systemd, Docker, Kubernetes) and kept where many can read it.
+/// When stderr is a terminal (a person is watching), the key is printed there too.
+fn hand_over_root_key(data_dir: &std::path::Path, key: &str) -> Result<(), Failure> {
+    use std::io::IsTerminal;
+    state::ensure_private_dir(data_dir)?;
+    let path = data_dir.join("root-key.txt");
+    let _ = std::fs::remove_file(&path);
+    state::write_private_file(&path, format!("{key}\n").as_bytes()).map_err(|e| {
+        Failure::Runtime(format!(
+            "cannot write the first root API key to {}: {e}",
+            path.display()
+        ))
+    })?;
+    eprintln!(
+        "root API key (scope admin) written to {} (mode 0600): store it somewhere safe, then delete the file",
+        path.display()
+    );
+    if std::io::stderr().is_terminal() {
+        eprintln!("root API key (shown once): {key}");
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -10,7 +10,7 @@ use utoipa::{Modify, OpenApi};
         crate::users::register, crate::users::me, crate::users::change_password, crate::users::import, crate::users::list,
         crate::users::disable, crate::users::enable,
         crate::tokens::login, crate::tokens::refresh, crate::tokens::logout, crate::tokens::logout_all, crate::tokens::jwks,
-        crate::tokens::rotate, crate::tokens::list_signing_keys, crate::admin::audit,
+        crate::tokens::rotate, crate::tokens::revoke_signing_key, crate::tokens::list_signing_keys, crate::admin::audit,
         crate::apikeys::create, crate::apikeys::list, crate::apikeys::get, crate::apikeys::patch,
         crate::apikeys::revoke, crate::apikeys::roll, crate::apikeys::verify,
         crate::apikeys::admin_list, crate::apikeys::admin_get, crate::apikeys::admin_revoke,

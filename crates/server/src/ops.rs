@@ -2,7 +2,10 @@
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
+
+use crate::error::ApiError;
+use crate::extract::ClientIp;
 use portcullis_store::Maintenance;
 
 use crate::state::AppState;
@@ -36,9 +39,21 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
-/// Prometheus text exposition.
-#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus metrics")))]
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+/// Prometheus text exposition, to clients in `metrics_allowed_ips` (loopback by default) only; when
+/// `metrics_listen` is set, only there. The counts it shows (logins, reuse detections) are for the
+/// operator, not the public.
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus metrics"), (status = 404, description = "not served to this client")))]
+pub async fn metrics(State(state): State<AppState>, ip: ClientIp) -> Response {
+    let allowed = state.config.metrics_listen.is_none()
+        && state.metrics_allowed.iter().any(|n| n.contains(&ip.0));
+    if !allowed {
+        return ApiError::NotFound("no such endpoint".into()).into_response();
+    }
+    metrics_unrestricted(State(state)).await.into_response()
+}
+
+/// `/metrics` on the separate `metrics_listen` address.
+pub async fn metrics_unrestricted(State(state): State<AppState>) -> impl IntoResponse {
     metrics::gauge!("portcullis_password_hashes_in_flight").set(state.hashing.in_flight() as f64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

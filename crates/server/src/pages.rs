@@ -88,6 +88,13 @@ fn html(status: StatusCode, body: String) -> Response {
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(PAGE_CSP),
     );
+    // Browsers send `Origin: null` on our own form posts under `no-referrer`, which a browser without
+    // Fetch Metadata would fail the CSRF check with; `same-origin` keeps the origin on our posts and
+    // still tells no other site where the user came from.
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
     res
 }
 
@@ -291,7 +298,7 @@ pub async fn login_submit(
         Err(e) => return ApiError::internal(e).into_response(),
     };
     let ctx = audit_context(&ip, &rid);
-    let user = match state.login(req, ip.0, &ctx).await {
+    let user = match state.login(req, ip.0, &headers, &ctx).await {
         Ok(user) => user,
         Err(ApiError::InvalidCredentials) => {
             return again(StatusCode::UNAUTHORIZED, "The email or password is wrong.");
@@ -336,6 +343,9 @@ pub async fn login_submit(
     let mut res = see_other(&return_to);
     if let Some(v) = set_cookie(token.expose()) {
         res.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    if let Some(device) = state.device_cookie(&user) {
+        res.headers_mut().append(header::SET_COOKIE, device);
     }
     res
 }
@@ -690,7 +700,12 @@ pub async fn change_password(
         };
     let p = state.session_principal(&s);
     let ctx = audit_context(&ip, &rid);
-    if let Err(e) = state.change_password(&p, req, ip.0, &ctx).await {
+    // Every session ends, this one too; the browser gets a fresh one below (a new session id after
+    // a change of credentials).
+    if let Err(e) = state
+        .change_password(&p, req, ip.0, &headers, None, &ctx)
+        .await
+    {
         return match e {
             ApiError::Validation(_) | ApiError::WeakPassword(_) => {
                 render_account(

@@ -99,24 +99,44 @@ impl CookieSession {
 /// The value of our session cookie. Two cookies of that name (one planted by a sibling site, say) are
 /// refused rather than guessed between.
 pub fn session_cookie(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    cookie_value(headers, COOKIE).map_err(|Duplicate| ApiError::InvalidSession("duplicate_cookie"))
+}
+
+/// The cookie `name` appears more than once.
+#[derive(Debug)]
+pub struct Duplicate;
+
+/// The value of the cookie `name`, if the request carries it exactly once.
+pub fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, Duplicate> {
     let mut found = None;
     for value in headers.get_all(header::COOKIE) {
         let Ok(value) = value.to_str() else {
             continue;
         };
         for pair in value.split(';') {
-            let Some((name, v)) = pair.trim().split_once('=') else {
+            let Some((n, v)) = pair.trim().split_once('=') else {
                 continue;
             };
-            if name == COOKIE {
+            if n == name {
                 if found.is_some() {
-                    return Err(ApiError::InvalidSession("duplicate_cookie"));
+                    return Err(Duplicate);
                 }
                 found = Some(v.trim_matches('"'));
             }
         }
     }
     Ok(found)
+}
+
+/// The known-device cookie (see `portcullis_core::devices`); `__Host-` for the same reasons.
+pub const DEVICE_COOKIE: &str = "__Host-portcullis-device";
+
+/// The `Set-Cookie` value that remembers this device for `max_age_s`.
+pub fn set_device_cookie(value: &str, max_age_s: i64) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!(
+        "{DEVICE_COOKIE}={value}; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age={max_age_s}"
+    ))
+    .ok()
 }
 
 /// The `Set-Cookie` value that starts a session in the browser.
@@ -296,11 +316,16 @@ impl AppState {
         }
     }
 
-    /// Revokes every session of the user, here at once (other nodes within a second).
-    pub async fn end_user_sessions(&self, user_id: &str, reason: &str) -> ApiResult<usize> {
+    /// Revokes every session of the user but `except`, here at once (other nodes within a second).
+    pub async fn end_user_sessions(
+        &self,
+        user_id: &str,
+        reason: &str,
+        except: Option<&str>,
+    ) -> ApiResult<usize> {
         let hashes = self
             .store
-            .revoke_user_sessions(user_id, Millis::now().0, reason)
+            .revoke_user_sessions(user_id, Millis::now().0, reason, except)
             .await?;
         self.invalidate_hashes(&hashes, Invalidation::Session);
         Ok(hashes.len())
@@ -384,7 +409,7 @@ pub async fn create(
     // Login CSRF: nobody else's page may sign this browser in (to the attacker's account, say).
     state.check_same_site(&headers)?;
     let ctx = audit_context(&ip, &rid);
-    let user = state.login(req, ip.0, &ctx).await?;
+    let user = state.login(req, ip.0, &headers, &ctx).await?;
     state.end_presented_session(&headers).await;
     let (row, token) = state.start_session(&user, &ip, &headers).await?;
     state.audit.record(
@@ -398,11 +423,11 @@ pub async fn create(
         csrf_token: csrf::token_for(token.expose()),
         session: SessionView::of(&row, Some(&row.id), row.last_seen_at),
     };
-    Ok(with_cookie(
-        StatusCode::CREATED,
-        set_cookie(token.expose()),
-        body,
-    ))
+    let mut res = with_cookie(StatusCode::CREATED, set_cookie(token.expose()), body);
+    if let Some(device) = state.device_cookie(&user) {
+        res.headers_mut().append(header::SET_COOKIE, device);
+    }
+    Ok(res)
 }
 
 /// The session of this request, and its CSRF token.
@@ -532,7 +557,7 @@ pub async fn admin_revoke_all(
     rid: RequestId,
     Path(user_id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let n = state.end_user_sessions(&user_id, "admin").await?;
+    let n = state.end_user_sessions(&user_id, "admin", None).await?;
     state.audit.record(
         "session.revoked_all",
         Some(&p.subject),

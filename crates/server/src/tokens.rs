@@ -2,9 +2,10 @@
 //! refresh with reuse detection, logout of one family or of everything, the JWKS and key rotation.
 
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use portcullis_core::clock::{Millis, rfc3339};
+use portcullis_core::devices::DeviceId;
 use portcullis_core::ids::{FamilyId, RefreshTokenId};
 use portcullis_core::jwt::AccessClaims;
 use portcullis_core::passwords::{StoredHash, Verification};
@@ -22,6 +23,13 @@ use crate::error::{ApiError, ApiResult, FieldError, Problem};
 use crate::extract::{ClientIp, JsonOrForm, RequestId};
 use crate::state::AppState;
 use crate::users::{audit_context, parse_email};
+
+/// A fresh UUIDv7 whose timestamp is `at`.
+fn jti_at(at: Millis) -> String {
+    let secs = u64::try_from(at.0.div_euclid(1000)).unwrap_or(0);
+    let nanos = u32::try_from(at.0.rem_euclid(1000) * 1_000_000).unwrap_or(0);
+    uuid::Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, secs, nanos)).to_string()
+}
 
 /// Prefix of refresh tokens: lets secret scanners and humans recognise one.
 pub const REFRESH_PREFIX: &str = "prt";
@@ -87,7 +95,10 @@ impl AppState {
             exp: now.as_secs() + ttl,
             iat: now.as_secs(),
             nbf: None,
-            jti: uuid::Uuid::now_v7().to_string(),
+            // The jti's UUIDv7 time is what revocation watermarks compare, so it is `now` as the caller
+            // took it, before the rotation or login that decided this token: a watermark set after
+            // that decision (a password change, say) then always covers the token.
+            jti: jti_at(now),
             client_id: client_id.to_owned(),
             scope: scope.to_owned(),
             sid,
@@ -136,11 +147,36 @@ impl AppState {
         })
     }
 
-    /// Checks a password login; charges failures to the IP and the account; upgrades old hashes.
+    /// The known device `headers` prove for the account `email_key`, if any.
+    pub fn known_device(&self, headers: &HeaderMap, email_key: &str) -> Option<DeviceId> {
+        let devices = self.devices.as_ref()?;
+        let raw = crate::sessions::cookie_value(headers, crate::sessions::DEVICE_COOKIE).ok()??;
+        devices.verify(
+            raw,
+            email_key,
+            Millis::now(),
+            self.config.known_device_ttl_days * 86_400_000,
+        )
+    }
+
+    /// The `Set-Cookie` that makes this client a known device of `user` (after a successful login).
+    pub fn device_cookie(&self, user: &UserRow) -> Option<HeaderValue> {
+        let value = self
+            .devices
+            .as_ref()?
+            .issue(&user.email_key, Millis::now())
+            .ok()?;
+        crate::sessions::set_device_cookie(&value, self.config.known_device_ttl_days * 86_400)
+    }
+
+    /// Checks a password login from a client at `ip` sending `headers` (for its known-device
+    /// cookie): the attempt is reserved with the throttle before any hashing, then settled by the
+    /// verdict. Upgrades old hashes.
     pub async fn login(
         &self,
         req: LoginRequest,
         ip: std::net::IpAddr,
+        headers: &HeaderMap,
         ctx: &AuditContext,
     ) -> ApiResult<UserRow> {
         let email = parse_email(&req.email)?;
@@ -152,17 +188,22 @@ impl AppState {
             )]));
         }
         let key = email.key();
-        if let Err(e) = self.throttle.admit(&ip, &key).await {
-            metrics::counter!("portcullis_logins_total", "outcome" => "throttled").increment(1);
-            self.audit.record(
-                "login.throttled",
-                None,
-                None,
-                ctx,
-                serde_json::json!({ "email": key }),
-            );
-            return Err(e);
-        }
+        let device = self.known_device(headers, &key);
+        let attempt = match self.throttle.begin(ip, &key, device.as_ref()).await {
+            Ok(attempt) => attempt,
+            Err(e) => {
+                metrics::counter!("portcullis_logins_total", "outcome" => "throttled").increment(1);
+                // Refused before any work, so counted rather than written one by one.
+                self.audit_counts.record(
+                    "login.throttled",
+                    None,
+                    serde_json::json!({ "email": key, "policy": crate::throttle::refused_policy(&e) }),
+                    "ips",
+                    Some(&crate::listener::client_bucket(ip).to_string()),
+                );
+                return Err(e);
+            }
+        };
         let user = self.store.user_by_email_key(&key).await?;
         let stored = user
             .as_ref()
@@ -170,7 +211,7 @@ impl AppState {
             .map(StoredHash::from_stored);
         let password = req.password;
         // Unknown accounts verify against a dummy hash so that both answers cost the same.
-        let (verdict, upgraded) = self
+        let verdict = self
             .hashing
             .run(move |h| match stored {
                 Some(stored) => match h.verify(&password, &stored) {
@@ -187,11 +228,17 @@ impl AppState {
                     (false, None)
                 }
             })
-            .await
-            .map_err(|_| ApiError::Overloaded)?;
+            .await;
+        let (verdict, upgraded) = match verdict {
+            Ok(v) => v,
+            Err(_) => {
+                self.throttle.abandon(attempt).await;
+                return Err(ApiError::Overloaded);
+            }
+        };
         match user {
             Some(user) if verdict && user.disabled_at.is_none() => {
-                self.throttle.succeeded(&key).await;
+                self.throttle.succeeded(attempt).await;
                 if let Some((old, new)) = upgraded {
                     let upgraded = self
                         .store
@@ -214,12 +261,12 @@ impl AppState {
                     Some(&user.id),
                     Some(&user.id),
                     ctx,
-                    serde_json::json!({}),
+                    serde_json::json!({ "known_device": device.is_some() }),
                 );
                 Ok(user)
             }
             user => {
-                self.throttle.failed(&ip, &key).await;
+                self.throttle.failed(attempt);
                 metrics::counter!("portcullis_logins_total", "outcome" => "failure").increment(1);
                 let subject = user.as_ref().map(|u| u.id.as_str());
                 self.audit.record(
@@ -320,21 +367,33 @@ impl AppState {
         Ok(())
     }
 
-    /// Ends every way the user is signed in: all refresh families, every session, and (in this process
-    /// at once; other nodes through the stored watermark, which the caller has written) every access
-    /// token issued before `now`. Returns how many families were live.
+    /// Ends every way the user is signed in: all refresh families, every session, and every access
+    /// token issued before the moment they were revoked, in that order. The watermark is written
+    /// last, at a time taken after the revocations: a refresh racing this call either found its
+    /// family revoked, or rotated before and signed its token with a `jti` time from before the
+    /// rotation, so the watermark covers it. (Writing the watermark first, as an earlier release did,
+    /// let a refresh in between sign a token that outlived the password change.) This process honours
+    /// the watermark at once; other nodes within a second (the store is polled). Returns how many
+    /// families were live.
+    /// `keep_session`: the session a password change was made from, which stays (API.md: "every
+    /// other session").
     pub(crate) async fn end_every_login(
         &self,
         user_id: &str,
-        now: Millis,
         reason: &str,
+        keep_session: Option<&str>,
     ) -> ApiResult<u64> {
         let families = self
             .store
-            .revoke_user_families(user_id, now, reason)
+            .revoke_user_families(user_id, Millis::now(), reason)
             .await?;
-        self.auth.revoke_tokens_before(user_id, now);
-        self.end_user_sessions(user_id, reason).await?;
+        self.end_user_sessions(user_id, reason, keep_session)
+            .await?;
+        let watermark = Millis::now();
+        self.store
+            .set_tokens_valid_after(user_id, watermark)
+            .await?;
+        self.auth.revoke_tokens_before(user_id, watermark);
         Ok(families)
     }
 
@@ -346,12 +405,8 @@ impl AppState {
                 "only the user's own login may log out everywhere".into(),
             ));
         }
-        let now = Millis::now();
-        self.store
-            .set_tokens_valid_after(user_id.as_str(), now)
-            .await?;
         let families = self
-            .end_every_login(user_id.as_str(), now, "logout_all")
+            .end_every_login(user_id.as_str(), "logout_all", None)
             .await?;
         self.audit.record(
             "logout.all",
@@ -372,11 +427,16 @@ pub async fn login(
     State(state): State<AppState>,
     ip: ClientIp,
     rid: RequestId,
+    headers: HeaderMap,
     JsonOrForm(req): JsonOrForm<LoginRequest>,
-) -> ApiResult<TokenPair> {
+) -> ApiResult<Response> {
     let ctx = audit_context(&ip, &rid);
-    let user = state.login(req, ip.0, &ctx).await?;
-    state.issue_tokens(&user, None).await
+    let user = state.login(req, ip.0, &headers, &ctx).await?;
+    let mut res = state.issue_tokens(&user, None).await?.into_response();
+    if let Some(cookie) = state.device_cookie(&user) {
+        res.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    Ok(res)
 }
 
 /// Exchange a refresh token for a new pair; the presented token is spent.
@@ -502,6 +562,47 @@ pub async fn rotate(
         StatusCode::CREATED,
         axum::Json(SigningKeyView::from_row(&row, now)),
     ))
+}
+
+/// The outcome of an emergency revocation.
+#[derive(Serialize, ToSchema)]
+pub struct RevokedSigningKey {
+    kid: String,
+    /// The key that signs from now on, when the revoked one was signing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replaced_by: Option<SigningKeyView>,
+}
+
+/// Revoke a signing key now (an emergency: it may be compromised). It leaves the JWKS and every token
+/// it signed stops working at once, on this node and within a second on every other; when it was the
+/// one signing, a new key takes over immediately. Users must log in again or refresh.
+#[utoipa::path(post, path = "/admin/v1/signing-keys/{kid}/revoke", tag = "admin",
+    responses((status = 200, body = RevokedSigningKey), (status = 403, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = []), ("api_key" = [])))]
+pub async fn revoke_signing_key(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    ip: ClientIp,
+    rid: RequestId,
+    axum::extract::Path(kid): axum::extract::Path<String>,
+) -> ApiResult<axum::Json<RevokedSigningKey>> {
+    let (found, replacement) = state.keys.revoke(&kid).await.map_err(ApiError::internal)?;
+    if !found {
+        return Err(ApiError::NotFound("no such live signing key".into()));
+    }
+    state.auth.forget_verified();
+    state.audit.record(
+        "signing_key.revoked",
+        Some(&admin.subject),
+        Some(&kid),
+        &audit_context(&ip, &rid),
+        serde_json::json!({ "replaced_by": replacement.as_ref().map(|r| r.kid.clone()) }),
+    );
+    let now = Millis::now();
+    Ok(axum::Json(RevokedSigningKey {
+        kid,
+        replaced_by: replacement.map(|r| SigningKeyView::from_row(&r, now)),
+    }))
 }
 
 /// Every signing key and its state.

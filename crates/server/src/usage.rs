@@ -2,8 +2,10 @@
 //!
 //! * [`KeyUsage`]: `last_used_at` of API keys, written at most once a minute per key (and per node), in
 //!   batches of one transaction each second. [`SessionActivity`] does the same for sessions.
-//! * [`VerifyFailures`]: failed key verifications are audited as counts — one event per caller and
-//!   code per interval — rather than one row per request, so a flood of bad keys cannot flood the log.
+//! * [`AuditCounts`]: failed key verifications and throttled logins are audited as counts — one event
+//!   per caller and outcome per interval — rather than one row per request, so a flood of bad keys or
+//!   refused guesses cannot flood the log (or, on SQLite, take turns with every decision for the one
+//!   writer).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -105,38 +107,79 @@ impl SessionActivity {
     }
 }
 
-/// Counts of failed verifications since the last flush, by (caller, code).
+/// Events that cost an attacker nothing (a failed key verification, a login refused by the throttle)
+/// are counted, not written one by one: one audit event per (kind, actor, detail) per interval, with
+/// the count, the first and last moment, and a sample of ids. A flood of them therefore writes a
+/// bounded number of rows instead of one per request.
 #[derive(Default)]
-pub struct VerifyFailures {
-    counts: Mutex<HashMap<(String, VerifyCode), Failures>>,
+pub struct AuditCounts {
+    counts: Mutex<HashMap<(&'static str, Option<String>, String), Counted>>,
 }
 
-#[derive(Default)]
-struct Failures {
+struct Counted {
+    detail: serde_json::Value,
     count: u64,
     first_ms: i64,
-    key_ids: Vec<String>,
+    /// The name of the sample list in the event (`key_ids`, `ips`), and the samples.
+    sample_field: &'static str,
+    samples: Vec<String>,
 }
 
-impl VerifyFailures {
-    pub fn record(&self, caller: &str, code: VerifyCode, key_id: Option<&str>) {
+/// Distinct (kind, actor, detail) groups kept per interval; past it, further groups are counted in
+/// one overflow event, so even varied junk cannot grow memory or the log without bound.
+const MAX_GROUPS: usize = 10_000;
+
+impl AuditCounts {
+    /// Counts one event `kind` by `actor` with `detail` (a small JSON object, part of the grouping),
+    /// keeping `sample` under `sample_field`.
+    pub fn record(
+        &self,
+        kind: &'static str,
+        actor: Option<&str>,
+        detail: serde_json::Value,
+        sample_field: &'static str,
+        sample: Option<&str>,
+    ) {
         let Ok(mut counts) = self.counts.lock() else {
             return;
         };
-        let entry = counts.entry((caller.to_owned(), code)).or_default();
-        if entry.count == 0 {
-            entry.first_ms = Millis::now().0;
+        let mut key = (kind, actor.map(str::to_owned), detail.to_string());
+        if counts.len() >= MAX_GROUPS && !counts.contains_key(&key) {
+            key = (kind, None, "{\"overflow\":true}".to_owned());
         }
+        let overflow = key.2.starts_with("{\"overflow\"");
+        let entry = counts.entry(key).or_insert_with(|| Counted {
+            detail: if overflow {
+                serde_json::json!({ "overflow": true })
+            } else {
+                detail
+            },
+            count: 0,
+            first_ms: Millis::now().0,
+            sample_field,
+            samples: Vec::new(),
+        });
         entry.count += 1;
-        if let Some(id) = key_id
-            && entry.key_ids.len() < SAMPLE_KEYS
-            && !entry.key_ids.iter().any(|k| k == id)
+        if let Some(id) = sample
+            && entry.samples.len() < SAMPLE_KEYS
+            && !entry.samples.iter().any(|k| k == id)
         {
-            entry.key_ids.push(id.to_owned());
+            entry.samples.push(id.to_owned());
         }
     }
 
-    fn take(&self) -> HashMap<(String, VerifyCode), Failures> {
+    /// A failed key verification by `caller`.
+    pub fn verify_failed(&self, caller: &str, code: VerifyCode, key_id: Option<&str>) {
+        self.record(
+            "api_key.verify_failed",
+            Some(caller),
+            serde_json::json!({ "code": code.as_str() }),
+            "key_ids",
+            key_id,
+        );
+    }
+
+    fn take(&self) -> HashMap<(&'static str, Option<String>, String), Counted> {
         self.counts
             .lock()
             .map(|mut c| std::mem::take(&mut *c))
@@ -160,22 +203,24 @@ pub async fn flush_key_usage(state: &AppState) {
     }
 }
 
-/// Turns the failure counts into audit events (`api_key.verify_failed`).
-pub fn flush_verify_failures(state: &AppState) {
+/// Turns the counts into audit events (`api_key.verify_failed`, `login.throttled` …).
+pub fn flush_audit_counts(state: &AppState) {
     let now = Millis::now();
-    for ((caller, code), f) in state.verify_failures.take() {
+    for ((kind, actor, _), c) in state.audit_counts.take() {
+        let mut data = match c.detail {
+            serde_json::Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        };
+        data.insert("count".into(), c.count.into());
+        data.insert("since".into(), Millis(c.first_ms).rfc3339().into());
+        data.insert("until".into(), now.rfc3339().into());
+        data.insert(c.sample_field.into(), c.samples.into());
         state.audit.record(
-            "api_key.verify_failed",
-            Some(&caller),
+            kind,
+            actor.as_deref(),
             None,
             &Default::default(),
-            serde_json::json!({
-                "code": code.as_str(),
-                "count": f.count,
-                "since": Millis(f.first_ms).rfc3339(),
-                "until": now.rfc3339(),
-                "key_ids": f.key_ids,
-            }),
+            serde_json::Value::Object(data),
         );
     }
 }
@@ -188,11 +233,11 @@ pub async fn key_usage_loop(state: AppState) {
     }
 }
 
-pub async fn verify_failures_loop(state: AppState) {
+pub async fn audit_counts_loop(state: AppState) {
     let mut tick =
         tokio::time::interval(Duration::from_millis(state.config.verify_audit_interval_ms));
     loop {
         tick.tick().await;
-        flush_verify_failures(&state);
+        flush_audit_counts(&state);
     }
 }

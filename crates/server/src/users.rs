@@ -107,20 +107,46 @@ fn parse_name(name: Option<String>) -> ApiResult<Option<String>> {
     let Some(name) = name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()) else {
         return Ok(None);
     };
-    if name.chars().count() > 200 || name.chars().any(char::is_control) {
+    if name.chars().count() > 200
+        || name
+            .chars()
+            .any(portcullis_core::text::is_forbidden_in_display)
+    {
         return Err(ApiError::Validation(vec![FieldError::new(
             "name",
             "invalid_name",
-            "name must be at most 200 characters without control characters",
+            "name must be at most 200 characters without control, invisible or text-direction characters",
         )]));
     }
     Ok(Some(name))
 }
 
 impl AppState {
-    pub async fn register(&self, req: RegisterRequest, ctx: &AuditContext) -> ApiResult<UserRow> {
+    /// Creates an account. Each client address may register `registration_ip_limit` accounts per
+    /// `registration_ip_period_s`, counted before any hashing (invalid attempts count too).
+    ///
+    /// An email already in use answers 409 `email_taken`: a documented trade-off. It tells whoever
+    /// asks that an account exists, which answering alike would hide only with a verification email
+    /// that the user must click before the account is usable; until email verification lands, the
+    /// per-address registration limit bounds how fast anyone can ask.
+    pub async fn register(
+        &self,
+        req: RegisterRequest,
+        ip: std::net::IpAddr,
+        ctx: &AuditContext,
+    ) -> ApiResult<UserRow> {
         if self.config.registration == Registration::Closed {
             return Err(ApiError::RegistrationClosed);
+        }
+        if let Err(e) = self.throttle.register(ip).await {
+            self.audit_counts.record(
+                "registration.throttled",
+                None,
+                serde_json::json!({ "ip": crate::listener::client_bucket(ip).to_string() }),
+                "emails",
+                None,
+            );
+            return Err(e);
         }
         let email = parse_email(&req.email)?;
         let name = parse_name(req.name)?;
@@ -157,13 +183,16 @@ impl AppState {
         insert_user(&self.store, email, name, hash, roles).await
     }
 
-    /// Changes the password after checking the current one, then ends every other way in: all refresh
-    /// families and every access token issued before now.
+    /// Changes the password after checking the current one (throttled like a login, the attempt
+    /// reserved before hashing), then ends every other way in: all refresh families, every access
+    /// token issued before now, and every session but `keep_session`.
     pub async fn change_password(
         &self,
         p: &Principal,
         req: ChangePasswordRequest,
         ip: std::net::IpAddr,
+        headers: &axum::http::HeaderMap,
+        keep_session: Option<&str>,
         ctx: &AuditContext,
     ) -> ApiResult<()> {
         let user_id = p.require_user()?;
@@ -178,13 +207,17 @@ impl AppState {
             .await?
             .ok_or(ApiError::Unauthenticated)?;
         let email = Email::parse(&user.email).map_err(ApiError::internal)?;
-        self.throttle.admit(&ip, &user.email_key).await?;
         self.policy
             .check(req.new_password.expose_secret(), &email)
             .map_err(ApiError::WeakPassword)?;
+        let device = self.known_device(headers, &user.email_key);
+        let attempt = self
+            .throttle
+            .begin(ip, &user.email_key, device.as_ref())
+            .await?;
         let stored = user.password_hash.clone().map(StoredHash::from_stored);
         let (current, new) = (req.current_password, req.new_password);
-        let (verdict, new_hash) = self
+        let verdict = self
             .hashing
             .run(move |h| match stored {
                 Some(stored) => match h.verify(&current, &stored) {
@@ -196,10 +229,16 @@ impl AppState {
                     (false, None)
                 }
             })
-            .await
-            .map_err(|_| ApiError::Overloaded)?;
+            .await;
+        let (verdict, new_hash) = match verdict {
+            Ok(v) => v,
+            Err(_) => {
+                self.throttle.abandon(attempt).await;
+                return Err(ApiError::Overloaded);
+            }
+        };
         if !verdict {
-            self.throttle.failed(&ip, &user.email_key).await;
+            self.throttle.failed(attempt);
             self.audit.record(
                 "password.change_failed",
                 Some(&user.id),
@@ -213,14 +252,14 @@ impl AppState {
                 "the current password is wrong",
             )]));
         }
+        self.throttle.succeeded(attempt).await;
         let new_hash =
             new_hash.ok_or_else(|| ApiError::internal("hashing the new password failed"))?;
-        let now = Millis::now();
-        // The new hash and the token watermark are written in one UPDATE.
         self.store
-            .set_password_hash(&user.id, new_hash.as_str(), now, Some(now))
+            .set_password_hash(&user.id, new_hash.as_str(), Millis::now(), None)
             .await?;
-        self.end_every_login(&user.id, now, "password_change")
+        self.invalidate(crate::invalidation::Invalidation::User(user.id.clone()));
+        self.end_every_login(&user.id, "password_change", keep_session)
             .await?;
         self.audit.record(
             "password.changed",
@@ -240,13 +279,14 @@ impl AppState {
     ) -> ApiResult<UserRow> {
         let email = parse_email(&req.email)?;
         let name = parse_name(req.name)?;
-        let hash = StoredHash::parse(req.password_hash.expose_secret()).map_err(|e| {
-            ApiError::Validation(vec![FieldError::new(
-                "password_hash",
-                "invalid_hash",
-                e.to_string(),
-            )])
-        })?;
+        let hash = StoredHash::parse_import(req.password_hash.expose_secret(), &self.hash_rules)
+            .map_err(|e| {
+                ApiError::Validation(vec![FieldError::new(
+                    "password_hash",
+                    "invalid_hash",
+                    e.to_string(),
+                )])
+            })?;
         let user = self
             .create_user(&email, name, Some(hash.as_str().to_owned()), "")
             .await?;
@@ -298,14 +338,14 @@ pub(crate) fn audit_context(ip: &ClientIp, request_id: &RequestId) -> AuditConte
 
 /// Create an account.
 #[utoipa::path(post, path = "/v1/users", tag = "users", request_body = RegisterRequest,
-    responses((status = 201, body = UserView), (status = 400, body = Problem), (status = 403, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 201, body = UserView), (status = 400, body = Problem), (status = 403, body = Problem), (status = 409, body = Problem), (status = 429, body = Problem)))]
 pub async fn register(
     State(state): State<AppState>,
     ip: ClientIp,
     rid: RequestId,
     Json(req): Json<RegisterRequest>,
 ) -> ApiResult<impl IntoResponse> {
-    let user = state.register(req, &audit_context(&ip, &rid)).await?;
+    let user = state.register(req, ip.0, &audit_context(&ip, &rid)).await?;
     Ok((StatusCode::CREATED, axum::Json(UserView::from(&user))))
 }
 
@@ -351,10 +391,19 @@ pub async fn change_password(
     p: Principal,
     ip: ClientIp,
     rid: RequestId,
+    headers: axum::http::HeaderMap,
     Json(req): Json<ChangePasswordRequest>,
 ) -> ApiResult<StatusCode> {
+    let keep = p.session_id.clone();
     state
-        .change_password(&p, req, ip.0, &audit_context(&ip, &rid))
+        .change_password(
+            &p,
+            req,
+            ip.0,
+            &headers,
+            keep.as_deref(),
+            &audit_context(&ip, &rid),
+        )
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -372,11 +421,12 @@ pub async fn disable(
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> ApiResult<StatusCode> {
     let now = Millis::now();
+    // Disabled first (no new login, refresh or session from here on), then everything it held ends.
     if !state.store.set_user_disabled(&id, Some(now), now).await? {
         return Err(ApiError::NotFound("no such user".into()));
     }
     state.invalidate(crate::invalidation::Invalidation::User(id.clone()));
-    state.end_every_login(&id, now, "disabled").await?;
+    state.end_every_login(&id, "disabled", None).await?;
     state.audit.record(
         "user.disabled",
         Some(&admin.subject),

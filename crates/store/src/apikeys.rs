@@ -21,8 +21,10 @@ pub struct ApiKeyRow {
     pub name: String,
     /// Space-separated.
     pub scopes: String,
-    /// A JSON object, as text.
+    /// A JSON object, as text, written by administrators only.
     pub meta: Option<String>,
+    /// A JSON object, as text, written by the key's owner.
+    pub owner_meta: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
     pub expires_at: Option<i64>,
@@ -33,13 +35,22 @@ pub struct ApiKeyRow {
     pub last_used_at: Option<i64>,
     pub rolled_to: Option<String>,
     pub grace_until: Option<i64>,
+    /// The key whose rate-limit state this one spends (set for keys made by a rate-limited key).
+    pub ratelimit_bucket: Option<String>,
 }
 
 impl ApiKeyRow {
-    /// The row whose `remaining` (and rate limit) this key spends: its own, or while it is in the grace
-    /// period of a roll, the key it was rolled to.
+    /// The row whose `remaining` this key spends: its own, or while it is in the grace period of a
+    /// roll, the key it was rolled to.
     pub fn counter_id(&self) -> &str {
         self.rolled_to.as_deref().unwrap_or(&self.id)
+    }
+
+    /// Whose rate-limit state this key spends: the shared bucket it was given, else its counter's.
+    pub fn bucket_id(&self) -> &str {
+        self.ratelimit_bucket
+            .as_deref()
+            .unwrap_or_else(|| self.counter_id())
     }
 }
 
@@ -59,6 +70,7 @@ pub struct ApiKeyPatch {
     pub name: Option<String>,
     pub scopes: Option<String>,
     pub meta: Option<Option<String>>,
+    pub owner_meta: Option<Option<String>>,
     pub expires_at: Option<Option<i64>>,
     pub remaining: Option<Option<i64>>,
     /// `(limit, duration_ms)`.
@@ -85,8 +97,9 @@ pub enum Spend {
 
 macro_rules! api_key_columns {
     () => {
-        "id, owner_id, prefix, start, key_hash, name, scopes, meta, created_at, updated_at, expires_at, \
-     revoked_at, remaining, ratelimit_limit, ratelimit_duration_ms, last_used_at, rolled_to, grace_until"
+        "id, owner_id, prefix, start, key_hash, name, scopes, meta, owner_meta, created_at, updated_at, \
+     expires_at, revoked_at, remaining, ratelimit_limit, ratelimit_duration_ms, last_used_at, rolled_to, \
+     grace_until, ratelimit_bucket"
     };
 }
 
@@ -105,15 +118,17 @@ pub trait ApiKeyStore {
         limit: i64,
     ) -> impl Future<Output = Result<Vec<ApiKeyRow>>> + Send;
     fn count_api_keys(&self) -> impl Future<Output = Result<i64>> + Send;
-    /// Applies `patch` to a key that is not revoked; `None` when there is no such key.
+    /// Applies `patch` to a key that is not revoked; `None` when there is no such key. Older keys
+    /// still in the grace period of a roll into it take the same scopes, meta and limits (a key in
+    /// grace is never broader than its successor); the hashes of those returned with the row.
     fn update_api_key(
         &self,
         id: &str,
         patch: &ApiKeyPatch,
         now: i64,
-    ) -> impl Future<Output = Result<Option<ApiKeyRow>>> + Send;
-    /// Spends one use of `remaining` of the key `id` (a counter id), atomically.
-    fn spend_api_key(&self, id: &str) -> impl Future<Output = Result<Spend>> + Send;
+    ) -> impl Future<Output = Result<Option<(ApiKeyRow, Vec<Vec<u8>>)>>> + Send;
+    /// Spends `uses` of `remaining` of the key `id` (a counter id), atomically: all of them or none.
+    fn spend_api_key(&self, id: &str, uses: i64) -> impl Future<Output = Result<Spend>> + Send;
     /// Revokes the key and any key still rolled into it; returns the hashes of the keys revoked.
     fn revoke_api_key(
         &self,
@@ -146,7 +161,7 @@ impl ApiKeyStore for Store {
         let sql = concat!(
             "INSERT INTO api_keys (",
             api_key_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
         );
         with_pool!(self, write, p => {
             sqlx::query(sql)
@@ -158,6 +173,7 @@ impl ApiKeyStore for Store {
                 .bind(&k.name)
                 .bind(&k.scopes)
                 .bind(&k.meta)
+                .bind(&k.owner_meta)
                 .bind(k.created_at)
                 .bind(k.updated_at)
                 .bind(k.expires_at)
@@ -168,6 +184,7 @@ impl ApiKeyStore for Store {
                 .bind(k.last_used_at)
                 .bind(&k.rolled_to)
                 .bind(k.grace_until)
+                .bind(&k.ratelimit_bucket)
                 .execute(p)
                 .await
                 .map_err(StoreError::unique("api_keys_hash_unique"))?;
@@ -252,10 +269,10 @@ impl ApiKeyStore for Store {
         id: &str,
         patch: &ApiKeyPatch,
         now: i64,
-    ) -> Result<Option<ApiKeyRow>> {
+    ) -> Result<Option<(ApiKeyRow, Vec<Vec<u8>>)>> {
         // One statement with a flag per field: only the fields named change, so a concurrent spend of
         // `remaining` is never overwritten by a patch of something else.
-        let sql = concat!(
+        let own = concat!(
             "UPDATE api_keys SET updated_at = $2, \
              name = CASE WHEN $3 THEN $4 ELSE name END, \
              scopes = CASE WHEN $5 THEN $6 ELSE scopes END, \
@@ -263,43 +280,80 @@ impl ApiKeyStore for Store {
              expires_at = CASE WHEN $9 THEN $10 ELSE expires_at END, \
              remaining = CASE WHEN $11 THEN $12 ELSE remaining END, \
              ratelimit_limit = CASE WHEN $13 THEN $14 ELSE ratelimit_limit END, \
-             ratelimit_duration_ms = CASE WHEN $15 THEN $16 ELSE ratelimit_duration_ms END \
+             ratelimit_duration_ms = CASE WHEN $15 THEN $16 ELSE ratelimit_duration_ms END, \
+             owner_meta = CASE WHEN $17 THEN $18 ELSE owner_meta END \
              WHERE id = $1 AND revoked_at IS NULL RETURNING ",
             api_key_columns!()
         );
+        // The keys rolled into this one take the same scopes, meta and limits (not its name, and not
+        // `remaining`: a key in grace spends its successor's counter already).
+        let predecessors = "UPDATE api_keys SET updated_at = $2, \
+             scopes = CASE WHEN $3 THEN $4 ELSE scopes END, \
+             meta = CASE WHEN $5 THEN $6 ELSE meta END, \
+             expires_at = CASE WHEN $7 THEN $8 ELSE expires_at END, \
+             ratelimit_limit = CASE WHEN $9 THEN $10 ELSE ratelimit_limit END, \
+             ratelimit_duration_ms = CASE WHEN $11 THEN $12 ELSE ratelimit_duration_ms END, \
+             owner_meta = CASE WHEN $13 THEN $14 ELSE owner_meta END \
+             WHERE rolled_to = $1 AND revoked_at IS NULL RETURNING key_hash";
         let rl = patch.ratelimit.map(|r| r.map(|(l, _)| l));
         let rd = patch.ratelimit.map(|r| r.map(|(_, d)| d));
-        Ok(
-            with_pool!(self, write, p => sqlx::query_as::<_, ApiKeyRow>(sql)
-            .bind(id)
-            .bind(now)
-            .bind(patch.name.is_some())
-            .bind(patch.name.as_deref())
-            .bind(patch.scopes.is_some())
-            .bind(patch.scopes.as_deref())
-            .bind(patch.meta.is_some())
-            .bind(patch.meta.clone().flatten())
-            .bind(patch.expires_at.is_some())
-            .bind(patch.expires_at.flatten())
-            .bind(patch.remaining.is_some())
-            .bind(patch.remaining.flatten())
-            .bind(rl.is_some())
-            .bind(rl.flatten())
-            .bind(rd.is_some())
-            .bind(rd.flatten())
-            .fetch_optional(p)
-            .await?),
-        )
+        with_pool!(self, write, p => {
+            let mut tx = p.begin().await?;
+            let row = sqlx::query_as::<_, ApiKeyRow>(own)
+                .bind(id)
+                .bind(now)
+                .bind(patch.name.is_some())
+                .bind(patch.name.as_deref())
+                .bind(patch.scopes.is_some())
+                .bind(patch.scopes.as_deref())
+                .bind(patch.meta.is_some())
+                .bind(patch.meta.clone().flatten())
+                .bind(patch.expires_at.is_some())
+                .bind(patch.expires_at.flatten())
+                .bind(patch.remaining.is_some())
+                .bind(patch.remaining.flatten())
+                .bind(rl.is_some())
+                .bind(rl.flatten())
+                .bind(rd.is_some())
+                .bind(rd.flatten())
+                .bind(patch.owner_meta.is_some())
+                .bind(patch.owner_meta.clone().flatten())
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            let hashes = sqlx::query_scalar::<_, Vec<u8>>(predecessors)
+                .bind(id)
+                .bind(now)
+                .bind(patch.scopes.is_some())
+                .bind(patch.scopes.as_deref())
+                .bind(patch.meta.is_some())
+                .bind(patch.meta.clone().flatten())
+                .bind(patch.expires_at.is_some())
+                .bind(patch.expires_at.flatten())
+                .bind(rl.is_some())
+                .bind(rl.flatten())
+                .bind(rd.is_some())
+                .bind(rd.flatten())
+                .bind(patch.owner_meta.is_some())
+                .bind(patch.owner_meta.clone().flatten())
+                .fetch_all(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(Some((row, hashes)))
+        })
     }
 
-    async fn spend_api_key(&self, id: &str) -> Result<Spend> {
-        // The decision is the WHERE clause: of N concurrent spends of a key with k uses left, exactly
-        // min(N, k) find `remaining > 0`.
-        let sql = "UPDATE api_keys SET remaining = remaining - 1 \
-                   WHERE id = $1 AND revoked_at IS NULL AND (remaining IS NULL OR remaining > 0) \
+    async fn spend_api_key(&self, id: &str, uses: i64) -> Result<Spend> {
+        // The decision is the WHERE clause: of N concurrent spends of one use of a key with k uses
+        // left, exactly min(N, k) find `remaining >= 1`.
+        let sql = "UPDATE api_keys SET remaining = remaining - $2 \
+                   WHERE id = $1 AND revoked_at IS NULL AND (remaining IS NULL OR remaining >= $2) \
                    RETURNING remaining";
         let left = with_pool!(self, write, p => sqlx::query_scalar::<_, Option<i64>>(sql)
             .bind(id)
+            .bind(uses.max(1))
             .fetch_optional(p)
             .await?);
         Ok(match left {
@@ -330,8 +384,8 @@ impl ApiKeyStore for Store {
         let insert = concat!(
             "INSERT INTO api_keys (",
             api_key_columns!(),
-            ") SELECT $2, owner_id, prefix, $3, $4, name, scopes, meta, $5, $5, expires_at, NULL, \
-             remaining, ratelimit_limit, ratelimit_duration_ms, NULL, NULL, NULL \
+            ") SELECT $2, owner_id, prefix, $3, $4, name, scopes, meta, owner_meta, $5, $5, expires_at, \
+             NULL, remaining, ratelimit_limit, ratelimit_duration_ms, NULL, NULL, NULL, ratelimit_bucket \
              FROM api_keys WHERE id = $1 RETURNING ",
             api_key_columns!()
         );

@@ -4,8 +4,9 @@
 //! only if it is live: of any number of concurrent uses, exactly one gets the row back. Presenting a
 //! spent token afterwards is reuse (OAuth 2.0 Security BCP, RFC 9700 §4.14.2): the whole family is
 //! revoked, its newest token included. An optional grace period lets a client that lost the response
-//! retry with the token it just spent: it gets a fresh token and the unused sibling is revoked, so a
-//! family never holds two live tokens.
+//! retry with the token it just spent, once: it gets a fresh token and the unused sibling is
+//! superseded (spent and revoked), so a family never holds two live tokens, and presenting the
+//! superseded sibling later counts as reuse.
 
 use portcullis_core::clock::Millis;
 use portcullis_core::ids::{FamilyId, RefreshTokenId};
@@ -301,15 +302,31 @@ impl Store {
                         && state.expires_at > now.0;
                     if family_live && in_grace {
                         // A retry after a lost response: valid only while the child issued for this
-                        // token is still unused; revoking that child is itself the decision.
-                        let sibling = sqlx::query_scalar::<_, String>(
-                            "UPDATE refresh_tokens SET revoked_at = $2 \
-                             WHERE parent_id = $1 AND spent_at IS NULL AND revoked_at IS NULL RETURNING id",
+                        // token is still unused, and only once per token. The child is marked spent
+                        // as well as revoked ("superseded"), so whoever holds it (the real client,
+                        // when the retry was an attacker's replay) is answered as reuse when they
+                        // present it, and the family ends, instead of a quiet `invalid` that would
+                        // leave the replayer signed in. A second retry of the same token finds the
+                        // superseded child and is reuse too.
+                        let retried = sqlx::query_scalar::<_, String>(
+                            "SELECT id FROM refresh_tokens \
+                             WHERE parent_id = $1 AND spent_at IS NOT NULL AND revoked_at IS NOT NULL",
                         )
                         .bind(&state.id)
-                        .bind(now.0)
                         .fetch_optional(&mut *tx)
                         .await?;
+                        let sibling = if retried.is_some() {
+                            None
+                        } else {
+                            sqlx::query_scalar::<_, String>(
+                                "UPDATE refresh_tokens SET revoked_at = $2, spent_at = $2 \
+                                 WHERE parent_id = $1 AND spent_at IS NULL AND revoked_at IS NULL RETURNING id",
+                            )
+                            .bind(&state.id)
+                            .bind(now.0)
+                            .fetch_optional(&mut *tx)
+                            .await?
+                        };
                         if sibling.is_some() {
                             (state.id, state.family_id)
                         } else {

@@ -51,11 +51,13 @@ pub trait SessionStore {
     ) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
     /// Revokes every session of the user not revoked yet (expired and idle ones too, harmlessly);
     /// returns their token hashes.
+    /// Revokes every live session of the user but `except` (the one a password change came from).
     fn revoke_user_sessions(
         &self,
         user_id: &str,
         now: i64,
         reason: &str,
+        except: Option<&str>,
     ) -> impl Future<Output = Result<Vec<Vec<u8>>>> + Send;
     /// Records `last_seen_at` for a batch of sessions (never moving it backwards).
     fn touch_sessions(&self, seen: &[(String, i64)]) -> impl Future<Output = Result<()>> + Send;
@@ -170,14 +172,17 @@ impl SessionStore for Store {
         user_id: &str,
         now: i64,
         reason: &str,
+        except: Option<&str>,
     ) -> Result<Vec<Vec<u8>>> {
         let sql = "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 \
-                   WHERE user_id = $1 AND revoked_at IS NULL RETURNING token_hash";
+                   WHERE user_id = $1 AND revoked_at IS NULL AND ($4 IS NULL OR id <> $4) \
+                   RETURNING token_hash";
         Ok(
             with_pool!(self, write, p => sqlx::query_scalar::<_, Vec<u8>>(sql)
             .bind(user_id)
             .bind(now)
             .bind(reason)
+            .bind(except)
             .fetch_all(p)
             .await?),
         )

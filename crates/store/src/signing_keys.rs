@@ -41,6 +41,20 @@ pub trait SigningKeyStore {
     ) -> impl Future<Output = Result<Vec<SigningKeyRow>>> + Send;
     /// Every key, newest first (for `signing-keys list`).
     fn all_signing_keys(&self) -> impl Future<Output = Result<Vec<SigningKeyRow>>> + Send;
+    /// Ends a key at once (an emergency: it may be compromised): retired and expired at `now`, so it
+    /// neither signs nor verifies anywhere. False when there is no such live key.
+    fn revoke_signing_key(
+        &self,
+        kid: &str,
+        now: Millis,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// Kids of keys whose expiry fell in `(after, until]`: what every node polls to drop, within a
+    /// second, a key revoked elsewhere.
+    fn signing_keys_expired_between(
+        &self,
+        after: Millis,
+        until: Millis,
+    ) -> impl Future<Output = Result<Vec<String>>> + Send;
 }
 
 impl SigningKeyStore for Store {
@@ -85,6 +99,33 @@ impl SigningKeyStore for Store {
         Ok(
             with_pool!(self, read, p => sqlx::query_as::<_, SigningKeyRow>(sql).bind(now.0).fetch_all(p).await?),
         )
+    }
+
+    async fn revoke_signing_key(&self, kid: &str, now: Millis) -> Result<bool> {
+        let done = with_pool!(self, write, p => sqlx::query(
+            "UPDATE signing_keys SET retire_at = CASE WHEN retire_at IS NULL OR retire_at > $2 THEN $2 ELSE retire_at END, \
+             expire_at = $2 WHERE kid = $1 AND (expire_at IS NULL OR expire_at > $2)",
+        )
+        .bind(kid)
+        .bind(now.0)
+        .execute(p)
+        .await?
+        .rows_affected());
+        Ok(done == 1)
+    }
+
+    async fn signing_keys_expired_between(
+        &self,
+        after: Millis,
+        until: Millis,
+    ) -> Result<Vec<String>> {
+        Ok(with_pool!(self, read, p => sqlx::query_scalar::<_, String>(
+            "SELECT kid FROM signing_keys WHERE expire_at > $1 AND expire_at <= $2",
+        )
+        .bind(after.0)
+        .bind(until.0)
+        .fetch_all(p)
+        .await?))
     }
 
     async fn all_signing_keys(&self) -> Result<Vec<SigningKeyRow>> {

@@ -69,18 +69,26 @@ pub trait UserStore {
         new: &str,
         now: Millis,
     ) -> impl Future<Output = Result<bool>> + Send;
+    /// Stops honouring access tokens issued before `at` (never moving the watermark back).
     fn set_tokens_valid_after(
         &self,
         id: &str,
         at: Millis,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// Ids and change times of users changed at or after `since`, at most `limit`, oldest first:
+    /// every node polls this to drop stale cached users.
+    fn users_changed_since(
+        &self,
+        since: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<(String, i64)>>> + Send;
     /// Users whose token watermark is later than `since`: what the in-memory revocation list loads.
     fn token_watermarks_since(
         &self,
         since: Millis,
     ) -> impl Future<Output = Result<Vec<(String, i64)>>> + Send;
-    /// Disables (`Some(at)`, which also stops honouring tokens issued before `at`) or re-enables
-    /// (`None`) a user. False when there is no such user.
+    /// Disables (`Some(at)`) or re-enables (`None`) a user. False when there is no such user. The
+    /// token watermark is the caller's to move, after it has revoked what the user held.
     fn set_user_disabled(
         &self,
         id: &str,
@@ -119,8 +127,7 @@ impl UserStore for Store {
 
     async fn set_user_disabled(&self, id: &str, at: Option<Millis>, now: Millis) -> Result<bool> {
         let done = with_pool!(self, write, p => sqlx::query(
-            "UPDATE users SET disabled_at = $2, updated_at = $3, \
-             tokens_valid_after = COALESCE($2, tokens_valid_after) WHERE id = $1",
+            "UPDATE users SET disabled_at = $2, updated_at = $3 WHERE id = $1",
         )
         .bind(id)
         .bind(at.map(|a| a.0))
@@ -198,13 +205,28 @@ impl UserStore for Store {
 
     async fn set_tokens_valid_after(&self, id: &str, at: Millis) -> Result<()> {
         with_pool!(self, write, p => {
-            sqlx::query("UPDATE users SET tokens_valid_after = $2 WHERE id = $1")
+            sqlx::query(
+                "UPDATE users SET updated_at = $2, tokens_valid_after = $2 \
+                 WHERE id = $1 AND (tokens_valid_after IS NULL OR tokens_valid_after < $2)",
+            )
                 .bind(id)
                 .bind(at.0)
                 .execute(p)
                 .await?;
         });
         Ok(())
+    }
+
+    async fn users_changed_since(&self, since: i64, limit: i64) -> Result<Vec<(String, i64)>> {
+        Ok(with_pool!(self, read, p => {
+            sqlx::query_as::<_, (String, i64)>(
+                "SELECT id, updated_at FROM users WHERE updated_at >= $1 ORDER BY updated_at LIMIT $2",
+            )
+            .bind(since)
+            .bind(limit)
+            .fetch_all(p)
+            .await?
+        }))
     }
 
     async fn token_watermarks_since(&self, since: Millis) -> Result<Vec<(String, i64)>> {

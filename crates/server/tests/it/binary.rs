@@ -79,14 +79,24 @@ impl Server {
         }
     }
 
+    /// The first start's root key, from the 0600 file the server named on stderr. The key itself
+    /// is never on stderr when stderr is not a terminal (supervisors keep it in their logs).
     fn root_key(&self) -> Option<String> {
-        self.stderr_lines.iter().find_map(|l| {
-            l.split("root API key")
+        assert!(
+            !self.stderr_lines.iter().any(|l| l.contains("pk_live_")),
+            "a key reached stderr: {:?}",
+            self.stderr_lines
+        );
+        let path = self.stderr_lines.iter().find_map(|l| {
+            l.split("root API key (scope admin) written to ")
                 .nth(1)?
-                .rsplit(' ')
+                .split(" (mode 0600)")
                 .next()
-                .map(str::to_owned)
-        })
+                .map(std::path::PathBuf::from)
+        })?;
+        #[cfg(unix)]
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+        Some(std::fs::read_to_string(&path).ok()?.trim().to_owned())
     }
 
     fn stop(mut self) {

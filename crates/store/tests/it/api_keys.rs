@@ -35,6 +35,8 @@ backend_tests!(
     roll_with_a_taken_hash_changes_nothing,
     concurrent_rolls_of_one_key_have_one_winner,
     touch_records_last_use_never_backwards,
+    spending_several_uses_is_all_or_nothing,
+    a_patch_reaches_the_keys_in_grace_of_a_roll_into_it,
 );
 
 pub fn api_key(owner: Option<&str>, hash: &TokenHash, at: Millis) -> ApiKeyRow {
@@ -47,6 +49,7 @@ pub fn api_key(owner: Option<&str>, hash: &TokenHash, at: Millis) -> ApiKeyRow {
         name: "ci".to_owned(),
         scopes: "users:read users:write".to_owned(),
         meta: None,
+        owner_meta: None,
         created_at: at.0,
         updated_at: at.0,
         expires_at: None,
@@ -57,6 +60,7 @@ pub fn api_key(owner: Option<&str>, hash: &TokenHash, at: Millis) -> ApiKeyRow {
         last_used_at: None,
         rolled_to: None,
         grace_until: None,
+        ratelimit_bucket: None,
     }
 }
 
@@ -160,6 +164,8 @@ async fn insert(s: &Store, owner: Option<&str>) -> ApiKeyRow {
 fn full_key(owner: Option<&str>) -> ApiKeyRow {
     let mut k = api_key(owner, &random_hash(), T0);
     k.meta = Some(r#"{"team":"infra"}"#.to_owned());
+    k.owner_meta = Some(r#"{"note":"mine"}"#.to_owned());
+    k.ratelimit_bucket = Some(KeyId::generate().as_str().to_owned());
     k.expires_at = Some(T0.0 + 30 * DAY);
     k.remaining = Some(50);
     k.ratelimit_limit = Some(10);
@@ -201,7 +207,9 @@ fn assert_row(got: &ApiKeyRow, want: &ApiKeyRow, what: &str) {
         ratelimit_duration_ms,
         last_used_at,
         rolled_to,
-        grace_until
+        grace_until,
+        owner_meta,
+        ratelimit_bucket
     );
 }
 
@@ -431,6 +439,22 @@ async fn update_changes_only_the_patched_field(t: Ctx) {
             |k| k.meta = None,
         ),
         (
+            "owner_meta set",
+            ApiKeyPatch {
+                owner_meta: Some(Some(r#"{"mine":1}"#.to_owned())),
+                ..Default::default()
+            },
+            |k| k.owner_meta = Some(r#"{"mine":1}"#.to_owned()),
+        ),
+        (
+            "owner_meta cleared",
+            ApiKeyPatch {
+                owner_meta: Some(None),
+                ..Default::default()
+            },
+            |k| k.owner_meta = None,
+        ),
+        (
             "expires_at set",
             ApiKeyPatch {
                 expires_at: Some(Some(T0.0 + 7 * DAY)),
@@ -510,7 +534,8 @@ async fn update_changes_only_the_patched_field(t: Ctx) {
                 .update_api_key(&base.id, patch, now)
                 .await
                 .unwrap()
-                .unwrap_or_else(|| panic!("{what}: key not found"));
+                .unwrap_or_else(|| panic!("{what}: key not found"))
+                .0;
             let mut want = base.clone();
             apply(&mut want);
             want.updated_at = now;
@@ -537,7 +562,8 @@ async fn update_changes_only_the_patched_field(t: Ctx) {
         .update_api_key(&k.id, &patch, now + 1)
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+        .0;
     let mut want = k.clone();
     want.name = "both".to_owned();
     want.remaining = Some(9);
@@ -580,7 +606,7 @@ async fn spend_unlimited_key(t: Ctx) {
     let s = &t.store;
     let k = insert(s, None).await;
     for _ in 0..3 {
-        assert_eq!(s.spend_api_key(&k.id).await.unwrap(), Spend::Spent(None));
+        assert_eq!(s.spend_api_key(&k.id, 1).await.unwrap(), Spend::Spent(None));
     }
     assert_row(&by_id(s, &k.id).await, &k, "unlimited key unchanged");
 }
@@ -593,11 +619,17 @@ async fn spend_counts_down_to_exhausted(t: Ctx) {
     let other = full_key(None);
     s.insert_api_key(&other).await.unwrap();
 
-    assert_eq!(s.spend_api_key(&k.id).await.unwrap(), Spend::Spent(Some(1)));
+    assert_eq!(
+        s.spend_api_key(&k.id, 1).await.unwrap(),
+        Spend::Spent(Some(1))
+    );
     assert_eq!(by_id(s, &k.id).await.remaining, Some(1));
-    assert_eq!(s.spend_api_key(&k.id).await.unwrap(), Spend::Spent(Some(0)));
-    assert_eq!(s.spend_api_key(&k.id).await.unwrap(), Spend::Exhausted);
-    assert_eq!(s.spend_api_key(&k.id).await.unwrap(), Spend::Exhausted);
+    assert_eq!(
+        s.spend_api_key(&k.id, 1).await.unwrap(),
+        Spend::Spent(Some(0))
+    );
+    assert_eq!(s.spend_api_key(&k.id, 1).await.unwrap(), Spend::Exhausted);
+    assert_eq!(s.spend_api_key(&k.id, 1).await.unwrap(), Spend::Exhausted);
     let mut want = k.clone();
     want.remaining = Some(0);
     assert_row(&by_id(s, &k.id).await, &want, "exhausted key");
@@ -606,7 +638,10 @@ async fn spend_counts_down_to_exhausted(t: Ctx) {
     let mut zero = api_key(None, &random_hash(), T0);
     zero.remaining = Some(0);
     s.insert_api_key(&zero).await.unwrap();
-    assert_eq!(s.spend_api_key(&zero.id).await.unwrap(), Spend::Exhausted);
+    assert_eq!(
+        s.spend_api_key(&zero.id, 1).await.unwrap(),
+        Spend::Exhausted
+    );
     assert_eq!(by_id(s, &zero.id).await.remaining, Some(0));
 }
 
@@ -618,12 +653,14 @@ async fn spend_of_revoked_or_unknown_key_is_exhausted(t: Ctx) {
     let unlimited = insert(s, None).await;
     for k in [&limited, &unlimited] {
         s.revoke_api_key(&k.id, T0.0 + 1).await.unwrap();
-        assert_eq!(s.spend_api_key(&k.id).await.unwrap(), Spend::Exhausted);
+        assert_eq!(s.spend_api_key(&k.id, 1).await.unwrap(), Spend::Exhausted);
     }
     assert_eq!(by_id(s, &limited.id).await.remaining, Some(5));
     assert_eq!(by_id(s, &unlimited.id).await.remaining, None);
     assert_eq!(
-        s.spend_api_key(KeyId::generate().as_str()).await.unwrap(),
+        s.spend_api_key(KeyId::generate().as_str(), 1)
+            .await
+            .unwrap(),
         Spend::Exhausted
     );
 }
@@ -646,7 +683,7 @@ async fn concurrent_spends_never_overspend(t: Ctx) {
             let barrier = barrier.clone();
             tasks.spawn(async move {
                 barrier.wait().await;
-                s.spend_api_key(&id)
+                s.spend_api_key(&id, 1)
                     .await
                     .expect("spend must not fail under contention")
             });
@@ -740,7 +777,7 @@ async fn revoke_takes_keys_rolled_into_it(t: Ctx) {
         let r = by_id(s, id).await;
         assert_eq!((r.revoked_at, r.updated_at), (Some(now), now), "{id}");
     }
-    assert_eq!(s.spend_api_key(&b.id).await.unwrap(), Spend::Exhausted);
+    assert_eq!(s.spend_api_key(&b.id, 1).await.unwrap(), Spend::Exhausted);
     assert_eq!(by_id(s, &unrelated.id).await.revoked_at, None);
     assert!(s.revoke_api_key(&b.id, now + 1).await.unwrap().is_empty());
 
@@ -1046,4 +1083,76 @@ async fn touch_records_last_use_never_backwards(t: Ctx) {
     want_a.last_used_at = Some(T0.0 + 200);
     assert_row(&by_id(s, &a.id).await, &want_a, "touched again");
     assert_eq!(s.count_api_keys().await.unwrap(), 3);
+}
+
+async fn spending_several_uses_is_all_or_nothing(t: Ctx) {
+    let s = &t.store;
+    let mut k = api_key(None, &random_hash(), T0);
+    k.remaining = Some(5);
+    s.insert_api_key(&k).await.unwrap();
+    assert_eq!(
+        s.spend_api_key(&k.id, 3).await.unwrap(),
+        Spend::Spent(Some(2))
+    );
+    assert_eq!(s.spend_api_key(&k.id, 3).await.unwrap(), Spend::Exhausted);
+    assert_eq!(
+        by_id(s, &k.id).await.remaining,
+        Some(2),
+        "a refused spend takes nothing"
+    );
+    assert_eq!(
+        s.spend_api_key(&k.id, 2).await.unwrap(),
+        Spend::Spent(Some(0))
+    );
+}
+
+async fn a_patch_reaches_the_keys_in_grace_of_a_roll_into_it(t: Ctx) {
+    let s = &t.store;
+    let old = full_key(None);
+    s.insert_api_key(&old).await.unwrap();
+    let new_hash = random_hash();
+    let new = RolledKey {
+        id: KeyId::generate().as_str().to_owned(),
+        start: "pk_new".to_owned(),
+        key_hash: new_hash.as_bytes().to_vec(),
+    };
+    s.roll_api_key(&old.id, &new, T0.0 + DAY, T0.0 + 10)
+        .await
+        .unwrap();
+    let bystander = full_key(None);
+    s.insert_api_key(&bystander).await.unwrap();
+    let patch = ApiKeyPatch {
+        name: Some("renamed".to_owned()),
+        scopes: Some("users:read".to_owned()),
+        meta: Some(None),
+        owner_meta: Some(Some("{}".to_owned())),
+        expires_at: Some(Some(T0.0 + 2 * DAY)),
+        remaining: Some(Some(1)),
+        ratelimit: Some(Some((1, 1_000))),
+    };
+    let (row, hashes) = s
+        .update_api_key(&new.id, &patch, T0.0 + 20)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.scopes, "users:read");
+    assert_eq!(hashes, vec![old.key_hash.clone()]);
+    let mut want = by_id(s, &old.id).await;
+    assert_eq!(
+        want.scopes, "users:read",
+        "the key in grace narrowed with its successor"
+    );
+    assert_eq!(want.meta, None);
+    assert_eq!(want.owner_meta.as_deref(), Some("{}"));
+    assert_eq!(want.expires_at, Some(T0.0 + 2 * DAY));
+    assert_eq!(
+        (want.ratelimit_limit, want.ratelimit_duration_ms),
+        (Some(1), Some(1_000))
+    );
+    assert_eq!(want.updated_at, T0.0 + 20, "other nodes see the change");
+    // Not its name, not its own (unused) counter.
+    assert_eq!(want.name, old.name);
+    assert_eq!(want.remaining, old.remaining);
+    want = by_id(s, &bystander.id).await;
+    assert_row(&want, &bystander, "bystander");
 }

@@ -18,6 +18,7 @@ backend_tests!(
     list_user_sessions_returns_only_live_sessions_newest_first,
     revoke_session_returns_the_hash_once_and_only_to_its_owner,
     revoke_user_sessions_revokes_only_that_users_unrevoked_sessions,
+    revoke_user_sessions_can_keep_one,
     touch_sessions_never_moves_last_seen_backwards,
     sessions_revoked_since_is_ordered_inclusive_and_limited,
     purge_sessions_deletes_dead_and_idle_sessions_in_batches,
@@ -376,7 +377,10 @@ async fn revoke_user_sessions_revokes_only_that_users_unrevoked_sessions(t: Ctx)
     let bs = [insert(s, &b, T0.0).await, insert(s, &b, T0.0 + 1).await];
 
     let now = T0.0 + HOUR;
-    let hashes = s.revoke_user_sessions(&a, now, "logout_all").await.unwrap();
+    let hashes = s
+        .revoke_user_sessions(&a, now, "logout_all", None)
+        .await
+        .unwrap();
     assert_eq!(
         sorted(hashes),
         sorted(live.iter().map(|r| r.token_hash.clone()).collect()),
@@ -401,18 +405,36 @@ async fn revoke_user_sessions_revokes_only_that_users_unrevoked_sessions(t: Ctx)
 
     // Nothing left to revoke.
     assert!(
-        s.revoke_user_sessions(&a, now + 1, "again")
+        s.revoke_user_sessions(&a, now + 1, "again", None)
             .await
             .unwrap()
             .is_empty()
     );
     assert_eq!(by_id(s, &live[0].id).await.revoked_at, Some(now));
     assert!(
-        s.revoke_user_sessions(UserId::generate().as_str(), now, "x")
+        s.revoke_user_sessions(UserId::generate().as_str(), now, "x", None)
             .await
             .unwrap()
             .is_empty()
     );
+}
+
+async fn revoke_user_sessions_can_keep_one(t: Ctx) {
+    let s = &t.store;
+    let a = user(s).await;
+    let keep = insert(s, &a, T0.0).await;
+    let other = insert(s, &a, T0.0 + 1).await;
+    let hashes = s
+        .revoke_user_sessions(&a, T0.0 + 10, "password_change", Some(&keep.id))
+        .await
+        .unwrap();
+    assert_eq!(hashes, vec![other.token_hash.clone()]);
+    assert_row(
+        &by_id(s, &keep.id).await,
+        &keep,
+        "the kept session is untouched",
+    );
+    assert_eq!(by_id(s, &other.id).await.revoked_at, Some(T0.0 + 10));
 }
 
 const REVOKERS: usize = 20;
@@ -476,7 +498,7 @@ async fn sessions_revoked_since_is_ordered_inclusive_and_limited(t: Ctx) {
             .expect("revoked");
     }
     let via_all = s
-        .revoke_user_sessions(&a, T0.0 + 20, "logout_all")
+        .revoke_user_sessions(&a, T0.0 + 20, "logout_all", None)
         .await
         .unwrap();
     assert_eq!(

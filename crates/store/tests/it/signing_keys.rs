@@ -8,6 +8,7 @@ backend_tests!(
     live_signing_keys_excludes_expired_keys,
     all_signing_keys_lists_newest_first,
     duplicate_kid_is_a_conflict_and_changes_nothing,
+    revoking_a_key_ends_it_at_once_and_is_seen_by_the_poll,
 );
 
 const OVERLAP: i64 = 500;
@@ -154,4 +155,35 @@ async fn duplicate_kid_is_a_conflict_and_changes_nothing(t: Ctx) {
         .await
         .unwrap();
     assert_eq!(kids(&s.all_signing_keys().await.unwrap()), vec!["k2", "k1"]);
+}
+
+async fn revoking_a_key_ends_it_at_once_and_is_seen_by_the_poll(t: Ctx) {
+    let s = &t.store;
+    three_keys(&t).await;
+    let now = T0.plus_millis(2_100);
+    assert!(s.revoke_signing_key("k3", now).await.unwrap());
+    assert!(!s.revoke_signing_key("k3", now).await.unwrap(), "once");
+    assert!(!s.revoke_signing_key("nope", now).await.unwrap());
+    let rows = s.all_signing_keys().await.unwrap();
+    let k3 = rows.iter().find(|k| k.kid == "k3").unwrap();
+    assert_eq!((k3.retire_at, k3.expire_at), (Some(now.0), Some(now.0)));
+    // k2 retired at k3's activation (T0+2000) and expires 500 ms later; revoking k3 leaves it be.
+    let k2 = rows.iter().find(|k| k.kid == "k2").unwrap();
+    assert_eq!(
+        (k2.retire_at, k2.expire_at),
+        (Some(T0.0 + 2_000), Some(T0.0 + 2_500))
+    );
+    assert_eq!(kids(&s.live_signing_keys(now).await.unwrap()), vec!["k2"]);
+    assert_eq!(
+        s.signing_keys_expired_between(now.plus_millis(-1), now)
+            .await
+            .unwrap(),
+        vec!["k3".to_owned()]
+    );
+    assert!(
+        s.signing_keys_expired_between(now, now.plus_millis(100))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -14,7 +14,9 @@ backend_tests!(
     token_watermarks_since_returns_later_watermarks,
     list_users_paginates_by_id_cursor,
     count_users_counts,
-    set_user_disabled_disables_and_sets_the_watermark,
+    set_user_disabled_disables_and_leaves_the_watermark_alone,
+    set_tokens_valid_after_never_moves_back_and_marks_the_user_changed,
+    users_changed_since_lists_changes_in_order,
     set_user_disabled_none_reenables_and_keeps_the_watermark,
     set_user_disabled_of_unknown_user_is_false,
 );
@@ -277,7 +279,7 @@ async fn count_users_counts(t: Ctx) {
     }
 }
 
-async fn set_user_disabled_disables_and_sets_the_watermark(t: Ctx) {
+async fn set_user_disabled_disables_and_leaves_the_watermark_alone(t: Ctx) {
     let s = &t.store;
     let id = user(s).await;
     let bystander = user(s).await;
@@ -289,29 +291,12 @@ async fn set_user_disabled_disables_and_sets_the_watermark(t: Ctx) {
     assert!(s.set_user_disabled(&id, Some(at), now).await.unwrap());
     let row = s.user_by_id(&id).await.unwrap().unwrap();
     assert_eq!(row.disabled_at, Some(at.0));
-    assert_eq!(row.tokens_valid_after, Some(at.0));
+    assert_eq!(
+        row.tokens_valid_after, None,
+        "the caller moves the watermark, after revoking what the user held"
+    );
     assert_eq!(row.updated_at, now.0);
     assert_eq!(row.created_at, T0.0);
-    assert_eq!(
-        s.token_watermarks_since(T0).await.unwrap(),
-        vec![(id.clone(), at.0)]
-    );
-
-    // Disabling again replaces both with the new moment (an earlier watermark is overwritten).
-    let at2 = T0.plus_millis(300);
-    s.set_tokens_valid_after(&id, T0.plus_millis(200))
-        .await
-        .unwrap();
-    assert!(
-        s.set_user_disabled(&id, Some(at2), T0.plus_millis(310))
-            .await
-            .unwrap()
-    );
-    let row = s.user_by_id(&id).await.unwrap().unwrap();
-    assert_eq!(
-        (row.disabled_at, row.tokens_valid_after, row.updated_at),
-        (Some(at2.0), Some(at2.0), T0.0 + 310)
-    );
 
     let other = s.user_by_id(&bystander).await.unwrap().unwrap();
     assert_eq!(
@@ -329,11 +314,55 @@ async fn set_user_disabled_disables_and_sets_the_watermark(t: Ctx) {
     );
 }
 
+async fn set_tokens_valid_after_never_moves_back_and_marks_the_user_changed(t: Ctx) {
+    let s = &t.store;
+    let id = user(s).await;
+    s.set_tokens_valid_after(&id, T0.plus_millis(300))
+        .await
+        .unwrap();
+    s.set_tokens_valid_after(&id, T0.plus_millis(200))
+        .await
+        .unwrap();
+    let row = s.user_by_id(&id).await.unwrap().unwrap();
+    assert_eq!(row.tokens_valid_after, Some(T0.0 + 300));
+    assert_eq!(row.updated_at, T0.0 + 300);
+    assert_eq!(
+        s.token_watermarks_since(T0).await.unwrap(),
+        vec![(id.clone(), T0.0 + 300)]
+    );
+}
+
+async fn users_changed_since_lists_changes_in_order(t: Ctx) {
+    let s = &t.store;
+    let a = user(s).await;
+    let b = user(s).await;
+    assert!(
+        s.set_user_disabled(&b, Some(T0.plus_millis(50)), T0.plus_millis(50))
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.set_user_disabled(&a, Some(T0.plus_millis(60)), T0.plus_millis(60))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.users_changed_since(T0.0 + 50, 10).await.unwrap(),
+        vec![(b.clone(), T0.0 + 50), (a.clone(), T0.0 + 60)]
+    );
+    assert_eq!(
+        s.users_changed_since(T0.0 + 51, 10).await.unwrap(),
+        vec![(a.clone(), T0.0 + 60)]
+    );
+    assert_eq!(s.users_changed_since(T0.0 + 50, 1).await.unwrap().len(), 1);
+}
+
 async fn set_user_disabled_none_reenables_and_keeps_the_watermark(t: Ctx) {
     let s = &t.store;
     let id = user(s).await;
     let at = T0.plus_millis(100);
     assert!(s.set_user_disabled(&id, Some(at), at).await.unwrap());
+    s.set_tokens_valid_after(&id, at).await.unwrap();
 
     let now = T0.plus_millis(500);
     assert!(s.set_user_disabled(&id, None, now).await.unwrap());
