@@ -46,6 +46,8 @@ pub use state::{AppState, StartError};
 /// A server accepting connections, and the handle to stop it.
 pub struct Running {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served when `metrics_listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
     pub state: AppState,
     shutdown: Option<tokio::sync::watch::Sender<bool>>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -69,6 +71,7 @@ pub async fn start(
     let addr = listener
         .local_addr()
         .map_err(|e| StartError::Other(e.to_string()))?;
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let limits = listener::Limits::from_config(&config);
     let (state, audit) = AppState::build(config, store, telemetry::metrics_handle()).await?;
     let mut background = background::spawn(state.clone());
@@ -101,6 +104,7 @@ pub async fn start(
     ));
     Ok(Running {
         addr,
+        metrics_addr,
         state,
         shutdown: Some(tx),
         server,

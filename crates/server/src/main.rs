@@ -376,9 +376,10 @@ fn hand_over_root_key(data_dir: &std::path::Path, key: &str) -> Result<(), Failu
             path.display()
         ))
     })?;
+    let shown = std::fs::canonicalize(&path).unwrap_or(path);
     eprintln!(
         "root API key (scope admin) written to {} (mode 0600): store it somewhere safe, then delete the file",
-        path.display()
+        shown.display()
     );
     if std::io::stderr().is_terminal() {
         eprintln!("root API key (shown once): {key}");

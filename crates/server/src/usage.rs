@@ -113,8 +113,11 @@ impl SessionActivity {
 /// bounded number of rows instead of one per request.
 #[derive(Default)]
 pub struct AuditCounts {
-    counts: Mutex<HashMap<(&'static str, Option<String>, String), Counted>>,
+    counts: Mutex<HashMap<Group, Counted>>,
 }
+
+/// What one aggregated event stands for: (kind, actor, detail as JSON text).
+type Group = (&'static str, Option<String>, String);
 
 struct Counted {
     detail: serde_json::Value,
@@ -179,7 +182,7 @@ impl AuditCounts {
         );
     }
 
-    fn take(&self) -> HashMap<(&'static str, Option<String>, String), Counted> {
+    fn take(&self) -> HashMap<Group, Counted> {
         self.counts
             .lock()
             .map(|mut c| std::mem::take(&mut *c))

@@ -30,6 +30,21 @@ on_both_stores!(
     audit_records_lifecycle_and_aggregates_verify_failures,
 );
 
+/// The operator's scopes that these tests let users put on their own keys (`self_service_scopes`).
+const SELF_SERVICE: &[&str] = &[
+    "orders:read",
+    "orders:write",
+    "billing:read",
+    "billing:write",
+];
+
+async fn spawn(b: Backend) -> TestApp {
+    TestApp::spawn_with(b, |c| {
+        c.self_service_scopes = SELF_SERVICE.iter().map(|s| (*s).to_owned()).collect();
+    })
+    .await
+}
+
 /// A credential for a request.
 #[derive(Clone)]
 enum Auth {
@@ -109,14 +124,14 @@ fn rfc3339_in(ms: i64) -> String {
 
 async fn create_shows_the_key_once_and_stores_only_its_hash(b: Backend) {
     let is_sqlite = matches!(b, Backend::Sqlite);
-    let app = TestApp::spawn(b).await;
+    let app = spawn(b).await;
     let (alice, alice_id) = user(&app, "alice@example.com").await;
     let r = call(
         &app,
         Method::POST,
         "/v1/keys",
         &alice,
-        Some(json!({"name": "ci", "scopes": ["orders:read", "keys:read"], "meta": {"team": "infra"}})),
+        Some(json!({"name": "ci", "scopes": ["orders:read", "keys:read"], "owner_meta": {"team": "infra"}})),
     )
     .await;
     assert_eq!(r.status(), StatusCode::CREATED);
@@ -129,7 +144,8 @@ async fn create_shows_the_key_once_and_stores_only_its_hash(b: Backend) {
     assert_eq!(created["start"], key[..12]);
     assert_eq!(created["name"], "ci");
     assert_eq!(created["scopes"], json!(["keys:read", "orders:read"]));
-    assert_eq!(created["meta"], json!({"team": "infra"}));
+    assert_eq!(created["owner_meta"], json!({"team": "infra"}));
+    assert_eq!(created["meta"], Value::Null);
     assert_eq!(created["owner_id"], alice_id.as_str());
     assert!(created["id"].as_str().unwrap().starts_with("key_"));
     assert!(created["created_at"].as_str().unwrap().ends_with('Z'));
@@ -195,7 +211,7 @@ fn regex_lite(key: &str) -> bool {
 }
 
 async fn a_key_authenticates_as_its_owner_with_its_scopes(b: Backend) {
-    let app = TestApp::spawn(b).await;
+    let app = spawn(b).await;
     let (alice, alice_id) = user(&app, "alice@example.com").await;
     let reader = key_of(&create(&app, &alice, json!({"name": "r", "scopes": ["keys:read"]})).await);
 
@@ -277,7 +293,7 @@ async fn a_key_authenticates_as_its_owner_with_its_scopes(b: Backend) {
 }
 
 async fn keys_cannot_grant_more_than_they_hold(b: Backend) {
-    let app = TestApp::spawn(b).await;
+    let app = spawn(b).await;
     let (alice, _) = user(&app, "alice@example.com").await;
     for reserved in ["admin", "keys:verify"] {
         let r = call(
@@ -367,7 +383,7 @@ async fn keys_cannot_grant_more_than_they_hold(b: Backend) {
 }
 
 async fn owners_see_only_their_keys_and_admins_see_all(b: Backend) {
-    let app = TestApp::spawn(b).await;
+    let app = spawn(b).await;
     let (alice, alice_id) = user(&app, "alice@example.com").await;
     let (bob, _) = user(&app, "bob@example.com").await;
     let a = create(&app, &alice, json!({"name": "a"})).await;
@@ -486,14 +502,14 @@ async fn owners_see_only_their_keys_and_admins_see_all(b: Backend) {
 }
 
 async fn verify_answers_each_code_in_order(b: Backend) {
-    let app = TestApp::spawn(b).await;
+    let app = spawn(b).await;
     let (root, v) = verifier(&app).await;
     let (alice, alice_id) = user(&app, "alice@example.com").await;
 
     let k = create(
         &app,
         &alice,
-        json!({"name": "orders", "scopes": ["orders:read", "orders:write"], "meta": {"plan": "pro"},
+        json!({"name": "orders", "scopes": ["orders:read", "orders:write"], "owner_meta": {"plan": "pro"},
                "expires_at": rfc3339_in(3_600_000), "remaining": 10, "ratelimit": {"limit": 50, "duration_ms": 60000}}),
     )
     .await;
@@ -510,7 +526,11 @@ async fn verify_answers_each_code_in_order(b: Backend) {
     assert_eq!(ok["owner_id"], alice_id.as_str());
     assert_eq!(ok["name"], "orders");
     assert_eq!(ok["scopes"], json!(["orders:read", "orders:write"]));
-    assert_eq!(ok["meta"], json!({"plan": "pro"}));
+    assert_eq!(ok["owner_meta"], json!({"plan": "pro"}));
+    assert!(
+        ok.get("meta").is_none(),
+        "an owner's words are never operator meta: {ok}"
+    );
     assert_eq!(ok["expires_at"], k["expires_at"]);
     assert_eq!(ok["remaining"], 9);
     assert_eq!(ok["ratelimit"]["limit"], 50);
@@ -530,13 +550,16 @@ async fn verify_answers_each_code_in_order(b: Backend) {
         "x".repeat(10_000),
     ] {
         let r = verify(&app, &v, json!({"key": bad})).await;
-        assert_eq!(r, json!({"valid": false, "code": "MALFORMED"}));
+        assert_eq!(
+            r,
+            json!({"valid": false, "code": "MALFORMED", "owner_id": null})
+        );
     }
     // NOT_FOUND.
     let unknown = ApiKey::generate("pk_live").unwrap();
     assert_eq!(
         verify(&app, &v, json!({"key": unknown.expose()})).await,
-        json!({"valid": false, "code": "NOT_FOUND"})
+        json!({"valid": false, "code": "NOT_FOUND", "owner_id": null})
     );
     // INSUFFICIENT_SCOPE (no use spent).
     let r = verify(
@@ -620,7 +643,7 @@ async fn verify_answers_each_code_in_order(b: Backend) {
 }
 
 async fn verify_needs_scope_keys_verify(b: Backend) {
-    let app = TestApp::spawn(b).await;
+    let app = spawn(b).await;
     let (alice, _) = user(&app, "alice@example.com").await;
     let k = key_of(&create(&app, &alice, json!({"name": "k", "scopes": ["keys:write"]})).await);
     for auth in [alice.clone(), Auth::Key(k.clone())] {
@@ -642,7 +665,7 @@ async fn verify_needs_scope_keys_verify(b: Backend) {
 }
 
 async fn malformed_keys_never_reach_the_store(b: Backend) {
-    let app = TestApp::spawn(b).await;
+    let app = spawn(b).await;
     let (_, v) = verifier(&app).await;
     let unknown = ApiKey::generate("pk_live").unwrap();
     assert_eq!(code(&app, &v, unknown.expose()).await, "NOT_FOUND");
@@ -669,7 +692,7 @@ async fn malformed_keys_never_reach_the_store(b: Backend) {
 }
 
 async fn remaining_is_spent_atomically_under_concurrency(b: Backend) {
-    let app = TestApp::spawn(b).await;
+    let app = spawn(b).await;
     let (root, v) = verifier(&app).await;
     for (k, n) in [(5_i64, 40_usize), (17, 24), (3, 3)] {
         let key = key_of(&create(&app, &root, json!({"name": "metered", "remaining": k})).await);
@@ -717,7 +740,7 @@ async fn remaining_is_spent_atomically_under_concurrency(b: Backend) {
 }
 
 async fn per_key_rate_limit_answers_rate_limited(b: Backend) {
-    let app = TestApp::spawn(b).await;
+    let app = spawn(b).await;
     let (root, v) = verifier(&app).await;
     let key = key_of(
         &create(
@@ -756,7 +779,7 @@ async fn per_key_rate_limit_answers_rate_limited(b: Backend) {
 }
 
 async fn revocation_and_changes_apply_at_once(b: Backend) {
-    let app = TestApp::spawn(b).await;
+    let app = spawn(b).await;
     let (_, v) = verifier(&app).await;
     let (alice, _) = user(&app, "alice@example.com").await;
     let k = create(
@@ -780,7 +803,7 @@ async fn revocation_and_changes_apply_at_once(b: Backend) {
         Method::PATCH,
         &path,
         &alice,
-        Some(json!({"scopes": ["orders:write"], "meta": {"v": 2}, "name": "renamed"})),
+        Some(json!({"scopes": ["orders:write"], "owner_meta": {"v": 2}, "name": "renamed"})),
     )
     .await;
     assert_eq!(r.status(), StatusCode::OK);
@@ -794,18 +817,18 @@ async fn revocation_and_changes_apply_at_once(b: Backend) {
     )
     .await;
     assert_eq!(r["code"], "INSUFFICIENT_SCOPE");
-    assert_eq!(r["meta"], json!({"v": 2}));
-    // Clearing meta with null.
+    assert_eq!(r["owner_meta"], json!({"v": 2}));
+    // Clearing owner_meta with null.
     let r = call(
         &app,
         Method::PATCH,
         &path,
         &alice,
-        Some(json!({"meta": null})),
+        Some(json!({"owner_meta": null})),
     )
     .await;
     let cleared: Value = r.json().await.unwrap();
-    assert_eq!(cleared["meta"], Value::Null);
+    assert_eq!(cleared["owner_meta"], Value::Null);
     assert_eq!(cleared["name"], "renamed", "fields left out stay");
 
     // Revocation: rejected on the next request, everywhere on this node.
@@ -835,13 +858,13 @@ async fn revocation_and_changes_apply_at_once(b: Backend) {
 }
 
 async fn roll_keeps_the_old_key_for_the_grace_period(b: Backend) {
-    let app = TestApp::spawn(b).await;
+    let app = spawn(b).await;
     let (_, v) = verifier(&app).await;
     let (alice, _) = user(&app, "alice@example.com").await;
     let old = create(
         &app,
         &alice,
-        json!({"name": "prod", "scopes": ["orders:read"], "meta": {"env": "prod"}, "remaining": 10,
+        json!({"name": "prod", "scopes": ["orders:read"], "owner_meta": {"env": "prod"}, "remaining": 10,
                "ratelimit": {"limit": 100, "duration_ms": 60000}, "prefix": "sk_prod"}),
     )
     .await;
@@ -865,7 +888,7 @@ async fn roll_keeps_the_old_key_for_the_grace_period(b: Backend) {
     for field in [
         "name",
         "scopes",
-        "meta",
+        "owner_meta",
         "remaining",
         "ratelimit",
         "owner_id",
@@ -988,7 +1011,7 @@ async fn roll_keeps_the_old_key_for_the_grace_period(b: Backend) {
 }
 
 async fn limits_also_apply_when_the_key_calls_our_endpoints(b: Backend) {
-    let app = TestApp::spawn(b).await;
+    let app = spawn(b).await;
     let (alice, _) = user(&app, "alice@example.com").await;
     let limited = key_of(
         &create(
@@ -1020,7 +1043,7 @@ async fn limits_also_apply_when_the_key_calls_our_endpoints(b: Backend) {
 }
 
 async fn bad_input_is_a_precise_400(b: Backend) {
-    let app = TestApp::spawn(b).await;
+    let app = spawn(b).await;
     let (alice, _) = user(&app, "alice@example.com").await;
     let cases = [
         (
@@ -1213,7 +1236,7 @@ async fn bad_input_is_a_precise_400(b: Backend) {
 }
 
 async fn a_key_in_the_query_string_is_refused(b: Backend) {
-    let app = TestApp::spawn(b).await;
+    let app = spawn(b).await;
     let (alice, _) = user(&app, "alice@example.com").await;
     let key = key_of(&create(&app, &alice, json!({"name": "k", "scopes": ["keys:read"]})).await);
     for path in [
@@ -1237,7 +1260,7 @@ async fn a_key_in_the_query_string_is_refused(b: Backend) {
 }
 
 async fn last_used_at_is_recorded_off_the_request_path(b: Backend) {
-    let app = TestApp::spawn(b).await;
+    let app = spawn(b).await;
     let (_, v) = verifier(&app).await;
     let (alice, _) = user(&app, "alice@example.com").await;
     let k = create(&app, &alice, json!({"name": "k"})).await;
@@ -1275,7 +1298,11 @@ async fn last_used_at_is_recorded_off_the_request_path(b: Backend) {
 }
 
 async fn audit_records_lifecycle_and_aggregates_verify_failures(b: Backend) {
-    let app = TestApp::spawn_with(b, |c| c.verify_audit_interval_ms = 300).await;
+    let app = TestApp::spawn_with(b, |c| {
+        c.verify_audit_interval_ms = 300;
+        c.self_service_scopes = SELF_SERVICE.iter().map(|s| (*s).to_owned()).collect();
+    })
+    .await;
     let (root, v) = verifier(&app).await;
     let root_key = match &root {
         Auth::Key(k) => k.clone(),
@@ -1345,7 +1372,7 @@ async fn audit_records_lifecycle_and_aggregates_verify_failures(b: Backend) {
 }
 
 async fn a_revocation_on_one_node_reaches_the_others_within_a_second(b: Backend) {
-    let app = TestApp::spawn(b).await;
+    let app = spawn(b).await;
     let (root, v) = verifier(&app).await;
     let k = create(
         &app,

@@ -336,9 +336,15 @@ async fn logs_never_contain_passwords_tokens_or_keys() {
         !logs.contains("$argon2id$"),
         "password hashes are not logged"
     );
-    // The store holds hashes only: no API key appears in the database files either.
+    // The store holds hashes only: no API key appears in the database files either. The one copy
+    // in clear is the first start's root key, in its own 0600 file, for the operator to take away.
     for entry in std::fs::read_dir(dir.path().join("portcullis-data")).unwrap() {
-        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        let path = entry.unwrap().path();
+        if path.file_name().is_some_and(|n| n == "root-key.txt") {
+            assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), root);
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
         for key in [&root, &customer_key, &verifier_key, &rolled_key] {
             let secret = &key.as_bytes()[12..];
             assert!(
@@ -509,7 +515,9 @@ async fn the_same_binary_serves_from_postgresql() {
     .await
     .unwrap();
     let sep = if url.contains('?') { '&' } else { '?' };
-    let url = format!("{url}{sep}options=-c%20search_path%3D{schema}");
+    // A password in the query string (trust auth ignores it) must never reach the log.
+    let url =
+        format!("{url}{sep}options=-c%20search_path%3D{schema}&password=hunter2-never-logged");
     let dir = tempfile::tempdir().unwrap();
     let out = run(dir.path(), &["migrate", "--database-url", &url], None);
     assert!(
@@ -544,10 +552,46 @@ async fn the_same_binary_serves_from_postgresql() {
         .unwrap();
     assert_eq!(r.status(), 200);
     server.stop();
+    let logs = std::fs::read_to_string(dir.path().join("stdout.log")).unwrap();
+    assert!(
+        logs.contains("password=[redacted]"),
+        "the start line names the store"
+    );
+    assert!(
+        !logs.contains("hunter2"),
+        "a database password reached the log"
+    );
     sqlx::Executor::execute(
         &mut conn,
         sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")),
     )
     .await
     .unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn an_open_data_folder_is_closed_and_a_readable_master_key_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("portcullis-data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let server = Server::start(dir.path(), &[], &[]);
+    assert_eq!(mode(&data), 0o700, "the existing folder's mode was fixed");
+    server.stop();
+    // A master key others can read is no secret: refused, with what to do.
+    std::fs::set_permissions(
+        data.join("master.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let out = run(dir.path(), &["serve", "--listen", "127.0.0.1:0"], None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("readable by others") && err.contains("chmod 600"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }

@@ -12,6 +12,8 @@ mod support;
 mod api_keys;
 mod binary;
 mod browser;
+mod connections;
+mod hardening;
 mod http;
 mod interop;
 mod jwt;

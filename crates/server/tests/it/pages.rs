@@ -387,10 +387,32 @@ async fn account_forms_need_the_csrf_field_and_our_origin(b: Backend) {
             .unwrap()
             .contains("only administrators may grant scope admin")
     );
+    // Nor any scope the operator did not open to users.
+    let r = post(
+        vec![
+            ("csrf_token", csrf.clone()),
+            ("name", "k".into()),
+            ("scopes", "billing:admin".into()),
+        ],
+        "same-origin",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("granted by administrators")
+    );
 }
 
 async fn account_page_creates_rolls_and_revokes_keys_and_logs_out(b: Backend) {
-    let app = TestApp::spawn(b).await;
+    // The operator lets users give their keys the orders scopes (self_service_scopes).
+    let app = TestApp::spawn_with(b, |c| {
+        c.self_service_scopes = vec!["orders:read".into(), "orders:write".into()];
+    })
+    .await;
     app.register("alice@example.com").await;
     let cookie = form_login(&app, "alice@example.com").await;
     let (_, html) = account(&app, &cookie).await;

@@ -126,6 +126,11 @@ impl TestApp {
         &self.running.as_ref().unwrap().state
     }
 
+    /// The separate metrics address, when the test configured `metrics_listen`.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.running.as_ref().unwrap().metrics_addr
+    }
+
     pub async fn post_json(&self, path: &str, body: &Value) -> Response {
         self.client
             .post(self.url(path))
@@ -207,6 +212,20 @@ impl TestApp {
         panic!("no audit event of type {kind}");
     }
 
+    /// A second node over the same store, with its own caches and configuration `tweak`ed from this
+    /// one's; returns its base URL and the running server (stop it when done).
+    pub async fn second_node(&self, tweak: impl FnOnce(&mut Config)) -> (String, Running) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut config = self.state().config.clone();
+        config.listen = addr;
+        tweak(&mut config);
+        let node = portcullis_server::start(config, self.store.clone(), listener)
+            .await
+            .unwrap();
+        (format!("http://{addr}"), node)
+    }
+
     pub async fn stop(mut self) {
         if let Some(r) = self.running.take() {
             r.stop().await;
@@ -260,4 +279,18 @@ pub async fn assert_problem(r: Response, status: StatusCode, code: &str) -> Valu
     assert_eq!(body["code"], code, "{body}");
     assert_eq!(body["status"], status.as_u16());
     body
+}
+
+/// Polls `f` until it holds; fails when that takes longer than `bound`. Returns how long it took.
+pub async fn until(
+    what: &str,
+    bound: std::time::Duration,
+    f: impl AsyncFn() -> bool,
+) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    while !f().await {
+        assert!(started.elapsed() < bound, "{what}: not within {bound:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    started.elapsed()
 }
