@@ -111,6 +111,14 @@ enum SigningKeysCommand {
         #[command(flatten)]
         store: StoreFlags,
     },
+    /// End a signing key now (it may be compromised): it leaves the JWKS and every token it signed
+    /// stops working, on every running node within a second. A new key takes over if it was signing.
+    Revoke {
+        #[command(flatten)]
+        store: StoreFlags,
+        /// The key's id (`kid`), as `signing-keys list` shows it.
+        kid: String,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -289,44 +297,72 @@ async fn run(command: Command) -> Result<(), Failure> {
             Ok(())
         }
         Command::SigningKeys { command } => {
-            let (store_flags, rotate) = match command {
-                SigningKeysCommand::Rotate { store } => (store, true),
-                SigningKeysCommand::List { store } => (store, false),
+            let (store_flags, action) = match command {
+                SigningKeysCommand::Rotate { store } => (store, KeyAction::Rotate),
+                SigningKeysCommand::List { store } => (store, KeyAction::List),
+                SigningKeysCommand::Revoke { store, kid } => (store, KeyAction::Revoke(kid)),
             };
             let config = load(&store_flags, &[])?;
             let store = state::open_store(&config).await?;
             let now = Millis::now();
-            if rotate {
+            let ring = || async {
                 let master = state::load_master_key(&config)?;
-                let ring =
-                    portcullis_server::keys::KeyRing::from_config(store.clone(), master, &config)
-                        .await
-                        .map_err(|e| Failure::Runtime(e.to_string()))?;
-                let row = ring
-                    .create_key(now, config.signing_key_publish_lead_s)
+                portcullis_server::keys::KeyRing::from_config(store.clone(), master, &config)
                     .await
-                    .map_err(|e| Failure::Runtime(e.to_string()))?;
+                    .map_err(|e| Failure::Runtime(e.to_string()))
+            };
+            let show = |row: &portcullis_store::SigningKeyRow| {
                 println!(
                     "{}",
-                    serde_json::to_string(&SigningKeyView::from_row(&row, now)).unwrap_or_default()
+                    serde_json::to_string(&SigningKeyView::from_row(row, Millis::now()))
+                        .unwrap_or_default()
                 );
-            } else {
-                for row in store
-                    .all_signing_keys()
-                    .await
-                    .map_err(|e| Failure::Runtime(e.to_string()))?
-                {
-                    println!(
-                        "{}",
-                        serde_json::to_string(&SigningKeyView::from_row(&row, now))
-                            .unwrap_or_default()
-                    );
+            };
+            match action {
+                KeyAction::Rotate => {
+                    let row = ring()
+                        .await?
+                        .create_key(now, config.signing_key_publish_lead_s)
+                        .await
+                        .map_err(|e| Failure::Runtime(e.to_string()))?;
+                    show(&row);
+                }
+                KeyAction::List => {
+                    for row in store
+                        .all_signing_keys()
+                        .await
+                        .map_err(|e| Failure::Runtime(e.to_string()))?
+                    {
+                        show(&row);
+                    }
+                }
+                KeyAction::Revoke(kid) => {
+                    let (found, replacement) = ring()
+                        .await?
+                        .revoke(&kid)
+                        .await
+                        .map_err(|e| Failure::Runtime(e.to_string()))?;
+                    if !found {
+                        return Err(Failure::Runtime(format!(
+                            "no live signing key {kid} (see `portcullis signing-keys list`)"
+                        )));
+                    }
+                    eprintln!("signing key {kid} revoked; running nodes drop it within a second");
+                    if let Some(row) = replacement {
+                        show(&row);
+                    }
                 }
             }
             store.close().await;
             Ok(())
         }
     }
+}
+
+enum KeyAction {
+    Rotate,
+    List,
+    Revoke(String),
 }
 
 async fn serve(config: Config) -> Result<(), Failure> {

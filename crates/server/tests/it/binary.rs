@@ -448,6 +448,25 @@ fn cli_creates_users_root_keys_and_rotates_signing_keys() {
     // The first rotation on an empty store also made the initial key.
     let out = run(dir.path(), &["signing-keys", "list"], None);
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+    // An emergency revocation of the signing key: a replacement signs at once.
+    let keys: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let signing = keys.iter().find(|k| k["state"] == "current").unwrap();
+    let kid = signing["kid"].as_str().unwrap();
+    let out = run(dir.path(), &["signing-keys", "revoke", kid], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let replacement: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(replacement["state"], "current");
+    assert_ne!(replacement["kid"], kid);
+    let out = run(dir.path(), &["signing-keys", "revoke", kid], None);
+    assert_eq!(out.status.code(), Some(1), "a revoked key is gone");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no live signing key"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

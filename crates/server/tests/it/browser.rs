@@ -59,7 +59,11 @@ async fn chromium_logs_in_creates_a_key_signs_out_a_device_refuses_csrf_and_logs
     let _ = std::fs::remove_dir_all(&out_dir);
     std::fs::create_dir_all(&out_dir).unwrap();
 
-    let app = TestApp::spawn(Backend::Sqlite).await;
+    // The operator lets users put `orders:read` on their own keys (the form creates one with it).
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
+        c.self_service_scopes = vec!["orders:read".into()];
+    })
+    .await;
     app.register(EMAIL).await;
     let run = tokio::process::Command::new("node")
         .arg(node_dir.join("browser.mjs"))
