@@ -380,6 +380,11 @@ async fn serve(config: Config) -> Result<(), Failure> {
                 config.listen
             ))
         })?;
+    // With port 0 the system picks one: the issuer (when derived from the address) must name it.
+    let mut config = config;
+    if let Ok(bound) = listener.local_addr() {
+        config.listen = bound;
+    }
     let issuer = config.issuer();
     let data_dir = config.data_dir.clone();
     tracing::info!(listen = %config.listen, issuer = %issuer, store = store.backend_name(), config = ?config, "starting");

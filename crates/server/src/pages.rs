@@ -785,7 +785,57 @@ mod tests {
     }
 
     #[test]
-    fn built_in_templates_parse() {
-        Pages::new(None).unwrap();
+    fn built_in_templates_render_what_they_are_given_and_escape_it() {
+        let pages = Pages::new(None).unwrap();
+        let login = pages
+            .render(
+                "login.html",
+                context! { return_to => "/account?x=1", email => "<b>a@b.co</b>", error => "Wrong.", user => None::<String> },
+            )
+            .unwrap();
+        assert!(login.contains("<form method=\"post\" action=\"/login\""));
+        assert!(login.contains("value=\"&#x2f;account?x=1\""), "{login}");
+        assert!(
+            login.contains("&lt;b&gt;a@b.co&lt;&#x2f;b&gt;"),
+            "autoescaped: {login}"
+        );
+        assert!(login.contains("id=\"login-error\">Wrong.</p>"));
+        assert!(login.contains("<meta name=\"referrer\" content=\"same-origin\">"));
+        let account = pages
+            .render(
+                "account.html",
+                context! {
+                    user => context! { email => "al@example.com", name => "Al", created_at => "2026-01-01 00:00 UTC" },
+                    csrf_token => "tok-123",
+                    sessions => vec![context! { id => "ses_1", user_agent => "Firefox", ip => "10.0.0.1", last_seen_at => "now", current => true }],
+                    keys => vec![context! { id => "key_1", name => "ci", start => "pk_live_abcd", scopes => vec!["keys:read"], expires_at => None::<String>, last_used_at => None::<String> }],
+                    notice => "Done.",
+                    error => None::<String>,
+                    new_key => context! { key => "pk_live_SECRET", name => "ci", id => "key_1" },
+                },
+            )
+            .unwrap();
+        for want in [
+            "id=\"account-email\">al@example.com</dd>",
+            "data-session-id=\"ses_1\"",
+            "This device",
+            "action=\"/account/keys/key_1/roll\"",
+            "<code>pk_live_abcd…</code>",
+            "<code id=\"new-key\">pk_live_SECRET</code>",
+            "name=\"csrf_token\" value=\"tok-123\"",
+            "Done.",
+        ] {
+            assert!(
+                account.contains(want),
+                "{want} missing from the account page"
+            );
+        }
+        let message = pages
+            .render(
+                "message.html",
+                context! { heading => "Refused", message => "Nope.", next => "/login" },
+            )
+            .unwrap();
+        assert!(message.contains("<h1>Refused</h1>") && message.contains("href=\"&#x2f;login\""));
     }
 }

@@ -671,11 +671,17 @@ async fn malformed_keys_never_reach_the_store(b: Backend) {
     assert_eq!(code(&app, &v, unknown.expose()).await, "NOT_FOUND");
     // With the store gone, a malformed key is still answered (no lookup happens), while a well-formed
     // key the node has never seen needs the store and fails.
-    app.store.close().await;
-    assert_eq!(
-        code(&app, &v, "pk_live_0000000000000000000000000000000000000000").await,
-        "MALFORMED"
+    // Right prefix, alphabet and length; only the checksum (the last character) is wrong.
+    let real = ApiKey::generate("pk_live").unwrap().expose().to_owned();
+    let last = real.chars().last().unwrap();
+    let bad_checksum = format!(
+        "{}{}",
+        &real[..real.len() - 1],
+        if last == 'A' { 'B' } else { 'A' }
     );
+    assert_eq!(bad_checksum.len(), real.len());
+    app.store.close().await;
+    assert_eq!(code(&app, &v, &bad_checksum).await, "MALFORMED");
     assert_eq!(code(&app, &v, "garbage").await, "MALFORMED");
     let fresh = ApiKey::generate("pk_live").unwrap();
     let r = call(

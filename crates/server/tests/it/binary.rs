@@ -11,12 +11,16 @@ use crate::support::PASSWORD;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A command for our binary that inherits none of the caller's `PORTCULLIS_*` variables (CI sets
+/// some for the tests; the binary must see only what each test gives it).
+fn command() -> Command {
+    let mut cmd = Command::new(BIN);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("PORTCULLIS_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
 }
 
 struct Server {
@@ -26,14 +30,14 @@ struct Server {
 }
 
 impl Server {
-    /// Starts `portcullis serve` in `dir` with `args`, waits for it to print its URL.
+    /// Starts `portcullis serve` in `dir` with `args` on a port the system picks, waits for it to
+    /// print its URL, and takes the port from there (a port found free and handed back could be
+    /// taken by someone else before the child binds it).
     fn start(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = command();
         cmd.current_dir(dir)
             .arg("serve")
-            .args(["--listen", &listen])
+            .args(["--listen", "127.0.0.1:0"])
             .args(args);
         for (k, v) in env {
             cmd.env(k, v);
@@ -68,13 +72,19 @@ impl Server {
                 panic!("server exited with {status}: {lines:?}");
             }
         }
+        let base = lines
+            .iter()
+            .find_map(|l| l.split("listening on ").nth(1))
+            .unwrap_or_else(|| panic!("no start line: {lines:?}"))
+            .trim()
+            .to_owned();
         assert!(
-            lines.iter().any(|l| l.contains("listening on")),
-            "no start line: {lines:?}"
+            !base.ends_with(":0"),
+            "the start line names the real port: {base}"
         );
         Server {
             child,
-            base: format!("http://{listen}"),
+            base,
             stderr_lines: lines,
         }
     }
@@ -121,7 +131,7 @@ impl Drop for Server {
 }
 
 fn run(dir: &std::path::Path, args: &[&str], stdin: Option<&str>) -> std::process::Output {
-    let mut child = Command::new(BIN)
+    let mut child = command()
         .current_dir(dir)
         .args(args)
         .stdin(Stdio::piped())
@@ -186,118 +196,186 @@ async fn logs_never_contain_passwords_tokens_or_keys() {
     let root = server.root_key().unwrap();
     let c = reqwest::Client::new();
     let base = server.base.clone();
-    let r = c
-        .post(format!("{base}/v1/users"))
-        .json(&json!({"email": "leak@example.com", "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    // Every step must do what it is for, or its secret would go untested: each status is checked.
+    async fn step(r: reqwest::RequestBuilder, want: u16, what: &str) -> Value {
+        let r = r.send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        assert_eq!(status, want, "{what}: {text}");
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+    let register = json!({"email": "leak@example.com", "password": PASSWORD});
+    step(
+        c.post(format!("{base}/v1/users")).json(&register),
+        201,
+        "register",
+    )
+    .await;
     let wrong = "a wrong password 9876";
-    c.post(format!("{base}/v1/auth/login"))
-        .json(&json!({"email": "leak@example.com", "password": wrong}))
+    step(
+        c.post(format!("{base}/v1/auth/login"))
+            .json(&json!({"email": "leak@example.com", "password": wrong})),
+        401,
+        "wrong password",
+    )
+    .await;
+    let login = json!({"email": "leak@example.com", "password": PASSWORD});
+    let t = step(
+        c.post(format!("{base}/v1/auth/login")).json(&login),
+        200,
+        "login",
+    )
+    .await;
+    let t2 = step(
+        c.post(format!("{base}/v1/auth/refresh"))
+            .json(&json!({"refresh_token": t["refresh_token"]})),
+        200,
+        "refresh",
+    )
+    .await;
+    step(
+        c.post(format!("{base}/v1/auth/refresh"))
+            .json(&json!({"refresh_token": t["refresh_token"]})),
+        401,
+        "reuse",
+    )
+    .await;
+    // Reuse ended that login; a fresh one for what follows.
+    let t3 = step(
+        c.post(format!("{base}/v1/auth/login")).json(&login),
+        200,
+        "login again",
+    )
+    .await;
+    let access = t3["access_token"].as_str().unwrap().to_owned();
+    step(
+        c.get(format!("{base}/v1/me")).bearer_auth(&access),
+        200,
+        "me",
+    )
+    .await;
+    step(
+        c.get(format!("{base}/v1/me?api_key={root}")),
+        400,
+        "key in the URL",
+    )
+    .await;
+    step(
+        c.get(format!("{base}/admin/v1/audit"))
+            .header("x-api-key", &root),
+        200,
+        "audit",
+    )
+    .await;
+    // A browser session: its cookie token and its CSRF token.
+    let r = c
+        .post(format!("{base}/v1/sessions"))
+        .json(&login)
         .send()
         .await
         .unwrap();
-    let t: Value = c
-        .post(format!("{base}/v1/auth/login"))
-        .json(&json!({"email": "leak@example.com", "password": PASSWORD}))
-        .send()
-        .await
+    assert_eq!(r.status(), 201, "session");
+    let set_cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let session_token = set_cookie
+        .split(';')
+        .next()
         .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let t2: Value = c
-        .post(format!("{base}/v1/auth/refresh"))
-        .json(&json!({"refresh_token": t["refresh_token"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    c.post(format!("{base}/v1/auth/refresh"))
-        .json(&json!({"refresh_token": t["refresh_token"]}))
-        .send()
-        .await
-        .unwrap();
-    c.get(format!("{base}/v1/me"))
-        .bearer_auth(t2["access_token"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
-    c.get(format!("{base}/v1/me?api_key={root}"))
-        .send()
-        .await
-        .unwrap();
-    c.get(format!("{base}/admin/v1/audit"))
-        .header("x-api-key", &root)
-        .send()
-        .await
-        .unwrap();
+        .trim_start_matches("__Host-portcullis=")
+        .to_owned();
+    assert!(session_token.starts_with("pcs_"), "{set_cookie}");
+    let session: Value = r.json().await.unwrap();
+    let csrf = session["csrf_token"].as_str().unwrap().to_owned();
+    step(
+        c.get(format!("{base}/v1/sessions"))
+            .header("cookie", format!("__Host-portcullis={session_token}")),
+        200,
+        "session list",
+    )
+    .await;
+    // An imported hash.
+    let imported_hash = bcrypt::hash("an imported passphrase", 4).unwrap();
+    step(
+        c.post(format!("{base}/admin/v1/users/import"))
+            .header("x-api-key", &root)
+            .json(&json!({"email": "old@example.com", "password_hash": imported_hash})),
+        201,
+        "import",
+    )
+    .await;
+    step(
+        c.post(format!("{base}/v1/auth/login"))
+            .json(&json!({"email": "old@example.com", "password": "an imported passphrase"})),
+        200,
+        "login with the imported hash (upgrades it)",
+    )
+    .await;
     // API keys: created, verified, rolled, used in a URL by mistake, revoked.
-    let create_key = |body: Value| {
-        let (c, base, root) = (c.clone(), base.clone(), root.clone());
-        async move {
-            let r = c
-                .post(format!("{base}/v1/keys"))
-                .header("x-api-key", &root)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 201);
-            r.json::<Value>().await.unwrap()
-        }
-    };
-    let customer =
-        create_key(json!({"name": "customer", "scopes": ["orders:read"], "remaining": 5})).await;
-    let verifier = create_key(json!({"name": "verifier", "scopes": ["keys:verify"]})).await;
+    let customer = step(
+        c.post(format!("{base}/v1/keys"))
+            .header("x-api-key", &root)
+            .json(&json!({"name": "customer", "scopes": ["orders:read"], "remaining": 5})),
+        201,
+        "customer key",
+    )
+    .await;
+    let verifier = step(
+        c.post(format!("{base}/v1/keys"))
+            .header("x-api-key", &root)
+            .json(&json!({"name": "verifier", "scopes": ["keys:verify"]})),
+        201,
+        "verifier key",
+    )
+    .await;
     let customer_key = customer["key"].as_str().unwrap().to_owned();
     let verifier_key = verifier["key"].as_str().unwrap().to_owned();
-    for key in [customer_key.as_str(), "pk_live_made_up"] {
-        let r = c
-            .post(format!("{base}/v1/keys/verify"))
-            .header("x-api-key", &verifier_key)
-            .json(&json!({"key": key}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+    for (key, code) in [
+        (customer_key.as_str(), "VALID"),
+        ("pk_live_made_up", "MALFORMED"),
+    ] {
+        let v = step(
+            c.post(format!("{base}/v1/keys/verify"))
+                .header("x-api-key", &verifier_key)
+                .json(&json!({"key": key})),
+            200,
+            "verify",
+        )
+        .await;
+        assert_eq!(v["code"], code);
     }
-    let rolled: Value = c
-        .post(format!(
+    let rolled = step(
+        c.post(format!(
             "{base}/v1/keys/{}/roll",
             customer["id"].as_str().unwrap()
         ))
         .header("x-api-key", &root)
-        .json(&json!({"grace_period_s": 60}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json(&json!({"grace_period_s": 60})),
+        201,
+        "roll",
+    )
+    .await;
     let rolled_key = rolled["key"].as_str().unwrap().to_owned();
-    let r = c
-        .get(format!("{base}/v1/keys?token={rolled_key}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    c.delete(format!("{base}/v1/keys/{}", rolled["id"].as_str().unwrap()))
-        .header("x-api-key", &root)
-        .send()
-        .await
-        .unwrap();
+    step(
+        c.get(format!("{base}/v1/keys?token={rolled_key}")),
+        400,
+        "key in a query",
+    )
+    .await;
+    step(
+        c.delete(format!("{base}/v1/keys/{}", rolled["id"].as_str().unwrap()))
+            .header("x-api-key", &root),
+        204,
+        "revoke",
+    )
+    .await;
     let new_password = "another fine passphrase";
-    c.post(format!("{base}/v1/me/password"))
-        .bearer_auth(t2["access_token"].as_str().unwrap())
-        .json(&json!({"current_password": PASSWORD, "new_password": new_password}))
-        .send()
-        .await
-        .unwrap();
+    step(
+        c.post(format!("{base}/v1/me/password"))
+            .bearer_auth(&access)
+            .json(&json!({"current_password": PASSWORD, "new_password": new_password})),
+        204,
+        "password change",
+    )
+    .await;
     server.stop();
     let logs = std::fs::read_to_string(dir.path().join("stdout.log")).unwrap();
     assert!(
@@ -305,54 +383,87 @@ async fn logs_never_contain_passwords_tokens_or_keys() {
         "trace logging produced lines: {logs}"
     );
     let master = std::fs::read_to_string(dir.path().join("portcullis-data/master.key")).unwrap();
-    let secrets = [
+    let refresh_tokens = [
+        t["refresh_token"].as_str().unwrap(),
+        t2["refresh_token"].as_str().unwrap(),
+        t3["refresh_token"].as_str().unwrap(),
+    ];
+    let api_keys = [root.as_str(), &customer_key, &verifier_key, &rolled_key];
+    let mut secrets = vec![
         PASSWORD,
         wrong,
         new_password,
+        "an imported passphrase",
+        imported_hash.as_str(),
         t["access_token"].as_str().unwrap(),
-        t["refresh_token"].as_str().unwrap(),
         t2["access_token"].as_str().unwrap(),
-        t2["refresh_token"].as_str().unwrap(),
-        &root,
+        &access,
         master.trim(),
-        &customer_key,
-        &verifier_key,
-        &rolled_key,
+        &session_token,
+        &csrf,
     ];
-    for secret in secrets {
+    secrets.extend(refresh_tokens);
+    secrets.extend(api_keys);
+    for secret in &secrets {
+        assert!(
+            secret.len() >= 16,
+            "a secret this short would test little: {secret:?}"
+        );
         assert!(
             !logs.contains(secret),
             "a secret reached the logs: {}…",
             &secret[..8]
         );
-        // Also the distinctive middle of each secret, in case it was logged cut or escaped.
-        let mid = &secret[secret.len() / 3..secret.len() / 3 + 8.min(secret.len() / 3)];
-        assert!(
-            !logs.contains(mid) || mid.len() < 8,
-            "part of a secret reached the logs"
-        );
+        // Also the distinctive middle of each token and key, in case it was logged cut or escaped
+        // (passphrases are words, whose pieces the logs may hold for other reasons).
+        if !secret.contains(' ') {
+            let mid = &secret[secret.len() / 3..secret.len() / 3 + 8];
+            assert!(
+                !logs.contains(mid),
+                "part of a secret reached the logs: {mid:?}"
+            );
+        }
     }
     assert!(
-        !logs.contains("$argon2id$"),
+        !logs.contains("$argon2id$") && !logs.contains("$2b$"),
         "password hashes are not logged"
     );
-    // The store holds hashes only: no API key appears in the database files either. The one copy
-    // in clear is the first start's root key, in its own 0600 file, for the operator to take away.
+    // The store holds hashes only: no token, session or key appears in the database files either.
+    // The one copy in clear is the first start's root key, in its own 0600 file, for the operator
+    // to take away.
+    let mut scanned = 0;
     for entry in std::fs::read_dir(dir.path().join("portcullis-data")).unwrap() {
         let path = entry.unwrap().path();
         if path.file_name().is_some_and(|n| n == "root-key.txt") {
             assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), root);
             continue;
         }
+        if path.file_name().is_some_and(|n| n == "master.key") {
+            continue;
+        }
         let bytes = std::fs::read(&path).unwrap();
-        for key in [&root, &customer_key, &verifier_key, &rolled_key] {
-            let secret = &key.as_bytes()[12..];
+        scanned += bytes.len();
+        let others = [
+            session_token.as_str(),
+            csrf.as_str(),
+            master.trim(),
+            PASSWORD,
+        ];
+        let stored_in_clear = refresh_tokens.iter().chain(&api_keys).chain(&others);
+        for secret in stored_in_clear {
+            let tail = &secret.as_bytes()[secret.len() / 2..];
             assert!(
-                !bytes.windows(secret.len()).any(|w| w == secret),
-                "an API key is stored in clear"
+                !bytes.windows(tail.len()).any(|w| w == tail),
+                "{} holds a secret in clear ({}…)",
+                path.display(),
+                &secret[..6]
             );
         }
     }
+    assert!(
+        scanned > 10_000,
+        "the database files were read ({scanned} bytes)"
+    );
 }
 
 #[test]
@@ -393,8 +504,8 @@ fn configuration_errors_exit_2_and_name_the_problem() {
     );
 }
 
-#[test]
-fn cli_creates_users_root_keys_and_rotates_signing_keys() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_creates_users_root_keys_and_rotates_signing_keys() {
     let dir = tempfile::tempdir().unwrap();
     let out = run(dir.path(), &["migrate"], None);
     assert!(
@@ -443,6 +554,11 @@ fn cli_creates_users_root_keys_and_rotates_signing_keys() {
         String::from_utf8_lossy(&out.stderr)
     );
     let out = run(dir.path(), &["signing-keys", "rotate"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rotated: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rotated["state"], "next");
     // The first rotation on an empty store also made the initial key.
@@ -467,6 +583,27 @@ fn cli_creates_users_root_keys_and_rotates_signing_keys() {
     let out = run(dir.path(), &["signing-keys", "revoke", kid], None);
     assert_eq!(out.status.code(), Some(1), "a revoked key is gone");
     assert!(String::from_utf8_lossy(&out.stderr).contains("no live signing key"));
+
+    // The root key the CLI made works, with scope admin.
+    let server = Server::start(dir.path(), &[], &[]);
+    let c = reqwest::Client::new();
+    let r = c
+        .get(format!("{}/admin/v1/users", server.base))
+        .header("x-api-key", key.trim())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let users: Value = r.json().await.unwrap();
+    assert_eq!(users["users"][0]["email"], "root@example.com");
+    let r = c
+        .get(format!("{}/admin/v1/audit", server.base))
+        .header("x-api-key", key.trim())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    server.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -292,6 +292,13 @@ async fn health_readiness_and_metrics_answer(b: Backend) {
         text.contains("portcullis_http_request_duration_seconds_bucket{route=\"/healthz\""),
         "{text}"
     );
+    // With the store gone, the process is alive but not ready.
+    app.store.close().await;
+    let r = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.text().await.unwrap(), "{\"status\":\"unavailable\"}");
+    let r = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
     app.stop().await;
 }
 
@@ -326,13 +333,33 @@ async fn openapi_document_matches_the_snapshot() {
 async fn the_janitor_deletes_what_is_past_use() {
     let app = TestApp::spawn(Backend::Sqlite).await;
     let t = app.user_with_tokens("jan@example.com").await;
-    app.post_json(
-        "/v1/auth/logout",
-        &json!({"refresh_token": t["refresh_token"]}),
-    )
-    .await;
+    let live: Value = app
+        .login("jan@example.com", crate::support::PASSWORD)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let r = app
+        .post_json(
+            "/v1/auth/logout",
+            &json!({"refresh_token": t["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let removed = portcullis_server::background::janitor_pass(app.state()).await;
-    assert!(removed >= 1, "the revoked family is purged");
+    assert_eq!(removed, 1, "exactly the revoked family is purged");
+    assert_eq!(
+        portcullis_server::background::janitor_pass(app.state()).await,
+        0
+    );
+    // What is still in use stays: the live login refreshes.
+    let r = app
+        .post_json(
+            "/v1/auth/refresh",
+            &json!({"refresh_token": live["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
     app.stop().await;
 }

@@ -12,6 +12,7 @@ on_both_stores!(
     rotation_publishes_the_next_key_before_it_signs,
     without_lead_time_the_new_key_signs_and_the_old_one_still_verifies,
     scheduled_rotation_runs_when_due,
+    the_rotation_loop_follows_its_configuration,
     signing_key_admin_needs_an_admin,
 );
 
@@ -185,6 +186,82 @@ async fn scheduled_rotation_runs_when_due(b: Backend) {
         .expect("due after its interval");
     assert!(made.activate_at <= Millis::now().0);
     assert_eq!(jwks(&app).await.len(), 2);
+    app.stop().await;
+}
+
+/// The background loop rotates on schedule by itself: a node that starts beside a signing key older
+/// than `signing_key_rotation_days` makes its successor on its first tick, published with the
+/// configured lead, and audits it; with rotation off (0 days) it does not.
+async fn the_rotation_loop_follows_its_configuration(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let month = 31 * 86_400_000_i64;
+    app.execute_sql(&format!(
+        "UPDATE signing_keys SET created_at = created_at - {month}, publish_at = publish_at - {month}, activate_at = activate_at - {month}"
+    ))
+    .await;
+    // Rotation off: a node over this store leaves the old key be.
+    let (off, running) = app.second_node(|c| c.signing_key_rotation_days = 0).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let keys: Value = app
+        .client
+        .get(format!("{off}/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 1);
+    running.stop().await;
+    // Rotation on (30 days, the default) with a 10-minute lead: the next key appears, not yet signing.
+    let (on, running) = app
+        .second_node(|c| c.signing_key_publish_lead_s = 600)
+        .await;
+    let root = app.root_key().await;
+    crate::support::until(
+        "the scheduled rotation",
+        std::time::Duration::from_secs(5),
+        async || {
+            let keys: Value = app
+                .client
+                .get(format!("{on}/.well-known/jwks.json"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            keys["keys"].as_array().unwrap().len() == 2
+        },
+    )
+    .await;
+    let list: Value = app
+        .get_with_key("/admin/v1/signing-keys", &root)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let next: Vec<&Value> = list["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["state"] == "next")
+        .collect();
+    assert_eq!(next.len(), 1, "{list}");
+    let at = |v: &Value| {
+        time::OffsetDateTime::parse(
+            v.as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        (at(&next[0]["activate_at"]) - at(&next[0]["publish_at"])).whole_seconds(),
+        600
+    );
+    let event = app.wait_for_audit(&root, "signing_key.rotated").await;
+    assert_eq!(event["data"]["scheduled"], true);
+    running.stop().await;
     app.stop().await;
 }
 

@@ -458,13 +458,29 @@ async fn sessions_are_listed_and_revoked_one_by_one_or_all(b: Backend) {
     let app = TestApp::spawn(b).await;
     app.register("alice@example.com").await;
     app.register("bob@example.com").await;
-    let a = login(&app, "alice@example.com").await;
+    // The device's user agent is the one it logged in with.
+    let r = app
+        .client
+        .post(app.url("/v1/sessions"))
+        .header("user-agent", "test-agent/1.0")
+        .json(&json!({"email": "alice@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let cookie = cookie_of(&r);
+    let body: Value = r.json().await.unwrap();
+    let a = Session {
+        cookie,
+        csrf: body["csrf_token"].as_str().unwrap().to_owned(),
+        id: body["session"]["id"].as_str().unwrap().to_owned(),
+    };
     let b2 = login(&app, "alice@example.com").await;
     let c = login(&app, "alice@example.com").await;
     let bob = login(&app, "bob@example.com").await;
 
-    let list: Value = with(&app, Method::GET, "/v1/sessions", &a)
-        .header("user-agent", "test-agent")
+    let list: Value = with(&app, Method::GET, "/v1/sessions", &b2)
+        .header("user-agent", "the listing's own agent")
         .send()
         .await
         .unwrap()
@@ -475,8 +491,47 @@ async fn sessions_are_listed_and_revoked_one_by_one_or_all(b: Backend) {
     assert_eq!(sessions.len(), 3);
     let current: Vec<&Value> = sessions.iter().filter(|s| s["current"] == true).collect();
     assert_eq!(current.len(), 1);
-    assert_eq!(current[0]["id"], a.id.as_str());
-    assert_eq!(current[0]["ip"], "127.0.0.1");
+    assert_eq!(current[0]["id"], b2.id.as_str());
+    let first = sessions.iter().find(|s| s["id"] == a.id.as_str()).unwrap();
+    assert_eq!(first["user_agent"], "test-agent/1.0");
+    assert_eq!(first["ip"], "127.0.0.1");
+    assert_eq!(first["current"], false);
+    let mut fields: Vec<&str> = first
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        [
+            "created_at",
+            "current",
+            "expires_at",
+            "id",
+            "ip",
+            "last_seen_at",
+            "user_agent"
+        ]
+    );
+    // The defaults: 24 h absolute (expires_at), and the listing of a session seen just now.
+    let at = |v: &Value| {
+        time::OffsetDateTime::parse(
+            v.as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        at(&first["expires_at"]) - at(&first["created_at"]),
+        time::Duration::hours(24)
+    );
+    assert!(at(&first["last_seen_at"]) >= at(&first["created_at"]));
+    assert_eq!(
+        sessions.iter().find(|s| s["id"] == c.id.as_str()).unwrap()["user_agent"],
+        Value::Null
+    );
 
     // Another user's session is not found; nor is nonsense.
     for id in [bob.id.as_str(), "ses_nonsense"] {

@@ -197,19 +197,60 @@ impl TestApp {
             .unwrap()
     }
 
-    /// Polls the audit log (written asynchronously) until an event of `kind` shows up.
+    /// Polls the audit log (written asynchronously) until an event of `kind` shows up; checks that
+    /// every event the filter returned is of that kind, so a broken filter cannot pass for a working
+    /// one.
     pub async fn wait_for_audit(&self, root: &str, kind: &str) -> Value {
         for _ in 0..50 {
             let r = self
                 .get_with_key(&format!("/admin/v1/audit?type={kind}"), root)
                 .await;
             let body: Value = r.json().await.unwrap();
-            if let Some(e) = body["events"].as_array().and_then(|a| a.first()) {
+            let events = body["events"].as_array().cloned().unwrap_or_default();
+            for e in &events {
+                assert_eq!(
+                    e["type"], kind,
+                    "the type filter returned another kind: {e}"
+                );
+            }
+            if let Some(e) = events.first() {
                 return e.clone();
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         panic!("no audit event of type {kind}");
+    }
+
+    /// Runs one SQL statement on the test's database, beside the server (to set up states that only
+    /// time would otherwise make, such as a signing key a month old).
+    pub async fn execute_sql(&self, sql: &str) {
+        match &self.schema {
+            Some((url, schema)) => {
+                let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+                    .await
+                    .unwrap();
+                sqlx::Executor::execute(
+                    &mut conn,
+                    sqlx::AssertSqlSafe(format!("SET search_path TO {schema}")),
+                )
+                .await
+                .unwrap();
+                sqlx::Executor::execute(&mut conn, sqlx::AssertSqlSafe(sql.to_owned()))
+                    .await
+                    .unwrap();
+            }
+            None => {
+                let opts = sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(self.state().config.sqlite_path())
+                    .busy_timeout(std::time::Duration::from_secs(5));
+                let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&opts)
+                    .await
+                    .unwrap();
+                sqlx::Executor::execute(&mut conn, sqlx::AssertSqlSafe(sql.to_owned()))
+                    .await
+                    .unwrap();
+            }
+        }
     }
 
     /// A second node over the same store, with its own caches and configuration `tweak`ed from this
@@ -220,7 +261,19 @@ impl TestApp {
         let mut config = self.state().config.clone();
         config.listen = addr;
         tweak(&mut config);
-        let node = portcullis_server::start(config, self.store.clone(), listener)
+        // A store of its own over the same database, as another process would have: stopping the
+        // node closes it and leaves this one's open.
+        let store = match &self.schema {
+            Some((url, schema)) => {
+                Store::connect_postgres(url, &StoreOptions::default(), Some(schema))
+                    .await
+                    .unwrap()
+            }
+            None => Store::open_sqlite(&config.sqlite_path(), &StoreOptions::default())
+                .await
+                .unwrap(),
+        };
+        let node = portcullis_server::start(config, store, listener)
             .await
             .unwrap();
         (format!("http://{addr}"), node)

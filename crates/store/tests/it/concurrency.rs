@@ -24,7 +24,7 @@ backend_tests!(
 const RACERS: usize = 16;
 
 /// Presents each hash in `presented` from its own task, all released at once by a barrier; returns
-/// every outcome with the token that task offered as successor.
+/// every outcome with the token that task offered as successor, in the order of `presented`.
 async fn race(
     s: &Store,
     presented: Vec<TokenHash>,
@@ -33,7 +33,7 @@ async fn race(
 ) -> Vec<(Rotation, NextToken)> {
     let barrier = Arc::new(Barrier::new(presented.len()));
     let mut tasks = JoinSet::new();
-    for hash in presented {
+    for (i, hash) in presented.into_iter().enumerate() {
         let s = s.clone();
         let barrier = barrier.clone();
         tasks.spawn(async move {
@@ -43,14 +43,15 @@ async fn race(
                 .rotate(&hash, now, grace_ms, &next)
                 .await
                 .expect("rotate must not fail under contention");
-            (r, next)
+            (i, r, next)
         });
     }
     let mut out = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         out.push(joined.expect("racer panicked"));
     }
-    out
+    out.sort_by_key(|(i, _, _)| *i);
+    out.into_iter().map(|(_, r, n)| (r, n)).collect()
 }
 
 fn tally(outcomes: &[(Rotation, NextToken)]) -> (usize, usize, usize) {
@@ -285,13 +286,34 @@ async fn concurrent_rotations_of_different_tokens_all_succeed(t: Ctx) {
         assert_eq!(stored, 2, "each family got exactly its own successor");
         assert_eq!(live_tokens(&t.raw, f.id.as_str()).await, 1);
     }
-    for (r, next) in &outcomes {
+    // Each answer names the family of the token its request presented (a batch that swapped
+    // successors between families would not), and each successor rotates within that family.
+    for ((f, _), (r, next)) in families.iter().zip(&outcomes) {
         let Rotation::Rotated { family, .. } = r else {
             unreachable!()
         };
-        assert!(families.iter().any(|(f, _)| f.id.as_str() == family.id));
-        expect_rotated(s, &next.hash, now.plus_millis(1), 0, &next_token()).await;
+        assert_eq!(
+            family.id,
+            f.id.as_str(),
+            "answered with another request's family"
+        );
+        let Rotation::Rotated { family: again, .. } =
+            expect_rotated_family(s, &next.hash, now.plus_millis(1)).await
+        else {
+            unreachable!()
+        };
+        assert_eq!(
+            again.id,
+            f.id.as_str(),
+            "the successor was stored in another family"
+        );
     }
+}
+
+async fn expect_rotated_family(s: &Store, hash: &TokenHash, now: Millis) -> Rotation {
+    let r = s.rotate(hash, now, 0, &next_token()).await.expect("rotate");
+    assert_eq!(kind(&r), "Rotated");
+    r
 }
 
 /// Well-formed tokens we never issued, presented in the same moment as real ones: they are `Invalid`,

@@ -53,6 +53,12 @@ async fn dead_api_keys_are_kept_until_their_own_cutoff(t: Ctx) {
 async fn ping_answers(t: Ctx) {
     t.store.ping().await.unwrap();
     t.store.ping().await.unwrap();
+    // And says so when the store is gone.
+    t.store.close().await;
+    assert!(
+        t.store.ping().await.is_err(),
+        "a closed store answered the ping"
+    );
 }
 
 fn purged(refresh_families: u64, audit_events: u64, signing_keys: u64, api_keys: u64) -> Purged {

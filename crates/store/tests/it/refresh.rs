@@ -154,6 +154,22 @@ async fn token_of_expired_family_is_invalid(t: Ctx) {
     expect_rotated(s, &first.hash, T0.plus_millis(HOUR - 1), 0, &second).await;
     // The second token's own expiry is capped to the family's end.
     expect_invalid(s, &second.hash, f.expires_at, 0).await;
+
+    // And the family's end decides on its own: a family cut short (its tokens still live by their
+    // own expiry) is dead, and presenting its token is not reuse.
+    let f = new_family(&uid, T0, 30 * DAY);
+    let first = next_token_ttl(DAY);
+    s.start_family(&f, &first).await.unwrap();
+    t.raw
+        .execute(&format!(
+            "UPDATE refresh_families SET expires_at = {} WHERE id = '{}'",
+            T0.0 + HOUR,
+            f.id.as_str()
+        ))
+        .await;
+    expect_invalid(s, &first.hash, T0.plus_millis(HOUR), 0).await;
+    expect_invalid(s, &first.hash, T0.plus_millis(HOUR + 1), 60_000).await;
+    expect_rotated(s, &first.hash, T0.plus_millis(HOUR - 1), 0, &next_token()).await;
 }
 
 async fn revoked_family_is_invalid(t: Ctx) {

@@ -42,6 +42,38 @@ pub enum Raw {
 }
 
 impl Raw {
+    /// Runs one statement that changes rows, on a fresh connection (for states the store's own
+    /// methods never produce, to show which check decides).
+    pub async fn execute(&self, sql: &str) {
+        match self {
+            Raw::Sqlite(path) => {
+                let opts = sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(path)
+                    .busy_timeout(std::time::Duration::from_secs(5));
+                let mut conn = sqlx::SqliteConnection::connect_with(&opts)
+                    .await
+                    .expect("raw sqlite connection");
+                sqlx::query(AssertSqlSafe(sql.to_owned()))
+                    .execute(&mut conn)
+                    .await
+                    .expect(sql);
+                conn.close().await.ok();
+            }
+            Raw::Postgres { url, schema } => {
+                let mut conn = pg_plain(url).await;
+                sqlx::query(AssertSqlSafe(format!("SET search_path TO {schema}")))
+                    .execute(&mut conn)
+                    .await
+                    .expect("search_path");
+                sqlx::query(AssertSqlSafe(sql.to_owned()))
+                    .execute(&mut conn)
+                    .await
+                    .expect(sql);
+                conn.close().await.ok();
+            }
+        }
+    }
+
     /// Runs a query returning one BIGINT (e.g. `SELECT COUNT(*) FROM …`) on a fresh connection.
     pub async fn scalar(&self, sql: &str) -> i64 {
         match self {
