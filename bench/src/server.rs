@@ -296,8 +296,12 @@ mod tests {
         assert!(Proc::SelfProc.cpu_time().is_some());
     }
 
+    /// One test, not two: VmHWM is the whole process's, and tests run in parallel threads, so two
+    /// tests touching it would race each other.
     #[test]
-    fn clear_refs_resets_the_peak() {
+    fn reads_own_memory_and_clear_refs_resets_the_peak() {
+        assert!(Proc::SelfProc.rss_kib().is_some_and(|k| k > 0));
+        assert!(Proc::SelfProc.peak_kib().is_some_and(|k| k > 0));
         // Touch 256 MiB, give it back, then check that a reset brings VmHWM back down.
         let before = Proc::SelfProc.rss_kib().unwrap_or(0);
         let big = vec![1u8; 256 << 20];
@@ -309,15 +313,15 @@ mod tests {
         );
         drop(big);
         assert!(Proc::SelfProc.peak_kib().unwrap_or(0) >= before + (200 << 10));
-        if Proc::SelfProc.reset_peak() {
-            assert!(Proc::SelfProc.peak_kib().unwrap_or(u64::MAX) < before + (200 << 10));
+        // The harness needs the reset to report per-scenario peaks; where the kernel refuses it (no
+        // write access to /proc/self/clear_refs), the harness reports whole-run peaks instead, and
+        // this test says so rather than passing in silence.
+        if !Proc::SelfProc.reset_peak() {
+            eprintln!(
+                "skipped: /proc/self/clear_refs is not writable here; peak-reset check not run"
+            );
+            return;
         }
-    }
-
-    #[test]
-    fn reads_own_memory() {
-        let _ = Proc::SelfProc.reset_peak();
-        assert!(Proc::SelfProc.rss_kib().is_some_and(|k| k > 0));
-        assert!(Proc::SelfProc.peak_kib().is_some_and(|k| k > 0));
+        assert!(Proc::SelfProc.peak_kib().unwrap_or(u64::MAX) < before + (200 << 10));
     }
 }

@@ -166,6 +166,19 @@ try {
     });
     process.exit(EXIT_FAILED);
   }
+  // The tampered token is well-formed with valid claims: only its signature is wrong, so a
+  // signature failure is the one right rejection.
+  if (!(err instanceof jose.errors.JWSSignatureVerificationFailed)) {
+    emit({
+      verified: true,
+      sub,
+      library,
+      stage: 'tampered',
+      tampered_rejected: false,
+      error: 'the tampered token was rejected, but not for its signature: ' + describe(err),
+    });
+    process.exit(EXIT_FAILED);
+  }
   emit({
     verified: true,
     sub,

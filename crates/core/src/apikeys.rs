@@ -263,6 +263,28 @@ mod tests {
             let _ = ApiKey::parse(&raw);
         }
 
+        /// Key-shaped input (a prefix, `_`, 30 to 45 characters of nearly the right alphabet): it
+        /// reaches the length, alphabet and checksum checks, and only a real key passes.
+        #[test]
+        fn key_shaped_input_passes_only_with_its_checksum(
+            prefix in "[a-z0-9_]{1,22}",
+            body in "[0-9A-Za-z!_\\-]{30,45}",
+        ) {
+            let raw = format!("{prefix}_{body}");
+            if let Ok(key) = ApiKey::parse(&raw) {
+                prop_assert_eq!(key.expose(), raw.as_str());
+                prop_assert!(validate_prefix(key.prefix()).is_ok());
+            }
+            // A generated key with one character of its body changed never passes.
+            if let Ok(real) = ApiKey::generate("pk_live") {
+                let mut bytes = real.expose().as_bytes().to_vec();
+                let at = 8 + body.len() % 39;
+                bytes[at] = if bytes[at] == b'a' { b'b' } else { b'a' };
+                let changed = String::from_utf8(bytes).unwrap();
+                prop_assert!(ApiKey::parse(&changed).is_err(), "{} passed", changed);
+            }
+        }
+
         #[test]
         fn random_bodies_almost_never_pass_the_checksum(body in "[0-9A-Za-z]{39}") {
             // One chance in 62^6 for an arbitrary body; a hit here would mean a broken checksum.

@@ -106,7 +106,9 @@ mod tests {
         let other = DeviceKey::derive(&[8u8; 32]);
         assert_eq!(other.verify(&cookie, "alice@example.com", now, DAY), None);
         let (nonce, rest) = cookie.split_once('.').unwrap();
-        let flipped = format!("{}A.{rest}", &nonce[..nonce.len() - 1]);
+        let first = if nonce.starts_with('A') { 'B' } else { 'A' };
+        let flipped = format!("{first}{}.{rest}", &nonce[1..]);
+        assert_ne!(flipped, cookie);
         assert_eq!(key.verify(&flipped, "alice@example.com", now, DAY), None);
         let (head, mac) = cookie.rsplit_once('.').unwrap();
         let (_, issued) = head.split_once('.').unwrap();

@@ -220,7 +220,56 @@ mod tests {
         assert!(Email::parse("\u{430}\u{43b}\u{438}\u{441}\u{430}@example.com").is_ok());
     }
 
+    /// Address-shaped input: a local part and dot-separated labels drawn from ASCII, accented,
+    /// fullwidth, Cyrillic and invisible characters, so that the parser's later checks are reached.
+    fn address_like() -> impl Strategy<Value = String> {
+        let local = prop_oneof![
+            3 => "[a-zA-Z0-9+\\-]{1,12}",
+            1 => "[a-zA-Z0-9._+\\-é\u{301}ａ-ｚＡ-Ｚ\u{430}-\u{44f}\u{200b}\u{202e}]{1,12}",
+        ];
+        let label = prop_oneof![
+            3 => "[a-z0-9]{1,10}",
+            1 => "[a-z0-9\\-äöü\u{430}-\u{44f}ａ-ｚ]{1,10}",
+        ];
+        (
+            local,
+            proptest::collection::vec(label, 1..4),
+            "[a-z]{2,6}",
+            prop_oneof![6 => Just("@"), 1 => Just("＠"), 1 => Just("@@"), 1 => Just("")],
+        )
+            .prop_map(|(local, labels, tld, at)| format!("{local}{at}{}.{tld}", labels.join(".")))
+    }
+
+    #[test]
+    fn the_address_strategy_reaches_both_verdicts() {
+        use proptest::strategy::ValueTree;
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let (mut ok, mut refused) = (0, 0);
+        for _ in 0..400 {
+            let raw = address_like().new_tree(&mut runner).unwrap().current();
+            if Email::parse(&raw).is_ok() {
+                ok += 1;
+            } else {
+                refused += 1;
+            }
+        }
+        assert!(
+            ok >= 40 && refused >= 40,
+            "{ok} accepted, {refused} refused"
+        );
+    }
+
     proptest! {
+        #[test]
+        fn address_shaped_input_is_judged_and_accepted_input_round_trips(raw in address_like()) {
+            if let Ok(e) = Email::parse(&raw) {
+                prop_assert_eq!(Email::parse(e.as_str()).ok(), Some(e.clone()));
+                prop_assert_eq!(Email::parse(&e.key()).map(|k| k.key()).ok(), Some(e.key()));
+                prop_assert!(!e.as_str().chars().any(crate::text::is_invisible_or_bidi));
+                prop_assert!(e.key().split('@').nth(1).is_some_and(str::is_ascii), "the key's domain is ASCII");
+            }
+        }
+
         #[test]
         fn parse_never_panics_and_accepted_input_round_trips(raw in ".{0,300}") {
             if let Ok(e) = Email::parse(&raw) {

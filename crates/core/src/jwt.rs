@@ -870,11 +870,112 @@ mod tests {
         assert_eq!(ecdsa_low_s(&half), half);
     }
 
+    /// One EdDSA key and its verifier for all the property tests, so that the strategies can name
+    /// its kid.
+    fn fixed() -> &'static (SigningKey, Verifier) {
+        static FIXED: std::sync::OnceLock<(SigningKey, Verifier)> = std::sync::OnceLock::new();
+        FIXED.get_or_init(|| setup(JwsAlg::EdDsa))
+    }
+
+    /// Three base64url segments whose header is a JSON object with arbitrary `alg`, `typ`, `kid`
+    /// (often our key's) and extra members (the forbidden ones among them), and whose payload and
+    /// signature are arbitrary: input that gets past the split and reaches the header rules, the key
+    /// lookup, the signature and the claims.
+    fn jws_like() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let kid = fixed().0.kid().to_owned();
+        let value = prop_oneof![
+            Just(serde_json::json!("EdDSA")),
+            Just(serde_json::json!("ES256")),
+            Just(serde_json::json!("none")),
+            Just(serde_json::json!("at+jwt")),
+            Just(serde_json::json!(kid.clone())),
+            Just(serde_json::json!(7)),
+            ".{0,12}".prop_map(serde_json::Value::from),
+        ];
+        let alg = proptest::option::weighted(
+            0.9,
+            prop_oneof![3 => Just(serde_json::json!("EdDSA")), 1 => value.clone()],
+        );
+        let typ = proptest::option::weighted(
+            0.9,
+            prop_oneof![3 => Just(serde_json::json!("at+jwt")), 1 => value.clone()],
+        );
+        let kid = proptest::option::weighted(
+            0.9,
+            prop_oneof![3 => Just(serde_json::json!(kid)), 1 => value],
+        );
+        let extra =
+            proptest::sample::select(vec!["", "", "", "jku", "jwk", "x5u", "x5c", "crit", "zip"]);
+        let payload = prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..120),
+            Just(br#"{"iss":"x","sub":"y","aud":"z","exp":1,"iat":1,"jti":"j","client_id":"c","scope":""}"#.to_vec()),
+        ];
+        (
+            alg,
+            typ,
+            kid,
+            extra,
+            payload,
+            proptest::collection::vec(any::<u8>(), 0..80),
+        )
+            .prop_map(|(alg, typ, kid, extra, payload, sig)| {
+                let mut h = serde_json::Map::new();
+                for (k, v) in [("alg", alg), ("typ", typ), ("kid", kid)] {
+                    if let Some(v) = v {
+                        h.insert(k.into(), v);
+                    }
+                }
+                if !extra.is_empty() {
+                    h.insert(extra.into(), serde_json::json!("x"));
+                }
+                format!(
+                    "{}.{}.{}",
+                    B64.encode(serde_json::Value::Object(h).to_string()),
+                    B64.encode(payload),
+                    B64.encode(sig)
+                )
+            })
+    }
+
+    #[test]
+    fn the_jws_strategy_reaches_every_header_rule_and_the_signature() {
+        use proptest::strategy::{Strategy, ValueTree};
+        let verifier = &fixed().1;
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let mut reasons = std::collections::BTreeSet::new();
+        for _ in 0..3_000 {
+            let raw = jws_like().new_tree(&mut runner).unwrap().current();
+            if let Err(e) = verifier.verify_access_token(&raw, Millis::now()) {
+                reasons.insert(e.reason());
+            }
+        }
+        for wanted in [
+            "missing_kid",
+            "unknown_kid",
+            "unsupported_alg",
+            "alg_mismatch",
+            "forbidden_header",
+            "wrong_typ",
+            "bad_signature",
+        ] {
+            assert!(
+                reasons.contains(wanted),
+                "{wanted} never reached: {reasons:?}"
+            );
+        }
+    }
+
     proptest::proptest! {
         #[test]
         fn verification_never_panics_on_arbitrary_input(raw in ".{0,400}") {
             let (_, verifier) = setup(JwsAlg::EdDsa);
             let _ = verifier.verify_access_token(&raw, Millis::now());
+        }
+
+        #[test]
+        fn verification_refuses_every_forged_jws(raw in jws_like()) {
+            proptest::prop_assert!(fixed().1.verify_access_token(&raw, Millis::now()).is_err());
         }
     }
 }

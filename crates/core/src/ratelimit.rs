@@ -204,6 +204,20 @@ mod tests {
         assert!(account_wide > per_client);
     }
 
+    #[test]
+    fn the_window_bound_is_tight() {
+        // A full burst at 0, then one request at each refill: exactly 19 in [0, 1000).
+        let mut tat = None;
+        let mut allowed = 0;
+        for now in std::iter::repeat_n(0, 10).chain((1..10).map(|i| i * 100)) {
+            let (d, t) = gcra::check(tat, now, P, 1);
+            tat = Some(t);
+            allowed += usize::from(d.allowed);
+        }
+        assert_eq!(allowed, 19);
+        assert!(!gcra::check(tat, 950, P, 1).0.allowed);
+    }
+
     proptest! {
         #[test]
         fn gcra_never_allows_more_than_the_burst_plus_the_refill(times in proptest::collection::vec(0i64..5_000, 1..200)) {
@@ -216,10 +230,11 @@ mod tests {
                 tat = Some(t);
                 if d.allowed { allowed.push(now); }
             }
-            // A burst of `limit`, plus what refills during the window itself (one per 100 ms).
+            // A burst of `limit`, plus what refills during the window itself: one per 100 ms, so at
+            // t+100 … t+900 (the window [t, t+1000) holds nine refills).
             for (i, start) in allowed.iter().enumerate() {
                 let in_window = allowed.iter().skip(i).take_while(|t| **t < start + 1000).count();
-                prop_assert!(in_window <= 10 + 10, "{} allowed within 1 s", in_window);
+                prop_assert!(in_window <= 10 + 9, "{} allowed within 1 s", in_window);
             }
         }
     }

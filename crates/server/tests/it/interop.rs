@@ -15,14 +15,17 @@ fn interop_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../interop")
 }
 
+/// The token with one claim changed and re-encoded: well-formed, its claims all valid, only its
+/// signature wrong, so that a verifier must refuse it for the signature and nothing else.
 fn tamper(token: &str) -> String {
-    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
-    let payload = &mut parts[1];
-    let mid = payload.len() / 2;
-    let c = payload.as_bytes()[mid];
-    let replacement = if c == b'A' { 'B' } else { 'A' };
-    payload.replace_range(mid..mid + 1, &replacement.to_string());
-    parts.join(".")
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    let parts: Vec<&str> = token.split('.').collect();
+    let mut claims: serde_json::Value =
+        serde_json::from_slice(&B64.decode(parts[1]).unwrap()).unwrap();
+    claims["sub"] = serde_json::json!("usr_someone_else");
+    let payload = B64.encode(serde_json::to_vec(&claims).unwrap());
+    format!("{}.{payload}.{}", parts[0], parts[2])
 }
 
 async fn verify_with(program: &str, script: &str, label: &str) {
@@ -62,6 +65,11 @@ async fn verify_with(program: &str, script: &str, label: &str) {
         let result: serde_json::Value =
             serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap();
         assert_eq!(result["verified"], true, "{label} {alg:?}: {stdout}");
+        assert_eq!(
+            result["alg"],
+            alg.as_str(),
+            "{label} verified with another algorithm: {stdout}"
+        );
         assert_eq!(
             result["tampered_rejected"], true,
             "{label} {alg:?}: {stdout}"
