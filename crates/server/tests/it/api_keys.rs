@@ -578,17 +578,17 @@ async fn verify_answers_each_code_in_order(b: Backend) {
     let short = create(
         &app,
         &alice,
-        json!({"name": "short", "expires_at": rfc3339_in(1_000)}),
+        json!({"name": "short", "expires_at": rfc3339_in(3_000)}),
     )
     .await;
     let short_expired = create(
         &app,
         &alice,
-        json!({"name": "short2", "expires_at": rfc3339_in(1_000)}),
+        json!({"name": "short2", "expires_at": rfc3339_in(3_000)}),
     )
     .await;
     assert_eq!(code(&app, &v, &key_of(&short)).await, "VALID");
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    crate::support::sleep_until_ms(crate::support::ms_of(&short_expired["expires_at"]), 100).await;
     assert_eq!(code(&app, &v, &key_of(&short)).await, "EXPIRED");
     let r = call(
         &app,
@@ -774,13 +774,14 @@ async fn per_key_rate_limit_answers_rate_limited(b: Backend) {
         &create(
             &app,
             &root,
-            json!({"name": "q", "ratelimit": {"limit": 1, "duration_ms": 1000}}),
+            json!({"name": "q", "ratelimit": {"limit": 1, "duration_ms": 3000}}),
         )
         .await,
     );
+    let first = std::time::Instant::now();
     assert_eq!(code(&app, &v, &quick).await, "VALID");
     assert_eq!(code(&app, &v, &quick).await, "RATE_LIMITED");
-    tokio::time::sleep(Duration::from_millis(1_050)).await;
+    tokio::time::sleep(Duration::from_millis(3_050).saturating_sub(first.elapsed())).await;
     assert_eq!(code(&app, &v, &quick).await, "VALID");
 }
 
@@ -989,16 +990,16 @@ async fn roll_keeps_the_old_key_for_the_grace_period(b: Backend) {
         Method::POST,
         &format!("/v1/keys/{}/roll", id_of(&rolled)),
         &alice,
-        Some(json!({"grace_period_s": 1})),
+        Some(json!({"grace_period_s": 3})),
     )
     .await;
     assert_eq!(r.status(), StatusCode::CREATED);
+    let last: Value = r.json().await.unwrap();
     assert_eq!(code(&app, &v, &key_of(&rolled)).await, "VALID");
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    crate::support::sleep_until_ms(crate::support::ms_of(&last["old_key_expires_at"]), 100).await;
     assert_eq!(code(&app, &v, &key_of(&rolled)).await, "EXPIRED");
 
     // Bad grace periods.
-    let last: Value = r.json().await.unwrap();
     for bad in [
         json!({"grace_period_s": -1}),
         json!({"grace_period_s": 99_999_999}),
@@ -1388,14 +1389,8 @@ async fn a_revocation_on_one_node_reaches_the_others_within_a_second(b: Backend)
     .await;
     let key = key_of(&k);
 
-    // A second node over the same store, with caches of its own.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut config = app.state().config.clone();
-    config.listen = addr;
-    let node2 = portcullis_server::start(config, app.store.clone(), listener)
-        .await
-        .unwrap();
+    // A second node over the same database, with a store and caches of its own.
+    let (node2_base, node2) = app.second_node(|_| {}).await;
     let verifier_key = match &v {
         Auth::Key(k) => k.clone(),
         Auth::Bearer(_) => unreachable!(),
@@ -1403,7 +1398,7 @@ async fn a_revocation_on_one_node_reaches_the_others_within_a_second(b: Backend)
     let verify2 = |required: Value| {
         let (client, url, verifier_key, key) = (
             app.client.clone(),
-            format!("http://{addr}/v1/keys/verify"),
+            format!("{node2_base}/v1/keys/verify"),
             verifier_key.clone(),
             key.clone(),
         );
@@ -1430,7 +1425,7 @@ async fn a_revocation_on_one_node_reaches_the_others_within_a_second(b: Backend)
         let started = std::time::Instant::now();
         while !f().await {
             assert!(
-                started.elapsed() < Duration::from_millis(1_500),
+                started.elapsed() < Duration::from_millis(1_000),
                 "{what} did not reach the other node in time"
             );
             tokio::time::sleep(Duration::from_millis(25)).await;

@@ -76,17 +76,11 @@ async fn a_session_revoked_on_one_node_ends_on_the_others_within_a_second(b: Bac
     app.register("alice@example.com").await;
     let a = login(&app, "alice@example.com").await;
     let victim = login(&app, "alice@example.com").await;
-    // A second node over the same store, with caches of its own.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut config = app.state().config.clone();
-    config.listen = addr;
-    let node2 = portcullis_server::start(config, app.store.clone(), listener)
-        .await
-        .unwrap();
+    // A second node over the same database, with a store and caches of its own.
+    let (node2_base, node2) = app.second_node(|_| {}).await;
     let me2 = || {
         app.client
-            .get(format!("http://{addr}/v1/me"))
+            .get(format!("{node2_base}/v1/me"))
             .header("cookie", &victim.cookie)
             .send()
     };
@@ -105,7 +99,7 @@ async fn a_session_revoked_on_one_node_ends_on_the_others_within_a_second(b: Bac
     let started = std::time::Instant::now();
     while me2().await.unwrap().status() == StatusCode::OK {
         assert!(
-            started.elapsed() < Duration::from_millis(1_500),
+            started.elapsed() < Duration::from_millis(1_000),
             "node 2 still accepts the revoked session"
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -646,17 +640,18 @@ async fn a_session_presented_at_login_is_replaced(b: Backend) {
 
 async fn idle_and_absolute_timeouts_end_sessions(b: Backend) {
     let app = TestApp::spawn_with(b, |c| {
-        c.session_idle_timeout_s = 2;
-        c.session_absolute_timeout_s = 4;
+        c.session_idle_timeout_s = 3;
+        c.session_absolute_timeout_s = 5;
     })
     .await;
     app.register("alice@example.com").await;
     let me = |s: &Session| with(&app, Method::GET, "/v1/me", s).send();
 
-    // Idle: unused for longer than 2 s.
+    // Idle: unused for longer than 3 s.
     let idle = login(&app, "alice@example.com").await;
+    let used = portcullis_core::clock::Millis::now().0;
     assert_eq!(me(&idle).await.unwrap().status(), StatusCode::OK);
-    tokio::time::sleep(Duration::from_millis(2_300)).await;
+    crate::support::sleep_until_ms(used + 3_000, 300).await;
     let body = assert_problem(
         me(&idle).await.unwrap(),
         StatusCode::UNAUTHORIZED,
@@ -665,13 +660,28 @@ async fn idle_and_absolute_timeouts_end_sessions(b: Backend) {
     .await;
     assert_eq!(body["reason"], "idle");
 
-    // Busy, but past the absolute timeout: use every second, which keeps idle away, until 4 s.
-    let busy = login(&app, "alice@example.com").await;
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(1_000)).await;
+    // Busy, but past the absolute timeout: used every half second (well inside the idle timeout),
+    // until a moment past its `expires_at`.
+    let r = app
+        .post_json(
+            "/v1/sessions",
+            &json!({"email": "alice@example.com", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let cookie = cookie_of(&r);
+    let body: Value = r.json().await.unwrap();
+    let expires = crate::support::ms_of(&body["session"]["expires_at"]);
+    let busy = Session {
+        cookie,
+        csrf: body["csrf_token"].as_str().unwrap().to_owned(),
+        id: body["session"]["id"].as_str().unwrap().to_owned(),
+    };
+    while portcullis_core::clock::Millis::now().0 < expires - 700 {
         assert_eq!(me(&busy).await.unwrap().status(), StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    crate::support::sleep_until_ms(expires, 200).await;
     let body = assert_problem(
         me(&busy).await.unwrap(),
         StatusCode::UNAUTHORIZED,

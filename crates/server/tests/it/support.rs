@@ -347,3 +347,24 @@ pub async fn until(
     }
     started.elapsed()
 }
+
+/// Sleeps until the wall-clock moment `at` (milliseconds since the epoch), plus `margin_ms`: for
+/// tests of expiry, which must wait past a deadline the server computed, however slow the machine.
+pub async fn sleep_until_ms(at: i64, margin_ms: i64) {
+    let left = at + margin_ms - portcullis_core::clock::Millis::now().0;
+    if left > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(left as u64)).await;
+    }
+}
+
+/// The instant (ms since the epoch) of an RFC 3339 time in a response.
+pub fn ms_of(v: &Value) -> i64 {
+    portcullis_core::clock::Millis::from_datetime(
+        time::OffsetDateTime::parse(
+            v.as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap(),
+    )
+    .0
+}
