@@ -393,7 +393,10 @@ async fn serve(config: Config) -> Result<(), Failure> {
         let key = portcullis_server::create_root_key(&store, "root (first start)").await?;
         hand_over_root_key(&data_dir, &key)?;
     }
-    eprintln!("portcullis is listening on {issuer}");
+    eprintln!(
+        "portcullis is listening on http://{} (issuer {issuer})",
+        running.addr
+    );
     let result = tokio::select! {
         r = running.wait() => r.map_err(|e| Failure::Runtime(format!("server stopped: {e}"))),
         _ = shutdown_signal() => Ok(()),

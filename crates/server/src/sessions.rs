@@ -567,3 +567,65 @@ pub async fn admin_revoke_all(
     );
     Ok(StatusCode::NO_CONTENT)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn headers(values: &[String]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            if let Ok(v) = HeaderValue::from_str(v) {
+                h.append(header::COOKIE, v);
+            }
+        }
+        h
+    }
+
+    proptest! {
+        /// Arbitrary Cookie headers never panic the parser.
+        #[test]
+        fn the_cookie_parser_takes_anything(values in proptest::collection::vec(".{0,200}", 0..4)) {
+            let _ = session_cookie(&headers(&values));
+        }
+
+        /// Among other cookies, in any order and over several headers, ours is found once, and two of
+        /// ours are refused rather than guessed between.
+        #[test]
+        fn our_cookie_is_found_exactly_once(
+            others in proptest::collection::vec(("[A-Za-z_-]{1,20}", "[A-Za-z0-9%_.-]{0,30}"), 0..6),
+            value in "pcs_[A-Za-z0-9_-]{43}",
+            at in 0usize..6,
+            split in any::<bool>(),
+            twice in any::<bool>(),
+        ) {
+            let mut pairs: Vec<String> = others
+                .iter()
+                .filter(|(n, _)| n != COOKIE)
+                .map(|(n, v)| format!("{n}={v}"))
+                .collect();
+            let at = at.min(pairs.len());
+            pairs.insert(at, format!("{COOKIE}={value}"));
+            if twice {
+                pairs.push(format!("{COOKIE}={value}"));
+            }
+            let values = if split {
+                pairs.clone()
+            } else {
+                vec![pairs.join("; ")]
+            };
+            let h = headers(&values);
+            match session_cookie(&h) {
+                Ok(found) => {
+                    prop_assert!(!twice);
+                    prop_assert_eq!(found, Some(value.as_str()));
+                }
+                Err(e) => {
+                    prop_assert!(twice);
+                    prop_assert_eq!(e.code(), "invalid_session");
+                }
+            }
+        }
+    }
+}

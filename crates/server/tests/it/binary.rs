@@ -34,11 +34,15 @@ impl Server {
     /// print its URL, and takes the port from there (a port found free and handed back could be
     /// taken by someone else before the child binds it).
     fn start(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut all = vec!["--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        Self::start_raw(dir, &all, env)
+    }
+
+    /// `portcullis serve` with exactly `args` (no `--listen` of ours).
+    fn start_raw(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut cmd = command();
-        cmd.current_dir(dir)
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args);
+        cmd.current_dir(dir).arg("serve").args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -75,8 +79,8 @@ impl Server {
         let base = lines
             .iter()
             .find_map(|l| l.split("listening on ").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
             .unwrap_or_else(|| panic!("no start line: {lines:?}"))
-            .trim()
             .to_owned();
         assert!(
             !base.ends_with(":0"),
@@ -750,4 +754,150 @@ fn an_open_data_folder_is_closed_and_a_readable_master_key_is_refused() {
         "{err}"
     );
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+}
+
+
+/// Flag over environment over file over default, the file named by `--config` or
+/// `PORTCULLIS_CONFIG`, and `--data-dir` / `--issuer` doing what they say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_come_from_flags_then_environment_then_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("portcullis.toml"),
+        "access_token_ttl_s = 600\nissuer = \"http://from-the-file.example\"\nregistration = \"closed\"\n",
+    )
+    .unwrap();
+    let c = reqwest::Client::new();
+    let issuer_of = |server: &Server| {
+        server
+            .stderr_lines
+            .iter()
+            .find_map(|l| l.split("(issuer ").nth(1))
+            .map(|i| i.trim_end_matches(')').to_owned())
+            .unwrap()
+    };
+    // The file alone, named by PORTCULLIS_CONFIG: its issuer and its closed registration.
+    let server = Server::start(
+        dir.path(),
+        &["--data-dir", "elsewhere"],
+        &[("PORTCULLIS_CONFIG", "portcullis.toml")],
+    );
+    assert_eq!(issuer_of(&server), "http://from-the-file.example");
+    let r = c
+        .post(format!("{}/v1/users", server.base))
+        .json(&json!({"email": "cfg@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "registration closed by the file");
+    assert!(dir.path().join("elsewhere/portcullis.db").exists(), "--data-dir is where the store is");
+    assert!(!dir.path().join("portcullis-data").exists());
+    server.stop();
+    // The environment beats the file; a flag beats the environment.
+    let server = Server::start(
+        dir.path(),
+        &["--config", "portcullis.toml", "--data-dir", "elsewhere", "--issuer", "http://from-the-flag.example"],
+        &[
+            ("PORTCULLIS_ISSUER", "http://from-the-env.example"),
+            ("PORTCULLIS_REGISTRATION", "open"),
+            ("PORTCULLIS_ACCESS_TOKEN_TTL_S", "700"),
+        ],
+    );
+    assert_eq!(issuer_of(&server), "http://from-the-flag.example");
+    let r = c
+        .post(format!("{}/v1/users", server.base))
+        .json(&json!({"email": "cfg@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "registration opened by the environment");
+    let t: Value = c
+        .post(format!("{}/v1/auth/login", server.base))
+        .json(&json!({"email": "cfg@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(t["expires_in"], 700, "the environment's lifetime, not the file's");
+    server.stop();
+    let server = Server::start(
+        dir.path(),
+        &["--config", "portcullis.toml", "--data-dir", "elsewhere"],
+        &[("PORTCULLIS_ISSUER", "http://from-the-env.example")],
+    );
+    assert_eq!(issuer_of(&server), "http://from-the-env.example");
+    server.stop();
+}
+
+#[test]
+fn the_default_address_is_loopback_8787_and_runtime_failures_exit_1_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    // Hold a port so that serving there must fail at run time (not a configuration error).
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = held.local_addr().unwrap().to_string();
+    let out = run(dir.path(), &["serve", "--listen", &taken], None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains(&format!("cannot listen on {taken}")) && err.contains("--listen"), "{err}");
+    // With no --listen: 127.0.0.1:8787. Whether that port is free here or not, the one line the
+    // binary prints names it.
+    let mut child = command()
+        .current_dir(dir.path())
+        .arg("serve")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut named = false;
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        if line.contains("listening on http://127.0.0.1:8787") || line.contains("cannot listen on 127.0.0.1:8787") {
+            named = true;
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(named, "the default address was not 127.0.0.1:8787");
+}
+
+/// `serve` alone, on an empty PostgreSQL schema: it migrates by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_migrates_a_fresh_postgresql_schema_by_itself() {
+    let Ok(url) = std::env::var("PORTCULLIS_TEST_DATABASE_URL") else {
+        eprintln!("skipped: PORTCULLIS_TEST_DATABASE_URL not set");
+        return;
+    };
+    let schema = format!("fresh_{}", crate::support::uuid_hex());
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.unwrap();
+    sqlx::Executor::execute(&mut conn, sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .await
+        .unwrap();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let url_in_schema = format!("{url}{sep}options=-c%20search_path%3D{schema}");
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--database-url", &url_in_schema], &[]);
+    let root = server.root_key().expect("a first start on an empty schema");
+    let c = reqwest::Client::new();
+    let r = c
+        .get(format!("{}/admin/v1/users", server.base))
+        .header("x-api-key", root)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    server.stop();
+    let tables: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = '{schema}'"
+    )))
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert!(tables >= 6, "{tables} tables after serve");
+    sqlx::Executor::execute(&mut conn, sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .await
+        .unwrap();
 }

@@ -329,6 +329,44 @@ async fn openapi_document_matches_the_snapshot() {
     app.stop().await;
 }
 
+/// Every route the router serves is in the OpenAPI document (with its methods), except the pages and
+/// the document itself. The router's list is read from its source, so a route added without its
+/// documentation fails here.
+#[tokio::test]
+async fn the_openapi_document_covers_every_route_the_router_serves() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let doc: Value = app.client.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/app.rs")).unwrap();
+    let not_api = ["/login", "/account", "/assets/", "/openapi.json"];
+    let mut checked = 0;
+    for route in source.split(".route(").skip(1) {
+        let path = route.trim_start().trim_start_matches('"').split('"').next().unwrap();
+        if not_api.iter().any(|p| path.starts_with(p)) || !path.starts_with('/') {
+            continue;
+        }
+        let handlers = route.split(".route(").next().unwrap();
+        let ops = doc["paths"].get(path).unwrap_or_else(|| panic!("{path} is served but not documented"));
+        for method in ["get", "post", "put", "patch", "delete"] {
+            if route_uses(handlers, method) {
+                assert!(ops.get(method).is_some(), "{} {path} is served but not documented", method.to_uppercase());
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked >= 30, "only {checked} routes found in app.rs");
+    app.stop().await;
+}
+
+/// Does the `.route(…)` text call the method router `method(` (`get(…)`, `.patch(…)`, …)?
+fn route_uses(route: &str, method: &str) -> bool {
+    route.match_indices(&format!("{method}(")).any(|(i, _)| {
+        route[..i]
+            .chars()
+            .last()
+            .is_none_or(|c| !(c.is_alphanumeric() || c == '_'))
+    })
+}
+
 #[tokio::test]
 async fn the_janitor_deletes_what_is_past_use() {
     let app = TestApp::spawn(Backend::Sqlite).await;

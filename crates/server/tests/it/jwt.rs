@@ -17,11 +17,11 @@ on_both_stores!(
     cached_tokens_still_expire_and_stay_revocable
 );
 
-fn b64json(v: &Value) -> String {
+pub(crate) fn b64json(v: &Value) -> String {
     B64.encode(serde_json::to_vec(v).unwrap())
 }
 
-fn claims(app: &TestApp, sub: &str) -> AccessClaims {
+pub(crate) fn claims(app: &TestApp, sub: &str) -> AccessClaims {
     let now = Millis::now().as_secs();
     AccessClaims {
         iss: app.base.clone(),

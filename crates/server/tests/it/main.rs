@@ -13,6 +13,7 @@ mod api_keys;
 mod binary;
 mod browser;
 mod connections;
+mod contract;
 mod hardening;
 mod http;
 mod interop;
