@@ -756,7 +756,6 @@ fn an_open_data_folder_is_closed_and_a_readable_master_key_is_refused() {
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
 
-
 /// Flag over environment over file over default, the file named by `--config` or
 /// `PORTCULLIS_CONFIG`, and `--data-dir` / `--issuer` doing what they say.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -790,13 +789,23 @@ async fn settings_come_from_flags_then_environment_then_the_file() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403, "registration closed by the file");
-    assert!(dir.path().join("elsewhere/portcullis.db").exists(), "--data-dir is where the store is");
+    assert!(
+        dir.path().join("elsewhere/portcullis.db").exists(),
+        "--data-dir is where the store is"
+    );
     assert!(!dir.path().join("portcullis-data").exists());
     server.stop();
     // The environment beats the file; a flag beats the environment.
     let server = Server::start(
         dir.path(),
-        &["--config", "portcullis.toml", "--data-dir", "elsewhere", "--issuer", "http://from-the-flag.example"],
+        &[
+            "--config",
+            "portcullis.toml",
+            "--data-dir",
+            "elsewhere",
+            "--issuer",
+            "http://from-the-flag.example",
+        ],
         &[
             ("PORTCULLIS_ISSUER", "http://from-the-env.example"),
             ("PORTCULLIS_REGISTRATION", "open"),
@@ -820,7 +829,10 @@ async fn settings_come_from_flags_then_environment_then_the_file() {
         .json()
         .await
         .unwrap();
-    assert_eq!(t["expires_in"], 700, "the environment's lifetime, not the file's");
+    assert_eq!(
+        t["expires_in"], 700,
+        "the environment's lifetime, not the file's"
+    );
     server.stop();
     let server = Server::start(
         dir.path(),
@@ -841,7 +853,10 @@ fn the_default_address_is_loopback_8787_and_runtime_failures_exit_1_in_one_line(
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(err.contains(&format!("cannot listen on {taken}")) && err.contains("--listen"), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on {taken}")) && err.contains("--listen"),
+        "{err}"
+    );
     // With no --listen: 127.0.0.1:8787. Whether that port is free here or not, the one line the
     // binary prints names it.
     let mut child = command()
@@ -854,7 +869,9 @@ fn the_default_address_is_loopback_8787_and_runtime_failures_exit_1_in_one_line(
     let stderr = child.stderr.take().unwrap();
     let mut named = false;
     for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-        if line.contains("listening on http://127.0.0.1:8787") || line.contains("cannot listen on 127.0.0.1:8787") {
+        if line.contains("listening on http://127.0.0.1:8787")
+            || line.contains("cannot listen on 127.0.0.1:8787")
+        {
             named = true;
             break;
         }
@@ -872,10 +889,15 @@ async fn serve_migrates_a_fresh_postgresql_schema_by_itself() {
         return;
     };
     let schema = format!("fresh_{}", crate::support::uuid_hex());
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.unwrap();
-    sqlx::Executor::execute(&mut conn, sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
         .await
         .unwrap();
+    sqlx::Executor::execute(
+        &mut conn,
+        sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")),
+    )
+    .await
+    .unwrap();
     let sep = if url.contains('?') { '&' } else { '?' };
     let url_in_schema = format!("{url}{sep}options=-c%20search_path%3D{schema}");
     let dir = tempfile::tempdir().unwrap();
@@ -897,7 +919,10 @@ async fn serve_migrates_a_fresh_postgresql_schema_by_itself() {
     .await
     .unwrap();
     assert!(tables >= 6, "{tables} tables after serve");
-    sqlx::Executor::execute(&mut conn, sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-        .await
-        .unwrap();
+    sqlx::Executor::execute(
+        &mut conn,
+        sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")),
+    )
+    .await
+    .unwrap();
 }

@@ -335,20 +335,40 @@ async fn openapi_document_matches_the_snapshot() {
 #[tokio::test]
 async fn the_openapi_document_covers_every_route_the_router_serves() {
     let app = TestApp::spawn(Backend::Sqlite).await;
-    let doc: Value = app.client.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
-    let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/app.rs")).unwrap();
+    let doc: Value = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let source =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/app.rs")).unwrap();
     let not_api = ["/login", "/account", "/assets/", "/openapi.json"];
     let mut checked = 0;
     for route in source.split(".route(").skip(1) {
-        let path = route.trim_start().trim_start_matches('"').split('"').next().unwrap();
+        let path = route
+            .trim_start()
+            .trim_start_matches('"')
+            .split('"')
+            .next()
+            .unwrap();
         if not_api.iter().any(|p| path.starts_with(p)) || !path.starts_with('/') {
             continue;
         }
         let handlers = route.split(".route(").next().unwrap();
-        let ops = doc["paths"].get(path).unwrap_or_else(|| panic!("{path} is served but not documented"));
+        let ops = doc["paths"]
+            .get(path)
+            .unwrap_or_else(|| panic!("{path} is served but not documented"));
         for method in ["get", "post", "put", "patch", "delete"] {
             if route_uses(handlers, method) {
-                assert!(ops.get(method).is_some(), "{} {path} is served but not documented", method.to_uppercase());
+                assert!(
+                    ops.get(method).is_some(),
+                    "{} {path} is served but not documented",
+                    method.to_uppercase()
+                );
             }
         }
         checked += 1;

@@ -521,6 +521,11 @@ async fn sessions_are_listed_and_revoked_one_by_one_or_all(b: Backend) {
         at(&first["expires_at"]) - at(&first["created_at"]),
         time::Duration::hours(24)
     );
+    assert_eq!(
+        app.state().config.session_idle_timeout_s,
+        30 * 60,
+        "and 30 minutes idle, by default"
+    );
     assert!(at(&first["last_seen_at"]) >= at(&first["created_at"]));
     assert_eq!(
         sessions.iter().find(|s| s["id"] == c.id.as_str()).unwrap()["user_agent"],
