@@ -19,6 +19,7 @@ pub mod email;
 pub mod ids;
 pub mod jwt;
 pub mod passwords;
+pub mod principal;
 pub mod ratelimit;
 pub mod scopes;
 pub mod seal;

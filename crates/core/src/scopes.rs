@@ -13,9 +13,40 @@ pub struct Scope(String);
 #[error("invalid scope {0:?}: 1 to 64 characters of A-Z a-z 0-9 _ : . - /")]
 pub struct InvalidScope(pub String);
 
+/// Scopes only administrators may grant.
+pub const RESERVED: &[&str] = &[Scope::ADMIN, Scope::KEYS_VERIFY];
+/// Scopes a user may always grant their own keys.
+pub const SELF_SERVICE: &[&str] = &[Scope::KEYS_READ, Scope::KEYS_WRITE];
+/// Portcullis's own scopes: no other scope may equal one of them in another letter case.
+pub const OWN: &[&str] = &[
+    Scope::ADMIN,
+    Scope::KEYS_VERIFY,
+    Scope::KEYS_READ,
+    Scope::KEYS_WRITE,
+];
+
+/// Portcullis's own scope this one imitates in another letter case (`Admin`, `KEYS:VERIFY`).
+pub fn confusable_with(scope: &str) -> Option<&'static str> {
+    OWN.iter()
+        .find(|own| **own != scope && own.eq_ignore_ascii_case(scope))
+        .copied()
+}
+
+/// Scopes nobody may open to users (`self_service_scopes`): the administrators' own, and look-alikes
+/// of Portcullis's scopes.
+pub fn is_reserved(scope: &str) -> bool {
+    RESERVED.iter().any(|r| r.eq_ignore_ascii_case(scope)) || confusable_with(scope).is_some()
+}
+
 impl Scope {
     /// Full administrative access.
     pub const ADMIN: &'static str = "admin";
+    /// Verifying API keys (`/v1/keys/verify`).
+    pub const KEYS_VERIFY: &'static str = "keys:verify";
+    /// Listing and reading one's keys.
+    pub const KEYS_READ: &'static str = "keys:read";
+    /// Managing one's keys.
+    pub const KEYS_WRITE: &'static str = "keys:write";
 
     pub fn parse(raw: &str) -> Result<Self, InvalidScope> {
         let ok = !raw.is_empty()
@@ -97,5 +128,15 @@ mod tests {
         assert!(s.is_admin());
         assert!(Scopes::parse_space_separated("bad\"scope").is_err());
         assert!(Scope::parse(&"a".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn our_scopes_are_reserved_in_every_letter_case() {
+        for s in ["admin", "Admin", "ADMIN", "keys:Verify", "KEYS:WRITE"] {
+            assert!(is_reserved(s) || confusable_with(s).is_some(), "{s}");
+        }
+        assert_eq!(confusable_with("Keys:Read"), Some("keys:read"));
+        assert_eq!(confusable_with("keys:read"), None);
+        assert!(!is_reserved("keys:read") && !is_reserved("orders:read"));
     }
 }

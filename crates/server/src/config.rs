@@ -11,6 +11,35 @@ use portcullis_core::jwt::{JwsAlg, MAX_LEEWAY_S};
 use portcullis_core::passwords::{Argon2Params, PasswordPolicy};
 use serde::{Deserialize, Serialize};
 
+/// The master key given in configuration: a secret, redacted in `Debug` and never serialized.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct MasterKeyHex(secrecy::SecretString);
+
+impl MasterKeyHex {
+    pub fn new(hex: String) -> Self {
+        Self(secrecy::SecretString::from(hex))
+    }
+
+    pub fn expose(&self) -> &str {
+        secrecy::ExposeSecret::expose_secret(&self.0)
+    }
+}
+
+impl Serialize for MasterKeyHex {
+    /// Configuration is serialized only for its defaults (where this is unset) and its key list; a
+    /// set key is written as `[redacted]`, never as itself.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("[redacted]")
+    }
+}
+
+impl std::fmt::Debug for MasterKeyHex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
 /// Whether anyone may create an account with `POST /v1/users`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -43,7 +72,7 @@ pub struct Config {
     /// `aud` of access tokens. Default: the issuer.
     pub audience: Option<String>,
     /// Master key as 64 hex digits (for nodes without a data folder). Default: `<data_dir>/master.key`.
-    pub master_key: Option<String>,
+    pub master_key: Option<MasterKeyHex>,
     /// `open` or `closed`.
     pub registration: Registration,
 
@@ -65,6 +94,10 @@ pub struct Config {
     pub signing_key_publish_lead_s: i64,
     /// `client_id` claim of tokens issued by password login.
     pub first_party_client_id: String,
+    /// The `scope` claim of access tokens from password login: what the user's own login grants
+    /// (RFC 9068 §2.2.3). Our own endpoints give a user's own login the user's full self-service
+    /// rights whatever it says; resource servers read it.
+    pub login_scopes: Vec<String>,
 
     /// Minimum password length in code points (never below 8).
     pub password_min_length: usize,
@@ -183,6 +216,7 @@ impl Default for Config {
             signing_key_rotation_days: 30,
             signing_key_publish_lead_s: 3600,
             first_party_client_id: "portcullis".to_owned(),
+            login_scopes: vec!["keys:read".to_owned(), "keys:write".to_owned()],
             password_min_length: 12,
             password_max_length: 128,
             argon2_m_kib: Argon2Params::OWASP.m_kib,
@@ -289,67 +323,16 @@ pub fn redact_url(url: &str) -> String {
     format!("{base}?{}", query.join("&"))
 }
 
-/// Every key the environment may set; other `PORTCULLIS_*` variables (test settings, `CONFIG`) are not ours.
-const KEYS: &[&str] = &[
-    "listen",
-    "data_dir",
-    "database_url",
-    "redis_url",
-    "issuer",
-    "audience",
-    "master_key",
-    "registration",
-    "jwt_alg",
-    "access_token_ttl_s",
-    "refresh_token_ttl_s",
-    "refresh_family_ttl_s",
-    "refresh_reuse_grace_s",
-    "jwt_leeway_s",
-    "signing_key_rotation_days",
-    "signing_key_publish_lead_s",
-    "first_party_client_id",
-    "password_min_length",
-    "password_max_length",
-    "argon2_m_kib",
-    "argon2_t",
-    "argon2_p",
-    "hash_concurrency",
-    "hash_queue_limit",
-    "login_ip_limit",
-    "login_ip_period_s",
-    "login_free_failures",
-    "login_max_wait_s",
-    "max_body_bytes",
-    "max_page_size",
-    "db_pool_size",
-    "audit_retention_days",
-    "janitor_interval_s",
-    "janitor_batch",
-    "log_format",
-    "api_key_prefix",
-    "api_key_cache_ttl_s",
-    "api_key_meta_max_bytes",
-    "api_key_retention_days",
-    "api_key_max_grace_s",
-    "verify_audit_interval_ms",
-    "templates_dir",
-    "cors_allowed_origins",
-    "session_idle_timeout_s",
-    "session_absolute_timeout_s",
-    "trusted_proxies",
-    "login_account_free_failures",
-    "known_device_ttl_days",
-    "registration_ip_limit",
-    "registration_ip_period_s",
-    "self_service_scopes",
-    "header_read_timeout_s",
-    "request_body_timeout_s",
-    "max_connections",
-    "max_connections_per_ip",
-    "metrics_listen",
-    "metrics_allowed_ips",
-    "hsts_include_subdomains",
-];
+/// Every setting's name, from the struct itself (its serialized defaults), so no list is kept by hand:
+/// the environment may set exactly these (other `PORTCULLIS_*` variables, such as test settings and
+/// `CONFIG`, are not ours).
+pub fn keys() -> &'static [String] {
+    static KEYS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| match serde_json::to_value(Config::default()) {
+        Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
+        _ => Vec::new(),
+    })
+}
 
 /// A configuration that cannot be used; the message says what to change.
 #[derive(Debug, thiserror::Error)]
@@ -375,7 +358,7 @@ impl Config {
         fig = fig
             .merge(
                 Env::prefixed("PORTCULLIS_")
-                    .filter(|k| KEYS.contains(&k.as_str().to_ascii_lowercase().as_str())),
+                    .filter(|k| keys().iter().any(|n| *n == k.as_str().to_ascii_lowercase())),
             )
             .merge(Serialized::defaults(overrides.clone()));
         let config: Config = fig.extract().map_err(|e| ConfigError(describe(e)))?;
@@ -449,7 +432,7 @@ impl Config {
             );
         }
         if let Some(k) = &self.master_key
-            && (k.len() != 64 || hex::decode(k).is_err())
+            && (k.expose().len() != 64 || hex::decode(k.expose()).is_err())
         {
             return err("master_key must be 64 hex digits (32 bytes)".into());
         }
@@ -509,9 +492,16 @@ impl Config {
                 "registration_ip_limit and registration_ip_period_s must be positive".into(),
             );
         }
+        for scope in &self.login_scopes {
+            if portcullis_core::scopes::Scope::parse(scope).is_err() {
+                return err(format!(
+                    "login_scopes entries must be scopes, got {scope:?}"
+                ));
+            }
+        }
         for scope in &self.self_service_scopes {
             if portcullis_core::scopes::Scope::parse(scope).is_err()
-                || crate::apikeys::is_reserved_scope(scope)
+                || portcullis_core::scopes::is_reserved(scope)
             {
                 return err(format!(
                     "self_service_scopes entries must be scopes ([A-Za-z0-9_:.-/], 1 to 64) and not one \
@@ -549,6 +539,23 @@ impl Config {
         self.issuer
             .clone()
             .unwrap_or_else(|| format!("http://{}", self.listen))
+    }
+
+    /// The origin browsers use for us: the issuer's.
+    pub fn origin(&self) -> String {
+        let issuer = self.issuer();
+        portcullis_core::csrf::origin_of(&issuer).unwrap_or(issuer)
+    }
+
+    /// The HSTS header, when served over TLS (the issuer is https).
+    pub fn hsts(&self) -> Option<axum::http::HeaderValue> {
+        self.issuer().starts_with("https://").then(|| {
+            axum::http::HeaderValue::from_static(if self.hsts_include_subdomains {
+                "max-age=31536000; includeSubDomains"
+            } else {
+                "max-age=31536000"
+            })
+        })
     }
 
     pub fn audience(&self) -> String {
@@ -664,6 +671,34 @@ mod tests {
         std::fs::write(&path, "api_key_prefix = \"sk_test\"\n").unwrap();
         let c = Config::load(Some(&path), &Default::default()).unwrap();
         assert_eq!(c.api_key_prefix, "sk_test");
+    }
+
+    #[test]
+    fn every_setting_may_come_from_the_environment_and_the_master_key_is_a_secret() {
+        let keys = keys();
+        for k in [
+            "listen",
+            "master_key",
+            "trusted_proxies",
+            "login_scopes",
+            "session_idle_timeout_s",
+        ] {
+            assert!(keys.iter().any(|n| n == k), "{k} missing from {keys:?}");
+        }
+        assert_eq!(
+            keys.len(),
+            serde_json::to_value(Config::default())
+                .unwrap()
+                .as_object()
+                .unwrap()
+                .len()
+        );
+        let c = Config {
+            master_key: Some(MasterKeyHex::new("ab".repeat(32))),
+            ..Config::default()
+        };
+        assert!(!format!("{c:?}").contains("abab"));
+        assert!(!serde_json::to_string(&c).unwrap().contains("abab"));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! caches before the change is acknowledged, so the next request here already sees it, and the event
 //! then goes onto the bus for whoever else listens. Today nobody else does; with several nodes a Redis
 //! forwarder subscribes, publishes each event to the other nodes, and applies theirs through
-//! [`crate::auth::Authenticator::apply`] — the same path as a local change.
+//! `AppState::apply` — the same path as a local change.
 
 use tokio::sync::broadcast;
 

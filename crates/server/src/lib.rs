@@ -1,5 +1,7 @@
-//! Portcullis server: axum routers, the credential → [`auth::Principal`] pipeline, middleware, error
-//! mapping, OpenAPI, configuration, telemetry, background work, and the `portcullis` binary's commands.
+//! Portcullis server: one folder per capability (`users`, `tokens`, `signing_keys`, `sessions`,
+//! `apikeys`, `audit`, `pages`), each a service that speaks the domain and handlers that speak HTTP;
+//! the HTTP kit (`http`), the one credential → principal pipeline (`auth`), and `app`, which builds
+//! the services in order and serves them. See LAYOUT of the project for the rule.
 #![deny(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -9,168 +11,24 @@
     clippy::todo
 )]
 
-pub mod admin;
 pub mod apikeys;
 pub mod app;
 pub mod audit;
 pub mod auth;
-pub mod background;
+pub mod cli;
+pub mod coalesce;
 pub mod config;
 pub mod error;
-pub mod extract;
-pub mod hashing;
+pub mod http;
 pub mod invalidation;
-pub mod keys;
-pub mod listener;
-pub mod openapi;
 pub mod ops;
 pub mod pages;
+pub mod ratelimit;
 pub mod sessions;
-pub mod state;
+pub mod signing_keys;
 pub mod telemetry;
-pub mod throttle;
 pub mod tokens;
-pub mod usage;
 pub mod users;
 
-use std::net::SocketAddr;
-
-use portcullis_core::apikeys::{ApiKey, DEFAULT_PREFIX};
-use portcullis_core::clock::Millis;
-use portcullis_core::ids::KeyId;
-use portcullis_store::{ApiKeyRow, ApiKeyStore, Store, UserStore};
-
+pub use app::{AppState, Running, StartError, create_root_key, start, store_is_empty};
 pub use config::Config;
-pub use state::{AppState, StartError};
-
-/// A server accepting connections, and the handle to stop it.
-pub struct Running {
-    pub addr: SocketAddr,
-    /// Where `/metrics` is served when `metrics_listen` is set.
-    pub metrics_addr: Option<SocketAddr>,
-    pub state: AppState,
-    shutdown: Option<tokio::sync::watch::Sender<bool>>,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
-    background: Vec<tokio::task::JoinHandle<()>>,
-    audit: tokio::task::JoinHandle<()>,
-}
-
-/// Builds the state over an opened, migrated store and serves on `listener` (and `/metrics` on
-/// `metrics_listener` when the configuration names one).
-pub async fn start(
-    config: Config,
-    store: Store,
-    listener: tokio::net::TcpListener,
-) -> Result<Running, StartError> {
-    let metrics_listener = match config.metrics_listen {
-        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-            StartError::Other(format!("cannot listen on {addr} for metrics_listen: {e}"))
-        })?),
-        None => None,
-    };
-    let addr = listener
-        .local_addr()
-        .map_err(|e| StartError::Other(e.to_string()))?;
-    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
-    let limits = listener::Limits::from_config(&config);
-    let (state, audit) = AppState::build(config, store, telemetry::metrics_handle()).await?;
-    let mut background = background::spawn(state.clone());
-    let router = app::router(state.clone());
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    if let Some(metrics_listener) = metrics_listener {
-        let router = app::metrics_router(state.clone());
-        let limits = limits.clone();
-        let rx = rx.clone();
-        background.push(tokio::spawn(async move {
-            let _ = listener::serve(
-                metrics_listener,
-                router,
-                limits,
-                stopped(rx),
-                std::time::Duration::from_secs(1),
-            )
-            .await;
-        }));
-    }
-    let server = tokio::spawn(listener::serve(
-        listener,
-        router,
-        limits,
-        stopped(rx),
-        std::time::Duration::from_secs(10),
-    ));
-    Ok(Running {
-        addr,
-        metrics_addr,
-        state,
-        shutdown: Some(tx),
-        server,
-        background,
-        audit,
-    })
-}
-
-impl Running {
-    /// Stops accepting, finishes in-flight requests, flushes the audit queue and closes the store.
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(true);
-        }
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(11), &mut self.server).await;
-        for task in &self.background {
-            task.abort();
-        }
-        usage::flush_key_usage(&self.state).await;
-        usage::flush_audit_counts(&self.state);
-        let store = self.state.store.clone();
-        drop(self.state);
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.audit).await;
-        store.close().await;
-    }
-
-    /// Waits until the server task ends (it only ends on `stop` or an accept error).
-    pub async fn wait(&mut self) -> std::io::Result<()> {
-        match (&mut self.server).await {
-            Ok(r) => r,
-            Err(e) => Err(std::io::Error::other(e)),
-        }
-    }
-}
-
-/// Creates a root API key (scope `admin`, no owner) and returns it; it is shown only this once.
-pub async fn create_root_key(store: &Store, name: &str) -> Result<String, StartError> {
-    let key = ApiKey::generate(DEFAULT_PREFIX).map_err(|e| StartError::Other(e.to_string()))?;
-    let now = Millis::now().0;
-    let row = ApiKeyRow {
-        id: KeyId::generate().to_string(),
-        owner_id: None,
-        prefix: key.prefix().to_owned(),
-        start: key.start(),
-        key_hash: key.hash().0.to_vec(),
-        name: name.to_owned(),
-        scopes: "admin".to_owned(),
-        meta: None,
-        owner_meta: None,
-        created_at: now,
-        updated_at: now,
-        expires_at: None,
-        revoked_at: None,
-        remaining: None,
-        ratelimit_limit: None,
-        ratelimit_duration_ms: None,
-        last_used_at: None,
-        rolled_to: None,
-        grace_until: None,
-        ratelimit_bucket: None,
-    };
-    store.insert_api_key(&row).await?;
-    Ok(key.expose().to_owned())
-}
-
-/// True when the store has neither users nor keys: the first start.
-pub async fn store_is_empty(store: &Store) -> Result<bool, StartError> {
-    Ok(store.count_users().await? == 0 && store.count_api_keys().await? == 0)
-}

@@ -305,7 +305,7 @@ async fn signing_keys_are_sealed_at_rest(b: Backend) {
         .is_err()
     );
     // Opened with the master key it is the key that signs our tokens.
-    let master = portcullis_server::state::load_master_key(&app.state().config).unwrap();
+    let master = portcullis_server::app::bootstrap::load_master_key(&app.state().config).unwrap();
     let der = master
         .open(
             &format!("portcullis:signing_key:{}", row.kid),
@@ -318,7 +318,9 @@ async fn signing_keys_are_sealed_at_rest(b: Backend) {
     assert_eq!(key.kid(), row.kid);
     // Another master key cannot open it: a node started with one fails, and says what to do.
     let mut config = app.state().config.clone();
-    config.master_key = Some("11".repeat(32));
+    config.master_key = Some(portcullis_server::config::MasterKeyHex::new(
+        "11".repeat(32),
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let err = match portcullis_server::start(config, app.store.clone(), listener).await {
         Ok(_) => panic!("started with the wrong master key"),

@@ -4,7 +4,10 @@
 
 use portcullis_core::clock::Millis;
 use portcullis_core::ids::EventId;
-use portcullis_store::{AuditEvent, AuditStore, Store};
+use portcullis_store::{AuditEvent, AuditFilter, AuditStore, Store};
+
+/// An event as the store gives it back.
+pub type StoredEvent = AuditEvent;
 use tokio::sync::mpsc;
 
 const QUEUE: usize = 65_536;
@@ -24,12 +27,14 @@ pub struct AuditContext {
 #[derive(Clone)]
 pub struct Audit {
     tx: mpsc::Sender<AuditEvent>,
+    store: Store,
 }
 
 impl Audit {
     /// Starts the writer; it stops after every `Audit` handle is dropped and the queue is drained.
     pub fn spawn(store: Store) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<AuditEvent>(QUEUE);
+        let reader = store.clone();
         let handle = tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
             while rx.recv_many(&mut batch, BATCH).await > 0 {
@@ -46,7 +51,12 @@ impl Audit {
                 tokio::time::sleep(FLUSH_EVERY).await;
             }
         });
-        (Self { tx }, handle)
+        (Self { tx, store: reader }, handle)
+    }
+
+    /// A page of events, newest first, that match `filter` (whose `limit` is the page size plus one).
+    pub async fn list(&self, filter: &AuditFilter) -> crate::error::Result<Vec<StoredEvent>> {
+        Ok(self.store.list_audit_events(filter).await?)
     }
 
     /// Queues one event. `data` must never contain a secret.

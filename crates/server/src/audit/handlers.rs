@@ -1,17 +1,24 @@
-//! Administration beyond users and keys: the audit log.
+//! `GET /admin/v1/audit`: the audit log for administrators, newest first, filtered by type, actor and
+//! time, in pages.
 
 use axum::extract::{Query, State};
 use portcullis_core::clock::{Millis, rfc3339};
-use portcullis_store::{AuditFilter, AuditStore};
+use portcullis_core::ids::EventId;
+use portcullis_store::AuditFilter;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use crate::app::AppState;
 use crate::auth::Admin;
-use crate::error::{ApiError, ApiResult, FieldError, Problem};
-use crate::state::AppState;
+use crate::error::Error;
+use crate::http::pagination::{PageQuery, PageRequest};
+use crate::http::{ApiResult, Problem};
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// Event type, e.g. `login.failed`.
     #[serde(rename = "type")]
@@ -20,9 +27,12 @@ pub struct AuditQuery {
     /// User or key that acted.
     actor: Option<String>,
     /// RFC 3339 time; only events at or after it.
+    #[param(format = DateTime)]
     since: Option<String>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// At most this many events (1 to the server's `max_page_size`, default 50).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
@@ -45,13 +55,19 @@ pub struct AuditEventView {
 #[derive(Serialize, ToSchema)]
 pub struct AuditPage {
     events: Vec<AuditEventView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
     next_cursor: Option<String>,
+}
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(audit))
 }
 
 /// Audit events, newest first.
 #[utoipa::path(get, path = "/admin/v1/audit", tag = "admin", params(AuditQuery),
-    responses((status = 200, body = AuditPage), (status = 400, body = Problem), (status = 403, body = Problem)),
-    security(("bearer" = []), ("api_key" = [])))]
+    responses((status = 200, body = AuditPage), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)),
+    security(("bearer" = []), ("api_key" = []), ("session" = [])))]
 pub async fn audit(
     State(state): State<AppState>,
     _: Admin,
@@ -62,29 +78,28 @@ pub async fn audit(
             time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
                 .map(Millis::from_datetime)
                 .map_err(|_| {
-                    ApiError::Validation(vec![FieldError::new(
-                        "since",
-                        "invalid_time",
-                        "since must be an RFC 3339 time",
-                    )])
+                    Error::field("since", "invalid_time", "since must be an RFC 3339 time")
                 })?,
         ),
         None => None,
     };
-    let limit = q.limit.unwrap_or(50).clamp(1, state.config.max_page_size);
+    let page = PageRequest::parse(
+        PageQuery {
+            limit: q.limit,
+            cursor: q.cursor,
+        },
+        state.config.max_page_size,
+        |c| EventId::parse(c).is_ok(),
+    )?;
     let filter = AuditFilter {
         kind: q.kind,
         actor: q.actor,
         since,
-        before_id: q.cursor,
-        limit,
+        before_id: page.cursor.clone(),
+        limit: page.fetch(),
     };
-    let rows = state.store.list_audit_events(&filter).await?;
-    let next_cursor = if rows.len() == limit as usize {
-        rows.last().map(|e| e.id.clone())
-    } else {
-        None
-    };
+    let mut rows = state.audit.list(&filter).await?;
+    let next_cursor = page.cut(&mut rows, |e| e.id.clone());
     let events = rows
         .into_iter()
         .map(|e| AuditEventView {

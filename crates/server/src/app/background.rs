@@ -6,15 +6,16 @@ use std::time::Duration;
 use portcullis_core::clock::Millis;
 use portcullis_store::{ApiKeyStore, Maintenance, SessionStore, SigningKeyStore, UserStore};
 
+use super::AppState;
+use crate::coalesce::FLUSH_EVERY;
 use crate::invalidation::Invalidation;
-use crate::state::AppState;
 
 pub fn spawn(state: AppState) -> Vec<tokio::task::JoinHandle<()>> {
     vec![
         tokio::spawn(keys_loop(state.clone())),
         tokio::spawn(janitor_loop(state.clone())),
-        tokio::spawn(crate::usage::key_usage_loop(state.clone())),
-        tokio::spawn(crate::usage::audit_counts_loop(state.clone())),
+        tokio::spawn(usage_loop(state.clone())),
+        tokio::spawn(audit_counts_loop(state.clone())),
         tokio::spawn(key_changes_loop(state.clone())),
         tokio::spawn(metrics_upkeep_loop(state)),
     ]
@@ -79,7 +80,7 @@ async fn key_changes_loop(state: AppState) {
         {
             Ok(rows) => {
                 for (id, _) in &rows {
-                    state.auth.apply(&Invalidation::User(id.clone()));
+                    state.apply(&Invalidation::User(id.clone()));
                 }
                 users_since = match rows.last() {
                     Some((_, at)) if rows.len() as i64 == KEY_CHANGES_BATCH => {
@@ -95,7 +96,7 @@ async fn key_changes_loop(state: AppState) {
         let marks_from = Millis((marks_since - KEY_CHANGES_LOOKBACK_MS).max(forget_before.0));
         match state.store.token_watermarks_since(marks_from).await {
             Ok(rows) => {
-                state.auth.load_watermarks(rows, forget_before);
+                state.tokens.load_watermarks(rows, forget_before);
                 marks_since = started;
             }
             Err(e) => tracing::error!(error = %e, "polling token watermarks failed"),
@@ -129,14 +130,14 @@ pub async fn reload_signing_keys(state: &AppState) {
     }
     let after = state.keys.current();
     if before.kids().any(|k| !after.knows(k)) {
-        state.auth.forget_verified();
+        state.tokens.forget_verified();
     }
 }
 
 /// Applies changes made elsewhere to this node's caches (not onto the bus: they are not ours).
 fn apply(state: &AppState, rows: &[(Vec<u8>, i64)], kind: fn([u8; 32]) -> Invalidation) {
     for event in Invalidation::of_hashes(rows.iter().map(|(h, _)| h.as_slice()), kind) {
-        state.auth.apply(&event);
+        state.apply(&event);
     }
 }
 
@@ -250,5 +251,30 @@ async fn janitor_loop(state: AppState) {
     loop {
         tick.tick().await;
         janitor_pass(&state).await;
+    }
+}
+
+/// `last_used_at` of keys and `last_seen_at` of sessions, written once a second.
+async fn usage_loop(state: AppState) {
+    let mut tick = tokio::time::interval(FLUSH_EVERY);
+    loop {
+        tick.tick().await;
+        flush_usage(&state).await;
+    }
+}
+
+/// Writes what the coalescers gathered (also on stop).
+pub async fn flush_usage(state: &AppState) {
+    state.apikeys.flush_usage().await;
+    state.sessions.flush_activity().await;
+}
+
+/// Aggregated audit events, once per `verify_audit_interval_ms`.
+async fn audit_counts_loop(state: AppState) {
+    let mut tick =
+        tokio::time::interval(Duration::from_millis(state.config.verify_audit_interval_ms));
+    loop {
+        tick.tick().await;
+        state.counts.flush(&state.audit);
     }
 }

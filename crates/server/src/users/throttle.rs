@@ -1,6 +1,5 @@
-//! Throttling of password guesses and registrations. Everything runs on the [`RateLimiter`] trait so
-//! that a Redis implementation can replace the in-process one for several nodes; the algorithms live
-//! in `portcullis_core::ratelimit`.
+//! Throttling of password guesses and registrations, on the [`RateLimiter`] trait (so that a Redis
+//! implementation can replace the in-process one for several nodes).
 //!
 //! A login attempt is **reserved before the password is hashed**, atomically per key: the attempt
 //! counts as a failure from the moment it is admitted, and only a correct password takes it back. So
@@ -26,119 +25,12 @@
 //! account exists.
 
 use std::net::IpAddr;
-use std::time::Duration;
 
-use moka::ops::compute::Op;
-use moka::sync::Cache;
-use portcullis_core::clock::Millis;
 use portcullis_core::devices::DeviceId;
-use portcullis_core::ratelimit::{LoginBackoff, RateDecision, RatePolicy, gcra};
+use portcullis_core::ratelimit::{LoginBackoff, RateDecision, RatePolicy};
 
-use crate::error::{ApiError, Throttled};
-use crate::listener::client_bucket;
-
-/// Rate-limit state keyed by string. Every operation is atomic per key.
-pub trait RateLimiter: Send + Sync {
-    /// Takes `cost` from the key's GCRA allowance if it has that much.
-    fn check(
-        &self,
-        key: &str,
-        policy: RatePolicy,
-        cost: u32,
-    ) -> impl Future<Output = RateDecision> + Send;
-    /// Gives back `cost` taken earlier.
-    fn refund(&self, key: &str, policy: RatePolicy, cost: u32) -> impl Future<Output = ()> + Send;
-    /// Counts one more failure unless the backoff says to wait: `0` when reserved, else the
-    /// milliseconds still to wait (and nothing counted).
-    fn reserve_failure(&self, key: &str, backoff: LoginBackoff)
-    -> impl Future<Output = u64> + Send;
-    /// Takes back one failure counted by [`Self::reserve_failure`] (an attempt that never ran).
-    fn release_failure(&self, key: &str) -> impl Future<Output = ()> + Send;
-    fn clear_failures(&self, key: &str) -> impl Future<Output = ()> + Send;
-}
-
-/// In-process limiter: GCRA TATs and failure counters in bounded caches whose entries expire when
-/// they no longer matter.
-pub struct MemoryLimiter {
-    tats: Cache<String, i64>,
-    failures: Cache<String, (u32, i64)>,
-}
-
-impl MemoryLimiter {
-    pub fn new(max_period: Duration, forget_after: Duration) -> Self {
-        Self {
-            tats: Cache::builder()
-                .max_capacity(1_000_000)
-                .time_to_idle(max_period)
-                .build(),
-            failures: Cache::builder()
-                .max_capacity(1_000_000)
-                .time_to_live(forget_after)
-                .build(),
-        }
-    }
-}
-
-impl RateLimiter for MemoryLimiter {
-    async fn check(&self, key: &str, policy: RatePolicy, cost: u32) -> RateDecision {
-        let now = Millis::now().0;
-        let mut decision = None;
-        // `and_compute_with` runs atomically per key, so concurrent requests cannot both pass on the
-        // same stored TAT.
-        self.tats.entry(key.to_owned()).and_compute_with(|entry| {
-            let (d, tat) = gcra::check(entry.map(|e| e.into_value()), now, policy, cost);
-            decision = Some(d);
-            if d.allowed { Op::Put(tat) } else { Op::Nop }
-        });
-        decision.unwrap_or(RateDecision {
-            allowed: false,
-            remaining: 0,
-            reset_ms: 0,
-            retry_after_ms: 1000,
-        })
-    }
-
-    async fn refund(&self, key: &str, policy: RatePolicy, cost: u32) {
-        let now = Millis::now().0;
-        self.tats
-            .entry(key.to_owned())
-            .and_compute_with(|entry| match entry {
-                Some(e) => Op::Put(gcra::refund(e.into_value(), now, policy, cost)),
-                None => Op::Nop,
-            });
-    }
-
-    async fn reserve_failure(&self, key: &str, backoff: LoginBackoff) -> u64 {
-        let now = Millis::now().0;
-        let mut wait = 0;
-        self.failures
-            .entry(key.to_owned())
-            .and_compute_with(|entry| {
-                let (n, last) = entry.map(|e| e.into_value()).unwrap_or((0, 0));
-                wait = backoff.retry_after_ms(n, last, now);
-                if wait > 0 {
-                    Op::Nop
-                } else {
-                    Op::Put((backoff.record_failure(n, last, now), now))
-                }
-            });
-        wait
-    }
-
-    async fn release_failure(&self, key: &str) {
-        self.failures
-            .entry(key.to_owned())
-            .and_compute_with(|entry| match entry.map(|e| e.into_value()) {
-                Some((n, last)) if n > 1 => Op::Put((n - 1, last)),
-                Some(_) => Op::Remove,
-                None => Op::Nop,
-            });
-    }
-
-    async fn clear_failures(&self, key: &str) {
-        self.failures.invalidate(key);
-    }
-}
+use crate::error::{Error, Throttled};
+use crate::ratelimit::{RateLimiter, client_bucket};
 
 /// The policies of [`LoginThrottle`].
 #[derive(Debug, Clone, Copy)]
@@ -169,9 +61,9 @@ pub struct Attempt {
 }
 
 /// Why a throttle refused, for the aggregated audit event.
-pub fn refused_policy(e: &ApiError) -> Option<&'static str> {
+pub fn refused_policy(e: &Error) -> Option<&'static str> {
     match e {
-        ApiError::RateLimited(t) => Some(t.policy),
+        Error::RateLimited(t) => Some(t.policy),
         _ => None,
     }
 }
@@ -185,8 +77,8 @@ impl<L: RateLimiter> LoginThrottle<L> {
         format!("login:ip:{}", client_bucket(ip))
     }
 
-    fn waiting(&self, policy: &'static str, backoff: LoginBackoff, wait: u64) -> ApiError {
-        ApiError::RateLimited(Throttled {
+    fn waiting(&self, policy: &'static str, backoff: LoginBackoff, wait: u64) -> Error {
+        Error::RateLimited(Throttled {
             policy,
             limit: backoff.free_failures,
             window_s: backoff.max_wait_ms / 1000,
@@ -206,7 +98,7 @@ impl<L: RateLimiter> LoginThrottle<L> {
         ip: IpAddr,
         account: &str,
         device: Option<&DeviceId>,
-    ) -> Result<Attempt, ApiError> {
+    ) -> Result<Attempt, Error> {
         let p = self.policies;
         let ip_key = match device {
             Some(_) => None,
@@ -214,7 +106,7 @@ impl<L: RateLimiter> LoginThrottle<L> {
                 let key = Self::ip_key(ip);
                 let by_ip = self.limiter.check(&key, p.ip, 1).await;
                 if !by_ip.allowed {
-                    return Err(ApiError::RateLimited(Throttled {
+                    return Err(Error::RateLimited(Throttled {
                         policy: "login-ip",
                         limit: p.ip.limit,
                         window_s: p.ip.period_ms / 1000,
@@ -281,7 +173,7 @@ impl<L: RateLimiter> LoginThrottle<L> {
     }
 
     /// Takes one registration from the client's allowance, or refuses it.
-    pub async fn register(&self, ip: IpAddr) -> Result<(), ApiError> {
+    pub async fn register(&self, ip: IpAddr) -> Result<(), Error> {
         let policy = self.policies.registration_ip;
         let decision = self
             .limiter
@@ -290,7 +182,7 @@ impl<L: RateLimiter> LoginThrottle<L> {
         if decision.allowed {
             Ok(())
         } else {
-            Err(ApiError::RateLimited(Throttled {
+            Err(Error::RateLimited(Throttled {
                 policy: "registration-ip",
                 limit: policy.limit,
                 window_s: policy.period_ms / 1000,

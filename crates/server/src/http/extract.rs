@@ -1,5 +1,5 @@
 //! Request extractors with precise errors: bodies as JSON (or form data where the contract allows it),
-//! the client's address, the request id.
+//! the client's address, the request id, and the two as an audit context.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -9,7 +9,9 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
-use crate::error::{ApiError, FieldError};
+use super::error::ApiError;
+use crate::audit::AuditContext;
+use crate::error::{Error, FieldError};
 
 /// A JSON body (`application/json` or `application/*+json`).
 pub struct Json<T>(pub T);
@@ -110,7 +112,7 @@ fn data_error(message: &str) -> ApiError {
     } else {
         FieldError::new("", "invalid", "the body does not have the expected shape")
     };
-    ApiError::Validation(vec![error])
+    ApiError::Domain(Error::Validation(vec![error]))
 }
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
@@ -188,7 +190,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonOrForm<T> {
 }
 
 /// The client's address, as the router's middleware worked it out: the peer's, or from
-/// `X-Forwarded-For` when the peer is one of `trusted_proxies` (see [`crate::app::client_ip`]).
+/// `X-Forwarded-For` when the peer is one of `trusted_proxies` (see [`super::middleware::client_ip`]).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub IpAddr);
 
@@ -221,5 +223,21 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
             .get::<RequestId>()
             .cloned()
             .unwrap_or_else(|| RequestId(String::new())))
+    }
+}
+
+/// Where a request came from, for the audit log: the client's address and the request id.
+pub struct AuditCtx(pub AuditContext);
+
+impl<S: Send + Sync> FromRequestParts<S> for AuditCtx {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let ip = ClientIp::from_request_parts(parts, state).await?;
+        let id = RequestId::from_request_parts(parts, state).await?;
+        Ok(Self(AuditContext {
+            ip: Some(ip.0.to_string()),
+            request_id: Some(id.0),
+        }))
     }
 }

@@ -262,6 +262,11 @@ impl KeyRing {
         Ok((true, replacement))
     }
 
+    /// Every key, newest first (for the admin listing and `signing-keys list`).
+    pub async fn all(&self) -> Result<Vec<SigningKeyRow>, KeyError> {
+        Ok(self.store.all_signing_keys().await?)
+    }
+
     pub fn sign_access_token(&self, claims: &AccessClaims) -> Result<String, KeyError> {
         let state = self.current();
         let key = state.signer(Millis::now()).ok_or(KeyError::NoActiveKey)?;

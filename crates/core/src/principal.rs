@@ -1,0 +1,51 @@
+//! Who is making a request, as every credential check concludes it (DESIGN.md "The one idea"): the
+//! subject, how it proved itself, with which scopes, and the ids that matter. Our own endpoints,
+//! forward auth and introspection all consume a `Principal`; none of them look at credentials.
+
+use crate::ids::UserId;
+use crate::scopes::Scopes;
+
+/// How the caller proved who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    Jwt,
+    ApiKey,
+    Session,
+    Signature,
+}
+
+impl AuthMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Jwt => "jwt",
+            Self::ApiKey => "api_key",
+            Self::Session => "session",
+            Self::Signature => "signature",
+        }
+    }
+}
+
+/// Who is calling, how, and with which rights.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// The user, or for keys that belong to no user (root keys), the key id.
+    pub subject: String,
+    pub user_id: Option<UserId>,
+    pub method: AuthMethod,
+    pub scopes: Scopes,
+    pub session_id: Option<String>,
+    pub key_id: Option<String>,
+    pub client_id: Option<String>,
+    /// A credential from our own login (password → token, session): the user's full self-service
+    /// rights.
+    pub first_party: bool,
+}
+
+impl Principal {
+    /// May this caller act with `scope`? First-party user credentials may do whatever the user may;
+    /// keys and third-party tokens only what their scopes say (`admin` implies everything).
+    pub fn may(&self, scope: &str) -> bool {
+        self.first_party || self.scopes.is_admin() || self.scopes.contains(scope)
+    }
+}

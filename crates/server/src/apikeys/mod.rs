@@ -1,0 +1,8 @@
+//! API keys (API.md "API keys").
+
+pub mod handlers;
+pub mod service;
+pub mod verify;
+
+pub use service::{ApiKeys, KeyChanges, KeyDraft, KeySettings};
+pub use verify::KeyCheck;

@@ -1,0 +1,71 @@
+//! The one router: every capability lists its routes once (utoipa-axum's `routes!`, which also gives
+//! their OpenAPI paths), merged here with the pages, the operations endpoints and the document.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use utoipa_axum::router::OpenApiRouter;
+
+use super::AppState;
+use crate::http::ApiError;
+use crate::http::middleware::{self, Settings};
+use crate::{apikeys, audit, ops, pages, sessions, signing_keys, tokens, users};
+
+/// Every documented route, with its OpenAPI paths.
+pub fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .merge(users::handlers::routes())
+        .merge(tokens::handlers::routes())
+        .merge(signing_keys::handlers::routes())
+        .merge(sessions::handlers::routes())
+        .merge(apikeys::handlers::routes())
+        .merge(audit::handlers::routes())
+        .merge(ops::routes())
+}
+
+/// The OpenAPI document of everything [`api`] serves.
+pub fn document() -> String {
+    let (_, paths) = api().split_for_parts();
+    crate::http::openapi::document(paths)
+}
+
+pub fn router(state: AppState) -> Router {
+    let (api, paths) = api().split_for_parts();
+    let doc: Arc<str> = crate::http::openapi::document(paths).into();
+    let router = api
+        .merge(pages::routes())
+        .route(
+            "/openapi.json",
+            get(move || {
+                let doc = Arc::clone(&doc);
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        doc.to_string(),
+                    )
+                        .into_response()
+                }
+            }),
+        )
+        .fallback(|| async { ApiError::NoRoute })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
+    let settings = Settings {
+        max_body_bytes: state.config.max_body_bytes,
+        body_timeout: std::time::Duration::from_secs(state.config.request_body_timeout_s),
+        trusted_proxies: Arc::new(state.config.trusted_proxies()),
+        cors_allowed_origins: Arc::new(state.config.cors_allowed_origins.clone()),
+        hsts: state.config.hsts(),
+    };
+    middleware::layers(router, settings).with_state(state)
+}
+
+/// The router of the separate `metrics_listen` address: `/metrics` and nothing else.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(ops::metrics_unrestricted))
+        .fallback(|| async { ApiError::NoRoute })
+        .with_state(state)
+}

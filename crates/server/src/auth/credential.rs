@@ -1,0 +1,80 @@
+//! The credential a request carries, read from its headers. Exactly one: a request that presents more
+//! than one (a valid key beside a garbage `Authorization` header, a Bearer token beside a session
+//! cookie) is refused before any of them is checked, so no credential is spent and no bad one is
+//! ignored (API.md "Conventions").
+
+use axum::http::{HeaderMap, Method, header};
+use portcullis_core::apikeys::ApiKey;
+
+use crate::error::{Error, Result};
+use crate::http::cookies::session_cookie;
+use crate::sessions::SiteHints;
+use crate::sessions::handlers::{CSRF_HEADER, site_hints};
+
+/// One credential, as presented.
+pub enum Credential<'a> {
+    /// `X-API-Key`, or `Authorization: Bearer` with our key shape.
+    ApiKey(&'a str),
+    /// `Authorization: Bearer <access token>`.
+    Bearer(&'a str),
+    /// The session cookie; unsafe methods also need the CSRF token and a same-site origin.
+    Session {
+        cookie: &'a str,
+        unsafe_method: bool,
+        csrf: Option<&'a str>,
+        site: SiteHints<'a>,
+    },
+}
+
+fn is_unsafe(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+fn bearer(value: &axum::http::HeaderValue) -> Result<&str> {
+    let value = value
+        .to_str()
+        .map_err(|_| Error::InvalidToken("malformed"))?;
+    let (scheme, token) = value
+        .split_once(' ')
+        .ok_or(Error::InvalidToken("malformed"))?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(Error::InvalidToken("unsupported_scheme"));
+    }
+    Ok(token.trim())
+}
+
+/// The one credential of a request; `Unauthenticated` when it carries none.
+pub fn from_headers<'a>(method: &Method, headers: &'a HeaderMap) -> Result<Credential<'a>> {
+    let api_key = headers.get("x-api-key");
+    let authorization = headers.get(header::AUTHORIZATION);
+    let cookie = session_cookie(headers)?;
+    let presented = usize::from(api_key.is_some())
+        + usize::from(authorization.is_some())
+        + usize::from(cookie.is_some());
+    if presented > 1 || headers.get_all("x-api-key").iter().count() > 1 {
+        return Err(Error::MultipleCredentials);
+    }
+    if let Some(key) = api_key {
+        return key
+            .to_str()
+            .map(Credential::ApiKey)
+            .map_err(|_| Error::InvalidApiKey);
+    }
+    if let Some(value) = authorization {
+        let token = bearer(value)?;
+        return Ok(if ApiKey::looks_like_key(token) {
+            Credential::ApiKey(token)
+        } else {
+            Credential::Bearer(token)
+        });
+    }
+    match cookie {
+        Some(cookie) => Ok(Credential::Session {
+            cookie,
+            unsafe_method: is_unsafe(method),
+            csrf: headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()),
+            site: site_hints(headers),
+        }),
+        None => Err(Error::Unauthenticated),
+    }
+}

@@ -1,0 +1,137 @@
+//! The one verification pipeline (DESIGN.md "The one idea"): a credential — an API key, an access
+//! token, a session cookie — becomes a [`Principal`], or the reason it does not. Our own endpoints take
+//! a `Principal` through [`extract`] and never look at credentials themselves; forward auth and
+//! introspection will come through the same door.
+
+pub mod credential;
+pub mod extract;
+
+use std::sync::Arc;
+
+use portcullis_core::apikeys::VerifyCode;
+use portcullis_core::ids::UserId;
+use portcullis_core::principal::{AuthMethod, Principal};
+use portcullis_core::scopes::Scopes;
+
+pub use credential::Credential;
+pub use extract::Admin;
+
+use crate::apikeys::ApiKeys;
+use crate::error::{Error, Result, Throttled};
+use crate::sessions::{CookieSession, Sessions};
+use crate::tokens::Tokens;
+use crate::users::Users;
+
+pub struct Auth {
+    users: Arc<Users>,
+    tokens: Arc<Tokens>,
+    sessions: Arc<Sessions>,
+    apikeys: Arc<ApiKeys>,
+}
+
+impl Auth {
+    pub fn new(
+        users: Arc<Users>,
+        tokens: Arc<Tokens>,
+        sessions: Arc<Sessions>,
+        apikeys: Arc<ApiKeys>,
+    ) -> Self {
+        Self {
+            users,
+            tokens,
+            sessions,
+            apikeys,
+        }
+    }
+
+    /// The principal a credential proves, or why not.
+    pub async fn authenticate(&self, credential: Credential<'_>) -> Result<Principal> {
+        match credential {
+            Credential::ApiKey(raw) => self.api_key(raw).await,
+            Credential::Bearer(token) => self.access_token(token).await,
+            Credential::Session {
+                cookie,
+                unsafe_method,
+                csrf,
+                site,
+            } => {
+                let s = self.sessions.cookie_session(cookie).await?;
+                if unsafe_method {
+                    self.sessions.check_same_site(&site)?;
+                    self.sessions.check_csrf(&s, csrf)?;
+                }
+                Ok(self.session_principal(&s))
+            }
+        }
+    }
+
+    /// The principal of a checked session (the user's own login, full self-service rights); notes
+    /// the session's use.
+    pub fn session_principal(&self, s: &CookieSession) -> Principal {
+        self.sessions.seen(s);
+        Principal {
+            subject: s.row.user_id.clone(),
+            user_id: UserId::parse(&s.row.user_id).ok(),
+            method: AuthMethod::Session,
+            scopes: Scopes::default(),
+            session_id: Some(s.row.id.clone()),
+            key_id: None,
+            client_id: None,
+            first_party: true,
+        }
+    }
+
+    /// Administrators: users with role `admin` (through their own login), or credentials with scope
+    /// `admin`.
+    pub async fn is_admin(&self, p: &Principal) -> Result<bool> {
+        self.users.is_admin(p).await
+    }
+
+    async fn access_token(&self, token: &str) -> Result<Principal> {
+        let claims = self.tokens.verify(token).await?;
+        Ok(Principal {
+            subject: claims.sub.clone(),
+            user_id: UserId::parse(&claims.sub).ok(),
+            method: AuthMethod::Jwt,
+            scopes: Scopes::parse_space_separated(&claims.scope).unwrap_or_default(),
+            session_id: claims.sid.clone(),
+            key_id: None,
+            first_party: claims.client_id == self.tokens.first_party_client_id(),
+            client_id: Some(claims.client_id.clone()),
+        })
+    }
+
+    /// A key as a credential goes through the verify order and spends its uses and rate like a verify.
+    async fn api_key(&self, raw: &str) -> Result<Principal> {
+        let check = self.apikeys.check(raw, &[], None).await?;
+        let row = match check.code {
+            VerifyCode::Valid => check.row.ok_or(Error::InvalidApiKey)?,
+            VerifyCode::UsageExceeded => {
+                return Err(Error::Forbidden(
+                    "usage_exceeded",
+                    "this API key has no uses left".into(),
+                ));
+            }
+            VerifyCode::RateLimited => {
+                let (policy, decision) = check.ratelimit.ok_or(Error::InvalidApiKey)?;
+                return Err(Error::RateLimited(Throttled {
+                    policy: "api-key",
+                    limit: policy.limit,
+                    window_s: policy.period_ms.div_ceil(1000),
+                    decision,
+                }));
+            }
+            _ => return Err(Error::InvalidApiKey),
+        };
+        Ok(Principal {
+            subject: row.owner_id.clone().unwrap_or_else(|| row.id.clone()),
+            user_id: row.owner_id.as_deref().and_then(|o| UserId::parse(o).ok()),
+            method: AuthMethod::ApiKey,
+            scopes: Scopes::parse_space_separated(&row.scopes).unwrap_or_default(),
+            session_id: None,
+            key_id: Some(row.id.clone()),
+            client_id: None,
+            first_party: false,
+        })
+    }
+}

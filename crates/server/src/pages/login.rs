@@ -1,0 +1,142 @@
+//! `/login`: the sign-in form and its post, which is the same browser login as `POST /v1/sessions`.
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use minijinja::context;
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use super::{form_fields, message, page, page_session, safe_return_to, see_other};
+use crate::app::AppState;
+use crate::error::Error;
+use crate::http::cookies::{device_cookie, session_cookie, set_device_cookie, set_session_cookie};
+use crate::http::error::rate_limit_headers;
+use crate::http::extract::{AuditCtx, ClientIp};
+use crate::sessions::handlers::{site_hints, user_agent};
+use crate::users::{PasswordLogin, parse_email};
+
+#[derive(Deserialize)]
+pub struct LoginQuery {
+    return_to: Option<String>,
+}
+
+/// `GET /login`.
+pub async fn login_form(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<LoginQuery>,
+) -> Response {
+    let return_to = safe_return_to(q.return_to.as_deref());
+    match page_session(&state, &headers).await {
+        Ok(Some(_)) => see_other(&return_to),
+        Ok(None) => page(
+            &state,
+            StatusCode::OK,
+            "login.html",
+            context! { return_to, email => "", error => None::<String>, user => None::<String> },
+        ),
+        Err(res) => res,
+    }
+}
+
+/// `POST /login` (a form).
+pub async fn login_submit(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    AuditCtx(ctx): AuditCtx,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let fields = form_fields(&body).unwrap_or_default();
+    let return_to = safe_return_to(fields.get("return_to").map(String::as_str));
+    let email = fields
+        .get("email")
+        .map(|e| e.trim().to_owned())
+        .unwrap_or_default();
+    let password = fields.get("password").cloned().unwrap_or_default();
+    let again = |status: StatusCode, error: &str| {
+        page(
+            &state,
+            status,
+            "login.html",
+            context! { return_to => return_to.clone(), email => email.clone(), error, user => None::<String> },
+        )
+    };
+    let hints = site_hints(&headers);
+    if state.sessions.check_same_site(&hints).is_err() {
+        return message(
+            &state,
+            StatusCode::FORBIDDEN,
+            "Request refused",
+            "This sign-in came from another site, so it was refused.",
+            "/login",
+        );
+    }
+    if email.is_empty() || password.is_empty() {
+        return again(
+            StatusCode::BAD_REQUEST,
+            "Enter your email and your password.",
+        );
+    }
+    let Ok(parsed) = parse_email(&email) else {
+        return again(StatusCode::BAD_REQUEST, "Enter a valid email address.");
+    };
+    let device = state
+        .users
+        .known_device(device_cookie(&headers), &parsed.key());
+    let login = PasswordLogin {
+        email: parsed,
+        password: SecretString::from(password),
+        ip: ip.0,
+        device,
+    };
+    let presented = session_cookie(&headers).ok().flatten();
+    let started = state
+        .sessions
+        .login(
+            &hints,
+            login,
+            presented,
+            user_agent(&headers),
+            "login_page",
+            &ctx,
+        )
+        .await;
+    let s = match started {
+        Ok(s) => s,
+        // An over-long password is simply not the password.
+        Err(Error::InvalidCredentials | Error::Validation(_)) => {
+            return again(StatusCode::UNAUTHORIZED, "The email or password is wrong.");
+        }
+        Err(Error::RateLimited(t)) => {
+            let wait = t.decision.retry_after_ms.div_ceil(1000).max(1);
+            let mut res = again(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!("Too many attempts. Try again in {wait} seconds."),
+            );
+            rate_limit_headers(res.headers_mut(), &t);
+            return res;
+        }
+        Err(Error::Overloaded) => {
+            return again(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The server is busy. Try again in a moment.",
+            );
+        }
+        Err(e) => return e.into_response(),
+    };
+    let mut res = see_other(&return_to);
+    if let Some(v) = set_session_cookie(s.token.expose()) {
+        res.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    if let Some(device) = state
+        .users
+        .device_cookie(&s.user)
+        .and_then(|(v, age)| set_device_cookie(&v, age))
+    {
+        res.headers_mut().append(header::SET_COOKIE, device);
+    }
+    res
+}

@@ -1,0 +1,316 @@
+//! The pages a person uses: `/login` and `/account`. Server-rendered (minijinja, autoescaped), plain
+//! HTML forms and one stylesheet, no script: they work without JavaScript and under a CSP that allows
+//! nothing inline. Templates are built in; an operator may override any of them by putting a file of
+//! the same name in `templates_dir`.
+//!
+//! Every form post is cookie-authenticated, so each one is checked like the API's unsafe requests: the
+//! session's CSRF token (a hidden `csrf_token` field) and a same-site origin. A missing or dead session
+//! sends the browser to `/login`, which brings it back (`return_to`, same-origin paths only).
+
+mod account;
+mod login;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use minijinja::{Environment, context};
+use portcullis_core::clock::Millis;
+
+use crate::app::AppState;
+use crate::error::Error;
+use crate::http::cookies::{clear_session_cookie, session_cookie};
+use crate::sessions::CookieSession;
+
+/// Pages allow our stylesheet and nothing else; forms post only to us; nobody may frame them.
+const PAGE_CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+                        frame-ancestors 'none'; base-uri 'none'";
+
+const TEMPLATES: &[(&str, &str)] = &[
+    ("base.html", include_str!("../../templates/base.html")),
+    ("login.html", include_str!("../../templates/login.html")),
+    ("account.html", include_str!("../../templates/account.html")),
+    ("message.html", include_str!("../../templates/message.html")),
+];
+const STYLESHEET: &str = include_str!("../../assets/portcullis.css");
+
+/// The page templates, with the operator's overrides.
+pub struct Pages {
+    env: Environment<'static>,
+    stylesheet: String,
+}
+
+impl Pages {
+    /// Loads the templates; a file in `dir` with a built-in template's name replaces it. Other files
+    /// in `dir` are never read.
+    pub fn new(dir: Option<PathBuf>) -> Result<Self, String> {
+        let mut env = Environment::new();
+        for (name, builtin) in TEMPLATES {
+            let source = match &dir {
+                Some(d) if d.join(name).is_file() => std::fs::read_to_string(d.join(name))
+                    .map_err(|e| format!("cannot read template {}: {e}", d.join(name).display()))?,
+                _ => (*builtin).to_owned(),
+            };
+            env.add_template_owned(*name, source)
+                .map_err(|e| format!("template {name} does not parse: {e}"))?;
+        }
+        let stylesheet = match &dir {
+            Some(d) if d.join("portcullis.css").is_file() => {
+                std::fs::read_to_string(d.join("portcullis.css"))
+                    .map_err(|e| format!("cannot read portcullis.css: {e}"))?
+            }
+            _ => STYLESHEET.to_owned(),
+        };
+        Ok(Self { env, stylesheet })
+    }
+
+    fn render(&self, name: &str, ctx: minijinja::Value) -> Result<String, Error> {
+        self.env
+            .get_template(name)
+            .and_then(|t| t.render(ctx))
+            .map_err(Error::internal)
+    }
+}
+
+fn html(status: StatusCode, body: String) -> Response {
+    let mut res = (status, body).into_response();
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(PAGE_CSP),
+    );
+    // Browsers send `Origin: null` on our own form posts under `no-referrer`, which a browser without
+    // Fetch Metadata would fail the CSRF check with; `same-origin` keeps the origin on our posts and
+    // still tells no other site where the user came from.
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    res
+}
+
+pub(crate) fn page(
+    state: &AppState,
+    status: StatusCode,
+    name: &str,
+    ctx: minijinja::Value,
+) -> Response {
+    match state.pages.render(name, ctx) {
+        Ok(body) => html(status, body),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn message(
+    state: &AppState,
+    status: StatusCode,
+    heading: &str,
+    text: &str,
+    next: &str,
+) -> Response {
+    page(
+        state,
+        status,
+        "message.html",
+        context! { heading, message => text, next },
+    )
+}
+
+/// `return_to` is honoured only for a path on this origin: `/…`, not `//host` or `/\host` (which
+/// browsers read as another host), without control characters. Anything else goes to `/account`.
+pub fn safe_return_to(raw: Option<&str>) -> String {
+    match raw {
+        Some(r)
+            if r.starts_with('/')
+                && !r.starts_with("//")
+                && !r.starts_with("/\\")
+                && r.len() <= 512
+                && !r.chars().any(|c| c.is_control() || c == '\\') =>
+        {
+            r.to_owned()
+        }
+        _ => "/account".to_owned(),
+    }
+}
+
+fn see_other(to: &str) -> Response {
+    Redirect::to(to).into_response()
+}
+
+fn to_login(return_to: &str, clear: bool) -> Response {
+    let target = format!("/login?return_to={}", url_escape(return_to));
+    let mut res = see_other(&target);
+    if clear {
+        res.headers_mut()
+            .insert(header::SET_COOKIE, clear_session_cookie());
+    }
+    res
+}
+
+fn url_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn when(ms: Option<i64>) -> Option<String> {
+    ms.map(|ms| {
+        let t = Millis(ms).to_datetime();
+        format!(
+            "{:04}-{:02}-{:02} {:02}:{:02} UTC",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute()
+        )
+    })
+}
+
+fn form_fields(body: &Bytes) -> Option<HashMap<String, String>> {
+    serde_urlencoded::from_bytes::<Vec<(String, String)>>(body)
+        .ok()
+        .map(|pairs| pairs.into_iter().collect())
+}
+
+/// The session of a page request, if it has a live one.
+async fn page_session(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<CookieSession>, Response> {
+    match session_cookie(headers) {
+        Ok(Some(raw)) => match state.sessions.cookie_session(raw).await {
+            Ok(s) => Ok(Some(s)),
+            Err(Error::InvalidSession(_)) => Ok(None),
+            Err(e) => Err(e.into_response()),
+        },
+        Ok(None) => Ok(None),
+        Err(_) => Ok(None),
+    }
+}
+
+/// The pages' routes (not part of the JSON API's document).
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/login", get(login::login_form).post(login::login_submit))
+        .route("/account", get(account::account))
+        .route("/account/logout", post(account::logout))
+        .route(
+            "/account/sessions/{id}/revoke",
+            post(account::revoke_session),
+        )
+        .route("/account/keys", post(account::create_key))
+        .route("/account/keys/{id}/revoke", post(account::revoke_key))
+        .route("/account/keys/{id}/roll", post(account::roll_key))
+        .route("/account/password", post(account::change_password))
+        .route("/assets/portcullis.css", get(stylesheet))
+}
+
+/// `GET /assets/portcullis.css`.
+pub async fn stylesheet(State(state): State<AppState>) -> Response {
+    let mut res = state.pages.stylesheet.clone().into_response();
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/css; charset=utf-8"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=3600"),
+    );
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn return_to_is_a_same_origin_path_or_the_account_page() {
+        for ok in ["/account", "/account?x=1", "/v1/keys"] {
+            assert_eq!(safe_return_to(Some(ok)), ok);
+        }
+        for bad in [
+            "https://evil.example",
+            "//evil.example",
+            "/\\evil.example",
+            "/ok\\..",
+            "javascript:alert(1)",
+            "",
+            "account",
+            "/line\nbreak",
+        ] {
+            assert_eq!(safe_return_to(Some(bad)), "/account", "{bad:?}");
+        }
+        assert_eq!(safe_return_to(None), "/account");
+    }
+
+    #[test]
+    fn built_in_templates_render_what_they_are_given_and_escape_it() {
+        let pages = Pages::new(None).unwrap();
+        let login = pages
+            .render(
+                "login.html",
+                context! { return_to => "/account?x=1", email => "<b>a@b.co</b>", error => "Wrong.", user => None::<String> },
+            )
+            .unwrap();
+        assert!(login.contains("<form method=\"post\" action=\"/login\""));
+        assert!(login.contains("value=\"&#x2f;account?x=1\""), "{login}");
+        assert!(
+            login.contains("&lt;b&gt;a@b.co&lt;&#x2f;b&gt;"),
+            "autoescaped: {login}"
+        );
+        assert!(login.contains("id=\"login-error\">Wrong.</p>"));
+        assert!(login.contains("<meta name=\"referrer\" content=\"same-origin\">"));
+        let account = pages
+            .render(
+                "account.html",
+                context! {
+                    user => context! { email => "al@example.com", name => "Al", created_at => "2026-01-01 00:00 UTC" },
+                    csrf_token => "tok-123",
+                    sessions => vec![context! { id => "ses_1", user_agent => "Firefox", ip => "10.0.0.1", last_seen_at => "now", current => true }],
+                    keys => vec![context! { id => "key_1", name => "ci", start => "pk_live_abcd", scopes => vec!["keys:read"], expires_at => None::<String>, last_used_at => None::<String> }],
+                    notice => "Done.",
+                    error => None::<String>,
+                    new_key => context! { key => "pk_live_SECRET", name => "ci", id => "key_1" },
+                },
+            )
+            .unwrap();
+        for want in [
+            "id=\"account-email\">al@example.com</dd>",
+            "data-session-id=\"ses_1\"",
+            "This device",
+            "action=\"/account/keys/key_1/roll\"",
+            "<code>pk_live_abcd…</code>",
+            "<code id=\"new-key\">pk_live_SECRET</code>",
+            "name=\"csrf_token\" value=\"tok-123\"",
+            "Done.",
+        ] {
+            assert!(
+                account.contains(want),
+                "{want} missing from the account page"
+            );
+        }
+        let message = pages
+            .render(
+                "message.html",
+                context! { heading => "Refused", message => "Nope.", next => "/login" },
+            )
+            .unwrap();
+        assert!(message.contains("<h1>Refused</h1>") && message.contains("href=\"&#x2f;login\""));
+    }
+}

@@ -1,0 +1,7 @@
+//! Token login (API.md "Token login"): access JWTs and rotating refresh tokens.
+
+pub mod access;
+pub mod handlers;
+pub mod service;
+
+pub use service::{REFRESH_PREFIX, TokenPair, TokenSettings, Tokens};

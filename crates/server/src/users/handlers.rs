@@ -1,0 +1,306 @@
+//! `/v1/users`, `/v1/me`, `/v1/me/password` and the users' admin endpoints.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use portcullis_core::clock::{Millis, rfc3339};
+use portcullis_core::ids::UserId;
+use portcullis_core::principal::{AuthMethod, Principal};
+use portcullis_store::UserRow;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::service::require_user;
+use crate::app::AppState;
+use crate::auth::Admin;
+use crate::error::Error;
+use crate::http::cookies::device_cookie;
+use crate::http::extract::{AuditCtx, ClientIp, Json};
+use crate::http::pagination::{PageQuery, PageRequest};
+use crate::http::{ApiResult, Problem};
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    #[schema(format = Email, max_length = 254)]
+    email: String,
+    #[schema(value_type = String, format = Password, min_length = 8, max_length = 4096)]
+    password: SecretString,
+    #[schema(max_length = 200)]
+    name: Option<String>,
+}
+
+/// Email and password, for every password login (`/v1/auth/login`, `/v1/sessions`).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    #[schema(max_length = 1024)]
+    pub email: String,
+    #[schema(value_type = String, format = Password, max_length = 4096)]
+    pub password: SecretString,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UserView {
+    id: String,
+    email: String,
+    name: Option<String>,
+    #[serde(with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    created_at: Millis,
+}
+
+impl From<&UserRow> for UserView {
+    fn from(u: &UserRow) -> Self {
+        Self {
+            id: u.id.clone(),
+            email: u.email.clone(),
+            name: u.name.clone(),
+            created_at: Millis(u.created_at),
+        }
+    }
+}
+
+/// How the caller proved who they are.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethodView {
+    Jwt,
+    ApiKey,
+    Session,
+    Signature,
+}
+
+impl From<AuthMethod> for AuthMethodView {
+    fn from(m: AuthMethod) -> Self {
+        match m {
+            AuthMethod::Jwt => Self::Jwt,
+            AuthMethod::ApiKey => Self::ApiKey,
+            AuthMethod::Session => Self::Session,
+            AuthMethod::Signature => Self::Signature,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AuthView {
+    method: AuthMethodView,
+    scopes: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_id: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MeView {
+    id: String,
+    email: String,
+    name: Option<String>,
+    roles: Vec<String>,
+    #[serde(with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    created_at: Millis,
+    auth: AuthView,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePasswordRequest {
+    #[schema(value_type = String, format = Password, max_length = 4096)]
+    current_password: SecretString,
+    #[schema(value_type = String, format = Password, min_length = 8, max_length = 4096)]
+    new_password: SecretString,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportUserRequest {
+    #[schema(format = Email, max_length = 254)]
+    email: String,
+    #[schema(max_length = 200)]
+    name: Option<String>,
+    /// bcrypt (`$2b$…`) or argon2 PHC string.
+    #[schema(value_type = String, pattern = r"^\$(2[aby]|argon2(id|i|d))\$")]
+    password_hash: SecretString,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UserList {
+    users: Vec<UserView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
+}
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(me))
+        .routes(routes!(change_password))
+        .routes(routes!(list))
+        .routes(routes!(import))
+        .routes(routes!(disable))
+        .routes(routes!(enable))
+}
+
+/// Create an account.
+#[utoipa::path(post, path = "/v1/users", tag = "users", request_body = RegisterRequest,
+    responses((status = 201, body = UserView), (status = 400, body = Problem), (status = 403, body = Problem),
+        (status = 409, body = Problem), (status = 413, body = Problem), (status = 415, body = Problem),
+        (status = 429, body = Problem), (status = 503, body = Problem)))]
+pub async fn register(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    AuditCtx(ctx): AuditCtx,
+    Json(req): Json<RegisterRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let user = state
+        .users
+        .register(&req.email, req.password, req.name.as_deref(), ip.0, &ctx)
+        .await?;
+    Ok((StatusCode::CREATED, axum::Json(UserView::from(&user))))
+}
+
+/// The calling user and how they authenticated.
+#[utoipa::path(get, path = "/v1/me", tag = "users",
+    responses((status = 200, body = MeView), (status = 401, body = Problem), (status = 403, body = Problem)),
+    security(("bearer" = []), ("api_key" = []), ("session" = [])))]
+pub async fn me(State(state): State<AppState>, p: Principal) -> ApiResult<axum::Json<MeView>> {
+    let user_id = require_user(&p)?;
+    let user = state
+        .users
+        .active(user_id.as_str())
+        .await?
+        .ok_or(Error::Unauthenticated)?;
+    Ok(axum::Json(MeView {
+        id: user.id.clone(),
+        email: user.email.clone(),
+        name: user.name.clone(),
+        roles: user
+            .roles
+            .split(' ')
+            .filter(|r| !r.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        created_at: Millis(user.created_at),
+        auth: AuthView {
+            method: p.method.into(),
+            scopes: p.scopes.iter().map(str::to_owned).collect(),
+            session_id: p.session_id,
+            key_id: p.key_id,
+            client_id: p.client_id,
+        },
+    }))
+}
+
+/// Change the password; ends every other session, every refresh token, and every access token issued
+/// before.
+#[utoipa::path(post, path = "/v1/me/password", tag = "users", request_body = ChangePasswordRequest,
+    responses((status = 204), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 413, body = Problem), (status = 415, body = Problem), (status = 429, body = Problem), (status = 503, body = Problem)),
+    security(("bearer" = []), ("session" = [])))]
+pub async fn change_password(
+    State(state): State<AppState>,
+    p: Principal,
+    ip: ClientIp,
+    AuditCtx(ctx): AuditCtx,
+    headers: HeaderMap,
+    Json(req): Json<ChangePasswordRequest>,
+) -> ApiResult<StatusCode> {
+    let keep = p.session_id.clone();
+    state
+        .sessions
+        .change_password(
+            &p,
+            req.current_password,
+            req.new_password,
+            ip.0,
+            device_cookie(&headers),
+            keep.as_deref(),
+            &ctx,
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Disable a user (admin): every session, refresh token and access token of theirs ends at once, and
+/// their API keys stop working until the user is enabled again.
+#[utoipa::path(post, path = "/admin/v1/users/{id}/disable", tag = "admin",
+    params(("id" = String, Path, description = "The user's id (usr_…)")),
+    responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = []), ("api_key" = []), ("session" = [])))]
+pub async fn disable(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    AuditCtx(ctx): AuditCtx,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    state.sessions.disable_user(&admin, &id, &ctx).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Enable a disabled user again (admin). Their old sessions and tokens stay ended.
+#[utoipa::path(post, path = "/admin/v1/users/{id}/enable", tag = "admin",
+    params(("id" = String, Path, description = "The user's id (usr_…)")),
+    responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = []), ("api_key" = []), ("session" = [])))]
+pub async fn enable(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    AuditCtx(ctx): AuditCtx,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    state.sessions.enable_user(&admin, &id, &ctx).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Import a user with an existing bcrypt or argon2 hash (admin).
+#[utoipa::path(post, path = "/admin/v1/users/import", tag = "admin", request_body = ImportUserRequest,
+    responses((status = 201, body = UserView), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 409, body = Problem), (status = 413, body = Problem), (status = 415, body = Problem)),
+    security(("bearer" = []), ("api_key" = []), ("session" = [])))]
+pub async fn import(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    AuditCtx(ctx): AuditCtx,
+    Json(req): Json<ImportUserRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let user = state
+        .users
+        .import(
+            &admin,
+            &req.email,
+            req.name.as_deref(),
+            &req.password_hash,
+            &ctx,
+        )
+        .await?;
+    Ok((StatusCode::CREATED, axum::Json(UserView::from(&user))))
+}
+
+/// List users (admin), oldest first.
+#[utoipa::path(get, path = "/admin/v1/users", operation_id = "list_users", tag = "admin", params(PageQuery),
+    responses((status = 200, body = UserList), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)),
+    security(("bearer" = []), ("api_key" = []), ("session" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    _: Admin,
+    Query(q): Query<PageQuery>,
+) -> ApiResult<axum::Json<UserList>> {
+    let page = PageRequest::parse(q, state.config.max_page_size, |c| UserId::parse(c).is_ok())?;
+    let mut rows = state
+        .users
+        .list(page.cursor.as_deref(), page.fetch())
+        .await?;
+    let next_cursor = page.cut(&mut rows, |u| u.id.clone());
+    Ok(axum::Json(UserList {
+        users: rows.iter().map(UserView::from).collect(),
+        next_cursor,
+    }))
+}
