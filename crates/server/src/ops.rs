@@ -7,7 +7,7 @@ use portcullis_store::Maintenance;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
+use crate::app::state::AppState;
 use crate::http::ApiError;
 use crate::http::extract::ClientIp;
 

@@ -16,7 +16,7 @@ use utoipa_axum::routes;
 
 use super::service::{KeyChanges, KeyDraft, KeyPage};
 use super::verify::KeyCheck;
-use crate::app::AppState;
+use crate::app::state::AppState;
 use crate::auth::Admin;
 use crate::error::Error;
 use crate::http::extract::{AuditCtx, Json, OptionalJson};

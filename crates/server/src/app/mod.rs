@@ -4,7 +4,7 @@
 pub mod background;
 pub mod bootstrap;
 pub mod router;
-mod state;
+pub mod state;
 
 use std::net::SocketAddr;
 
@@ -69,9 +69,10 @@ pub async fn start(
         .map_err(|e| StartError::Other(e.to_string()))?;
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let limits = listener::Limits::from_config(&config);
-    let (state, audit) = AppState::build(config, store, telemetry::metrics_handle()).await?;
+    let (state, pages, audit) =
+        bootstrap::services(config, store, telemetry::metrics_handle()).await?;
     let mut background = background::spawn(state.clone());
-    let router = router::router(state.clone());
+    let router = router::router(state.clone(), pages);
     let (tx, rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;

@@ -32,11 +32,11 @@ pub fn document() -> String {
     crate::http::openapi::document(paths)
 }
 
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState, pages: pages::Pages) -> Router {
     let (api, paths) = api().split_for_parts();
     let doc: Arc<str> = crate::http::openapi::document(paths).into();
     let router = api
-        .merge(pages::routes())
+        .merge(pages::routes(state.clone(), pages))
         .route(
             "/openapi.json",
             get(move || {

@@ -9,7 +9,25 @@ use portcullis_core::apikeys::ApiKey;
 use crate::error::{Error, Result};
 use crate::http::cookies::session_cookie;
 use crate::sessions::SiteHints;
-use crate::sessions::handlers::{CSRF_HEADER, site_hints};
+
+/// The header carrying the CSRF token.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// What the request's headers say about where it came from.
+pub fn site_hints(headers: &HeaderMap) -> SiteHints<'_> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    SiteHints {
+        sec_fetch_site: get("sec-fetch-site"),
+        origin: get("origin"),
+        referer: get("referer"),
+    }
+}
+
+pub fn user_agent(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+}
 
 /// One credential, as presented.
 pub enum Credential<'a> {

@@ -6,7 +6,7 @@ use portcullis_core::apikeys::ApiKey;
 use portcullis_core::principal::Principal;
 
 use super::credential;
-use crate::app::AppState;
+use crate::app::state::AppState;
 use crate::error::Error;
 use crate::http::ApiError;
 

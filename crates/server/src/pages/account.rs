@@ -13,16 +13,15 @@ use portcullis_core::csrf;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use super::{form_fields, message, page, page_session, see_other, to_login, when};
+use super::{PageState, form_fields, message, page, page_session, see_other, to_login, when};
 use crate::apikeys::KeyDraft;
-use crate::app::AppState;
+use crate::auth::credential::{site_hints, user_agent};
 use crate::error::Error;
 use crate::http::cookies::{
     clear_session_cookie, device_cookie, session_cookie, set_session_cookie,
 };
 use crate::http::extract::{AuditCtx, ClientIp, body_bytes};
 use crate::sessions::CookieSession;
-use crate::sessions::handlers::{site_hints, user_agent};
 
 #[derive(Deserialize)]
 pub struct AccountQuery {
@@ -41,7 +40,7 @@ fn notice_for(code: Option<&str>) -> Option<&'static str> {
 }
 
 async fn render_account(
-    state: &AppState,
+    state: &PageState,
     s: &CookieSession,
     status: StatusCode,
     notice: Option<&str>,
@@ -112,7 +111,7 @@ async fn render_account(
 
 /// `GET /account`.
 pub async fn account(
-    State(state): State<AppState>,
+    State(state): State<PageState>,
     headers: HeaderMap,
     Query(q): Query<AccountQuery>,
 ) -> Response {
@@ -138,11 +137,11 @@ pub async fn account(
 
 /// A checked account form post: a live session, a same-site origin and the session's CSRF token.
 async fn account_post(
-    state: &AppState,
+    state: &PageState,
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<(CookieSession, HashMap<String, String>), Response> {
-    let refused = |state: &AppState| {
+    let refused = |state: &PageState| {
         let mut res = message(
             state,
             StatusCode::FORBIDDEN,
@@ -186,10 +185,10 @@ pub struct AccountForm {
     fields: HashMap<String, String>,
 }
 
-impl FromRequest<AppState> for AccountForm {
+impl FromRequest<PageState> for AccountForm {
     type Rejection = Response;
 
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, Response> {
+    async fn from_request(req: Request, state: &PageState) -> Result<Self, Response> {
         let headers = req.headers().clone();
         let body = body_bytes(req, state)
             .await
@@ -201,7 +200,7 @@ impl FromRequest<AppState> for AccountForm {
 
 /// The account page again, with an error for the form that was posted.
 async fn account_error(
-    state: &AppState,
+    state: &PageState,
     s: &CookieSession,
     status: StatusCode,
     error: &str,
@@ -211,7 +210,7 @@ async fn account_error(
 
 /// `POST /account/logout`.
 pub async fn logout(
-    State(state): State<AppState>,
+    State(state): State<PageState>,
     AuditCtx(ctx): AuditCtx,
     AccountForm { session: s, .. }: AccountForm,
 ) -> Response {
@@ -230,7 +229,7 @@ pub async fn logout(
 
 /// `POST /account/sessions/{id}/revoke`.
 pub async fn revoke_session(
-    State(state): State<AppState>,
+    State(state): State<PageState>,
     AuditCtx(ctx): AuditCtx,
     Path(id): Path<String>,
     AccountForm { session: s, .. }: AccountForm,
@@ -278,7 +277,7 @@ fn field_errors(e: &Error) -> String {
 
 /// `POST /account/keys`: create a key and show it once.
 pub async fn create_key(
-    State(state): State<AppState>,
+    State(state): State<PageState>,
     AuditCtx(ctx): AuditCtx,
     AccountForm { session: s, fields }: AccountForm,
 ) -> Response {
@@ -317,7 +316,7 @@ pub async fn create_key(
 
 /// `POST /account/keys/{id}/revoke`.
 pub async fn revoke_key(
-    State(state): State<AppState>,
+    State(state): State<PageState>,
     AuditCtx(ctx): AuditCtx,
     Path(id): Path<String>,
     AccountForm { session: s, .. }: AccountForm,
@@ -334,7 +333,7 @@ pub async fn revoke_key(
 
 /// `POST /account/keys/{id}/roll`: a new key with the same settings, shown once; the old one stops.
 pub async fn roll_key(
-    State(state): State<AppState>,
+    State(state): State<PageState>,
     AuditCtx(ctx): AuditCtx,
     Path(id): Path<String>,
     AccountForm { session: s, .. }: AccountForm,
@@ -361,7 +360,7 @@ pub async fn roll_key(
 
 /// `POST /account/password`: every session ends; this browser gets a fresh one.
 pub async fn change_password(
-    State(state): State<AppState>,
+    State(state): State<PageState>,
     ip: ClientIp,
     AuditCtx(ctx): AuditCtx,
     headers: HeaderMap,

@@ -8,13 +8,12 @@ use minijinja::context;
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use super::{form_fields, message, page, page_session, safe_return_to, see_other};
-use crate::app::AppState;
+use super::{PageState, form_fields, message, page, page_session, safe_return_to, see_other};
+use crate::auth::credential::{site_hints, user_agent};
 use crate::error::Error;
 use crate::http::cookies::{device_cookie, session_cookie, set_device_cookie, set_session_cookie};
 use crate::http::error::rate_limit_headers;
 use crate::http::extract::{AuditCtx, ClientIp};
-use crate::sessions::handlers::{site_hints, user_agent};
 use crate::users::{PasswordLogin, parse_email};
 
 #[derive(Deserialize)]
@@ -24,7 +23,7 @@ pub struct LoginQuery {
 
 /// `GET /login`.
 pub async fn login_form(
-    State(state): State<AppState>,
+    State(state): State<PageState>,
     headers: HeaderMap,
     Query(q): Query<LoginQuery>,
 ) -> Response {
@@ -43,7 +42,7 @@ pub async fn login_form(
 
 /// `POST /login` (a form).
 pub async fn login_submit(
-    State(state): State<AppState>,
+    State(state): State<PageState>,
     ip: ClientIp,
     AuditCtx(ctx): AuditCtx,
     headers: HeaderMap,

@@ -12,6 +12,7 @@ mod login;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -22,7 +23,7 @@ use axum::routing::{get, post};
 use minijinja::{Environment, context};
 use portcullis_core::clock::Millis;
 
-use crate::app::AppState;
+use crate::app::state::AppState;
 use crate::error::Error;
 use crate::http::cookies::{clear_session_cookie, session_cookie};
 use crate::sessions::CookieSession;
@@ -38,6 +39,20 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("message.html", include_str!("../../templates/message.html")),
 ];
 const STYLESHEET: &str = include_str!("../../assets/portcullis.css");
+
+/// What a page handler sees: the services, and the templates.
+#[derive(Clone)]
+pub struct PageState {
+    app: AppState,
+    pages: Arc<Pages>,
+}
+
+impl std::ops::Deref for PageState {
+    type Target = AppState;
+    fn deref(&self) -> &AppState {
+        &self.app
+    }
+}
 
 /// The page templates, with the operator's overrides.
 pub struct Pages {
@@ -99,7 +114,7 @@ fn html(status: StatusCode, body: String) -> Response {
 }
 
 pub(crate) fn page(
-    state: &AppState,
+    state: &PageState,
     status: StatusCode,
     name: &str,
     ctx: minijinja::Value,
@@ -111,7 +126,7 @@ pub(crate) fn page(
 }
 
 fn message(
-    state: &AppState,
+    state: &PageState,
     status: StatusCode,
     heading: &str,
     text: &str,
@@ -189,7 +204,7 @@ fn form_fields(body: &Bytes) -> Option<HashMap<String, String>> {
 
 /// The session of a page request, if it has a live one.
 async fn page_session(
-    state: &AppState,
+    state: &PageState,
     headers: &HeaderMap,
 ) -> Result<Option<CookieSession>, Response> {
     match session_cookie(headers) {
@@ -204,7 +219,7 @@ async fn page_session(
 }
 
 /// The pages' routes (not part of the JSON API's document).
-pub fn routes() -> Router<AppState> {
+pub fn routes<S>(app: AppState, pages: Pages) -> Router<S> {
     Router::new()
         .route("/login", get(login::login_form).post(login::login_submit))
         .route("/account", get(account::account))
@@ -218,10 +233,14 @@ pub fn routes() -> Router<AppState> {
         .route("/account/keys/{id}/roll", post(account::roll_key))
         .route("/account/password", post(account::change_password))
         .route("/assets/portcullis.css", get(stylesheet))
+        .with_state(PageState {
+            app,
+            pages: Arc::new(pages),
+        })
 }
 
 /// `GET /assets/portcullis.css`.
-pub async fn stylesheet(State(state): State<AppState>) -> Response {
+pub async fn stylesheet(State(state): State<PageState>) -> Response {
     let mut res = state.pages.stylesheet.clone().into_response();
     let h = res.headers_mut();
     h.insert(

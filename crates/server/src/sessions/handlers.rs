@@ -12,9 +12,10 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::service::{SessionSummary, SiteHints};
-use crate::app::AppState;
+use super::service::SessionSummary;
+use crate::app::state::AppState;
 use crate::auth::Admin;
+use crate::auth::credential::{site_hints, user_agent};
 use crate::error::Error;
 use crate::http::cookies::{
     clear_session_cookie, device_cookie, session_cookie, set_device_cookie, set_session_cookie,
@@ -24,25 +25,6 @@ use crate::http::{ApiResult, Problem};
 use crate::users::handlers::LoginRequest;
 use crate::users::service::{require_own_login, require_user};
 use crate::users::{PasswordLogin, parse_email};
-
-/// The header carrying the CSRF token.
-pub const CSRF_HEADER: &str = "x-csrf-token";
-
-/// What the request's headers say about where it came from.
-pub fn site_hints(headers: &HeaderMap) -> SiteHints<'_> {
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    SiteHints {
-        sec_fetch_site: get("sec-fetch-site"),
-        origin: get("origin"),
-        referer: get("referer"),
-    }
-}
-
-pub fn user_agent(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-}
 
 #[derive(Serialize, ToSchema)]
 pub struct SessionView {

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
+use crate::app::state::AppState;
 use crate::auth::Admin;
 use crate::error::Error;
 use crate::http::extract::AuditCtx;

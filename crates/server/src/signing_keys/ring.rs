@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use axum::body::Bytes;
+use bytes::Bytes;
 use portcullis_core::clock::Millis;
 use portcullis_core::jwt::{
     AccessClaims, JwsAlg, JwtError, KeySchedule, SigningKey, Verifier, current_signer,

@@ -11,7 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::service::TokenPair;
-use crate::app::AppState;
+use crate::app::state::AppState;
 use crate::http::cookies::{device_cookie, set_device_cookie};
 use crate::http::extract::{AuditCtx, ClientIp, JsonOrForm};
 use crate::http::{ApiResult, Problem};

@@ -14,7 +14,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::service::require_user;
-use crate::app::AppState;
+use crate::app::state::AppState;
 use crate::auth::Admin;
 use crate::error::Error;
 use crate::http::cookies::device_cookie;

@@ -10,6 +10,7 @@
 mod support;
 
 mod api_keys;
+mod architecture;
 mod binary;
 mod browser;
 mod connections;
