@@ -312,6 +312,14 @@ impl Drop for TestApp {
     }
 }
 
+/// The claims of a compact JWS, unverified (the server's own tokens, read by the test).
+pub fn jwt_claims(token: &str) -> Value {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    let payload = token.split('.').nth(1).expect("a compact JWS");
+    serde_json::from_slice(&B64.decode(payload).unwrap()).unwrap()
+}
+
 pub fn uuid_hex() -> String {
     let mut b = [0u8; 8];
     portcullis_core::secrets::fill_random(&mut b).unwrap();

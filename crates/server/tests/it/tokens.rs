@@ -2,10 +2,11 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::on_both_stores;
-use crate::support::{Backend, PASSWORD, TestApp, assert_problem};
+use crate::support::{Backend, PASSWORD, TestApp, assert_problem, jwt_claims};
 
 on_both_stores!(
     login_returns_a_no_store_token_pair,
+    password_login_tokens_carry_the_login_scopes,
     login_accepts_form_bodies,
     wrong_password_and_unknown_account_look_the_same,
     refresh_rotates_and_the_old_token_is_spent,
@@ -49,6 +50,50 @@ async fn login_returns_a_no_store_token_pair(b: Backend) {
         "{metrics}"
     );
     assert!(metrics.contains("portcullis_tokens_issued_total"));
+    app.stop().await;
+}
+
+/// RFC 9068 §2.2.3 / API.md: password-login access tokens carry `scope`, `keys:read keys:write` unless
+/// `login_scopes` says otherwise, and a refreshed token keeps the scope of its login. Our own endpoints
+/// still give a user's own login every self-service right.
+async fn password_login_tokens_carry_the_login_scopes(b: Backend) {
+    let app = TestApp::spawn(b.clone()).await;
+    let t = app.user_with_tokens("ann@example.com").await;
+    let claims = jwt_claims(t["access_token"].as_str().unwrap());
+    assert_eq!(claims["scope"], "keys:read keys:write", "{claims}");
+    assert_eq!(claims["client_id"], "portcullis");
+    app.stop().await;
+
+    let app = TestApp::spawn_with(b, |c| {
+        c.login_scopes = vec!["orders:read".into(), "keys:read".into()];
+    })
+    .await;
+    let t = app.user_with_tokens("bob@example.com").await;
+    let token = t["access_token"].as_str().unwrap();
+    assert_eq!(jwt_claims(token)["scope"], "orders:read keys:read");
+    let me: Value = app.get_bearer("/v1/me", token).await.json().await.unwrap();
+    assert_eq!(me["auth"]["method"], "jwt", "{me}");
+    let r = app
+        .client
+        .post(app.url("/v1/keys"))
+        .bearer_auth(token)
+        .json(&json!({"name": "ci", "scopes": ["keys:write"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "own login keeps self-service rights");
+    let r = app
+        .post_json(
+            "/v1/auth/refresh",
+            &json!({"refresh_token": t["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let refreshed: Value = r.json().await.unwrap();
+    assert_eq!(
+        jwt_claims(refreshed["access_token"].as_str().unwrap())["scope"],
+        "orders:read keys:read"
+    );
     app.stop().await;
 }
 
