@@ -1,6 +1,7 @@
-//! Portcullis load harness. One run starts the release server on a temporary data directory,
-//! seeds users, runs every scenario (see `scenario.rs`), and prints/writes a markdown table of
-//! requests/s, p50, p99, peak RSS and errors, relative to the `/healthz` ceiling.
+//! Portcullis load harness. One run measures a bare axum hello (`portcullis-bench-ceiling`, the
+//! `ceiling` scenario), then starts the release server on a temporary data directory, seeds users,
+//! runs every other scenario (see `scenario.rs`), and prints/writes a markdown table of requests/s,
+//! p50, p99, peak RSS and errors, relative to the ceiling and to the server's `/healthz`.
 //!
 //! `cargo run --release -p portcullis-bench -- --help` lists the flags.
 
@@ -11,7 +12,7 @@ mod report;
 mod scenario;
 mod server;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,9 @@ use clap::Parser;
 use crate::report::{Machine, Report, Row};
 use crate::scenario::{Ctx, Kind, Scenario};
 use crate::server::{Proc, ServerGuard};
+
+/// The `ceiling` scenario's binary (`src/bin/ceiling.rs`), built next to the harness.
+const CEILING_BIN: &str = "portcullis-bench-ceiling";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -35,7 +39,7 @@ struct Args {
     /// Unrecorded warm-up seconds before each scenario's measurement.
     #[arg(long, default_value_t = 1)]
     warmup_secs: u64,
-    /// Connections for the closed-loop scenarios (healthz, me_jwt, refresh); login uses 8,
+    /// Connections for the closed-loop scenarios (ceiling, healthz, me_jwt, refresh); login uses 8,
     /// verify_cached, verify_unknown, me_api_key and me_session 64, and login_inflight_rss 200
     /// whatever this says.
     #[arg(long, default_value_t = 64)]
@@ -47,6 +51,10 @@ struct Args {
     /// else ./target/release/portcullis].
     #[arg(long)]
     server_bin: Option<PathBuf>,
+    /// Bare axum hello of the `ceiling` scenario [default: portcullis-bench-ceiling next to this
+    /// binary; `cargo build --release -p portcullis-bench` builds both].
+    #[arg(long)]
+    ceiling_bin: Option<PathBuf>,
     /// Results file; the section between its bench markers is replaced
     /// [default: bench/RESULTS.md in the source tree].
     #[arg(long)]
@@ -110,6 +118,14 @@ fn default_server_bin() -> PathBuf {
     PathBuf::from("target/release/portcullis")
 }
 
+/// `cargo build` puts both binaries of this package in the same directory.
+fn default_ceiling_bin() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join(CEILING_BIN)))
+        .unwrap_or_else(|| Path::new("target/release").join(CEILING_BIN))
+}
+
 fn real_main(args: Args) -> Result<ExitCode> {
     let settings = Settings {
         duration: Duration::from_secs(args.duration_secs.max(1)),
@@ -142,6 +158,10 @@ fn real_main(args: Args) -> Result<ExitCode> {
         );
         return Ok(ExitCode::from(2));
     }
+    let ceiling_bin = args.ceiling_bin.clone().unwrap_or_else(default_ceiling_bin);
+    let runs_ceiling = scenarios
+        .iter()
+        .any(|s| matches!(s.kind, Kind::Ceiling { .. }));
     let client_threads = args.client_threads.max(1);
     eprintln!(
         "[bench] load generator: {client_threads} tokio worker thread(s); {} cores on this machine \
@@ -156,7 +176,13 @@ fn real_main(args: Args) -> Result<ExitCode> {
         .context("build tokio runtime")?;
     let outcome = runtime.block_on(async {
         tokio::select! {
-            res = run(scenarios, &settings, needs_server.then_some(&server_bin), args.users) => res,
+            res = run(
+                scenarios,
+                &settings,
+                needs_server.then_some(server_bin.as_path()),
+                &ceiling_bin,
+                args.users,
+            ) => res,
             _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted (Ctrl-C); server stopped")),
         }
     });
@@ -171,6 +197,7 @@ fn real_main(args: Args) -> Result<ExitCode> {
         warmup_secs: settings.warmup.as_secs(),
         client_threads,
         server_bin: needs_server.then(|| server_bin.display().to_string()),
+        ceiling_bin: runs_ceiling.then(|| ceiling_bin.display().to_string()),
         idle_rss_kib,
         users: args.users.max(1),
     };
@@ -187,47 +214,66 @@ fn real_main(args: Args) -> Result<ExitCode> {
     })
 }
 
+/// The server under test, once started and seeded.
+struct Server {
+    guard: ServerGuard,
+    ctx: Arc<Ctx>,
+}
+
+/// Starts the server, waits until it is healthy, seeds the users, and returns it with its idle RSS.
+async fn start_server(bin: &Path, users: usize) -> Result<(Server, Option<u64>)> {
+    eprintln!("[bench] starting {}", bin.display());
+    let mut guard = ServerGuard::start(bin)?;
+    let took = guard.wait_healthy(HEALTH_TIMEOUT).await?;
+    eprintln!(
+        "[bench] server pid {} healthy on {} after {:.2} s (logs in {})",
+        guard.http.pid,
+        guard.http.target.base_url(),
+        took.as_secs_f64(),
+        guard.dir().display()
+    );
+    let root_key = guard.root_key(Duration::from_secs(2)).await;
+    if root_key.is_none() {
+        eprintln!("[bench] note: no `root API key: pk_live_…` line in the server's stderr");
+    }
+    eprintln!("[bench] seeding {} users", users.max(1));
+    let seeded = Ctx::seed(guard.http.target.clone(), users, root_key)
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "seeding failed: {e:#}\nlast server stderr lines:\n{}",
+                guard.stderr_tail(20)
+            )
+        })?;
+    tokio::time::sleep(IDLE_BEFORE_RSS).await;
+    let idle_rss = Proc::Pid(guard.http.pid).rss_kib();
+    let server = Server {
+        guard,
+        ctx: Arc::new(seeded),
+    };
+    Ok((server, idle_rss))
+}
+
 async fn run(
     scenarios: Vec<Scenario>,
     settings: &Settings,
-    server_bin: Option<&PathBuf>,
+    server_bin: Option<&Path>,
+    ceiling_bin: &Path,
     users: usize,
 ) -> Result<(Vec<Row>, Option<u64>)> {
-    let mut guard = None;
-    let mut ctx = None;
+    let mut server = None;
     let mut idle_rss = None;
-    if let Some(bin) = server_bin {
-        eprintln!("[bench] starting {}", bin.display());
-        let mut g = ServerGuard::start(bin)?;
-        let took = g.wait_healthy(HEALTH_TIMEOUT).await?;
-        eprintln!(
-            "[bench] server pid {} healthy on {} after {:.2} s (logs in {})",
-            g.pid,
-            g.target.base_url(),
-            took.as_secs_f64(),
-            g.dir().display()
-        );
-        let root_key = g.root_key(Duration::from_secs(2)).await;
-        if root_key.is_none() {
-            eprintln!("[bench] note: no `root API key: pk_live_…` line in the server's stderr");
-        }
-        eprintln!("[bench] seeding {} users", users.max(1));
-        let seeded = Ctx::seed(g.target.clone(), users, root_key)
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "seeding failed: {e:#}\nlast server stderr lines:\n{}",
-                    g.stderr_tail(20)
-                )
-            })?;
-        tokio::time::sleep(IDLE_BEFORE_RSS).await;
-        idle_rss = Proc::Pid(g.pid).rss_kib();
-        ctx = Some(Arc::new(seeded));
-        guard = Some(g);
-    }
-
     let mut rows = Vec::new();
     for sc in scenarios {
+        // Started before the first scenario that needs it, so `ceiling` (first) runs alone.
+        if sc.needs_server()
+            && server.is_none()
+            && let Some(bin) = server_bin
+        {
+            let (started, rss) = start_server(bin, users).await?;
+            server = Some(started);
+            idle_rss = rss;
+        }
         let concurrency = sc.concurrency_label();
         if matches!(sc.kind, Kind::Burst { .. }) {
             eprintln!("[bench] {}: {concurrency} requests at once", sc.name);
@@ -239,7 +285,7 @@ async fn run(
                 settings.warmup.as_secs()
             );
         }
-        let result = run_one(&sc, settings, ctx.as_ref(), guard.as_mut()).await;
+        let result = run_one(&sc, settings, server.as_mut(), ceiling_bin).await;
         match &result {
             Ok(s) => eprintln!(
                 "[bench] {}: {:.1}/s ok, {} non-success, {} transport errors",
@@ -257,15 +303,15 @@ async fn run(
         });
         tokio::time::sleep(PAUSE_BETWEEN_SCENARIOS).await;
     }
-    drop(guard);
+    drop(server);
     Ok((rows, idle_rss))
 }
 
 async fn run_one(
     sc: &Scenario,
     settings: &Settings,
-    ctx: Option<&Arc<Ctx>>,
-    guard: Option<&mut ServerGuard>,
+    server: Option<&mut Server>,
+    ceiling_bin: &Path,
 ) -> Result<load::Stats> {
     let (connections, setup, burst) = match &sc.kind {
         Kind::InProcess { run, .. } => {
@@ -275,20 +321,52 @@ async fn run_one(
                 .await
                 .map_err(|e| anyhow!("in-process scenario panicked: {e}"))?;
         }
+        Kind::Ceiling { connections, setup } => {
+            return run_ceiling(ceiling_bin, *connections, setup, settings).await;
+        }
         Kind::Loop { connections, setup } => (*connections, setup, false),
         Kind::Burst { connections, setup } => (*connections, setup, true),
     };
-    let (Some(ctx), Some(guard)) = (ctx, guard) else {
+    let Some(server) = server else {
         bail!("scenario needs the server, which was not started");
     };
-    guard.ensure_alive()?;
-    let proc = Proc::Pid(guard.pid);
+    server.guard.ensure_alive()?;
+    let proc = Proc::Pid(server.guard.http.pid);
     let res = if burst {
-        load::run_burst(ctx, connections, setup, proc).await
+        load::run_burst(&server.ctx, connections, setup, proc).await
     } else {
-        load::run_loop(ctx, connections, setup, settings, proc).await
+        load::run_loop(&server.ctx, connections, setup, settings, proc).await
     };
     // If the server died during the scenario, say so rather than report a wall of errors.
-    guard.ensure_alive()?;
+    server.guard.ensure_alive()?;
+    res
+}
+
+/// Starts the bare axum hello, runs the closed loop against it, and stops it again (SIGTERM, and
+/// waits) when it goes out of scope, so it never shares the machine with the server's scenarios.
+/// Its peak RSS and CPU are the hello's own.
+async fn run_ceiling(
+    bin: &Path,
+    connections: usize,
+    setup: &scenario::Setup,
+    settings: &Settings,
+) -> Result<load::Stats> {
+    if !bin.is_file() {
+        bail!(
+            "ceiling binary {} not found: run `cargo build --release -p portcullis-bench` first \
+             (or pass --ceiling-bin)",
+            bin.display()
+        );
+    }
+    let mut hello = server::start_ceiling(bin)?;
+    hello
+        .wait_healthy(HEALTH_TIMEOUT)
+        .await
+        .map_err(|e| anyhow!("{CEILING_BIN} {e:#}"))?;
+    let ctx = Arc::new(Ctx::bare(hello.target.clone()));
+    let res = load::run_loop(&ctx, connections, setup, settings, Proc::Pid(hello.pid)).await;
+    hello
+        .ensure_alive()
+        .map_err(|e| anyhow!("{CEILING_BIN} {e:#}"))?;
     res
 }

@@ -25,6 +25,8 @@ pub struct Report {
     pub warmup_secs: u64,
     pub client_threads: usize,
     pub server_bin: Option<String>,
+    /// The `ceiling` scenario's bare axum hello, when that scenario ran.
+    pub ceiling_bin: Option<String>,
     /// Server VmRSS after seeding and 7 s idle, KiB.
     pub idle_rss_kib: Option<u64>,
     pub users: usize,
@@ -172,6 +174,22 @@ fn stats_of<'a>(rows: &'a [Row], name: &str) -> Option<&'a Stats> {
         .and_then(|r| r.result.as_ref().ok())
 }
 
+/// A row's requests/s to hold other rows against (`ceiling`, `healthz`), if it ran and got any.
+fn base_rate(rows: &[Row], name: &str) -> Option<f64> {
+    stats_of(rows, name)
+        .map(Stats::per_sec)
+        .filter(|r| *r > 0.0)
+}
+
+/// A `× <base>` cell: the row's requests/s over the base row's; `—` without a base, or for rows
+/// that are not HTTP requests in a closed loop (hashes, the burst).
+fn ratio_cell(s: &Stats, base: Option<f64>) -> String {
+    match base {
+        Some(b) if s.unit.is_none() && !s.is_burst => sig3(s.per_sec() / b),
+        _ => "—".into(),
+    }
+}
+
 impl Report {
     /// The markdown that goes between the markers (and to stdout).
     pub fn render(&self) -> String {
@@ -191,6 +209,13 @@ impl Report {
              leaving the other core(s) to the server.",
             self.warmup_secs, self.duration_secs, self.client_threads
         );
+        if let Some(bin) = &self.ceiling_bin {
+            let _ = writeln!(
+                o,
+                "- Ceiling: `{bin}` (bare axum hello: `GET /healthz` → `ok`, tokio's default \
+                 multi-thread runtime, no middleware), run alone before the server starts"
+            );
+        }
         if let Some(bin) = &self.server_bin {
             let _ = writeln!(
                 o,
@@ -208,12 +233,12 @@ impl Report {
         let _ = writeln!(o);
         let _ = writeln!(
             o,
-            "| scenario | connections | requests/s | p50 ms | p99 ms | peak RSS MB | errors | × healthz |"
+            "| scenario | connections | requests/s | p50 ms | p99 ms | peak RSS MB | errors | × healthz \
+             | × ceiling |"
         );
-        let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---|---:|");
-        let healthz = stats_of(&self.rows, "healthz")
-            .map(Stats::per_sec)
-            .filter(|r| *r > 0.0);
+        let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---|---:|---:|");
+        let healthz = base_rate(&self.rows, "healthz");
+        let ceiling = base_rate(&self.rows, "ceiling");
         for row in &self.rows {
             match &row.result {
                 Ok(s) => {
@@ -237,13 +262,9 @@ impl Report {
                     if !s.peak_reset {
                         peak.push_str(" (since start: reset refused)");
                     }
-                    let ratio = match healthz {
-                        Some(h) if s.unit.is_none() && !s.is_burst => sig3(rate / h),
-                        _ => "—".into(),
-                    };
                     let _ = writeln!(
                         o,
-                        "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                        "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                         row.name,
                         row.concurrency,
                         rate_cell,
@@ -251,20 +272,24 @@ impl Report {
                         p99,
                         peak,
                         errors_cell(s),
-                        ratio
+                        ratio_cell(s, healthz),
+                        ratio_cell(s, ceiling)
                     );
                 }
                 Err(e) => {
                     let msg = format!("{e:#}").replace('|', "\\|").replace('\n', " ");
                     let _ = writeln!(
                         o,
-                        "| {} | {} | failed: {} | | | | | |",
+                        "| {} | {} | failed: {} | | | | | | |",
                         row.name, row.concurrency, msg
                     );
                 }
             }
         }
         let _ = writeln!(o);
+        if let Some(h) = stats_of(&self.rows, "healthz") {
+            let _ = writeln!(o, "{}", healthz_target(h, ceiling));
+        }
         if let (Some(login), Some(raw)) = (
             stats_of(&self.rows, "login"),
             stats_of(&self.rows, "argon2_raw"),
@@ -333,7 +358,8 @@ impl Report {
             o,
             "- requests/s counts successes only (expected status, 200) answered inside the window; \
              p50/p99 are of successes. Peak RSS is the server's VmHWM during the scenario (reset \
-             through /proc/PID/clear_refs first); for argon2_raw it is the harness's own. MB = 2^20 bytes."
+             through /proc/PID/clear_refs first); for ceiling it is the bare hello's, for argon2_raw the \
+             harness's own. MB = 2^20 bytes."
         );
         o
     }
@@ -345,6 +371,8 @@ pub const VERIFY_MIN_RATIO: f64 = 0.40;
 pub const VERIFY_MAX_P99_US: u64 = 5_000;
 /// `GET /v1/me` with a session cookie must keep ≥ 40% of the `/healthz` ceiling (at 64 connections).
 pub const ME_SESSION_MIN_RATIO: f64 = 0.40;
+/// The server's `/healthz` must reach ≥ 75% of a bare axum hello's, measured in the same run.
+pub const HEALTHZ_MIN_RATIO: f64 = 0.75;
 
 fn verdict(met: Option<bool>) -> &'static str {
     match met {
@@ -354,13 +382,25 @@ fn verdict(met: Option<bool>) -> &'static str {
     }
 }
 
-/// `0.500 × healthz (target ≥ 0.40: met)`: a row's rate over `healthz`'s, against a minimum.
-fn ratio_target(s: &Stats, healthz: Option<f64>, min: f64) -> String {
-    let ratio = healthz.map(|h| s.per_sec() / h);
+/// `0.500 × healthz (target ≥ 0.40: met)`: a row's rate over the rate of the row named `base`
+/// (`base_rate`, `None` when that row did not run), against a minimum.
+fn ratio_target(s: &Stats, base: &str, base_rate: Option<f64>, min: f64) -> String {
+    let ratio = base_rate.map(|b| s.per_sec() / b);
+    let verdict = match ratio {
+        Some(r) => verdict(Some(r >= min)).to_owned(),
+        None => format!("needs the {base} row"),
+    };
     format!(
-        "{} × healthz (target ≥ {min:.2}: {})",
+        "{} × {base} (target ≥ {min:.2}: {verdict})",
         ratio.map_or_else(|| "?".into(), sig3),
-        ratio.map_or("needs the healthz row", |r| verdict(Some(r >= min))),
+    )
+}
+
+/// The line under the table that holds the server's `healthz` against the bare axum hello.
+fn healthz_target(h: &Stats, ceiling: Option<f64>) -> String {
+    format!(
+        "- healthz target: {}",
+        ratio_target(h, "ceiling", ceiling, HEALTHZ_MIN_RATIO)
     )
 }
 
@@ -369,7 +409,7 @@ fn verify_targets(v: &Stats, healthz: Option<f64>) -> String {
     let p99 = (!v.hist.is_empty()).then(|| v.hist.value_at_quantile(0.99));
     format!(
         "- verify_cached targets: {}; p99 {} ms (target < {} ms at 64 connections: {})",
-        ratio_target(v, healthz, VERIFY_MIN_RATIO),
+        ratio_target(v, "healthz", healthz, VERIFY_MIN_RATIO),
         p99.map_or_else(|| "?".into(), ms),
         VERIFY_MAX_P99_US / 1000,
         verdict(p99.map(|p| p < VERIFY_MAX_P99_US)),
@@ -380,7 +420,7 @@ fn verify_targets(v: &Stats, healthz: Option<f64>) -> String {
 fn me_session_target(s: &Stats, healthz: Option<f64>) -> String {
     format!(
         "- me_session target: {} at 64 connections",
-        ratio_target(s, healthz, ME_SESSION_MIN_RATIO)
+        ratio_target(s, "healthz", healthz, ME_SESSION_MIN_RATIO)
     )
 }
 
@@ -504,19 +544,42 @@ mod tests {
     }
 
     #[test]
-    fn target_lines_are_under_the_table() -> Result<()> {
-        let row = |name: &'static str, ok: u64| -> Result<Row> {
-            let mut s = Stats::new("server")?;
-            s.ok = ok;
-            s.elapsed = std::time::Duration::from_secs(1);
-            s.hist.record(1_000)?;
-            Ok(Row {
-                name,
-                concurrency: "64".into(),
-                result: Ok(s),
-            })
-        };
-        let report = |rows| Report {
+    fn healthz_target_line() -> Result<()> {
+        let mut h = Stats::new("server")?;
+        h.ok = 30_000;
+        h.elapsed = std::time::Duration::from_secs(1);
+        assert_eq!(
+            healthz_target(&h, Some(40_000.0)),
+            "- healthz target: 0.750 × ceiling (target ≥ 0.75: met)"
+        );
+        assert_eq!(
+            healthz_target(&h, Some(50_000.0)),
+            "- healthz target: 0.600 × ceiling (target ≥ 0.75: **missed**)"
+        );
+        assert_eq!(
+            healthz_target(&h, None),
+            "- healthz target: ? × ceiling (target ≥ 0.75: needs the ceiling row)"
+        );
+        Ok(())
+    }
+
+    /// A successful closed-loop row of `ok` requests in 1 s, all taking 1 ms.
+    fn row(name: &'static str, ok: u64) -> Result<Row> {
+        let mut s = Stats::new("server")?;
+        s.ok = ok;
+        s.elapsed = std::time::Duration::from_secs(1);
+        s.hist.record(1_000)?;
+        s.peak_kib = Some(10 << 10);
+        s.peak_reset = true;
+        Ok(Row {
+            name,
+            concurrency: "64".into(),
+            result: Ok(s),
+        })
+    }
+
+    fn report(rows: Vec<Row>) -> Report {
+        Report {
             rows,
             machine: Machine {
                 nproc: 2,
@@ -531,9 +594,88 @@ mod tests {
             warmup_secs: 0,
             client_threads: 1,
             server_bin: None,
+            ceiling_bin: None,
             idle_rss_kib: None,
             users: 1,
+        }
+    }
+
+    /// The table line of the row `name`.
+    fn table_line<'a>(out: &'a str, name: &str) -> &'a str {
+        let start = format!("| {name} |");
+        out.lines().find(|l| l.starts_with(&start)).unwrap_or("")
+    }
+
+    #[test]
+    fn ceiling_column_holds_rows_against_the_ceiling() -> Result<()> {
+        let mut raw = row("argon2_raw", 80)?;
+        if let Ok(s) = &mut raw.result {
+            s.unit = Some("hashes/s");
+        }
+        let out = report(vec![
+            row("ceiling", 50_000)?,
+            row("healthz", 40_000)?,
+            row("me_jwt", 20_000)?,
+            raw,
+        ])
+        .render();
+        assert!(
+            out.contains(
+                "| errors | × healthz | × ceiling |\n|---|---:|---:|---:|---:|---:|---|---:|---:|"
+            ),
+            "{out}"
+        );
+        assert_eq!(
+            table_line(&out, "ceiling"),
+            "| ceiling | 64 | 50,000 | 1.00 | 1.00 | 10.0 | 0 | 1.25 | 1.00 |"
+        );
+        assert!(
+            table_line(&out, "healthz").ends_with("| 1.00 | 0.800 |"),
+            "{out}"
+        );
+        assert!(
+            table_line(&out, "me_jwt").ends_with("| 0.500 | 0.400 |"),
+            "{out}"
+        );
+        assert!(
+            table_line(&out, "argon2_raw").ends_with("| — | — |"),
+            "{out}"
+        );
+        assert!(
+            out.contains("- healthz target: 0.800 × ceiling (target ≥ 0.75: met)\n"),
+            "{out}"
+        );
+
+        let out = report(vec![row("healthz", 40_000)?]).render();
+        assert!(
+            table_line(&out, "healthz").ends_with("| 1.00 | — |"),
+            "{out}"
+        );
+        assert!(
+            out.contains("- healthz target: ? × ceiling (target ≥ 0.75: needs the ceiling row)"),
+            "{out}"
+        );
+        let out = report(vec![row("ceiling", 50_000)?]).render();
+        assert!(!out.contains("healthz target"), "{out}");
+        Ok(())
+    }
+
+    #[test]
+    fn failed_rows_fill_every_column() {
+        let failed = Row {
+            name: "ceiling",
+            concurrency: "64".into(),
+            result: Err(anyhow::anyhow!("binary not found")),
         };
+        let out = report(vec![failed]).render();
+        assert_eq!(
+            table_line(&out, "ceiling"),
+            "| ceiling | 64 | failed: binary not found | | | | | | |"
+        );
+    }
+
+    #[test]
+    fn target_lines_are_under_the_table() -> Result<()> {
         let out = report(vec![
             row("healthz", 40_000)?,
             row("verify_cached", 30_000)?,

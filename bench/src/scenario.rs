@@ -66,6 +66,9 @@ where
 pub enum Kind {
     /// `connections` connections, each sending requests back to back for warm-up + duration.
     Loop { connections: usize, setup: Setup },
+    /// A [`Kind::Loop`] against the bare axum hello (`portcullis-bench-ceiling`) instead of the
+    /// server: the harness starts it for this scenario alone, before the server, and stops it after.
+    Ceiling { connections: usize, setup: Setup },
     /// `connections` connections each send exactly one request, all at the same instant.
     Burst { connections: usize, setup: Setup },
     /// Runs inside the harness, no server involved.
@@ -82,31 +85,44 @@ pub struct Scenario {
 
 impl Scenario {
     pub fn needs_server(&self) -> bool {
-        !matches!(self.kind, Kind::InProcess { .. })
+        matches!(self.kind, Kind::Loop { .. } | Kind::Burst { .. })
     }
 
     /// For the table's "connections" column.
     pub fn concurrency_label(&self) -> String {
         match &self.kind {
-            Kind::Loop { connections, .. } | Kind::Burst { connections, .. } => {
-                connections.to_string()
-            }
+            Kind::Loop { connections, .. }
+            | Kind::Ceiling { connections, .. }
+            | Kind::Burst { connections, .. } => connections.to_string(),
             Kind::InProcess { threads, .. } => format!("{threads} threads"),
         }
     }
 }
 
-/// Every scenario, in the order they run.
+/// `GET /healthz`, expecting 200: the same requests for the server and for the ceiling.
+fn get_healthz() -> Setup {
+    setup(|ctx, _| async move {
+        let t = ctx.target.clone();
+        Ok(Simple::boxed(move || t.get("/healthz", None)))
+    })
+}
+
+/// Every scenario, in the order they run. `ceiling` comes first, so that the server is started
+/// only after it (the server starts before the first scenario that needs it).
 pub fn all(s: &Settings) -> Vec<Scenario> {
     vec![
+        Scenario {
+            name: "ceiling",
+            kind: Kind::Ceiling {
+                connections: s.connections,
+                setup: get_healthz(),
+            },
+        },
         Scenario {
             name: "healthz",
             kind: Kind::Loop {
                 connections: s.connections,
-                setup: setup(|ctx, _| async move {
-                    let t = ctx.target.clone();
-                    Ok(Simple::boxed(move || t.get("/healthz", None)))
-                }),
+                setup: get_healthz(),
             },
         },
         Scenario {
@@ -426,6 +442,26 @@ pub struct Ctx {
 const SETUP_LOGIN_CONCURRENCY: usize = 3;
 
 impl Ctx {
+    fn new(target: Target, users: Vec<User>, root_key: Option<String>) -> Self {
+        Self {
+            target,
+            users,
+            access_token: String::new(),
+            root_key,
+            login_gate: Semaphore::new(SETUP_LOGIN_CONCURRENCY),
+            verifier_key: OnceCell::new(),
+            valid_key: OnceCell::new(),
+            user_key: OnceCell::new(),
+            session_cookie: OnceCell::new(),
+        }
+    }
+
+    /// A context without users, tokens or keys, for scenarios that need only the target (the
+    /// `ceiling` scenario's `GET /healthz`).
+    pub fn bare(target: Target) -> Self {
+        Self::new(target, Vec::new(), None)
+    }
+
     /// Creates `n_users` users (`bench<i>@example.com`) and logs in user 0.
     pub async fn seed(target: Target, n_users: usize, root_key: Option<String>) -> Result<Self> {
         let n_users = n_users.max(1);
@@ -443,17 +479,7 @@ impl Ctx {
                 login_body,
             });
         }
-        let ctx = Self {
-            target,
-            users,
-            access_token: String::new(),
-            root_key,
-            login_gate: Semaphore::new(SETUP_LOGIN_CONCURRENCY),
-            verifier_key: OnceCell::new(),
-            valid_key: OnceCell::new(),
-            user_key: OnceCell::new(),
-            session_cookie: OnceCell::new(),
-        };
+        let ctx = Self::new(target, users, root_key);
         // Creating a user hashes its password too: a few at a time.
         let mut set = tokio::task::JoinSet::new();
         let ctx = Arc::new(ctx);
@@ -745,6 +771,16 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), scenarios.len());
+    }
+
+    #[test]
+    fn ceiling_runs_first_without_the_server() {
+        let s = Settings::for_tests();
+        let scenarios = all(&s);
+        let first = scenarios.first();
+        assert!(first.is_some_and(|sc| sc.name == "ceiling"
+            && !sc.needs_server()
+            && sc.concurrency_label() == s.connections.to_string()));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Starting, watching and stopping the server under test, and reading its memory use from /proc.
+//! Starting, watching and stopping the server under test (and the `ceiling` scenario's bare axum
+//! hello), and reading their memory use from /proc.
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
@@ -8,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use hyper::StatusCode;
 use regex::Regex;
 
@@ -39,13 +40,101 @@ pub fn parse_root_key(stderr: &str) -> Option<String> {
     })
 }
 
-/// The running server. Dropping it stops the server (SIGTERM, then SIGKILL after 3 s), so the
-/// server is not left behind on errors or Ctrl-C. Field order matters: the child is stopped before
-/// the temporary data directory is removed.
-pub struct ServerGuard {
+/// A child process serving HTTP on `target`: the server under test, or the `ceiling` scenario's
+/// bare axum hello. Dropping it stops the process (SIGTERM, then SIGKILL after 3 s), so nothing is
+/// left behind on errors or Ctrl-C; and the kernel kills it if the harness dies without running its
+/// destructors.
+pub struct HttpChild {
     child: Child,
     pub pid: u32,
     pub target: Target,
+}
+
+impl HttpChild {
+    /// Spawns `cmd`, which is to listen on `addr`.
+    fn spawn(mut cmd: Command, addr: SocketAddr) -> Result<Self> {
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent; it asks the
+        // kernel to kill the child if the harness dies without running its destructors (SIGKILL).
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn()?;
+        let pid = child.id();
+        Ok(Self {
+            child,
+            pid,
+            target: Target::new(addr),
+        })
+    }
+
+    /// Fails if the process has exited.
+    pub fn ensure_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait().context("could not be waited for")? {
+            bail!("exited early ({status})");
+        }
+        Ok(())
+    }
+
+    /// Polls `GET /healthz` until it answers 200.
+    pub async fn wait_healthy(&mut self, timeout: Duration) -> Result<Duration> {
+        let started = Instant::now();
+        let mut last_err = String::from("no answer yet");
+        while started.elapsed() < timeout {
+            self.ensure_alive()?;
+            let req = self.target.get("/healthz", None)?;
+            match tokio::time::timeout(Duration::from_secs(2), self.target.once(req)).await {
+                Ok(Ok((StatusCode::OK, _))) => return Ok(started.elapsed()),
+                Ok(Ok((status, _))) => last_err = format!("status {status}"),
+                Ok(Err(e)) => last_err = format!("{e:#}"),
+                Err(_) => last_err = "timed out".into(),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("not healthy after {timeout:?} ({last_err})")
+    }
+}
+
+impl Drop for HttpChild {
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        if let Ok(pid) = libc::pid_t::try_from(self.pid) {
+            // SAFETY: plain syscall on our own child's pid, which has not been reaped yet.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the `ceiling` scenario's bare axum hello (`portcullis-bench-ceiling <addr>`) on a free
+/// port. Its stderr is the harness's, so a failure to bind shows up next to the `[bench]` lines.
+pub fn start_ceiling(bin: &Path) -> Result<HttpChild> {
+    let addr = free_port()?;
+    let mut cmd = Command::new(bin);
+    cmd.arg(addr.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    HttpChild::spawn(cmd, addr).with_context(|| format!("start {}", bin.display()))
+}
+
+/// The running server, with its temporary data directory and logs. Field order matters: the child
+/// is stopped (when `http` is dropped) before the temporary data directory is removed.
+pub struct ServerGuard {
+    pub http: HttpChild,
     pub stderr_path: PathBuf,
     dir: tempfile::TempDir,
 }
@@ -75,22 +164,10 @@ impl ServerGuard {
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent; it asks the
-        // kernel to kill the server if the harness dies without running its destructors (SIGKILL).
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("start {}", bin.display()))?;
-        let pid = child.id();
+        let http =
+            HttpChild::spawn(cmd, addr).with_context(|| format!("start {}", bin.display()))?;
         Ok(Self {
-            child,
-            pid,
-            target: Target::new(addr),
+            http,
             stderr_path,
             dir,
         })
@@ -117,35 +194,19 @@ impl ServerGuard {
         }
     }
 
+    /// `e` from the server's process, with the server's last stderr lines.
+    fn with_stderr(&self, e: &anyhow::Error) -> anyhow::Error {
+        anyhow!("server {e:#}; last stderr lines:\n{}", self.stderr_tail(20))
+    }
+
     pub fn ensure_alive(&mut self) -> Result<()> {
-        if let Some(status) = self.child.try_wait().context("wait for server")? {
-            bail!(
-                "server exited early ({status}); last stderr lines:\n{}",
-                self.stderr_tail(20)
-            );
-        }
-        Ok(())
+        self.http.ensure_alive().map_err(|e| self.with_stderr(&e))
     }
 
     /// Polls `GET /healthz` until it answers 200.
     pub async fn wait_healthy(&mut self, timeout: Duration) -> Result<Duration> {
-        let started = Instant::now();
-        let mut last_err = String::from("no answer yet");
-        while started.elapsed() < timeout {
-            self.ensure_alive()?;
-            let req = self.target.get("/healthz", None)?;
-            match tokio::time::timeout(Duration::from_secs(2), self.target.once(req)).await {
-                Ok(Ok((StatusCode::OK, _))) => return Ok(started.elapsed()),
-                Ok(Ok((status, _))) => last_err = format!("status {status}"),
-                Ok(Err(e)) => last_err = format!("{e:#}"),
-                Err(_) => last_err = "timed out".into(),
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        bail!(
-            "server not healthy after {timeout:?} ({last_err}); last stderr lines:\n{}",
-            self.stderr_tail(20)
-        )
+        let res = self.http.wait_healthy(timeout).await;
+        res.map_err(|e| self.with_stderr(&e))
     }
 
     /// Waits briefly for the root API key line to show up in the server's stderr.
@@ -163,30 +224,7 @@ impl ServerGuard {
     }
 }
 
-impl Drop for ServerGuard {
-    fn drop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        if let Ok(pid) = libc::pid_t::try_from(self.pid) {
-            // SAFETY: plain syscall on our own child's pid, which has not been reaped yet.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Asks the kernel for a free port on loopback (there is a small window before the server binds
+/// Asks the kernel for a free port on loopback (there is a small window before the child binds
 /// it; fine on a quiet machine).
 fn free_port() -> Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").context("bind a free port")?;
