@@ -46,6 +46,35 @@ pub fn is_forbidden_in_display(c: char) -> bool {
     c.is_control() || is_invisible_or_bidi(c)
 }
 
+/// The most characters of a display name (a user's, a key's), after trimming.
+pub const MAX_DISPLAY_NAME_CHARS: usize = 200;
+
+/// `raw` trimmed, if that is a display name: 1 to [`MAX_DISPLAY_NAME_CHARS`] characters, none of them
+/// control, invisible or text-direction characters.
+pub fn display_name(raw: &str) -> Option<&str> {
+    let name = raw.trim();
+    let ok = !name.is_empty()
+        && name.chars().count() <= MAX_DISPLAY_NAME_CHARS
+        && !name.chars().any(is_forbidden_in_display);
+    ok.then_some(name)
+}
+
+/// [`display_name`] as a regular expression for an OpenAPI schema (ECMA-262 and Python read it the
+/// same): at least one character that is not white space, none forbidden. The forbidden characters
+/// outside the Basic Multilingual Plane (tags, a few musical and shorthand format controls) cannot be
+/// written in a character class both dialects read, so the pattern lets them through and the server
+/// still refuses them.
+pub fn display_name_pattern() -> String {
+    let mut class = String::from(r"\x00-\x1f\x7f-\x9f");
+    for (lo, hi) in DEFAULT_IGNORABLE.iter().filter(|(_, hi)| *hi <= 0xFFFF) {
+        class.push_str(&format!(r"\u{lo:04x}"));
+        if hi != lo {
+            class.push_str(&format!(r"-\u{hi:04x}"));
+        }
+    }
+    format!(r"^[^{class}]*[^\s{class}][^{class}]*$")
+}
+
 /// Scripts that UTS #39's highly restrictive profile lets appear together with Latin and each other.
 fn is_cjk(s: Script) -> bool {
     matches!(
@@ -71,6 +100,26 @@ pub fn is_single_script(word: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn display_names_are_trimmed_and_bounded() {
+        assert_eq!(display_name("  Ann  "), Some("Ann"));
+        assert_eq!(display_name("   "), None);
+        assert_eq!(
+            display_name(&"x".repeat(200)),
+            Some("x".repeat(200).as_str())
+        );
+        assert_eq!(display_name(&"x".repeat(201)), None);
+        assert_eq!(display_name("a\u{202E}b"), None);
+        assert_eq!(display_name("a\u{7}b"), None);
+        assert_eq!(display_name("Zoë 🦀"), Some("Zoë 🦀"));
+        let pattern = display_name_pattern();
+        assert!(
+            pattern.contains(r"\u202a-\u202e") && pattern.starts_with("^[^\\x00-\\x1f"),
+            "{pattern}"
+        );
+        assert!(!pattern.contains("e0000"), "{pattern}");
+    }
 
     #[test]
     fn invisible_and_bidi_characters_are_recognised() {

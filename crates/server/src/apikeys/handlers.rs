@@ -1,6 +1,6 @@
 //! `/v1/keys` and `/admin/v1/keys`: the request and response shapes, and the handlers.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use portcullis_core::apikeys::VerifyCode;
@@ -19,7 +19,7 @@ use super::verify::KeyCheck;
 use crate::app::state::AppState;
 use crate::auth::Admin;
 use crate::error::Error;
-use crate::http::extract::{AuditCtx, Json, OptionalJson};
+use crate::http::extract::{AuditCtx, Json, OptionalJson, Query};
 use crate::http::pagination::{PageQuery, PageRequest};
 use crate::http::{ApiResult, Problem};
 
@@ -37,7 +37,7 @@ pub struct RatelimitSettings {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyRequest {
-    #[schema(min_length = 1, max_length = 200)]
+    #[schema(schema_with = crate::http::openapi::display_name)]
     name: String,
     #[schema(max_items = 64, inline = false)]
     scopes: Option<Vec<ScopeName>>,
@@ -69,8 +69,9 @@ pub struct ScopeName(String);
 /// `null` clears a field; leaving a field out leaves it alone.
 #[derive(Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
+#[schema(min_properties = 1)]
 pub struct PatchKeyRequest {
-    #[schema(min_length = 1, max_length = 200)]
+    #[schema(schema_with = crate::http::openapi::display_name)]
     name: Option<String>,
     #[schema(max_items = 64)]
     scopes: Option<Vec<ScopeName>>,
@@ -125,11 +126,13 @@ pub struct VerifyRequest {
 #[into_params(parameter_in = Query)]
 pub struct AdminListQuery {
     /// Only this user's keys; `none` for keys that belong to nobody.
+    #[param(pattern = "^(none|usr_[0-9a-f]{32})$")]
     owner: Option<String>,
     /// The `next_cursor` of the previous page.
+    #[param(pattern = "^key_[0-9a-f]{32}$")]
     cursor: Option<String>,
     /// At most this many keys (1 to the server's `max_page_size`, default 50).
-    #[param(minimum = 1, maximum = 1000)]
+    #[param(minimum = 1)]
     limit: Option<u32>,
 }
 
@@ -383,10 +386,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin_get, admin_revoke))
 }
 
-fn page_of(q: PageQuery, state: &AppState) -> Result<PageRequest, Error> {
-    PageRequest::parse(q, state.config.max_page_size, |c| KeyId::parse(c).is_ok())
-}
-
 /// Create a key. The key is in this response only.
 #[utoipa::path(post, path = "/v1/keys", operation_id = "create_key", tag = "keys", request_body = CreateKeyRequest,
     responses((status = 201, body = CreatedKeyView), (status = 400, body = Problem), (status = 401, body = Problem),
@@ -409,16 +408,16 @@ pub async fn create(
 }
 
 /// The caller's keys, oldest first.
-#[utoipa::path(get, path = "/v1/keys", operation_id = "list_keys", tag = "keys", params(PageQuery),
+#[utoipa::path(get, path = "/v1/keys", operation_id = "list_keys", tag = "keys", params(PageQuery<KeyId>),
     responses((status = 200, body = KeyList), (status = 400, body = Problem), (status = 401, body = Problem),
         (status = 403, body = Problem), (status = 429, body = Problem)),
     security(("bearer" = []), ("api_key" = []), ("session" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     p: Principal,
-    Query(q): Query<PageQuery>,
+    Query(q): Query<PageQuery<KeyId>>,
 ) -> ApiResult<axum::Json<KeyList>> {
-    let page = page_of(q, &state)?;
+    let page = PageRequest::parse(q, state.config.max_page_size)?;
     let keys = state
         .apikeys
         .list(&p, page.cursor.as_deref(), page.limit)
@@ -547,12 +546,9 @@ pub async fn admin_list(
             .into());
         }
     };
-    let page = page_of(
-        PageQuery {
-            limit: q.limit,
-            cursor: q.cursor,
-        },
-        &state,
+    let page = PageRequest::parse(
+        PageQuery::<KeyId>::new(q.limit, q.cursor),
+        state.config.max_page_size,
     )?;
     let keys = state
         .apikeys

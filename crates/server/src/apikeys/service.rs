@@ -30,6 +30,7 @@ use portcullis_core::scopes::{
     RESERVED as RESERVED_SCOPES, SELF_SERVICE as SELF_SERVICE_SCOPES, Scope, Scopes,
     confusable_with,
 };
+use portcullis_core::text::MAX_DISPLAY_NAME_CHARS;
 use portcullis_store::{
     ApiKeyPatch, ApiKeyRow, ApiKeyStore, KeyOwner, RolledKey, Spend, Store, StoreError,
 };
@@ -48,7 +49,6 @@ pub const MAX_RATELIMIT_DURATION_MS: i64 = 24 * 3600 * 1000;
 const MIN_RATELIMIT_DURATION_MS: i64 = 1000;
 const MAX_RATELIMIT_LIMIT: i64 = 1_000_000;
 const MAX_SCOPES: usize = 64;
-const MAX_NAME_CHARS: usize = 200;
 const VERIFY_SCOPE: &str = Scope::KEYS_VERIFY;
 const WRITE_SCOPE: &str = Scope::KEYS_WRITE;
 const READ_SCOPE: &str = Scope::KEYS_READ;
@@ -56,22 +56,17 @@ const READ_SCOPE: &str = Scope::KEYS_READ;
 // ---- input rules -------------------------------------------------------------------------------
 
 fn check_name(raw: &str, errors: &mut Vec<FieldError>) -> String {
-    let name = raw.trim();
-    if name.is_empty()
-        || name.chars().count() > MAX_NAME_CHARS
-        || name
-            .chars()
-            .any(portcullis_core::text::is_forbidden_in_display)
-    {
+    let name = portcullis_core::text::display_name(raw);
+    if name.is_none() {
         errors.push(FieldError::new(
             "name",
             "invalid_name",
             format!(
-                "name must be 1 to {MAX_NAME_CHARS} characters without control, invisible or text-direction characters"
+                "name must be 1 to {MAX_DISPLAY_NAME_CHARS} characters without control, invisible or text-direction characters"
             ),
         ));
     }
-    name.to_owned()
+    name.unwrap_or(raw.trim()).to_owned()
 }
 
 fn check_scopes(raw: &[String], errors: &mut Vec<FieldError>) -> Scopes {

@@ -10,8 +10,10 @@ use axum::routing::get;
 use utoipa_axum::router::OpenApiRouter;
 
 use super::AppState;
+use crate::config::Config;
 use crate::http::ApiError;
 use crate::http::middleware::{self, Settings};
+use crate::http::openapi::Limits;
 use crate::{apikeys, audit, ops, pages, sessions, signing_keys, tokens, users};
 
 /// Every documented route, with its OpenAPI paths.
@@ -26,15 +28,23 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(ops::routes())
 }
 
-/// The OpenAPI document of everything [`api`] serves.
-pub fn document() -> String {
+/// The OpenAPI document of everything [`api`] serves, with the limits of `config`.
+pub fn document(config: &Config) -> String {
     let (_, paths) = api().split_for_parts();
-    crate::http::openapi::document(paths)
+    crate::http::openapi::document(paths, &limits(config))
+}
+
+fn limits(config: &Config) -> Limits {
+    Limits {
+        max_page_size: config.max_page_size,
+        password_min_length: config.password_min_length,
+        password_max_length: config.password_max_length,
+    }
 }
 
 pub fn router(state: AppState, pages: pages::Pages) -> Router {
     let (api, paths) = api().split_for_parts();
-    let doc: Arc<str> = crate::http::openapi::document(paths).into();
+    let doc: Arc<str> = crate::http::openapi::document(paths, &limits(&state.config)).into();
     let router = api
         .merge(pages::routes(state.clone(), pages))
         .route(

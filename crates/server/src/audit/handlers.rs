@@ -1,7 +1,7 @@
 //! `GET /admin/v1/audit`: the audit log for administrators, newest first, filtered by type, actor and
 //! time, in pages.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use portcullis_core::clock::{Millis, rfc3339};
 use portcullis_core::ids::EventId;
 use portcullis_store::AuditFilter;
@@ -13,6 +13,7 @@ use utoipa_axum::routes;
 use crate::app::state::AppState;
 use crate::auth::Admin;
 use crate::error::Error;
+use crate::http::extract::Query;
 use crate::http::pagination::{PageQuery, PageRequest};
 use crate::http::{ApiResult, Problem};
 
@@ -30,9 +31,10 @@ pub struct AuditQuery {
     #[param(format = DateTime)]
     since: Option<String>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^evt_[0-9a-f]{32}$")]
     cursor: Option<String>,
     /// At most this many events (1 to the server's `max_page_size`, default 50).
-    #[param(minimum = 1, maximum = 1000)]
+    #[param(minimum = 1)]
     limit: Option<u32>,
 }
 
@@ -84,12 +86,8 @@ pub async fn audit(
         None => None,
     };
     let page = PageRequest::parse(
-        PageQuery {
-            limit: q.limit,
-            cursor: q.cursor,
-        },
+        PageQuery::<EventId>::new(q.limit, q.cursor),
         state.config.max_page_size,
-        |c| EventId::parse(c).is_ok(),
     )?;
     let filter = AuditFilter {
         kind: q.kind,

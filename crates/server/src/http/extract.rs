@@ -70,10 +70,52 @@ pub struct BodyLimit(pub usize);
 pub struct BodyDeadline(pub tokio::time::Instant);
 
 /// Maps a serde error to our codes without echoing input values (a field could hold a password).
+/// A JSON body as `T`. A number with a zero fraction (`1.0`) is an integer, as JSON Schema counts
+/// it; serde would refuse it for an integer field, so a body that fails for its data is read once
+/// more with such numbers made integers (the common body never pays for this).
+fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let first = match serde_json::from_slice(bytes) {
+        Ok(value) => return Ok(value),
+        Err(e) => e,
+    };
+    if first.classify() != serde_json::error::Category::Data {
+        return Err(json_error(first));
+    }
+    let mut value: serde_json::Value = serde_json::from_slice(bytes).map_err(json_error)?;
+    if !integral_floats_to_integers(&mut value) {
+        return Err(json_error(first));
+    }
+    serde_json::from_value(value).map_err(json_error)
+}
+
+/// Turns every float with a zero fraction into an integer; whether there was one.
+fn integral_floats_to_integers(value: &mut serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let Some(f) = n.as_f64() else { return false };
+            // Exactly representable integers only: below 2^53 every integer is an exact f64.
+            if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 {
+                *value = Value::from(f as i64);
+                true
+            } else {
+                false
+            }
+        }
+        Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |changed, v| integral_floats_to_integers(v) | changed),
+        Value::Object(map) => map
+            .values_mut()
+            .fold(false, |changed, v| integral_floats_to_integers(v) | changed),
+        _ => false,
+    }
+}
+
 fn json_error(e: serde_json::Error) -> ApiError {
     use serde_json::error::Category;
     match e.classify() {
-        Category::Data => data_error(&e.to_string()),
+        Category::Data => data_error(&e.to_string(), "body"),
         Category::Syntax | Category::Eof | Category::Io => ApiError::MalformedBody(format!(
             "the body is not valid JSON (line {}, column {})",
             e.line(),
@@ -82,7 +124,7 @@ fn json_error(e: serde_json::Error) -> ApiError {
     }
 }
 
-fn data_error(message: &str) -> ApiError {
+fn data_error(message: &str, what: &str) -> ApiError {
     let quoted = |m: &str| m.split('`').nth(1).unwrap_or_default().to_owned();
     let error = if message.starts_with("unknown field") {
         let field = quoted(message);
@@ -110,7 +152,11 @@ fn data_error(message: &str) -> ApiError {
             format!("`{field}` appears twice"),
         )
     } else {
-        FieldError::new("", "invalid", "the body does not have the expected shape")
+        FieldError::new(
+            "",
+            "invalid",
+            format!("the {what} does not have the expected shape"),
+        )
     };
     ApiError::Domain(Error::Validation(vec![error]))
 }
@@ -128,7 +174,21 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
             }
         }
         let bytes = body_bytes(req, state).await?;
-        serde_json::from_slice(&bytes).map(Json).map_err(json_error)
+        from_json(&bytes).map(Json)
+    }
+}
+
+/// The query string, refused like a body (problem JSON 400: unknown or repeated parameters, wrong
+/// types), where axum's own `Query` would answer plain text.
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        serde_urlencoded::from_str(parts.uri.query().unwrap_or_default())
+            .map(Query)
+            .map_err(|e| data_error(&e.to_string(), "query string"))
     }
 }
 
@@ -145,9 +205,10 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
             return Ok(Self(T::default()));
         }
         match media {
-            Some(m) if is_json(&m) => serde_json::from_slice(&bytes)
-                .map(OptionalJson)
-                .map_err(json_error),
+            // `null` is no body too, as an empty one is.
+            Some(m) if is_json(&m) => {
+                from_json::<Option<T>>(&bytes).map(|body| OptionalJson(body.unwrap_or_default()))
+            }
             _ => Err(ApiError::UnsupportedMediaType(
                 "send the body as application/json".into(),
             )),
@@ -163,9 +224,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonOrForm<T> {
         match media.as_deref() {
             Some(m) if is_json(m) => {
                 let bytes = body_bytes(req, state).await?;
-                serde_json::from_slice(&bytes)
-                    .map(JsonOrForm)
-                    .map_err(json_error)
+                from_json(&bytes).map(JsonOrForm)
             }
             Some("application/x-www-form-urlencoded") => {
                 let bytes = body_bytes(req, state).await?;
@@ -176,7 +235,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonOrForm<T> {
                         if message.starts_with("unknown field")
                             || message.starts_with("missing field")
                         {
-                            data_error(&message)
+                            data_error(&message, "body")
                         } else {
                             ApiError::MalformedBody("the form body could not be parsed".into())
                         }

@@ -2,20 +2,81 @@
 //! 50 when left out) and `cursor` in; the items and `next_cursor` out, `next_cursor` present only when
 //! there is more. Lists are read one row past the page, so "more" is known, never guessed.
 
+use std::marker::PhantomData;
+
+use portcullis_core::ids::{EventId, KeyId, UserId};
 use serde::Deserialize;
+use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::{ObjectBuilder, Required, Type};
 
 use crate::error::{Error, Result};
 
-/// `?limit=&cursor=`.
-#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct PageQuery {
-    /// At most this many items (1 to the server's `max_page_size`, default 50).
-    #[param(minimum = 1, maximum = 1000)]
+/// The ids a list pages by: its cursor is the id of the last item of the previous page.
+pub trait Cursor {
+    const PREFIX: &'static str;
+    fn is_valid(raw: &str) -> bool;
+}
+
+macro_rules! cursor {
+    ($($id:ty),*) => {$(
+        impl Cursor for $id {
+            const PREFIX: &'static str = <$id>::PREFIX;
+            fn is_valid(raw: &str) -> bool {
+                <$id>::parse(raw).is_ok()
+            }
+        }
+    )*};
+}
+cursor!(UserId, KeyId, EventId);
+
+/// `?limit=&cursor=` of a list of `C`s.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, bound = "")]
+pub struct PageQuery<C> {
     pub limit: Option<u32>,
-    /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
+    #[serde(skip)]
+    of: PhantomData<C>,
+}
+
+impl<C> PageQuery<C> {
+    /// The page part of a list's own query (one with filters besides).
+    pub fn new(limit: Option<u32>, cursor: Option<String>) -> Self {
+        Self {
+            limit,
+            cursor,
+            of: PhantomData,
+        }
+    }
+}
+
+impl<C: Cursor> utoipa::IntoParams for PageQuery<C> {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let limit = ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(1));
+        let cursor = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(format!("^{}[0-9a-f]{{32}}$", C::PREFIX)));
+        vec![
+            ParameterBuilder::new()
+                .name("limit")
+                .parameter_in(ParameterIn::Query)
+                .required(Required::False)
+                .description(Some(
+                    "At most this many items (1 to the server's `max_page_size`, default 50).",
+                ))
+                .schema(Some(limit))
+                .build(),
+            ParameterBuilder::new()
+                .name("cursor")
+                .parameter_in(ParameterIn::Query)
+                .required(Required::False)
+                .description(Some("The `next_cursor` of the previous page."))
+                .schema(Some(cursor))
+                .build(),
+        ]
+    }
 }
 
 /// A checked page request.
@@ -26,8 +87,8 @@ pub struct PageRequest {
 }
 
 impl PageRequest {
-    /// Checks `limit` against `max`; `cursor_ok` says whether a cursor is one of this list's ids.
-    pub fn parse(q: PageQuery, max: u32, cursor_ok: impl Fn(&str) -> bool) -> Result<Self> {
+    /// Checks `limit` against `max`, and that a cursor is one of this list's ids.
+    pub fn parse<C: Cursor>(q: PageQuery<C>, max: u32) -> Result<Self> {
         let limit = q.limit.unwrap_or(50.min(max));
         if !(1..=max).contains(&limit) {
             return Err(Error::field(
@@ -37,7 +98,7 @@ impl PageRequest {
             ));
         }
         if let Some(c) = &q.cursor
-            && !cursor_ok(c)
+            && !C::is_valid(c)
         {
             return Err(Error::field(
                 "cursor",

@@ -31,6 +31,9 @@ fn jti_at(at: Millis) -> String {
 }
 
 /// An access token and the refresh token that renews it.
+/// The longest refresh token a request may present (ours are far shorter).
+pub const MAX_PRESENTED_TOKEN_LEN: usize = 256;
+
 pub struct TokenPair {
     pub access_token: String,
     /// Seconds.
@@ -231,6 +234,14 @@ impl Tokens {
     /// Revokes the family of `presented`. Unknown and malformed tokens are accepted silently, as
     /// RFC 7009 §2.2 does for revocation.
     pub async fn logout(&self, presented: &SecretString, ctx: &AuditContext) -> Result<()> {
+        // Any token ends in 204, ours or not, but one longer than any we issue is a malformed request.
+        if presented.expose_secret().len() > MAX_PRESENTED_TOKEN_LEN {
+            return Err(Error::field(
+                "refresh_token",
+                "too_long",
+                format!("refresh_token is at most {MAX_PRESENTED_TOKEN_LEN} characters"),
+            ));
+        }
         let Ok(presented) = OpaqueToken::parse(REFRESH_PREFIX, presented.expose_secret()) else {
             return Ok(());
         };

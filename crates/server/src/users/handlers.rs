@@ -1,6 +1,6 @@
 //! `/v1/users`, `/v1/me`, `/v1/me/password` and the users' admin endpoints.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use portcullis_core::clock::{Millis, rfc3339};
@@ -18,7 +18,7 @@ use crate::app::state::AppState;
 use crate::auth::Admin;
 use crate::error::Error;
 use crate::http::cookies::device_cookie;
-use crate::http::extract::{AuditCtx, ClientIp, Json};
+use crate::http::extract::{AuditCtx, ClientIp, Json, Query};
 use crate::http::pagination::{PageQuery, PageRequest};
 use crate::http::{ApiResult, Problem};
 
@@ -27,9 +27,11 @@ use crate::http::{ApiResult, Problem};
 pub struct RegisterRequest {
     #[schema(format = Email, max_length = 254)]
     email: String,
-    #[schema(value_type = String, format = Password, min_length = 8, max_length = 4096)]
+    /// The password policy's lengths (`password_min_length`, `password_max_length`); it also refuses
+    /// commonly used passwords.
+    #[schema(value_type = String, format = Password)]
     password: SecretString,
-    #[schema(max_length = 200)]
+    #[schema(schema_with = crate::http::openapi::display_name)]
     name: Option<String>,
 }
 
@@ -37,9 +39,9 @@ pub struct RegisterRequest {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
-    #[schema(max_length = 1024)]
+    #[schema(format = Email, max_length = 254)]
     pub email: String,
-    #[schema(value_type = String, format = Password, max_length = 4096)]
+    #[schema(value_type = String, format = Password, max_length = 1024)]
     pub password: SecretString,
 }
 
@@ -114,7 +116,8 @@ pub struct MeView {
 pub struct ChangePasswordRequest {
     #[schema(value_type = String, format = Password, max_length = 4096)]
     current_password: SecretString,
-    #[schema(value_type = String, format = Password, min_length = 8, max_length = 4096)]
+    /// Under the same policy as a new account's.
+    #[schema(value_type = String, format = Password)]
     new_password: SecretString,
 }
 
@@ -123,10 +126,10 @@ pub struct ChangePasswordRequest {
 pub struct ImportUserRequest {
     #[schema(format = Email, max_length = 254)]
     email: String,
-    #[schema(max_length = 200)]
+    #[schema(schema_with = crate::http::openapi::display_name)]
     name: Option<String>,
     /// bcrypt (`$2b$…`) or argon2 PHC string.
-    #[schema(value_type = String, pattern = r"^\$(2[aby]|argon2(id|i|d))\$")]
+    #[schema(value_type = String, pattern = r"^(\$2[aby]\$(0[4-9]|1[0-3])\$[./A-Za-z0-9]{21}[.Oeu][./A-Za-z0-9]{30}[.CGKOSWaeimquy26]|\$argon2(id|i|d)\$v=19\$m=[0-9]{1,7},t=[0-9]{1,3},p=[0-9]{1,3}\$[A-Za-z0-9+/]{11,64}\$[A-Za-z0-9+/]{16,128})$")]
     password_hash: SecretString,
 }
 
@@ -285,15 +288,15 @@ pub async fn import(
 }
 
 /// List users (admin), oldest first.
-#[utoipa::path(get, path = "/admin/v1/users", operation_id = "list_users", tag = "admin", params(PageQuery),
+#[utoipa::path(get, path = "/admin/v1/users", operation_id = "list_users", tag = "admin", params(PageQuery<UserId>),
     responses((status = 200, body = UserList), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)),
     security(("bearer" = []), ("api_key" = []), ("session" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     _: Admin,
-    Query(q): Query<PageQuery>,
+    Query(q): Query<PageQuery<UserId>>,
 ) -> ApiResult<axum::Json<UserList>> {
-    let page = PageRequest::parse(q, state.config.max_page_size, |c| UserId::parse(c).is_ok())?;
+    let page = PageRequest::parse(q, state.config.max_page_size)?;
     let mut rows = state
         .users
         .list(page.cursor.as_deref(), page.fetch())

@@ -26,7 +26,6 @@ use crate::ratelimit::{MemoryLimiter, client_bucket};
 
 /// Login passwords longer than this are refused before hashing: no policy allows them.
 const MAX_LOGIN_PASSWORD_BYTES: usize = 4096;
-const MAX_NAME_CHARS: usize = 200;
 
 /// An email as a request gave it, parsed (the field error names `email`).
 pub fn parse_email(raw: &str) -> Result<Email> {
@@ -36,21 +35,17 @@ pub fn parse_email(raw: &str) -> Result<Email> {
 /// A display name: trimmed; empty means none; at most 200 characters, none of them control,
 /// invisible or text-direction characters.
 pub fn parse_name(name: Option<&str>) -> Result<Option<String>> {
-    let Some(name) = name.map(str::trim).filter(|n| !n.is_empty()) else {
+    let Some(name) = name.filter(|n| !n.trim().is_empty()) else {
         return Ok(None);
     };
-    if name.chars().count() > MAX_NAME_CHARS
-        || name
-            .chars()
-            .any(portcullis_core::text::is_forbidden_in_display)
-    {
-        return Err(Error::field(
+    match portcullis_core::text::display_name(name) {
+        Some(name) => Ok(Some(name.to_owned())),
+        None => Err(Error::field(
             "name",
             "invalid_name",
             "name must be at most 200 characters without control, invisible or text-direction characters",
-        ));
+        )),
     }
-    Ok(Some(name.to_owned()))
 }
 
 /// The principal's user, or 403 `not_a_user` for credentials that belong to none (root keys).

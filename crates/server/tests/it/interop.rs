@@ -98,38 +98,50 @@ async fn node_jose_verifies_our_tokens_and_rejects_tampered_ones() {
     verify_with("node", "node/verify_jwt.mjs", "jose").await;
 }
 
+/// What an outside program printed, or `None` when it is not there to run (skipped, or failed under
+/// PORTCULLIS_REQUIRE_INTEROP=1): it could not start, or exited 3 (its runtime or library missing).
+async fn run_outside(
+    label: &str,
+    mut cmd: tokio::process::Command,
+    limit: std::time::Duration,
+) -> Option<(std::process::ExitStatus, String, String)> {
+    let run = cmd.kill_on_drop(true).output();
+    let out = match tokio::time::timeout(limit, run).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => {
+            skip_or_fail(label, &format!("cannot run it: {e}"));
+            return None;
+        }
+        Err(_) => panic!("{label} did not finish within {limit:?}"),
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if out.status.code() == Some(3) {
+        skip_or_fail(label, &stderr);
+        return None;
+    }
+    Some((out.status, stdout, stderr))
+}
+
 /// Runs an interop API-key client against a fresh server with a root key; it exits 0 when every check of
 /// its scenario passed, 1 (saying which check) on the first mismatch, 3 when its runtime is too old.
 async fn api_key_client(program: &str, script: &str, label: &str) {
     let app = TestApp::spawn(Backend::Sqlite).await;
     let root = app.root_key().await;
-    let run = tokio::process::Command::new(program)
-        .arg(interop_dir().join(script))
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.arg(interop_dir().join(script))
         .args(["--base-url", &app.base, "--root-key", &root])
         .env_remove("PORTCULLIS_BASE_URL")
-        .env_remove("PORTCULLIS_ROOT_KEY")
-        .kill_on_drop(true)
-        .output();
-    let out = match tokio::time::timeout(std::time::Duration::from_secs(120), run).await {
-        Ok(Ok(out)) => out,
-        Ok(Err(e)) => {
-            skip_or_fail(label, &format!("cannot run {program}: {e}"));
-            app.stop().await;
-            return;
-        }
-        Err(_) => panic!("{label}: {script} did not finish within 120 s"),
-    };
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if out.status.code() == Some(3) {
-        skip_or_fail(label, &stderr);
+        .env_remove("PORTCULLIS_ROOT_KEY");
+    let Some((status, stdout, stderr)) =
+        run_outside(label, cmd, std::time::Duration::from_secs(120)).await
+    else {
         app.stop().await;
         return;
-    }
+    };
     assert!(
-        out.status.success(),
-        "{label}: {script} failed ({}):\n{stdout}\n{stderr}",
-        out.status
+        status.success(),
+        "{label}: {script} failed ({status}):\n{stdout}\n{stderr}"
     );
     assert!(
         stdout
@@ -141,6 +153,49 @@ async fn api_key_client(program: &str, script: &str, label: &str) {
     assert!(
         !stdout.contains(&root) && !stderr.contains(&root),
         "{label}: {script} printed the root key"
+    );
+    app.stop().await;
+}
+
+/// schemathesis (pinned) fuzzes every operation of /openapi.json with the root key: no server error,
+/// and every status code, content type and body the server answers is one the document lists; the
+/// allowances for rules a schema cannot state are in interop/schemathesis/schemathesis.toml.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_the_document_true() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let root = app.root_key().await;
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.arg(interop_dir().join("schemathesis/run.py")).args([
+        "--base-url",
+        &app.base,
+        "--root-key",
+        &root,
+    ]);
+    let label = "schemathesis";
+    let Some((status, stdout, stderr)) =
+        run_outside(label, cmd, std::time::Duration::from_secs(600)).await
+    else {
+        app.stop().await;
+        return;
+    };
+    let summary = stdout.rsplit("SUMMARY").next().unwrap_or_default();
+    assert!(
+        status.success(),
+        "schemathesis found failures ({status}):\n{stdout}\n{stderr}"
+    );
+    // A run that tested nothing would also exit 0: every documented operation must have been tried.
+    let tested: usize = summary
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Tested: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        tested >= 30,
+        "schemathesis tested {tested} operations:\n{summary}"
+    );
+    assert!(
+        summary.contains(" passed") && !summary.contains("failures"),
+        "{summary}"
     );
     app.stop().await;
 }

@@ -81,7 +81,11 @@ async fn password_login_tokens_carry_the_login_scopes(b: Backend) {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED, "own login keeps self-service rights");
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "own login keeps self-service rights"
+    );
     let r = app
         .post_json(
             "/v1/auth/refresh",
