@@ -65,8 +65,8 @@ pub fn router(state: AppState, pages: pages::Pages) -> Router {
     let settings = Settings {
         max_body_bytes: state.config.max_body_bytes,
         body_timeout: std::time::Duration::from_secs(state.config.request_body_timeout_s),
-        trusted_proxies: Arc::new(state.config.trusted_proxies()),
-        cors_allowed_origins: Arc::new(state.config.cors_allowed_origins.clone()),
+        trusted_proxies: state.config.trusted_proxies(),
+        cors_allowed_origins: state.config.cors_allowed_origins.clone(),
         hsts: state.config.hsts(),
     };
     middleware::layers(router, settings).with_state(state)

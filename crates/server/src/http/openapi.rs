@@ -73,8 +73,11 @@ fn apply(doc: &mut Value, limits: &Limits) {
     for op in operations(doc) {
         let params = op.get_mut("parameters").and_then(Value::as_array_mut);
         for param in params.into_iter().flatten() {
-            if param["name"] == "limit" && param["in"] == "query" {
-                param["schema"]["maximum"] = json!(limits.max_page_size);
+            if param.get("name") == Some(&json!("limit"))
+                && param.get("in") == Some(&json!("query"))
+                && let Some(schema) = param.get_mut("schema").and_then(Value::as_object_mut)
+            {
+                schema.insert("maximum".into(), json!(limits.max_page_size));
             }
         }
     }
@@ -82,11 +85,10 @@ fn apply(doc: &mut Value, limits: &Limits) {
         ("RegisterRequest", "password"),
         ("ChangePasswordRequest", "new_password"),
     ] {
-        if let Some(field) =
-            doc.pointer_mut(&format!("/components/schemas/{schema}/properties/{field}"))
-        {
-            field["minLength"] = json!(limits.password_min_length);
-            field["maxLength"] = json!(limits.password_max_length);
+        let path = format!("/components/schemas/{schema}/properties/{field}");
+        if let Some(field) = doc.pointer_mut(&path).and_then(Value::as_object_mut) {
+            field.insert("minLength".into(), json!(limits.password_min_length));
+            field.insert("maxLength".into(), json!(limits.password_max_length));
         }
     }
 }
