@@ -8,6 +8,7 @@
 
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::clock::Millis;
 use crate::secrets::{RandomUnavailable, TokenHash, fill_random};
 
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -176,10 +177,10 @@ impl VerifyCode {
 /// The lifetime checks of a stored key at `now` (ms): revoked first, then expired (by `expires_at`
 /// or by the end of a roll's grace period).
 pub fn lifetime_code(
-    revoked_at: Option<i64>,
-    expires_at: Option<i64>,
-    grace_until: Option<i64>,
-    now: i64,
+    revoked_at: Option<Millis>,
+    expires_at: Option<Millis>,
+    grace_until: Option<Millis>,
+    now: Millis,
 ) -> Option<VerifyCode> {
     if revoked_at.is_some_and(|at| at <= now) {
         Some(VerifyCode::Revoked)
@@ -236,21 +237,27 @@ mod tests {
 
     #[test]
     fn revoked_wins_over_expired_and_grace_ends_a_rolled_key() {
-        assert_eq!(lifetime_code(None, None, None, 10), None);
+        assert_eq!(lifetime_code(None, None, None, Millis(10)), None);
         assert_eq!(
-            lifetime_code(Some(5), Some(5), None, 10),
+            lifetime_code(Some(Millis(5)), Some(Millis(5)), None, Millis(10)),
             Some(VerifyCode::Revoked)
         );
-        assert_eq!(lifetime_code(Some(11), None, None, 10), None);
         assert_eq!(
-            lifetime_code(None, Some(10), None, 10),
+            lifetime_code(Some(Millis(11)), None, None, Millis(10)),
+            None
+        );
+        assert_eq!(
+            lifetime_code(None, Some(Millis(10)), None, Millis(10)),
             Some(VerifyCode::Expired)
         );
         assert_eq!(
-            lifetime_code(None, Some(11), Some(10), 10),
+            lifetime_code(None, Some(Millis(11)), Some(Millis(10)), Millis(10)),
             Some(VerifyCode::Expired)
         );
-        assert_eq!(lifetime_code(None, None, Some(11), 10), None);
+        assert_eq!(
+            lifetime_code(None, None, Some(Millis(11)), Millis(10)),
+            None
+        );
         assert_eq!(
             serde_json::to_string(&VerifyCode::InsufficientScope).unwrap(),
             r#""INSUFFICIENT_SCOPE""#

@@ -41,6 +41,22 @@ impl Millis {
     }
 }
 
+/// A time plus a number of milliseconds (saturating).
+impl std::ops::Add<i64> for Millis {
+    type Output = Millis;
+    fn add(self, ms: i64) -> Millis {
+        Millis(self.0.saturating_add(ms))
+    }
+}
+
+/// A time minus a number of milliseconds (saturating).
+impl std::ops::Sub<i64> for Millis {
+    type Output = Millis;
+    fn sub(self, ms: i64) -> Millis {
+        Millis(self.0.saturating_sub(ms))
+    }
+}
+
 /// Serde helpers writing [`Millis`] as RFC 3339.
 pub mod rfc3339 {
     use super::Millis;

@@ -2,7 +2,7 @@
 //! subject, how it proved itself, with which scopes, and the ids that matter. Our own endpoints,
 //! forward auth and introspection all consume a `Principal`; none of them look at credentials.
 
-use crate::ids::UserId;
+use crate::ids::{KeyId, SessionId, UserId};
 use crate::scopes::Scopes;
 
 /// How the caller proved who they are.
@@ -34,8 +34,8 @@ pub struct Principal {
     pub user_id: Option<UserId>,
     pub method: AuthMethod,
     pub scopes: Scopes,
-    pub session_id: Option<String>,
-    pub key_id: Option<String>,
+    pub session_id: Option<SessionId>,
+    pub key_id: Option<KeyId>,
     pub client_id: Option<String>,
     /// A credential from our own login (password → token, session): the user's full self-service
     /// rights.

@@ -20,7 +20,7 @@ pub fn fill_random(buf: &mut [u8]) -> Result<(), RandomUnavailable> {
 pub struct RandomUnavailable;
 
 /// SHA-256 of a secret: the only form a secret we issue is stored or looked up in.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TokenHash(pub [u8; 32]);
 
 impl TokenHash {

@@ -5,6 +5,7 @@
 //! forwarder subscribes, publishes each event to the other nodes, and applies theirs through
 //! `AppState::apply` — the same path as a local change.
 
+use portcullis_core::secrets::TokenHash;
 use tokio::sync::broadcast;
 
 /// One change that makes cached data stale.
@@ -19,15 +20,12 @@ pub enum Invalidation {
 }
 
 impl Invalidation {
-    /// One event of `kind` per stored SHA-256 (as the store returns them).
+    /// One event of `kind` per hash.
     pub fn of_hashes<'a>(
-        hashes: impl IntoIterator<Item = &'a [u8]>,
+        hashes: impl IntoIterator<Item = &'a TokenHash>,
         kind: fn([u8; 32]) -> Invalidation,
     ) -> impl Iterator<Item = Invalidation> {
-        hashes
-            .into_iter()
-            .filter_map(|h| <[u8; 32]>::try_from(h).ok())
-            .map(kind)
+        hashes.into_iter().map(move |h| kind(h.0))
     }
 }
 

@@ -57,6 +57,10 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("cannot prepare the database file: {0}")]
     Io(#[from] std::io::Error),
+    /// A stored value is not what this version writes (an id of the wrong kind, a hash of the wrong
+    /// length): the row is refused rather than guessed at.
+    #[error("a stored {0} does not parse")]
+    Corrupt(&'static str),
 }
 
 impl StoreError {
@@ -72,6 +76,45 @@ impl StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Reading stored columns back into core's types: a value that does not parse is
+/// [`StoreError::Corrupt`], named by `what`.
+pub(crate) mod column {
+    use portcullis_core::clock::Millis;
+    use portcullis_core::scopes::Scopes;
+    use portcullis_core::secrets::TokenHash;
+
+    use super::{Result, StoreError};
+
+    pub fn id<T: TryFrom<String>>(raw: String, what: &'static str) -> Result<T> {
+        T::try_from(raw).map_err(|_| StoreError::Corrupt(what))
+    }
+
+    pub fn opt_id<T: TryFrom<String>>(
+        raw: Option<String>,
+        what: &'static str,
+    ) -> Result<Option<T>> {
+        raw.map(|r| id(r, what)).transpose()
+    }
+
+    pub fn hash(raw: Vec<u8>) -> Result<TokenHash> {
+        <[u8; 32]>::try_from(raw)
+            .map(TokenHash)
+            .map_err(|_| StoreError::Corrupt("token hash"))
+    }
+
+    pub fn hashes(raw: Vec<Vec<u8>>) -> Result<Vec<TokenHash>> {
+        raw.into_iter().map(hash).collect()
+    }
+
+    pub fn scopes(raw: &str) -> Result<Scopes> {
+        Scopes::parse_space_separated(raw).map_err(|_| StoreError::Corrupt("scope"))
+    }
+
+    pub fn opt_millis(raw: Option<i64>) -> Option<Millis> {
+        raw.map(Millis)
+    }
+}
 
 /// Which database, and its pools.
 #[derive(Clone, Debug)]

@@ -7,6 +7,7 @@ use portcullis_core::apikeys::VerifyCode;
 use portcullis_core::clock::{Millis, rfc3339};
 use portcullis_core::ids::{KeyId, UserId};
 use portcullis_core::principal::Principal;
+use portcullis_core::scopes::Scopes;
 use portcullis_store::ApiKeyRow;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
@@ -14,7 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::service::{KeyChanges, KeyDraft, KeyPage};
+use super::service::{KeyChanges, KeyDraft, KeyPage, key_id};
 use super::verify::KeyCheck;
 use crate::app::state::AppState;
 use crate::auth::Admin;
@@ -184,22 +185,22 @@ pub struct KeyView {
 impl From<&ApiKeyRow> for KeyView {
     fn from(r: &ApiKeyRow) -> Self {
         Self {
-            id: r.id.clone(),
+            id: r.id.to_string(),
             start: r.start.clone(),
             name: r.name.clone(),
-            scopes: split_scopes(&r.scopes),
+            scopes: scope_list(&r.scopes),
             meta: parse_meta(r.meta.as_deref()),
             owner_meta: parse_meta(r.owner_meta.as_deref()),
-            owner_id: r.owner_id.clone(),
-            created_at: Millis(r.created_at),
-            updated_at: Millis(r.updated_at),
-            last_used_at: r.last_used_at.map(Millis),
-            expires_at: r.expires_at.map(Millis),
-            revoked_at: r.revoked_at.map(Millis),
+            owner_id: r.owner_id.as_ref().map(UserId::to_string),
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            last_used_at: r.last_used_at,
+            expires_at: r.expires_at,
+            revoked_at: r.revoked_at,
             remaining: r.remaining,
             ratelimit: ratelimit_of(r),
-            rolled_to: r.rolled_to.clone(),
-            grace_until: r.grace_until.map(Millis),
+            rolled_to: r.rolled_to.as_ref().map(KeyId::to_string),
+            grace_until: r.grace_until,
         }
     }
 }
@@ -281,11 +282,8 @@ pub struct VerifyResponse {
     ratelimit: Option<RatelimitState>,
 }
 
-fn split_scopes(raw: &str) -> Vec<String> {
-    raw.split(' ')
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
+pub(crate) fn scope_list(scopes: &Scopes) -> Vec<String> {
+    scopes.iter().map(str::to_owned).collect()
 }
 
 fn parse_meta(raw: Option<&str>) -> Option<Value> {
@@ -358,13 +356,13 @@ impl From<KeyCheck> for VerifyResponse {
             ratelimit: None,
         };
         if let Some(row) = &check.row {
-            res.key_id = Some(row.id.clone());
-            res.owner_id = row.owner_id.clone();
+            res.key_id = Some(row.id.to_string());
+            res.owner_id = row.owner_id.as_ref().map(UserId::to_string);
             res.name = Some(row.name.clone());
-            res.scopes = Some(split_scopes(&row.scopes));
+            res.scopes = Some(scope_list(&row.scopes));
             res.meta = parse_meta(row.meta.as_deref());
             res.owner_meta = parse_meta(row.owner_meta.as_deref());
-            res.expires_at = row.expires_at.map(Millis);
+            res.expires_at = row.expires_at;
             res.remaining = check.remaining;
             res.ratelimit = check.ratelimit.map(|(policy, d)| RatelimitState {
                 limit: i64::from(policy.limit),
@@ -420,7 +418,7 @@ pub async fn list(
     let page = PageRequest::parse(q, state.config.max_page_size)?;
     let keys = state
         .apikeys
-        .list(&p, page.cursor.as_deref(), page.limit)
+        .list(&p, page.cursor.as_ref(), page.limit)
         .await?;
     Ok(axum::Json(KeyList::of(keys)))
 }
@@ -437,7 +435,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<KeyView>> {
     Ok(axum::Json(KeyView::from(
-        &state.apikeys.get(&p, &id).await?,
+        &state.apikeys.get(&p, &key_id(&id)?).await?,
     )))
 }
 
@@ -455,7 +453,10 @@ pub async fn patch(
     Path(id): Path<String>,
     Json(req): Json<PatchKeyRequest>,
 ) -> ApiResult<axum::Json<KeyView>> {
-    let row = state.apikeys.patch(&p, &id, req.into(), &ctx).await?;
+    let row = state
+        .apikeys
+        .patch(&p, &key_id(&id)?, req.into(), &ctx)
+        .await?;
     Ok(axum::Json(KeyView::from(&row)))
 }
 
@@ -471,7 +472,7 @@ pub async fn revoke(
     AuditCtx(ctx): AuditCtx,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    state.apikeys.revoke(&p, &id, &ctx).await?;
+    state.apikeys.revoke(&p, &key_id(&id)?, &ctx).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -491,7 +492,7 @@ pub async fn roll(
 ) -> ApiResult<impl IntoResponse> {
     let (key, row, grace_until) = state
         .apikeys
-        .roll(&p, &id, req.grace_period_s, &ctx)
+        .roll(&p, &key_id(&id)?, req.grace_period_s, &ctx)
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -533,11 +534,11 @@ pub async fn admin_list(
     _admin: Admin,
     Query(q): Query<AdminListQuery>,
 ) -> ApiResult<axum::Json<KeyList>> {
-    let owner = match q.owner.as_deref() {
+    let owner = match q.owner.as_deref().map(|o| (o, UserId::parse(o))) {
         None => None,
-        Some("none") => Some(None),
-        Some(u) if UserId::parse(u).is_ok() => Some(Some(u)),
-        Some(_) => {
+        Some(("none", _)) => Some(None),
+        Some((_, Ok(u))) => Some(Some(u)),
+        Some((_, Err(_))) => {
             return Err(Error::field(
                 "owner",
                 "invalid_id",
@@ -552,7 +553,11 @@ pub async fn admin_list(
     )?;
     let keys = state
         .apikeys
-        .list_all(owner, page.cursor.as_deref(), page.limit)
+        .list_all(
+            owner.as_ref().map(Option::as_ref),
+            page.cursor.as_ref(),
+            page.limit,
+        )
         .await?;
     Ok(axum::Json(KeyList::of(keys)))
 }
@@ -568,7 +573,7 @@ pub async fn admin_get(
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<KeyView>> {
     Ok(axum::Json(KeyView::from(
-        &state.apikeys.get_any(&id).await?,
+        &state.apikeys.get_any(&key_id(&id)?).await?,
     )))
 }
 
@@ -583,6 +588,6 @@ pub async fn admin_revoke(
     AuditCtx(ctx): AuditCtx,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    state.apikeys.revoke_any(&p, &id, &ctx).await?;
+    state.apikeys.revoke_any(&p, &key_id(&id)?, &ctx).await?;
     Ok(StatusCode::NO_CONTENT)
 }

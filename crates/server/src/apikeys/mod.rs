@@ -4,5 +4,5 @@ pub mod handlers;
 pub mod service;
 pub mod verify;
 
-pub use service::{ApiKeys, KeyChanges, KeyDraft, KeySettings};
+pub use service::{ApiKeys, KeyChanges, KeyDraft, KeySettings, key_id};
 pub use verify::KeyCheck;

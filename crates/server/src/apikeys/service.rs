@@ -30,6 +30,7 @@ use portcullis_core::scopes::{
     RESERVED as RESERVED_SCOPES, SELF_SERVICE as SELF_SERVICE_SCOPES, Scope, Scopes,
     confusable_with,
 };
+use portcullis_core::secrets::TokenHash;
 use portcullis_core::text::MAX_DISPLAY_NAME_CHARS;
 use portcullis_store::{
     ApiKeyPatch, ApiKeyRow, ApiKeyStore, KeyOwner, RolledKey, Spend, Store, StoreError,
@@ -90,7 +91,7 @@ fn check_scopes(raw: &[String], errors: &mut Vec<FieldError>) -> Scopes {
     Scopes::parse_space_separated(&raw.join(" ")).unwrap_or_default()
 }
 
-fn check_expiry(raw: &str, now: Millis, errors: &mut Vec<FieldError>) -> Option<i64> {
+fn check_expiry(raw: &str, now: Millis, errors: &mut Vec<FieldError>) -> Option<Millis> {
     match time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339) {
         Ok(at) => {
             let at = Millis::from_datetime(at);
@@ -101,7 +102,7 @@ fn check_expiry(raw: &str, now: Millis, errors: &mut Vec<FieldError>) -> Option<
                     "expires_at must be in the future",
                 ));
             }
-            Some(at.0)
+            Some(at)
         }
         Err(_) => {
             errors.push(FieldError::new(
@@ -170,6 +171,11 @@ fn key_not_found() -> Error {
     Error::NotFound("no such API key".into())
 }
 
+/// The key a path names: an id that is no key's is a key not found, like an unknown one.
+pub fn key_id(raw: &str) -> Result<KeyId> {
+    KeyId::parse(raw).map_err(|_| key_not_found())
+}
+
 /// A key to create, as a request gave it: checked by [`ApiKeys::create`], which names every bad field.
 #[derive(Debug, Default)]
 pub struct KeyDraft {
@@ -215,7 +221,7 @@ pub struct ApiKeys {
     /// Per-key rate limits.
     pub(super) limits: MemoryLimiter,
     /// `last_used_at`, written at most once a minute per key.
-    pub(super) usage: OncePerMinute,
+    pub(super) usage: OncePerMinute<KeyId>,
     counts: Arc<AuditCounts>,
     audit: Audit,
     bus: Arc<Bus>,
@@ -232,7 +238,7 @@ pub struct KeyPage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Manager {
     /// `None`: the keys that belong to nobody (only administrators get here without a user).
-    owner: Option<String>,
+    owner: Option<UserId>,
     admin: bool,
 }
 
@@ -253,16 +259,16 @@ impl Manager {
 /// or changes must stay within them.
 #[derive(Debug, Clone)]
 struct Bounds {
-    id: String,
+    id: KeyId,
     scopes: Scopes,
     /// When it stops working: its expiry, or the end of its grace period.
-    end: Option<i64>,
+    end: Option<Millis>,
     /// `(limit, duration_ms)`.
     rate: Option<(i64, i64)>,
     /// Uses left on its counter.
     remaining: Option<i64>,
-    counter_id: String,
-    bucket_id: String,
+    counter_id: KeyId,
+    bucket_id: KeyId,
 }
 
 fn beyond(message: String) -> Error {
@@ -271,15 +277,15 @@ fn beyond(message: String) -> Error {
 
 impl Bounds {
     /// No later than this key's own end.
-    fn check_end(&self, end: Option<i64>) -> Result<()> {
+    fn check_end(&self, end: Option<Millis>) -> Result<()> {
         match (self.end, end) {
             (Some(own), None) => Err(beyond(format!(
                 "this API key stops working at {}; a key it makes or changes must expire by then",
-                Millis(own).rfc3339()
+                own.rfc3339()
             ))),
             (Some(own), Some(e)) if e > own => Err(beyond(format!(
                 "expires_at may be at most {}, when this API key itself stops working",
-                Millis(own).rfc3339()
+                own.rfc3339()
             ))),
             _ => Ok(()),
         }
@@ -320,8 +326,7 @@ impl Bounds {
         if row.id == self.id {
             return Ok(());
         }
-        let theirs = Scopes::parse_space_separated(&row.scopes).unwrap_or_default();
-        match theirs.iter().find(|s| !self.scopes.contains(s)) {
+        match row.scopes.iter().find(|s| !self.scopes.contains(s)) {
             Some(s) => Err(Error::Forbidden(
                 "insufficient_scope",
                 format!(
@@ -340,7 +345,7 @@ impl Bounds {
     }
 }
 
-fn end_of(row: &ApiKeyRow) -> Option<i64> {
+fn end_of(row: &ApiKeyRow) -> Option<Millis> {
     match (row.expires_at, row.grace_until) {
         (Some(e), Some(g)) => Some(e.min(g)),
         (e, g) => e.or(g),
@@ -384,9 +389,8 @@ impl ApiKeys {
 
     /// This node forgets the keys with these stored hashes at once; the bus tells whoever else
     /// listens.
-    fn changed(&self, hashes: &[Vec<u8>]) {
-        for event in Invalidation::of_hashes(hashes.iter().map(Vec::as_slice), Invalidation::ApiKey)
-        {
+    fn changed(&self, hashes: &[TokenHash]) {
+        for event in Invalidation::of_hashes(hashes, Invalidation::ApiKey) {
             self.apply(&event);
             self.bus.send(event);
         }
@@ -418,7 +422,7 @@ impl ApiKeys {
         }
         match &p.user_id {
             Some(u) => Ok(Manager {
-                owner: Some(u.as_str().to_owned()),
+                owner: Some(u.clone()),
                 admin,
             }),
             None if admin => Ok(Manager { owner: None, admin }),
@@ -449,12 +453,12 @@ impl ApiKeys {
         };
         Ok(Some(Bounds {
             id: row.id.clone(),
-            scopes: Scopes::parse_space_separated(&row.scopes).unwrap_or_default(),
             end: end_of(&row),
             rate: rate_of(&row),
             remaining,
-            counter_id: row.counter_id().to_owned(),
-            bucket_id: row.bucket_id().to_owned(),
+            counter_id: row.counter_id().clone(),
+            bucket_id: row.bucket_id().clone(),
+            scopes: row.scopes,
         }))
     }
 
@@ -504,10 +508,7 @@ impl ApiKeys {
     }
 
     /// The key `id` if `m` may see it.
-    async fn managed_key(&self, m: &Manager, id: &str) -> Result<ApiKeyRow> {
-        if KeyId::parse(id).is_err() {
-            return Err(key_not_found());
-        }
+    async fn managed_key(&self, m: &Manager, id: &KeyId) -> Result<ApiKeyRow> {
         match self.store.api_key_by_id(id).await? {
             Some(row) if m.owns(&row) => Ok(row),
             _ => Err(key_not_found()),
@@ -583,17 +584,17 @@ impl ApiKeys {
 
         let key = ApiKey::generate(&prefix).map_err(Error::internal)?;
         let row = ApiKeyRow {
-            id: KeyId::generate().to_string(),
+            id: KeyId::generate(),
             owner_id: m.owner.clone(),
             prefix: key.prefix().to_owned(),
             start: key.start(),
-            key_hash: key.hash().0.to_vec(),
+            key_hash: key.hash(),
             name,
-            scopes: scopes.to_string(),
+            scopes,
             meta,
             owner_meta,
-            created_at: now.0,
-            updated_at: now.0,
+            created_at: now,
+            updated_at: now,
             expires_at,
             revoked_at: None,
             remaining,
@@ -616,7 +617,7 @@ impl ApiKeys {
         }
         self.store.insert_api_key(&row).await?;
         // Should somebody have presented this exact key before (they cannot have), forget the miss.
-        self.changed(&[key.hash().0.to_vec()]);
+        self.changed(&[key.hash()]);
         if let Some(b) = &bounds
             && b.remaining.is_some()
         {
@@ -626,15 +627,15 @@ impl ApiKeys {
         self.audit.record(
             "api_key.created",
             Some(&p.subject),
-            Some(&row.id),
+            Some(row.id.as_str()),
             ctx,
-            serde_json::json!({ "name": row.name, "scopes": row.scopes, "owner_id": row.owner_id, "start": row.start }),
+            serde_json::json!({ "name": row.name, "scopes": row.scopes.to_string(), "owner_id": row.owner_id, "start": row.start }),
         );
         Ok((key, row))
     }
 
     /// Drops the cached row of the key `id` (by id: the cache is keyed by hash).
-    async fn invalidate_key_id(&self, id: &str) -> Result<()> {
+    async fn invalidate_key_id(&self, id: &KeyId) -> Result<()> {
         if let Some(row) = self.store.api_key_by_id(id).await? {
             self.changed(std::slice::from_ref(&row.key_hash));
         }
@@ -645,7 +646,7 @@ impl ApiKeys {
     pub async fn patch(
         &self,
         p: &Principal,
-        id: &str,
+        id: &KeyId,
         req: KeyChanges,
         ctx: &AuditContext,
     ) -> Result<ApiKeyRow> {
@@ -659,7 +660,7 @@ impl ApiKeys {
             ..ApiKeyPatch::default()
         };
         let scopes = req.scopes.as_deref().map(|s| check_scopes(s, &mut errors));
-        patch.scopes = scopes.as_ref().map(Scopes::to_string);
+        patch.scopes = scopes.clone();
         patch.meta = req
             .meta
             .map(|v| v.map(|v| check_meta("meta", &v, max_meta, &mut errors)));
@@ -714,7 +715,7 @@ impl ApiKeys {
                 ));
             }
         }
-        let Some((row, predecessors)) = self.store.update_api_key(id, &patch, now.0).await? else {
+        let Some((row, predecessors)) = self.store.update_api_key(id, &patch, now).await? else {
             return Err(Error::Conflict(
                 "key_revoked",
                 "this API key is revoked and can no longer be changed".into(),
@@ -738,7 +739,7 @@ impl ApiKeys {
         self.audit.record(
             "api_key.updated",
             Some(&p.subject),
-            Some(&row.id),
+            Some(row.id.as_str()),
             ctx,
             serde_json::json!({ "fields": changed }),
         );
@@ -746,7 +747,7 @@ impl ApiKeys {
     }
 
     async fn revoke_row(&self, p: &Principal, row: &ApiKeyRow, ctx: &AuditContext) -> Result<()> {
-        let hashes = self.store.revoke_api_key(&row.id, Millis::now().0).await?;
+        let hashes = self.store.revoke_api_key(&row.id, Millis::now()).await?;
         self.changed(&hashes);
         // Also when it was revoked already (nothing changed): the cached row may be older.
         self.changed(std::slice::from_ref(&row.key_hash));
@@ -754,7 +755,7 @@ impl ApiKeys {
             self.audit.record(
                 "api_key.revoked",
                 Some(&p.subject),
-                Some(&row.id),
+                Some(row.id.as_str()),
                 ctx,
                 serde_json::json!({ "keys": hashes.len() }),
             );
@@ -763,7 +764,7 @@ impl ApiKeys {
     }
 
     /// Revokes one of the caller's keys (the API and the account page's button).
-    pub async fn revoke(&self, p: &Principal, id: &str, ctx: &AuditContext) -> Result<()> {
+    pub async fn revoke(&self, p: &Principal, id: &KeyId, ctx: &AuditContext) -> Result<()> {
         let m = self.key_manager(p, true).await?;
         let row = self.managed_key(&m, id).await?;
         if let Some(b) = self.bounds(p, &m).await? {
@@ -777,7 +778,7 @@ impl ApiKeys {
     pub async fn roll(
         &self,
         p: &Principal,
-        id: &str,
+        id: &KeyId,
         grace_period_s: Option<i64>,
         ctx: &AuditContext,
     ) -> Result<(ApiKey, ApiKeyRow, Millis)> {
@@ -797,7 +798,7 @@ impl ApiKeys {
         // Rolling hands the caller a key with the old key's scopes and limits. For a user's own
         // login it replaces a key they hold already (only reserved scopes need an administrator);
         // for a key it is a grant like any other.
-        let scopes = Scopes::parse_space_separated(&old.scopes).unwrap_or_default();
+        let scopes = &old.scopes;
         if p.first_party && !m.admin {
             if let Some(s) = scopes.iter().find(|s| RESERVED_SCOPES.contains(s)) {
                 return Err(Error::Forbidden(
@@ -806,7 +807,7 @@ impl ApiKeys {
                 ));
             }
         } else {
-            self.check_grant(p, m.admin, &scopes)?;
+            self.check_grant(p, m.admin, scopes)?;
         }
         if let Some(b) = self.bounds(p, &m).await? {
             b.check_target(&old)?;
@@ -816,13 +817,13 @@ impl ApiKeys {
         let grace_until = now.plus_secs(grace);
         let key = ApiKey::generate(&old.prefix).map_err(Error::internal)?;
         let new = RolledKey {
-            id: KeyId::generate().to_string(),
+            id: KeyId::generate(),
             start: key.start(),
-            key_hash: key.hash().0.to_vec(),
+            key_hash: key.hash(),
         };
         let (row, changed) = match self
             .store
-            .roll_api_key(&old.id, &new, grace_until.0, now.0)
+            .roll_api_key(&old.id, &new, grace_until, now)
             .await
         {
             Ok(done) => done,
@@ -839,7 +840,7 @@ impl ApiKeys {
         self.audit.record(
             "api_key.rolled",
             Some(&p.subject),
-            Some(&old.id),
+            Some(old.id.as_str()),
             ctx,
             serde_json::json!({ "new_key_id": row.id, "grace_until": grace_until.rfc3339() }),
         );
@@ -847,13 +848,13 @@ impl ApiKeys {
     }
 
     /// One of the caller's keys.
-    pub async fn get(&self, p: &Principal, id: &str) -> Result<ApiKeyRow> {
+    pub async fn get(&self, p: &Principal, id: &KeyId) -> Result<ApiKeyRow> {
         let m = self.key_manager(p, false).await?;
         self.managed_key(&m, id).await
     }
 
     /// The caller's keys, a page.
-    pub async fn list(&self, p: &Principal, cursor: Option<&str>, limit: u32) -> Result<KeyPage> {
+    pub async fn list(&self, p: &Principal, cursor: Option<&KeyId>, limit: u32) -> Result<KeyPage> {
         let m = self.key_manager(p, false).await?;
         self.page(m.listing(), cursor, limit).await
     }
@@ -861,8 +862,8 @@ impl ApiKeys {
     /// Every key, or every key of `owner` (`Some(None)`: nobody's), a page (administrators).
     pub async fn list_all(
         &self,
-        owner: Option<Option<&str>>,
-        cursor: Option<&str>,
+        owner: Option<Option<&UserId>>,
+        cursor: Option<&KeyId>,
         limit: u32,
     ) -> Result<KeyPage> {
         let owner = match owner {
@@ -874,10 +875,7 @@ impl ApiKeys {
     }
 
     /// Any key (administrators).
-    pub async fn get_any(&self, id: &str) -> Result<ApiKeyRow> {
-        if KeyId::parse(id).is_err() {
-            return Err(key_not_found());
-        }
+    pub async fn get_any(&self, id: &KeyId) -> Result<ApiKeyRow> {
         self.store
             .api_key_by_id(id)
             .await?
@@ -885,12 +883,17 @@ impl ApiKeys {
     }
 
     /// Revokes any key (administrators).
-    pub async fn revoke_any(&self, p: &Principal, id: &str, ctx: &AuditContext) -> Result<()> {
+    pub async fn revoke_any(&self, p: &Principal, id: &KeyId, ctx: &AuditContext) -> Result<()> {
         let row = self.get_any(id).await?;
         self.revoke_row(p, &row, ctx).await
     }
 
-    async fn page(&self, owner: KeyOwner<'_>, cursor: Option<&str>, limit: u32) -> Result<KeyPage> {
+    async fn page(
+        &self,
+        owner: KeyOwner<'_>,
+        cursor: Option<&KeyId>,
+        limit: u32,
+    ) -> Result<KeyPage> {
         let mut rows = self
             .store
             .list_api_keys(owner, cursor, i64::from(limit) + 1)
@@ -898,7 +901,7 @@ impl ApiKeys {
         let more = rows.len() > limit as usize;
         rows.truncate(limit as usize);
         let next_cursor = if more {
-            rows.last().map(|r| r.id.clone())
+            rows.last().map(|r| r.id.to_string())
         } else {
             None
         };
@@ -931,11 +934,11 @@ impl ApiKeys {
                     Error::field("required_scopes", "invalid_scope", e.to_string())
                 })?);
         }
-        let owner = match owner {
+        let owner = match owner.map(|o| (o, UserId::parse(o))) {
             None => None,
-            Some("none") => Some(None),
-            Some(u) if UserId::parse(u).is_ok() => Some(Some(u)),
-            Some(_) => {
+            Some(("none", _)) => Some(None),
+            Some((_, Ok(u))) => Some(Some(u)),
+            Some((_, Err(_))) => {
                 return Err(Error::field(
                     "owner",
                     "invalid_owner",
@@ -943,7 +946,9 @@ impl ApiKeys {
                 ));
             }
         };
-        let check = self.check(raw, &required, owner).await?;
+        let check = self
+            .check(raw, &required, owner.as_ref().map(Option::as_ref))
+            .await?;
         let code = check.code;
         metrics::counter!("portcullis_api_key_verifications_total", "code" => code.as_str())
             .increment(1);

@@ -12,8 +12,9 @@ use std::time::Duration;
 use moka::sync::Cache;
 use portcullis_core::apikeys::{ApiKey, VerifyCode, lifetime_code};
 use portcullis_core::clock::Millis;
+use portcullis_core::ids::UserId;
 use portcullis_core::ratelimit::{RateDecision, RatePolicy};
-use portcullis_core::scopes::{Scope, Scopes};
+use portcullis_core::scopes::Scope;
 use portcullis_core::secrets::TokenHash;
 use portcullis_store::{ApiKeyRow, ApiKeyStore, Spend};
 
@@ -102,7 +103,7 @@ impl ApiKeys {
         &self,
         raw: &str,
         required_scopes: &[Scope],
-        owner: Option<Option<&str>>,
+        owner: Option<Option<&UserId>>,
     ) -> Result<KeyCheck> {
         let mut check = KeyCheck {
             code: VerifyCode::Malformed,
@@ -117,29 +118,29 @@ impl ApiKeys {
             check.code = VerifyCode::NotFound;
             return Ok(check);
         };
-        if owner.is_some_and(|o| o != row.owner_id.as_deref()) {
+        if owner.is_some_and(|o| o != row.owner_id.as_ref()) {
             check.code = VerifyCode::NotFound;
             return Ok(check);
         }
         check.row = Some(Arc::clone(&row));
         check.remaining = row.remaining;
-        let now = Millis::now().0;
+        let now = Millis::now();
         if let Some(code) = lifetime_code(row.revoked_at, row.expires_at, row.grace_until, now) {
             check.code = code;
             return Ok(check);
         }
         if let Some(owner) = &row.owner_id
-            && self.users.active(owner).await?.is_none()
+            && self.users.active(owner.as_str()).await?.is_none()
         {
             check.code = VerifyCode::Revoked;
             return Ok(check);
         }
-        if !required_scopes.is_empty() {
-            let held = Scopes::parse_space_separated(&row.scopes).unwrap_or_default();
-            if !required_scopes.iter().all(|s| held.contains(s.as_str())) {
-                check.code = VerifyCode::InsufficientScope;
-                return Ok(check);
-            }
+        if !required_scopes
+            .iter()
+            .all(|s| row.scopes.contains(s.as_str()))
+        {
+            check.code = VerifyCode::InsufficientScope;
+            return Ok(check);
         }
         if row.remaining == Some(0) && row.rolled_to.is_none() {
             check.code = VerifyCode::UsageExceeded;

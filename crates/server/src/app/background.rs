@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use portcullis_core::clock::Millis;
+use portcullis_core::secrets::TokenHash;
 use portcullis_store::{ApiKeyStore, Maintenance, SessionStore, SigningKeyStore, UserStore};
 
 use super::AppState;
@@ -53,7 +54,10 @@ async fn key_changes_loop(state: AppState) {
         let started = Millis::now().0;
         let keys = state
             .store
-            .api_keys_changed_since(keys_since - KEY_CHANGES_LOOKBACK_MS, KEY_CHANGES_BATCH)
+            .api_keys_changed_since(
+                Millis(keys_since - KEY_CHANGES_LOOKBACK_MS),
+                KEY_CHANGES_BATCH,
+            )
             .await;
         match keys {
             Ok(rows) => {
@@ -64,7 +68,10 @@ async fn key_changes_loop(state: AppState) {
         }
         let sessions = state
             .store
-            .sessions_revoked_since(sessions_since - KEY_CHANGES_LOOKBACK_MS, KEY_CHANGES_BATCH)
+            .sessions_revoked_since(
+                Millis(sessions_since - KEY_CHANGES_LOOKBACK_MS),
+                KEY_CHANGES_BATCH,
+            )
             .await;
         match sessions {
             Ok(rows) => {
@@ -135,8 +142,8 @@ pub async fn reload_signing_keys(state: &AppState) {
 }
 
 /// Applies changes made elsewhere to this node's caches (not onto the bus: they are not ours).
-fn apply(state: &AppState, rows: &[(Vec<u8>, i64)], kind: fn([u8; 32]) -> Invalidation) {
-    for event in Invalidation::of_hashes(rows.iter().map(|(h, _)| h.as_slice()), kind) {
+fn apply(state: &AppState, rows: &[(TokenHash, Millis)], kind: fn([u8; 32]) -> Invalidation) {
+    for event in Invalidation::of_hashes(rows.iter().map(|(h, _)| h), kind) {
         state.apply(&event);
     }
 }
@@ -144,9 +151,9 @@ fn apply(state: &AppState, rows: &[(Vec<u8>, i64)], kind: fn([u8; 32]) -> Invali
 /// Where the next poll starts (before the lookback is taken off): after a full batch, at its last
 /// change with no lookback, so that a burst larger than one batch is read in pieces instead of again
 /// and again; else at this poll's start.
-fn next_since(rows: &[(Vec<u8>, i64)], started: i64) -> i64 {
+fn next_since(rows: &[(TokenHash, Millis)], started: i64) -> i64 {
     match rows.last() {
-        Some((_, at)) if rows.len() as i64 == KEY_CHANGES_BATCH => at + KEY_CHANGES_LOOKBACK_MS,
+        Some((_, at)) if rows.len() as i64 == KEY_CHANGES_BATCH => at.0 + KEY_CHANGES_LOOKBACK_MS,
         _ => started,
     }
 }
@@ -215,12 +222,14 @@ pub async fn janitor_pass(state: &AppState) -> u64 {
         }
     }
     // Sessions: ended a day ago, or idle for the idle timeout.
-    let idle_before = now.0 - state.config.session_idle_timeout_s * 1000 - 60_000;
+    let idle_before = now
+        .plus_secs(-state.config.session_idle_timeout_s)
+        .plus_millis(-60_000);
     loop {
         match state
             .store
             .purge_sessions(
-                now.plus_secs(-86_400).0,
+                now.plus_secs(-86_400),
                 idle_before,
                 state.config.janitor_batch,
             )

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use portcullis_core::apikeys::{ApiKey, DEFAULT_PREFIX};
 use portcullis_core::clock::Millis;
 use portcullis_core::ids::KeyId;
+use portcullis_core::scopes::{Scope, Scopes};
 use portcullis_store::{ApiKeyRow, ApiKeyStore, Store, UserStore};
 
 pub use state::{AppState, Inner};
@@ -140,15 +141,16 @@ impl Running {
 /// Creates a root API key (scope `admin`, no owner) and returns it; it is shown only this once.
 pub async fn create_root_key(store: &Store, name: &str) -> Result<String, StartError> {
     let key = ApiKey::generate(DEFAULT_PREFIX).map_err(|e| StartError::Other(e.to_string()))?;
-    let now = Millis::now().0;
+    let now = Millis::now();
     let row = ApiKeyRow {
-        id: KeyId::generate().to_string(),
+        id: KeyId::generate(),
         owner_id: None,
         prefix: key.prefix().to_owned(),
         start: key.start(),
-        key_hash: key.hash().0.to_vec(),
+        key_hash: key.hash(),
         name: name.to_owned(),
-        scopes: "admin".to_owned(),
+        scopes: Scopes::parse_space_separated(Scope::ADMIN)
+            .map_err(|e| StartError::Other(e.to_string()))?,
         meta: None,
         owner_meta: None,
         created_at: now,

@@ -93,7 +93,7 @@ pub async fn audit(
         kind: q.kind,
         actor: q.actor,
         since,
-        before_id: page.cursor.clone(),
+        before_id: page.cursor.as_ref().map(|c| c.as_str().to_owned()),
         limit: page.fetch(),
     };
     let mut rows = state.audit.list(&filter).await?;

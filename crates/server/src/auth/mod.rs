@@ -9,7 +9,7 @@ pub mod extract;
 use std::sync::Arc;
 
 use portcullis_core::apikeys::VerifyCode;
-use portcullis_core::ids::UserId;
+use portcullis_core::ids::{SessionId, UserId};
 use portcullis_core::principal::{AuthMethod, Principal};
 use portcullis_core::scopes::Scopes;
 
@@ -70,8 +70,8 @@ impl Auth {
     pub fn session_principal(&self, s: &CookieSession) -> Principal {
         self.sessions.seen(s);
         Principal {
-            subject: s.row.user_id.clone(),
-            user_id: UserId::parse(&s.row.user_id).ok(),
+            subject: s.row.user_id.to_string(),
+            user_id: Some(s.row.user_id.clone()),
             method: AuthMethod::Session,
             scopes: Scopes::default(),
             session_id: Some(s.row.id.clone()),
@@ -94,7 +94,10 @@ impl Auth {
             user_id: UserId::parse(&claims.sub).ok(),
             method: AuthMethod::Jwt,
             scopes: Scopes::parse_space_separated(&claims.scope).unwrap_or_default(),
-            session_id: claims.sid.clone(),
+            session_id: claims
+                .sid
+                .as_deref()
+                .and_then(|sid| SessionId::parse(sid).ok()),
             key_id: None,
             first_party: claims.client_id == self.tokens.first_party_client_id(),
             client_id: Some(claims.client_id.clone()),
@@ -124,10 +127,13 @@ impl Auth {
             _ => return Err(Error::InvalidApiKey),
         };
         Ok(Principal {
-            subject: row.owner_id.clone().unwrap_or_else(|| row.id.clone()),
-            user_id: row.owner_id.as_deref().and_then(|o| UserId::parse(o).ok()),
+            subject: match &row.owner_id {
+                Some(owner) => owner.to_string(),
+                None => row.id.to_string(),
+            },
+            user_id: row.owner_id.clone(),
             method: AuthMethod::ApiKey,
-            scopes: Scopes::parse_space_separated(&row.scopes).unwrap_or_default(),
+            scopes: row.scopes.clone(),
             session_id: None,
             key_id: Some(row.id.clone()),
             client_id: None,

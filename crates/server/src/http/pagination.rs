@@ -12,17 +12,17 @@ use utoipa::openapi::{ObjectBuilder, Required, Type};
 use crate::error::{Error, Result};
 
 /// The ids a list pages by: its cursor is the id of the last item of the previous page.
-pub trait Cursor {
+pub trait Cursor: Sized {
     const PREFIX: &'static str;
-    fn is_valid(raw: &str) -> bool;
+    fn parse_cursor(raw: &str) -> Option<Self>;
 }
 
 macro_rules! cursor {
     ($($id:ty),*) => {$(
         impl Cursor for $id {
             const PREFIX: &'static str = <$id>::PREFIX;
-            fn is_valid(raw: &str) -> bool {
-                <$id>::parse(raw).is_ok()
+            fn parse_cursor(raw: &str) -> Option<Self> {
+                <$id>::parse(raw).ok()
             }
         }
     )*};
@@ -79,16 +79,16 @@ impl<C: Cursor> utoipa::IntoParams for PageQuery<C> {
     }
 }
 
-/// A checked page request.
+/// A checked page request: its cursor one of the list's ids.
 #[derive(Debug, Clone)]
-pub struct PageRequest {
+pub struct PageRequest<C> {
     pub limit: u32,
-    pub cursor: Option<String>,
+    pub cursor: Option<C>,
 }
 
-impl PageRequest {
+impl<C: Cursor> PageRequest<C> {
     /// Checks `limit` against `max`, and that a cursor is one of this list's ids.
-    pub fn parse<C: Cursor>(q: PageQuery<C>, max: u32) -> Result<Self> {
+    pub fn parse(q: PageQuery<C>, max: u32) -> Result<Self> {
         let limit = q.limit.unwrap_or(50.min(max));
         if !(1..=max).contains(&limit) {
             return Err(Error::field(
@@ -97,19 +97,18 @@ impl PageRequest {
                 format!("limit must be between 1 and {max}"),
             ));
         }
-        if let Some(c) = &q.cursor
-            && !C::is_valid(c)
-        {
-            return Err(Error::field(
-                "cursor",
-                "invalid_cursor",
-                "cursor must be the next_cursor of a previous page",
-            ));
-        }
-        Ok(Self {
-            limit,
-            cursor: q.cursor,
-        })
+        let cursor = match q.cursor.as_deref().map(C::parse_cursor) {
+            None => None,
+            Some(Some(c)) => Some(c),
+            Some(None) => {
+                return Err(Error::field(
+                    "cursor",
+                    "invalid_cursor",
+                    "cursor must be the next_cursor of a previous page",
+                ));
+            }
+        };
+        Ok(Self { limit, cursor })
     }
 
     /// What to ask the store for: one row more than the page.

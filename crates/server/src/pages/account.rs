@@ -10,11 +10,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use minijinja::context;
 use portcullis_core::csrf;
+use portcullis_core::ids::SessionId;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::{PageState, form_fields, message, page, page_session, see_other, to_login, when};
-use crate::apikeys::KeyDraft;
+use crate::apikeys::{KeyDraft, key_id};
 use crate::auth::credential::{site_hints, user_agent};
 use crate::error::Error;
 use crate::http::cookies::{
@@ -48,7 +49,7 @@ async fn render_account(
     new_key: Option<minijinja::Value>,
 ) -> Response {
     let p = state.auth.session_principal(s);
-    let Ok(Some(user)) = state.users.active(&s.row.user_id).await else {
+    let Ok(Some(user)) = state.users.active(s.row.user_id.as_str()).await else {
         return to_login("/account", true);
     };
     let sessions = match state.sessions.list(&s.row.user_id, Some(&s.row.id)).await {
@@ -56,7 +57,7 @@ async fn render_account(
             .iter()
             .map(|x| {
                 context! {
-                    id => x.row.id.clone(),
+                    id => x.row.id.as_str(),
                     user_agent => x.row.user_agent.clone(),
                     ip => x.row.ip.clone(),
                     last_seen_at => when(Some(x.last_seen_at)),
@@ -78,10 +79,10 @@ async fn render_account(
             .filter(|k| k.revoked_at.is_none() && k.rolled_to.is_none())
             .map(|k| {
                 context! {
-                    id => k.id.clone(),
+                    id => k.id.as_str(),
                     name => k.name.clone(),
                     start => k.start.clone(),
-                    scopes => k.scopes.split(' ').filter(|s| !s.is_empty()).collect::<Vec<_>>(),
+                    scopes => k.scopes.iter().collect::<Vec<_>>(),
                     expires_at => when(k.expires_at),
                     last_used_at => when(k.last_used_at),
                 }
@@ -97,7 +98,7 @@ async fn render_account(
             user => context! {
                 email => user.email.clone(),
                 name => user.name.clone(),
-                created_at => when(Some(user.created_at)),
+                created_at => when(Some(portcullis_core::clock::Millis(user.created_at))),
             },
             csrf_token => s.csrf_token(),
             sessions,
@@ -216,7 +217,13 @@ pub async fn logout(
 ) -> Response {
     if let Err(e) = state
         .sessions
-        .revoke(&s.row.user_id, &s.row.id, "logout", &s.row.user_id, &ctx)
+        .revoke(
+            &s.row.user_id,
+            &s.row.id,
+            "logout",
+            s.row.user_id.as_str(),
+            &ctx,
+        )
         .await
     {
         return e.into_response();
@@ -234,19 +241,24 @@ pub async fn revoke_session(
     Path(id): Path<String>,
     AccountForm { session: s, .. }: AccountForm,
 ) -> Response {
-    match state
-        .sessions
-        .revoke(&s.row.user_id, &id, "revoked", &s.row.user_id, &ctx)
-        .await
-    {
-        Ok(true) if id == s.row.id => {
+    // An id that is no session's names nothing to revoke.
+    let revoked = match SessionId::parse(&id) {
+        Ok(id) => state
+            .sessions
+            .revoke(&s.row.user_id, &id, "revoked", s.row.user_id.as_str(), &ctx)
+            .await
+            .map(|done| done.then_some(id)),
+        Err(_) => Ok(None),
+    };
+    match revoked {
+        Ok(Some(id)) if id == s.row.id => {
             let mut res = see_other("/login");
             res.headers_mut()
                 .insert(header::SET_COOKIE, clear_session_cookie());
             res
         }
-        Ok(true) => see_other("/account?done=session_revoked"),
-        Ok(false) => {
+        Ok(Some(_)) => see_other("/account?done=session_revoked"),
+        Ok(None) => {
             account_error(
                 &state,
                 &s,
@@ -322,7 +334,11 @@ pub async fn revoke_key(
     AccountForm { session: s, .. }: AccountForm,
 ) -> Response {
     let p = state.auth.session_principal(&s);
-    match state.apikeys.revoke(&p, &id, &ctx).await {
+    let revoked = match key_id(&id) {
+        Ok(id) => state.apikeys.revoke(&p, &id, &ctx).await,
+        Err(e) => Err(e),
+    };
+    match revoked {
         Ok(()) => see_other("/account?done=key_revoked"),
         Err(Error::NotFound(_)) => {
             account_error(&state, &s, StatusCode::NOT_FOUND, "No such key.").await
@@ -339,7 +355,11 @@ pub async fn roll_key(
     AccountForm { session: s, .. }: AccountForm,
 ) -> Response {
     let p = state.auth.session_principal(&s);
-    match state.apikeys.roll(&p, &id, None, &ctx).await {
+    let rolled = match key_id(&id) {
+        Ok(id) => state.apikeys.roll(&p, &id, None, &ctx).await,
+        Err(e) => Err(e),
+    };
+    match rolled {
         Ok((key, row, _)) => {
             let new_key =
                 context! { key => key.expose(), name => row.name, id => row.id, rolled_from => id };
@@ -411,7 +431,7 @@ pub async fn change_password(
             other => other.into_response(),
         };
     }
-    let user = match state.users.active(&s.row.user_id).await {
+    let user = match state.users.active(s.row.user_id.as_str()).await {
         Ok(Some(u)) => u,
         _ => return to_login("/account", true),
     };

@@ -182,9 +182,9 @@ fn url_escape(s: &str) -> String {
         .collect()
 }
 
-fn when(ms: Option<i64>) -> Option<String> {
-    ms.map(|ms| {
-        let t = Millis(ms).to_datetime();
+fn when(at: Option<Millis>) -> Option<String> {
+    at.map(|at| {
+        let t = at.to_datetime();
         format!(
             "{:04}-{:02}-{:02} {:02}:{:02} UTC",
             t.year(),
@@ -276,6 +276,47 @@ mod tests {
             assert_eq!(safe_return_to(Some(bad)), "/account", "{bad:?}");
         }
         assert_eq!(safe_return_to(None), "/account");
+    }
+
+    mod return_to {
+        use super::super::safe_return_to;
+        use proptest::prelude::*;
+
+        /// Where a browser goes when it follows `Location: <to>` from a page of ours.
+        fn followed(to: &str) -> Option<reqwest::Url> {
+            reqwest::Url::parse("https://auth.example/login")
+                .ok()?
+                .join(to)
+                .ok()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// Whatever is asked for, the answer is a path on our own origin: a browser following it
+            /// never leaves `auth.example` and never meets a scheme, a backslash or a control character.
+            #[test]
+            fn anything_becomes_a_path_on_our_origin(raw in prop_oneof![
+                ".{0,600}",
+                "[/\\\\:.a-z@%\t\n ]{0,20}",
+                "(https?:|javascript:|//|/\\\\|/%2f|/\t/)[a-z.@/]{0,30}",
+            ]) {
+                let to = safe_return_to(Some(&raw));
+                prop_assert!(to.starts_with('/') && !to.starts_with("//"), "{to:?}");
+                prop_assert!(to.len() <= 512);
+                prop_assert!(!to.chars().any(|c| c.is_control() || c == '\\'), "{to:?}");
+                let url = followed(&to);
+                prop_assert!(url.as_ref().is_some_and(|u| u.scheme() == "https"
+                    && u.host_str() == Some("auth.example") && u.port().is_none()), "{raw:?} -> {to:?} -> {url:?}");
+                prop_assert!(to == raw || to == "/account", "{raw:?} became {to:?}");
+            }
+
+            /// A plain path of our own is kept as it is, query and all.
+            #[test]
+            fn our_own_paths_are_kept(path in "/[a-z0-9_-]{1,20}(/[a-z0-9_-]{1,20}){0,3}(\\?[a-z]{1,5}=[a-z0-9%]{0,10})?") {
+                prop_assert_eq!(safe_return_to(Some(&path)), path);
+            }
+        }
     }
 
     #[test]

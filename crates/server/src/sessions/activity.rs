@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use moka::sync::Cache;
 use portcullis_core::clock::Millis;
+use portcullis_core::ids::SessionId;
 
 use crate::coalesce::{OncePerMinute, WRITE_EVERY};
 
@@ -11,8 +12,8 @@ use crate::coalesce::{OncePerMinute, WRITE_EVERY};
 /// from it on this node); the store's `last_seen_at` is written at most once a minute per session, in
 /// batches, for the session list and for other nodes.
 pub struct SessionActivity {
-    seen: Cache<String, i64>,
-    writes: OncePerMinute,
+    seen: Cache<SessionId, Millis>,
+    writes: OncePerMinute<SessionId>,
 }
 
 impl SessionActivity {
@@ -27,19 +28,19 @@ impl SessionActivity {
         }
     }
 
-    pub fn seen(&self, id: &str) {
-        let now = Millis::now().0;
-        self.seen.insert(id.to_owned(), now);
+    pub fn seen(&self, id: &SessionId) {
+        let now = Millis::now();
+        self.seen.insert(id.clone(), now);
         self.writes.note(id, now);
     }
 
     /// The writes to make now.
-    pub fn take(&self) -> Vec<(String, i64)> {
+    pub fn take(&self) -> Vec<(SessionId, Millis)> {
         self.writes.take()
     }
 
-    /// When this node last saw the session used (0: not recently).
-    pub fn last_seen(&self, id: &str) -> i64 {
-        self.seen.get(id).unwrap_or(0)
+    /// When this node last saw the session used (the epoch: not recently).
+    pub fn last_seen(&self, id: &SessionId) -> Millis {
+        self.seen.get(id).unwrap_or(Millis(0))
     }
 }

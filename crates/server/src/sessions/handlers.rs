@@ -5,6 +5,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use portcullis_core::clock::{Millis, rfc3339};
 use portcullis_core::csrf;
+use portcullis_core::ids::{SessionId, UserId};
 use portcullis_core::principal::Principal;
 use portcullis_store::SessionRow;
 use serde::Serialize;
@@ -28,7 +29,8 @@ use crate::users::{PasswordLogin, parse_email};
 
 #[derive(Serialize, ToSchema)]
 pub struct SessionView {
-    id: String,
+    #[schema(value_type = String)]
+    id: SessionId,
     #[serde(with = "rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     created_at: Millis,
@@ -46,12 +48,12 @@ pub struct SessionView {
 }
 
 impl SessionView {
-    fn of(row: &SessionRow, current: bool, last_seen: i64) -> Self {
+    fn of(row: &SessionRow, current: bool, last_seen: Millis) -> Self {
         Self {
             id: row.id.clone(),
-            created_at: Millis(row.created_at),
-            last_seen_at: Millis(last_seen.max(row.last_seen_at)),
-            expires_at: Millis(row.expires_at),
+            created_at: row.created_at,
+            last_seen_at: last_seen.max(row.last_seen_at),
+            expires_at: row.expires_at,
             ip: row.ip.clone(),
             user_agent: row.user_agent.clone(),
             current,
@@ -177,10 +179,7 @@ pub async fn list(
 ) -> ApiResult<axum::Json<SessionList>> {
     let user_id = require_user(&p)?;
     require_own_login(&p, "manage sessions")?;
-    let sessions = state
-        .sessions
-        .list(user_id.as_str(), p.session_id.as_deref())
-        .await?;
+    let sessions = state.sessions.list(user_id, p.session_id.as_ref()).await?;
     Ok(axum::Json(SessionList {
         sessions: sessions.iter().map(SessionView::from).collect(),
     }))
@@ -220,6 +219,7 @@ async fn end_session(
 ) -> ApiResult<Response> {
     let user_id = require_user(p)?;
     require_own_login(p, "manage sessions")?;
+    let no_such_session = || Error::NotFound("no such session".into());
     let (id, reason) = if id == "current" {
         let id = p
             .session_id
@@ -227,15 +227,18 @@ async fn end_session(
             .ok_or_else(|| Error::NotFound("this request was not made with a session".into()))?;
         (id, "logout")
     } else {
-        (id, "revoked")
+        (
+            SessionId::parse(&id).map_err(|_| no_such_session())?,
+            "revoked",
+        )
     };
-    let is_current = p.session_id.as_deref() == Some(id.as_str());
+    let is_current = p.session_id.as_ref() == Some(&id);
     if !state
         .sessions
-        .revoke(user_id.as_str(), &id, reason, &p.subject, ctx)
+        .revoke(user_id, &id, reason, &p.subject, ctx)
         .await?
     {
-        return Err(Error::NotFound("no such session".into()).into());
+        return Err(no_such_session().into());
     }
     let mut res = StatusCode::NO_CONTENT.into_response();
     if is_current {
@@ -255,7 +258,11 @@ pub async fn admin_list(
     _admin: Admin,
     Path(user_id): Path<String>,
 ) -> ApiResult<axum::Json<SessionList>> {
-    let sessions = state.sessions.list(&user_id, None).await?;
+    // An id that is no user's has no sessions.
+    let sessions = match UserId::parse(&user_id) {
+        Ok(user_id) => state.sessions.list(&user_id, None).await?,
+        Err(_) => Vec::new(),
+    };
     Ok(axum::Json(SessionList {
         sessions: sessions.iter().map(SessionView::from).collect(),
     }))
@@ -272,6 +279,9 @@ pub async fn admin_revoke_all(
     AuditCtx(ctx): AuditCtx,
     Path(user_id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    state.sessions.revoke_all(&admin, &user_id, &ctx).await?;
+    // An id that is no user's has no sessions to end.
+    if let Ok(user_id) = UserId::parse(&user_id) {
+        state.sessions.revoke_all(&admin, &user_id, &ctx).await?;
+    }
     Ok(StatusCode::NO_CONTENT)
 }

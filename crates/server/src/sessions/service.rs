@@ -17,9 +17,9 @@ use std::time::Duration;
 use moka::sync::Cache;
 use portcullis_core::clock::Millis;
 use portcullis_core::csrf;
-use portcullis_core::ids::SessionId;
+use portcullis_core::ids::{SessionId, UserId};
 use portcullis_core::principal::Principal;
-use portcullis_core::secrets::OpaqueToken;
+use portcullis_core::secrets::{OpaqueToken, TokenHash};
 use portcullis_store::{SessionRow, SessionStore, Store, UserRow};
 use secrecy::{ExposeSecret, SecretString};
 
@@ -71,7 +71,7 @@ impl CookieSession {
 pub struct SessionSummary {
     pub row: SessionRow,
     /// The latest use this node or the store knows of.
-    pub last_seen_at: i64,
+    pub last_seen_at: Millis,
     /// The session this request came with.
     pub current: bool,
 }
@@ -127,10 +127,8 @@ impl Sessions {
         }
     }
 
-    fn ended(&self, hashes: &[Vec<u8>]) {
-        for event in
-            Invalidation::of_hashes(hashes.iter().map(Vec::as_slice), Invalidation::Session)
-        {
+    fn ended(&self, hashes: &[TokenHash]) {
+        for event in Invalidation::of_hashes(hashes, Invalidation::Session) {
             self.apply(&event);
             self.bus.send(event);
         }
@@ -197,7 +195,7 @@ impl Sessions {
                 row
             }
         };
-        let now = Millis::now().0;
+        let now = Millis::now();
         if row.revoked_at.is_some() {
             return Err(Error::InvalidSession("revoked"));
         }
@@ -205,10 +203,10 @@ impl Sessions {
             return Err(Error::InvalidSession("expired"));
         }
         let last_seen = self.activity.last_seen(&row.id).max(row.last_seen_at);
-        if now - last_seen > self.settings.idle_timeout_s * 1000 {
+        if now.0 - last_seen.0 > self.settings.idle_timeout_s * 1000 {
             return Err(Error::InvalidSession("idle"));
         }
-        if self.users.active(&row.user_id).await?.is_none() {
+        if self.users.active(row.user_id.as_str()).await?.is_none() {
             return Err(Error::InvalidSession("revoked"));
         }
         Ok(CookieSession {
@@ -223,7 +221,7 @@ impl Sessions {
     }
 
     /// When this node or the store last saw the session used.
-    pub fn last_seen(&self, s: &CookieSession) -> i64 {
+    pub fn last_seen(&self, s: &CookieSession) -> Millis {
         self.activity.last_seen(&s.row.id).max(s.row.last_seen_at)
     }
 
@@ -237,12 +235,12 @@ impl Sessions {
         let token = OpaqueToken::generate(TOKEN_PREFIX).map_err(Error::internal)?;
         let now = Millis::now();
         let row = SessionRow {
-            id: SessionId::generate().to_string(),
-            token_hash: token.hash().0.to_vec(),
-            user_id: user.id.clone(),
-            created_at: now.0,
-            last_seen_at: now.0,
-            expires_at: now.plus_secs(self.settings.absolute_timeout_s).0,
+            id: SessionId::generate(),
+            token_hash: token.hash(),
+            user_id: UserId::parse(&user.id).map_err(Error::internal)?,
+            created_at: now,
+            last_seen_at: now,
+            expires_at: now.plus_secs(self.settings.absolute_timeout_s),
             revoked_at: None,
             revoked_reason: None,
             ip: Some(ip.to_string()),
@@ -274,7 +272,7 @@ impl Sessions {
         self.audit.record(
             "session.started",
             Some(&user.id),
-            Some(&row.id),
+            Some(row.id.as_str()),
             ctx,
             serde_json::json!({ "via": via }),
         );
@@ -290,22 +288,22 @@ impl Sessions {
         if let Ok(Some(row)) = self.store.session_by_hash(&hash).await {
             let _ = self
                 .store
-                .revoke_session(&row.id, &row.user_id, Millis::now().0, "replaced")
+                .revoke_session(&row.id, &row.user_id, Millis::now(), "replaced")
                 .await;
-            self.ended(&[hash.0.to_vec()]);
+            self.ended(&[hash]);
         }
     }
 
     /// Revokes every session of the user but `except`, here at once (other nodes within a second).
     pub async fn end_user_sessions(
         &self,
-        user_id: &str,
+        user_id: &UserId,
         reason: &str,
-        except: Option<&str>,
+        except: Option<&SessionId>,
     ) -> Result<usize> {
         let hashes = self
             .store
-            .revoke_user_sessions(user_id, Millis::now().0, reason, except)
+            .revoke_user_sessions(user_id, Millis::now(), reason, except)
             .await?;
         self.ended(&hashes);
         Ok(hashes.len())
@@ -320,14 +318,17 @@ impl Sessions {
     /// families were live.
     pub async fn end_every_login(
         &self,
-        user_id: &str,
+        user_id: &UserId,
         reason: &str,
-        keep: Option<&str>,
+        keep: Option<&SessionId>,
     ) -> Result<u64> {
-        let families = self.tokens.revoke_families(user_id, reason).await?;
+        let families = self
+            .tokens
+            .revoke_families(user_id.as_str(), reason)
+            .await?;
         self.end_user_sessions(user_id, reason, keep).await?;
         self.tokens
-            .revoke_access_before(user_id, Millis::now())
+            .revoke_access_before(user_id.as_str(), Millis::now())
             .await?;
         Ok(families)
     }
@@ -342,7 +343,7 @@ impl Sessions {
         new: SecretString,
         ip: IpAddr,
         device_cookie: Option<&str>,
-        keep: Option<&str>,
+        keep: Option<&SessionId>,
         ctx: &AuditContext,
     ) -> Result<()> {
         let user_id = require_user(p)?;
@@ -350,7 +351,7 @@ impl Sessions {
         self.users
             .change_password(user_id.as_str(), current, new, ip, device_cookie, ctx)
             .await?;
-        self.end_every_login(user_id.as_str(), "password_change", keep)
+        self.end_every_login(user_id, "password_change", keep)
             .await?;
         Ok(())
     }
@@ -359,9 +360,7 @@ impl Sessions {
     pub async fn logout_all(&self, p: &Principal, ctx: &AuditContext) -> Result<()> {
         let user_id = require_user(p)?;
         require_own_login(p, "log out everywhere")?;
-        let families = self
-            .end_every_login(user_id.as_str(), "logout_all", None)
-            .await?;
+        let families = self.end_every_login(user_id, "logout_all", None).await?;
         self.audit.record(
             "logout.all",
             Some(user_id.as_str()),
@@ -377,15 +376,15 @@ impl Sessions {
     pub async fn disable_user(
         &self,
         admin: &Principal,
-        id: &str,
+        id: &UserId,
         ctx: &AuditContext,
     ) -> Result<()> {
-        self.users.set_disabled(id, true).await?;
+        self.users.set_disabled(id.as_str(), true).await?;
         self.end_every_login(id, "disabled", None).await?;
         self.audit.record(
             "user.disabled",
             Some(&admin.subject),
-            Some(id),
+            Some(id.as_str()),
             ctx,
             serde_json::json!({}),
         );
@@ -393,12 +392,17 @@ impl Sessions {
     }
 
     /// Enables a disabled user again. Their old sessions and tokens stay ended.
-    pub async fn enable_user(&self, admin: &Principal, id: &str, ctx: &AuditContext) -> Result<()> {
-        self.users.set_disabled(id, false).await?;
+    pub async fn enable_user(
+        &self,
+        admin: &Principal,
+        id: &UserId,
+        ctx: &AuditContext,
+    ) -> Result<()> {
+        self.users.set_disabled(id.as_str(), false).await?;
         self.audit.record(
             "user.enabled",
             Some(&admin.subject),
-            Some(id),
+            Some(id.as_str()),
             ctx,
             serde_json::json!({}),
         );
@@ -406,12 +410,16 @@ impl Sessions {
     }
 
     /// The user's live sessions, `current` marked.
-    pub async fn list(&self, user_id: &str, current: Option<&str>) -> Result<Vec<SessionSummary>> {
-        let now = Millis::now().0;
-        let idle_before = now - self.settings.idle_timeout_s * 1000;
+    pub async fn list(
+        &self,
+        user_id: &UserId,
+        current: Option<&SessionId>,
+    ) -> Result<Vec<SessionSummary>> {
+        let now = Millis::now();
+        let idle_before = now.plus_secs(-self.settings.idle_timeout_s);
         let rows = self
             .store
-            .list_user_sessions(user_id, now, idle_before - 60_000)
+            .list_user_sessions(user_id, now, idle_before.plus_millis(-60_000))
             .await?;
         Ok(rows
             .into_iter()
@@ -421,7 +429,7 @@ impl Sessions {
             })
             .filter(|(_, seen)| *seen >= idle_before)
             .map(|(row, last_seen_at)| SessionSummary {
-                current: current == Some(row.id.as_str()),
+                current: current == Some(&row.id),
                 row,
                 last_seen_at,
             })
@@ -431,18 +439,15 @@ impl Sessions {
     /// Revokes one session of `user_id`; false when it has no such live session.
     pub async fn revoke(
         &self,
-        user_id: &str,
-        id: &str,
+        user_id: &UserId,
+        id: &SessionId,
         reason: &str,
         actor: &str,
         ctx: &AuditContext,
     ) -> Result<bool> {
-        if SessionId::parse(id).is_err() {
-            return Ok(false);
-        }
         let Some(hash) = self
             .store
-            .revoke_session(id, user_id, Millis::now().0, reason)
+            .revoke_session(id, user_id, Millis::now(), reason)
             .await?
         else {
             return Ok(false);
@@ -451,7 +456,7 @@ impl Sessions {
         self.audit.record(
             "session.revoked",
             Some(actor),
-            Some(id),
+            Some(id.as_str()),
             ctx,
             serde_json::json!({ "reason": reason }),
         );
@@ -462,14 +467,14 @@ impl Sessions {
     pub async fn revoke_all(
         &self,
         admin: &Principal,
-        user_id: &str,
+        user_id: &UserId,
         ctx: &AuditContext,
     ) -> Result<usize> {
         let n = self.end_user_sessions(user_id, "admin", None).await?;
         self.audit.record(
             "session.revoked_all",
             Some(&admin.subject),
-            Some(user_id),
+            Some(user_id.as_str()),
             ctx,
             serde_json::json!({ "sessions": n }),
         );

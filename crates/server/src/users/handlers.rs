@@ -195,8 +195,8 @@ pub async fn me(State(state): State<AppState>, p: Principal) -> ApiResult<axum::
         auth: AuthView {
             method: p.method.into(),
             scopes: p.scopes.iter().map(str::to_owned).collect(),
-            session_id: p.session_id,
-            key_id: p.key_id,
+            session_id: p.session_id.map(String::from),
+            key_id: p.key_id.map(String::from),
             client_id: p.client_id,
         },
     }))
@@ -225,7 +225,7 @@ pub async fn change_password(
             req.new_password,
             ip.0,
             device_cookie(&headers),
-            keep.as_deref(),
+            keep.as_ref(),
             &ctx,
         )
         .await?;
@@ -244,6 +244,7 @@ pub async fn disable(
     AuditCtx(ctx): AuditCtx,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
+    let id = UserId::parse(&id).map_err(|_| Error::NotFound("no such user".into()))?;
     state.sessions.disable_user(&admin, &id, &ctx).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -259,6 +260,7 @@ pub async fn enable(
     AuditCtx(ctx): AuditCtx,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
+    let id = UserId::parse(&id).map_err(|_| Error::NotFound("no such user".into()))?;
     state.sessions.enable_user(&admin, &id, &ctx).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -299,7 +301,7 @@ pub async fn list(
     let page = PageRequest::parse(q, state.config.max_page_size)?;
     let mut rows = state
         .users
-        .list(page.cursor.as_deref(), page.fetch())
+        .list(page.cursor.as_ref().map(UserId::as_str), page.fetch())
         .await?;
     let next_cursor = page.cut(&mut rows, |u| u.id.clone());
     Ok(axum::Json(UserList {

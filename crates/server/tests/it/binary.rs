@@ -659,25 +659,16 @@ async fn an_admin_user_from_the_cli_can_use_admin_endpoints() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_binary_serves_from_postgresql() {
-    let Ok(url) = std::env::var("PORTCULLIS_TEST_DATABASE_URL") else {
-        eprintln!("skipped: PORTCULLIS_TEST_DATABASE_URL not set");
+    let Some(url) = portcullis_testkit::database_url() else {
         return;
     };
     // A schema of its own (through libpq's `options`), so runs with other master keys never meet.
-    let schema = format!("bin_{}", crate::support::uuid_hex());
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
-        .await
-        .unwrap();
-    sqlx::Executor::execute(
-        &mut conn,
-        sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")),
-    )
-    .await
-    .unwrap();
-    let sep = if url.contains('?') { '&' } else { '?' };
+    let schema = portcullis_testkit::PgSchema::create(&url, "bin").await;
     // A password in the query string (trust auth ignores it) must never reach the log.
-    let url =
-        format!("{url}{sep}options=-c%20search_path%3D{schema}&password=hunter2-never-logged");
+    let url = portcullis_testkit::with_param(
+        &schema.url_with_search_path(),
+        "password=hunter2-never-logged",
+    );
     let dir = tempfile::tempdir().unwrap();
     let out = run(dir.path(), &["migrate", "--database-url", &url], None);
     assert!(
@@ -721,12 +712,7 @@ async fn the_same_binary_serves_from_postgresql() {
         !logs.contains("hunter2"),
         "a database password reached the log"
     );
-    sqlx::Executor::execute(
-        &mut conn,
-        sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")),
-    )
-    .await
-    .unwrap();
+    schema.drop_now().await;
 }
 
 #[cfg(unix)]
@@ -884,22 +870,11 @@ fn the_default_address_is_loopback_8787_and_runtime_failures_exit_1_in_one_line(
 /// `serve` alone, on an empty PostgreSQL schema: it migrates by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_migrates_a_fresh_postgresql_schema_by_itself() {
-    let Ok(url) = std::env::var("PORTCULLIS_TEST_DATABASE_URL") else {
-        eprintln!("skipped: PORTCULLIS_TEST_DATABASE_URL not set");
+    let Some(url) = portcullis_testkit::database_url() else {
         return;
     };
-    let schema = format!("fresh_{}", crate::support::uuid_hex());
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
-        .await
-        .unwrap();
-    sqlx::Executor::execute(
-        &mut conn,
-        sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")),
-    )
-    .await
-    .unwrap();
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let url_in_schema = format!("{url}{sep}options=-c%20search_path%3D{schema}");
+    let schema = portcullis_testkit::PgSchema::create(&url, "fresh").await;
+    let url_in_schema = schema.url_with_search_path();
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &["--database-url", &url_in_schema], &[]);
     let root = server.root_key().expect("a first start on an empty schema");
@@ -912,17 +887,13 @@ async fn serve_migrates_a_fresh_postgresql_schema_by_itself() {
         .unwrap();
     assert_eq!(r.status(), 200);
     server.stop();
-    let tables: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = '{schema}'"
-    )))
+    let mut conn = schema.connect().await;
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema()",
+    )
     .fetch_one(&mut conn)
     .await
     .unwrap();
     assert!(tables >= 6, "{tables} tables after serve");
-    sqlx::Executor::execute(
-        &mut conn,
-        sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")),
-    )
-    .await
-    .unwrap();
+    schema.drop_now().await;
 }

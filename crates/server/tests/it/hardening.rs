@@ -9,7 +9,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::on_both_stores;
-use crate::support::{Backend, PASSWORD, TestApp, assert_problem, until};
+use crate::support::{Auth, Backend, PASSWORD, TestApp, assert_problem, until};
 
 on_both_stores!(
     concurrent_wrong_logins_get_only_the_free_allowance,
@@ -340,12 +340,11 @@ async fn registration_is_rate_limited_per_address(b: Backend) {
 }
 
 async fn create_key(app: &TestApp, auth: (&str, &str), body: Value) -> reqwest::Response {
-    let req = app.client.post(app.url("/v1/keys")).json(&body);
-    let req = match auth {
-        ("bearer", t) => req.bearer_auth(t),
-        (_, k) => req.header("x-api-key", k),
+    let auth = match auth {
+        ("bearer", t) => Auth::Bearer(t.to_owned()),
+        (_, k) => Auth::Key(k.to_owned()),
     };
-    req.send().await.unwrap()
+    app.call(Method::POST, "/v1/keys", &auth, Some(&body)).await
 }
 
 async fn users_grant_only_self_service_scopes_and_never_write_operator_meta(b: Backend) {
@@ -486,13 +485,14 @@ async fn verify_reports_the_owner_and_can_require_one(b: Backend) {
 }
 
 async fn patch_key(app: &TestApp, key: &str, id: &str, body: Value) -> reqwest::Response {
-    app.client
-        .patch(app.url(&format!("/v1/keys/{id}")))
-        .header("x-api-key", key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
+    let path = format!("/v1/keys/{id}");
+    app.call(
+        Method::PATCH,
+        &path,
+        &Auth::Key(key.to_owned()),
+        Some(&body),
+    )
+    .await
 }
 
 async fn a_key_never_sheds_its_limits(b: Backend) {

@@ -9,7 +9,7 @@
 
 mod support;
 
-mod api_keys;
+mod apikeys;
 mod architecture;
 mod binary;
 mod browser;
@@ -19,8 +19,9 @@ mod hardening;
 mod http;
 mod interop;
 mod jwt;
-mod keys;
 mod pages;
 mod sessions;
+mod shapes;
+mod signing_keys;
 mod tokens;
 mod users;

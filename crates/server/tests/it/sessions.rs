@@ -30,7 +30,7 @@ async fn last_seen_at_is_written_at_most_once_a_minute(b: Backend) {
     let s = login(&app, "alice@example.com").await;
     let stored = || async {
         app.store
-            .session_by_id(&s.id)
+            .session_by_id(&portcullis_core::ids::SessionId::parse(&s.id).unwrap())
             .await
             .unwrap()
             .unwrap()
@@ -303,7 +303,7 @@ async fn login_sets_a_host_only_cookie_and_the_session_authenticates(b: Backend)
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(row.id, id);
+    assert_eq!(row.id.as_str(), id);
     assert!(!format!("{row:?}").contains(&token[4..]));
 
     // Form login works too; wrong passwords and unknown accounts look alike and set no cookie.

@@ -3,7 +3,7 @@
 
 use portcullis_server::{Config, Running};
 use portcullis_store::{Store, StoreOptions};
-use reqwest::{Client, Response, StatusCode};
+use reqwest::{Client, Method, Response, StatusCode};
 use serde_json::{Value, json};
 
 pub const PASSWORD: &str = "violet tractor umbrella";
@@ -17,13 +17,7 @@ pub enum Backend {
 impl Backend {
     /// PostgreSQL when `PORTCULLIS_TEST_DATABASE_URL` is set; otherwise the test says it is skipped.
     pub fn postgres() -> Option<Self> {
-        match std::env::var("PORTCULLIS_TEST_DATABASE_URL") {
-            Ok(url) if !url.is_empty() => Some(Self::Postgres(url)),
-            _ => {
-                eprintln!("skipped: PORTCULLIS_TEST_DATABASE_URL not set");
-                None
-            }
-        }
+        portcullis_testkit::database_url().map(Self::Postgres)
     }
 }
 
@@ -52,13 +46,21 @@ macro_rules! on_both_stores {
     };
 }
 
+/// A request's credential.
+#[derive(Clone, Debug)]
+pub enum Auth {
+    None,
+    Bearer(String),
+    Key(String),
+}
+
 pub struct TestApp {
     pub base: String,
     pub client: Client,
     pub store: Store,
     running: Option<Running>,
     _dir: tempfile::TempDir,
-    schema: Option<(String, String)>,
+    schema: Option<portcullis_testkit::PgSchema>,
 }
 
 impl TestApp {
@@ -88,20 +90,12 @@ impl TestApp {
                 )
             }
             Backend::Postgres(url) => {
-                let schema = format!("t_{}", uuid_hex());
-                let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url)
-                    .await
-                    .unwrap();
-                sqlx::Executor::execute(
-                    &mut conn,
-                    sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")),
-                )
-                .await
-                .unwrap();
-                let store = Store::connect_postgres(url, &StoreOptions::default(), Some(&schema))
-                    .await
-                    .unwrap();
-                (store, Some((url.clone(), schema)))
+                let schema = portcullis_testkit::PgSchema::create(url, "t").await;
+                let store =
+                    Store::connect_postgres(url, &StoreOptions::default(), Some(schema.name()))
+                        .await
+                        .unwrap();
+                (store, Some(schema))
             }
         };
         store.migrate().await.unwrap();
@@ -131,40 +125,45 @@ impl TestApp {
         self.running.as_ref().unwrap().metrics_addr
     }
 
-    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
-        self.client
-            .post(self.url(path))
-            .json(body)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    /// A request authenticated with an API key (`X-API-Key`).
-    pub async fn get_with_key(&self, path: &str, key: &str) -> Response {
-        self.client
-            .get(self.url(path))
-            .header("x-api-key", key)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    pub async fn post_with_key(&self, path: &str, key: &str, body: Option<&Value>) -> Response {
-        let mut req = self.client.post(self.url(path)).header("x-api-key", key);
+    /// The one request helper every other is made of: a method, a path, a credential and perhaps a
+    /// JSON body.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        auth: &Auth,
+        body: Option<&Value>,
+    ) -> Response {
+        let mut req = self.client.request(method, self.url(path));
+        req = match auth {
+            Auth::None => req,
+            Auth::Bearer(t) => req.bearer_auth(t),
+            Auth::Key(k) => req.header("x-api-key", k),
+        };
         if let Some(body) = body {
             req = req.json(body);
         }
         req.send().await.unwrap()
     }
 
-    pub async fn get_bearer(&self, path: &str, token: &str) -> Response {
-        self.client
-            .get(self.url(path))
-            .bearer_auth(token)
-            .send()
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.call(Method::POST, path, &Auth::None, Some(body)).await
+    }
+
+    /// A request authenticated with an API key (`X-API-Key`).
+    pub async fn get_with_key(&self, path: &str, key: &str) -> Response {
+        self.call(Method::GET, path, &Auth::Key(key.to_owned()), None)
             .await
-            .unwrap()
+    }
+
+    pub async fn post_with_key(&self, path: &str, key: &str, body: Option<&Value>) -> Response {
+        self.call(Method::POST, path, &Auth::Key(key.to_owned()), body)
+            .await
+    }
+
+    pub async fn get_bearer(&self, path: &str, token: &str) -> Response {
+        self.call(Method::GET, path, &Auth::Bearer(token.to_owned()), None)
+            .await
     }
 
     pub async fn register(&self, email: &str) -> Value {
@@ -225,16 +224,8 @@ impl TestApp {
     /// time would otherwise make, such as a signing key a month old).
     pub async fn execute_sql(&self, sql: &str) {
         match &self.schema {
-            Some((url, schema)) => {
-                let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url)
-                    .await
-                    .unwrap();
-                sqlx::Executor::execute(
-                    &mut conn,
-                    sqlx::AssertSqlSafe(format!("SET search_path TO {schema}")),
-                )
-                .await
-                .unwrap();
+            Some(schema) => {
+                let mut conn = schema.connect().await;
                 sqlx::Executor::execute(&mut conn, sqlx::AssertSqlSafe(sql.to_owned()))
                     .await
                     .unwrap();
@@ -264,8 +255,8 @@ impl TestApp {
         // A store of its own over the same database, as another process would have: stopping the
         // node closes it and leaves this one's open.
         let store = match &self.schema {
-            Some((url, schema)) => {
-                Store::connect_postgres(url, &StoreOptions::default(), Some(schema))
+            Some(schema) => {
+                Store::connect_postgres(schema.url(), &StoreOptions::default(), Some(schema.name()))
                     .await
                     .unwrap()
             }
@@ -282,32 +273,6 @@ impl TestApp {
     pub async fn stop(mut self) {
         if let Some(r) = self.running.take() {
             r.stop().await;
-        }
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        // Drop the test's schema (also when the test panicked) on a helper thread: Drop cannot await.
-        if let Some((url, schema)) = self.schema.take() {
-            let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(async {
-                    if let Ok(mut conn) =
-                        <sqlx::PgConnection as sqlx::Connection>::connect(&url).await
-                    {
-                        let _ = sqlx::Executor::execute(
-                            &mut conn,
-                            sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")),
-                        )
-                        .await;
-                    }
-                });
-            })
-            .join();
         }
     }
 }

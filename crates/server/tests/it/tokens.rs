@@ -1,3 +1,7 @@
+//! Password login and the token pair over HTTP: what a login returns (and the scopes it carries),
+//! refresh rotation, reuse revoking the family, the grace period, concurrent refreshes, logout, and
+//! login throttling by address, by account and by the hashing queue.
+
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

@@ -1,3 +1,7 @@
+//! Accounts over HTTP: registration and `/v1/me`, the password policy, email and name validation,
+//! closed registration, password changes (and what they revoke), imported bcrypt and argon2 hashes,
+//! and the administrators' paged list of users.
+
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

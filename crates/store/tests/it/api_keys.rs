@@ -2,7 +2,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use portcullis_core::clock::Millis;
-use portcullis_core::ids::KeyId;
+use portcullis_core::ids::{KeyId, UserId};
+use portcullis_core::scopes::Scopes;
 use portcullis_core::secrets::TokenHash;
 use portcullis_store::{
     ApiKeyPatch, ApiKeyRow, ApiKeyStore, KeyOwner, RolledKey, Spend, Store, StoreError,
@@ -10,7 +11,7 @@ use portcullis_store::{
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 
-use crate::support::{Ctx, DAY, HOUR, T0, backend_tests, random_hash, user};
+use crate::support::{Ctx, DAY, HOUR, T0, backend_tests, random_hash, user_id};
 
 backend_tests!(
     insert_and_lookup_by_hash,
@@ -39,19 +40,23 @@ backend_tests!(
     a_patch_reaches_the_keys_in_grace_of_a_roll_into_it,
 );
 
-pub fn api_key(owner: Option<&str>, hash: &TokenHash, at: Millis) -> ApiKeyRow {
+pub fn scopes(raw: &str) -> Scopes {
+    Scopes::parse_space_separated(raw).unwrap()
+}
+
+pub fn api_key(owner: Option<&UserId>, hash: &TokenHash, at: Millis) -> ApiKeyRow {
     ApiKeyRow {
-        id: KeyId::generate().as_str().to_owned(),
-        owner_id: owner.map(str::to_owned),
+        id: KeyId::generate(),
+        owner_id: owner.cloned(),
         prefix: "pk_".to_owned(),
         start: "pk_abcd".to_owned(),
-        key_hash: hash.as_bytes().to_vec(),
+        key_hash: hash.clone(),
         name: "ci".to_owned(),
-        scopes: "users:read users:write".to_owned(),
+        scopes: scopes("users:read users:write"),
         meta: None,
         owner_meta: None,
-        created_at: at.0,
-        updated_at: at.0,
+        created_at: at,
+        updated_at: at,
         expires_at: None,
         revoked_at: None,
         remaining: None,
@@ -66,7 +71,7 @@ pub fn api_key(owner: Option<&str>, hash: &TokenHash, at: Millis) -> ApiKeyRow {
 
 async fn insert_and_lookup_by_hash(t: Ctx) {
     let s = &t.store;
-    let uid = user(s).await;
+    let uid = user_id(s).await;
 
     let root_hash = random_hash();
     let root = api_key(None, &root_hash, T0);
@@ -75,14 +80,14 @@ async fn insert_and_lookup_by_hash(t: Ctx) {
     let user_hash = random_hash();
     let mut full = api_key(Some(&uid), &user_hash, T0.plus_millis(1));
     full.meta = Some(r#"{"team":"infra"}"#.to_owned());
-    full.expires_at = Some(T0.0 + 86_400_000);
+    full.expires_at = Some(T0 + 86_400_000);
     full.remaining = Some(1_000);
     full.ratelimit_limit = Some(10);
     full.ratelimit_duration_ms = Some(60_000);
-    full.last_used_at = Some(T0.0 + 2);
-    full.rolled_to = Some("key_next".to_owned());
-    full.grace_until = Some(T0.0 + 3);
-    full.revoked_at = Some(T0.0 + 4);
+    full.last_used_at = Some(T0 + 2);
+    full.rolled_to = Some(KeyId::generate());
+    full.grace_until = Some(T0 + 3);
+    full.revoked_at = Some(T0 + 4);
     s.insert_api_key(&full).await.unwrap();
 
     let got = s
@@ -92,13 +97,13 @@ async fn insert_and_lookup_by_hash(t: Ctx) {
         .expect("root key");
     assert_eq!(got.id, root.id);
     assert_eq!(got.owner_id, None);
-    assert_eq!(got.key_hash, root_hash.as_bytes());
+    assert_eq!(got.key_hash, root_hash);
     assert_eq!(
         (got.prefix.as_str(), got.start.as_str(), got.name.as_str()),
         ("pk_", "pk_abcd", "ci")
     );
-    assert_eq!(got.scopes, "users:read users:write");
-    assert_eq!((got.created_at, got.updated_at), (T0.0, T0.0));
+    assert_eq!(got.scopes, scopes("users:read users:write"));
+    assert_eq!((got.created_at, got.updated_at), (T0, T0));
     assert_eq!(
         (got.expires_at, got.revoked_at, got.remaining, got.meta),
         (None, None, None, None)
@@ -110,7 +115,7 @@ async fn insert_and_lookup_by_hash(t: Ctx) {
         .unwrap()
         .expect("user key");
     assert_eq!(got.id, full.id);
-    assert_eq!(got.owner_id.as_deref(), Some(uid.as_str()));
+    assert_eq!(got.owner_id.as_ref(), Some(&uid));
     assert_eq!(got.meta, full.meta);
     assert_eq!(got.expires_at, full.expires_at);
     assert_eq!(got.revoked_at, full.revoked_at);
@@ -154,27 +159,27 @@ async fn count_api_keys_counts(t: Ctx) {
 // Helpers
 
 /// Inserts a plain key (`api_key` with a fresh hash, created at `T0`); returns it.
-async fn insert(s: &Store, owner: Option<&str>) -> ApiKeyRow {
+async fn insert(s: &Store, owner: Option<&UserId>) -> ApiKeyRow {
     let k = api_key(owner, &random_hash(), T0);
     s.insert_api_key(&k).await.unwrap();
     k
 }
 
 /// A key with every optional setting set (but not revoked, rolled or used).
-fn full_key(owner: Option<&str>) -> ApiKeyRow {
+fn full_key(owner: Option<&UserId>) -> ApiKeyRow {
     let mut k = api_key(owner, &random_hash(), T0);
     k.meta = Some(r#"{"team":"infra"}"#.to_owned());
     k.owner_meta = Some(r#"{"note":"mine"}"#.to_owned());
-    k.ratelimit_bucket = Some(KeyId::generate().as_str().to_owned());
-    k.expires_at = Some(T0.0 + 30 * DAY);
+    k.ratelimit_bucket = Some(KeyId::generate());
+    k.expires_at = Some(T0 + 30 * DAY);
     k.remaining = Some(50);
     k.ratelimit_limit = Some(10);
     k.ratelimit_duration_ms = Some(60_000);
-    k.last_used_at = Some(T0.0 + 1);
+    k.last_used_at = Some(T0 + 1);
     k
 }
 
-async fn by_id(s: &Store, id: &str) -> ApiKeyRow {
+async fn by_id(s: &Store, id: &KeyId) -> ApiKeyRow {
     s.api_key_by_id(id)
         .await
         .unwrap()
@@ -217,15 +222,15 @@ fn ids(rows: &[ApiKeyRow]) -> Vec<&str> {
     rows.iter().map(|r| r.id.as_str()).collect()
 }
 
-fn hash_set(hashes: &[Vec<u8>]) -> BTreeSet<Vec<u8>> {
+fn hash_set(hashes: &[TokenHash]) -> BTreeSet<TokenHash> {
     hashes.iter().cloned().collect()
 }
 
 fn rolled_key() -> RolledKey {
     RolledKey {
-        id: KeyId::generate().as_str().to_owned(),
+        id: KeyId::generate(),
         start: "pk_wxyz".to_owned(),
-        key_hash: random_hash().as_bytes().to_vec(),
+        key_hash: random_hash(),
     }
 }
 
@@ -234,38 +239,32 @@ fn rolled_key() -> RolledKey {
 
 async fn lookup_by_id(t: Ctx) {
     let s = &t.store;
-    let uid = user(s).await;
+    let uid = user_id(s).await;
     let mut k = full_key(Some(&uid));
-    k.revoked_at = Some(T0.0 + 5);
-    k.rolled_to = Some("key_next".to_owned());
-    k.grace_until = Some(T0.0 + 6);
+    k.revoked_at = Some(T0 + 5);
+    k.rolled_to = Some(KeyId::generate());
+    k.grace_until = Some(T0 + 6);
     s.insert_api_key(&k).await.unwrap();
     let other = insert(s, None).await;
 
     assert_row(&by_id(s, &k.id).await, &k, "full key");
     assert_row(&by_id(s, &other.id).await, &other, "plain key");
-    assert!(
-        s.api_key_by_id(KeyId::generate().as_str())
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert!(s.api_key_by_id("").await.unwrap().is_none());
+    assert!(s.api_key_by_id(&KeyId::generate()).await.unwrap().is_none());
 }
 
 /// Seven keys of three owners, created (ids generated) in order but inserted in reverse, so only an
 /// ordering by id can list them in creation order.
-async fn seed_owners(s: &Store) -> (String, String, Vec<ApiKeyRow>) {
-    let u1 = user(s).await;
-    let u2 = user(s).await;
+async fn seed_owners(s: &Store) -> (UserId, UserId, Vec<ApiKeyRow>) {
+    let u1 = user_id(s).await;
+    let u2 = user_id(s).await;
     let owners = [
-        Some(u1.as_str()),
+        Some(&u1),
         None,
-        Some(u2.as_str()),
-        Some(u1.as_str()),
+        Some(&u2),
+        Some(&u1),
         None,
-        Some(u2.as_str()),
-        Some(u1.as_str()),
+        Some(&u2),
+        Some(&u1),
     ];
     let keys: Vec<ApiKeyRow> = owners
         .iter()
@@ -300,15 +299,12 @@ async fn list_by_owner_in_creation_order(t: Ctx) {
         .list_api_keys(KeyOwner::User(&u1), None, 100)
         .await
         .unwrap();
-    assert_eq!(
-        ids(&got),
-        want(&|k| k.owner_id.as_deref() == Some(u1.as_str()))
-    );
+    assert_eq!(ids(&got), want(&|k| k.owner_id.as_ref() == Some(&u1)));
     assert_eq!(got.len(), 3);
-    for (g, k) in got.iter().zip(
-        keys.iter()
-            .filter(|k| k.owner_id.as_deref() == Some(u1.as_str())),
-    ) {
+    for (g, k) in got
+        .iter()
+        .zip(keys.iter().filter(|k| k.owner_id.as_ref() == Some(&u1)))
+    {
         assert_row(g, k, "listed user key");
     }
 
@@ -316,10 +312,7 @@ async fn list_by_owner_in_creation_order(t: Ctx) {
         .list_api_keys(KeyOwner::User(&u2), None, 100)
         .await
         .unwrap();
-    assert_eq!(
-        ids(&got),
-        want(&|k| k.owner_id.as_deref() == Some(u2.as_str()))
-    );
+    assert_eq!(ids(&got), want(&|k| k.owner_id.as_ref() == Some(&u2)));
     assert_eq!(got.len(), 2);
 
     let got = s.list_api_keys(KeyOwner::Nobody, None, 100).await.unwrap();
@@ -331,7 +324,7 @@ async fn list_by_owner_in_creation_order(t: Ctx) {
     assert_eq!(ids(&got), want(&|_| true));
     assert_eq!(got.len(), 7);
 
-    let stranger = user(s).await;
+    let stranger = user_id(s).await;
     assert!(
         s.list_api_keys(KeyOwner::User(&stranger), None, 100)
             .await
@@ -341,14 +334,11 @@ async fn list_by_owner_in_creation_order(t: Ctx) {
 }
 
 /// Pages through a listing `limit` at a time, each page starting after the last id of the previous.
-async fn pages(s: &Store, owner: KeyOwner<'_>, limit: i64) -> Vec<Vec<String>> {
+async fn pages(s: &Store, owner: KeyOwner<'_>, limit: i64) -> Vec<Vec<KeyId>> {
     let mut out = Vec::new();
-    let mut after: Option<String> = None;
+    let mut after: Option<KeyId> = None;
     loop {
-        let page = s
-            .list_api_keys(owner, after.as_deref(), limit)
-            .await
-            .unwrap();
+        let page = s.list_api_keys(owner, after.as_ref(), limit).await.unwrap();
         assert!(page.len() as i64 <= limit, "page longer than the limit");
         if page.is_empty() {
             return out;
@@ -362,8 +352,8 @@ async fn pages(s: &Store, owner: KeyOwner<'_>, limit: i64) -> Vec<Vec<String>> {
 async fn list_pages_with_after_and_limit(t: Ctx) {
     let s = &t.store;
     let (u1, _, keys) = seed_owners(s).await;
-    let all: Vec<String> = keys.iter().map(|k| k.id.clone()).collect();
-    let of = |idx: &[usize]| -> Vec<String> { idx.iter().map(|&i| all[i].clone()).collect() };
+    let all: Vec<KeyId> = keys.iter().map(|k| k.id.clone()).collect();
+    let of = |idx: &[usize]| -> Vec<KeyId> { idx.iter().map(|&i| all[i].clone()).collect() };
 
     assert_eq!(
         pages(s, KeyOwner::All, 3).await,
@@ -402,7 +392,7 @@ async fn list_pages_with_after_and_limit(t: Ctx) {
 
 async fn update_changes_only_the_patched_field(t: Ctx) {
     let s = &t.store;
-    let uid = user(s).await;
+    let uid = user_id(s).await;
     type Case = (&'static str, ApiKeyPatch, fn(&mut ApiKeyRow));
     let cases: Vec<Case> = vec![
         ("nothing", ApiKeyPatch::default(), |_| {}),
@@ -417,10 +407,10 @@ async fn update_changes_only_the_patched_field(t: Ctx) {
         (
             "scopes",
             ApiKeyPatch {
-                scopes: Some("users:read".to_owned()),
+                scopes: Some(scopes("users:read")),
                 ..Default::default()
             },
-            |k| k.scopes = "users:read".to_owned(),
+            |k| k.scopes = scopes("users:read"),
         ),
         (
             "meta set",
@@ -457,10 +447,10 @@ async fn update_changes_only_the_patched_field(t: Ctx) {
         (
             "expires_at set",
             ApiKeyPatch {
-                expires_at: Some(Some(T0.0 + 7 * DAY)),
+                expires_at: Some(Some(T0 + 7 * DAY)),
                 ..Default::default()
             },
-            |k| k.expires_at = Some(T0.0 + 7 * DAY),
+            |k| k.expires_at = Some(T0 + 7 * DAY),
         ),
         (
             "expires_at cleared",
@@ -520,7 +510,7 @@ async fn update_changes_only_the_patched_field(t: Ctx) {
 
     let bystander = full_key(Some(&uid));
     s.insert_api_key(&bystander).await.unwrap();
-    let mut now = T0.0 + 1_000;
+    let mut now = T0 + 1_000;
     // Each case on a key with every setting set, and on one with none (setting from NULL).
     for (label, patch, apply) in &cases {
         for (base_label, base) in [
@@ -529,7 +519,7 @@ async fn update_changes_only_the_patched_field(t: Ctx) {
         ] {
             let what = format!("patch {label} on {base_label} key");
             s.insert_api_key(&base).await.unwrap();
-            now += 1;
+            now = now + 1;
             let got = s
                 .update_api_key(&base.id, patch, now)
                 .await
@@ -576,7 +566,7 @@ async fn update_changes_only_the_patched_field(t: Ctx) {
 async fn update_of_revoked_or_unknown_key_is_none(t: Ctx) {
     let s = &t.store;
     let k = insert(s, None).await;
-    assert_eq!(s.revoke_api_key(&k.id, T0.0 + 10).await.unwrap().len(), 1);
+    assert_eq!(s.revoke_api_key(&k.id, T0 + 10).await.unwrap().len(), 1);
     let before = by_id(s, &k.id).await;
     let patch = ApiKeyPatch {
         name: Some("nope".to_owned()),
@@ -584,14 +574,14 @@ async fn update_of_revoked_or_unknown_key_is_none(t: Ctx) {
         ..Default::default()
     };
     assert!(
-        s.update_api_key(&k.id, &patch, T0.0 + 20)
+        s.update_api_key(&k.id, &patch, T0 + 20)
             .await
             .unwrap()
             .is_none()
     );
     assert_row(&by_id(s, &k.id).await, &before, "revoked key untouched");
     assert!(
-        s.update_api_key(KeyId::generate().as_str(), &patch, T0.0 + 20)
+        s.update_api_key(&KeyId::generate(), &patch, T0 + 20)
             .await
             .unwrap()
             .is_none()
@@ -652,15 +642,13 @@ async fn spend_of_revoked_or_unknown_key_is_exhausted(t: Ctx) {
     s.insert_api_key(&limited).await.unwrap();
     let unlimited = insert(s, None).await;
     for k in [&limited, &unlimited] {
-        s.revoke_api_key(&k.id, T0.0 + 1).await.unwrap();
+        s.revoke_api_key(&k.id, T0 + 1).await.unwrap();
         assert_eq!(s.spend_api_key(&k.id, 1).await.unwrap(), Spend::Exhausted);
     }
     assert_eq!(by_id(s, &limited.id).await.remaining, Some(5));
     assert_eq!(by_id(s, &unlimited.id).await.remaining, None);
     assert_eq!(
-        s.spend_api_key(KeyId::generate().as_str(), 1)
-            .await
-            .unwrap(),
+        s.spend_api_key(&KeyId::generate(), 1).await.unwrap(),
         Spend::Exhausted
     );
 }
@@ -718,7 +706,7 @@ async fn revoke_returns_the_hash_once(t: Ctx) {
     s.insert_api_key(&k).await.unwrap();
     let bystander = insert(s, None).await;
 
-    let now = T0.0 + 5_000;
+    let now = T0 + 5_000;
     assert_eq!(
         s.revoke_api_key(&k.id, now).await.unwrap(),
         vec![k.key_hash.clone()]
@@ -736,7 +724,7 @@ async fn revoke_returns_the_hash_once(t: Ctx) {
     );
 
     assert!(
-        s.revoke_api_key(KeyId::generate().as_str(), now)
+        s.revoke_api_key(&KeyId::generate(), now)
             .await
             .unwrap()
             .is_empty()
@@ -748,25 +736,23 @@ async fn revoke_takes_keys_rolled_into_it(t: Ctx) {
     let s = &t.store;
     let a = insert(s, None).await;
     let b = rolled_key();
-    s.roll_api_key(&a.id, &b, T0.0 + HOUR, T0.0 + 10)
-        .await
-        .unwrap();
+    s.roll_api_key(&a.id, &b, T0 + HOUR, T0 + 10).await.unwrap();
     let unrelated = insert(s, None).await;
 
     // Revoking the old key of a roll leaves the new one alone.
     let a2 = insert(s, None).await;
     let b2 = rolled_key();
-    s.roll_api_key(&a2.id, &b2, T0.0 + HOUR, T0.0 + 10)
+    s.roll_api_key(&a2.id, &b2, T0 + HOUR, T0 + 10)
         .await
         .unwrap();
     assert_eq!(
-        s.revoke_api_key(&a2.id, T0.0 + 15).await.unwrap(),
+        s.revoke_api_key(&a2.id, T0 + 15).await.unwrap(),
         vec![a2.key_hash.clone()]
     );
     assert_eq!(by_id(s, &b2.id).await.revoked_at, None);
 
     // Revoking the new key takes the old one, still in grace, with it.
-    let now = T0.0 + 20;
+    let now = T0 + 20;
     let got = s.revoke_api_key(&b.id, now).await.unwrap();
     assert_eq!(got.len(), 2, "both hashes, once each");
     assert_eq!(
@@ -785,13 +771,13 @@ async fn revoke_takes_keys_rolled_into_it(t: Ctx) {
     let c0 = insert(s, None).await;
     let c1 = rolled_key();
     let c2 = rolled_key();
-    s.roll_api_key(&c0.id, &c1, T0.0 + HOUR, T0.0 + 30)
+    s.roll_api_key(&c0.id, &c1, T0 + HOUR, T0 + 30)
         .await
         .unwrap();
-    s.roll_api_key(&c1.id, &c2, T0.0 + HOUR, T0.0 + 31)
+    s.roll_api_key(&c1.id, &c2, T0 + HOUR, T0 + 31)
         .await
         .unwrap();
-    let got = s.revoke_api_key(&c2.id, T0.0 + 40).await.unwrap();
+    let got = s.revoke_api_key(&c2.id, T0 + 40).await.unwrap();
     assert_eq!(got.len(), 3);
     assert_eq!(
         hash_set(&got),
@@ -808,7 +794,7 @@ async fn revoke_takes_keys_rolled_into_it(t: Ctx) {
 
 async fn roll_copies_the_old_key(t: Ctx) {
     let s = &t.store;
-    let uid = user(s).await;
+    let uid = user_id(s).await;
     let old = full_key(Some(&uid));
     s.insert_api_key(&old).await.unwrap();
     let bystander = full_key(Some(&uid));
@@ -816,10 +802,10 @@ async fn roll_copies_the_old_key(t: Ctx) {
 
     let new_hash = random_hash();
     let new = RolledKey {
-        key_hash: new_hash.as_bytes().to_vec(),
+        key_hash: new_hash.clone(),
         ..rolled_key()
     };
-    let now = T0.0 + 1_000;
+    let now = T0 + 1_000;
     let grace = now + HOUR;
     let (row, hashes) = s.roll_api_key(&old.id, &new, grace, now).await.unwrap();
     assert_eq!(hashes, vec![old.key_hash.clone()]);
@@ -844,7 +830,7 @@ async fn roll_copies_the_old_key(t: Ctx) {
         .unwrap()
         .expect("new key by hash");
     assert_eq!(by_hash.id, new.id);
-    assert_eq!(row.counter_id(), new.id);
+    assert_eq!(row.counter_id(), &new.id);
 
     let mut want_old = old.clone();
     want_old.rolled_to = Some(new.id.clone());
@@ -852,7 +838,7 @@ async fn roll_copies_the_old_key(t: Ctx) {
     want_old.updated_at = now;
     let stored_old = by_id(s, &old.id).await;
     assert_row(&stored_old, &want_old, "old key");
-    assert_eq!(stored_old.counter_id(), new.id);
+    assert_eq!(stored_old.counter_id(), &new.id);
     assert_row(&by_id(s, &bystander.id).await, &bystander, "bystander");
     assert_eq!(s.count_api_keys().await.unwrap(), 3);
 }
@@ -861,14 +847,14 @@ async fn roll_happens_once(t: Ctx) {
     let s = &t.store;
     let old = insert(s, None).await;
     let first = rolled_key();
-    s.roll_api_key(&old.id, &first, T0.0 + HOUR, T0.0 + 10)
+    s.roll_api_key(&old.id, &first, T0 + HOUR, T0 + 10)
         .await
         .unwrap();
     let after_first = by_id(s, &old.id).await;
 
     let second = rolled_key();
     match s
-        .roll_api_key(&old.id, &second, T0.0 + 2 * HOUR, T0.0 + 20)
+        .roll_api_key(&old.id, &second, T0 + 2 * HOUR, T0 + 20)
         .await
     {
         Err(StoreError::NotFound) => {}
@@ -886,10 +872,10 @@ async fn roll_happens_once(t: Ctx) {
 async fn roll_of_revoked_or_unknown_key_is_not_found(t: Ctx) {
     let s = &t.store;
     let k = insert(s, None).await;
-    s.revoke_api_key(&k.id, T0.0 + 5).await.unwrap();
+    s.revoke_api_key(&k.id, T0 + 5).await.unwrap();
     let revoked = by_id(s, &k.id).await;
     let new = rolled_key();
-    match s.roll_api_key(&k.id, &new, T0.0 + HOUR, T0.0 + 10).await {
+    match s.roll_api_key(&k.id, &new, T0 + HOUR, T0 + 10).await {
         Err(StoreError::NotFound) => {}
         other => panic!("roll of a revoked key: expected NotFound, got {other:?}"),
     }
@@ -897,7 +883,7 @@ async fn roll_of_revoked_or_unknown_key_is_not_found(t: Ctx) {
     assert!(s.api_key_by_id(&new.id).await.unwrap().is_none());
 
     match s
-        .roll_api_key(KeyId::generate().as_str(), &new, T0.0 + HOUR, T0.0 + 10)
+        .roll_api_key(&KeyId::generate(), &new, T0 + HOUR, T0 + 10)
         .await
     {
         Err(StoreError::NotFound) => {}
@@ -912,10 +898,10 @@ async fn roll_chain_repoints_keys_in_grace(t: Ctx) {
     s.insert_api_key(&a).await.unwrap();
     let b = rolled_key();
     let c = rolled_key();
-    let grace_a = T0.0 + HOUR;
-    s.roll_api_key(&a.id, &b, grace_a, T0.0 + 10).await.unwrap();
+    let grace_a = T0 + HOUR;
+    s.roll_api_key(&a.id, &b, grace_a, T0 + 10).await.unwrap();
     let (c_row, hashes) = s
-        .roll_api_key(&b.id, &c, T0.0 + 2 * HOUR, T0.0 + 20)
+        .roll_api_key(&b.id, &c, T0 + 2 * HOUR, T0 + 20)
         .await
         .unwrap();
     assert_eq!(hashes.len(), 2, "A's and B's hashes, once each: {hashes:?}");
@@ -925,23 +911,23 @@ async fn roll_chain_repoints_keys_in_grace(t: Ctx) {
     );
 
     let a_row = by_id(s, &a.id).await;
-    assert_eq!(a_row.rolled_to.as_deref(), Some(c.id.as_str()));
-    assert_eq!(a_row.counter_id(), c.id);
+    assert_eq!(a_row.rolled_to.as_ref(), Some(&c.id));
+    assert_eq!(a_row.counter_id(), &c.id);
     assert_eq!(a_row.grace_until, Some(grace_a), "A keeps its own grace");
-    assert_eq!(a_row.updated_at, T0.0 + 20);
+    assert_eq!(a_row.updated_at, T0 + 20);
     assert_eq!(a_row.revoked_at, None);
 
     let b_row = by_id(s, &b.id).await;
-    assert_eq!(b_row.rolled_to.as_deref(), Some(c.id.as_str()));
-    assert_eq!(b_row.grace_until, Some(T0.0 + 2 * HOUR));
-    assert_eq!(b_row.counter_id(), c.id);
+    assert_eq!(b_row.rolled_to.as_ref(), Some(&c.id));
+    assert_eq!(b_row.grace_until, Some(T0 + 2 * HOUR));
+    assert_eq!(b_row.counter_id(), &c.id);
 
     // C copies A's settings (through B).
     assert_eq!(
         (c_row.meta.as_deref(), c_row.remaining, c_row.expires_at),
         (a.meta.as_deref(), a.remaining, a.expires_at)
     );
-    assert_eq!(c_row.counter_id(), c.id);
+    assert_eq!(c_row.counter_id(), &c.id);
     assert_eq!(by_id(s, &c.id).await.rolled_to, None);
     assert_eq!(s.count_api_keys().await.unwrap(), 3);
 }
@@ -951,15 +937,10 @@ async fn roll_chain_skips_revoked_keys(t: Ctx) {
     let a = insert(s, None).await;
     let b = rolled_key();
     let c = rolled_key();
-    s.roll_api_key(&a.id, &b, T0.0 + HOUR, T0.0 + 10)
-        .await
-        .unwrap();
-    s.revoke_api_key(&a.id, T0.0 + 15).await.unwrap();
+    s.roll_api_key(&a.id, &b, T0 + HOUR, T0 + 10).await.unwrap();
+    s.revoke_api_key(&a.id, T0 + 15).await.unwrap();
     let a_revoked = by_id(s, &a.id).await;
-    let (_, hashes) = s
-        .roll_api_key(&b.id, &c, T0.0 + HOUR, T0.0 + 20)
-        .await
-        .unwrap();
+    let (_, hashes) = s.roll_api_key(&b.id, &c, T0 + HOUR, T0 + 20).await.unwrap();
     assert_eq!(hashes, vec![b.key_hash.clone()]);
     assert_row(
         &by_id(s, &a.id).await,
@@ -977,10 +958,7 @@ async fn roll_with_a_taken_hash_changes_nothing(t: Ctx) {
         key_hash: other.key_hash.clone(),
         ..rolled_key()
     };
-    match s
-        .roll_api_key(&old.id, &clash, T0.0 + HOUR, T0.0 + 10)
-        .await
-    {
+    match s.roll_api_key(&old.id, &clash, T0 + HOUR, T0 + 10).await {
         Err(StoreError::Conflict(rule)) => assert_eq!(rule, "api_keys_hash_unique"),
         other => panic!("expected Conflict(api_keys_hash_unique), got {other:?}"),
     }
@@ -993,7 +971,7 @@ async fn roll_with_a_taken_hash_changes_nothing(t: Ctx) {
     assert!(s.api_key_by_id(&clash.id).await.unwrap().is_none());
     assert_eq!(s.count_api_keys().await.unwrap(), 2);
     let new = rolled_key();
-    s.roll_api_key(&old.id, &new, T0.0 + HOUR, T0.0 + 20)
+    s.roll_api_key(&old.id, &new, T0 + HOUR, T0 + 20)
         .await
         .unwrap();
 }
@@ -1013,7 +991,7 @@ async fn concurrent_rolls_of_one_key_have_one_winner(t: Ctx) {
             tasks.spawn(async move {
                 let new = rolled_key();
                 barrier.wait().await;
-                let r = s.roll_api_key(&id, &new, T0.0 + HOUR, T0.0 + 10).await;
+                let r = s.roll_api_key(&id, &new, T0 + HOUR, T0 + 10).await;
                 (r, new)
             });
         }
@@ -1032,8 +1010,8 @@ async fn concurrent_rolls_of_one_key_have_one_winner(t: Ctx) {
         }
         assert_eq!((winners.len(), refused), (1, ROLLERS - 1), "round {round}");
         assert_eq!(
-            by_id(s, &old.id).await.rolled_to.as_deref(),
-            winners.first().map(String::as_str),
+            by_id(s, &old.id).await.rolled_to.as_ref(),
+            winners.first(),
             "round {round}"
         );
     }
@@ -1054,33 +1032,29 @@ async fn touch_records_last_use_never_backwards(t: Ctx) {
     let c = insert(s, None).await;
 
     s.touch_api_keys(&[]).await.unwrap();
-    s.touch_api_keys(&[(a.id.clone(), T0.0 + 100)])
-        .await
-        .unwrap();
+    s.touch_api_keys(&[(a.id.clone(), T0 + 100)]).await.unwrap();
     let mut want_a = a.clone();
-    want_a.last_used_at = Some(T0.0 + 100);
+    want_a.last_used_at = Some(T0 + 100);
     assert_row(&by_id(s, &a.id).await, &want_a, "touched once");
     assert_eq!(by_id(s, &b.id).await.last_used_at, None);
 
     // Older times never win, whether in a later batch or later in the same batch.
-    s.touch_api_keys(&[(a.id.clone(), T0.0 + 50)])
-        .await
-        .unwrap();
-    assert_eq!(by_id(s, &a.id).await.last_used_at, Some(T0.0 + 100));
+    s.touch_api_keys(&[(a.id.clone(), T0 + 50)]).await.unwrap();
+    assert_eq!(by_id(s, &a.id).await.last_used_at, Some(T0 + 100));
     s.touch_api_keys(&[
-        (b.id.clone(), T0.0 + 300),
-        (a.id.clone(), T0.0 + 200),
-        (KeyId::generate().as_str().to_owned(), T0.0 + 400),
-        (b.id.clone(), T0.0 + 250),
-        (c.id.clone(), T0.0 + 100),
+        (b.id.clone(), T0 + 300),
+        (a.id.clone(), T0 + 200),
+        (KeyId::generate(), T0 + 400),
+        (b.id.clone(), T0 + 250),
+        (c.id.clone(), T0 + 100),
     ])
     .await
     .unwrap();
-    assert_eq!(by_id(s, &a.id).await.last_used_at, Some(T0.0 + 200));
-    assert_eq!(by_id(s, &b.id).await.last_used_at, Some(T0.0 + 300));
-    assert_eq!(by_id(s, &c.id).await.last_used_at, Some(T0.0 + 100));
+    assert_eq!(by_id(s, &a.id).await.last_used_at, Some(T0 + 200));
+    assert_eq!(by_id(s, &b.id).await.last_used_at, Some(T0 + 300));
+    assert_eq!(by_id(s, &c.id).await.last_used_at, Some(T0 + 100));
     // Nothing else changes (updated_at included: a use is not an edit).
-    want_a.last_used_at = Some(T0.0 + 200);
+    want_a.last_used_at = Some(T0 + 200);
     assert_row(&by_id(s, &a.id).await, &want_a, "touched again");
     assert_eq!(s.count_api_keys().await.unwrap(), 3);
 }
@@ -1112,44 +1086,45 @@ async fn a_patch_reaches_the_keys_in_grace_of_a_roll_into_it(t: Ctx) {
     s.insert_api_key(&old).await.unwrap();
     let new_hash = random_hash();
     let new = RolledKey {
-        id: KeyId::generate().as_str().to_owned(),
+        id: KeyId::generate(),
         start: "pk_new".to_owned(),
-        key_hash: new_hash.as_bytes().to_vec(),
+        key_hash: new_hash.clone(),
     };
-    s.roll_api_key(&old.id, &new, T0.0 + DAY, T0.0 + 10)
+    s.roll_api_key(&old.id, &new, T0 + DAY, T0 + 10)
         .await
         .unwrap();
     let bystander = full_key(None);
     s.insert_api_key(&bystander).await.unwrap();
     let patch = ApiKeyPatch {
         name: Some("renamed".to_owned()),
-        scopes: Some("users:read".to_owned()),
+        scopes: Some(scopes("users:read")),
         meta: Some(None),
         owner_meta: Some(Some("{}".to_owned())),
-        expires_at: Some(Some(T0.0 + 2 * DAY)),
+        expires_at: Some(Some(T0 + 2 * DAY)),
         remaining: Some(Some(1)),
         ratelimit: Some(Some((1, 1_000))),
     };
     let (row, hashes) = s
-        .update_api_key(&new.id, &patch, T0.0 + 20)
+        .update_api_key(&new.id, &patch, T0 + 20)
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(row.scopes, "users:read");
+    assert_eq!(row.scopes, scopes("users:read"));
     assert_eq!(hashes, vec![old.key_hash.clone()]);
     let mut want = by_id(s, &old.id).await;
     assert_eq!(
-        want.scopes, "users:read",
+        want.scopes,
+        scopes("users:read"),
         "the key in grace narrowed with its successor"
     );
     assert_eq!(want.meta, None);
     assert_eq!(want.owner_meta.as_deref(), Some("{}"));
-    assert_eq!(want.expires_at, Some(T0.0 + 2 * DAY));
+    assert_eq!(want.expires_at, Some(T0 + 2 * DAY));
     assert_eq!(
         (want.ratelimit_limit, want.ratelimit_duration_ms),
         (Some(1), Some(1_000))
     );
-    assert_eq!(want.updated_at, T0.0 + 20, "other nodes see the change");
+    assert_eq!(want.updated_at, T0 + 20, "other nodes see the change");
     // Not its name, not its own (unused) counter.
     assert_eq!(want.name, old.name);
     assert_eq!(want.remaining, old.remaining);

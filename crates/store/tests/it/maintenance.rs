@@ -8,7 +8,7 @@ use crate::audit::events;
 use crate::signing_keys::key;
 use crate::support::{
     Ctx, DAY, T0, backend_tests, expect_invalid, expect_reused, expect_rotated, new_family,
-    next_token, next_token_ttl, random_hash, user,
+    next_token, next_token_ttl, random_hash, user_id,
 };
 
 backend_tests!(
@@ -19,15 +19,15 @@ backend_tests!(
 
 async fn dead_api_keys_are_kept_until_their_own_cutoff(t: Ctx) {
     let s = &t.store;
-    let uid = user(s).await;
+    let uid = user_id(s).await;
     for i in 0..4 {
         let mut k = api_key(Some(&uid), &random_hash(), T0);
         match i {
-            0 => k.expires_at = Some(T0.0 + DAY),
-            1 => k.revoked_at = Some(T0.0 + DAY),
+            0 => k.expires_at = Some(T0 + DAY),
+            1 => k.revoked_at = Some(T0 + DAY),
             2 => {
-                k.rolled_to = Some("key_next".to_owned());
-                k.grace_until = Some(T0.0 + DAY);
+                k.rolled_to = Some(portcullis_core::ids::KeyId::generate());
+                k.grace_until = Some(T0 + DAY);
             }
             _ => {}
         }
@@ -75,7 +75,7 @@ async fn purge_expired_removes_dead_rows_in_batches_and_keeps_live_ones(t: Ctx) 
     let dead_before = T0.plus_millis(10 * DAY);
     let audit_before = T0.plus_millis(5 * DAY);
     let later = dead_before.plus_millis(1);
-    let uid = user(s).await;
+    let uid = user_id(s).await;
 
     // --- refresh families: 3 expired + 2 revoked before `dead_before` (dead); 2 live + 1 revoked at
     // `dead_before` (kept).
@@ -83,7 +83,7 @@ async fn purge_expired_removes_dead_rows_in_batches_and_keeps_live_ones(t: Ctx) 
         let s = s.clone();
         let uid = uid.clone();
         async move {
-            let f = new_family(&uid, T0, lifetime);
+            let f = new_family(uid.as_str(), T0, lifetime);
             let first = next_token_ttl(30 * DAY);
             s.start_family(&f, &first).await.unwrap();
             (f, first)
@@ -147,15 +147,15 @@ async fn purge_expired_removes_dead_rows_in_batches_and_keeps_live_ones(t: Ctx) 
         let hash = random_hash();
         let mut k = api_key(Some(&uid), &hash, T0);
         match i {
-            0 | 1 => k.expires_at = Some(T0.0 + DAY),
-            2 | 3 => k.revoked_at = Some(T0.0 + DAY),
+            0 | 1 => k.expires_at = Some(T0 + DAY),
+            2 | 3 => k.revoked_at = Some(T0 + DAY),
             4 => kept_hashes.push(hash),
             5 => {
-                k.expires_at = Some(dead_before.0 + DAY);
+                k.expires_at = Some(dead_before + DAY);
                 kept_hashes.push(hash);
             }
             _ => {
-                k.revoked_at = Some(dead_before.0);
+                k.revoked_at = Some(dead_before);
                 kept_hashes.push(hash);
             }
         }
@@ -266,5 +266,5 @@ async fn purge_expired_removes_dead_rows_in_batches_and_keeps_live_ones(t: Ctx) 
 
     // Users are never purged.
     assert_eq!(s.count_users().await.unwrap(), 1);
-    assert!(s.user_by_id(&uid).await.unwrap().is_some());
+    assert!(s.user_by_id(uid.as_str()).await.unwrap().is_some());
 }

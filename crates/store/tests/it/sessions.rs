@@ -3,13 +3,14 @@
 
 use std::sync::Arc;
 
+use portcullis_core::clock::Millis;
 use portcullis_core::ids::{SessionId, UserId};
 use portcullis_core::secrets::TokenHash;
 use portcullis_store::{SessionRow, SessionStore, Store, StoreError};
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 
-use crate::support::{Ctx, DAY, HOUR, T0, backend_tests, random_hash, user};
+use crate::support::{Ctx, DAY, HOUR, T0, backend_tests, random_hash, user_id};
 
 backend_tests!(
     insert_and_lookup_by_hash_and_id,
@@ -29,11 +30,11 @@ backend_tests!(
 // Helpers
 
 /// A live session of `user_id` created (and last seen) at `created_at`, with a 30-day absolute timeout.
-fn session(user_id: &str, created_at: i64) -> SessionRow {
+fn session(user_id: &UserId, created_at: Millis) -> SessionRow {
     SessionRow {
-        id: SessionId::generate().as_str().to_owned(),
-        token_hash: random_hash().as_bytes().to_vec(),
-        user_id: user_id.to_owned(),
+        id: SessionId::generate(),
+        token_hash: random_hash(),
+        user_id: user_id.clone(),
         created_at,
         last_seen_at: created_at,
         expires_at: created_at + 30 * DAY,
@@ -47,8 +48,8 @@ fn session(user_id: &str, created_at: i64) -> SessionRow {
 /// Inserts `session(user_id, created_at)` after `edit`; returns the stored row as inserted.
 async fn insert_with(
     s: &Store,
-    user_id: &str,
-    created_at: i64,
+    user_id: &UserId,
+    created_at: Millis,
     edit: impl FnOnce(&mut SessionRow),
 ) -> SessionRow {
     let mut row = session(user_id, created_at);
@@ -57,11 +58,11 @@ async fn insert_with(
     row
 }
 
-async fn insert(s: &Store, user_id: &str, created_at: i64) -> SessionRow {
+async fn insert(s: &Store, user_id: &UserId, created_at: Millis) -> SessionRow {
     insert_with(s, user_id, created_at, |_| {}).await
 }
 
-async fn by_id(s: &Store, id: &str) -> SessionRow {
+async fn by_id(s: &Store, id: &SessionId) -> SessionRow {
     s.session_by_id(id)
         .await
         .unwrap()
@@ -69,15 +70,10 @@ async fn by_id(s: &Store, id: &str) -> SessionRow {
 }
 
 fn hash_of(row: &SessionRow) -> TokenHash {
-    TokenHash(
-        row.token_hash
-            .as_slice()
-            .try_into()
-            .expect("32-byte token hash"),
-    )
+    row.token_hash.clone()
 }
 
-fn ids(rows: &[SessionRow]) -> Vec<String> {
+fn ids(rows: &[SessionRow]) -> Vec<SessionId> {
     rows.iter().map(|r| r.id.clone()).collect()
 }
 
@@ -113,20 +109,20 @@ fn assert_row(got: &SessionRow, want: &SessionRow, what: &str) {
 
 async fn insert_and_lookup_by_hash_and_id(t: Ctx) {
     let s = &t.store;
-    let uid = user(s).await;
+    let uid = user_id(s).await;
 
     // Every column set, each to a distinct value.
-    let full = insert_with(s, &uid, T0.0 + 1, |r| {
-        r.last_seen_at = T0.0 + 2;
-        r.expires_at = T0.0 + 3 * DAY;
-        r.revoked_at = Some(T0.0 + 4);
+    let full = insert_with(s, &uid, T0 + 1, |r| {
+        r.last_seen_at = T0 + 2;
+        r.expires_at = T0 + 3 * DAY;
+        r.revoked_at = Some(T0 + 4);
         r.revoked_reason = Some("logout".to_owned());
         r.ip = Some("2001:db8::1".to_owned());
         r.user_agent = Some("curl/8.5.0 ünïcödé".to_owned());
     })
     .await;
     // Every nullable column NULL.
-    let bare = insert_with(s, &uid, T0.0 + 10, |r| {
+    let bare = insert_with(s, &uid, T0 + 10, |r| {
         r.ip = None;
         r.user_agent = None;
     })
@@ -146,11 +142,11 @@ async fn insert_and_lookup_by_hash_and_id(t: Ctx) {
             .expect("session by id");
         assert_row(&got, want, "by id");
     }
-    assert_eq!(full.token_hash.len(), 32);
+    assert_eq!(full.token_hash.as_bytes().len(), 32);
 
     assert!(s.session_by_hash(&random_hash()).await.unwrap().is_none());
     assert!(
-        s.session_by_id(SessionId::generate().as_str())
+        s.session_by_id(&SessionId::generate())
             .await
             .unwrap()
             .is_none()
@@ -159,12 +155,12 @@ async fn insert_and_lookup_by_hash_and_id(t: Ctx) {
 
 async fn duplicate_token_hash_is_a_conflict(t: Ctx) {
     let s = &t.store;
-    let a = user(s).await;
-    let b = user(s).await;
-    let first = insert(s, &a, T0.0).await;
+    let a = user_id(s).await;
+    let b = user_id(s).await;
+    let first = insert(s, &a, T0).await;
 
     // Same hash, different id, even a different user: refused.
-    let mut dup = session(&b, T0.0 + 5);
+    let mut dup = session(&b, T0 + 5);
     dup.token_hash = first.token_hash.clone();
     match s.insert_session(&dup).await {
         Err(StoreError::Conflict(rule)) => assert_eq!(rule, "sessions_token_hash_unique"),
@@ -176,13 +172,18 @@ async fn duplicate_token_hash_is_a_conflict(t: Ctx) {
         &first,
         "the first holder of the hash",
     );
-    assert!(s.list_user_sessions(&b, T0.0, 0).await.unwrap().is_empty());
+    assert!(
+        s.list_user_sessions(&b, T0, Millis(0))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn session_of_unknown_user_is_refused(t: Ctx) {
     let s = &t.store;
-    let _someone = user(s).await;
-    let orphan = session(UserId::generate().as_str(), T0.0);
+    let _someone = user_id(s).await;
+    let orphan = session(&UserId::generate(), T0);
     match s.insert_session(&orphan).await {
         Err(StoreError::Database(sqlx::Error::Database(db))) => assert!(
             db.is_foreign_key_violation(),
@@ -204,9 +205,9 @@ async fn session_of_unknown_user_is_refused(t: Ctx) {
 
 async fn list_user_sessions_returns_only_live_sessions_newest_first(t: Ctx) {
     let s = &t.store;
-    let uid = user(s).await;
-    let other = user(s).await;
-    let now = T0.0 + DAY;
+    let uid = user_id(s).await;
+    let other = user_id(s).await;
+    let now = T0 + DAY;
     let idle_before = now - HOUR;
     let seen = |r: &mut SessionRow| r.last_seen_at = now - 1;
 
@@ -218,43 +219,43 @@ async fn list_user_sessions_returns_only_live_sessions_newest_first(t: Ctx) {
     );
 
     // Inserted out of creation order, so the order cannot come from insertion.
-    let middle = insert_with(s, &uid, T0.0 + 20, seen).await;
-    let oldest = insert_with(s, &uid, T0.0 + 10, seen).await;
-    let newest = insert_with(s, &uid, T0.0 + 30, seen).await;
+    let middle = insert_with(s, &uid, T0 + 20, seen).await;
+    let oldest = insert_with(s, &uid, T0 + 10, seen).await;
+    let newest = insert_with(s, &uid, T0 + 30, seen).await;
     // Boundaries that are still live: expires one millisecond after now, seen exactly at idle_before.
-    let expires_next_ms = insert_with(s, &uid, T0.0 + 15, |r| {
+    let expires_next_ms = insert_with(s, &uid, T0 + 15, |r| {
         r.last_seen_at = now - 1;
         r.expires_at = now + 1;
     })
     .await;
-    let seen_at_idle_edge = insert_with(s, &uid, T0.0 + 25, |r| r.last_seen_at = idle_before).await;
+    let seen_at_idle_edge = insert_with(s, &uid, T0 + 25, |r| r.last_seen_at = idle_before).await;
 
     // Not live.
-    let _revoked = insert_with(s, &uid, T0.0 + 40, |r| {
+    let _revoked = insert_with(s, &uid, T0 + 40, |r| {
         r.last_seen_at = now - 1;
         r.revoked_at = Some(now - 2);
         r.revoked_reason = Some("logout".to_owned());
     })
     .await;
-    let _revoked_in_future = insert_with(s, &uid, T0.0 + 41, |r| {
+    let _revoked_in_future = insert_with(s, &uid, T0 + 41, |r| {
         r.last_seen_at = now - 1;
         r.revoked_at = Some(now + HOUR);
         r.revoked_reason = Some("logout".to_owned());
     })
     .await;
-    let _expires_now = insert_with(s, &uid, T0.0 + 42, |r| {
+    let _expires_now = insert_with(s, &uid, T0 + 42, |r| {
         r.last_seen_at = now - 1;
         r.expires_at = now;
     })
     .await;
-    let _expired = insert_with(s, &uid, T0.0 + 43, |r| {
+    let _expired = insert_with(s, &uid, T0 + 43, |r| {
         r.last_seen_at = now - 1;
         r.expires_at = now - HOUR;
     })
     .await;
-    let _idle = insert_with(s, &uid, T0.0 + 44, |r| r.last_seen_at = idle_before - 1).await;
+    let _idle = insert_with(s, &uid, T0 + 44, |r| r.last_seen_at = idle_before - 1).await;
     // Another user's live session.
-    let theirs = insert_with(s, &other, T0.0 + 50, seen).await;
+    let theirs = insert_with(s, &other, T0 + 50, seen).await;
 
     let listed = s.list_user_sessions(&uid, now, idle_before).await.unwrap();
     let want = [
@@ -288,7 +289,7 @@ async fn list_user_sessions_returns_only_live_sessions_newest_first(t: Ctx) {
         vec![newest.id, middle.id, oldest.id]
     );
     assert!(
-        s.list_user_sessions(UserId::generate().as_str(), now, idle_before)
+        s.list_user_sessions(&UserId::generate(), now, idle_before)
             .await
             .unwrap()
             .is_empty()
@@ -300,15 +301,15 @@ async fn list_user_sessions_returns_only_live_sessions_newest_first(t: Ctx) {
 
 async fn revoke_session_returns_the_hash_once_and_only_to_its_owner(t: Ctx) {
     let s = &t.store;
-    let owner = user(s).await;
-    let intruder = user(s).await;
-    let target = insert(s, &owner, T0.0).await;
-    let sibling = insert(s, &owner, T0.0 + 1).await;
-    let intruders_own = insert(s, &intruder, T0.0 + 2).await;
+    let owner = user_id(s).await;
+    let intruder = user_id(s).await;
+    let target = insert(s, &owner, T0).await;
+    let sibling = insert(s, &owner, T0 + 1).await;
+    let intruders_own = insert(s, &intruder, T0 + 2).await;
 
     // Another user's id: nothing happens.
     assert_eq!(
-        s.revoke_session(&target.id, &intruder, T0.0 + 10, "stolen")
+        s.revoke_session(&target.id, &intruder, T0 + 10, "stolen")
             .await
             .unwrap(),
         None
@@ -320,7 +321,7 @@ async fn revoke_session_returns_the_hash_once_and_only_to_its_owner(t: Ctx) {
     );
     // Unknown session id.
     assert_eq!(
-        s.revoke_session(SessionId::generate().as_str(), &owner, T0.0 + 10, "x")
+        s.revoke_session(&SessionId::generate(), &owner, T0 + 10, "x")
             .await
             .unwrap(),
         None
@@ -328,18 +329,18 @@ async fn revoke_session_returns_the_hash_once_and_only_to_its_owner(t: Ctx) {
 
     // The owner: the hash, once.
     assert_eq!(
-        s.revoke_session(&target.id, &owner, T0.0 + 20, "logout")
+        s.revoke_session(&target.id, &owner, T0 + 20, "logout")
             .await
             .unwrap(),
         Some(target.token_hash.clone())
     );
     let mut want = target.clone();
-    want.revoked_at = Some(T0.0 + 20);
+    want.revoked_at = Some(T0 + 20);
     want.revoked_reason = Some("logout".to_owned());
     assert_row(&by_id(s, &target.id).await, &want, "revoked");
 
     assert_eq!(
-        s.revoke_session(&target.id, &owner, T0.0 + 30, "again")
+        s.revoke_session(&target.id, &owner, T0 + 30, "again")
             .await
             .unwrap(),
         None
@@ -360,23 +361,23 @@ async fn revoke_session_returns_the_hash_once_and_only_to_its_owner(t: Ctx) {
 
 async fn revoke_user_sessions_revokes_only_that_users_unrevoked_sessions(t: Ctx) {
     let s = &t.store;
-    let a = user(s).await;
-    let b = user(s).await;
+    let a = user_id(s).await;
+    let b = user_id(s).await;
     let live: Vec<SessionRow> = {
         let mut v = Vec::new();
         for i in 0..3 {
-            v.push(insert(s, &a, T0.0 + i).await);
+            v.push(insert(s, &a, T0 + i).await);
         }
         v
     };
-    let already = insert_with(s, &a, T0.0 + 5, |r| {
-        r.revoked_at = Some(T0.0 + 6);
+    let already = insert_with(s, &a, T0 + 5, |r| {
+        r.revoked_at = Some(T0 + 6);
         r.revoked_reason = Some("logout".to_owned());
     })
     .await;
-    let bs = [insert(s, &b, T0.0).await, insert(s, &b, T0.0 + 1).await];
+    let bs = [insert(s, &b, T0).await, insert(s, &b, T0 + 1).await];
 
-    let now = T0.0 + HOUR;
+    let now = T0 + HOUR;
     let hashes = s
         .revoke_user_sessions(&a, now, "logout_all", None)
         .await
@@ -400,8 +401,19 @@ async fn revoke_user_sessions_revokes_only_that_users_unrevoked_sessions(t: Ctx)
     for r in &bs {
         assert_row(&by_id(s, &r.id).await, r, "other user's session untouched");
     }
-    assert!(s.list_user_sessions(&a, now, 0).await.unwrap().is_empty());
-    assert_eq!(s.list_user_sessions(&b, now, 0).await.unwrap().len(), 2);
+    assert!(
+        s.list_user_sessions(&a, now, Millis(0))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.list_user_sessions(&b, now, Millis(0))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
 
     // Nothing left to revoke.
     assert!(
@@ -412,7 +424,7 @@ async fn revoke_user_sessions_revokes_only_that_users_unrevoked_sessions(t: Ctx)
     );
     assert_eq!(by_id(s, &live[0].id).await.revoked_at, Some(now));
     assert!(
-        s.revoke_user_sessions(UserId::generate().as_str(), now, "x", None)
+        s.revoke_user_sessions(&UserId::generate(), now, "x", None)
             .await
             .unwrap()
             .is_empty()
@@ -421,11 +433,11 @@ async fn revoke_user_sessions_revokes_only_that_users_unrevoked_sessions(t: Ctx)
 
 async fn revoke_user_sessions_can_keep_one(t: Ctx) {
     let s = &t.store;
-    let a = user(s).await;
-    let keep = insert(s, &a, T0.0).await;
-    let other = insert(s, &a, T0.0 + 1).await;
+    let a = user_id(s).await;
+    let keep = insert(s, &a, T0).await;
+    let other = insert(s, &a, T0 + 1).await;
     let hashes = s
-        .revoke_user_sessions(&a, T0.0 + 10, "password_change", Some(&keep.id))
+        .revoke_user_sessions(&a, T0 + 10, "password_change", Some(&keep.id))
         .await
         .unwrap();
     assert_eq!(hashes, vec![other.token_hash.clone()]);
@@ -434,16 +446,16 @@ async fn revoke_user_sessions_can_keep_one(t: Ctx) {
         &keep,
         "the kept session is untouched",
     );
-    assert_eq!(by_id(s, &other.id).await.revoked_at, Some(T0.0 + 10));
+    assert_eq!(by_id(s, &other.id).await.revoked_at, Some(T0 + 10));
 }
 
 const REVOKERS: usize = 20;
 
 async fn concurrent_revokes_of_one_session_have_one_winner(t: Ctx) {
     let s = &t.store;
-    let uid = user(s).await;
+    let uid = user_id(s).await;
     for round in 0..3 {
-        let target = insert(s, &uid, T0.0 + round).await;
+        let target = insert(s, &uid, T0 + round).await;
         let barrier = Arc::new(Barrier::new(REVOKERS));
         let mut tasks = JoinSet::new();
         for i in 0..REVOKERS {
@@ -451,7 +463,7 @@ async fn concurrent_revokes_of_one_session_have_one_winner(t: Ctx) {
             let (id, uid) = (target.id.clone(), uid.clone());
             let barrier = barrier.clone();
             tasks.spawn(async move {
-                let (at, reason) = (T0.0 + 1_000 + i as i64, format!("revoker-{i}"));
+                let (at, reason) = (T0 + 1_000 + i as i64, format!("revoker-{i}"));
                 barrier.wait().await;
                 let r = s
                     .revoke_session(&id, &uid, at, &reason)
@@ -481,33 +493,38 @@ async fn concurrent_revokes_of_one_session_have_one_winner(t: Ctx) {
 
 async fn sessions_revoked_since_is_ordered_inclusive_and_limited(t: Ctx) {
     let s = &t.store;
-    let a = user(s).await;
-    let b = user(s).await;
-    assert!(s.sessions_revoked_since(0, 100).await.unwrap().is_empty());
+    let a = user_id(s).await;
+    let b = user_id(s).await;
+    assert!(
+        s.sessions_revoked_since(Millis(0), 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
-    let r30 = insert(s, &a, T0.0).await;
-    let r10 = insert(s, &b, T0.0 + 1).await;
-    let r20 = insert(s, &a, T0.0 + 2).await;
-    let r5 = insert(s, &a, T0.0 + 3).await;
-    let live = insert(s, &a, T0.0 + 4).await;
+    let r30 = insert(s, &a, T0).await;
+    let r10 = insert(s, &b, T0 + 1).await;
+    let r20 = insert(s, &a, T0 + 2).await;
+    let r5 = insert(s, &a, T0 + 3).await;
+    let live = insert(s, &a, T0 + 4).await;
     // Revoked out of time order, by different means.
     for (row, at) in [(&r30, 30), (&r10, 10), (&r5, 5)] {
-        s.revoke_session(&row.id, &row.user_id, T0.0 + at, "logout")
+        s.revoke_session(&row.id, &row.user_id, T0 + at, "logout")
             .await
             .unwrap()
             .expect("revoked");
     }
     let via_all = s
-        .revoke_user_sessions(&a, T0.0 + 20, "logout_all", None)
+        .revoke_user_sessions(&a, T0 + 20, "logout_all", None)
         .await
         .unwrap();
     assert_eq!(
         sorted(via_all),
         sorted(vec![r20.token_hash.clone(), live.token_hash.clone()])
     );
-    let entry = |r: &SessionRow, at: i64| (r.token_hash.clone(), T0.0 + at);
+    let entry = |r: &SessionRow, at: i64| (r.token_hash.clone(), T0 + at);
 
-    let got = s.sessions_revoked_since(T0.0 + 10, 100).await.unwrap();
+    let got = s.sessions_revoked_since(T0 + 10, 100).await.unwrap();
     assert_eq!(got.len(), 4, "{got:?}");
     // The two revoked at +20 tie; their mutual order is unspecified.
     assert_eq!(
@@ -518,21 +535,24 @@ async fn sessions_revoked_since_is_ordered_inclusive_and_limited(t: Ctx) {
     assert_eq!(got[3], entry(&r30, 30));
 
     assert_eq!(
-        s.sessions_revoked_since(0, 100).await.unwrap().first(),
+        s.sessions_revoked_since(Millis(0), 100)
+            .await
+            .unwrap()
+            .first(),
         Some(&entry(&r5, 5))
     );
-    let limited = s.sessions_revoked_since(0, 2).await.unwrap();
+    let limited = s.sessions_revoked_since(Millis(0), 2).await.unwrap();
     assert_eq!(limited, vec![entry(&r5, 5), entry(&r10, 10)], "limit");
     assert_eq!(
-        s.sessions_revoked_since(T0.0 + 21, 1).await.unwrap(),
+        s.sessions_revoked_since(T0 + 21, 1).await.unwrap(),
         vec![entry(&r30, 30)]
     );
     assert_eq!(
-        s.sessions_revoked_since(T0.0 + 30, 100).await.unwrap(),
+        s.sessions_revoked_since(T0 + 30, 100).await.unwrap(),
         vec![entry(&r30, 30)]
     );
     assert!(
-        s.sessions_revoked_since(T0.0 + 31, 100)
+        s.sessions_revoked_since(T0 + 31, 100)
             .await
             .unwrap()
             .is_empty()
@@ -544,49 +564,45 @@ async fn sessions_revoked_since_is_ordered_inclusive_and_limited(t: Ctx) {
 
 async fn touch_sessions_never_moves_last_seen_backwards(t: Ctx) {
     let s = &t.store;
-    let uid = user(s).await;
-    let a = insert(s, &uid, T0.0).await;
-    let b = insert(s, &uid, T0.0).await;
-    let c = insert(s, &uid, T0.0).await;
+    let uid = user_id(s).await;
+    let a = insert(s, &uid, T0).await;
+    let b = insert(s, &uid, T0).await;
+    let c = insert(s, &uid, T0).await;
 
     s.touch_sessions(&[]).await.unwrap();
     for r in [&a, &b, &c] {
         assert_row(&by_id(s, &r.id).await, r, "empty touch changes nothing");
     }
 
-    s.touch_sessions(&[(a.id.clone(), T0.0 + 100)])
-        .await
-        .unwrap();
+    s.touch_sessions(&[(a.id.clone(), T0 + 100)]).await.unwrap();
     let mut want_a = a.clone();
-    want_a.last_seen_at = T0.0 + 100;
+    want_a.last_seen_at = T0 + 100;
     assert_row(&by_id(s, &a.id).await, &want_a, "touched once");
     assert_row(&by_id(s, &b.id).await, &b, "untouched");
 
     // Older times never win, whether in a later batch or later in the same batch.
-    s.touch_sessions(&[(a.id.clone(), T0.0 + 50)])
-        .await
-        .unwrap();
-    assert_eq!(by_id(s, &a.id).await.last_seen_at, T0.0 + 100);
-    s.touch_sessions(&[(c.id.clone(), T0.0 - 1)]).await.unwrap();
+    s.touch_sessions(&[(a.id.clone(), T0 + 50)]).await.unwrap();
+    assert_eq!(by_id(s, &a.id).await.last_seen_at, T0 + 100);
+    s.touch_sessions(&[(c.id.clone(), T0 - 1)]).await.unwrap();
     assert_eq!(
         by_id(s, &c.id).await.last_seen_at,
-        T0.0,
+        T0,
         "not before creation"
     );
     s.touch_sessions(&[
-        (b.id.clone(), T0.0 + 300),
-        (a.id.clone(), T0.0 + 200),
-        (SessionId::generate().as_str().to_owned(), T0.0 + 400),
-        (b.id.clone(), T0.0 + 250),
-        (c.id.clone(), T0.0 + 100),
+        (b.id.clone(), T0 + 300),
+        (a.id.clone(), T0 + 200),
+        (SessionId::generate(), T0 + 400),
+        (b.id.clone(), T0 + 250),
+        (c.id.clone(), T0 + 100),
     ])
     .await
     .unwrap();
-    assert_eq!(by_id(s, &a.id).await.last_seen_at, T0.0 + 200);
-    assert_eq!(by_id(s, &b.id).await.last_seen_at, T0.0 + 300);
-    assert_eq!(by_id(s, &c.id).await.last_seen_at, T0.0 + 100);
+    assert_eq!(by_id(s, &a.id).await.last_seen_at, T0 + 200);
+    assert_eq!(by_id(s, &b.id).await.last_seen_at, T0 + 300);
+    assert_eq!(by_id(s, &c.id).await.last_seen_at, T0 + 100);
     // Nothing else changes.
-    want_a.last_seen_at = T0.0 + 200;
+    want_a.last_seen_at = T0 + 200;
     assert_row(&by_id(s, &a.id).await, &want_a, "touched again");
 }
 
@@ -595,66 +611,66 @@ async fn touch_sessions_never_moves_last_seen_backwards(t: Ctx) {
 
 async fn purge_sessions_deletes_dead_and_idle_sessions_in_batches(t: Ctx) {
     let s = &t.store;
-    let a = user(s).await;
-    let b = user(s).await;
-    let dead_before = T0.0 + 10 * DAY;
-    let idle_before = T0.0 + 5 * DAY;
+    let a = user_id(s).await;
+    let b = user_id(s).await;
+    let dead_before = T0 + 10 * DAY;
+    let idle_before = T0 + 5 * DAY;
     // Recently seen and far from expiry unless the case says otherwise.
     let fresh = |r: &mut SessionRow| r.last_seen_at = idle_before + HOUR;
 
     let mut doomed = Vec::new();
     doomed.push(
-        insert_with(s, &a, T0.0, |r| {
+        insert_with(s, &a, T0, |r| {
             fresh(r);
             r.expires_at = dead_before - 1;
         })
         .await,
     );
     doomed.push(
-        insert_with(s, &b, T0.0, |r| {
+        insert_with(s, &b, T0, |r| {
             fresh(r);
             r.revoked_at = Some(dead_before - 1);
             r.revoked_reason = Some("logout".to_owned());
         })
         .await,
     );
-    doomed.push(insert_with(s, &a, T0.0, |r| r.last_seen_at = idle_before - 1).await);
+    doomed.push(insert_with(s, &a, T0, |r| r.last_seen_at = idle_before - 1).await);
     doomed.push(
-        insert_with(s, &b, T0.0, |r| {
-            r.last_seen_at = T0.0;
-            r.expires_at = T0.0 + HOUR;
-            r.revoked_at = Some(T0.0 + 1);
+        insert_with(s, &b, T0, |r| {
+            r.last_seen_at = T0;
+            r.expires_at = T0 + HOUR;
+            r.revoked_at = Some(T0 + 1);
         })
         .await,
     );
     doomed.push(
-        insert_with(s, &a, T0.0, |r| {
+        insert_with(s, &a, T0, |r| {
             fresh(r);
-            r.expires_at = T0.0 + DAY;
+            r.expires_at = T0 + DAY;
         })
         .await,
     );
 
     let mut kept = Vec::new();
-    kept.push(insert_with(s, &a, T0.0, fresh).await);
-    kept.push(insert_with(s, &b, T0.0, fresh).await);
+    kept.push(insert_with(s, &a, T0, fresh).await);
+    kept.push(insert_with(s, &b, T0, fresh).await);
     // Boundaries: each ended (or was last seen) exactly at the cut-off, not before it.
     kept.push(
-        insert_with(s, &a, T0.0, |r| {
+        insert_with(s, &a, T0, |r| {
             fresh(r);
             r.expires_at = dead_before;
         })
         .await,
     );
     kept.push(
-        insert_with(s, &a, T0.0, |r| {
+        insert_with(s, &a, T0, |r| {
             fresh(r);
             r.revoked_at = Some(dead_before);
             r.revoked_reason = Some("logout".to_owned());
         })
         .await,
     );
-    kept.push(insert_with(s, &b, T0.0, |r| r.last_seen_at = idle_before).await);
+    kept.push(insert_with(s, &b, T0, |r| r.last_seen_at = idle_before).await);
 
     let mut counts = Vec::new();
     loop {
@@ -685,7 +701,7 @@ async fn purge_sessions_deletes_dead_and_idle_sessions_in_batches(t: Ctx) {
     let more: Vec<SessionRow> = {
         let mut v = Vec::new();
         for i in 0..3 {
-            v.push(insert_with(s, &a, T0.0 + i, |r| r.last_seen_at = T0.0).await);
+            v.push(insert_with(s, &a, T0 + i, |r| r.last_seen_at = T0).await);
         }
         v
     };

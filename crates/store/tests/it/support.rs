@@ -2,9 +2,8 @@
 //!
 //! * SQLite: a fresh database file in a temporary directory (removed afterwards).
 //! * PostgreSQL: only when `PORTCULLIS_TEST_DATABASE_URL` is set. Each test gets its own schema
-//!   `t_<random hex>`, created through a plain connection; the store connects with that `search_path`,
-//!   migrates, and the schema is dropped (`DROP SCHEMA … CASCADE`) when the test ends, whether it
-//!   passed or panicked.
+//!   (`portcullis_testkit::PgSchema`); the store connects with that `search_path`, migrates, and the
+//!   schema is dropped when the test ends, whether it passed or panicked.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -19,7 +18,7 @@ use portcullis_store::{
 // Only ever fed SQL written by this suite and schema names it generated (hex).
 use sqlx::{AssertSqlSafe, Connection};
 
-pub const DATABASE_URL_VAR: &str = "PORTCULLIS_TEST_DATABASE_URL";
+use portcullis_testkit::{DATABASE_URL_VAR, PgSchema};
 
 /// A fixed "now" so every expiry in the suite is exact.
 pub const T0: Millis = Millis(1_700_000_000_000);
@@ -60,11 +59,7 @@ impl Raw {
                 conn.close().await.ok();
             }
             Raw::Postgres { url, schema } => {
-                let mut conn = pg_plain(url).await;
-                sqlx::query(AssertSqlSafe(format!("SET search_path TO {schema}")))
-                    .execute(&mut conn)
-                    .await
-                    .expect("search_path");
+                let mut conn = portcullis_testkit::connect_in(url, schema).await;
                 sqlx::query(AssertSqlSafe(sql.to_owned()))
                     .execute(&mut conn)
                     .await
@@ -92,11 +87,7 @@ impl Raw {
                 v
             }
             Raw::Postgres { url, schema } => {
-                let mut conn = pg_plain(url).await;
-                sqlx::query(AssertSqlSafe(format!("SET search_path TO {schema}")))
-                    .execute(&mut conn)
-                    .await
-                    .expect("search_path");
+                let mut conn = portcullis_testkit::connect_in(url, schema).await;
                 let v = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql.to_owned()))
                     .fetch_one(&mut conn)
                     .await
@@ -111,30 +102,14 @@ impl Raw {
 /// Keeps the database of one test alive; `cleanup` removes it.
 pub enum Guard {
     Sqlite(tempfile::TempDir),
-    Postgres { url: String, schema: String },
+    Postgres(PgSchema),
 }
 
 impl Guard {
     pub async fn cleanup(self) {
         match self {
             Guard::Sqlite(dir) => drop(dir),
-            Guard::Postgres { url, schema } => {
-                // Best effort: a failure here must not hide the test's own result.
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
-                    let _ = sqlx::query("SET lock_timeout = '10s'")
-                        .execute(&mut conn)
-                        .await;
-                    if let Err(e) = sqlx::query(AssertSqlSafe(format!(
-                        "DROP SCHEMA IF EXISTS {schema} CASCADE"
-                    )))
-                    .execute(&mut conn)
-                    .await
-                    {
-                        eprintln!("warning: could not drop schema {schema}: {e}");
-                    }
-                    conn.close().await.ok();
-                }
-            }
+            Guard::Postgres(schema) => schema.drop_now().await,
         }
     }
 }
@@ -153,14 +128,7 @@ fn options() -> StoreOptions {
 /// and of the races (hundreds of small transactions). Durability is irrelevant to throw-away schemas,
 /// and locking and visibility are unaffected.
 fn pg_url(url: &str) -> String {
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}options[synchronous_commit]=off")
-}
-
-async fn pg_plain(url: &str) -> sqlx::PgConnection {
-    sqlx::PgConnection::connect(url)
-        .await
-        .expect("plain PostgreSQL connection")
+    portcullis_testkit::with_param(url, "options[synchronous_commit]=off")
 }
 
 pub async fn sqlite() -> (Ctx, Guard) {
@@ -187,18 +155,10 @@ pub async fn postgres() -> Option<(Ctx, Guard)> {
             .ok()
             .filter(|u| !u.trim().is_empty())?,
     );
-    let schema = format!("t_{}", hex(&random_bytes::<8>()));
-    let mut conn = pg_plain(&url).await;
-    sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&mut conn)
-        .await
-        .expect("create schema");
-    conn.close().await.ok();
-    let guard = Guard::Postgres {
-        url: url.clone(),
-        schema: schema.clone(),
-    };
-    let store = match Store::connect_postgres(&url, &options(), Some(&schema)).await {
+    let schema = PgSchema::create(&url, "t").await;
+    let name = schema.name().to_owned();
+    let guard = Guard::Postgres(schema);
+    let store = match Store::connect_postgres(&url, &options(), Some(&name)).await {
         Ok(s) => s,
         Err(e) => {
             guard.cleanup().await;
@@ -214,7 +174,7 @@ pub async fn postgres() -> Option<(Ctx, Guard)> {
     Some((
         Ctx {
             store,
-            raw: Raw::Postgres { url, schema },
+            raw: Raw::Postgres { url, schema: name },
         },
         guard,
     ))
@@ -309,6 +269,11 @@ pub async fn user(s: &Store) -> String {
     let u = new_user_row(&email, T0);
     s.create_user(&u).await.expect("create user");
     u.id.as_str().to_owned()
+}
+
+/// Creates a user with a unique email; returns its id, typed.
+pub async fn user_id(s: &Store) -> UserId {
+    UserId::parse(&user(s).await).expect("a user id")
 }
 
 pub const HOUR: i64 = 3_600_000;

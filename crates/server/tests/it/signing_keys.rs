@@ -1,4 +1,5 @@
-//! JWKS and signing-key rotation.
+//! Signing keys over HTTP: the public, cacheable JWKS; rotation with and without lead time, on
+//! schedule and as configured; the signing-key endpoints for administrators only.
 
 use portcullis_core::clock::Millis;
 use reqwest::StatusCode;
