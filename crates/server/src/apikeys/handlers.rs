@@ -15,11 +15,10 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::service::{KeyChanges, KeyDraft, KeyPage, key_id};
+use super::service::{KeyChanges, KeyDraft, KeyPage, key_id, parse_owner};
 use super::verify::KeyCheck;
 use crate::app::state::AppState;
 use crate::auth::Admin;
-use crate::error::Error;
 use crate::http::extract::{AuditCtx, Json, OptionalJson, Query};
 use crate::http::pagination::{PageQuery, PageRequest};
 use crate::http::{ApiResult, Problem};
@@ -534,19 +533,7 @@ pub async fn admin_list(
     _admin: Admin,
     Query(q): Query<AdminListQuery>,
 ) -> ApiResult<axum::Json<KeyList>> {
-    let owner = match q.owner.as_deref().map(|o| (o, UserId::parse(o))) {
-        None => None,
-        Some(("none", _)) => Some(None),
-        Some((_, Ok(u))) => Some(Some(u)),
-        Some((_, Err(_))) => {
-            return Err(Error::field(
-                "owner",
-                "invalid_id",
-                "owner must be a user id (usr_…) or none",
-            )
-            .into());
-        }
-    };
+    let owner = parse_owner(q.owner.as_deref(), "invalid_id")?;
     let page = PageRequest::parse(
         PageQuery::<KeyId>::new(q.limit, q.cursor),
         state.config.max_page_size,

@@ -171,6 +171,18 @@ fn key_not_found() -> Error {
     Error::NotFound("no such API key".into())
 }
 
+/// Whose keys a filter names (`owner`): `none` for keys of nobody, or a user id; anything else is
+/// the field error `code`.
+pub fn parse_owner(raw: Option<&str>, code: &'static str) -> Result<Option<Option<UserId>>> {
+    match raw {
+        None => Ok(None),
+        Some("none") => Ok(Some(None)),
+        Some(u) => UserId::parse(u)
+            .map(|u| Some(Some(u)))
+            .map_err(|_| Error::field("owner", code, "owner must be a user id (usr_…) or none")),
+    }
+}
+
 /// The key a path names: an id that is no key's is a key not found, like an unknown one.
 pub fn key_id(raw: &str) -> Result<KeyId> {
     KeyId::parse(raw).map_err(|_| key_not_found())
@@ -934,18 +946,7 @@ impl ApiKeys {
                     Error::field("required_scopes", "invalid_scope", e.to_string())
                 })?);
         }
-        let owner = match owner.map(|o| (o, UserId::parse(o))) {
-            None => None,
-            Some(("none", _)) => Some(None),
-            Some((_, Ok(u))) => Some(Some(u)),
-            Some((_, Err(_))) => {
-                return Err(Error::field(
-                    "owner",
-                    "invalid_owner",
-                    "owner must be a user id (usr_…) or none",
-                ));
-            }
-        };
+        let owner = parse_owner(owner, "invalid_owner")?;
         let check = self
             .check(raw, &required, owner.as_ref().map(Option::as_ref))
             .await?;

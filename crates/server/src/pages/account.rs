@@ -334,11 +334,7 @@ pub async fn revoke_key(
     AccountForm { session: s, .. }: AccountForm,
 ) -> Response {
     let p = state.auth.session_principal(&s);
-    let revoked = match key_id(&id) {
-        Ok(id) => state.apikeys.revoke(&p, &id, &ctx).await,
-        Err(e) => Err(e),
-    };
-    match revoked {
+    match async { state.apikeys.revoke(&p, &key_id(&id)?, &ctx).await }.await {
         Ok(()) => see_other("/account?done=key_revoked"),
         Err(Error::NotFound(_)) => {
             account_error(&state, &s, StatusCode::NOT_FOUND, "No such key.").await
@@ -355,11 +351,7 @@ pub async fn roll_key(
     AccountForm { session: s, .. }: AccountForm,
 ) -> Response {
     let p = state.auth.session_principal(&s);
-    let rolled = match key_id(&id) {
-        Ok(id) => state.apikeys.roll(&p, &id, None, &ctx).await,
-        Err(e) => Err(e),
-    };
-    match rolled {
+    match async { state.apikeys.roll(&p, &key_id(&id)?, None, &ctx).await }.await {
         Ok((key, row, _)) => {
             let new_key =
                 context! { key => key.expose(), name => row.name, id => row.id, rolled_from => id };

@@ -14,7 +14,7 @@ use crate::error::Error;
 use crate::http::cookies::{device_cookie, session_cookie, set_device_cookie, set_session_cookie};
 use crate::http::error::rate_limit_headers;
 use crate::http::extract::{AuditCtx, ClientIp};
-use crate::users::{PasswordLogin, parse_email};
+use crate::users::parse_email;
 
 #[derive(Deserialize)]
 pub struct LoginQuery {
@@ -82,15 +82,12 @@ pub async fn login_submit(
     let Ok(parsed) = parse_email(&email) else {
         return again(StatusCode::BAD_REQUEST, "Enter a valid email address.");
     };
-    let device = state
-        .users
-        .known_device(device_cookie(&headers), &parsed.key());
-    let login = PasswordLogin {
-        email: parsed,
-        password: SecretString::from(password),
-        ip: ip.0,
-        device,
-    };
+    let login = state.users.password_login(
+        parsed,
+        SecretString::from(password),
+        ip.0,
+        device_cookie(&headers),
+    );
     let presented = session_cookie(&headers).ok().flatten();
     let started = state
         .sessions

@@ -24,8 +24,8 @@ use crate::http::cookies::{
 use crate::http::extract::{AuditCtx, ClientIp, JsonOrForm};
 use crate::http::{ApiResult, Problem};
 use crate::users::handlers::LoginRequest;
+use crate::users::parse_email;
 use crate::users::service::{require_own_login, require_user};
-use crate::users::{PasswordLogin, parse_email};
 
 #[derive(Serialize, ToSchema)]
 pub struct SessionView {
@@ -109,16 +109,12 @@ pub async fn create(
     headers: HeaderMap,
     JsonOrForm(req): JsonOrForm<LoginRequest>,
 ) -> ApiResult<Response> {
-    let email = parse_email(&req.email)?;
-    let device = state
-        .users
-        .known_device(device_cookie(&headers), &email.key());
-    let login = PasswordLogin {
-        email,
-        password: req.password,
-        ip: ip.0,
-        device,
-    };
+    let login = state.users.password_login(
+        parse_email(&req.email)?,
+        req.password,
+        ip.0,
+        device_cookie(&headers),
+    );
     let presented = session_cookie(&headers).ok().flatten();
     let s = state
         .sessions

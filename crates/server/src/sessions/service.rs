@@ -372,35 +372,25 @@ impl Sessions {
     }
 
     /// Disables a user (an administrator): disabled first, so no new login, refresh or session starts
-    /// from here on, then everything they held ends.
-    pub async fn disable_user(
+    /// from here on, then everything they held ends. Enabling one again leaves their old sessions and
+    /// tokens ended.
+    pub async fn set_disabled(
         &self,
         admin: &Principal,
         id: &UserId,
+        disabled: bool,
         ctx: &AuditContext,
     ) -> Result<()> {
-        self.users.set_disabled(id.as_str(), true).await?;
-        self.end_every_login(id, "disabled", None).await?;
+        self.users.set_disabled(id.as_str(), disabled).await?;
+        if disabled {
+            self.end_every_login(id, "disabled", None).await?;
+        }
         self.audit.record(
-            "user.disabled",
-            Some(&admin.subject),
-            Some(id.as_str()),
-            ctx,
-            serde_json::json!({}),
-        );
-        Ok(())
-    }
-
-    /// Enables a disabled user again. Their old sessions and tokens stay ended.
-    pub async fn enable_user(
-        &self,
-        admin: &Principal,
-        id: &UserId,
-        ctx: &AuditContext,
-    ) -> Result<()> {
-        self.users.set_disabled(id.as_str(), false).await?;
-        self.audit.record(
-            "user.enabled",
+            if disabled {
+                "user.disabled"
+            } else {
+                "user.enabled"
+            },
             Some(&admin.subject),
             Some(id.as_str()),
             ctx,

@@ -16,7 +16,7 @@ use crate::http::cookies::{device_cookie, set_device_cookie};
 use crate::http::extract::{AuditCtx, ClientIp, JsonOrForm};
 use crate::http::{ApiResult, Problem};
 use crate::users::handlers::LoginRequest;
-use crate::users::{PasswordLogin, parse_email};
+use crate::users::parse_email;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -80,16 +80,12 @@ pub async fn login(
     headers: HeaderMap,
     JsonOrForm(req): JsonOrForm<LoginRequest>,
 ) -> ApiResult<Response> {
-    let email = parse_email(&req.email)?;
-    let device = state
-        .users
-        .known_device(device_cookie(&headers), &email.key());
-    let login = PasswordLogin {
-        email,
-        password: req.password,
-        ip: ip.0,
-        device,
-    };
+    let login = state.users.password_login(
+        parse_email(&req.email)?,
+        req.password,
+        ip.0,
+        device_cookie(&headers),
+    );
     let (pair, user) = state.tokens.login(login, &ctx).await?;
     let mut res = pair_response(pair);
     if let Some(cookie) = state

@@ -244,9 +244,7 @@ pub async fn disable(
     AuditCtx(ctx): AuditCtx,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let id = UserId::parse(&id).map_err(|_| Error::NotFound("no such user".into()))?;
-    state.sessions.disable_user(&admin, &id, &ctx).await?;
-    Ok(StatusCode::NO_CONTENT)
+    set_disabled(&state, &admin, &ctx, &id, true).await
 }
 
 /// Enable a disabled user again (admin). Their old sessions and tokens stay ended.
@@ -260,8 +258,22 @@ pub async fn enable(
     AuditCtx(ctx): AuditCtx,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let id = UserId::parse(&id).map_err(|_| Error::NotFound("no such user".into()))?;
-    state.sessions.enable_user(&admin, &id, &ctx).await?;
+    set_disabled(&state, &admin, &ctx, &id, false).await
+}
+
+async fn set_disabled(
+    state: &AppState,
+    admin: &Principal,
+    ctx: &crate::audit::AuditContext,
+    id: &str,
+    disabled: bool,
+) -> ApiResult<StatusCode> {
+    // An id that is no user's names no user, like an unknown one.
+    let id = UserId::parse(id).map_err(|_| Error::NotFound("no such user".into()))?;
+    state
+        .sessions
+        .set_disabled(admin, &id, disabled, ctx)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -17,7 +17,7 @@ use portcullis_store::{NewUser, Store, StoreError, UserRow, UserStore};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::hashing::HashPool;
-use super::throttle::LoginThrottle;
+use super::throttle::{Attempt, LoginThrottle};
 use crate::audit::{Audit, AuditContext, AuditCounts};
 use crate::config::Registration;
 use crate::error::{Error, Result};
@@ -226,17 +226,26 @@ impl Users {
             .await
             .map_err(|_| Error::Overloaded)?
             .map_err(Error::internal)?;
-        let user = insert_user(
-            &self.store,
-            &email,
-            name,
-            Some(hash.as_str().to_owned()),
-            "",
-        )
-        .await?;
+        self.create(&email, name, hash, "user.registered", None, ctx)
+            .await
+    }
+
+    /// Stores a user with a password hash and records `event` by `actor` (the user themself when
+    /// `None`).
+    async fn create(
+        &self,
+        email: &Email,
+        name: Option<String>,
+        hash: StoredHash,
+        event: &str,
+        actor: Option<&str>,
+        ctx: &AuditContext,
+    ) -> Result<UserRow> {
+        let user =
+            insert_user(&self.store, email, name, Some(hash.as_str().to_owned()), "").await?;
         self.audit.record(
-            "user.registered",
-            Some(&user.id),
+            event,
+            Some(actor.unwrap_or(&user.id)),
             Some(&user.id),
             ctx,
             serde_json::json!({}),
@@ -258,22 +267,48 @@ impl Users {
         let name = parse_name(name)?;
         let hash = StoredHash::parse_import(password_hash.expose_secret(), &self.rules)
             .map_err(|e| Error::field("password_hash", "invalid_hash", e.to_string()))?;
-        let user = insert_user(
-            &self.store,
+        self.create(
             &email,
             name,
-            Some(hash.as_str().to_owned()),
-            "",
-        )
-        .await?;
-        self.audit.record(
+            hash,
             "user.imported",
             Some(&admin.subject),
-            Some(&user.id),
             ctx,
-            serde_json::json!({}),
-        );
-        Ok(user)
+        )
+        .await
+    }
+
+    /// The hashing pool's answer for `attempt`, which comes back with it; when the pool was full the
+    /// check never ran, so the attempt is given back and the answer is `Overloaded`.
+    async fn ran<T, E>(
+        &self,
+        attempt: Attempt,
+        answer: std::result::Result<T, E>,
+    ) -> Result<(T, Attempt)> {
+        match answer {
+            Ok(v) => Ok((v, attempt)),
+            Err(_) => {
+                self.throttle.abandon(attempt).await;
+                Err(Error::Overloaded)
+            }
+        }
+    }
+
+    /// A password login of `email` from `ip`, with the known device its cookie proves, if any.
+    pub fn password_login(
+        &self,
+        email: Email,
+        password: SecretString,
+        ip: IpAddr,
+        device_cookie: Option<&str>,
+    ) -> PasswordLogin {
+        let device = self.known_device(device_cookie, &email.key());
+        PasswordLogin {
+            email,
+            password,
+            ip,
+            device,
+        }
     }
 
     /// The known device a cookie proves for the account `email_key`, if any.
@@ -350,13 +385,7 @@ impl Users {
                 }
             })
             .await;
-        let (verdict, upgraded) = match verdict {
-            Ok(v) => v,
-            Err(_) => {
-                self.throttle.abandon(attempt).await;
-                return Err(Error::Overloaded);
-            }
-        };
+        let ((verdict, upgraded), attempt) = self.ran(attempt, verdict).await?;
         match user {
             Some(user) if verdict && user.disabled_at.is_none() => {
                 self.throttle.succeeded(attempt).await;
@@ -436,13 +465,7 @@ impl Users {
                 }
             })
             .await;
-        let (verdict, new_hash) = match verdict {
-            Ok(v) => v,
-            Err(_) => {
-                self.throttle.abandon(attempt).await;
-                return Err(Error::Overloaded);
-            }
-        };
+        let ((verdict, new_hash), attempt) = self.ran(attempt, verdict).await?;
         if !verdict {
             self.throttle.failed(attempt);
             self.audit.record(
