@@ -219,7 +219,7 @@ impl Report {
         if let Some(bin) = &self.server_bin {
             let _ = writeln!(
                 o,
-                "- Server: `{bin}` (RUST_LOG=warn, PORTCULLIS_LOGIN_IP_LIMIT=100000), {} seeded users",
+                "- Server: `{bin}` (RUST_LOG=warn; login throttles opened: PORTCULLIS_LOGIN_IP_LIMIT, _FREE_FAILURES, _ACCOUNT_FREE_FAILURES=100000), {} seeded users",
                 self.users
             );
         }

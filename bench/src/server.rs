@@ -161,10 +161,13 @@ impl ServerGuard {
             .arg("--issuer")
             .arg(format!("http://{addr}"))
             .env("RUST_LOG", "warn")
-            // Every request of the harness comes from 127.0.0.1, and logins in flight count against
-            // the per-address allowance until they succeed: the login scenarios measure hashing,
-            // not that throttle (tested in the server's own suite).
+            // Every request of the harness comes from 127.0.0.1 and logs in 8 users, and a login in
+            // flight counts as a failure (of the address, the account from this address, and the
+            // account) until it succeeds: the login scenarios measure hashing, not the throttles
+            // (which the server's own suite tests).
             .env("PORTCULLIS_LOGIN_IP_LIMIT", "100000")
+            .env("PORTCULLIS_LOGIN_FREE_FAILURES", "100000")
+            .env("PORTCULLIS_LOGIN_ACCOUNT_FREE_FAILURES", "100000")
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);

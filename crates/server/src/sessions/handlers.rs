@@ -18,13 +18,10 @@ use crate::app::state::AppState;
 use crate::auth::Admin;
 use crate::auth::credential::{site_hints, user_agent};
 use crate::error::Error;
-use crate::http::cookies::{
-    clear_session_cookie, device_cookie, session_cookie, set_device_cookie, set_session_cookie,
-};
-use crate::http::extract::{AuditCtx, ClientIp, JsonOrForm};
+use crate::http::cookies::{clear_session_cookie, session_cookie, set_session_cookie};
+use crate::http::extract::AuditCtx;
 use crate::http::{ApiResult, Problem};
-use crate::users::handlers::LoginRequest;
-use crate::users::parse_email;
+use crate::users::handlers::{LoginPost, LoginRequest, remember_device};
 use crate::users::service::{require_own_login, require_user};
 
 #[derive(Serialize, ToSchema)]
@@ -104,17 +101,9 @@ fn with_cookie(status: StatusCode, cookie: Option<HeaderValue>, body: impl Seria
         (status = 429, body = Problem), (status = 503, body = Problem)))]
 pub async fn create(
     State(state): State<AppState>,
-    ip: ClientIp,
     AuditCtx(ctx): AuditCtx,
-    headers: HeaderMap,
-    JsonOrForm(req): JsonOrForm<LoginRequest>,
+    LoginPost { login, headers }: LoginPost,
 ) -> ApiResult<Response> {
-    let login = state.users.password_login(
-        parse_email(&req.email)?,
-        req.password,
-        ip.0,
-        device_cookie(&headers),
-    );
     let presented = session_cookie(&headers).ok().flatten();
     let s = state
         .sessions
@@ -136,13 +125,7 @@ pub async fn create(
         set_session_cookie(s.token.expose()),
         body,
     );
-    if let Some(device) = state
-        .users
-        .device_cookie(&s.user)
-        .and_then(|(v, age)| set_device_cookie(&v, age))
-    {
-        res.headers_mut().append(header::SET_COOKIE, device);
-    }
+    remember_device(&state, &s.user, &mut res);
     Ok(res)
 }
 

@@ -1,7 +1,7 @@
 //! `/v1/auth/login`, `/v1/auth/refresh`, `/v1/auth/logout`, `/v1/auth/logout-all`.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use portcullis_core::principal::Principal;
 use secrecy::{ExposeSecret, SecretString};
@@ -12,11 +12,9 @@ use utoipa_axum::routes;
 
 use super::service::TokenPair;
 use crate::app::state::AppState;
-use crate::http::cookies::{device_cookie, set_device_cookie};
-use crate::http::extract::{AuditCtx, ClientIp, JsonOrForm};
+use crate::http::extract::{AuditCtx, JsonOrForm};
 use crate::http::{ApiResult, Problem};
-use crate::users::handlers::LoginRequest;
-use crate::users::parse_email;
+use crate::users::handlers::{LoginPost, LoginRequest, remember_device};
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -75,26 +73,12 @@ pub fn routes() -> OpenApiRouter<AppState> {
         (status = 413, body = Problem), (status = 415, body = Problem), (status = 429, body = Problem), (status = 503, body = Problem)))]
 pub async fn login(
     State(state): State<AppState>,
-    ip: ClientIp,
     AuditCtx(ctx): AuditCtx,
-    headers: HeaderMap,
-    JsonOrForm(req): JsonOrForm<LoginRequest>,
+    LoginPost { login, .. }: LoginPost,
 ) -> ApiResult<Response> {
-    let login = state.users.password_login(
-        parse_email(&req.email)?,
-        req.password,
-        ip.0,
-        device_cookie(&headers),
-    );
     let (pair, user) = state.tokens.login(login, &ctx).await?;
     let mut res = pair_response(pair);
-    if let Some(cookie) = state
-        .users
-        .device_cookie(&user)
-        .and_then(|(v, age)| set_device_cookie(&v, age))
-    {
-        res.headers_mut().append(header::SET_COOKIE, cookie);
-    }
+    remember_device(&state, &user, &mut res);
     Ok(res)
 }
 

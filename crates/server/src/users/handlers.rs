@@ -1,8 +1,8 @@
 //! `/v1/users`, `/v1/me`, `/v1/me/password` and the users' admin endpoints.
 
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use portcullis_core::clock::{Millis, rfc3339};
 use portcullis_core::ids::UserId;
 use portcullis_core::principal::{AuthMethod, Principal};
@@ -13,14 +13,54 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::service::require_user;
+use super::service::{PasswordLogin, parse_email, require_user};
 use crate::app::state::AppState;
 use crate::auth::Admin;
 use crate::error::Error;
-use crate::http::cookies::device_cookie;
-use crate::http::extract::{AuditCtx, ClientIp, Json, Query};
+use crate::http::cookies::{device_cookie, set_device_cookie};
+use crate::http::extract::{AuditCtx, ClientIp, Json, JsonOrForm, Query};
 use crate::http::pagination::{PageQuery, PageRequest};
-use crate::http::{ApiResult, Problem};
+use crate::http::{ApiError, ApiResult, Problem};
+
+/// A password login as posted to `/v1/auth/login` or `/v1/sessions` (JSON or a form): the email
+/// checked, with the client's address and the known device its cookie proves; the request's
+/// headers for what else the handler reads.
+pub struct LoginPost {
+    pub login: PasswordLogin,
+    pub headers: HeaderMap,
+}
+
+impl FromRequest<AppState> for LoginPost {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let (mut parts, body) = req.into_parts();
+        let ip = ClientIp::from_request_parts(&mut parts, state).await?;
+        let headers = parts.headers.clone();
+        let JsonOrForm(req) =
+            JsonOrForm::<LoginRequest>::from_request(Request::from_parts(parts, body), state)
+                .await?;
+        let login = state.users.password_login(
+            parse_email(&req.email)?,
+            req.password,
+            ip.0,
+            device_cookie(&headers),
+        );
+        Ok(Self { login, headers })
+    }
+}
+
+/// The known-device cookie a successful login of `user` earns, onto `res` (unless known devices are
+/// off).
+pub fn remember_device(state: &AppState, user: &UserRow, res: &mut Response) {
+    if let Some(cookie) = state
+        .users
+        .device_cookie(user)
+        .and_then(|(v, age)| set_device_cookie(&v, age))
+    {
+        res.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+}
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
