@@ -126,6 +126,36 @@ impl Stats {
         self.bad_status.values().sum()
     }
 
+    /// Adds another window of the same scenario: counts and latencies add up, the window lengthens,
+    /// the peak is the larger and CPU the time-weighted mean.
+    pub fn absorb(&mut self, other: Stats) -> Result<()> {
+        let (a, b) = (self.elapsed.as_secs_f64(), other.elapsed.as_secs_f64());
+        let mean = |x: Option<f64>, y: Option<f64>| match (x, y) {
+            (Some(x), Some(y)) if a + b > 0.0 => Some((x * a + y * b) / (a + b)),
+            (x, y) => x.or(y),
+        };
+        self.server_cpu = mean(self.server_cpu, other.server_cpu);
+        self.harness_cpu = mean(self.harness_cpu, other.harness_cpu);
+        self.hist.add(&other.hist).context("merge histograms")?;
+        self.ok += other.ok;
+        for (code, n) in other.bad_status {
+            *self.bad_status.entry(code).or_default() += n;
+        }
+        self.transport += other.transport;
+        self.recover_errors += other.recover_errors;
+        self.first_transport_error = self
+            .first_transport_error
+            .take()
+            .or(other.first_transport_error);
+        self.elapsed += other.elapsed;
+        self.active = self.active.max(other.active);
+        self.setup_failures += other.setup_failures;
+        self.first_setup_error = self.first_setup_error.take().or(other.first_setup_error);
+        self.peak_kib = self.peak_kib.max(other.peak_kib);
+        self.peak_reset &= other.peak_reset;
+        Ok(())
+    }
+
     fn merge(&mut self, other: ConnStats) -> Result<()> {
         self.hist.add(&other.hist).context("merge histograms")?;
         self.ok += other.ok;

@@ -1,7 +1,8 @@
-//! Portcullis load harness. One run measures a bare axum hello (`portcullis-bench-ceiling`, the
-//! `ceiling` scenario), then starts the release server on a temporary data directory, seeds users,
-//! runs every other scenario (see `scenario.rs`), and prints/writes a markdown table of requests/s,
-//! p50, p99, peak RSS and errors, relative to the ceiling and to the server's `/healthz`.
+//! Portcullis load harness. One run starts the release server on a temporary data directory, seeds
+//! users, measures a bare axum hello (`portcullis-bench-ceiling`, the `ceiling` scenario) and the
+//! server's `/healthz` in alternating windows, runs every other scenario (see `scenario.rs`), and
+//! prints/writes a markdown table of requests/s, p50, p99, peak RSS and errors, relative to the
+//! ceiling and to the server's `/healthz`.
 //!
 //! `cargo run --release -p portcullis-bench -- --help` lists the flags.
 
@@ -91,6 +92,10 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
 /// this is the RSS of a server with nothing to do.
 const IDLE_BEFORE_RSS: Duration = Duration::from_secs(7);
 const PAUSE_BETWEEN_SCENARIOS: Duration = Duration::from_millis(500);
+/// `ceiling` and `healthz` are measured in this many alternating windows each (see [`run_pair`]).
+const PAIR_WINDOWS: u32 = 5;
+/// Warm-up before each window after the first (fresh connections).
+const PAIR_REWARM: Duration = Duration::from_millis(200);
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -264,8 +269,18 @@ async fn run(
     let mut server = None;
     let mut idle_rss = None;
     let mut rows = Vec::new();
+    // With both `ceiling` and `healthz` (and a server), the ceiling waits for healthz: they are
+    // measured together.
+    let paired = server_bin.is_some()
+        && scenarios.iter().any(|s| s.name == "ceiling")
+        && scenarios.iter().any(|s| s.name == "healthz");
+    let mut ceiling = None;
     for sc in scenarios {
-        // Started before the first scenario that needs it, so `ceiling` (first) runs alone.
+        if paired && sc.name == "ceiling" {
+            ceiling = Some(sc);
+            continue;
+        }
+        // Started before the first scenario that needs it (an unpaired `ceiling` runs alone).
         if sc.needs_server()
             && server.is_none()
             && let Some(bin) = server_bin
@@ -273,6 +288,28 @@ async fn run(
             let (started, rss) = start_server(bin, users).await?;
             server = Some(started);
             idle_rss = rss;
+        }
+        if let (Some(c), true, Some(srv)) = (ceiling.take(), sc.name == "healthz", server.as_mut())
+        {
+            eprintln!(
+                "[bench] ceiling and healthz: {} connections, {PAIR_WINDOWS} alternating windows of {:.1} s each (+{} s warm-up)",
+                settings.connections,
+                (settings.duration / PAIR_WINDOWS).as_secs_f64(),
+                settings.warmup.as_secs()
+            );
+            let (c_res, h_res) = match run_pair(&c, &sc, settings, srv, ceiling_bin).await {
+                Ok((c_stats, h_stats)) => (Ok(c_stats), Ok(h_stats)),
+                Err(e) => (Err(anyhow!("{e:#}")), Err(e)),
+            };
+            for (s, res) in [(&c, c_res), (&sc, h_res)] {
+                rows.push(Row {
+                    name: s.name,
+                    concurrency: s.concurrency_label(),
+                    result: res,
+                });
+            }
+            tokio::time::sleep(PAUSE_BETWEEN_SCENARIOS).await;
+            continue;
         }
         let concurrency = sc.concurrency_label();
         if matches!(sc.kind, Kind::Burst { .. }) {
@@ -342,15 +379,74 @@ async fn run_one(
     res
 }
 
-/// Starts the bare axum hello, runs the closed loop against it, and stops it again (SIGTERM, and
-/// waits) when it goes out of scope, so it never shares the machine with the server's scenarios.
-/// Its peak RSS and CPU are the hello's own.
-async fn run_ceiling(
-    bin: &Path,
-    connections: usize,
-    setup: &scenario::Setup,
+/// The hello and the server's `/healthz` in [`PAIR_WINDOWS`] alternating windows, a fifth of the
+/// duration each (the warm-up before the first of each, [`PAIR_REWARM`] before the others), so
+/// that what the host does meanwhile (other tenants) falls on both alike and their ratio is the
+/// per-request tax, not the drift between two runs. Each idles while the other is measured; the
+/// hello stops when this returns. Each row's rate, latencies, peak RSS and CPU are over its own
+/// windows.
+async fn run_pair(
+    ceiling: &Scenario,
+    healthz: &Scenario,
     settings: &Settings,
-) -> Result<load::Stats> {
+    server: &mut Server,
+    ceiling_bin: &Path,
+) -> Result<(load::Stats, load::Stats)> {
+    let (Kind::Ceiling { setup: c_setup, .. }, Kind::Loop { setup: h_setup, .. }) =
+        (&ceiling.kind, &healthz.kind)
+    else {
+        bail!("ceiling and healthz are not the scenarios this pairs");
+    };
+    let mut hello = start_hello(ceiling_bin).await?;
+    let hello_ctx = Arc::new(Ctx::bare(hello.target.clone()));
+    let mut totals: Option<(load::Stats, load::Stats)> = None;
+    for i in 0..PAIR_WINDOWS {
+        let window = Settings {
+            duration: settings.duration / PAIR_WINDOWS,
+            warmup: if i == 0 { settings.warmup } else { PAIR_REWARM },
+            connections: settings.connections,
+        };
+        let c = load::run_loop(
+            &hello_ctx,
+            settings.connections,
+            c_setup,
+            &window,
+            Proc::Pid(hello.pid),
+        )
+        .await?;
+        hello
+            .ensure_alive()
+            .map_err(|e| anyhow!("{CEILING_BIN} {e:#}"))?;
+        server.guard.ensure_alive()?;
+        let h = load::run_loop(
+            &server.ctx,
+            settings.connections,
+            h_setup,
+            &window,
+            Proc::Pid(server.guard.http.pid),
+        )
+        .await?;
+        server.guard.ensure_alive()?;
+        eprintln!(
+            "[bench]   window {}: ceiling {:.0}/s, healthz {:.0}/s",
+            i + 1,
+            c.per_sec(),
+            h.per_sec()
+        );
+        totals = Some(match totals {
+            None => (c, h),
+            Some((mut tc, mut th)) => {
+                tc.absorb(c)?;
+                th.absorb(h)?;
+                (tc, th)
+            }
+        });
+    }
+    drop(hello);
+    totals.ok_or_else(|| anyhow!("no window was measured"))
+}
+
+async fn start_hello(bin: &Path) -> Result<server::HttpChild> {
     if !bin.is_file() {
         bail!(
             "ceiling binary {} not found: run `cargo build --release -p portcullis-bench` first \
@@ -363,6 +459,19 @@ async fn run_ceiling(
         .wait_healthy(HEALTH_TIMEOUT)
         .await
         .map_err(|e| anyhow!("{CEILING_BIN} {e:#}"))?;
+    Ok(hello)
+}
+
+/// Starts the bare axum hello, runs the closed loop against it, and stops it again (SIGTERM, and
+/// waits) when it goes out of scope, so it never shares the machine with the server's scenarios.
+/// Its peak RSS and CPU are the hello's own.
+async fn run_ceiling(
+    bin: &Path,
+    connections: usize,
+    setup: &scenario::Setup,
+    settings: &Settings,
+) -> Result<load::Stats> {
+    let mut hello = start_hello(bin).await?;
     let ctx = Arc::new(Ctx::bare(hello.target.clone()));
     let res = load::run_loop(&ctx, connections, setup, settings, Proc::Pid(hello.pid)).await;
     hello

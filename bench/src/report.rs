@@ -213,7 +213,8 @@ impl Report {
             let _ = writeln!(
                 o,
                 "- Ceiling: `{bin}` (bare axum hello: `GET /healthz` → `ok`, tokio's default \
-                 multi-thread runtime, no middleware), run alone before the server starts"
+                 multi-thread runtime, no middleware); with `healthz`, both are measured in 5 \
+                 alternating windows (the other idle), so the host's drift falls on both alike"
             );
         }
         if let Some(bin) = &self.server_bin {
