@@ -18,6 +18,7 @@ pub mod devices;
 pub mod email;
 pub mod ids;
 pub mod jwt;
+pub mod oauth;
 pub mod passwords;
 pub mod principal;
 pub mod ratelimit;
