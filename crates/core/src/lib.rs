@@ -19,6 +19,7 @@ pub mod email;
 pub mod ids;
 pub mod jwt;
 pub mod oauth;
+pub mod page;
 pub mod passwords;
 pub mod principal;
 pub mod ratelimit;

@@ -598,6 +598,22 @@ impl Hasher<'_> {
         let dummy = StoredHash(self.hashing.dummy.clone());
         let _ = self.verify(password, &dummy);
     }
+
+    /// [`Self::verify`] against the account's hash, or, when there is none (no such account, or no
+    /// password), the same work against the dummy and `Mismatch`: the answer's timing never tells.
+    pub fn verify_or_dummy(
+        &mut self,
+        password: &SecretString,
+        stored: Option<&StoredHash>,
+    ) -> Verification {
+        match stored {
+            Some(stored) => self.verify(password, stored),
+            None => {
+                self.verify_dummy(password);
+                Verification::Mismatch
+            }
+        }
+    }
 }
 
 #[cfg(test)]

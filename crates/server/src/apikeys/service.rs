@@ -25,6 +25,7 @@ use std::sync::Arc;
 use portcullis_core::apikeys::{ApiKey, VerifyCode, validate_prefix};
 use portcullis_core::clock::Millis;
 use portcullis_core::ids::{KeyId, UserId};
+use portcullis_core::page;
 use portcullis_core::principal::Principal;
 use portcullis_core::scopes::{
     RESERVED as RESERVED_SCOPES, SELF_SERVICE as SELF_SERVICE_SCOPES, Scope, Scopes,
@@ -908,15 +909,9 @@ impl ApiKeys {
     ) -> Result<KeyPage> {
         let mut rows = self
             .store
-            .list_api_keys(owner, cursor, i64::from(limit) + 1)
+            .list_api_keys(owner, cursor, i64::from(page::fetch(limit)))
             .await?;
-        let more = rows.len() > limit as usize;
-        rows.truncate(limit as usize);
-        let next_cursor = if more {
-            rows.last().map(|r| r.id.to_string())
-        } else {
-            None
-        };
+        let next_cursor = page::cut(&mut rows, limit, |r| r.id.to_string());
         Ok(KeyPage {
             keys: rows,
             next_cursor,

@@ -111,20 +111,14 @@ impl<C: Cursor> PageRequest<C> {
         Ok(Self { limit, cursor })
     }
 
-    /// What to ask the store for: one row more than the page.
+    /// What to ask the store for: one row more than the page ([`portcullis_core::page`]).
     pub fn fetch(&self) -> u32 {
-        self.limit + 1
+        portcullis_core::page::fetch(self.limit)
     }
 
     /// Cuts `rows` (fetched with [`Self::fetch`]) to the page; the cursor of the next page when there
     /// is one.
     pub fn cut<T>(&self, rows: &mut Vec<T>, cursor_of: impl Fn(&T) -> String) -> Option<String> {
-        let more = rows.len() > self.limit as usize;
-        rows.truncate(self.limit as usize);
-        if more {
-            rows.last().map(cursor_of)
-        } else {
-            None
-        }
+        portcullis_core::page::cut(rows, self.limit, cursor_of)
     }
 }

@@ -369,21 +369,15 @@ impl Users {
         let password = login.password;
         let verdict = self
             .hashing
-            .run(move |h| match stored {
-                Some(stored) => match h.verify(&password, &stored) {
-                    Verification::Match { needs_rehash: true } => {
+            .run(
+                move |h| match (h.verify_or_dummy(&password, stored.as_ref()), stored) {
+                    (Verification::Match { needs_rehash: true }, Some(stored)) => {
                         (true, h.hash(&password).ok().map(|n| (stored, n)))
                     }
-                    Verification::Match {
-                        needs_rehash: false,
-                    } => (true, None),
-                    Verification::Mismatch => (false, None),
+                    (Verification::Match { .. }, _) => (true, None),
+                    (Verification::Mismatch, _) => (false, None),
                 },
-                None => {
-                    h.verify_dummy(&password);
-                    (false, None)
-                }
-            })
+            )
             .await;
         let ((verdict, upgraded), attempt) = self.ran(attempt, verdict).await?;
         match user {
@@ -454,16 +448,12 @@ impl Users {
         let stored = user.password_hash.clone().map(StoredHash::from_stored);
         let verdict = self
             .hashing
-            .run(move |h| match stored {
-                Some(stored) => match h.verify(&current, &stored) {
+            .run(
+                move |h| match h.verify_or_dummy(&current, stored.as_ref()) {
                     Verification::Match { .. } => (true, h.hash(&new).ok()),
                     Verification::Mismatch => (false, None),
                 },
-                None => {
-                    h.verify_dummy(&current);
-                    (false, None)
-                }
-            })
+            )
             .await;
         let ((verdict, new_hash), attempt) = self.ran(attempt, verdict).await?;
         if !verdict {
