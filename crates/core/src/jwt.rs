@@ -124,7 +124,9 @@ impl JwtError {
 pub struct AccessClaims {
     pub iss: String,
     pub sub: String,
-    pub aud: String,
+    /// One audience or several (RFC 8707 `resource`s); written as a string when there is one.
+    #[serde(with = "audience")]
+    pub aud: Vec<String>,
     pub exp: i64,
     pub iat: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -455,6 +457,16 @@ impl Verifier {
 
     /// Full verification of an access token: structure, header rules, signature, then claims.
     pub fn verify_access_token(&self, token: &str, now: Millis) -> Result<AccessClaims, JwtError> {
+        self.verify_for(token, now, Audience::Ours)
+    }
+
+    /// [`Self::verify_access_token`] with the audience rule chosen by the caller.
+    pub fn verify_for(
+        &self,
+        token: &str,
+        now: Millis,
+        audience: Audience,
+    ) -> Result<AccessClaims, JwtError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(JwtError::Malformed);
         }
@@ -506,11 +518,46 @@ impl Verifier {
         if claims.iss != self.issuer {
             return Err(JwtError::WrongIssuer);
         }
-        if claims.aud != self.audience {
+        if audience == Audience::Ours && !claims.aud.iter().any(|a| *a == self.audience) {
             return Err(JwtError::WrongAudience);
         }
         claims.check_time(now.as_secs(), self.leeway_s)?;
         Ok(claims)
+    }
+}
+
+/// Which audiences a verification accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// Ours (the configured `audience`) must be among the token's: the API's own endpoints.
+    Ours,
+    /// Any: every token this issuer signed, whoever it is meant for (introspection, userinfo).
+    Any,
+}
+
+/// `aud` as RFC 7519 §4.1.3 has it: a string, or an array of strings.
+mod audience {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(aud: &[String], s: S) -> Result<S::Ok, S::Error> {
+        match aud {
+            [one] => s.serialize_str(one),
+            many => s.collect_seq(many),
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        Ok(match OneOrMany::deserialize(d)? {
+            OneOrMany::One(a) => vec![a],
+            OneOrMany::Many(list) => list,
+        })
     }
 }
 
@@ -530,11 +577,11 @@ fn parse_claims(payload: &[u8]) -> Result<AccessClaims, JwtError> {
             .ok_or(JwtError::MissingClaim(name))
     };
     let aud = match obj.get("aud") {
-        Some(serde_json::Value::String(a)) => a.clone(),
-        Some(serde_json::Value::Array(list)) if list.len() == 1 => list
-            .first()
-            .and_then(|a| a.as_str())
-            .map(str::to_owned)
+        Some(serde_json::Value::String(a)) => vec![a.clone()],
+        Some(serde_json::Value::Array(list)) if !list.is_empty() && list.len() <= 16 => list
+            .iter()
+            .map(|a| a.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
             .ok_or(JwtError::WrongAudience)?,
         Some(_) => return Err(JwtError::WrongAudience),
         None => return Err(JwtError::MissingClaim("aud")),
@@ -561,6 +608,7 @@ fn parse_claims(payload: &[u8]) -> Result<AccessClaims, JwtError> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeySchedule {
     pub kid: String,
+    pub alg: JwsAlg,
     pub publish_at: Millis,
     pub activate_at: Millis,
     /// Set when a newer key took over signing.
@@ -579,11 +627,16 @@ impl KeySchedule {
     }
 }
 
-/// The key to sign with now: the most recently activated key that may sign.
-pub fn current_signer(schedules: &[KeySchedule], now: Millis) -> Option<&KeySchedule> {
+/// The key of `alg` to sign with now: the most recently activated key of that algorithm that may
+/// sign. Each algorithm the ring holds (the access-token one, RS256 for ID tokens) rotates apart.
+pub fn current_signer(
+    schedules: &[KeySchedule],
+    alg: JwsAlg,
+    now: Millis,
+) -> Option<&KeySchedule> {
     schedules
         .iter()
-        .filter(|s| s.can_sign(now))
+        .filter(|s| s.alg == alg && s.can_sign(now))
         .max_by_key(|s| s.activate_at)
 }
 
@@ -597,7 +650,7 @@ mod tests {
         AccessClaims {
             iss: ISS.into(),
             sub: "usr_1".into(),
-            aud: ISS.into(),
+            aud: vec![ISS.into()],
             exp: now + 900,
             iat: now,
             nbf: None,
@@ -725,7 +778,7 @@ mod tests {
         let mut wrong_iss = claims(t);
         wrong_iss.iss = "https://evil.example".into();
         let mut wrong_aud = claims(t);
-        wrong_aud.aud = "someone-else".into();
+        wrong_aud.aud = vec!["someone-else".into()];
         let mut future = claims(t);
         future.nbf = Some(t + 120);
         for (c, want) in [
@@ -801,6 +854,7 @@ mod tests {
     fn the_newest_active_key_signs_and_retired_keys_stay_published_until_expiry() {
         let s = |kid: &str, p, a, r: Option<i64>, e: Option<i64>| KeySchedule {
             kid: kid.into(),
+            alg: JwsAlg::Es256,
             publish_at: Millis(p),
             activate_at: Millis(a),
             retire_at: r.map(Millis),
@@ -811,9 +865,18 @@ mod tests {
             s("new", 50, 100, None, None),
             s("next", 150, 250, None, None),
         ];
-        assert_eq!(current_signer(&keys, Millis(99)).unwrap().kid, "old");
-        assert_eq!(current_signer(&keys, Millis(100)).unwrap().kid, "new");
-        assert_eq!(current_signer(&keys, Millis(260)).unwrap().kid, "next");
+        assert_eq!(current_signer(&keys, JwsAlg::Es256, Millis(99)).unwrap().kid, "old");
+        assert_eq!(current_signer(&keys, JwsAlg::Es256, Millis(100)).unwrap().kid, "new");
+        assert_eq!(current_signer(&keys, JwsAlg::Es256, Millis(260)).unwrap().kid, "next");
+        // Another algorithm's keys neither take over from these nor stand in for their own.
+        let mut both = keys.to_vec();
+        both.push(KeySchedule {
+            alg: JwsAlg::Rs256,
+            ..s("rsa", 0, 300, None, None)
+        });
+        assert_eq!(current_signer(&both, JwsAlg::Es256, Millis(400)).unwrap().kid, "next");
+        assert_eq!(current_signer(&both, JwsAlg::Rs256, Millis(400)).unwrap().kid, "rsa");
+        assert!(current_signer(&keys, JwsAlg::Rs256, Millis(400)).is_none());
         assert!(keys[0].is_published(Millis(150)) && !keys[0].is_published(Millis(200)));
         assert!(!keys[2].is_published(Millis(149)));
     }

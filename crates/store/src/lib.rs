@@ -1,5 +1,5 @@
 //! Portcullis persistence. One trait per capability ([`UserStore`], [`RefreshTokenStore`],
-//! [`SigningKeyStore`], [`ApiKeyStore`], [`SessionStore`], [`AuditStore`], [`Maintenance`]), implemented by [`Store`] over
+//! [`SigningKeyStore`], [`ApiKeyStore`], [`SessionStore`], [`OAuthStore`], [`AuditStore`], [`Maintenance`]), implemented by [`Store`] over
 //! either backend, chosen at start-up: SQLite (an embedded file, zero configuration) or PostgreSQL
 //! (shared by several nodes).
 //!
@@ -29,6 +29,7 @@ use sqlx::sqlite::{
 mod apikeys;
 mod audit;
 mod maintenance;
+mod oauth;
 mod refresh;
 mod sessions;
 mod signing_keys;
@@ -37,6 +38,9 @@ mod users;
 pub use apikeys::{ApiKeyPatch, ApiKeyRow, ApiKeyStore, KeyOwner, RolledKey, Spend};
 pub use audit::{AuditEvent, AuditFilter, AuditStore};
 pub use maintenance::{Maintenance, Purged};
+pub use oauth::{
+    ClientRow, CodeRow, ConsentRow, OAuthStore, OpaqueAccessRow, Produced, Replayed,
+};
 pub use refresh::{FamilyRow, NewFamily, NextToken, RefreshTokenStore, Rotation};
 pub use sessions::{SessionRow, SessionStore};
 pub use signing_keys::{SigningKeyRow, SigningKeyStore};

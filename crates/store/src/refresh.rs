@@ -44,6 +44,10 @@ pub struct NewFamily {
     pub created_at: Millis,
     /// Absolute end of the family: no token of it outlives this.
     pub expires_at: Millis,
+    /// The audiences its access tokens carry (JSON array), when not the configured one (OAuth).
+    pub audiences: Option<String>,
+    /// When the user authenticated (OAuth: `auth_time` of the ID token), seconds.
+    pub auth_time: Option<i64>,
 }
 
 /// The token to issue next.
@@ -63,6 +67,8 @@ pub struct FamilyRow {
     pub scope: String,
     pub session_id: Option<String>,
     pub expires_at: i64,
+    pub audiences: Option<String>,
+    pub auth_time: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -92,7 +98,7 @@ struct TokenState {
 
 macro_rules! family_columns {
     () => {
-        "id, user_id, client_id, scope, session_id, expires_at"
+        "id, user_id, client_id, scope, session_id, expires_at, audiences, auth_time"
     };
 }
 
@@ -117,6 +123,29 @@ pub trait RefreshTokenStore {
         now: Millis,
         reason: &str,
     ) -> impl Future<Output = Result<Option<(String, String)>>> + Send;
+    /// The family of a token, whatever its state, with whether that token is live now (unspent,
+    /// unrevoked, unexpired, in a live family): what the token endpoint checks before it rotates, and
+    /// what introspection answers.
+    fn refresh_token_family(
+        &self,
+        presented: &TokenHash,
+        now: Millis,
+    ) -> impl Future<Output = Result<Option<(FamilyRow, bool)>>> + Send;
+    /// Revokes one family by id (a replayed authorization code, a session that ended); true when it
+    /// was live.
+    fn revoke_family(
+        &self,
+        family_id: &str,
+        now: Millis,
+        reason: &str,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// Revokes the live families bound to a browser session (RP-initiated logout); returns their ids.
+    fn revoke_session_families(
+        &self,
+        session_id: &str,
+        now: Millis,
+        reason: &str,
+    ) -> impl Future<Output = Result<Vec<(String, String)>>> + Send;
     /// Revokes every family of a user; returns how many were live.
     fn revoke_user_families(
         &self,
@@ -137,8 +166,8 @@ impl RefreshTokenStore for Store {
         with_pool!(self, write, p => {
             let mut tx = p.begin().await?;
             sqlx::query(
-                "INSERT INTO refresh_families (id, user_id, client_id, scope, session_id, created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "INSERT INTO refresh_families (id, user_id, client_id, scope, session_id, created_at, expires_at, audiences, auth_time) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             )
             .bind(f.id.as_str())
             .bind(&f.user_id)
@@ -147,6 +176,8 @@ impl RefreshTokenStore for Store {
             .bind(&f.session_id)
             .bind(f.created_at.0)
             .bind(f.expires_at.0)
+            .bind(&f.audiences)
+            .bind(f.auth_time)
             .execute(&mut *tx)
             .await?;
             sqlx::query(
@@ -198,6 +229,75 @@ impl RefreshTokenStore for Store {
             .fetch_optional(&mut *tx)
             .await?;
             if let Some((family_id, _)) = &found {
+                revoke_family!(tx, family_id, now, reason);
+            }
+            tx.commit().await?;
+            Ok(found)
+        })
+    }
+
+    async fn refresh_token_family(
+        &self,
+        presented: &TokenHash,
+        now: Millis,
+    ) -> Result<Option<(FamilyRow, bool)>> {
+        let sql = concat!(
+            "SELECT f.id, f.user_id, f.client_id, f.scope, f.session_id, f.expires_at, f.audiences, f.auth_time, \
+             t.spent_at, t.revoked_at, t.expires_at AS token_expires_at, f.revoked_at AS family_revoked_at \
+             FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family_id WHERE t.token_hash = $1"
+        );
+        #[derive(sqlx::FromRow)]
+        struct Found {
+            #[sqlx(flatten)]
+            family: FamilyRow,
+            spent_at: Option<i64>,
+            revoked_at: Option<i64>,
+            token_expires_at: i64,
+            family_revoked_at: Option<i64>,
+        }
+        let found = with_pool!(self, read, p => sqlx::query_as::<_, Found>(sql)
+            .bind(presented.as_bytes())
+            .fetch_optional(p)
+            .await?);
+        Ok(found.map(|f| {
+            let live = f.spent_at.is_none()
+                && f.revoked_at.is_none()
+                && f.family_revoked_at.is_none()
+                && f.token_expires_at > now.0
+                && f.family.expires_at > now.0;
+            (f.family, live)
+        }))
+    }
+
+    async fn revoke_family(&self, family_id: &str, now: Millis, reason: &str) -> Result<bool> {
+        with_pool!(self, write, p => {
+            let mut tx = p.begin().await?;
+            let live = sqlx::query("SELECT 1 FROM refresh_families WHERE id = $1 AND revoked_at IS NULL")
+                .bind(family_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            revoke_family!(tx, family_id, now, reason);
+            tx.commit().await?;
+            Ok(live)
+        })
+    }
+
+    async fn revoke_session_families(
+        &self,
+        session_id: &str,
+        now: Millis,
+        reason: &str,
+    ) -> Result<Vec<(String, String)>> {
+        with_pool!(self, write, p => {
+            let mut tx = p.begin().await?;
+            let found = sqlx::query_as::<_, (String, String)>(
+                "SELECT id, client_id FROM refresh_families WHERE session_id = $1 AND revoked_at IS NULL",
+            )
+            .bind(session_id)
+            .fetch_all(&mut *tx)
+            .await?;
+            for (family_id, _) in &found {
                 revoke_family!(tx, family_id, now, reason);
             }
             tx.commit().await?;

@@ -27,8 +27,9 @@ macro_rules! signing_key_columns {
 }
 
 pub trait SigningKeyStore {
-    /// Stores a new key and schedules every older, unretired key to retire when it activates and to
-    /// leave the JWKS `overlap_ms` later (the longest lifetime of a token they signed).
+    /// Stores a new key and schedules every older, unretired key of its algorithm to retire when it
+    /// activates and to leave the JWKS `overlap_ms` later (the longest lifetime of a token they signed).
+    /// Keys of other algorithms (the ring holds one per use) are left alone.
     fn add_signing_key(
         &self,
         key: &SigningKeyRow,
@@ -63,10 +64,11 @@ impl SigningKeyStore for Store {
             let mut tx = p.begin().await?;
             sqlx::query(
                 "UPDATE signing_keys SET retire_at = $1, expire_at = $2 \
-                 WHERE retire_at IS NULL AND activate_at < $1",
+                 WHERE retire_at IS NULL AND activate_at < $1 AND alg = $3",
             )
             .bind(k.activate_at)
             .bind(k.activate_at.saturating_add(overlap_ms))
+            .bind(&k.alg)
             .execute(&mut *tx)
             .await?;
             sqlx::query(

@@ -19,6 +19,8 @@ use secrecy::ExposeSecret;
 
 /// What the ring knows at one moment; replaced whole on every change.
 pub struct RingState {
+    /// The algorithm of access tokens (`jwt_alg`); ID tokens are signed with [`ID_TOKEN_ALG`].
+    primary: JwsAlg,
     schedules: Vec<KeySchedule>,
     keys: HashMap<String, Arc<SigningKey>>,
     pub verifier: Verifier,
@@ -26,9 +28,14 @@ pub struct RingState {
 }
 
 impl RingState {
-    /// The key to sign with now. Called for every token issued: no allocation.
+    /// The key to sign access tokens with now. Called for every token issued: no allocation.
     pub fn signer(&self, now: Millis) -> Option<&Arc<SigningKey>> {
-        current_signer(&self.schedules, now).and_then(|s| self.keys.get(&s.kid))
+        self.signer_for(self.primary, now)
+    }
+
+    /// The key of `alg` to sign with now.
+    pub fn signer_for(&self, alg: JwsAlg, now: Millis) -> Option<&Arc<SigningKey>> {
+        current_signer(&self.schedules, alg, now).and_then(|s| self.keys.get(&s.kid))
     }
 
     /// Is `kid` one of the keys loaded (published, signing or retiring)?
@@ -51,10 +58,15 @@ pub enum KeyError {
     NoActiveKey,
 }
 
+/// ID tokens are RS256 (OIDC Core §3.1.3.7: the algorithm every relying party supports).
+pub const ID_TOKEN_ALG: JwsAlg = JwsAlg::Rs256;
+
 pub struct KeyRing {
     store: Store,
     master: MasterKey,
-    alg: JwsAlg,
+    /// Access tokens' algorithm, first; then RS256 for ID tokens when that is another one. Each
+    /// algorithm has its own schedule and rotates apart.
+    algs: Vec<JwsAlg>,
     issuer: String,
     audience: String,
     leeway_s: i64,
@@ -78,7 +90,13 @@ impl KeyRing {
         access_ttl_s: i64,
     ) -> Result<Self, KeyError> {
         let overlap_ms = (access_ttl_s + leeway_s + 60) * 1000;
+        let algs = if alg == ID_TOKEN_ALG {
+            vec![alg]
+        } else {
+            vec![alg, ID_TOKEN_ALG]
+        };
         let empty = Arc::new(RingState {
+            primary: alg,
             schedules: Vec::new(),
             keys: HashMap::new(),
             verifier: Verifier::new([], issuer.clone(), audience.clone(), leeway_s),
@@ -87,7 +105,7 @@ impl KeyRing {
         let ring = Self {
             store,
             master,
-            alg,
+            algs,
             issuer,
             audience,
             leeway_s,
@@ -95,8 +113,10 @@ impl KeyRing {
             state: RwLock::new(empty),
         };
         ring.reload().await?;
-        if ring.current().signer(Millis::now()).is_none() {
-            ring.create_key(Millis::now(), 0).await?;
+        for alg in ring.algs.clone() {
+            if ring.current().signer_for(alg, Millis::now()).is_none() {
+                ring.create_key_for(alg, Millis::now(), 0).await?;
+            }
         }
         Ok(ring)
     }
@@ -150,6 +170,7 @@ impl KeyRing {
             })?;
             let schedule = KeySchedule {
                 kid: row.kid.clone(),
+                alg,
                 publish_at: Millis(row.publish_at),
                 activate_at: Millis(row.activate_at),
                 retire_at: row.retire_at.map(Millis),
@@ -175,6 +196,7 @@ impl KeyRing {
         }
         let jwks = serde_json::to_vec(&serde_json::json!({ "keys": jwks })).unwrap_or_default();
         let state = Arc::new(RingState {
+            primary: self.primary(),
             schedules,
             keys,
             verifier: Verifier::new(
@@ -192,9 +214,24 @@ impl KeyRing {
         Ok(())
     }
 
-    /// Creates a key published now that signs from `now + lead_s`; older keys retire when it activates.
+    fn primary(&self) -> JwsAlg {
+        self.algs.first().copied().unwrap_or(JwsAlg::Es256)
+    }
+
+    /// Creates an access-token key published now that signs from `now + lead_s`; older keys of its
+    /// algorithm retire when it activates.
     pub async fn create_key(&self, now: Millis, lead_s: i64) -> Result<SigningKeyRow, KeyError> {
-        let (key, der) = SigningKey::generate(self.alg).map_err(|e| KeyError::Key {
+        self.create_key_for(self.primary(), now, lead_s).await
+    }
+
+    /// [`Self::create_key`] for a key of `alg`.
+    pub async fn create_key_for(
+        &self,
+        alg: JwsAlg,
+        now: Millis,
+        lead_s: i64,
+    ) -> Result<SigningKeyRow, KeyError> {
+        let (key, der) = SigningKey::generate(alg).map_err(|e| KeyError::Key {
             kid: String::new(),
             reason: e.to_string(),
         })?;
@@ -212,7 +249,7 @@ impl KeyRing {
         })?;
         let row = SigningKeyRow {
             kid,
-            alg: self.alg.as_str().to_owned(),
+            alg: alg.as_str().to_owned(),
             private_key: sealed,
             public_jwk: jwk.jwk().to_string(),
             created_at: now.0,
@@ -226,8 +263,9 @@ impl KeyRing {
         Ok(row)
     }
 
-    /// Rotates when the newest key has signed for `interval_s - lead_s`, so that its successor is
-    /// published `lead_s` before the interval ends. Returns the new key, if one was made.
+    /// Rotates each algorithm's keys when its newest key has signed for `interval_s - lead_s`, so
+    /// that its successor is published `lead_s` before the interval ends. Returns the new access-token
+    /// key, if one was made.
     pub async fn rotate_if_due(
         &self,
         interval_s: i64,
@@ -236,12 +274,25 @@ impl KeyRing {
         if interval_s <= 0 {
             return Ok(None);
         }
-        let now = Millis::now();
-        let newest = self.current().schedules.iter().map(|s| s.activate_at).max();
-        match newest {
-            Some(activated) if now < activated.plus_secs(interval_s - lead_s) => Ok(None),
-            _ => self.create_key(now, lead_s).await.map(Some),
+        let mut made = None;
+        for alg in self.algs.clone() {
+            let now = Millis::now();
+            let newest = self
+                .current()
+                .schedules
+                .iter()
+                .filter(|s| s.alg == alg)
+                .map(|s| s.activate_at)
+                .max();
+            let due = !matches!(newest, Some(activated) if now < activated.plus_secs(interval_s - lead_s));
+            if due {
+                let row = self.create_key_for(alg, now, lead_s).await?;
+                if alg == self.primary() {
+                    made = Some(row);
+                }
+            }
         }
+        Ok(made)
     }
 
     /// Ends `kid` now, everywhere (it may be compromised): it stops signing and verifying, and when it
@@ -249,22 +300,43 @@ impl KeyRing {
     /// lead). Returns the replacement, if one was made; `Ok(None)` with `false` when no such live key.
     pub async fn revoke(&self, kid: &str) -> Result<(bool, Option<SigningKeyRow>), KeyError> {
         let now = Millis::now();
-        let was_signing = self.current().signer(now).is_some_and(|k| k.kid() == kid);
+        let state = self.current();
+        let alg = state
+            .schedules
+            .iter()
+            .find(|s| s.kid == kid)
+            .map_or(self.primary(), |s| s.alg);
+        let was_signing = state.signer_for(alg, now).is_some_and(|k| k.kid() == kid);
+        drop(state);
         if !self.store.revoke_signing_key(kid, now).await? {
             return Ok((false, None));
         }
         self.reload().await?;
-        let replacement = if was_signing || self.current().signer(Millis::now()).is_none() {
-            Some(self.create_key(Millis::now(), 0).await?)
-        } else {
-            None
-        };
+        let replacement =
+            if was_signing || self.current().signer_for(alg, Millis::now()).is_none() {
+                Some(self.create_key_for(alg, Millis::now(), 0).await?)
+            } else {
+                None
+            };
         Ok((true, replacement))
     }
 
     /// Every key, newest first (for the admin listing and `signing-keys list`).
     pub async fn all(&self) -> Result<Vec<SigningKeyRow>, KeyError> {
         Ok(self.store.all_signing_keys().await?)
+    }
+
+    /// Signs an ID token (`typ` `JWT`) or another OpenID token (`logout+jwt`) with the current
+    /// RS256 key.
+    pub fn sign_id_token(&self, typ: &str, claims: &serde_json::Value) -> Result<String, KeyError> {
+        let state = self.current();
+        let key = state
+            .signer_for(ID_TOKEN_ALG, Millis::now())
+            .ok_or(KeyError::NoActiveKey)?;
+        key.sign(typ, claims).map_err(|e: JwtError| KeyError::Key {
+            kid: key.kid().into(),
+            reason: e.to_string(),
+        })
     }
 
     pub fn sign_access_token(&self, claims: &AccessClaims) -> Result<String, KeyError> {

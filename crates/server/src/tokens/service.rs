@@ -106,7 +106,7 @@ impl Tokens {
         let claims = AccessClaims {
             iss: self.settings.issuer.clone(),
             sub: user_id.to_owned(),
-            aud: self.settings.audience.clone(),
+            aud: vec![self.settings.audience.clone()],
             exp: now.as_secs() + ttl,
             iat: now.as_secs(),
             nbf: None,
@@ -139,6 +139,8 @@ impl Tokens {
             session_id: session_id.clone(),
             created_at: now,
             expires_at: now.plus_secs(self.settings.family_ttl_s),
+            audiences: None,
+            auth_time: None,
         };
         let first = NextToken {
             id: RefreshTokenId::generate(),

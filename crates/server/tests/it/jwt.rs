@@ -26,7 +26,7 @@ pub(crate) fn claims(app: &TestApp, sub: &str) -> AccessClaims {
     AccessClaims {
         iss: app.base.clone(),
         sub: sub.into(),
-        aud: app.base.clone(),
+        aud: vec![app.base.clone()],
         exp: now + 600,
         iat: now,
         nbf: None,
@@ -115,7 +115,7 @@ async fn bad_tokens_are_refused_with_a_precise_reason(b: Backend) {
     let mut wrong_iss = claims(&app, &sub);
     wrong_iss.iss = "https://evil.example".into();
     let mut wrong_aud = claims(&app, &sub);
-    wrong_aud.aud = "https://another-api.example".into();
+    wrong_aud.aud = vec!["https://another-api.example".into()];
     let mut not_yet = claims(&app, &sub);
     not_yet.nbf = Some(Millis::now().as_secs() + 600);
 

@@ -301,6 +301,8 @@ pub fn new_family(user_id: &str, created_at: Millis, lifetime_ms: i64) -> NewFam
         session_id: Some("ses_test".to_owned()),
         created_at,
         expires_at: created_at.plus_millis(lifetime_ms),
+        audiences: None,
+        auth_time: None,
     }
 }
 
