@@ -21,6 +21,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod invalidation;
+pub mod oauth;
 pub mod ops;
 pub mod pages;
 pub mod ratelimit;

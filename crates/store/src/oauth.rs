@@ -264,6 +264,7 @@ pub trait OAuthStore {
         scope: &str,
         now: Millis,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// Forgets a consent and ends the refresh families the client holds for the user.
     fn withdraw_consent(
         &self,
         user_id: &UserId,
@@ -537,15 +538,36 @@ impl OAuthStore for Store {
     }
 
     async fn withdraw_consent(&self, user_id: &UserId, client_id: &ClientId) -> Result<bool> {
-        let n = with_pool!(self, write, p => sqlx::query(
-            "DELETE FROM oauth_consents WHERE user_id = $1 AND client_id = $2",
-        )
-        .bind(user_id.as_str())
-        .bind(client_id.as_str())
-        .execute(p)
-        .await?
-        .rows_affected());
-        Ok(n == 1)
+        let now = Millis::now();
+        with_pool!(self, write, p => {
+            let mut tx = p.begin().await?;
+            let n = sqlx::query("DELETE FROM oauth_consents WHERE user_id = $1 AND client_id = $2")
+                .bind(user_id.as_str())
+                .bind(client_id.as_str())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            sqlx::query(
+                "UPDATE refresh_tokens SET revoked_at = $3 WHERE revoked_at IS NULL AND family_id IN \
+                 (SELECT id FROM refresh_families WHERE user_id = $1 AND client_id = $2)",
+            )
+            .bind(user_id.as_str())
+            .bind(client_id.as_str())
+            .bind(now.0)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE refresh_families SET revoked_at = $3, revoked_reason = 'consent_withdrawn' \
+                 WHERE user_id = $1 AND client_id = $2 AND revoked_at IS NULL",
+            )
+            .bind(user_id.as_str())
+            .bind(client_id.as_str())
+            .bind(now.0)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(n == 1)
+        })
     }
 
     async fn list_consents(&self, user_id: &UserId) -> Result<Vec<ConsentRow>> {

@@ -88,6 +88,28 @@ impl ApiKeys {
         }
     }
 
+    /// A key that works now (well-formed, known, neither revoked nor expired, its owner active),
+    /// spending nothing: what introspection (RFC 7662) reports, which is a look, not a use.
+    pub async fn peek(&self, raw: &str) -> Result<Option<Arc<ApiKeyRow>>> {
+        let Ok(key) = ApiKey::parse(raw) else {
+            return Ok(None);
+        };
+        let Some(row) = self.api_key_row(&key.hash()).await? else {
+            return Ok(None);
+        };
+        if lifetime_code(row.revoked_at, row.expires_at, row.grace_until, Millis::now()).is_some()
+            || row.remaining == Some(0) && row.rolled_to.is_none()
+        {
+            return Ok(None);
+        }
+        if let Some(owner) = &row.owner_id
+            && self.users.active(owner.as_str()).await?.is_none()
+        {
+            return Ok(None);
+        }
+        Ok(Some(row))
+    }
+
     /// Every check of an API key, in the documented order: format → exists → revoked (or its owner
     /// disabled) → expired → scopes → remaining → rate limit. The first that fails is the answer.
     ///

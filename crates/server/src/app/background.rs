@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use portcullis_core::clock::Millis;
 use portcullis_core::secrets::TokenHash;
-use portcullis_store::{ApiKeyStore, Maintenance, SessionStore, SigningKeyStore, UserStore};
+use portcullis_store::{
+    ApiKeyStore, Maintenance, OAuthStore, SessionStore, SigningKeyStore, UserStore,
+};
 
 use super::AppState;
 use crate::coalesce::FLUSH_EVERY;
@@ -49,6 +51,7 @@ async fn key_changes_loop(state: AppState) {
     let (mut keys_since, mut sessions_since, mut users_since, mut marks_since) =
         (start, start, start, start);
     let mut signing_since = start;
+    let mut denied_since = start;
     loop {
         tick.tick().await;
         let started = Millis::now().0;
@@ -107,6 +110,14 @@ async fn key_changes_loop(state: AppState) {
                 marks_since = started;
             }
             Err(e) => tracing::error!(error = %e, "polling token watermarks failed"),
+        }
+        match state
+            .tokens
+            .load_denied_since(Millis(denied_since - KEY_CHANGES_LOOKBACK_MS))
+            .await
+        {
+            Ok(()) => denied_since = started,
+            Err(e) => tracing::error!(error = %e, "polling revoked access tokens failed"),
         }
         let revoked = state
             .store
@@ -217,6 +228,26 @@ pub async fn janitor_pass(state: &AppState) -> u64 {
             }
             Err(e) => {
                 tracing::error!(error = %e, "janitor pass failed");
+                break;
+            }
+        }
+    }
+    // OAuth: codes, denied jtis and opaque tokens a minute past their expiry.
+    loop {
+        match state
+            .store
+            .purge_oauth(now.plus_secs(-60), state.config.janitor_batch)
+            .await
+        {
+            Ok(n) => {
+                total += n;
+                if n < u64::from(state.config.janitor_batch) {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "janitor pass over OAuth rows failed");
                 break;
             }
         }

@@ -21,6 +21,7 @@ use crate::audit::{Audit, AuditCounts};
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::invalidation::Bus;
+use crate::oauth::OAuth;
 use crate::pages::Pages;
 use crate::ratelimit::MemoryLimiter;
 use crate::sessions::{SessionSettings, Sessions};
@@ -148,6 +149,21 @@ pub async fn services(
             cache_ttl,
         },
     ));
+    // Denied access-token jtis that have not expired yet (revoked before this node started).
+    tokens
+        .load_denied_since(Millis(0))
+        .await
+        .map_err(StartError::Domain)?;
+    let oauth = Arc::new(OAuth::new(
+        store.clone(),
+        Arc::clone(&tokens),
+        Arc::clone(&users),
+        Arc::clone(&keys),
+        Arc::clone(&apikeys),
+        audit.clone(),
+        Arc::clone(&counts),
+        per_client,
+    ));
     let auth = Auth::new(
         Arc::clone(&users),
         Arc::clone(&tokens),
@@ -169,6 +185,7 @@ pub async fn services(
         tokens,
         sessions,
         apikeys,
+        oauth,
         auth,
         metrics,
     }));

@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::http::ApiError;
 use crate::http::middleware::{self, Settings};
 use crate::http::openapi::Limits;
-use crate::{apikeys, audit, ops, pages, sessions, signing_keys, tokens, users};
+use crate::{apikeys, audit, oauth, ops, pages, sessions, signing_keys, tokens, users};
 
 /// Every documented route, with its OpenAPI paths.
 pub fn api() -> OpenApiRouter<AppState> {
@@ -25,6 +25,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(sessions::handlers::routes())
         .merge(apikeys::handlers::routes())
         .merge(audit::handlers::routes())
+        .merge(oauth::handlers::routes())
         .merge(ops::routes())
 }
 
@@ -47,6 +48,7 @@ pub fn router(state: AppState, pages: pages::Pages) -> Router {
     let doc: Arc<str> = crate::http::openapi::document(paths, &limits(&state.config)).into();
     let router = api
         .merge(pages::routes(state.clone(), pages))
+        .merge(oauth::handlers::protocol_routes())
         .route(
             "/openapi.json",
             get(move || {

@@ -11,6 +11,7 @@ use crate::audit::{Audit, AuditCounts};
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::invalidation::{Bus, Invalidation};
+use crate::oauth::OAuth;
 use crate::sessions::Sessions;
 use crate::signing_keys::KeyRing;
 use crate::tokens::Tokens;
@@ -28,6 +29,7 @@ pub struct Inner {
     pub tokens: Arc<Tokens>,
     pub sessions: Arc<Sessions>,
     pub apikeys: Arc<ApiKeys>,
+    pub oauth: Arc<OAuth>,
     pub auth: Auth,
     pub metrics: PrometheusHandle,
     /// `metrics_allowed_ips`, parsed.

@@ -33,6 +33,7 @@ fn notice_for(code: Option<&str>) -> Option<&'static str> {
     match code? {
         "session_revoked" => Some("That session was signed out."),
         "key_revoked" => Some("The key was revoked."),
+        "consent_withdrawn" => Some("The application's access was withdrawn."),
         "password_changed" => {
             Some("Your password was changed, and every other session was signed out.")
         }
@@ -90,11 +91,26 @@ async fn render_account(
             .collect::<Vec<_>>(),
         Err(e) => return e.into_response(),
     };
+    let consents = match state.oauth.consents(&s.row.user_id).await {
+        Ok(list) => list
+            .iter()
+            .map(|c| {
+                context! {
+                    client_id => c.client_id.as_str(),
+                    name => c.client_name.clone(),
+                    scope => c.scope.clone(),
+                    updated_at => when(Some(c.updated_at)),
+                }
+            })
+            .collect::<Vec<_>>(),
+        Err(e) => return crate::error::Error::internal(e.description).into_response(),
+    };
     page(
         state,
         status,
         "account.html",
         context! {
+            consents,
             user => context! {
                 email => user.email.clone(),
                 name => user.name.clone(),
@@ -440,4 +456,22 @@ pub async fn change_password(
         res.headers_mut().insert(header::SET_COOKIE, v);
     }
     res
+}
+
+/// `POST /account/consents/{client_id}/withdraw`: the application must ask again; the refresh tokens
+/// it holds for this user stop working.
+pub async fn withdraw_consent(
+    State(state): State<PageState>,
+    AuditCtx(ctx): AuditCtx,
+    Path(client_id): Path<String>,
+    AccountForm { session: s, .. }: AccountForm,
+) -> Response {
+    match state
+        .oauth
+        .withdraw_consent(&s.row.user_id, &client_id, &ctx)
+        .await
+    {
+        Ok(_) => see_other("/account?done=consent_withdrawn"),
+        Err(e) => crate::error::Error::internal(e.description).into_response(),
+    }
 }

@@ -19,6 +19,11 @@ use crate::users::parse_email;
 #[derive(Deserialize)]
 pub struct LoginQuery {
     return_to: Option<String>,
+    /// `login`: show the form even to a browser that is logged in (an OAuth client asked for a
+    /// fresh login).
+    prompt: Option<String>,
+    /// An OAuth client's `login_hint`: the email to fill in.
+    login_hint: Option<String>,
 }
 
 /// `GET /login`.
@@ -28,13 +33,22 @@ pub async fn login_form(
     Query(q): Query<LoginQuery>,
 ) -> Response {
     let return_to = safe_return_to(q.return_to.as_deref());
+    let email: String = q
+        .login_hint
+        .as_deref()
+        .filter(|h| h.contains('@'))
+        .unwrap_or_default()
+        .chars()
+        .take(256)
+        .collect();
+    let again = q.prompt.as_deref() == Some("login");
     match page_session(&state, &headers).await {
-        Ok(Some(_)) => see_other(&return_to),
-        Ok(None) => page(
+        Ok(Some(_)) if !again => see_other(&return_to),
+        Ok(_) => page(
             &state,
             StatusCode::OK,
             "login.html",
-            context! { return_to, email => "", error => None::<String>, user => None::<String> },
+            context! { return_to, email, error => None::<String>, user => None::<String> },
         ),
         Err(res) => res,
     }

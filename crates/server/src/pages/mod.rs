@@ -8,6 +8,7 @@
 //! sends the browser to `/login`, which brings it back (`return_to`, same-origin paths only).
 
 mod account;
+mod authorize;
 mod login;
 
 use std::collections::HashMap;
@@ -37,6 +38,9 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("login.html", include_str!("../../templates/login.html")),
     ("account.html", include_str!("../../templates/account.html")),
     ("message.html", include_str!("../../templates/message.html")),
+    ("consent.html", include_str!("../../templates/consent.html")),
+    ("form_post.html", include_str!("../../templates/form_post.html")),
+    ("logout.html", include_str!("../../templates/logout.html")),
 ];
 const STYLESHEET: &str = include_str!("../../assets/portcullis.css");
 
@@ -140,6 +144,10 @@ fn message(
     )
 }
 
+/// The longest `return_to`: room for an authorization request (a 2048-byte redirect URI, state,
+/// nonce, scopes) coming back after the login.
+pub const MAX_RETURN_TO: usize = 8192;
+
 /// `return_to` is honoured only for a path on this origin: `/…`, not `//host` or `/\host` (which
 /// browsers read as another host), without control characters. Anything else goes to `/account`.
 pub fn safe_return_to(raw: Option<&str>) -> String {
@@ -148,7 +156,7 @@ pub fn safe_return_to(raw: Option<&str>) -> String {
             if r.starts_with('/')
                 && !r.starts_with("//")
                 && !r.starts_with("/\\")
-                && r.len() <= 512
+                && r.len() <= MAX_RETURN_TO
                 && !r.chars().any(|c| c.is_control() || c == '\\') =>
         {
             r.to_owned()
@@ -232,6 +240,14 @@ pub fn routes<S>(app: AppState, pages: Pages) -> Router<S> {
         .route("/account/keys/{id}/revoke", post(account::revoke_key))
         .route("/account/keys/{id}/roll", post(account::roll_key))
         .route("/account/password", post(account::change_password))
+        .route("/account/consents/{client_id}/withdraw", post(account::withdraw_consent))
+        .route(
+            "/oauth2/authorize",
+            get(authorize::authorize).post(authorize::authorize),
+        )
+        .route("/consent", post(authorize::consent_submit))
+        .route("/oauth2/logout", get(authorize::logout).post(authorize::logout))
+        .route("/oauth2/logout/confirm", post(authorize::logout_confirm))
         .route("/assets/portcullis.css", get(stylesheet))
         .with_state(PageState {
             app,
@@ -279,7 +295,7 @@ mod tests {
     }
 
     mod return_to {
-        use super::super::safe_return_to;
+        use super::super::{MAX_RETURN_TO, safe_return_to};
         use proptest::prelude::*;
 
         /// Where a browser goes when it follows `Location: <to>` from a page of ours.
@@ -298,12 +314,13 @@ mod tests {
             #[test]
             fn anything_becomes_a_path_on_our_origin(raw in prop_oneof![
                 ".{0,600}",
+                "/[a-z]{8200,8300}",
                 "[/\\\\:.a-z@%\t\n ]{0,20}",
                 "(https?:|javascript:|//|/\\\\|/%2f|/\t/)[a-z.@/]{0,30}",
             ]) {
                 let to = safe_return_to(Some(&raw));
                 prop_assert!(to.starts_with('/') && !to.starts_with("//"), "{to:?}");
-                prop_assert!(to.len() <= 512);
+                prop_assert!(to.len() <= MAX_RETURN_TO);
                 prop_assert!(!to.chars().any(|c| c.is_control() || c == '\\'), "{to:?}");
                 let url = followed(&to);
                 prop_assert!(url.as_ref().is_some_and(|u| u.scheme() == "https"

@@ -29,6 +29,8 @@ impl Expiry<[u8; 32], Arc<AccessClaims>> for UntilExp {
 pub struct AccessTokens {
     verified: Cache<[u8; 32], Arc<AccessClaims>>,
     watermarks: RwLock<HashMap<String, i64>>,
+    /// `jti`s revoked one by one (RFC 7009), with their `exp`: refused until then.
+    denied: RwLock<HashMap<String, i64>>,
 }
 
 impl Default for AccessTokens {
@@ -39,6 +41,7 @@ impl Default for AccessTokens {
                 .expire_after(UntilExp)
                 .build(),
             watermarks: RwLock::new(HashMap::new()),
+            denied: RwLock::new(HashMap::new()),
         }
     }
 }
@@ -56,6 +59,28 @@ impl AccessTokens {
     /// signing key was revoked: a token it signed must stop working at once, cached or not).
     pub fn forget_verified(&self) {
         self.verified.invalidate_all();
+    }
+
+    /// Refuses the token `jti` from now until `exp` (seconds), when it would have expired anyway.
+    pub fn deny(&self, jti: &str, exp: i64) {
+        if let Ok(mut d) = self.denied.write() {
+            d.insert(jti.to_owned(), exp);
+        }
+    }
+
+    /// Loads `jti`s denied elsewhere and forgets the ones that have expired.
+    pub fn load_denied(&self, rows: Vec<(String, i64)>, now_s: i64) {
+        if let Ok(mut d) = self.denied.write() {
+            d.retain(|_, exp| *exp > now_s);
+            d.extend(rows);
+        }
+    }
+
+    pub fn is_denied(&self, jti: &str) -> bool {
+        self.denied
+            .read()
+            .map(|d| !d.is_empty() && d.contains_key(jti))
+            .unwrap_or(true)
     }
 
     /// Stop honouring access tokens of `user_id` issued before `at`.

@@ -4,4 +4,4 @@ pub mod access;
 pub mod handlers;
 pub mod service;
 
-pub use service::{REFRESH_PREFIX, TokenPair, TokenSettings, Tokens};
+pub use service::{AccessGrant, REFRESH_PREFIX, Rotated, TokenPair, TokenSettings, Tokens};

@@ -6,11 +6,12 @@ use std::sync::Arc;
 
 use portcullis_core::clock::Millis;
 use portcullis_core::ids::{FamilyId, RefreshTokenId, UserId};
-use portcullis_core::jwt::AccessClaims;
+use portcullis_core::jwt::{AccessClaims, Audience};
 use portcullis_core::principal::Principal;
 use portcullis_core::secrets::{OpaqueToken, TokenHash};
 use portcullis_store::{
-    NewFamily, NextToken, RefreshTokenStore, Rotation, SigningKeyRow, Store, UserRow, UserStore,
+    FamilyRow, NewFamily, NextToken, OAuthStore, RefreshTokenStore, Rotation, SigningKeyRow, Store,
+    UserRow, UserStore,
 };
 use secrecy::{ExposeSecret, SecretString};
 
@@ -33,6 +34,26 @@ fn jti_at(at: Millis) -> String {
 /// An access token and the refresh token that renews it.
 /// The longest refresh token a request may present (ours are far shorter).
 pub const MAX_PRESENTED_TOKEN_LEN: usize = 256;
+
+/// What an access token says, before it is signed.
+#[derive(Debug, Clone)]
+pub struct AccessGrant {
+    pub subject: String,
+    pub client_id: String,
+    pub scope: String,
+    pub sid: Option<String>,
+    /// Empty: the configured audience.
+    pub audiences: Vec<String>,
+}
+
+/// A refresh token spent and its successor issued, with the family it belongs to.
+pub struct Rotated {
+    pub family: FamilyRow,
+    pub refresh_token: SecretString,
+    /// Seconds.
+    pub refresh_expires_in: i64,
+    pub now: Millis,
+}
 
 pub struct TokenPair {
     pub access_token: String,
@@ -92,6 +113,64 @@ impl Tokens {
 
     pub fn first_party_client_id(&self) -> &str {
         &self.settings.first_party_client_id
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.settings.issuer
+    }
+
+    pub fn audience(&self) -> &str {
+        &self.settings.audience
+    }
+
+    pub fn access_ttl_s(&self) -> i64 {
+        self.settings.access_ttl_s
+    }
+
+    pub fn refresh_ttl_s(&self) -> i64 {
+        self.settings.refresh_ttl_s
+    }
+
+    pub fn family_ttl_s(&self) -> i64 {
+        self.settings.family_ttl_s
+    }
+
+    /// A fresh `jti` for a token issued at `now` (a UUIDv7 of that moment).
+    pub fn new_jti(now: Millis) -> String {
+        jti_at(now)
+    }
+
+    /// Signs an RFC 9068 access token for `grant`, with `jti` (see [`Self::new_jti`]); returns the
+    /// token and its claims.
+    pub fn sign_access(
+        &self,
+        grant: AccessGrant,
+        jti: String,
+        now: Millis,
+    ) -> Result<(String, AccessClaims)> {
+        let aud = if grant.audiences.is_empty() {
+            vec![self.settings.audience.clone()]
+        } else {
+            grant.audiences
+        };
+        let claims = AccessClaims {
+            iss: self.settings.issuer.clone(),
+            sub: grant.subject,
+            aud,
+            exp: now.as_secs() + self.settings.access_ttl_s,
+            iat: now.as_secs(),
+            nbf: None,
+            jti,
+            client_id: grant.client_id,
+            scope: grant.scope,
+            sid: grant.sid,
+        };
+        let token = self
+            .keys
+            .sign_access_token(&claims)
+            .map_err(Error::internal)?;
+        metrics::counter!("portcullis_tokens_issued_total", "kind" => "access").increment(1);
+        Ok((token, claims))
     }
 
     fn sign(
@@ -170,8 +249,27 @@ impl Tokens {
         Ok((pair, user))
     }
 
-    /// Spends `presented` and issues the next pair; a spent token is reuse and ends its family.
-    pub async fn refresh(&self, presented: &SecretString, ctx: &AuditContext) -> Result<TokenPair> {
+    /// Starts a refresh family (an OAuth grant's); returns its first token and that token's lifetime
+    /// in seconds.
+    pub async fn start_family(&self, family: &NewFamily) -> Result<(SecretString, i64)> {
+        let refresh = OpaqueToken::generate(REFRESH_PREFIX).map_err(Error::internal)?;
+        let first = NextToken {
+            id: RefreshTokenId::generate(),
+            hash: refresh.hash(),
+            ttl_ms: self.settings.refresh_ttl_s * 1000,
+        };
+        let expires = self.store.start_family(family, &first).await?;
+        metrics::counter!("portcullis_tokens_issued_total", "kind" => "refresh").increment(1);
+        Ok((
+            SecretString::from(refresh.expose().to_owned()),
+            (expires.0 - family.created_at.0) / 1000,
+        ))
+    }
+
+    /// Spends `presented` and stores its successor: the rotation, reuse detection and grace of every
+    /// refresh, for whichever edge asked (first-party refresh, the OAuth token endpoint). A spent token
+    /// is reuse and ends its family; a disabled user's families end.
+    pub async fn rotate(&self, presented: &SecretString, ctx: &AuditContext) -> Result<Rotated> {
         let presented = OpaqueToken::parse(REFRESH_PREFIX, presented.expose_secret())
             .map_err(|_| Error::InvalidRefreshToken)?;
         let now = Millis::now();
@@ -194,13 +292,6 @@ impl Tokens {
                         .await?;
                     return Err(Error::InvalidRefreshToken);
                 }
-                let (access_token, expires_in) = self.sign(
-                    &family.user_id,
-                    &family.client_id,
-                    &family.scope,
-                    family.session_id.clone(),
-                    now,
-                )?;
                 metrics::counter!("portcullis_tokens_issued_total", "kind" => "refresh")
                     .increment(1);
                 self.audit.record(
@@ -208,13 +299,13 @@ impl Tokens {
                     Some(&family.user_id),
                     Some(&family.id),
                     ctx,
-                    serde_json::json!({}),
+                    serde_json::json!({ "client_id": family.client_id }),
                 );
-                Ok(TokenPair {
-                    access_token,
-                    expires_in,
+                Ok(Rotated {
+                    family,
                     refresh_token: SecretString::from(next_secret.expose().to_owned()),
                     refresh_expires_in: (expires_at.0 - now.0) / 1000,
+                    now,
                 })
             }
             Rotation::Reused { family_id, user_id } => {
@@ -231,6 +322,53 @@ impl Tokens {
             }
             Rotation::Invalid => Err(Error::InvalidRefreshToken),
         }
+    }
+
+    /// Spends `presented` and issues the next pair (first-party refresh). A token of an OAuth client's
+    /// family is not for this endpoint: it is refused, and its family ends, since it has leaked out
+    /// of the client it was issued to.
+    pub async fn refresh(&self, presented: &SecretString, ctx: &AuditContext) -> Result<TokenPair> {
+        let r = self.rotate(presented, ctx).await?;
+        if r.family.client_id != self.settings.first_party_client_id {
+            self.store
+                .revoke_family(&r.family.id, r.now, "wrong_client")
+                .await?;
+            return Err(Error::InvalidRefreshToken);
+        }
+        let (access_token, expires_in) = self.sign(
+            &r.family.user_id,
+            &r.family.client_id,
+            &r.family.scope,
+            r.family.session_id.clone(),
+            r.now,
+        )?;
+        Ok(TokenPair {
+            access_token,
+            expires_in,
+            refresh_token: r.refresh_token,
+            refresh_expires_in: r.refresh_expires_in,
+        })
+    }
+
+    /// Revokes one access token by `jti` until its `exp`: here at once, on other nodes when they
+    /// next poll the store.
+    pub async fn deny_access(&self, jti: &str, exp: i64) -> Result<()> {
+        self.store.deny_jti(jti, exp, Millis::now()).await?;
+        self.access.deny(jti, exp);
+        Ok(())
+    }
+
+    /// Is this `jti` on the deny list?
+    pub fn is_denied(&self, jti: &str) -> bool {
+        self.access.is_denied(jti)
+    }
+
+    /// `jti`s denied since `since` (what other nodes wrote), loaded into this node's deny list.
+    pub async fn load_denied_since(&self, since: Millis) -> Result<()> {
+        let now = Millis::now();
+        let rows = self.store.jtis_denied_since(since, now).await?;
+        self.access.load_denied(rows, now.as_secs());
+        Ok(())
     }
 
     /// Revokes the family of `presented`. Unknown and malformed tokens are accepted silently, as
@@ -316,6 +454,12 @@ impl Tokens {
     /// The claims of a valid access token: verified once, then served from the cache until it
     /// expires, with expiry, the user's watermark and the user's state checked on every use.
     pub async fn verify(&self, token: &str) -> Result<Arc<AccessClaims>> {
+        self.verify_for(token, Audience::Ours).await
+    }
+
+    /// [`Self::verify`] of a token meant for any audience (introspection, userinfo): every token we
+    /// issued, still valid.
+    pub async fn verify_for(&self, token: &str, audience: Audience) -> Result<Arc<AccessClaims>> {
         let now = Millis::now();
         let hash = TokenHash::of(token.as_bytes());
         let ring = self.keys.current();
@@ -327,7 +471,7 @@ impl Tokens {
                 claims
             }
             None => {
-                let claims = ring.verifier.verify_access_token(token, now).map_err(|e| {
+                let claims = ring.verifier.verify_for(token, now, Audience::Any).map_err(|e| {
                     metrics::counter!("portcullis_token_verifications_total", "outcome" => e.reason()).increment(1);
                     Error::InvalidToken(e.reason())
                 })?;
@@ -336,7 +480,10 @@ impl Tokens {
                 claims
             }
         };
-        if self.access.revoked(&claims) {
+        if audience == Audience::Ours && !claims.aud.iter().any(|a| a == self.audience()) {
+            return Err(Error::InvalidToken("wrong_audience"));
+        }
+        if self.access.revoked(&claims) || self.access.is_denied(&claims.jti) {
             return Err(Error::InvalidToken("revoked"));
         }
         // A disabled (or deleted) user's tokens stop at once here, whatever their watermark says.

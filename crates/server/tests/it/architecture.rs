@@ -286,10 +286,15 @@ fn domain_files() -> Vec<PathBuf> {
         "apikeys",
         "sessions",
         "audit",
+        "oauth",
     ] {
         source_files(&src().join(capability), &mut files);
     }
-    files.retain(|f| f.file_name().is_some_and(|n| n != "handlers.rs"));
+    // The edges: each capability's handlers, and the OAuth error's rendering.
+    files.retain(|f| {
+        f.file_name().is_some_and(|n| n != "handlers.rs")
+            && !f.ends_with("oauth/error.rs")
+    });
     files.push(src().join("auth/mod.rs"));
     files
 }

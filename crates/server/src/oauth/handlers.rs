@@ -1,0 +1,494 @@
+//! The OAuth endpoints that answer JSON (token, introspection, revocation, userinfo, discovery) and
+//! the admin API of clients (`/admin/v1/clients`). Each handler extracts, makes one service call and
+//! renders: OAuth errors as RFC 6749 JSON, admin errors as problem JSON.
+
+use axum::Router;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use portcullis_core::clock::{Millis, rfc3339};
+use portcullis_core::ids::ClientId;
+use portcullis_core::oauth::client::GrantType;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use serde_json::{Value, json};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::clients::{Client, ClientSettings};
+use super::error::{OAuthError, no_store};
+use super::params::Params;
+use super::service::{INTROSPECT_SCOPE, Introspector, TokenResponse};
+use crate::app::state::AppState;
+use crate::auth::{Admin, credential};
+use crate::error::Error;
+use crate::http::extract::{AuditCtx, ClientIp, Json, body_bytes};
+use crate::http::pagination::{PageQuery, PageRequest};
+use crate::http::{ApiResult, Problem};
+
+/// A form-encoded body (RFC 6749 §3.2: the token endpoint takes nothing else), as parameters.
+pub struct OAuthForm(pub Params);
+
+impl<S: Send + Sync> FromRequest<S> for OAuthForm {
+    type Rejection = OAuthError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, OAuthError> {
+        let media = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase());
+        if media.as_deref() != Some("application/x-www-form-urlencoded") {
+            return Err(OAuthError::invalid_request(
+                "send the parameters as application/x-www-form-urlencoded",
+            ));
+        }
+        let body = body_bytes(req, state).await.map_err(|e| {
+            let mut err = OAuthError::invalid_request(e.to_string());
+            if let crate::http::ApiError::PayloadTooLarge(_) = e {
+                err.status = 413;
+            }
+            err
+        })?;
+        Params::parse(&body).map(OAuthForm)
+    }
+}
+
+/// `Authorization: Basic` as RFC 6749 §2.3.1 has it: both halves form-encoded before base64.
+/// `Ok(None)` without an Authorization header.
+fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, SecretString)>, OAuthError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    if headers.get_all(header::AUTHORIZATION).iter().count() > 1 {
+        return Err(OAuthError::invalid_request("one Authorization header"));
+    }
+    let bad = || OAuthError::invalid_client(true);
+    let value = value.to_str().map_err(|_| bad())?;
+    let Some((scheme, encoded)) = value.split_once(' ') else {
+        return Err(bad());
+    };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(OAuthError::invalid_request(
+            "authenticate the client with HTTP Basic or in the body, not another scheme",
+        ));
+    }
+    let decoded = STANDARD.decode(encoded.trim()).map_err(|_| bad())?;
+    let decoded = String::from_utf8(decoded).map_err(|_| bad())?;
+    let (id, secret) = decoded.split_once(':').ok_or_else(bad)?;
+    let unescape = |s: &str| -> Result<String, OAuthError> {
+        let pairs: Vec<(String, String)> =
+            serde_urlencoded::from_str(&format!("v={s}")).map_err(|_| bad())?;
+        pairs.into_iter().next().map(|(_, v)| v).ok_or_else(bad)
+    };
+    Ok(Some((unescape(id)?, SecretString::from(unescape(secret)?))))
+}
+
+fn json_no_store(status: StatusCode, body: Value) -> Response {
+    let mut res = (status, axum::Json(body)).into_response();
+    no_store(&mut res);
+    res
+}
+
+fn token_json(t: TokenResponse) -> Response {
+    let mut body = json!({
+        "access_token": t.access_token,
+        "token_type": "Bearer",
+        "expires_in": t.expires_in,
+        "scope": t.scope,
+    });
+    if let Some(obj) = body.as_object_mut() {
+        if let Some(r) = &t.refresh_token {
+            obj.insert("refresh_token".into(), r.expose_secret().into());
+        }
+        if let Some(id) = t.id_token {
+            obj.insert("id_token".into(), id.into());
+        }
+    }
+    json_no_store(StatusCode::OK, body)
+}
+
+/// The client a request authenticates as.
+async fn client_of(
+    state: &AppState,
+    headers: &HeaderMap,
+    p: &Params,
+    ip: ClientIp,
+    ctx: &crate::audit::AuditContext,
+) -> Result<Client, OAuthError> {
+    let basic = basic_credentials(headers)?;
+    state
+        .oauth
+        .authenticate_client(basic, p, Some(ip.0), ctx)
+        .await
+}
+
+/// `POST /oauth2/token`.
+pub async fn token(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    AuditCtx(ctx): AuditCtx,
+    headers: HeaderMap,
+    form: Result<OAuthForm, OAuthError>,
+) -> Response {
+    let OAuthForm(p) = match form {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
+    };
+    let client = match client_of(&state, &headers, &p, ip, &ctx).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    match state.oauth.token(&client, &p, &ctx).await {
+        Ok(t) => token_json(t),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /oauth2/introspect`: a confidential client (about its own tokens), or a Bearer token or
+/// API key with scope `oauth:introspect` (about any).
+pub async fn introspect(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    AuditCtx(ctx): AuditCtx,
+    headers: HeaderMap,
+    form: Result<OAuthForm, OAuthError>,
+) -> Response {
+    let OAuthForm(p) = match form {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
+    };
+    if let Some(name) = p.duplicated() {
+        return OAuthError::invalid_request(format!("{name} is given more than once")).into_response();
+    }
+    let is_basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.len() > 6 && v.get(..6).is_some_and(|s| s.eq_ignore_ascii_case("basic ")));
+    let caller = if is_basic || p.get("client_id").is_some() {
+        match client_of(&state, &headers, &p, ip, &ctx).await {
+            Ok(c) if c.auth_method.uses_secret() => Introspector::Client(c),
+            Ok(_) => {
+                return OAuthError::unauthorized_client("introspection is for confidential clients")
+                    .into_response();
+            }
+            Err(e) => return e.into_response(),
+        }
+    } else {
+        let principal = match credential::from_headers(&Method::POST, &headers) {
+            Ok(c) => state.auth.authenticate(c).await,
+            Err(e) => Err(e),
+        };
+        match principal {
+            Ok(p) if p.scopes.is_admin() || p.scopes.contains(INTROSPECT_SCOPE) => {
+                Introspector::Principal(p)
+            }
+            Ok(_) => {
+                return OAuthError::bearer(403, "insufficient_scope", "introspection needs the oauth:introspect scope")
+                    .into_response();
+            }
+            Err(_) => return OAuthError::invalid_client(false).into_response(),
+        }
+    };
+    let Some(token) = p.get("token") else {
+        return OAuthError::invalid_request("token is required").into_response();
+    };
+    match state.oauth.introspect(&caller, token).await {
+        Ok(v) => json_no_store(StatusCode::OK, v),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /oauth2/revoke` (RFC 7009).
+pub async fn revoke(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    AuditCtx(ctx): AuditCtx,
+    headers: HeaderMap,
+    form: Result<OAuthForm, OAuthError>,
+) -> Response {
+    let OAuthForm(p) = match form {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
+    };
+    if let Some(name) = p.duplicated() {
+        return OAuthError::invalid_request(format!("{name} is given more than once")).into_response();
+    }
+    let client = match client_of(&state, &headers, &p, ip, &ctx).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let Some(token) = p.get("token") else {
+        return OAuthError::invalid_request("token is required").into_response();
+    };
+    match state.oauth.revoke(&client, token, &ctx).await {
+        Ok(()) => json_no_store(StatusCode::OK, json!({})),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET` and `POST /oauth2/userinfo` with a Bearer token.
+pub async fn userinfo(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim());
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return OAuthError::bearer(401, "", "an access token is required").into_response();
+    };
+    match state.oauth.userinfo(token).await {
+        Ok(v) => json_no_store(StatusCode::OK, v),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// OpenID Provider metadata (OIDC Discovery 1.0) and RFC 8414 authorization server metadata: one
+/// document, advertising exactly what is served.
+pub async fn discovery(State(state): State<AppState>) -> Response {
+    let iss = state.oauth.issuer().to_owned();
+    let at = |path: &str| format!("{iss}{path}");
+    let doc = json!({
+        "issuer": iss,
+        "authorization_endpoint": at("/oauth2/authorize"),
+        "token_endpoint": at("/oauth2/token"),
+        "jwks_uri": at("/.well-known/jwks.json"),
+        "userinfo_endpoint": at("/oauth2/userinfo"),
+        "introspection_endpoint": at("/oauth2/introspect"),
+        "revocation_endpoint": at("/oauth2/revoke"),
+        "end_session_endpoint": at("/oauth2/logout"),
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query", "form_post"],
+        "grant_types_supported": [
+            GrantType::AuthorizationCode.as_str(),
+            GrantType::RefreshToken.as_str(),
+            GrantType::ClientCredentials.as_str(),
+        ],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "bearer"],
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "code_challenge_methods_supported": ["S256"],
+        "scopes_supported": ["openid", "profile", "email", "offline_access"],
+        "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "sid", "at_hash", "amr", "azp", "email", "email_verified", "name"],
+        "prompt_values_supported": ["none", "login", "consent", "select_account"],
+        "authorization_response_iss_parameter_supported": true,
+        "request_parameter_supported": false,
+        "request_uri_parameter_supported": false,
+        "claims_parameter_supported": false,
+        "frontchannel_logout_supported": false,
+        "backchannel_logout_supported": false,
+    });
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            (header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300")),
+        ],
+        doc.to_string(),
+    )
+        .into_response()
+}
+
+/// The OAuth protocol's own routes (described by the discovery document, not the OpenAPI one).
+pub fn protocol_routes() -> Router<AppState> {
+    Router::new()
+        .route("/oauth2/token", post(token))
+        .route("/oauth2/introspect", post(introspect))
+        .route("/oauth2/revoke", post(revoke))
+        .route("/oauth2/userinfo", get(userinfo).post(userinfo))
+        .route("/.well-known/openid-configuration", get(discovery))
+        .route("/.well-known/oauth-authorization-server", get(discovery))
+}
+
+// ---- /admin/v1/clients ---------------------------------------------------------------------------
+
+/// A client as the admin API shows it; `client_secret` only in the answer that made it.
+#[derive(Serialize, ToSchema)]
+pub struct ClientView {
+    client_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_secret: Option<String>,
+    #[serde(flatten)]
+    settings: ClientSettings,
+    #[serde(with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    created_at: Millis,
+    #[serde(with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    updated_at: Millis,
+}
+
+impl std::fmt::Debug for ClientView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClientView({})", self.client_id)
+    }
+}
+
+fn view(c: Client, secret: Option<SecretString>) -> ClientView {
+    ClientView {
+        client_id: c.id.to_string(),
+        client_secret: secret.map(|s| s.expose_secret().to_owned()),
+        settings: c.settings,
+        created_at: c.created_at,
+        updated_at: c.updated_at,
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ClientList {
+    clients: Vec<ClientView>,
+    next_cursor: Option<String>,
+}
+
+fn created(v: ClientView) -> Response {
+    let mut res = (StatusCode::CREATED, axum::Json(v)).into_response();
+    no_store(&mut res);
+    res
+}
+
+/// Register an OAuth client (admin). A confidential client's secret is in this answer only.
+#[utoipa::path(post, path = "/admin/v1/clients", operation_id = "create_client", tag = "admin",
+    request_body = ClientSettings,
+    responses((status = 201, body = ClientView), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)),
+    security(("bearer" = []), ("api_key" = []), ("session" = [])))]
+pub async fn create(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    AuditCtx(ctx): AuditCtx,
+    Json(body): Json<ClientSettings>,
+) -> ApiResult<Response> {
+    let (client, secret) = state.oauth.clients.create(&admin.subject, &body, &ctx).await?;
+    Ok(created(view(client, secret)))
+}
+
+/// List OAuth clients (admin), oldest first.
+#[utoipa::path(get, path = "/admin/v1/clients", operation_id = "list_clients", tag = "admin", params(PageQuery<ClientId>),
+    responses((status = 200, body = ClientList), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)),
+    security(("bearer" = []), ("api_key" = []), ("session" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    _: Admin,
+    Query(q): Query<PageQuery<ClientId>>,
+) -> ApiResult<axum::Json<ClientList>> {
+    let page = PageRequest::parse(q, state.config.max_page_size)?;
+    let mut rows = state.oauth.clients.list(page.cursor.as_ref(), page.fetch()).await?;
+    let next_cursor = page.cut(&mut rows, |c| c.id.to_string());
+    Ok(axum::Json(ClientList {
+        clients: rows.into_iter().map(|c| view(c, None)).collect(),
+        next_cursor,
+    }))
+}
+
+/// One OAuth client (admin).
+#[utoipa::path(get, path = "/admin/v1/clients/{client_id}", operation_id = "get_client", tag = "admin",
+    params(("client_id" = String, Path, description = "The client's id")),
+    responses((status = 200, body = ClientView), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = []), ("api_key" = []), ("session" = [])))]
+pub async fn read(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<ClientView>> {
+    let client = state
+        .oauth
+        .clients
+        .get(&id)
+        .await?
+        .ok_or_else(|| Error::NotFound("no such client".into()))?;
+    Ok(axum::Json(view(client, None)))
+}
+
+/// Change an OAuth client (admin): the fields given replace the registered ones; the type and
+/// authentication method cannot change.
+#[utoipa::path(patch, path = "/admin/v1/clients/{client_id}", operation_id = "update_client", tag = "admin",
+    params(("client_id" = String, Path, description = "The client's id")),
+    request_body = Object,
+    responses((status = 200, body = ClientView), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = []), ("api_key" = []), ("session" = [])))]
+pub async fn update(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    AuditCtx(ctx): AuditCtx,
+    Path(id): Path<String>,
+    Json(patch): Json<serde_json::Map<String, Value>>,
+) -> ApiResult<axum::Json<ClientView>> {
+    let current = state
+        .oauth
+        .clients
+        .get(&id)
+        .await?
+        .ok_or_else(|| Error::NotFound("no such client".into()))?;
+    let mut merged = serde_json::to_value(&current.settings).map_err(Error::internal)?;
+    if let Some(obj) = merged.as_object_mut() {
+        for (k, v) in patch {
+            obj.insert(k, v);
+        }
+    }
+    let settings: ClientSettings = serde_json::from_value(merged)
+        .map_err(|e| Error::field("body", "invalid", e.to_string()))?;
+    let client = state.oauth.clients.update(&admin.subject, &id, &settings, &ctx).await?;
+    Ok(axum::Json(view(client, None)))
+}
+
+/// Delete an OAuth client (admin): its refresh tokens stop working, its codes and consents go.
+#[utoipa::path(delete, path = "/admin/v1/clients/{client_id}", operation_id = "delete_client", tag = "admin",
+    params(("client_id" = String, Path, description = "The client's id")),
+    responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = []), ("api_key" = []), ("session" = [])))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    AuditCtx(ctx): AuditCtx,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    state.oauth.clients.delete(&admin.subject, &id, &ctx).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Rotate a confidential client's secret (admin): the new one is in this answer only, the old one
+/// stops working at once.
+#[utoipa::path(post, path = "/admin/v1/clients/{client_id}/secret", operation_id = "rotate_client_secret", tag = "admin",
+    params(("client_id" = String, Path, description = "The client's id")),
+    responses((status = 201, body = ClientView), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)),
+    security(("bearer" = []), ("api_key" = []), ("session" = [])))]
+pub async fn rotate_secret(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    AuditCtx(ctx): AuditCtx,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let (client, secret) = state.oauth.clients.rotate_secret(&admin.subject, &id, &ctx).await?;
+    Ok(created(view(client, Some(secret))))
+}
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(read, update, delete))
+        .routes(routes!(rotate_secret))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_are_form_decoded_halves() {
+        let mut h = HeaderMap::new();
+        let raw = STANDARD.encode("cli_x%3Ay:s%2Bc%20r");
+        h.insert(header::AUTHORIZATION, format!("Basic {raw}").parse().unwrap());
+        let (id, secret) = basic_credentials(&h).unwrap().unwrap();
+        assert_eq!(id, "cli_x:y");
+        assert_eq!(secret.expose_secret(), "s+c r");
+        h.insert(header::AUTHORIZATION, "Basic !!!".parse().unwrap());
+        assert_eq!(basic_credentials(&h).unwrap_err().code, "invalid_client");
+        h.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
+        assert_eq!(basic_credentials(&h).unwrap_err().code, "invalid_request");
+    }
+}
