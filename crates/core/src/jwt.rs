@@ -518,7 +518,7 @@ impl Verifier {
         if claims.iss != self.issuer {
             return Err(JwtError::WrongIssuer);
         }
-        if audience == Audience::Ours && !claims.aud.iter().any(|a| *a == self.audience) {
+        if audience == Audience::Ours && !claims.aud.contains(&self.audience) {
             return Err(JwtError::WrongAudience);
         }
         claims.check_time(now.as_secs(), self.leeway_s)?;
@@ -551,7 +551,11 @@ impl Verifier {
         if JwsAlg::parse(&alg) != Some(key.alg) {
             return Err(JwtError::AlgMismatch);
         }
-        if !header.typ.as_deref().is_some_and(|t| t.eq_ignore_ascii_case(typ)) {
+        if !header
+            .typ
+            .as_deref()
+            .is_some_and(|t| t.eq_ignore_ascii_case(typ))
+        {
             return Err(JwtError::WrongType);
         }
         let sig = B64.decode(s64).map_err(|_| JwtError::Malformed)?;
@@ -679,11 +683,7 @@ impl KeySchedule {
 
 /// The key of `alg` to sign with now: the most recently activated key of that algorithm that may
 /// sign. Each algorithm the ring holds (the access-token one, RS256 for ID tokens) rotates apart.
-pub fn current_signer(
-    schedules: &[KeySchedule],
-    alg: JwsAlg,
-    now: Millis,
-) -> Option<&KeySchedule> {
+pub fn current_signer(schedules: &[KeySchedule], alg: JwsAlg, now: Millis) -> Option<&KeySchedule> {
     schedules
         .iter()
         .filter(|s| s.alg == alg && s.can_sign(now))
@@ -915,17 +915,42 @@ mod tests {
             s("new", 50, 100, None, None),
             s("next", 150, 250, None, None),
         ];
-        assert_eq!(current_signer(&keys, JwsAlg::Es256, Millis(99)).unwrap().kid, "old");
-        assert_eq!(current_signer(&keys, JwsAlg::Es256, Millis(100)).unwrap().kid, "new");
-        assert_eq!(current_signer(&keys, JwsAlg::Es256, Millis(260)).unwrap().kid, "next");
+        assert_eq!(
+            current_signer(&keys, JwsAlg::Es256, Millis(99))
+                .unwrap()
+                .kid,
+            "old"
+        );
+        assert_eq!(
+            current_signer(&keys, JwsAlg::Es256, Millis(100))
+                .unwrap()
+                .kid,
+            "new"
+        );
+        assert_eq!(
+            current_signer(&keys, JwsAlg::Es256, Millis(260))
+                .unwrap()
+                .kid,
+            "next"
+        );
         // Another algorithm's keys neither take over from these nor stand in for their own.
         let mut both = keys.to_vec();
         both.push(KeySchedule {
             alg: JwsAlg::Rs256,
             ..s("rsa", 0, 300, None, None)
         });
-        assert_eq!(current_signer(&both, JwsAlg::Es256, Millis(400)).unwrap().kid, "next");
-        assert_eq!(current_signer(&both, JwsAlg::Rs256, Millis(400)).unwrap().kid, "rsa");
+        assert_eq!(
+            current_signer(&both, JwsAlg::Es256, Millis(400))
+                .unwrap()
+                .kid,
+            "next"
+        );
+        assert_eq!(
+            current_signer(&both, JwsAlg::Rs256, Millis(400))
+                .unwrap()
+                .kid,
+            "rsa"
+        );
         assert!(current_signer(&keys, JwsAlg::Rs256, Millis(400)).is_none());
         assert!(keys[0].is_published(Millis(150)) && !keys[0].is_published(Millis(200)));
         assert!(!keys[2].is_published(Millis(149)));

@@ -65,6 +65,60 @@ pub enum Command {
         #[command(subcommand)]
         command: SigningKeysCommand,
     },
+    /// Manage OAuth clients.
+    Clients {
+        #[command(subcommand)]
+        command: ClientsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ClientsCommand {
+    /// Register a client; prints it as JSON (with its secret, shown only this once).
+    Create {
+        #[command(flatten)]
+        store: StoreFlags,
+        #[arg(long)]
+        name: String,
+        /// `confidential` or `public`.
+        #[arg(long = "type", default_value = "confidential")]
+        client_type: String,
+        /// A redirect URI (repeat for several).
+        #[arg(long = "redirect-uri")]
+        redirect_uris: Vec<String>,
+        /// A grant type (repeat; default authorization_code and refresh_token).
+        #[arg(long = "grant-type")]
+        grant_types: Vec<String>,
+        /// A scope the client may ask for (repeat).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// client_secret_basic (default for confidential), client_secret_post or none (public).
+        #[arg(long)]
+        auth_method: Option<String>,
+        /// An audience of its access tokens (repeat).
+        #[arg(long = "audience")]
+        audiences: Vec<String>,
+        /// Where RP-initiated logout may send the browser (repeat).
+        #[arg(long = "post-logout-redirect-uri")]
+        post_logout_redirect_uris: Vec<String>,
+        /// `jwt` (default) or `opaque` access tokens.
+        #[arg(long)]
+        token_format: Option<String>,
+        /// A first-party client: no consent page.
+        #[arg(long)]
+        skip_consent: bool,
+    },
+    /// List clients, one JSON object per line.
+    List {
+        #[command(flatten)]
+        store: StoreFlags,
+    },
+    /// Delete a client: its refresh tokens stop working, its codes and consents go.
+    Delete {
+        #[command(flatten)]
+        store: StoreFlags,
+        client_id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -258,6 +312,7 @@ pub async fn run(command: Command) -> Result<(), Failure> {
             store.close().await;
             Ok(())
         }
+        Command::Clients { command } => clients(command).await,
         Command::SigningKeys { command } => {
             let (store_flags, action) = match command {
                 SigningKeysCommand::Rotate { store } => (store, KeyAction::Rotate),
@@ -319,6 +374,104 @@ pub async fn run(command: Command) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+async fn clients(command: ClientsCommand) -> Result<(), Failure> {
+    use crate::oauth::{ClientSettings, Clients};
+    let flags = match &command {
+        ClientsCommand::Create { store, .. }
+        | ClientsCommand::List { store }
+        | ClientsCommand::Delete { store, .. } => store.clone(),
+    };
+    let config = load(&flags, &[])?;
+    let store = bootstrap::open_store(&config).await?;
+    let (audit, audit_task) = crate::audit::Audit::spawn(store.clone());
+    let clients = Clients::new(store.clone(), audit.clone());
+    let ctx = crate::audit::AuditContext::default();
+    let fail = |e: Error| match e {
+        Error::Validation(errors) => Failure::Usage(
+            errors
+                .iter()
+                .map(|e| format!("{}: {}", e.field, e.message))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        Error::NotFound(_) => {
+            Failure::Runtime("no such client (see `portcullis clients list`)".into())
+        }
+        other => Failure::Runtime(other.to_string()),
+    };
+    let show = |c: &crate::oauth::Client, secret: Option<&SecretString>| {
+        let mut v = serde_json::to_value(&c.settings).unwrap_or_default();
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("client_id".into(), c.id.to_string().into());
+            if let Some(s) = secret {
+                obj.insert("client_secret".into(), s.expose_secret().into());
+            }
+        }
+        println!("{v}");
+    };
+    let result = match command {
+        ClientsCommand::Create {
+            name,
+            client_type,
+            redirect_uris,
+            grant_types,
+            scopes,
+            auth_method,
+            audiences,
+            post_logout_redirect_uris,
+            token_format,
+            skip_consent,
+            ..
+        } => {
+            let settings = ClientSettings {
+                name,
+                client_type,
+                redirect_uris,
+                grant_types,
+                scopes,
+                token_endpoint_auth_method: auth_method,
+                access_token_format: token_format,
+                audiences,
+                post_logout_redirect_uris,
+                skip_consent,
+                ..ClientSettings::default()
+            };
+            clients
+                .create("cli", &settings, &ctx)
+                .await
+                .map(|(c, secret)| show(&c, secret.as_ref()))
+                .map_err(fail)
+        }
+        ClientsCommand::List { .. } => {
+            let mut after = None;
+            loop {
+                let page = clients.list(after.as_ref(), 500).await.map_err(fail)?;
+                for c in &page {
+                    show(c, None);
+                }
+                match page.last() {
+                    Some(last) if page.len() == 500 => after = Some(last.id.clone()),
+                    _ => break,
+                }
+            }
+            Ok(())
+        }
+        ClientsCommand::Delete { client_id, .. } => {
+            clients
+                .delete("cli", &client_id, &ctx)
+                .await
+                .map_err(fail)?;
+            eprintln!("client {client_id} deleted");
+            Ok(())
+        }
+    };
+    drop(clients);
+    drop(audit);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), audit_task).await;
+    store.close().await;
+    result
 }
 
 enum KeyAction {

@@ -289,8 +289,7 @@ pub trait OAuthStore {
         now: Millis,
     ) -> impl Future<Output = Result<Vec<(String, i64)>>> + Send;
 
-    fn insert_opaque_access(&self, t: &OpaqueAccessRow)
-    -> impl Future<Output = Result<()>> + Send;
+    fn insert_opaque_access(&self, t: &OpaqueAccessRow) -> impl Future<Output = Result<()>> + Send;
     fn opaque_access(
         &self,
         hash: &TokenHash,
@@ -376,7 +375,12 @@ impl OAuthStore for Store {
         Ok(n == 1)
     }
 
-    async fn set_client_secret(&self, id: &ClientId, hash: &TokenHash, now: Millis) -> Result<bool> {
+    async fn set_client_secret(
+        &self,
+        id: &ClientId,
+        hash: &TokenHash,
+        now: Millis,
+    ) -> Result<bool> {
         let n = with_pool!(self, write, p => sqlx::query(
             "UPDATE oauth_clients SET secret_hash = $2, secret_changed_at = $3, updated_at = $3 WHERE id = $1",
         )
@@ -460,7 +464,12 @@ impl OAuthStore for Store {
         row.map(CodeRow::try_from).transpose()
     }
 
-    async fn redeem_code(&self, hash: &TokenHash, now: Millis, produced: &Produced) -> Result<bool> {
+    async fn redeem_code(
+        &self,
+        hash: &TokenHash,
+        now: Millis,
+        produced: &Produced,
+    ) -> Result<bool> {
         let n = with_pool!(self, write, p => sqlx::query(
             "UPDATE oauth_codes SET redeemed_at = $2, family_id = $3, access_jti = $4, access_exp = $5 \
              WHERE code_hash = $1 AND redeemed_at IS NULL AND expires_at > $2",
@@ -486,12 +495,14 @@ impl OAuthStore for Store {
         .bind(now.0)
         .fetch_optional(p)
         .await?);
-        Ok(row.map(|(user_id, family_id, access_jti, access_exp)| Replayed {
-            user_id,
-            family_id,
-            access_jti,
-            access_exp,
-        }))
+        Ok(
+            row.map(|(user_id, family_id, access_jti, access_exp)| Replayed {
+                user_id,
+                family_id,
+                access_jti,
+                access_exp,
+            }),
+        )
     }
 
     async fn code_replayed(&self, hash: &TokenHash) -> Result<bool> {
@@ -604,13 +615,15 @@ impl OAuthStore for Store {
     }
 
     async fn jtis_denied_since(&self, since: Millis, now: Millis) -> Result<Vec<(String, i64)>> {
-        Ok(with_pool!(self, read, p => sqlx::query_as::<_, (String, i64)>(
+        Ok(
+            with_pool!(self, read, p => sqlx::query_as::<_, (String, i64)>(
             "SELECT jti, expires_at FROM revoked_jtis WHERE revoked_at >= $1 AND expires_at > $2",
         )
         .bind(since.0)
         .bind(now.as_secs())
         .fetch_all(p)
-        .await?))
+        .await?),
+        )
     }
 
     async fn insert_opaque_access(&self, t: &OpaqueAccessRow) -> Result<()> {

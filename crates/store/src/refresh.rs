@@ -241,11 +241,9 @@ impl RefreshTokenStore for Store {
         presented: &TokenHash,
         now: Millis,
     ) -> Result<Option<(FamilyRow, bool)>> {
-        let sql = concat!(
-            "SELECT f.id, f.user_id, f.client_id, f.scope, f.session_id, f.expires_at, f.audiences, f.auth_time, \
+        let sql = "SELECT f.id, f.user_id, f.client_id, f.scope, f.session_id, f.expires_at, f.audiences, f.auth_time, \
              t.spent_at, t.revoked_at, t.expires_at AS token_expires_at, f.revoked_at AS family_revoked_at \
-             FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family_id WHERE t.token_hash = $1"
-        );
+             FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family_id WHERE t.token_hash = $1";
         #[derive(sqlx::FromRow)]
         struct Found {
             #[sqlx(flatten)]

@@ -97,7 +97,13 @@ impl ApiKeys {
         let Some(row) = self.api_key_row(&key.hash()).await? else {
             return Ok(None);
         };
-        if lifetime_code(row.revoked_at, row.expires_at, row.grace_until, Millis::now()).is_some()
+        if lifetime_code(
+            row.revoked_at,
+            row.expires_at,
+            row.grace_until,
+            Millis::now(),
+        )
+        .is_some()
             || row.remaining == Some(0) && row.rolled_to.is_none()
         {
             return Ok(None);

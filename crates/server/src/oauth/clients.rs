@@ -118,10 +118,14 @@ pub fn is_resource_uri(raw: &str) -> bool {
 }
 
 /// Parses and checks a registration; every problem at once.
-pub fn parse(name: &str, s: &ClientSettings) -> std::result::Result<ParsedSettings, Vec<FieldError>> {
+pub fn parse(
+    name: &str,
+    s: &ClientSettings,
+) -> std::result::Result<ParsedSettings, Vec<FieldError>> {
     let mut errors = Vec::new();
     let name = name.trim();
-    if name.is_empty() || name.chars().count() > MAX_NAME_LEN || name.chars().any(char::is_control) {
+    if name.is_empty() || name.chars().count() > MAX_NAME_LEN || name.chars().any(char::is_control)
+    {
         errors.push(FieldError::new(
             "name",
             "invalid",
@@ -130,7 +134,11 @@ pub fn parse(name: &str, s: &ClientSettings) -> std::result::Result<ParsedSettin
     }
     let client_type = ClientType::parse(&s.client_type);
     if client_type.is_none() {
-        errors.push(FieldError::new("type", "invalid", "type is confidential or public"));
+        errors.push(FieldError::new(
+            "type",
+            "invalid",
+            "type is confidential or public",
+        ));
     }
     let client_type = client_type.unwrap_or(ClientType::Confidential);
     let auth_method = match s.token_endpoint_auth_method.as_deref() {
@@ -229,7 +237,9 @@ pub fn parse(name: &str, s: &ClientSettings) -> std::result::Result<ParsedSettin
             errors.push(FieldError::new(
                 "scopes",
                 "reserved",
-                format!("{raw} is Portcullis's own administrative scope; no OAuth client may hold it"),
+                format!(
+                    "{raw} is Portcullis's own administrative scope; no OAuth client may hold it"
+                ),
             ));
         } else if !scopes.contains(raw) {
             scopes.push(raw.clone());
@@ -266,7 +276,11 @@ pub fn parse(name: &str, s: &ClientSettings) -> std::result::Result<ParsedSettin
     if let Some(uri) = &s.jwks_uri
         && uri.len() > MAX_URL_LEN
     {
-        errors.push(FieldError::new("jwks_uri", "too_long", "jwks_uri is at most 2048 bytes"));
+        errors.push(FieldError::new(
+            "jwks_uri",
+            "too_long",
+            "jwks_uri is at most 2048 bytes",
+        ));
     }
     if let Some(uri) = &s.backchannel_logout_uri
         && uri.len() > MAX_URL_LEN

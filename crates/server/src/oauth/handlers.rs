@@ -41,7 +41,13 @@ impl<S: Send + Sync> FromRequest<S> for OAuthForm {
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase());
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_ascii_lowercase()
+            });
         if media.as_deref() != Some("application/x-www-form-urlencoded") {
             return Err(OAuthError::invalid_request(
                 "send the parameters as application/x-www-form-urlencoded",
@@ -163,18 +169,23 @@ pub async fn introspect(
         Err(e) => return e.into_response(),
     };
     if let Some(name) = p.duplicated() {
-        return OAuthError::invalid_request(format!("{name} is given more than once")).into_response();
+        return OAuthError::invalid_request(format!("{name} is given more than once"))
+            .into_response();
     }
     let is_basic = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.len() > 6 && v.get(..6).is_some_and(|s| s.eq_ignore_ascii_case("basic ")));
+        .is_some_and(|v| {
+            v.len() > 6 && v.get(..6).is_some_and(|s| s.eq_ignore_ascii_case("basic "))
+        });
     let caller = if is_basic || p.get("client_id").is_some() {
         match client_of(&state, &headers, &p, ip, &ctx).await {
-            Ok(c) if c.auth_method.uses_secret() => Introspector::Client(c),
+            Ok(c) if c.auth_method.uses_secret() => Introspector::Client(Box::new(c)),
             Ok(_) => {
-                return OAuthError::unauthorized_client("introspection is for confidential clients")
-                    .into_response();
+                return OAuthError::unauthorized_client(
+                    "introspection is for confidential clients",
+                )
+                .into_response();
             }
             Err(e) => return e.into_response(),
         }
@@ -188,8 +199,12 @@ pub async fn introspect(
                 Introspector::Principal(p)
             }
             Ok(_) => {
-                return OAuthError::bearer(403, "insufficient_scope", "introspection needs the oauth:introspect scope")
-                    .into_response();
+                return OAuthError::bearer(
+                    403,
+                    "insufficient_scope",
+                    "introspection needs the oauth:introspect scope",
+                )
+                .into_response();
             }
             Err(_) => return OAuthError::invalid_client(false).into_response(),
         }
@@ -216,7 +231,8 @@ pub async fn revoke(
         Err(e) => return e.into_response(),
     };
     if let Some(name) = p.duplicated() {
-        return OAuthError::invalid_request(format!("{name} is given more than once")).into_response();
+        return OAuthError::invalid_request(format!("{name} is given more than once"))
+            .into_response();
     }
     let client = match client_of(&state, &headers, &p, ip, &ctx).await {
         Ok(c) => c,
@@ -287,8 +303,14 @@ pub async fn discovery(State(state): State<AppState>) -> Response {
     });
     (
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
-            (header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300")),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=300"),
+            ),
         ],
         doc.to_string(),
     )
@@ -363,7 +385,11 @@ pub async fn create(
     AuditCtx(ctx): AuditCtx,
     Json(body): Json<ClientSettings>,
 ) -> ApiResult<Response> {
-    let (client, secret) = state.oauth.clients.create(&admin.subject, &body, &ctx).await?;
+    let (client, secret) = state
+        .oauth
+        .clients
+        .create(&admin.subject, &body, &ctx)
+        .await?;
     Ok(created(view(client, secret)))
 }
 
@@ -377,7 +403,11 @@ pub async fn list(
     Query(q): Query<PageQuery<ClientId>>,
 ) -> ApiResult<axum::Json<ClientList>> {
     let page = PageRequest::parse(q, state.config.max_page_size)?;
-    let mut rows = state.oauth.clients.list(page.cursor.as_ref(), page.fetch()).await?;
+    let mut rows = state
+        .oauth
+        .clients
+        .list(page.cursor.as_ref(), page.fetch())
+        .await?;
     let next_cursor = page.cut(&mut rows, |c| c.id.to_string());
     Ok(axum::Json(ClientList {
         clients: rows.into_iter().map(|c| view(c, None)).collect(),
@@ -432,7 +462,11 @@ pub async fn update(
     }
     let settings: ClientSettings = serde_json::from_value(merged)
         .map_err(|e| Error::field("body", "invalid", e.to_string()))?;
-    let client = state.oauth.clients.update(&admin.subject, &id, &settings, &ctx).await?;
+    let client = state
+        .oauth
+        .clients
+        .update(&admin.subject, &id, &settings, &ctx)
+        .await?;
     Ok(axum::Json(view(client, None)))
 }
 
@@ -447,7 +481,11 @@ pub async fn delete(
     AuditCtx(ctx): AuditCtx,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    state.oauth.clients.delete(&admin.subject, &id, &ctx).await?;
+    state
+        .oauth
+        .clients
+        .delete(&admin.subject, &id, &ctx)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -463,7 +501,11 @@ pub async fn rotate_secret(
     AuditCtx(ctx): AuditCtx,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let (client, secret) = state.oauth.clients.rotate_secret(&admin.subject, &id, &ctx).await?;
+    let (client, secret) = state
+        .oauth
+        .clients
+        .rotate_secret(&admin.subject, &id, &ctx)
+        .await?;
     Ok(created(view(client, Some(secret))))
 }
 
@@ -482,7 +524,10 @@ mod tests {
     fn basic_credentials_are_form_decoded_halves() {
         let mut h = HeaderMap::new();
         let raw = STANDARD.encode("cli_x%3Ay:s%2Bc%20r");
-        h.insert(header::AUTHORIZATION, format!("Basic {raw}").parse().unwrap());
+        h.insert(
+            header::AUTHORIZATION,
+            format!("Basic {raw}").parse().unwrap(),
+        );
         let (id, secret) = basic_credentials(&h).unwrap().unwrap();
         assert_eq!(id, "cli_x:y");
         assert_eq!(secret.expose_secret(), "s+c r");

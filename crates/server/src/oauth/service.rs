@@ -22,7 +22,7 @@ use portcullis_store::{
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
-use super::clients::{Client, Clients, ClientAuthFailed, Presented, TokenFormat, is_resource_uri};
+use super::clients::{Client, ClientAuthFailed, Clients, Presented, TokenFormat, is_resource_uri};
 use super::error::{OAuthError, OAuthResult};
 use super::params::Params;
 use crate::apikeys::ApiKeys;
@@ -132,7 +132,7 @@ impl std::fmt::Debug for TokenResponse {
 /// Who may call introspection.
 pub enum Introspector {
     /// A confidential client: about tokens issued to it.
-    Client(Client),
+    Client(Box<Client>),
     /// An API key or token with scope `oauth:introspect`: about any token.
     Principal(Principal),
 }
@@ -161,7 +161,11 @@ fn join(scopes: &[String]) -> String {
 }
 
 fn split(scope: &str) -> Vec<String> {
-    scope.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect()
+    scope
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The left half of the SHA-256 of an access token, base64url (OIDC Core §3.1.3.6 `at_hash`, RS256).
@@ -218,7 +222,9 @@ impl OAuth {
             }
         }
         let Some(client_id) = p.get("client_id") else {
-            return Err(AuthzError::Page("The request names no client (client_id).".into()));
+            return Err(AuthzError::Page(
+                "The request names no client (client_id).".into(),
+            ));
         };
         let client = match self.clients.get(client_id).await {
             Ok(Some(c)) => c,
@@ -227,13 +233,18 @@ impl OAuth {
                     "The application that sent you here is not registered with this server.".into(),
                 ));
             }
-            Err(_) => return Err(AuthzError::Page("The server could not read the request; try again.".into())),
+            Err(_) => {
+                return Err(AuthzError::Page(
+                    "The server could not read the request; try again.".into(),
+                ));
+            }
         };
         let redirect_uri = match p.get("redirect_uri") {
             Some(r) if client.redirect_uri(r).is_some() => r.to_owned(),
             Some(_) => {
                 return Err(AuthzError::Page(
-                    "The address this application asked to return to is not one it registered.".into(),
+                    "The address this application asked to return to is not one it registered."
+                        .into(),
                 ));
             }
             None => match client.redirect_uris.as_slice() {
@@ -251,7 +262,10 @@ impl OAuth {
             _ => ResponseMode::Query,
         };
         let fail = |code: &'static str, description: String| {
-            let mut params = vec![("error", code.to_owned()), ("error_description", description)];
+            let mut params = vec![
+                ("error", code.to_owned()),
+                ("error_description", description),
+            ];
             if let Some(s) = &state {
                 params.push(("state", s.clone()));
             }
@@ -263,24 +277,46 @@ impl OAuth {
             })
         };
         if let Some(name) = p.duplicated() {
-            return Err(fail("invalid_request", format!("{name} is given more than once")));
+            return Err(fail(
+                "invalid_request",
+                format!("{name} is given more than once"),
+            ));
         }
         if state.as_ref().is_some_and(|s| s.len() > MAX_STATE_LEN) {
-            return Err(fail("invalid_request", format!("state is at most {MAX_STATE_LEN} bytes")));
+            return Err(fail(
+                "invalid_request",
+                format!("state is at most {MAX_STATE_LEN} bytes"),
+            ));
         }
         match p.get("response_mode") {
             None | Some("query") | Some("form_post") => {}
-            Some(_) => return Err(fail("invalid_request", "response_mode is query or form_post".into())),
+            Some(_) => {
+                return Err(fail(
+                    "invalid_request",
+                    "response_mode is query or form_post".into(),
+                ));
+            }
         }
         if p.get("request").is_some() {
-            return Err(fail("request_not_supported", "request objects are not supported".into()));
+            return Err(fail(
+                "request_not_supported",
+                "request objects are not supported".into(),
+            ));
         }
         if p.get("request_uri").is_some() {
-            return Err(fail("request_uri_not_supported", "request_uri is not supported".into()));
+            return Err(fail(
+                "request_uri_not_supported",
+                "request_uri is not supported".into(),
+            ));
         }
         match p.get("response_type") {
             Some("code") => {}
-            None => return Err(fail("invalid_request", "response_type is required (code)".into())),
+            None => {
+                return Err(fail(
+                    "invalid_request",
+                    "response_type is required (code)".into(),
+                ));
+            }
             Some(_) => {
                 return Err(fail(
                     "unsupported_response_type",
@@ -294,20 +330,27 @@ impl OAuth {
                 "this client may not use the authorization code grant".into(),
             ));
         }
-        let challenge = match CodeChallenge::parse(p.get("code_challenge"), p.get("code_challenge_method")) {
-            Ok(c) => c,
-            Err(e) => return Err(fail("invalid_request", e.to_string())),
-        };
+        let challenge =
+            match CodeChallenge::parse(p.get("code_challenge"), p.get("code_challenge_method")) {
+                Ok(c) => c,
+                Err(e) => return Err(fail("invalid_request", e.to_string())),
+            };
         let scope_raw = p.get("scope").unwrap_or_default();
         if scope_raw.len() > MAX_SCOPE_LEN {
-            return Err(fail("invalid_scope", format!("scope is at most {MAX_SCOPE_LEN} bytes")));
+            return Err(fail(
+                "invalid_scope",
+                format!("scope is at most {MAX_SCOPE_LEN} bytes"),
+            ));
         }
         let mut scopes: Vec<String> = Vec::new();
         for s in scope_raw.split(' ').filter(|s| !s.is_empty()) {
             if !client.may_ask(s) {
                 return Err(fail(
                     "invalid_scope",
-                    format!("this client may not ask for {}", s.chars().take(64).collect::<String>()),
+                    format!(
+                        "this client may not ask for {}",
+                        s.chars().take(64).collect::<String>()
+                    ),
                 ));
             }
             if !has(&scopes, s) {
@@ -315,35 +358,62 @@ impl OAuth {
             }
         }
         if scopes.len() > MAX_SCOPES {
-            return Err(fail("invalid_scope", format!("at most {MAX_SCOPES} scopes")));
+            return Err(fail(
+                "invalid_scope",
+                format!("at most {MAX_SCOPES} scopes"),
+            ));
         }
         let nonce = p.get("nonce").map(str::to_owned);
         if nonce.as_ref().is_some_and(|n| n.len() > MAX_NONCE_LEN) {
-            return Err(fail("invalid_request", format!("nonce is at most {MAX_NONCE_LEN} bytes")));
+            return Err(fail(
+                "invalid_request",
+                format!("nonce is at most {MAX_NONCE_LEN} bytes"),
+            ));
         }
         let (mut none, mut login, mut consent) = (false, false, false);
-        for v in p.get("prompt").unwrap_or_default().split(' ').filter(|s| !s.is_empty()) {
+        for v in p
+            .get("prompt")
+            .unwrap_or_default()
+            .split(' ')
+            .filter(|s| !s.is_empty())
+        {
             match v {
                 "none" => none = true,
                 "login" => login = true,
                 "consent" => consent = true,
                 "select_account" => {}
-                _ => return Err(fail("invalid_request", "prompt is none, login, consent or select_account".into())),
+                _ => {
+                    return Err(fail(
+                        "invalid_request",
+                        "prompt is none, login, consent or select_account".into(),
+                    ));
+                }
             }
         }
         if none && (login || consent) {
-            return Err(fail("invalid_request", "prompt=none cannot be combined with another prompt".into()));
+            return Err(fail(
+                "invalid_request",
+                "prompt=none cannot be combined with another prompt".into(),
+            ));
         }
         let max_age_s = match p.get("max_age") {
             None => None,
             Some(raw) => match raw.parse::<i64>() {
                 Ok(n) if (0..=10 * 365 * 86_400).contains(&n) => Some(n),
-                _ => return Err(fail("invalid_request", "max_age is a number of seconds".into())),
+                _ => {
+                    return Err(fail(
+                        "invalid_request",
+                        "max_age is a number of seconds".into(),
+                    ));
+                }
             },
         };
         let login_hint = match p.get("login_hint") {
             Some(h) if h.len() > MAX_LOGIN_HINT_LEN => {
-                return Err(fail("invalid_request", format!("login_hint is at most {MAX_LOGIN_HINT_LEN} bytes")));
+                return Err(fail(
+                    "invalid_request",
+                    format!("login_hint is at most {MAX_LOGIN_HINT_LEN} bytes"),
+                ));
             }
             other => other.map(str::to_owned),
         };
@@ -372,7 +442,10 @@ impl OAuth {
 
     /// An error answer to `req`'s client.
     pub fn refuse(&self, req: &AuthzRequest, code: &'static str, description: &str) -> AuthzReply {
-        let mut params = vec![("error", code.to_owned()), ("error_description", description.to_owned())];
+        let mut params = vec![
+            ("error", code.to_owned()),
+            ("error_description", description.to_owned()),
+        ];
         if let Some(s) = &req.state {
             params.push(("state", s.clone()));
         }
@@ -398,7 +471,9 @@ impl OAuth {
                 Ok(Next::Login { force: false })
             };
         };
-        let fresh = req.auth_after.is_some_and(|after| b.logged_in_at.0 >= after);
+        let fresh = req
+            .auth_after
+            .is_some_and(|after| b.logged_in_at.0 >= after);
         let too_old = req
             .max_age_s
             .is_some_and(|age| Millis::now().0 - b.logged_in_at.0 > age.saturating_mul(1000));
@@ -424,7 +499,11 @@ impl OAuth {
             return Ok(Next::Issue);
         }
         if req.prompt_none {
-            return Err(self.refuse(req, "consent_required", "the user has not approved these scopes"));
+            return Err(self.refuse(
+                req,
+                "consent_required",
+                "the user has not approved these scopes",
+            ));
         }
         Ok(Next::Consent)
     }
@@ -533,16 +612,22 @@ impl OAuth {
     /// audience, or the server's configured audience.
     fn resources(&self, client: &Client, requested: &[&str]) -> OAuthResult<Vec<String>> {
         if requested.len() > MAX_RESOURCES {
-            return Err(OAuthError::invalid_target(format!("at most {MAX_RESOURCES} resources")));
+            return Err(OAuthError::invalid_target(format!(
+                "at most {MAX_RESOURCES} resources"
+            )));
         }
         let mut out: Vec<String> = Vec::new();
         for r in requested {
             if !is_resource_uri(r) {
-                return Err(OAuthError::invalid_target("a resource is an absolute URI without a fragment"));
+                return Err(OAuthError::invalid_target(
+                    "a resource is an absolute URI without a fragment",
+                ));
             }
             let allowed = client.audiences.iter().any(|a| a == r) || *r == self.tokens.audience();
             if !allowed {
-                return Err(OAuthError::invalid_target("this client may not ask for that resource"));
+                return Err(OAuthError::invalid_target(
+                    "this client may not ask for that resource",
+                ));
             }
             if !has(&out, r) {
                 out.push((*r).to_owned());
@@ -567,10 +652,14 @@ impl OAuth {
         let body_secret = p.get("client_secret");
         let presented = match (&basic, body_id, body_secret) {
             (Some(_), _, Some(_)) => {
-                return Err(OAuthError::invalid_request("use one client authentication method, not Basic and client_secret both"));
+                return Err(OAuthError::invalid_request(
+                    "use one client authentication method, not Basic and client_secret both",
+                ));
             }
             (Some((id, _)), Some(body), None) if body != id => {
-                return Err(OAuthError::invalid_request("client_id differs from the Basic credentials"));
+                return Err(OAuthError::invalid_request(
+                    "client_id differs from the Basic credentials",
+                ));
             }
             (Some((id, secret)), _, None) => Presented::Basic {
                 id: id.clone(),
@@ -590,13 +679,20 @@ impl OAuth {
         if id.len() > 256 {
             return Err(OAuthError::invalid_client(is_basic));
         }
-        let key = format!("oauth-client:{id}:{}", ip.map(|i| i.to_string()).unwrap_or_default());
+        let key = format!(
+            "oauth-client:{id}:{}",
+            ip.map(|i| i.to_string()).unwrap_or_default()
+        );
         let wait = self.failures.reserve_failure(&key, self.backoff).await;
         if wait > 0 {
-            metrics::counter!("portcullis_oauth_client_auth_total", "outcome" => "throttled").increment(1);
+            metrics::counter!("portcullis_oauth_client_auth_total", "outcome" => "throttled")
+                .increment(1);
             let mut e = OAuthError::invalid_client(is_basic);
             e.status = 429;
-            e.description = format!("too many failed client authentications; try again in {} s", wait.div_ceil(1000));
+            e.description = format!(
+                "too many failed client authentications; try again in {} s",
+                wait.div_ceil(1000)
+            );
             return Err(e);
         }
         match self.clients.authenticate(presented).await {
@@ -605,8 +701,13 @@ impl OAuth {
                 self.failures.clear_failures(&key).await;
                 Ok(client)
             }
-            Err(ClientAuthFailed { basic, client_id, reason }) => {
-                metrics::counter!("portcullis_oauth_client_auth_total", "outcome" => reason).increment(1);
+            Err(ClientAuthFailed {
+                basic,
+                client_id,
+                reason,
+            }) => {
+                metrics::counter!("portcullis_oauth_client_auth_total", "outcome" => reason)
+                    .increment(1);
                 self.audit.record(
                     "oauth.client_auth_failed",
                     None,
@@ -629,12 +730,18 @@ impl OAuth {
         ctx: &AuditContext,
     ) -> OAuthResult<TokenResponse> {
         if let Some(name) = p.duplicated() {
-            return Err(OAuthError::invalid_request(format!("{name} is given more than once")));
+            return Err(OAuthError::invalid_request(format!(
+                "{name} is given more than once"
+            )));
         }
         let grant = match p.get("grant_type") {
             None => return Err(OAuthError::invalid_request("grant_type is required")),
             Some(raw) => match GrantType::parse(raw) {
-                Some(g @ (GrantType::AuthorizationCode | GrantType::RefreshToken | GrantType::ClientCredentials)) => g,
+                Some(
+                    g @ (GrantType::AuthorizationCode
+                    | GrantType::RefreshToken
+                    | GrantType::ClientCredentials),
+                ) => g,
                 _ => {
                     return Err(OAuthError::new(
                         "unsupported_grant_type",
@@ -662,8 +769,15 @@ impl OAuth {
         answer
     }
 
-    async fn code_grant(&self, client: &Client, p: &Params, ctx: &AuditContext) -> OAuthResult<TokenResponse> {
-        let code = p.bounded("code", 256)?.ok_or_else(|| OAuthError::invalid_request("code is required"))?;
+    async fn code_grant(
+        &self,
+        client: &Client,
+        p: &Params,
+        ctx: &AuditContext,
+    ) -> OAuthResult<TokenResponse> {
+        let code = p
+            .bounded("code", 256)?
+            .ok_or_else(|| OAuthError::invalid_request("code is required"))?;
         let verifier = p
             .bounded("code_verifier", 256)?
             .ok_or_else(|| OAuthError::invalid_request("code_verifier is required (PKCE)"))?;
@@ -697,12 +811,15 @@ impl OAuth {
         let redirect_ok = match redirect_uri {
             Some(r) => r == row.redirect_uri,
             // Omitted: only when the client has exactly this one redirect URI (it was implied).
-            None => matches!(client.redirect_uris.as_slice(), [only] if only.as_str() == row.redirect_uri),
+            None => {
+                matches!(client.redirect_uris.as_slice(), [only] if only.as_str() == row.redirect_uri)
+            }
         };
         if !redirect_ok {
             return Err(refuse("redirect_uri_mismatch"));
         }
-        let challenge = CodeChallenge::parse(Some(&row.code_challenge), Some("S256")).map_err(|_| bad())?;
+        let challenge =
+            CodeChallenge::parse(Some(&row.code_challenge), Some("S256")).map_err(|_| bad())?;
         if !is_valid_verifier(verifier) || !challenge.is_answered_by(verifier) {
             return Err(refuse("wrong_verifier"));
         }
@@ -713,7 +830,9 @@ impl OAuth {
         } else {
             let asked = self.resources(client, &asked)?;
             if !granted.is_empty() && !asked.iter().all(|a| has(&granted, a)) {
-                return Err(OAuthError::invalid_target("the resource was not part of the authorization"));
+                return Err(OAuthError::invalid_target(
+                    "the resource was not part of the authorization",
+                ));
             }
             asked
         };
@@ -735,9 +854,22 @@ impl OAuth {
             self.replayed(&hash, client, ctx).await?;
             return Err(bad());
         }
-        let audiences = if audiences.is_empty() { client.audiences.clone() } else { audiences };
+        let audiences = if audiences.is_empty() {
+            client.audiences.clone()
+        } else {
+            audiences
+        };
         let (access_token, expires_in) = self
-            .access_token(client, &user.id, &row.scope, row.session_id.clone(), audiences.clone(), jti, family_id.as_ref().map(|f| f.to_string()), now)
+            .access_token(
+                client,
+                &user.id,
+                &row.scope,
+                row.session_id.clone(),
+                audiences.clone(),
+                jti,
+                family_id.as_ref().map(|f| f.to_string()),
+                now,
+            )
             .await?;
         let refresh_token = match &family_id {
             Some(id) => {
@@ -749,7 +881,9 @@ impl OAuth {
                     session_id: row.session_id.clone(),
                     created_at: now,
                     expires_at: now.plus_secs(self.tokens.family_ttl_s()),
-                    audiences: Some(serde_json::to_string(&audiences).unwrap_or_else(|_| "[]".into())),
+                    audiences: Some(
+                        serde_json::to_string(&audiences).unwrap_or_else(|_| "[]".into()),
+                    ),
                     auth_time: Some(row.auth_time),
                 };
                 Some(self.tokens.start_family(&family).await?.0)
@@ -757,13 +891,26 @@ impl OAuth {
             None => None,
         };
         // A replay that raced this redemption found the family not yet stored: end it now.
-        if self.store.code_replayed(&hash).await? {
-            if let Some(id) = &family_id {
-                self.store.revoke_family(id.as_str(), Millis::now(), "code_replayed").await?;
+        if self.store.code_replayed(&hash).await?
+            && let Some(id) = &family_id
+        {
+            {
+                self.store
+                    .revoke_family(id.as_str(), Millis::now(), "code_replayed")
+                    .await?;
             }
         }
         let id_token = if has(&scopes, "openid") {
-            Some(self.id_token(client, &user, &scopes, row.auth_time, row.nonce.as_deref(), row.session_id.as_deref(), Some(&access_token), now)?)
+            Some(self.id_token(
+                client,
+                &user,
+                &scopes,
+                row.auth_time,
+                row.nonce.as_deref(),
+                row.session_id.as_deref(),
+                Some(&access_token),
+                now,
+            )?)
         } else {
             None
         };
@@ -786,12 +933,19 @@ impl OAuth {
 
     /// A code presented again: everything its first redemption produced is revoked (RFC 6749
     /// §4.1.2, RFC 9700 §4.2.4).
-    async fn replayed(&self, hash: &TokenHash, client: &Client, ctx: &AuditContext) -> OAuthResult<()> {
+    async fn replayed(
+        &self,
+        hash: &TokenHash,
+        client: &Client,
+        ctx: &AuditContext,
+    ) -> OAuthResult<()> {
         let Some(r) = self.store.replay_code(hash, Millis::now()).await? else {
             return Ok(());
         };
         if let Some(family) = &r.family_id {
-            self.store.revoke_family(family, Millis::now(), "code_replayed").await?;
+            self.store
+                .revoke_family(family, Millis::now(), "code_replayed")
+                .await?;
         }
         if let (Some(jti), Some(exp)) = (&r.access_jti, r.access_exp) {
             self.tokens.deny_access(jti, exp).await?;
@@ -808,7 +962,12 @@ impl OAuth {
         Ok(())
     }
 
-    async fn refresh_grant(&self, client: &Client, p: &Params, ctx: &AuditContext) -> OAuthResult<TokenResponse> {
+    async fn refresh_grant(
+        &self,
+        client: &Client,
+        p: &Params,
+        ctx: &AuditContext,
+    ) -> OAuthResult<TokenResponse> {
         let raw = p
             .bounded("refresh_token", 256)?
             .ok_or_else(|| OAuthError::invalid_request("refresh_token is required"))?;
@@ -849,22 +1008,48 @@ impl OAuth {
             .rotate(&SecretString::from(raw.to_owned()), ctx)
             .await
             .map_err(OAuthError::from)?;
-        let user = self.users.active(&rotated.family.user_id).await?.ok_or_else(bad)?;
+        let user = self
+            .users
+            .active(&rotated.family.user_id)
+            .await?
+            .ok_or_else(bad)?;
         let audiences: Vec<String> = rotated
             .family
             .audiences
             .as_deref()
             .and_then(|a| serde_json::from_str(a).ok())
             .unwrap_or_default();
-        let audiences = if audiences.is_empty() { client.audiences.clone() } else { audiences };
+        let audiences = if audiences.is_empty() {
+            client.audiences.clone()
+        } else {
+            audiences
+        };
         let now = rotated.now;
         let scope = join(&scopes);
         let (access_token, expires_in) = self
-            .access_token(client, &user.id, &scope, rotated.family.session_id.clone(), audiences, Tokens::new_jti(now), Some(rotated.family.id.clone()), now)
+            .access_token(
+                client,
+                &user.id,
+                &scope,
+                rotated.family.session_id.clone(),
+                audiences,
+                Tokens::new_jti(now),
+                Some(rotated.family.id.clone()),
+                now,
+            )
             .await?;
         let id_token = if has(&scopes, "openid") {
             let auth_time = rotated.family.auth_time.unwrap_or(now.as_secs());
-            Some(self.id_token(client, &user, &scopes, auth_time, None, rotated.family.session_id.as_deref(), Some(&access_token), now)?)
+            Some(self.id_token(
+                client,
+                &user,
+                &scopes,
+                auth_time,
+                None,
+                rotated.family.session_id.as_deref(),
+                Some(&access_token),
+                now,
+            )?)
         } else {
             None
         };
@@ -877,9 +1062,16 @@ impl OAuth {
         })
     }
 
-    async fn client_credentials_grant(&self, client: &Client, p: &Params, ctx: &AuditContext) -> OAuthResult<TokenResponse> {
+    async fn client_credentials_grant(
+        &self,
+        client: &Client,
+        p: &Params,
+        ctx: &AuditContext,
+    ) -> OAuthResult<TokenResponse> {
         if client.client_type != ClientType::Confidential {
-            return Err(OAuthError::unauthorized_client("client_credentials is for confidential clients"));
+            return Err(OAuthError::unauthorized_client(
+                "client_credentials is for confidential clients",
+            ));
         }
         let own: Vec<String> = client
             .scopes
@@ -892,7 +1084,9 @@ impl OAuth {
             Some(asked) => {
                 let asked = split(asked);
                 if asked.len() > MAX_SCOPES {
-                    return Err(OAuthError::invalid_scope(format!("at most {MAX_SCOPES} scopes")));
+                    return Err(OAuthError::invalid_scope(format!(
+                        "at most {MAX_SCOPES} scopes"
+                    )));
                 }
                 if let Some(bad) = asked.iter().find(|s| !has(&own, s)) {
                     return Err(OAuthError::invalid_scope(format!(
@@ -904,11 +1098,24 @@ impl OAuth {
             }
         };
         let audiences = self.resources(client, &p.all("resource"))?;
-        let audiences = if audiences.is_empty() { client.audiences.clone() } else { audiences };
+        let audiences = if audiences.is_empty() {
+            client.audiences.clone()
+        } else {
+            audiences
+        };
         let now = Millis::now();
         let scope = join(&scopes);
         let (access_token, expires_in) = self
-            .access_token(client, client.id.as_str(), &scope, None, audiences, Tokens::new_jti(now), None, now)
+            .access_token(
+                client,
+                client.id.as_str(),
+                &scope,
+                None,
+                audiences,
+                Tokens::new_jti(now),
+                None,
+                now,
+            )
             .await?;
         // Machine tokens are many: counted per client and interval, not written one by one.
         self.counts.record(
@@ -954,8 +1161,13 @@ impl OAuth {
                 Ok((token, ttl))
             }
             TokenFormat::Opaque => {
-                let token = OpaqueToken::generate(OPAQUE_PREFIX).map_err(|_| OAuthError::server_error())?;
-                let aud = if audiences.is_empty() { vec![self.tokens.audience().to_owned()] } else { audiences };
+                let token =
+                    OpaqueToken::generate(OPAQUE_PREFIX).map_err(|_| OAuthError::server_error())?;
+                let aud = if audiences.is_empty() {
+                    vec![self.tokens.audience().to_owned()]
+                } else {
+                    audiences
+                };
                 let row = OpaqueAccessRow {
                     token_hash: token.hash(),
                     jti,
@@ -970,7 +1182,8 @@ impl OAuth {
                     revoked_at: None,
                 };
                 self.store.insert_opaque_access(&row).await?;
-                metrics::counter!("portcullis_tokens_issued_total", "kind" => "opaque_access").increment(1);
+                metrics::counter!("portcullis_tokens_issued_total", "kind" => "opaque_access")
+                    .increment(1);
                 Ok((token.expose().to_owned(), ttl))
             }
         }
@@ -1014,7 +1227,9 @@ impl OAuth {
             }
         }
         metrics::counter!("portcullis_tokens_issued_total", "kind" => "id").increment(1);
-        self.keys.sign_id_token("JWT", &claims).map_err(|_| OAuthError::server_error())
+        self.keys
+            .sign_id_token("JWT", &claims)
+            .map_err(|_| OAuthError::server_error())
     }
 
     // ---- introspection, revocation, userinfo --------------------------------------------------
@@ -1033,16 +1248,24 @@ impl OAuth {
             let Ok(t) = OpaqueToken::parse(REFRESH_PREFIX, token) else {
                 return Ok(inactive);
             };
-            match self.store.refresh_token_family(&t.hash(), Millis::now()).await? {
-                Some((f, true)) if mine(&f.client_id) && self.users.active(&f.user_id).await?.is_some() => json!({
-                    "active": true,
-                    "token_type": "refresh_token",
-                    "client_id": f.client_id,
-                    "sub": f.user_id,
-                    "scope": f.scope,
-                    "exp": f.expires_at / 1000,
-                    "iss": self.issuer,
-                }),
+            match self
+                .store
+                .refresh_token_family(&t.hash(), Millis::now())
+                .await?
+            {
+                Some((f, true))
+                    if mine(&f.client_id) && self.users.active(&f.user_id).await?.is_some() =>
+                {
+                    json!({
+                        "active": true,
+                        "token_type": "refresh_token",
+                        "client_id": f.client_id,
+                        "sub": f.user_id,
+                        "scope": f.scope,
+                        "exp": f.expires_at / 1000,
+                        "iss": self.issuer,
+                    })
+                }
                 _ => inactive,
             }
         } else if token.starts_with(&format!("{OPAQUE_PREFIX}_")) {
@@ -1080,8 +1303,13 @@ impl OAuth {
         } else {
             inactive
         };
-        let outcome = if answer["active"] == true { "active" } else { "inactive" };
-        metrics::counter!("portcullis_oauth_introspections_total", "outcome" => outcome).increment(1);
+        let outcome = if answer.get("active") == Some(&Value::Bool(true)) {
+            "active"
+        } else {
+            "inactive"
+        };
+        metrics::counter!("portcullis_oauth_introspections_total", "outcome" => outcome)
+            .increment(1);
         let caller_id = match caller {
             Introspector::Client(c) => c.id.to_string(),
             Introspector::Principal(p) => p.subject.clone(),
@@ -1102,8 +1330,7 @@ impl OAuth {
             return Ok(None);
         };
         let now = Millis::now();
-        if row.revoked_at.is_some() || row.expires_at <= now || self.tokens.is_denied(&row.jti)
-        {
+        if row.revoked_at.is_some() || row.expires_at <= now || self.tokens.is_denied(&row.jti) {
             return Ok(None);
         }
         if UserId::parse(&row.subject).is_ok() && self.users.active(&row.subject).await?.is_none() {
@@ -1125,9 +1352,16 @@ impl OAuth {
 
     /// RFC 7009: revokes an access or refresh token issued to `client`. Unknown tokens, and tokens
     /// of other clients, are accepted and left alone (§2.2).
-    pub async fn revoke(&self, client: &Client, token: &str, ctx: &AuditContext) -> OAuthResult<()> {
+    pub async fn revoke(
+        &self,
+        client: &Client,
+        token: &str,
+        ctx: &AuditContext,
+    ) -> OAuthResult<()> {
         if token.len() > MAX_TOKEN_LEN {
-            return Err(OAuthError::invalid_request(format!("token is at most {MAX_TOKEN_LEN} bytes")));
+            return Err(OAuthError::invalid_request(format!(
+                "token is at most {MAX_TOKEN_LEN} bytes"
+            )));
         }
         let now = Millis::now();
         let mut revoked: Option<&'static str> = None;
@@ -1170,11 +1404,20 @@ impl OAuth {
         let claims = if let Ok(t) = OpaqueToken::parse(OPAQUE_PREFIX, token) {
             self.opaque_claims(&t).await?.ok_or_else(invalid)?
         } else {
-            (*self.tokens.verify_for(token, Audience::Any).await.map_err(|_| invalid())?).clone()
+            (*self
+                .tokens
+                .verify_for(token, Audience::Any)
+                .await
+                .map_err(|_| invalid())?)
+            .clone()
         };
         let scopes = split(&claims.scope);
         if !has(&scopes, "openid") {
-            return Err(OAuthError::bearer(403, "insufficient_scope", "the access token lacks the openid scope"));
+            return Err(OAuthError::bearer(
+                403,
+                "insufficient_scope",
+                "the access token lacks the openid scope",
+            ));
         }
         let user = self.users.active(&claims.sub).await?.ok_or_else(invalid)?;
         let mut out = json!({ "sub": user.id });
@@ -1195,7 +1438,12 @@ impl OAuth {
 
     /// Ends the OAuth grants bound to a browser session (RP-initiated logout): their refresh
     /// families. Returns the clients whose grants ended.
-    pub async fn end_session_grants(&self, session_id: &str, user_id: &str, ctx: &AuditContext) -> OAuthResult<Vec<String>> {
+    pub async fn end_session_grants(
+        &self,
+        session_id: &str,
+        user_id: &str,
+        ctx: &AuditContext,
+    ) -> OAuthResult<Vec<String>> {
         let ended = self
             .store
             .revoke_session_families(session_id, Millis::now(), "logout")
@@ -1213,11 +1461,19 @@ impl OAuth {
 
     // ---- consents on /account -------------------------------------------------------------------
 
-    pub async fn consents(&self, user_id: &UserId) -> OAuthResult<Vec<portcullis_store::ConsentRow>> {
+    pub async fn consents(
+        &self,
+        user_id: &UserId,
+    ) -> OAuthResult<Vec<portcullis_store::ConsentRow>> {
         Ok(self.store.list_consents(user_id).await?)
     }
 
-    pub async fn withdraw_consent(&self, user_id: &UserId, client_id: &str, ctx: &AuditContext) -> OAuthResult<bool> {
+    pub async fn withdraw_consent(
+        &self,
+        user_id: &UserId,
+        client_id: &str,
+        ctx: &AuditContext,
+    ) -> OAuthResult<bool> {
         let Ok(cid) = ClientId::parse(client_id) else {
             return Ok(false);
         };

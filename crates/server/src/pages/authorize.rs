@@ -39,7 +39,11 @@ fn reply(state: &PageState, r: AuthzReply) -> Response {
     match r.mode {
         ResponseMode::Query => {
             let query = serde_urlencoded::to_string(&r.params).unwrap_or_default();
-            let sep = if r.redirect_uri.contains('?') { '&' } else { '?' };
+            let sep = if r.redirect_uri.contains('?') {
+                '&'
+            } else {
+                '?'
+            };
             let mut res = see_other(&format!("{}{sep}{query}", r.redirect_uri));
             res.headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -78,11 +82,22 @@ fn reply(state: &PageState, r: AuthzReply) -> Response {
 }
 
 fn error_page(state: &PageState, text: &str) -> Response {
-    message(state, StatusCode::BAD_REQUEST, "This request cannot be completed", text, "/account")
+    message(
+        state,
+        StatusCode::BAD_REQUEST,
+        "This request cannot be completed",
+        text,
+        "/account",
+    )
 }
 
 /// The parameters of an authorization request: the query of a GET, the form of a POST.
-fn request_params(method: &Method, uri: &Uri, headers: &HeaderMap, body: &Bytes) -> Result<Params, String> {
+fn request_params(
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Params, String> {
     let raw: &[u8] = if method == Method::POST {
         let form = headers
             .get(header::CONTENT_TYPE)
@@ -131,7 +146,10 @@ pub async fn authorize(
             } else {
                 Vec::new()
             };
-            let back = format!("/oauth2/authorize?{}", p.encode_without(&["_auth_after"], &extra));
+            let back = format!(
+                "/oauth2/authorize?{}",
+                p.encode_without(&["_auth_after"], &extra)
+            );
             let mut to = format!("/login?return_to={}", url_escape(&back));
             if force {
                 to.push_str("&prompt=login");
@@ -215,7 +233,11 @@ async fn checked_post(
             "/account",
         )
     };
-    if state.sessions.check_same_site(&site_hints(headers)).is_err() {
+    if state
+        .sessions
+        .check_same_site(&site_hints(headers))
+        .is_err()
+    {
         return Err(refused(state));
     }
     let Some(s) = page_session(state, headers).await? else {
@@ -277,7 +299,10 @@ async fn logout_request(state: &PageState, p: &Params) -> Result<LogoutRequest, 
     if let Some(name) = p.duplicated() {
         return Err(format!("The request names {name} more than once."));
     }
-    let hint = match p.bounded("id_token_hint", 8192).map_err(|e| e.description)? {
+    let hint = match p
+        .bounded("id_token_hint", 8192)
+        .map_err(|e| e.description)?
+    {
         Some(h) => Some(
             state
                 .oauth
@@ -291,7 +316,9 @@ async fn logout_request(state: &PageState, p: &Params) -> Result<LogoutRequest, 
         .and_then(|h| h.get("aud"))
         .and_then(|a| a.as_str().map(str::to_owned));
     let client_id = match (p.get("client_id"), hint_aud) {
-        (Some(a), Some(b)) if a != b => return Err("client_id is not the audience of the id_token_hint.".into()),
+        (Some(a), Some(b)) if a != b => {
+            return Err("client_id is not the audience of the id_token_hint.".into());
+        }
         (Some(a), _) => Some(a.to_owned()),
         (None, b) => b,
     };
@@ -313,7 +340,11 @@ async fn logout_request(state: &PageState, p: &Params) -> Result<LogoutRequest, 
             let c = client
                 .as_ref()
                 .ok_or("post_logout_redirect_uri needs client_id or id_token_hint.")?;
-            if !c.post_logout_redirect_uris.iter().any(|r| r.as_str() == uri) {
+            if !c
+                .post_logout_redirect_uris
+                .iter()
+                .any(|r| r.as_str() == uri)
+            {
                 return Err("The address to return to after logging out is not one this application registered.".into());
             }
             Some(uri.to_owned())
@@ -322,7 +353,10 @@ async fn logout_request(state: &PageState, p: &Params) -> Result<LogoutRequest, 
     Ok(LogoutRequest {
         client_name: client.map(|c| c.name),
         redirect,
-        state_param: p.bounded("state", 1024).map_err(|e| e.description)?.map(str::to_owned),
+        state_param: p
+            .bounded("state", 1024)
+            .map_err(|e| e.description)?
+            .map(str::to_owned),
         hint_sid: hint
             .as_ref()
             .and_then(|h| h.get("sid"))
@@ -364,7 +398,13 @@ async fn finish_logout(
             }
             see_other(&to)
         }
-        None => message(state, StatusCode::OK, "You are logged out", "You have been logged out of Portcullis.", "/login"),
+        None => message(
+            state,
+            StatusCode::OK,
+            "You are logged out",
+            "You have been logged out of Portcullis.",
+            "/login",
+        ),
     };
     if s.is_some() {
         res.headers_mut()

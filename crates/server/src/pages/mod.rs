@@ -39,7 +39,10 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("account.html", include_str!("../../templates/account.html")),
     ("message.html", include_str!("../../templates/message.html")),
     ("consent.html", include_str!("../../templates/consent.html")),
-    ("form_post.html", include_str!("../../templates/form_post.html")),
+    (
+        "form_post.html",
+        include_str!("../../templates/form_post.html"),
+    ),
     ("logout.html", include_str!("../../templates/logout.html")),
 ];
 const STYLESHEET: &str = include_str!("../../assets/portcullis.css");
@@ -240,13 +243,19 @@ pub fn routes<S>(app: AppState, pages: Pages) -> Router<S> {
         .route("/account/keys/{id}/revoke", post(account::revoke_key))
         .route("/account/keys/{id}/roll", post(account::roll_key))
         .route("/account/password", post(account::change_password))
-        .route("/account/consents/{client_id}/withdraw", post(account::withdraw_consent))
+        .route(
+            "/account/consents/{client_id}/withdraw",
+            post(account::withdraw_consent),
+        )
         .route(
             "/oauth2/authorize",
             get(authorize::authorize).post(authorize::authorize),
         )
         .route("/consent", post(authorize::consent_submit))
-        .route("/oauth2/logout", get(authorize::logout).post(authorize::logout))
+        .route(
+            "/oauth2/logout",
+            get(authorize::logout).post(authorize::logout),
+        )
         .route("/oauth2/logout/confirm", post(authorize::logout_confirm))
         .route("/assets/portcullis.css", get(stylesheet))
         .with_state(PageState {

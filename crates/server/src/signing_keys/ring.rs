@@ -312,12 +312,12 @@ impl KeyRing {
             return Ok((false, None));
         }
         self.reload().await?;
-        let replacement =
-            if was_signing || self.current().signer_for(alg, Millis::now()).is_none() {
-                Some(self.create_key_for(alg, Millis::now(), 0).await?)
-            } else {
-                None
-            };
+        let replacement = if was_signing || self.current().signer_for(alg, Millis::now()).is_none()
+        {
+            Some(self.create_key_for(alg, Millis::now(), 0).await?)
+        } else {
+            None
+        };
         Ok((true, replacement))
     }
 

@@ -292,8 +292,7 @@ fn domain_files() -> Vec<PathBuf> {
     }
     // The edges: each capability's handlers, and the OAuth error's rendering.
     files.retain(|f| {
-        f.file_name().is_some_and(|n| n != "handlers.rs")
-            && !f.ends_with("oauth/error.rs")
+        f.file_name().is_some_and(|n| n != "handlers.rs") && !f.ends_with("oauth/error.rs")
     });
     files.push(src().join("auth/mod.rs"));
     files

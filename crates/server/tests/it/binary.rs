@@ -565,15 +565,20 @@ async fn cli_creates_users_root_keys_and_rotates_signing_keys() {
     );
     let rotated: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rotated["state"], "next");
-    // The first rotation on an empty store also made the initial key.
+    // The first rotation on an empty store also made the initial keys (ES256 for access tokens,
+    // RS256 for ID tokens); each rotation made a next access-token key.
     let out = run(dir.path(), &["signing-keys", "list"], None);
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+    let listed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(listed.lines().count(), 4, "{listed}");
     // An emergency revocation of the signing key: a replacement signs at once.
     let keys: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let signing = keys.iter().find(|k| k["state"] == "current").unwrap();
+    let signing = keys
+        .iter()
+        .find(|k| k["state"] == "current" && k["alg"] == "ES256")
+        .unwrap();
     let kid = signing["kid"].as_str().unwrap();
     let out = run(dir.path(), &["signing-keys", "revoke", kid], None);
     assert!(

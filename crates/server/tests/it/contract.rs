@@ -289,33 +289,38 @@ async fn signing_keys_are_sealed_at_rest(b: Backend) {
     let rows = portcullis_store::SigningKeyStore::all_signing_keys(&app.store)
         .await
         .unwrap();
-    assert_eq!(rows.len(), 1);
-    let row = &rows[0];
-    // What is stored is AES-256-GCM output, not PKCS#8: no DER header, and it does not parse as a key.
-    assert_ne!(
-        row.private_key.first(),
-        Some(&0x30),
-        "a DER SEQUENCE in clear"
-    );
-    assert!(
-        portcullis_core::jwt::SigningKey::from_pkcs8(
-            portcullis_core::jwt::JwsAlg::Es256,
-            &row.private_key
-        )
-        .is_err()
-    );
-    // Opened with the master key it is the key that signs our tokens.
-    let master = portcullis_server::app::bootstrap::load_master_key(&app.state().config).unwrap();
-    let der = master
-        .open(
-            &format!("portcullis:signing_key:{}", row.kid),
-            &row.private_key,
+    // The access-token key and the ID-token key.
+    assert_eq!(rows.len(), 2);
+    for row in &rows {
+        // What is stored is AES-256-GCM output, not PKCS#8: no DER header, and it does not parse as a key.
+        assert_ne!(
+            row.private_key.first(),
+            Some(&0x30),
+            "a DER SEQUENCE in clear"
+        );
+        assert!(
+            portcullis_core::jwt::SigningKey::from_pkcs8(
+                portcullis_core::jwt::JwsAlg::parse(&row.alg).unwrap(),
+                &row.private_key
+            )
+            .is_err()
+        );
+        // Opened with the master key it is the key that signs our tokens.
+        let master =
+            portcullis_server::app::bootstrap::load_master_key(&app.state().config).unwrap();
+        let der = master
+            .open(
+                &format!("portcullis:signing_key:{}", row.kid),
+                &row.private_key,
+            )
+            .unwrap();
+        let key = portcullis_core::jwt::SigningKey::from_pkcs8(
+            portcullis_core::jwt::JwsAlg::parse(&row.alg).unwrap(),
+            &der,
         )
         .unwrap();
-    let key =
-        portcullis_core::jwt::SigningKey::from_pkcs8(portcullis_core::jwt::JwsAlg::Es256, &der)
-            .unwrap();
-    assert_eq!(key.kid(), row.kid);
+        assert_eq!(key.kid(), row.kid);
+    }
     // Another master key cannot open it: a node started with one fails, and says what to do.
     let mut config = app.state().config.clone();
     config.master_key = Some(portcullis_server::config::MasterKeyHex::new(
@@ -327,7 +332,7 @@ async fn signing_keys_are_sealed_at_rest(b: Backend) {
         Err(e) => e.to_string(),
     };
     assert!(
-        err.contains(&row.kid) && err.contains("master key"),
+        rows.iter().any(|r| err.contains(&r.kid)) && err.contains("master key"),
         "{err}"
     );
     app.stop().await;

@@ -19,6 +19,7 @@ mod hardening;
 mod http;
 mod interop;
 mod jwt;
+mod oauth;
 mod pages;
 mod sessions;
 mod shapes;

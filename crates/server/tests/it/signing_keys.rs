@@ -31,7 +31,17 @@ fn header_kid(token: &str) -> String {
     h["kid"].as_str().unwrap().to_owned()
 }
 
+/// The access-token (ES256) keys the JWKS publishes; the RS256 ID-token keys beside them are
+/// checked apart ([`id_token_kids`]).
 async fn jwks(app: &TestApp) -> Vec<String> {
+    jwks_of(app, "ES256").await
+}
+
+async fn id_token_kids(app: &TestApp) -> Vec<String> {
+    jwks_of(app, "RS256").await
+}
+
+async fn jwks_of(app: &TestApp, alg: &str) -> Vec<String> {
     let r = app
         .client
         .get(app.url("/.well-known/jwks.json"))
@@ -44,10 +54,12 @@ async fn jwks(app: &TestApp) -> Vec<String> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|k| {
+        .inspect(|k| {
             assert!(k.get("d").is_none(), "private part published");
-            k["kid"].as_str().unwrap().to_owned()
+            assert!(k.get("p").is_none(), "private part published");
         })
+        .filter(|k| k["alg"] == alg)
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
         .collect()
 }
 
@@ -55,6 +67,8 @@ async fn jwks_is_public_and_cacheable(b: Backend) {
     let app = TestApp::spawn(b).await;
     let kids = jwks(&app).await;
     assert_eq!(kids.len(), 1);
+    // Beside it, the RS256 key that signs ID tokens (OIDC Core §3.1.3.7), with its own schedule.
+    assert_eq!(id_token_kids(&app).await.len(), 1);
     let t = app.user_with_tokens("ken@example.com").await;
     assert_eq!(header_kid(t["access_token"].as_str().unwrap()), kids[0]);
     app.stop().await;
@@ -100,7 +114,7 @@ async fn rotation_publishes_the_next_key_before_it_signs(b: Backend) {
         .iter()
         .map(|k| k["state"].as_str().unwrap())
         .collect();
-    assert_eq!(states, ["next", "current"]);
+    assert_eq!(states, ["next", "current", "current"], "{list}");
     app.wait_for_audit(&root, "signing_key.rotated").await;
     app.stop().await;
 }
@@ -187,6 +201,11 @@ async fn scheduled_rotation_runs_when_due(b: Backend) {
         .expect("due after its interval");
     assert!(made.activate_at <= Millis::now().0);
     assert_eq!(jwks(&app).await.len(), 2);
+    assert_eq!(
+        id_token_kids(&app).await.len(),
+        2,
+        "the ID-token key rotates too"
+    );
     app.stop().await;
 }
 
@@ -212,7 +231,15 @@ async fn the_rotation_loop_follows_its_configuration(b: Backend) {
         .json()
         .await
         .unwrap();
-    assert_eq!(keys["keys"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        keys["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|k| k["alg"] == "ES256")
+            .count(),
+        1
+    );
     running.stop().await;
     // Rotation on (30 days, the default) with a 10-minute lead: the next key appears, not yet signing.
     let (on, running) = app
@@ -232,7 +259,13 @@ async fn the_rotation_loop_follows_its_configuration(b: Backend) {
                 .json()
                 .await
                 .unwrap();
-            keys["keys"].as_array().unwrap().len() == 2
+            keys["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|k| k["alg"] == "ES256")
+                .count()
+                == 2
         },
     )
     .await;
@@ -246,7 +279,7 @@ async fn the_rotation_loop_follows_its_configuration(b: Backend) {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|k| k["state"] == "next")
+        .filter(|k| k["state"] == "next" && k["alg"] == "ES256")
         .collect();
     assert_eq!(next.len(), 1, "{list}");
     let at = |v: &Value| {
