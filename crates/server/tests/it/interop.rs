@@ -209,3 +209,66 @@ async fn python_urllib_client_walks_the_api_key_lifecycle() {
 async fn node_fetch_client_walks_the_api_key_lifecycle() {
     api_key_client("node", "node/api_keys.mjs", "node (fetch)").await;
 }
+
+/// Runs an OAuth client library's scenario (`interop/*/oauth_*`) against a fresh server with a root
+/// key: the code flow through our login and consent forms, the ID token checked against our JWKS,
+/// refresh, userinfo, introspection, revocation and client credentials, all through the library.
+async fn oauth_client(program: &str, script: &str, extra: &[&str], label: &str) {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let root = app.root_key().await;
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.arg(interop_dir().join(script))
+        .args(extra)
+        .args(["--base-url", &app.base, "--root-key", &root]);
+    let Some((status, stdout, stderr)) =
+        run_outside(label, cmd, std::time::Duration::from_secs(120)).await
+    else {
+        app.stop().await;
+        return;
+    };
+    assert!(
+        status.success(),
+        "{label}: {script} failed ({status}):\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .last()
+            .is_some_and(|l| l.contains("every check passed")),
+        "{label}: {script} exited 0 without finishing its scenario:\n{stdout}\n{stderr}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openid_client_6_runs_the_code_flow_refresh_introspection_and_revocation() {
+    oauth_client(
+        "node",
+        "node/oauth_clients.mjs",
+        &["--lib", "openid-client"],
+        "openid-client 6",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth4webapi_3_runs_the_code_flow_and_validates_the_access_token() {
+    oauth_client(
+        "node",
+        "node/oauth_clients.mjs",
+        &["--lib", "oauth4webapi"],
+        "oauth4webapi 3",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authlib_runs_the_code_flow_refresh_introspection_and_revocation() {
+    oauth_client(
+        "python3",
+        "python/oauth_authlib.py",
+        &[],
+        "Authlib",
+    )
+    .await;
+}
