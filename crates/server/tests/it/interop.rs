@@ -217,9 +217,12 @@ async fn oauth_client(program: &str, script: &str, extra: &[&str], label: &str) 
     let app = TestApp::spawn(Backend::Sqlite).await;
     let root = app.root_key().await;
     let mut cmd = tokio::process::Command::new(program);
-    cmd.arg(interop_dir().join(script))
-        .args(extra)
-        .args(["--base-url", &app.base, "--root-key", &root]);
+    cmd.arg(interop_dir().join(script)).args(extra).args([
+        "--base-url",
+        &app.base,
+        "--root-key",
+        &root,
+    ]);
     let Some((status, stdout, stderr)) =
         run_outside(label, cmd, std::time::Duration::from_secs(120)).await
     else {
@@ -264,11 +267,5 @@ async fn oauth4webapi_3_runs_the_code_flow_and_validates_the_access_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authlib_runs_the_code_flow_refresh_introspection_and_revocation() {
-    oauth_client(
-        "python3",
-        "python/oauth_authlib.py",
-        &[],
-        "Authlib",
-    )
-    .await;
+    oauth_client("python3", "python/oauth_authlib.py", &[], "Authlib").await;
 }

@@ -20,6 +20,7 @@ mod http;
 mod interop;
 mod jwt;
 mod oauth;
+mod oidc_rp;
 mod pages;
 mod sessions;
 mod shapes;
