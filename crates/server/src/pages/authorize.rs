@@ -15,7 +15,10 @@ use portcullis_core::csrf;
 use portcullis_core::secrets::TokenHash;
 use secrecy::ExposeSecret;
 
-use super::{PageState, form_fields, message, page, page_session, see_other, url_escape};
+use super::{
+    PageState, csp_source, form_fields, message, page, page_posting_to, page_session, see_other,
+    url_escape,
+};
 use crate::auth::credential::site_hints;
 use crate::http::cookies::clear_session_cookie;
 use crate::http::extract::AuditCtx;
@@ -62,12 +65,7 @@ fn reply(state: &PageState, r: AuthzReply) -> Response {
                 context! { action => r.redirect_uri.clone(), params },
             );
             let hash = STANDARD.encode(TokenHash::of(FORM_POST_SCRIPT.as_bytes()).0);
-            let target = url::Url::parse(&r.redirect_uri)
-                .map(|u| match u.origin() {
-                    url::Origin::Tuple(..) => u.origin().ascii_serialization(),
-                    url::Origin::Opaque(_) => format!("{}:", u.scheme()),
-                })
-                .unwrap_or_else(|_| "'none'".into());
+            let target = csp_source(&r.redirect_uri).unwrap_or_else(|| "'none'".into());
             let csp = format!(
                 "default-src 'none'; script-src 'sha256-{hash}'; form-action {target}; frame-ancestors 'none'; base-uri 'none'"
             );
@@ -202,7 +200,8 @@ async fn consent_page(
         .iter()
         .map(|s| context! { name => s, text => OAuth::describe(s) })
         .collect();
-    page(
+    let targets: Vec<String> = csp_source(&req.redirect_uri).into_iter().collect();
+    page_posting_to(
         state,
         StatusCode::OK,
         "consent.html",
@@ -215,7 +214,25 @@ async fn consent_page(
             csrf_token => s.csrf_token(),
             user => true,
         },
+        &targets,
     )
+}
+
+/// Where a login that returns to `return_to` may be redirected in the end: the redirect URI of the
+/// OAuth authorization request it returns to, when that request names a registered one.
+pub async fn login_targets(state: &PageState, return_to: &str) -> Vec<String> {
+    let Some(query) = return_to.strip_prefix("/oauth2/authorize?") else {
+        return Vec::new();
+    };
+    let Ok(p) = Params::parse(query.as_bytes()) else {
+        return Vec::new();
+    };
+    let uri = match state.oauth.authorization_request(&p).await {
+        Ok(req) => req.redirect_uri,
+        Err(AuthzError::Redirect(r)) => r.redirect_uri,
+        Err(AuthzError::Page(_)) => return Vec::new(),
+    };
+    csp_source(&uri).into_iter().collect()
 }
 
 /// A form post of ours: same site, a live session, its CSRF token. `None` answers with the refusal.
@@ -436,7 +453,7 @@ pub async fn logout(
         Err(res) => return res,
     };
     match &session {
-        Some(s) if req.hint_sid.as_deref() != Some(s.row.id.as_str()) => page(
+        Some(s) if req.hint_sid.as_deref() != Some(s.row.id.as_str()) => page_posting_to(
             &state,
             StatusCode::OK,
             "logout.html",
@@ -446,6 +463,11 @@ pub async fn logout(
                 csrf_token => s.csrf_token(),
                 user => true,
             },
+            &req.redirect
+                .as_deref()
+                .and_then(csp_source)
+                .into_iter()
+                .collect::<Vec<_>>(),
         ),
         _ => finish_logout(&state, session.as_ref(), &req, &ctx).await,
     }

@@ -8,7 +8,7 @@ use minijinja::context;
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use super::{PageState, form_fields, message, page, page_session, safe_return_to, see_other};
+use super::{PageState, form_fields, message, page_session, safe_return_to, see_other};
 use crate::auth::credential::{site_hints, user_agent};
 use crate::error::Error;
 use crate::http::cookies::{device_cookie, session_cookie, set_device_cookie, set_session_cookie};
@@ -44,12 +44,16 @@ pub async fn login_form(
     let again = q.prompt.as_deref() == Some("login");
     match page_session(&state, &headers).await {
         Ok(Some(_)) if !again => see_other(&return_to),
-        Ok(_) => page(
-            &state,
-            StatusCode::OK,
-            "login.html",
-            context! { return_to, email, error => None::<String>, user => None::<String> },
-        ),
+        Ok(_) => {
+            let targets = super::authorize::login_targets(&state, &return_to).await;
+            super::page_posting_to(
+                &state,
+                StatusCode::OK,
+                "login.html",
+                context! { return_to, email, error => None::<String>, user => None::<String> },
+                &targets,
+            )
+        }
         Err(res) => res,
     }
 }
@@ -69,12 +73,14 @@ pub async fn login_submit(
         .map(|e| e.trim().to_owned())
         .unwrap_or_default();
     let password = fields.get("password").cloned().unwrap_or_default();
+    let targets = super::authorize::login_targets(&state, &return_to).await;
     let again = |status: StatusCode, error: &str| {
-        page(
+        super::page_posting_to(
             &state,
             status,
             "login.html",
             context! { return_to => return_to.clone(), email => email.clone(), error, user => None::<String> },
+            &targets,
         )
     };
     let hints = site_hints(&headers);

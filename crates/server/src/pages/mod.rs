@@ -8,7 +8,7 @@
 //! sends the browser to `/login`, which brings it back (`return_to`, same-origin paths only).
 
 mod account;
-mod authorize;
+pub(crate) mod authorize;
 mod login;
 
 use std::collections::HashMap;
@@ -130,6 +130,43 @@ pub(crate) fn page(
         Ok(body) => html(status, body),
         Err(e) => e.into_response(),
     }
+}
+
+/// [`page`] for a form whose post may end, after our redirects, at `targets` (an OAuth client's
+/// redirect URI): browsers hold every redirect of a form submission to `form-action`, so those
+/// origins are allowed beside ours, and nothing else is.
+pub(crate) fn page_posting_to(
+    state: &PageState,
+    status: StatusCode,
+    name: &str,
+    ctx: minijinja::Value,
+    targets: &[String],
+) -> Response {
+    let mut res = page(state, status, name, ctx);
+    if !targets.is_empty() && res.status() == status {
+        let csp = PAGE_CSP.replace(
+            "form-action 'self'",
+            &format!("form-action 'self' {}", targets.join(" ")),
+        );
+        if let Ok(v) = HeaderValue::from_str(&csp) {
+            res.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
+        }
+    }
+    res
+}
+
+/// The CSP source of a redirect URI: its origin, or `scheme:` for a private-use scheme.
+pub(crate) fn csp_source(uri: &str) -> Option<String> {
+    let u = url::Url::parse(uri).ok()?;
+    let source = match u.origin() {
+        o @ url::Origin::Tuple(..) => o.ascii_serialization(),
+        url::Origin::Opaque(_) => format!("{}:", u.scheme()),
+    };
+    // Only what a CSP source may hold; anything odd is left out rather than escaped.
+    source
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '/' | '.' | '-' | '[' | ']' | '+'))
+        .then_some(source)
 }
 
 fn message(

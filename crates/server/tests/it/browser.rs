@@ -107,3 +107,76 @@ async fn chromium_logs_in_creates_a_key_signs_out_a_device_refuses_csrf_and_logs
     assert!(size > 0, "{} is missing or empty", login_png.display());
     app.stop().await;
 }
+
+/// The OAuth code flow in Chromium (`interop/node/browser_oauth.mjs`): the authorization request
+/// lands on the login form, the consent page names the client, host and scopes, the browser comes
+/// back to the application with the code, which redeems; a second request finds the consent
+/// remembered. Screenshots `oauth-login.png`, `oauth-consent.png`, `oauth-callback.png`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_walks_the_oauth_code_flow_through_login_and_consent() {
+    let node_dir = repo_root().join("interop/node");
+    if !Path::new(CHROMIUM).exists() {
+        return skip_or_fail(&format!("no Chromium at {CHROMIUM}"));
+    }
+    if !node_dir.join("node_modules/playwright-core").is_dir() {
+        return skip_or_fail("playwright-core is not installed in interop/node/node_modules");
+    }
+    let out_dir = screenshot_dir().join("oauth");
+    let _ = std::fs::remove_dir_all(&out_dir);
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let root = app.root_key().await;
+    let c = crate::oauth::client(
+        &app,
+        &root,
+        &serde_json::json!({
+            "name": "Browser app", "type": "confidential",
+            "redirect_uris": [crate::oauth::REDIRECT],
+            "scopes": ["openid", "email", "orders:read"],
+        }),
+    )
+    .await;
+    app.register("oauth-browser@example.com").await;
+    let run = tokio::process::Command::new("node")
+        .arg(node_dir.join("browser_oauth.mjs"))
+        .args([
+            "--base-url",
+            &app.base,
+            "--email",
+            "oauth-browser@example.com",
+        ])
+        .args(["--password", support::PASSWORD, "--chromium", CHROMIUM])
+        .args(["--client-id", c["client_id"].as_str().unwrap()])
+        .args(["--client-secret", c["client_secret"].as_str().unwrap()])
+        .arg("--out-dir")
+        .arg(&out_dir)
+        .current_dir(&node_dir)
+        .kill_on_drop(true)
+        .output();
+    let out = match tokio::time::timeout(Duration::from_secs(180), run).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => {
+            app.stop().await;
+            return skip_or_fail(&format!("cannot run node: {e}"));
+        }
+        Err(_) => panic!("browser_oauth.mjs did not finish within 180 s"),
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() == Some(3) {
+        app.stop().await;
+        return skip_or_fail(&stderr);
+    }
+    eprint!("{stdout}");
+    assert!(
+        out.status.success(),
+        "browser_oauth.mjs failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(stdout.contains("every check passed"), "{stdout}\n{stderr}");
+    for png in ["oauth-login.png", "oauth-consent.png", "oauth-callback.png"] {
+        let size = std::fs::metadata(out_dir.join(png)).map_or(0, |m| m.len());
+        assert!(size > 0, "{png} is missing or empty");
+    }
+    app.stop().await;
+}
