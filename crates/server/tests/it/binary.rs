@@ -371,6 +371,211 @@ async fn logs_never_contain_passwords_tokens_or_keys() {
         "revoke",
     )
     .await;
+    // OAuth: a client's secret, a code through the login and consent forms, the tokens it redeems
+    // for, a refresh, introspection and revocation, a client-credentials token, an opaque token.
+    let admin = |path: &str, body: Value| {
+        c.post(format!("{base}{path}"))
+            .header("x-api-key", &root)
+            .json(&body)
+    };
+    let web = step(
+        admin(
+            "/admin/v1/clients",
+            json!({"name": "leaky app", "type": "confidential", "redirect_uris": [crate::oauth::REDIRECT],
+                   "scopes": ["openid", "offline_access", "email"]}),
+        ),
+        201,
+        "register an OAuth client",
+    )
+    .await;
+    let machine = step(
+        admin(
+            "/admin/v1/clients",
+            json!({"name": "leaky machine", "type": "confidential", "grant_types": ["client_credentials"],
+                   "scopes": ["reports:read"], "access_token_format": "opaque"}),
+        ),
+        201,
+        "register an opaque-token client",
+    )
+    .await;
+    let (web_id, web_secret) = (
+        web["client_id"].as_str().unwrap().to_owned(),
+        web["client_secret"].as_str().unwrap().to_owned(),
+    );
+    let mut browser = crate::oauth::Browser {
+        http: crate::oauth::no_redirects(),
+        cookie: None,
+        base: base.clone(),
+    };
+    let (verifier, challenge) = crate::oauth::pkce();
+    let r = browser
+        .get(&crate::oauth::authorize_url(
+            &web_id,
+            "openid offline_access email",
+            &challenge,
+            "st",
+            "nonce-1",
+        ))
+        .await;
+    let login = reqwest::Url::parse(&format!(
+        "{base}{}",
+        r.headers()["location"].to_str().unwrap()
+    ))
+    .unwrap();
+    let return_to = login
+        .query_pairs()
+        .find(|(k, _)| k == "return_to")
+        .unwrap()
+        .1
+        .into_owned();
+    let page = browser
+        .log_in("leak@example.com", &return_to)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let field = |name: &str| {
+        let at = page.find(&format!("name=\"{name}\" value=\"")).unwrap() + name.len() + 15;
+        page[at..at + page[at..].find('"').unwrap()]
+            .replace("&#x2f;", "/")
+            .replace("&amp;", "&")
+    };
+    let r = browser
+        .post(
+            "/consent",
+            &[
+                ("csrf_token", &field("csrf_token")),
+                ("request", &field("request")),
+                ("decision", "approve"),
+            ],
+        )
+        .await;
+    let back = reqwest::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+    let code = back
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .into_owned();
+    let oauth_session = browser.cookie.clone().unwrap();
+    let oauth_session = oauth_session.split_once('=').unwrap().1.to_owned();
+    let token_at = |form: Vec<(&str, String)>, id: &str, secret: &str| {
+        c.post(format!("{base}/oauth2/token"))
+            .basic_auth(id, Some(secret))
+            .form(&form)
+    };
+    let ot = step(
+        token_at(
+            vec![
+                ("grant_type", "authorization_code".into()),
+                ("code", code.clone()),
+                ("redirect_uri", crate::oauth::REDIRECT.into()),
+                ("code_verifier", verifier.clone()),
+            ],
+            &web_id,
+            &web_secret,
+        ),
+        200,
+        "redeem the code",
+    )
+    .await;
+    let ot2 = step(
+        token_at(
+            vec![
+                ("grant_type", "refresh_token".into()),
+                (
+                    "refresh_token",
+                    ot["refresh_token"].as_str().unwrap().into(),
+                ),
+            ],
+            &web_id,
+            &web_secret,
+        ),
+        200,
+        "refresh through OAuth",
+    )
+    .await;
+    step(
+        token_at(
+            vec![
+                ("grant_type", "authorization_code".into()),
+                ("code", code.clone()),
+            ],
+            &web_id,
+            "pcs_a_wrong_secret_0123456789",
+        ),
+        401,
+        "a wrong client secret",
+    )
+    .await;
+    step(
+        c.post(format!("{base}/oauth2/introspect"))
+            .basic_auth(&web_id, Some(&web_secret))
+            .form(&[("token", ot2["access_token"].as_str().unwrap())]),
+        200,
+        "introspect",
+    )
+    .await;
+    step(
+        c.post(format!("{base}/oauth2/revoke"))
+            .basic_auth(&web_id, Some(&web_secret))
+            .form(&[("token", ot2["refresh_token"].as_str().unwrap())]),
+        200,
+        "revoke",
+    )
+    .await;
+    step(
+        token_at(
+            vec![
+                ("grant_type", "authorization_code".into()),
+                ("code", code.clone()),
+                ("redirect_uri", crate::oauth::REDIRECT.into()),
+                ("code_verifier", verifier.clone()),
+            ],
+            &web_id,
+            &web_secret,
+        ),
+        400,
+        "replay the code",
+    )
+    .await;
+    let (m_id, m_secret) = (
+        machine["client_id"].as_str().unwrap().to_owned(),
+        machine["client_secret"].as_str().unwrap().to_owned(),
+    );
+    let opaque = step(
+        token_at(
+            vec![("grant_type", "client_credentials".into())],
+            &m_id,
+            &m_secret,
+        ),
+        200,
+        "an opaque client-credentials token",
+    )
+    .await;
+    let rotated = step(
+        c.post(format!("{base}/admin/v1/clients/{m_id}/secret"))
+            .header("x-api-key", &root),
+        201,
+        "rotate a client secret",
+    )
+    .await;
+    let oauth_in_clear: Vec<String> = vec![
+        web_secret.clone(),
+        m_secret.clone(),
+        rotated["client_secret"].as_str().unwrap().to_owned(),
+        code.clone(),
+        verifier.clone(),
+        oauth_session,
+        ot["refresh_token"].as_str().unwrap().to_owned(),
+        ot2["refresh_token"].as_str().unwrap().to_owned(),
+        opaque["access_token"].as_str().unwrap().to_owned(),
+    ];
+    let oauth_logged_only: Vec<String> = vec![
+        ot["access_token"].as_str().unwrap().to_owned(),
+        ot["id_token"].as_str().unwrap().to_owned(),
+        ot2["access_token"].as_str().unwrap().to_owned(),
+    ];
     let new_password = "another fine passphrase";
     step(
         c.post(format!("{base}/v1/me/password"))
@@ -408,6 +613,8 @@ async fn logs_never_contain_passwords_tokens_or_keys() {
     ];
     secrets.extend(refresh_tokens);
     secrets.extend(api_keys);
+    secrets.extend(oauth_in_clear.iter().map(String::as_str));
+    secrets.extend(oauth_logged_only.iter().map(String::as_str));
     for secret in &secrets {
         assert!(
             secret.len() >= 16,
@@ -453,7 +660,12 @@ async fn logs_never_contain_passwords_tokens_or_keys() {
             master.trim(),
             PASSWORD,
         ];
-        let stored_in_clear = refresh_tokens.iter().chain(&api_keys).chain(&others);
+        let oauth: Vec<&str> = oauth_in_clear.iter().map(String::as_str).collect();
+        let stored_in_clear = refresh_tokens
+            .iter()
+            .chain(&api_keys)
+            .chain(&others)
+            .chain(&oauth);
         for secret in stored_in_clear {
             let tail = &secret.as_bytes()[secret.len() / 2..];
             assert!(
