@@ -204,6 +204,29 @@ impl Target {
         self.build(Method::POST, path, Cred::ApiKey(key), Some(body))
     }
 
+    /// `POST` of a form (`application/x-www-form-urlencoded`), with an `Authorization` value (HTTP
+    /// Basic, say) and a `Cookie` pair when given.
+    pub fn post_form(
+        &self,
+        path: &str,
+        body: Bytes,
+        authorization: Option<&str>,
+        cookie: Option<&str>,
+    ) -> Result<Request<Body>> {
+        let mut b = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header(HOST, &self.host)
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded");
+        if let Some(a) = authorization {
+            b = b.header(AUTHORIZATION, a);
+        }
+        if let Some(c) = cookie {
+            b = b.header(COOKIE, c);
+        }
+        b.body(Full::new(body)).context("build form request")
+    }
+
     fn build(
         &self,
         method: Method,

@@ -298,10 +298,10 @@ async fn conn_loop(
         }
         let req = driver.request().context("build request")?;
         let measured = sent >= measure_start;
-        let failed = match tokio::time::timeout_at(end + GRACE, conn.send(req)).await {
-            Ok(Ok((status, body))) => {
+        let failed = match tokio::time::timeout_at(end + GRACE, conn.send_full(req)).await {
+            Ok(Ok((status, headers, body))) => {
                 let done = Instant::now();
-                let ok = driver.check(status, &body);
+                let ok = driver.check_full(status, &headers, &body);
                 if measured && done <= end {
                     if ok {
                         st.ok += 1;

@@ -45,6 +45,11 @@ pub trait ConnDriver: Send {
         status == StatusCode::OK
     }
 
+    /// [`Self::check`] for drivers that read the response headers too (a redirect's `Location`).
+    fn check_full(&mut self, status: StatusCode, _headers: &HeaderMap, body: &Bytes) -> bool {
+        self.check(status, body)
+    }
+
     /// Called after a failed request or transport error, outside the timed measurement.
     fn recover(&mut self) -> BoxFut<'_, Result<()>> {
         Box::pin(async { Ok(()) })
@@ -222,6 +227,54 @@ pub fn all(s: &Settings) -> Vec<Scenario> {
             },
         },
         Scenario {
+            name: "oauth_client_credentials",
+            kind: Kind::Loop {
+                connections: s.connections,
+                setup: setup(|ctx, _| async move {
+                    let t = ctx.target.clone();
+                    let o = ctx.oauth().await?.clone();
+                    let body =
+                        Bytes::from_static(b"grant_type=client_credentials&scope=orders%3Aread");
+                    Ok(Simple::boxed(move || {
+                        t.post_form("/oauth2/token", body.clone(), Some(&o.machine_basic), None)
+                    }))
+                }),
+            },
+        },
+        Scenario {
+            name: "oauth_introspect",
+            kind: Kind::Loop {
+                connections: s.connections,
+                setup: setup(|ctx, _| async move {
+                    let t = ctx.target.clone();
+                    let o = ctx.oauth().await?.clone();
+                    let body = Bytes::from(format!("token={}", o.machine_token));
+                    Ok(Box::new(Introspect {
+                        make: Box::new(move || {
+                            t.post_form(
+                                "/oauth2/introspect",
+                                body.clone(),
+                                Some(&o.machine_basic),
+                                None,
+                            )
+                        }),
+                    }) as Box<dyn ConnDriver>)
+                }),
+            },
+        },
+        Scenario {
+            name: "oauth_code_flow",
+            kind: Kind::Loop {
+                connections: s.connections,
+                setup: setup(|ctx, _| async move {
+                    let o = ctx.oauth().await?.clone();
+                    let cookie = ctx.session_cookie().await?.to_owned();
+                    Ok(Box::new(CodeFlow::new(ctx.target.clone(), o, cookie)?)
+                        as Box<dyn ConnDriver>)
+                }),
+            },
+        },
+        Scenario {
             name: "argon2_raw",
             kind: Kind::InProcess {
                 threads: crate::argon::threads(),
@@ -242,6 +295,110 @@ pub fn all(s: &Settings) -> Vec<Scenario> {
             },
         },
     ]
+}
+
+/// What the OAuth scenarios share: a web client whose consent user 0 has given, a machine client,
+/// and a client-credentials JWT of the machine client (to introspect).
+#[derive(Clone)]
+pub struct OAuthSetup {
+    pub web_id: String,
+    pub web_basic: String,
+    pub machine_basic: String,
+    pub machine_token: String,
+}
+
+/// `POST /oauth2/introspect` of a live JWT, counted only when the answer says `"active":true`.
+struct Introspect {
+    make: Box<dyn FnMut() -> Result<Req> + Send>,
+}
+
+impl ConnDriver for Introspect {
+    fn request(&mut self) -> Result<Req> {
+        (self.make)()
+    }
+
+    fn check(&mut self, status: StatusCode, body: &Bytes) -> bool {
+        status == StatusCode::OK && body.windows(13).any(|w| w == b"\"active\":true")
+    }
+}
+
+/// A whole authorization code flow per two requests, with a live browser session whose consent is
+/// remembered: `GET /oauth2/authorize` (303 to the redirect URI with a code), then the code redeemed
+/// at `POST /oauth2/token` (200). The table counts requests: flows are half of them.
+struct CodeFlow {
+    target: Target,
+    o: OAuthSetup,
+    cookie: String,
+    authorize: String,
+    verifier: String,
+    code: Option<String>,
+}
+
+pub const BENCH_REDIRECT: &str = "http://127.0.0.1:9/cb";
+
+fn pkce_pair() -> Result<(String, String)> {
+    use base64::Engine;
+    let mut raw = [0u8; 32];
+    portcullis_core::secrets::fill_random(&mut raw)
+        .map_err(|_| anyhow::anyhow!("no randomness"))?;
+    let verifier = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+    let challenge = portcullis_core::oauth::pkce::CodeChallenge::of_verifier(&verifier);
+    Ok((verifier, challenge.as_str().to_owned()))
+}
+
+fn authorize_path(client_id: &str, challenge: &str) -> String {
+    format!(
+        "/oauth2/authorize?response_type=code&client_id={client_id}&redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fcb\
+         &scope=openid%20orders%3Aread&state=bench&nonce=n&code_challenge={challenge}&code_challenge_method=S256"
+    )
+}
+
+impl CodeFlow {
+    fn new(target: Target, o: OAuthSetup, cookie: String) -> Result<Self> {
+        let (verifier, challenge) = pkce_pair()?;
+        Ok(Self {
+            authorize: authorize_path(&o.web_id, &challenge),
+            target,
+            o,
+            cookie,
+            verifier,
+            code: None,
+        })
+    }
+}
+
+impl ConnDriver for CodeFlow {
+    fn request(&mut self) -> Result<Req> {
+        match self.code.take() {
+            None => self.target.get_cookie(&self.authorize, &self.cookie),
+            Some(code) => {
+                let body = format!(
+                    "grant_type=authorization_code&code={code}&code_verifier={}&redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fcb",
+                    self.verifier
+                );
+                self.target.post_form(
+                    "/oauth2/token",
+                    Bytes::from(body),
+                    Some(&self.o.web_basic),
+                    None,
+                )
+            }
+        }
+    }
+
+    fn check_full(&mut self, status: StatusCode, headers: &HeaderMap, body: &Bytes) -> bool {
+        if status == StatusCode::SEE_OTHER {
+            let code = headers
+                .get(hyper::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| l.split(['?', '&']).find_map(|p| p.strip_prefix("code=")))
+                .map(str::to_owned);
+            let ok = code.is_some();
+            self.code = code;
+            return ok;
+        }
+        status == StatusCode::OK && body.starts_with(b"{\"access_token\"")
+    }
 }
 
 /// A driver that sends the same kind of request every time and expects 200.
@@ -437,6 +594,7 @@ pub struct Ctx {
     user_key: OnceCell<String>,
     /// `__Host-portcullis=pcs_…` of a browser session of user 0, made like the keys above.
     session_cookie: OnceCell<String>,
+    oauth: OnceCell<OAuthSetup>,
 }
 
 const SETUP_LOGIN_CONCURRENCY: usize = 3;
@@ -453,6 +611,7 @@ impl Ctx {
             valid_key: OnceCell::new(),
             user_key: OnceCell::new(),
             session_cookie: OnceCell::new(),
+            oauth: OnceCell::new(),
         }
     }
 
@@ -651,6 +810,124 @@ impl Ctx {
             })
             .await?;
         Ok(key)
+    }
+
+    /// The OAuth scenarios' clients (made with the root key), user 0's consent to the web client
+    /// (given once through the consent form), and a client-credentials token.
+    pub async fn oauth(&self) -> Result<&OAuthSetup> {
+        self.oauth
+            .get_or_try_init(|| async {
+                use base64::Engine;
+                let basic = |id: &str, secret: &str| {
+                    format!(
+                        "Basic {}",
+                        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
+                    )
+                };
+                let register = |body: serde_json::Value| async move {
+                    let req = self.target.post_json_api_key(
+                        "/admin/v1/clients",
+                        json_bytes(&body)?,
+                        self.root()?,
+                    )?;
+                    let (status, body) = self
+                        .target
+                        .once(req)
+                        .await
+                        .context("POST /admin/v1/clients")?;
+                    if status != StatusCode::CREATED {
+                        bail!(
+                            "POST /admin/v1/clients answered {status}: {}",
+                            body_snippet(&body)
+                        );
+                    }
+                    let v: serde_json::Value =
+                        serde_json::from_slice(&body).context("client JSON")?;
+                    let id = v["client_id"].as_str().context("client_id")?.to_owned();
+                    let secret = v["client_secret"]
+                        .as_str()
+                        .context("client_secret")?
+                        .to_owned();
+                    Ok::<_, anyhow::Error>((id, secret))
+                };
+                let (web_id, web_secret) = register(serde_json::json!({
+                    "name": "bench web", "type": "confidential", "redirect_uris": [BENCH_REDIRECT],
+                    "scopes": ["openid", "orders:read"],
+                }))
+                .await?;
+                let (m_id, m_secret) = register(serde_json::json!({
+                    "name": "bench machine", "type": "confidential",
+                    "grant_types": ["client_credentials"], "scopes": ["orders:read"],
+                }))
+                .await?;
+                // User 0 approves the web client once, through the consent form.
+                let cookie = self.session_cookie().await?.to_owned();
+                let (_, challenge) = pkce_pair()?;
+                let req = self
+                    .target
+                    .get_cookie(&authorize_path(&web_id, &challenge), &cookie)?;
+                let (status, page) = self
+                    .target
+                    .once(req)
+                    .await
+                    .context("GET /oauth2/authorize")?;
+                if status != StatusCode::OK {
+                    bail!(
+                        "the first authorization answered {status}, not the consent page: {}",
+                        body_snippet(&page)
+                    );
+                }
+                let page = String::from_utf8_lossy(&page).into_owned();
+                let field = |name: &str| -> Result<String> {
+                    let key = format!("name=\"{name}\" value=\"");
+                    let at = page
+                        .find(&key)
+                        .with_context(|| format!("no {name} on the consent page"))?
+                        + key.len();
+                    let end = page[at..].find('"').context("unterminated value")?;
+                    Ok(page[at..at + end]
+                        .replace("&#x2f;", "/")
+                        .replace("&amp;", "&"))
+                };
+                let form = serde_urlencoded::to_string([
+                    ("csrf_token", field("csrf_token")?),
+                    ("request", field("request")?),
+                    ("decision", "approve".to_owned()),
+                ])
+                .context("encode the consent form")?;
+                let req =
+                    self.target
+                        .post_form("/consent", Bytes::from(form), None, Some(&cookie))?;
+                let (status, body) = self.target.once(req).await.context("POST /consent")?;
+                if status != StatusCode::SEE_OTHER {
+                    bail!("POST /consent answered {status}: {}", body_snippet(&body));
+                }
+                let machine_basic = basic(&m_id, &m_secret);
+                let req = self.target.post_form(
+                    "/oauth2/token",
+                    Bytes::from_static(b"grant_type=client_credentials"),
+                    Some(&machine_basic),
+                    None,
+                )?;
+                let (status, body) = self.target.once(req).await.context("client credentials")?;
+                if status != StatusCode::OK {
+                    bail!(
+                        "client credentials answered {status}: {}",
+                        body_snippet(&body)
+                    );
+                }
+                let v: serde_json::Value = serde_json::from_slice(&body).context("token JSON")?;
+                Ok(OAuthSetup {
+                    web_basic: basic(&web_id, &web_secret),
+                    web_id,
+                    machine_basic,
+                    machine_token: v["access_token"]
+                        .as_str()
+                        .context("access_token")?
+                        .to_owned(),
+                })
+            })
+            .await
     }
 
     /// A browser session of user 0: logs in with `POST /v1/sessions` (201), takes the cookie pair

@@ -38,7 +38,9 @@ mod users;
 pub use apikeys::{ApiKeyPatch, ApiKeyRow, ApiKeyStore, KeyOwner, RolledKey, Spend};
 pub use audit::{AuditEvent, AuditFilter, AuditStore};
 pub use maintenance::{Maintenance, Purged};
-pub use oauth::{ClientRow, CodeRow, ConsentRow, OAuthStore, OpaqueAccessRow, Produced, Replayed};
+pub use oauth::{
+    ClientRow, CodeRow, ConsentRow, OAuthStore, OpaqueAccessRow, Produced, Redemption, Replayed,
+};
 pub use refresh::{FamilyRow, NewFamily, NextToken, RefreshTokenStore, Rotation};
 pub use sessions::{SessionRow, SessionStore};
 pub use signing_keys::{SigningKeyRow, SigningKeyStore};

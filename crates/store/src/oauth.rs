@@ -125,6 +125,14 @@ pub struct Produced {
     pub access_exp: i64,
 }
 
+/// What a redemption must match.
+#[derive(Debug, Clone)]
+pub struct Redemption<'a> {
+    pub client_id: &'a ClientId,
+    pub redirect_uri: &'a str,
+    pub code_challenge: &'a str,
+}
+
 /// What a replayed code had produced.
 #[derive(Debug, Clone)]
 pub struct Replayed {
@@ -234,14 +242,17 @@ pub trait OAuthStore {
 
     fn insert_code(&self, c: &CodeRow) -> impl Future<Output = Result<()>> + Send;
     fn code(&self, hash: &TokenHash) -> impl Future<Output = Result<Option<CodeRow>>> + Send;
-    /// Redeems a live code once, recording what it produces: of N concurrent calls exactly one gets
-    /// `true`.
+    /// Redeems a live code once, if it was issued to `expect.client_id` for `expect.redirect_uri`
+    /// with `expect.code_challenge` (the S256 of the presented verifier), recording what it
+    /// produces: one conditional UPDATE, so that of N concurrent calls exactly one gets the row, and
+    /// a call that fails any condition writes nothing (the caller then reads the code to say why).
     fn redeem_code(
         &self,
         hash: &TokenHash,
         now: Millis,
+        expect: &Redemption<'_>,
         produced: &Produced,
-    ) -> impl Future<Output = Result<bool>> + Send;
+    ) -> impl Future<Output = Result<Option<CodeRow>>> + Send;
     /// Marks a redeemed code replayed and returns what it produced (to revoke); `None` when the code
     /// was never redeemed.
     fn replay_code(
@@ -468,21 +479,27 @@ impl OAuthStore for Store {
         &self,
         hash: &TokenHash,
         now: Millis,
+        expect: &Redemption<'_>,
         produced: &Produced,
-    ) -> Result<bool> {
-        let n = with_pool!(self, write, p => sqlx::query(
+    ) -> Result<Option<CodeRow>> {
+        let sql = concat!(
             "UPDATE oauth_codes SET redeemed_at = $2, family_id = $3, access_jti = $4, access_exp = $5 \
-             WHERE code_hash = $1 AND redeemed_at IS NULL AND expires_at > $2",
-        )
-        .bind(hash.as_bytes())
-        .bind(now.0)
-        .bind(&produced.family_id)
-        .bind(&produced.access_jti)
-        .bind(produced.access_exp)
-        .execute(p)
-        .await?
-        .rows_affected());
-        Ok(n == 1)
+             WHERE code_hash = $1 AND redeemed_at IS NULL AND expires_at > $2 \
+               AND client_id = $6 AND redirect_uri = $7 AND code_challenge = $8 RETURNING ",
+            code_columns!()
+        );
+        let row = with_pool!(self, write, p => sqlx::query_as::<_, StoredCode>(sql)
+            .bind(hash.as_bytes())
+            .bind(now.0)
+            .bind(&produced.family_id)
+            .bind(&produced.access_jti)
+            .bind(produced.access_exp)
+            .bind(expect.client_id.as_str())
+            .bind(expect.redirect_uri)
+            .bind(expect.code_challenge)
+            .fetch_optional(p)
+            .await?);
+        row.map(CodeRow::try_from).transpose()
     }
 
     async fn replay_code(&self, hash: &TokenHash, now: Millis) -> Result<Option<Replayed>> {

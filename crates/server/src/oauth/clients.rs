@@ -2,6 +2,8 @@
 //! 256 bits shown once and kept as SHA-256, and the authentication of a client at the token,
 //! introspection and revocation endpoints.
 
+use std::sync::Arc;
+
 use portcullis_core::clock::Millis;
 use portcullis_core::ids::ClientId;
 use portcullis_core::oauth::client::{self, AuthMethod, ClientType, GrantType, Registration};
@@ -392,25 +394,50 @@ pub struct ClientAuthFailed {
     pub reason: &'static str,
 }
 
+/// How long a client read from the store is served from memory. A change made on this node applies
+/// at once (the entry is dropped); one made on another node (or by the CLI) within this long.
+pub const CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub struct Clients {
     store: Store,
     audit: Audit,
+    /// Clients by id, parsed and checked: every token request authenticates one, and reading and
+    /// checking its registration costs more than the rest of a client-credentials grant.
+    cache: moka::sync::Cache<ClientId, Arc<Client>>,
 }
 
 impl Clients {
     pub fn new(store: Store, audit: Audit) -> Self {
-        Self { store, audit }
+        Self {
+            store,
+            audit,
+            cache: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(CACHE_TTL)
+                .build(),
+        }
     }
 
     /// A client by its id; `None` for an id that is not one of ours.
-    pub async fn get(&self, raw_id: &str) -> Result<Option<Client>> {
+    pub async fn get(&self, raw_id: &str) -> Result<Option<Arc<Client>>> {
         let Ok(id) = ClientId::parse(raw_id) else {
             return Ok(None);
         };
+        if let Some(c) = self.cache.get(&id) {
+            return Ok(Some(c));
+        }
         match self.store.client(&id).await? {
-            Some(row) => Ok(Some(from_row(row)?)),
+            Some(row) => {
+                let c = Arc::new(from_row(row)?);
+                self.cache.insert(id, Arc::clone(&c));
+                Ok(Some(c))
+            }
             None => Ok(None),
         }
+    }
+
+    fn forget(&self, id: &ClientId) {
+        self.cache.invalidate(id);
     }
 
     pub async fn list(&self, after: Option<&ClientId>, limit: u32) -> Result<Vec<Client>> {
@@ -467,7 +494,7 @@ impl Clients {
         id: &str,
         settings: &ClientSettings,
         ctx: &AuditContext,
-    ) -> Result<Client> {
+    ) -> Result<Arc<Client>> {
         let current = self
             .get(id)
             .await?
@@ -488,6 +515,7 @@ impl Clients {
         {
             return Err(Error::NotFound("no such client".into()));
         }
+        self.forget(&current.id);
         self.audit.record(
             "client.updated",
             Some(actor),
@@ -506,7 +534,7 @@ impl Clients {
         actor: &str,
         id: &str,
         ctx: &AuditContext,
-    ) -> Result<(Client, SecretString)> {
+    ) -> Result<(Arc<Client>, SecretString)> {
         let client = self
             .get(id)
             .await?
@@ -525,6 +553,7 @@ impl Clients {
         {
             return Err(Error::NotFound("no such client".into()));
         }
+        self.forget(&client.id);
         self.audit.record(
             "client.secret_rotated",
             Some(actor),
@@ -544,7 +573,9 @@ impl Clients {
         let Ok(cid) = ClientId::parse(id) else {
             return Err(Error::NotFound("no such client".into()));
         };
-        if !self.store.delete_client(&cid, Millis::now()).await? {
+        let deleted = self.store.delete_client(&cid, Millis::now()).await?;
+        self.forget(&cid);
+        if !deleted {
             return Err(Error::NotFound("no such client".into()));
         }
         self.audit.record(
@@ -563,7 +594,7 @@ impl Clients {
     pub async fn authenticate(
         &self,
         presented: Presented<'_>,
-    ) -> std::result::Result<Client, ClientAuthFailed> {
+    ) -> std::result::Result<Arc<Client>, ClientAuthFailed> {
         let (id, secret, method) = match &presented {
             Presented::Basic { id, secret } => {
                 (id.as_str(), Some(secret), AuthMethod::ClientSecretBasic)

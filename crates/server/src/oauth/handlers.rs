@@ -125,7 +125,7 @@ async fn client_of(
     p: &Params,
     ip: ClientIp,
     ctx: &crate::audit::AuditContext,
-) -> Result<Client, OAuthError> {
+) -> Result<std::sync::Arc<Client>, OAuthError> {
     let basic = basic_credentials(headers)?;
     state
         .oauth
@@ -180,7 +180,7 @@ pub async fn introspect(
         });
     let caller = if is_basic || p.get("client_id").is_some() {
         match client_of(&state, &headers, &p, ip, &ctx).await {
-            Ok(c) if c.auth_method.uses_secret() => Introspector::Client(Box::new(c)),
+            Ok(c) if c.auth_method.uses_secret() => Introspector::Client(c),
             Ok(_) => {
                 return OAuthError::unauthorized_client(
                     "introspection is for confidential clients",
@@ -352,11 +352,11 @@ impl std::fmt::Debug for ClientView {
     }
 }
 
-fn view(c: Client, secret: Option<SecretString>) -> ClientView {
+fn view(c: &Client, secret: Option<SecretString>) -> ClientView {
     ClientView {
         client_id: c.id.to_string(),
         client_secret: secret.map(|s| s.expose_secret().to_owned()),
-        settings: c.settings,
+        settings: c.settings.clone(),
         created_at: c.created_at,
         updated_at: c.updated_at,
     }
@@ -390,7 +390,7 @@ pub async fn create(
         .clients
         .create(&admin.subject, &body, &ctx)
         .await?;
-    Ok(created(view(client, secret)))
+    Ok(created(view(&client, secret)))
 }
 
 /// List OAuth clients (admin), oldest first.
@@ -410,7 +410,7 @@ pub async fn list(
         .await?;
     let next_cursor = page.cut(&mut rows, |c| c.id.to_string());
     Ok(axum::Json(ClientList {
-        clients: rows.into_iter().map(|c| view(c, None)).collect(),
+        clients: rows.into_iter().map(|c| view(&c, None)).collect(),
         next_cursor,
     }))
 }
@@ -431,7 +431,7 @@ pub async fn read(
         .get(&id)
         .await?
         .ok_or_else(|| Error::NotFound("no such client".into()))?;
-    Ok(axum::Json(view(client, None)))
+    Ok(axum::Json(view(&client, None)))
 }
 
 /// Change an OAuth client (admin): the fields given replace the registered ones; the type and
@@ -467,7 +467,7 @@ pub async fn update(
         .clients
         .update(&admin.subject, &id, &settings, &ctx)
         .await?;
-    Ok(axum::Json(view(client, None)))
+    Ok(axum::Json(view(&client, None)))
 }
 
 /// Delete an OAuth client (admin): its refresh tokens stop working, its codes and consents go.
@@ -506,7 +506,7 @@ pub async fn rotate_secret(
         .clients
         .rotate_secret(&admin.subject, &id, &ctx)
         .await?;
-    Ok(created(view(client, Some(secret))))
+    Ok(created(view(&client, Some(secret))))
 }
 
 pub fn routes() -> OpenApiRouter<AppState> {

@@ -17,7 +17,8 @@ use portcullis_core::principal::Principal;
 use portcullis_core::ratelimit::LoginBackoff;
 use portcullis_core::secrets::{OpaqueToken, TokenHash};
 use portcullis_store::{
-    CodeRow, NewFamily, OAuthStore, OpaqueAccessRow, Produced, RefreshTokenStore, Store, UserRow,
+    CodeRow, NewFamily, OAuthStore, OpaqueAccessRow, Produced, Redemption, RefreshTokenStore,
+    Store, UserRow,
 };
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -59,7 +60,7 @@ pub enum ResponseMode {
 /// back to the client.
 #[derive(Debug, Clone)]
 pub struct AuthzRequest {
-    pub client: Client,
+    pub client: Arc<Client>,
     pub redirect_uri: String,
     pub state: Option<String>,
     pub response_mode: ResponseMode,
@@ -132,7 +133,7 @@ impl std::fmt::Debug for TokenResponse {
 /// Who may call introspection.
 pub enum Introspector {
     /// A confidential client: about tokens issued to it.
-    Client(Box<Client>),
+    Client(Arc<Client>),
     /// An API key or token with scope `oauth:introspect`: about any token.
     Principal(Principal),
 }
@@ -647,7 +648,7 @@ impl OAuth {
         p: &Params,
         ip: Option<std::net::IpAddr>,
         ctx: &AuditContext,
-    ) -> OAuthResult<Client> {
+    ) -> OAuthResult<Arc<Client>> {
         let body_id = p.get("client_id");
         let body_secret = p.get("client_secret");
         let presented = match (&basic, body_id, body_secret) {
@@ -786,8 +787,53 @@ impl OAuth {
         let code = OpaqueToken::parse(CODE_PREFIX, code).map_err(|_| bad())?;
         let hash = code.hash();
         let now = Millis::now();
-        let row = self.store.code(&hash).await?.ok_or_else(bad)?;
-        let refuse = |reason: &'static str| {
+        // Omitted: only when the client has exactly one redirect URI (it was implied).
+        let redirect_uri = match (redirect_uri, client.redirect_uris.as_slice()) {
+            (Some(r), _) => r,
+            (None, [only]) => only.as_str(),
+            (None, _) => return Err(OAuthError::invalid_request("redirect_uri is required")),
+        };
+        let challenge = CodeChallenge::of_verifier(verifier);
+        // The family and access token this redemption will make are named before it happens, so
+        // that a replay racing it can revoke them (the family may never be made: then there is
+        // nothing to revoke).
+        let family_id = FamilyId::generate();
+        let jti = Tokens::new_jti(now);
+        let produced = Produced {
+            family_id: Some(family_id.to_string()),
+            access_jti: jti.clone(),
+            access_exp: now.as_secs() + self.tokens.access_ttl_s(),
+        };
+        let expect = Redemption {
+            client_id: &client.id,
+            redirect_uri,
+            code_challenge: challenge.as_str(),
+        };
+        // The happy path is this one statement (client, redirect URI, verifier, expiry and single
+        // use all in its WHERE); when it matches nothing, the code is read to say why.
+        let redeemed = if is_valid_verifier(verifier) {
+            self.store
+                .redeem_code(&hash, now, &expect, &produced)
+                .await?
+        } else {
+            None
+        };
+        let Some(row) = redeemed else {
+            let row = self.store.code(&hash).await?.ok_or_else(bad)?;
+            let reason = if row.client_id != client.id {
+                "other_client"
+            } else if row.redeemed_at.is_some() {
+                // A second redemption (or one that lost the race to the first): it revokes what the
+                // first produced.
+                self.replayed(&hash, client, ctx).await?;
+                return Err(bad());
+            } else if row.expires_at <= now {
+                "expired"
+            } else if row.redirect_uri != redirect_uri {
+                "redirect_uri_mismatch"
+            } else {
+                "wrong_verifier"
+            };
             metrics::counter!("portcullis_oauth_codes_total", "outcome" => reason).increment(1);
             self.audit.record(
                 "oauth.code_refused",
@@ -796,33 +842,8 @@ impl OAuth {
                 ctx,
                 json!({ "reason": reason }),
             );
-            bad()
-        };
-        if row.client_id != client.id {
-            return Err(refuse("other_client"));
-        }
-        if row.redeemed_at.is_some() {
-            self.replayed(&hash, client, ctx).await?;
             return Err(bad());
-        }
-        if row.expires_at <= now {
-            return Err(refuse("expired"));
-        }
-        let redirect_ok = match redirect_uri {
-            Some(r) => r == row.redirect_uri,
-            // Omitted: only when the client has exactly this one redirect URI (it was implied).
-            None => {
-                matches!(client.redirect_uris.as_slice(), [only] if only.as_str() == row.redirect_uri)
-            }
         };
-        if !redirect_ok {
-            return Err(refuse("redirect_uri_mismatch"));
-        }
-        let challenge =
-            CodeChallenge::parse(Some(&row.code_challenge), Some("S256")).map_err(|_| bad())?;
-        if !is_valid_verifier(verifier) || !challenge.is_answered_by(verifier) {
-            return Err(refuse("wrong_verifier"));
-        }
         let granted: Vec<String> = serde_json::from_str(&row.resources).unwrap_or_default();
         let asked = p.all("resource");
         let audiences = if asked.is_empty() {
@@ -837,23 +858,12 @@ impl OAuth {
             asked
         };
         let Some(user) = self.users.active(row.user_id.as_str()).await? else {
-            return Err(refuse("user_inactive"));
+            return Err(bad());
         };
         let scopes = split(&row.scope);
         let refresh = client.allows(GrantType::RefreshToken)
             && (has(&scopes, "offline_access") || !has(&scopes, "openid"));
-        let family_id = refresh.then(FamilyId::generate);
-        let jti = Tokens::new_jti(now);
-        let produced = Produced {
-            family_id: family_id.as_ref().map(|f| f.to_string()),
-            access_jti: jti.clone(),
-            access_exp: now.as_secs() + self.tokens.access_ttl_s(),
-        };
-        if !self.store.redeem_code(&hash, now, &produced).await? {
-            // Another redemption won the race: this one is the second, and revokes what it made.
-            self.replayed(&hash, client, ctx).await?;
-            return Err(bad());
-        }
+        let family_id = refresh.then_some(family_id);
         let audiences = if audiences.is_empty() {
             client.audiences.clone()
         } else {
@@ -891,8 +901,8 @@ impl OAuth {
             None => None,
         };
         // A replay that raced this redemption found the family not yet stored: end it now.
-        if self.store.code_replayed(&hash).await?
-            && let Some(id) = &family_id
+        if let Some(id) = &family_id
+            && self.store.code_replayed(&hash).await?
         {
             {
                 self.store

@@ -368,7 +368,7 @@ async fn logout_request(state: &PageState, p: &Params) -> Result<LogoutRequest, 
         }
     };
     Ok(LogoutRequest {
-        client_name: client.map(|c| c.name),
+        client_name: client.map(|c| c.name.clone()),
         redirect,
         state_param: p
             .bounded("state", 1024)
