@@ -361,6 +361,9 @@ async fn run_one(
         Kind::Ceiling { connections, setup } => {
             return run_ceiling(ceiling_bin, *connections, setup, settings).await;
         }
+        Kind::OidcProvider { connections, setup } => {
+            return run_oidc_provider(*connections, setup, settings).await;
+        }
         Kind::Loop { connections, setup } => (*connections, setup, false),
         Kind::Burst { connections, setup } => (*connections, setup, true),
     };
@@ -465,6 +468,24 @@ async fn start_hello(bin: &Path) -> Result<server::HttpChild> {
 /// Starts the bare axum hello, runs the closed loop against it, and stops it again (SIGTERM, and
 /// waits) when it goes out of scope, so it never shares the machine with the server's scenarios.
 /// Its peak RSS and CPU are the hello's own.
+/// node-oidc-provider on a free port (Node 22 from `bench/oidc-provider/node_modules` when
+/// installed, else `node`), measured like the ceiling, stopped after.
+async fn run_oidc_provider(
+    connections: usize,
+    setup: &scenario::Setup,
+    settings: &Settings,
+) -> Result<load::Stats> {
+    let mut op = server::start_oidc_provider()?;
+    op.wait_healthy(HEALTH_TIMEOUT)
+        .await
+        .map_err(|e| anyhow!("node-oidc-provider {e:#}"))?;
+    let ctx = Arc::new(Ctx::bare(op.target.clone()));
+    let res = load::run_loop(&ctx, connections, setup, settings, Proc::Pid(op.pid)).await;
+    op.ensure_alive()
+        .map_err(|e| anyhow!("node-oidc-provider {e:#}"))?;
+    res
+}
+
 async fn run_ceiling(
     bin: &Path,
     connections: usize,

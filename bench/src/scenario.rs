@@ -76,6 +76,9 @@ pub enum Kind {
     Ceiling { connections: usize, setup: Setup },
     /// `connections` connections each send exactly one request, all at the same instant.
     Burst { connections: usize, setup: Setup },
+    /// A [`Kind::Loop`] against node-oidc-provider (`bench/oidc-provider/server.mjs`), the reference
+    /// OpenID Provider, started for this scenario alone like the ceiling.
+    OidcProvider { connections: usize, setup: Setup },
     /// Runs inside the harness, no server involved.
     InProcess {
         threads: usize,
@@ -98,6 +101,7 @@ impl Scenario {
         match &self.kind {
             Kind::Loop { connections, .. }
             | Kind::Ceiling { connections, .. }
+            | Kind::OidcProvider { connections, .. }
             | Kind::Burst { connections, .. } => connections.to_string(),
             Kind::InProcess { threads, .. } => format!("{threads} threads"),
         }
@@ -235,9 +239,34 @@ pub fn all(s: &Settings) -> Vec<Scenario> {
                     let o = ctx.oauth().await?.clone();
                     let body =
                         Bytes::from_static(b"grant_type=client_credentials&scope=orders%3Aread");
-                    Ok(Simple::boxed(move || {
-                        t.post_form("/oauth2/token", body.clone(), Some(&o.machine_basic), None)
-                    }))
+                    Ok(Box::new(TokenAnswer {
+                        make: Box::new(move || {
+                            t.post_form("/oauth2/token", body.clone(), Some(&o.machine_basic), None)
+                        }),
+                    }) as Box<dyn ConnDriver>)
+                }),
+            },
+        },
+        Scenario {
+            name: "oidc_provider_client_credentials",
+            kind: Kind::OidcProvider {
+                connections: s.connections,
+                setup: setup(|ctx, _| async move {
+                    let t = ctx.target.clone();
+                    let basic = format!(
+                        "Basic {}",
+                        base64::Engine::encode(
+                            &base64::engine::general_purpose::STANDARD,
+                            format!("{OIDC_PROVIDER_CLIENT}:{OIDC_PROVIDER_SECRET}")
+                        )
+                    );
+                    let body =
+                        Bytes::from_static(b"grant_type=client_credentials&scope=orders%3Aread");
+                    Ok(Box::new(TokenAnswer {
+                        make: Box::new(move || {
+                            t.post_form("/token", body.clone(), Some(&basic), None)
+                        }),
+                    }) as Box<dyn ConnDriver>)
                 }),
             },
         },
@@ -307,6 +336,25 @@ pub struct OAuthSetup {
     pub machine_token: String,
 }
 
+/// The client of `bench/oidc-provider/server.mjs` (a benchmark fixture, not a credential).
+pub const OIDC_PROVIDER_CLIENT: &str = "bench";
+pub const OIDC_PROVIDER_SECRET: &str = "bench-secret-0123456789abcdef0123456789abcdef";
+
+/// A token request, counted only when the answer is 200 with an access token.
+struct TokenAnswer {
+    make: Box<dyn FnMut() -> Result<Req> + Send>,
+}
+
+impl ConnDriver for TokenAnswer {
+    fn request(&mut self) -> Result<Req> {
+        (self.make)()
+    }
+
+    fn check(&mut self, status: StatusCode, body: &Bytes) -> bool {
+        status == StatusCode::OK && contains(body, b"\"access_token\"")
+    }
+}
+
 /// `POST /oauth2/introspect` of a live JWT, counted only when the answer says `"active":true`.
 struct Introspect {
     make: Box<dyn FnMut() -> Result<Req> + Send>,
@@ -318,7 +366,7 @@ impl ConnDriver for Introspect {
     }
 
     fn check(&mut self, status: StatusCode, body: &Bytes) -> bool {
-        status == StatusCode::OK && body.windows(13).any(|w| w == b"\"active\":true")
+        status == StatusCode::OK && contains(body, b"\"active\":true")
     }
 }
 

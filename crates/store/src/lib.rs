@@ -130,6 +130,8 @@ pub(crate) enum Backend {
         write: SqlitePool,
         /// Refresh-token rotations, settled in batches by one task (group commit); see `refresh`.
         rotations: Option<refresh::RotationQueue>,
+        /// Authorization-code writes, committed in batches by one task; see `oauth`.
+        codes: Option<oauth::CodeQueue>,
     },
     Postgres(PgPool),
 }
@@ -218,14 +220,17 @@ impl Store {
                 read: read.clone(),
                 write: write.clone(),
                 rotations: None,
+                codes: None,
             },
         };
         let rotations = Some(refresh::RotationQueue::spawn(direct));
+        let codes = Some(oauth::CodeQueue::spawn(write.clone()));
         Ok(Self {
             backend: Backend::Sqlite {
                 read,
                 write,
                 rotations,
+                codes,
             },
         })
     }

@@ -7,7 +7,7 @@ use portcullis_core::clock::Millis;
 use portcullis_core::ids::{ClientId, UserId};
 use portcullis_core::secrets::TokenHash;
 
-use crate::{Result, Store, StoreError, column, with_pool};
+use crate::{Backend, Result, Store, StoreError, column, with_pool};
 
 #[derive(Debug, Clone)]
 pub struct ClientRow {
@@ -434,6 +434,15 @@ impl OAuthStore for Store {
     }
 
     async fn insert_code(&self, c: &CodeRow) -> Result<()> {
+        if let Backend::Sqlite {
+            codes: Some(queue), ..
+        } = &self.backend
+        {
+            return match queue.run(CodeOp::Insert(Box::new(c.clone()))).await? {
+                CodeOutcome::Inserted => Ok(()),
+                CodeOutcome::Redeemed(_) => Err(closed()),
+            };
+        }
         let sql = concat!(
             "INSERT INTO oauth_codes (",
             code_columns!(),
@@ -482,6 +491,23 @@ impl OAuthStore for Store {
         expect: &Redemption<'_>,
         produced: &Produced,
     ) -> Result<Option<CodeRow>> {
+        if let Backend::Sqlite {
+            codes: Some(queue), ..
+        } = &self.backend
+        {
+            let op = CodeOp::Redeem {
+                hash: hash.clone(),
+                now,
+                client_id: expect.client_id.clone(),
+                redirect_uri: expect.redirect_uri.to_owned(),
+                code_challenge: expect.code_challenge.to_owned(),
+                produced: produced.clone(),
+            };
+            return match queue.run(op).await? {
+                CodeOutcome::Redeemed(row) => Ok(row.map(|r| *r)),
+                CodeOutcome::Inserted => Err(closed()),
+            };
+        }
         let sql = concat!(
             "UPDATE oauth_codes SET redeemed_at = $2, family_id = $3, access_jti = $4, access_exp = $5 \
              WHERE code_hash = $1 AND redeemed_at IS NULL AND expires_at > $2 \
@@ -726,4 +752,142 @@ impl OAuthStore for Store {
             Ok(codes + jtis + opaque)
         })
     }
+}
+
+/// Group commit of code writes on SQLite, whose single writer makes each statement's commit a turn
+/// in one queue: a code flow writes twice (the code issued, the code redeemed), and committing each
+/// alone made the writer the flow's bottleneck. Concurrent writes queue here; one task runs a batch
+/// in one transaction, each statement as it would run alone (a redemption is still one conditional
+/// UPDATE, so of two redemptions of one code in a batch only the first matches), and answers each
+/// once the batch has committed. A failed batch answers every request in it with the error.
+#[derive(Clone, Debug)]
+pub(crate) struct CodeQueue {
+    tx: tokio::sync::mpsc::Sender<(CodeOp, tokio::sync::oneshot::Sender<Result<CodeOutcome>>)>,
+}
+
+#[derive(Debug)]
+enum CodeOp {
+    Insert(Box<CodeRow>),
+    Redeem {
+        hash: TokenHash,
+        now: Millis,
+        client_id: ClientId,
+        redirect_uri: String,
+        code_challenge: String,
+        produced: Produced,
+    },
+}
+
+#[derive(Debug)]
+enum CodeOutcome {
+    Inserted,
+    Redeemed(Option<Box<CodeRow>>),
+}
+
+const CODE_BATCH: usize = 64;
+
+fn closed() -> StoreError {
+    StoreError::Database(sqlx::Error::PoolClosed)
+}
+
+impl CodeQueue {
+    pub(crate) fn spawn(write: sqlx::SqlitePool) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(4 * CODE_BATCH);
+        tokio::spawn(run_codes(write, rx));
+        Self { tx }
+    }
+
+    async fn run(&self, op: CodeOp) -> Result<CodeOutcome> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.tx.send((op, reply)).await.map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
+    }
+}
+
+type CodeRequest = (CodeOp, tokio::sync::oneshot::Sender<Result<CodeOutcome>>);
+
+async fn run_codes(pool: sqlx::SqlitePool, mut rx: tokio::sync::mpsc::Receiver<CodeRequest>) {
+    let mut batch = Vec::with_capacity(CODE_BATCH);
+    while rx.recv_many(&mut batch, CODE_BATCH).await > 0 {
+        let requests = std::mem::take(&mut batch);
+        match code_batch(&pool, &requests).await {
+            Ok(outcomes) => {
+                for ((_, reply), outcome) in requests.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for (_, reply) in requests {
+                    let _ = reply.send(Err(StoreError::Database(sqlx::Error::Protocol(
+                        message.clone(),
+                    ))));
+                }
+            }
+        }
+    }
+}
+
+async fn code_batch(pool: &sqlx::SqlitePool, requests: &[CodeRequest]) -> Result<Vec<CodeOutcome>> {
+    let insert = concat!(
+        "INSERT INTO oauth_codes (",
+        code_columns!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+    );
+    let redeem = concat!(
+        "UPDATE oauth_codes SET redeemed_at = $2, family_id = $3, access_jti = $4, access_exp = $5 \
+         WHERE code_hash = $1 AND redeemed_at IS NULL AND expires_at > $2 \
+           AND client_id = $6 AND redirect_uri = $7 AND code_challenge = $8 RETURNING ",
+        code_columns!()
+    );
+    let mut tx = pool.begin().await?;
+    let mut out = Vec::with_capacity(requests.len());
+    for (op, _) in requests {
+        match op {
+            CodeOp::Insert(c) => {
+                sqlx::query(insert)
+                    .bind(c.code_hash.as_bytes())
+                    .bind(c.client_id.as_str())
+                    .bind(c.user_id.as_str())
+                    .bind(&c.session_id)
+                    .bind(&c.redirect_uri)
+                    .bind(&c.code_challenge)
+                    .bind(&c.scope)
+                    .bind(&c.resources)
+                    .bind(&c.nonce)
+                    .bind(c.auth_time)
+                    .bind(c.created_at.0)
+                    .bind(c.expires_at.0)
+                    .bind(c.redeemed_at.map(|m| m.0))
+                    .execute(&mut *tx)
+                    .await?;
+                out.push(CodeOutcome::Inserted);
+            }
+            CodeOp::Redeem {
+                hash,
+                now,
+                client_id,
+                redirect_uri,
+                code_challenge,
+                produced,
+            } => {
+                let row = sqlx::query_as::<_, StoredCode>(redeem)
+                    .bind(hash.as_bytes())
+                    .bind(now.0)
+                    .bind(&produced.family_id)
+                    .bind(&produced.access_jti)
+                    .bind(produced.access_exp)
+                    .bind(client_id.as_str())
+                    .bind(redirect_uri)
+                    .bind(code_challenge)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                out.push(CodeOutcome::Redeemed(
+                    row.map(CodeRow::try_from).transpose()?.map(Box::new),
+                ));
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(out)
 }
