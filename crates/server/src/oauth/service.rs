@@ -151,6 +151,10 @@ pub struct OAuth {
     /// Failed client authentications, per client and address, backing off like failed logins.
     failures: MemoryLimiter,
     backoff: LoginBackoff,
+    /// Remembered consents by (user, client), for [`clients::CACHE_TTL`]: every authorization of a
+    /// signed-in user reads one. Granting or withdrawing here drops the entry at once; another
+    /// node's change applies within the TTL.
+    consents: moka::sync::Cache<(UserId, ClientId), Arc<Vec<String>>>,
 }
 
 fn has(scopes: &[String], s: &str) -> bool {
@@ -203,7 +207,28 @@ impl OAuth {
                 std::time::Duration::from_millis(backoff.forget_after_ms.max(1000)),
             ),
             backoff,
+            consents: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(super::clients::CACHE_TTL)
+                .build(),
         }
+    }
+
+    /// The scopes `user` granted `client` (empty: none).
+    async fn remembered(&self, user: &UserId, client: &ClientId) -> OAuthResult<Arc<Vec<String>>> {
+        let key = (user.clone(), client.clone());
+        if let Some(s) = self.consents.get(&key) {
+            return Ok(s);
+        }
+        let scopes = Arc::new(
+            self.store
+                .consent(user, client)
+                .await?
+                .map(|s| split(&s))
+                .unwrap_or_default(),
+        );
+        self.consents.insert(key, Arc::clone(&scopes));
+        Ok(scopes)
     }
 
     pub fn issuer(&self) -> &str {
@@ -489,12 +514,11 @@ impl OAuth {
             return Ok(Next::Issue);
         }
         let remembered = self
-            .store
-            .consent(&b.user_id, &req.client.id)
+            .remembered(&b.user_id, &req.client.id)
             .await
-            .map_err(|_| self.refuse(req, "server_error", "the server could not read the consent"))?
-            .map(|s| split(&s))
-            .unwrap_or_default();
+            .map_err(|_| {
+                self.refuse(req, "server_error", "the server could not read the consent")
+            })?;
         let covered = req.scopes.iter().all(|s| has(&remembered, s));
         if covered && !req.prompt_consent {
             return Ok(Next::Issue);
@@ -530,6 +554,8 @@ impl OAuth {
         self.store
             .grant_consent(&b.user_id, &req.client.id, &join(&granted), Millis::now())
             .await?;
+        self.consents
+            .invalidate(&(b.user_id.clone(), req.client.id.clone()));
         self.audit.record(
             "oauth.consent_given",
             Some(b.user_id.as_str()),
@@ -1488,6 +1514,7 @@ impl OAuth {
             return Ok(false);
         };
         let done = self.store.withdraw_consent(user_id, &cid).await?;
+        self.consents.invalidate(&(user_id.clone(), cid.clone()));
         if done {
             self.audit.record(
                 "oauth.consent_withdrawn",
