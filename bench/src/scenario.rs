@@ -891,9 +891,14 @@ impl Ctx {
                     }
                     let v: serde_json::Value =
                         serde_json::from_slice(&body).context("client JSON")?;
-                    let id = v["client_id"].as_str().context("client_id")?.to_owned();
-                    let secret = v["client_secret"]
-                        .as_str()
+                    let id = v
+                        .get("client_id")
+                        .and_then(|x| x.as_str())
+                        .context("client_id")?
+                        .to_owned();
+                    let secret = v
+                        .get("client_secret")
+                        .and_then(|x| x.as_str())
                         .context("client_secret")?
                         .to_owned();
                     Ok::<_, anyhow::Error>((id, secret))
@@ -969,8 +974,9 @@ impl Ctx {
                     web_basic: basic(&web_id, &web_secret),
                     web_id,
                     machine_basic,
-                    machine_token: v["access_token"]
-                        .as_str()
+                    machine_token: v
+                        .get("access_token")
+                        .and_then(|x| x.as_str())
                         .context("access_token")?
                         .to_owned(),
                 })

@@ -118,6 +118,74 @@ fn token_json(t: TokenResponse) -> Response {
     json_no_store(StatusCode::OK, body)
 }
 
+/// Client-based CORS (node-oidc-provider's rule): a browser may call the token, revocation and
+/// userinfo endpoints cross-origin only for a public client, and only from the origin of one of its
+/// registered redirect URIs. `Ok(None)`: not a cross-origin request; `Ok(Some(origin))`: allowed,
+/// answer with `Access-Control-Allow-Origin: origin`; `Err`: refused before anything is done.
+fn cors_for(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: &Client,
+) -> Result<Option<HeaderValue>, OAuthError> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(None);
+    };
+    let Ok(raw) = origin.to_str() else {
+        return Err(OAuthError::invalid_request(
+            "the Origin header is not valid",
+        ));
+    };
+    if raw == state.config.origin() || state.config.cors_allowed_origins.iter().any(|o| o == raw) {
+        return Ok(None);
+    }
+    let allowed = client.client_type == portcullis_core::oauth::client::ClientType::Public
+        && client
+            .redirect_uris
+            .iter()
+            .filter_map(|r| url::Url::parse(r.as_str()).ok())
+            .any(|u| u.origin().ascii_serialization() == raw);
+    if allowed {
+        Ok(Some(origin.clone()))
+    } else {
+        Err(OAuthError::invalid_request(
+            "cross-origin requests are for public clients, from the origins of their redirect URIs",
+        ))
+    }
+}
+
+fn with_cors(mut res: Response, origin: Option<HeaderValue>) -> Response {
+    if let Some(o) = origin {
+        let h = res.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+        h.append(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    res
+}
+
+/// `OPTIONS` on the token, revocation and userinfo endpoints: any origin's preflight is answered
+/// (it carries no client), and the request itself is judged by [`cors_for`].
+pub async fn preflight(headers: HeaderMap) -> Response {
+    let mut res = StatusCode::NO_CONTENT.into_response();
+    if let Some(origin) = headers.get(header::ORIGIN).cloned() {
+        let h = res.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("authorization, content-type, dpop"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+        h.append(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    res
+}
+
 /// The client a request authenticates as.
 async fn client_of(
     state: &AppState,
@@ -149,10 +217,15 @@ pub async fn token(
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    match state.oauth.token(&client, &p, &ctx).await {
+    let cors = match cors_for(&state, &headers, &client) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let res = match state.oauth.token(&client, &p, &ctx).await {
         Ok(t) => token_json(t),
         Err(e) => e.into_response(),
-    }
+    };
+    with_cors(res, cors)
 }
 
 /// `POST /oauth2/introspect`: a confidential client (about its own tokens), or a Bearer token or
@@ -238,13 +311,21 @@ pub async fn revoke(
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    let Some(token) = p.get("token") else {
-        return OAuthError::invalid_request("token is required").into_response();
+    let cors = match cors_for(&state, &headers, &client) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
     };
-    match state.oauth.revoke(&client, token, &ctx).await {
+    let Some(token) = p.get("token") else {
+        return with_cors(
+            OAuthError::invalid_request("token is required").into_response(),
+            cors,
+        );
+    };
+    let res = match state.oauth.revoke(&client, token, &ctx).await {
         Ok(()) => json_no_store(StatusCode::OK, json!({})),
         Err(e) => e.into_response(),
-    }
+    };
+    with_cors(res, cors)
 }
 
 /// `GET` and `POST /oauth2/userinfo` with a Bearer token.
@@ -259,7 +340,17 @@ pub async fn userinfo(State(state): State<AppState>, headers: HeaderMap) -> Resp
         return OAuthError::bearer(401, "", "an access token is required").into_response();
     };
     match state.oauth.userinfo(token).await {
-        Ok(v) => json_no_store(StatusCode::OK, v),
+        Ok((v, client_id)) => {
+            // The token names its client; a browser may read this from that client's origins.
+            let cors = match state.oauth.clients.get(&client_id).await {
+                Ok(Some(c)) => match cors_for(&state, &headers, &c) {
+                    Ok(c) => c,
+                    Err(e) => return e.into_response(),
+                },
+                _ => None,
+            };
+            with_cors(json_no_store(StatusCode::OK, v), cors)
+        }
         Err(e) => e.into_response(),
     }
 }
@@ -320,10 +411,13 @@ pub async fn discovery(State(state): State<AppState>) -> Response {
 /// The OAuth protocol's own routes (described by the discovery document, not the OpenAPI one).
 pub fn protocol_routes() -> Router<AppState> {
     Router::new()
-        .route("/oauth2/token", post(token))
+        .route("/oauth2/token", post(token).options(preflight))
         .route("/oauth2/introspect", post(introspect))
-        .route("/oauth2/revoke", post(revoke))
-        .route("/oauth2/userinfo", get(userinfo).post(userinfo))
+        .route("/oauth2/revoke", post(revoke).options(preflight))
+        .route(
+            "/oauth2/userinfo",
+            get(userinfo).post(userinfo).options(preflight),
+        )
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/.well-known/oauth-authorization-server", get(discovery))
 }

@@ -1434,8 +1434,9 @@ impl OAuth {
         Ok(())
     }
 
-    /// OIDC Core §5.3: the claims of the user an access token with `openid` speaks for.
-    pub async fn userinfo(&self, token: &str) -> OAuthResult<Value> {
+    /// OIDC Core §5.3: the claims of the user an access token with `openid` speaks for, and the
+    /// token's client.
+    pub async fn userinfo(&self, token: &str) -> OAuthResult<(Value, String)> {
         let invalid = || OAuthError::bearer(401, "invalid_token", "the access token is not valid");
         let claims = if let Ok(t) = OpaqueToken::parse(OPAQUE_PREFIX, token) {
             self.opaque_claims(&t).await?.ok_or_else(invalid)?
@@ -1462,7 +1463,7 @@ impl OAuth {
                 obj.insert(k.into(), v);
             }
         }
-        Ok(out)
+        Ok((out, claims.client_id))
     }
 
     // ---- logout ---------------------------------------------------------------------------------

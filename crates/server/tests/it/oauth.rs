@@ -23,6 +23,7 @@ on_both_stores!(
     admin_manages_clients_and_rotates_secrets,
     logout_ends_the_session_and_its_grants,
     opaque_tokens_are_introspected_and_revoked,
+    public_clients_are_answered_cross_origin_from_their_redirect_origins_only,
 );
 
 pub const REDIRECT: &str = "http://127.0.0.1:9/cb";
@@ -1345,5 +1346,117 @@ async fn opaque_tokens_are_introspected_and_revoked(b: Backend) {
     assert_eq!(v["sub"], svc["client_id"]);
     assert_eq!(revoke(&app, &svc, access).await.status(), StatusCode::OK);
     assert_eq!(introspect(&app, &svc, access).await["active"], false);
+    app.stop().await;
+}
+
+async fn public_clients_are_answered_cross_origin_from_their_redirect_origins_only(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let root = app.root_key().await;
+    let spa = client(
+        &app,
+        &root,
+        &json!({"name": "spa", "type": "public", "redirect_uris": [REDIRECT, "https://spa.example/cb"],
+                "scopes": ["openid", "email"]}),
+    )
+    .await;
+    let web = web_client(&app, &root).await;
+    let spa_id = spa["client_id"].as_str().unwrap();
+    app.register("jo@example.com").await;
+    let mut browser = Browser::new(&app);
+    let a = authorize(&app, &mut browser, spa_id, "openid email", "jo@example.com").await;
+    let form = |code: &str| {
+        vec![
+            ("grant_type", "authorization_code".to_owned()),
+            ("client_id", spa_id.to_owned()),
+            ("code", code.to_owned()),
+            ("redirect_uri", REDIRECT.to_owned()),
+            ("code_verifier", a.verifier.clone()),
+        ]
+    };
+    // A preflight from anywhere is answered; the request itself is judged.
+    let r = app
+        .client
+        .request(reqwest::Method::OPTIONS, app.url("/oauth2/token"))
+        .header("origin", "https://spa.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://spa.example"
+    );
+    // Another origin: refused, nothing spent.
+    let r = app
+        .client
+        .post(app.url("/oauth2/token"))
+        .header("origin", "https://evil.example")
+        .form(&form(&a.code))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    oauth_error(r, StatusCode::BAD_REQUEST, "invalid_request").await;
+    // The origin of one of its redirect URIs: answered, readable by that origin.
+    let r = app
+        .client
+        .post(app.url("/oauth2/token"))
+        .header("origin", "https://spa.example")
+        .form(&form(&a.code))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://spa.example"
+    );
+    let t: Value = r.json().await.unwrap();
+    let access = t["access_token"].as_str().unwrap();
+    let r = app
+        .client
+        .get(app.url("/oauth2/userinfo"))
+        .bearer_auth(access)
+        .header("origin", "https://spa.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://spa.example"
+    );
+    let r = app
+        .client
+        .post(app.url("/oauth2/revoke"))
+        .header("origin", "https://spa.example")
+        .form(&[("client_id", spa_id), ("token", access)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://spa.example"
+    );
+    // A confidential client is never called from a browser.
+    let r = app
+        .client
+        .post(app.url("/oauth2/token"))
+        .header("origin", "http://127.0.0.1:9")
+        .header(
+            "authorization",
+            basic(
+                web["client_id"].as_str().unwrap(),
+                web["client_secret"].as_str().unwrap(),
+            ),
+        )
+        .form(&[("grant_type", "refresh_token"), ("refresh_token", "prt_x")])
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    oauth_error(r, StatusCode::BAD_REQUEST, "invalid_request").await;
     app.stop().await;
 }
