@@ -33,9 +33,11 @@ pub const OIDC_SCOPES: &[&str] = &["openid", "profile", "email", "offline_access
 #[serde(deny_unknown_fields)]
 pub struct ClientSettings {
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
     /// `confidential` or `public`.
     #[serde(rename = "type")]
+    #[schema(pattern = "^(confidential|public)$")]
     pub client_type: String,
     #[serde(default)]
     pub redirect_uris: Vec<String>,

@@ -3,7 +3,7 @@
 //! renders: OAuth errors as RFC 6749 JSON, admin errors as problem JSON.
 
 use axum::Router;
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -26,7 +26,7 @@ use super::service::{INTROSPECT_SCOPE, Introspector, TokenResponse};
 use crate::app::state::AppState;
 use crate::auth::{Admin, credential};
 use crate::error::Error;
-use crate::http::extract::{AuditCtx, ClientIp, Json, body_bytes};
+use crate::http::extract::{AuditCtx, ClientIp, Json, Query, body_bytes};
 use crate::http::pagination::{PageQuery, PageRequest};
 use crate::http::{ApiResult, Problem};
 
