@@ -386,7 +386,11 @@ async fn clients(command: ClientsCommand) -> Result<(), Failure> {
     let config = load(&flags, &[])?;
     let store = bootstrap::open_store(&config).await?;
     let (audit, audit_task) = crate::audit::Audit::spawn(store.clone());
-    let clients = Clients::new(store.clone(), audit.clone());
+    let clients = Clients::new(
+        store.clone(),
+        audit.clone(),
+        config.oauth_allow_loopback_backchannel,
+    );
     let ctx = crate::audit::AuditContext::default();
     let fail = |e: Error| match e {
         Error::Validation(errors) => Failure::Usage(

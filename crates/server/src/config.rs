@@ -155,6 +155,9 @@ pub struct Config {
     /// Origins (`https://app.example.com`) whose pages may call the API from the browser with
     /// credentials (CORS). Default: none. Their cookie requests still need the CSRF token.
     pub cors_allowed_origins: Vec<String>,
+    /// Accept `http://127.0.0.1…` and `http://[::1]…` as an OAuth client's `backchannel_logout_uri`
+    /// (development and tests); off by default, since the server itself posts to that URL.
+    pub oauth_allow_loopback_backchannel: bool,
     /// A session unused for this long ends (seconds).
     pub session_idle_timeout_s: i64,
     /// A session ends this long after login, however busy (seconds).
@@ -243,6 +246,7 @@ impl Default for Config {
             verify_audit_interval_ms: 60_000,
             templates_dir: None,
             cors_allowed_origins: Vec::new(),
+            oauth_allow_loopback_backchannel: false,
             session_idle_timeout_s: 30 * 60,
             session_absolute_timeout_s: 24 * 3600,
             trusted_proxies: Vec::new(),

@@ -94,6 +94,9 @@ pub struct Registration<'a> {
     pub has_jwks: bool,
     pub has_jwks_uri: bool,
     pub backchannel_logout_uri: Option<&'a str>,
+    /// Whether `http` on a loopback address is allowed for `backchannel_logout_uri` (a test or
+    /// development setup; off by default, since the server itself calls that URL).
+    pub allow_loopback_backchannel: bool,
 }
 
 /// One problem with a registration: the field it is about, a stable code and a sentence.
@@ -196,6 +199,7 @@ pub fn check(r: &Registration<'_>) -> Vec<Problem> {
     }
     if let Some(uri) = r.backchannel_logout_uri
         && !is_https_url(uri)
+        && !(r.allow_loopback_backchannel && is_loopback_http_url(uri))
     {
         out.push(problem(
             "backchannel_logout_uri",
@@ -204,6 +208,17 @@ pub fn check(r: &Registration<'_>) -> Vec<Problem> {
         ));
     }
     out
+}
+
+fn is_loopback_http_url(raw: &str) -> bool {
+    raw.len() <= super::redirect::MAX_LEN
+        && !raw.contains('#')
+        && url::Url::parse(raw).is_ok_and(|u| {
+            u.scheme() == "http"
+                && matches!(u.host_str(), Some("127.0.0.1") | Some("[::1]"))
+                && u.username().is_empty()
+                && u.password().is_none()
+        })
 }
 
 fn is_https_url(raw: &str) -> bool {
@@ -238,6 +253,7 @@ mod tests {
             has_jwks: false,
             has_jwks_uri: false,
             backchannel_logout_uri: None,
+            allow_loopback_backchannel: false,
         }
     }
 
@@ -357,6 +373,22 @@ mod tests {
             };
             assert_eq!(codes(&r), ["invalid_uri"], "{bad}");
         }
+        // Loopback http only when the operator allows it, and only on a loopback address.
+        let local = Registration {
+            backchannel_logout_uri: Some("http://127.0.0.1:8080/logout"),
+            ..web_app(&code, &cb)
+        };
+        assert_eq!(codes(&local), ["invalid_uri"]);
+        let allowed = Registration {
+            allow_loopback_backchannel: true,
+            ..local.clone()
+        };
+        assert!(codes(&allowed).is_empty());
+        let remote = Registration {
+            backchannel_logout_uri: Some("http://app.example/logout"),
+            ..allowed.clone()
+        };
+        assert_eq!(codes(&remote), ["invalid_uri"]);
         // Several problems are all named.
         let many = Registration {
             client_type: ClientType::Public,

@@ -163,6 +163,7 @@ pub async fn services(
         audit.clone(),
         Arc::clone(&counts),
         per_client,
+        config.oauth_allow_loopback_backchannel,
     ));
     let auth = Auth::new(
         Arc::clone(&users),

@@ -125,6 +125,7 @@ pub fn is_resource_uri(raw: &str) -> bool {
 pub fn parse(
     name: &str,
     s: &ClientSettings,
+    allow_loopback_backchannel: bool,
 ) -> std::result::Result<ParsedSettings, Vec<FieldError>> {
     let mut errors = Vec::new();
     let name = name.trim();
@@ -303,6 +304,7 @@ pub fn parse(
         has_jwks: s.jwks.is_some(),
         has_jwks_uri: s.jwks_uri.is_some(),
         backchannel_logout_uri: s.backchannel_logout_uri.as_deref(),
+        allow_loopback_backchannel,
     };
     for p in client::check(&registration) {
         errors.push(FieldError::new(p.field, p.code, p.message));
@@ -348,10 +350,10 @@ pub struct ParsedSettings {
     pub settings: ClientSettings,
 }
 
-fn from_row(row: ClientRow) -> Result<Client> {
+fn from_row(row: ClientRow, allow_loopback_backchannel: bool) -> Result<Client> {
     let settings: ClientSettings = serde_json::from_str(&row.settings)
         .map_err(|e| Error::internal(format!("client {}: stored settings: {e}", row.id)))?;
-    let p = parse(&row.name, &settings).map_err(|errors| {
+    let p = parse(&row.name, &settings, allow_loopback_backchannel).map_err(|errors| {
         Error::internal(format!(
             "client {}: stored settings no longer pass: {:?}",
             row.id,
@@ -406,13 +408,15 @@ pub struct Clients {
     /// Clients by id, parsed and checked: every token request authenticates one, and reading and
     /// checking its registration costs more than the rest of a client-credentials grant.
     cache: moka::sync::Cache<ClientId, Arc<Client>>,
+    allow_loopback_backchannel: bool,
 }
 
 impl Clients {
-    pub fn new(store: Store, audit: Audit) -> Self {
+    pub fn new(store: Store, audit: Audit, allow_loopback_backchannel: bool) -> Self {
         Self {
             store,
             audit,
+            allow_loopback_backchannel,
             cache: moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(CACHE_TTL)
@@ -430,7 +434,7 @@ impl Clients {
         }
         match self.store.client(&id).await? {
             Some(row) => {
-                let c = Arc::new(from_row(row)?);
+                let c = Arc::new(from_row(row, self.allow_loopback_backchannel)?);
                 self.cache.insert(id, Arc::clone(&c));
                 Ok(Some(c))
             }
@@ -447,7 +451,7 @@ impl Clients {
             .list_clients(after, limit)
             .await?
             .into_iter()
-            .map(from_row)
+            .map(|r| from_row(r, self.allow_loopback_backchannel))
             .collect()
     }
 
@@ -458,7 +462,8 @@ impl Clients {
         settings: &ClientSettings,
         ctx: &AuditContext,
     ) -> Result<(Client, Option<SecretString>)> {
-        let p = parse(&settings.name, settings).map_err(Error::Validation)?;
+        let p = parse(&settings.name, settings, self.allow_loopback_backchannel)
+            .map_err(Error::Validation)?;
         let now = Millis::now();
         let secret = if p.auth_method.uses_secret() {
             Some(OpaqueToken::generate(SECRET_PREFIX).map_err(Error::internal)?)
@@ -482,7 +487,7 @@ impl Clients {
             ctx,
             serde_json::json!({ "name": p.name, "type": p.settings.client_type }),
         );
-        let client = from_row(row)?;
+        let client = from_row(row, self.allow_loopback_backchannel)?;
         Ok((
             client,
             secret.map(|s| SecretString::from(s.expose().to_owned())),
@@ -501,7 +506,8 @@ impl Clients {
             .get(id)
             .await?
             .ok_or_else(|| Error::NotFound("no such client".into()))?;
-        let p = parse(&settings.name, settings).map_err(Error::Validation)?;
+        let p = parse(&settings.name, settings, self.allow_loopback_backchannel)
+            .map_err(Error::Validation)?;
         if p.client_type != current.client_type || p.auth_method != current.auth_method {
             return Err(Error::field(
                 "type",

@@ -3,6 +3,7 @@
 //! The browser half of `/oauth2/authorize` (login, consent, the redirect back) is in
 //! `pages::authorize`, which renders HTML; the JSON endpoints are in [`handlers`].
 
+pub mod backchannel;
 pub mod clients;
 pub mod error;
 pub mod handlers;

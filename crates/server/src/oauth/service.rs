@@ -23,6 +23,7 @@ use portcullis_store::{
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
+use super::backchannel::Backchannel;
 use super::clients::{Client, ClientAuthFailed, Clients, Presented, TokenFormat, is_resource_uri};
 use super::error::{OAuthError, OAuthResult};
 use super::params::Params;
@@ -155,6 +156,7 @@ pub struct OAuth {
     /// signed-in user reads one. Granting or withdrawing here drops the entry at once; another
     /// node's change applies within the TTL.
     consents: moka::sync::Cache<(UserId, ClientId), Arc<Vec<String>>>,
+    backchannel: Backchannel,
 }
 
 fn has(scopes: &[String], s: &str) -> bool {
@@ -190,10 +192,12 @@ impl OAuth {
         audit: Audit,
         counts: Arc<AuditCounts>,
         backoff: LoginBackoff,
+        allow_loopback_backchannel: bool,
     ) -> Self {
         let issuer = tokens.issuer().to_owned();
         Self {
-            clients: Clients::new(store.clone(), audit.clone()),
+            clients: Clients::new(store.clone(), audit.clone(), allow_loopback_backchannel),
+            backchannel: Backchannel::new(),
             store,
             tokens,
             users,
@@ -1485,7 +1489,24 @@ impl OAuth {
             .store
             .revoke_session_families(session_id, Millis::now(), "logout")
             .await?;
-        let clients: Vec<String> = ended.into_iter().map(|(_, c)| c).collect();
+        let mut clients: Vec<String> = ended.into_iter().map(|(_, c)| c).collect();
+        clients.sort();
+        clients.dedup();
+        // Back-Channel Logout: each of them that asked to be told is sent a logout token, off
+        // this request's path.
+        for client_id in &clients {
+            let Ok(Some(client)) = self.clients.get(client_id).await else {
+                continue;
+            };
+            let Some(uri) = client.backchannel_logout_uri.clone() else {
+                continue;
+            };
+            if let Some(token) =
+                Backchannel::token(&self.keys, &self.issuer, client_id, user_id, session_id)
+            {
+                self.backchannel.send(client_id.clone(), uri, token);
+            }
+        }
         self.audit.record(
             "oauth.logout",
             Some(user_id),

@@ -24,6 +24,7 @@ on_both_stores!(
     logout_ends_the_session_and_its_grants,
     opaque_tokens_are_introspected_and_revoked,
     public_clients_are_answered_cross_origin_from_their_redirect_origins_only,
+    back_channel_logout_posts_a_signed_logout_token_and_retries,
 );
 
 pub const REDIRECT: &str = "http://127.0.0.1:9/cb";
@@ -1458,5 +1459,146 @@ async fn public_clients_are_answered_cross_origin_from_their_redirect_origins_on
         .unwrap();
     assert!(r.headers().get("access-control-allow-origin").is_none());
     oauth_error(r, StatusCode::BAD_REQUEST, "invalid_request").await;
+    app.stop().await;
+}
+
+/// A receiver of back-channel logouts: answers the first POST 500 and the others 204, and hands on
+/// every `logout_token` it was sent.
+async fn logout_receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/backchannel", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut seen = 0;
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let body = loop {
+                let n = sock.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    break None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some(at) = text.find("\r\n\r\n") {
+                    let len = text[..at]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= at + 4 + len {
+                        break Some(
+                            String::from_utf8_lossy(&buf[at + 4..at + 4 + len]).to_string(),
+                        );
+                    }
+                }
+            };
+            let Some(body) = body else { continue };
+            seen += 1;
+            let status = if seen == 1 {
+                "500 Internal Server Error"
+            } else {
+                "204 No Content"
+            };
+            let _ = sock
+                .write_all(
+                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
+                .await;
+            let token = url_pairs(&body)
+                .into_iter()
+                .find(|(k, _)| k == "logout_token")
+                .map(|(_, v)| v)
+                .unwrap_or_default();
+            let _ = tx.send(token);
+        }
+    });
+    (url, rx)
+}
+
+async fn back_channel_logout_posts_a_signed_logout_token_and_retries(b: Backend) {
+    let (url, mut received) = logout_receiver().await;
+    let body = json!({
+        "name": "bc app", "type": "confidential", "redirect_uris": [REDIRECT],
+        "scopes": ["openid", "offline_access"], "backchannel_logout_uri": url,
+        "post_logout_redirect_uris": ["https://app.example/bye"],
+    });
+    // Plain http is refused unless the operator allows loopback receivers.
+    let strict = TestApp::spawn(b.clone()).await;
+    let root = strict.root_key().await;
+    let r = strict
+        .post_with_key("/admin/v1/clients", &root, Some(&body))
+        .await;
+    crate::support::assert_problem(r, StatusCode::BAD_REQUEST, "validation_failed").await;
+    strict.stop().await;
+
+    let app = TestApp::spawn_with(b, |c| c.oauth_allow_loopback_backchannel = true).await;
+    let root = app.root_key().await;
+    let c = client(&app, &root, &body).await;
+    let cid = c["client_id"].as_str().unwrap();
+    let meta: Value = app
+        .client
+        .get(app.url("/.well-known/openid-configuration"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(meta["backchannel_logout_supported"], true);
+    let user = app.register("kim@example.com").await;
+    let mut browser = Browser::new(&app);
+    let a = authorize(
+        &app,
+        &mut browser,
+        cid,
+        "openid offline_access",
+        "kim@example.com",
+    )
+    .await;
+    let t: Value = redeem(&app, &c, &a).await.json().await.unwrap();
+    let id = t["id_token"].as_str().unwrap();
+    let sid = jwt_claims(id)["sid"].clone();
+    let started = std::time::Instant::now();
+    let r = browser.get(&format!("/oauth2/logout?id_token_hint={id}&post_logout_redirect_uri=https%3A%2F%2Fapp.example%2Fbye")).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(400),
+        "the logout did not wait for the client"
+    );
+    // The first delivery is answered 500; the retry is accepted.
+    let wait = std::time::Duration::from_secs(10);
+    let first = tokio::time::timeout(wait, received.recv())
+        .await
+        .expect("a logout token")
+        .unwrap();
+    let second = tokio::time::timeout(wait, received.recv())
+        .await
+        .expect("a retry")
+        .unwrap();
+    assert_eq!(first, second, "the same token is retried");
+    let header: Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(first.split('.').next().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(header["typ"], "logout+jwt");
+    assert_eq!(header["alg"], "RS256");
+    let claims = jwt_claims(&first);
+    assert_eq!(claims["iss"], app.base);
+    assert_eq!(claims["aud"], cid);
+    assert_eq!(claims["sub"], user["id"]);
+    assert_eq!(claims["sid"], sid);
+    assert!(claims["events"]["http://schemas.openid.net/event/backchannel-logout"].is_object());
+    assert!(claims.get("nonce").is_none());
     app.stop().await;
 }
