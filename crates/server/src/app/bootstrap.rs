@@ -163,7 +163,10 @@ pub async fn services(
         audit.clone(),
         Arc::clone(&counts),
         per_client,
-        config.oauth_allow_loopback_backchannel,
+        crate::oauth::clients::ClientRules {
+            allow_loopback_backchannel: config.oauth_allow_loopback_backchannel,
+            id_token_algs: keys.algs().to_vec(),
+        },
     ));
     let auth = Auth::new(
         Arc::clone(&users),

@@ -33,9 +33,11 @@ impl Backchannel {
         Self { http }
     }
 
-    /// The logout token for `client_id` about user `sub`'s session `sid`.
+    /// The logout token for `client_id` about user `sub`'s session `sid`, signed as that client's
+    /// ID tokens are (`alg`).
     pub fn token(
         keys: &KeyRing,
+        alg: portcullis_core::jwt::JwsAlg,
         issuer: &str,
         client_id: &str,
         sub: &str,
@@ -52,7 +54,7 @@ impl Backchannel {
             "sid": sid,
             "events": { EVENT: {} },
         });
-        keys.sign_id_token("logout+jwt", &claims).ok()
+        keys.sign_with(alg, "logout+jwt", &claims).ok()
     }
 
     /// Posts `logout_token` to `uri` in the background: up to [`ATTEMPTS`] times, waiting

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use portcullis_core::clock::Millis;
 use portcullis_core::ids::ClientId;
+use portcullis_core::jwt::JwsAlg;
 use portcullis_core::oauth::client::{self, AuthMethod, ClientType, GrantType, Registration};
 use portcullis_core::oauth::redirect::RedirectUri;
 use portcullis_core::scopes::{Scope, is_reserved};
@@ -69,6 +70,9 @@ pub struct ClientSettings {
     /// First-party clients: no consent page.
     #[serde(default)]
     pub skip_consent: bool,
+    /// `RS256` (default), or the server's access-token algorithm (`jwt_alg`).
+    #[serde(default)]
+    pub id_token_signed_response_alg: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +96,8 @@ pub struct Client {
     pub post_logout_redirect_uris: Vec<RedirectUri>,
     pub backchannel_logout_uri: Option<String>,
     pub skip_consent: bool,
+    /// What its ID tokens are signed with (RS256 unless it registered the access-token algorithm).
+    pub id_token_alg: JwsAlg,
     pub settings: ClientSettings,
     pub secret_hash: Option<TokenHash>,
     pub created_at: Millis,
@@ -121,12 +127,31 @@ pub fn is_resource_uri(raw: &str) -> bool {
         && url::Url::parse(raw).is_ok_and(|u| !u.cannot_be_a_base() || u.scheme() == "urn")
 }
 
+/// What the server allows of registrations beyond core's rules.
+#[derive(Debug, Clone)]
+pub struct ClientRules {
+    /// `oauth_allow_loopback_backchannel`.
+    pub allow_loopback_backchannel: bool,
+    /// The algorithms the key ring can sign ID tokens with: RS256, and the access-token algorithm.
+    pub id_token_algs: Vec<JwsAlg>,
+}
+
+impl Default for ClientRules {
+    fn default() -> Self {
+        Self {
+            allow_loopback_backchannel: false,
+            id_token_algs: vec![JwsAlg::Rs256],
+        }
+    }
+}
+
 /// Parses and checks a registration; every problem at once.
 pub fn parse(
     name: &str,
     s: &ClientSettings,
-    allow_loopback_backchannel: bool,
+    rules: &ClientRules,
 ) -> std::result::Result<ParsedSettings, Vec<FieldError>> {
+    let allow_loopback_backchannel = rules.allow_loopback_backchannel;
     let mut errors = Vec::new();
     let name = name.trim();
     if name.is_empty() || name.chars().count() > MAX_NAME_LEN || name.chars().any(char::is_control)
@@ -296,6 +321,24 @@ pub fn parse(
             "backchannel_logout_uri is at most 2048 bytes",
         ));
     }
+    let id_token_alg = match s.id_token_signed_response_alg.as_deref() {
+        None => JwsAlg::Rs256,
+        Some(raw) => match JwsAlg::parse(raw).filter(|a| rules.id_token_algs.contains(a)) {
+            Some(a) => a,
+            None => {
+                let names: Vec<&str> = rules.id_token_algs.iter().map(|a| a.as_str()).collect();
+                errors.push(FieldError::new(
+                    "id_token_signed_response_alg",
+                    "unsupported",
+                    format!(
+                        "id_token_signed_response_alg is one of {}",
+                        names.join(", ")
+                    ),
+                ));
+                JwsAlg::Rs256
+            }
+        },
+    };
     let registration = Registration {
         client_type,
         auth_method,
@@ -324,7 +367,9 @@ pub fn parse(
         .to_owned(),
     );
     settings.scopes = scopes.clone();
+    settings.id_token_signed_response_alg = Some(id_token_alg.as_str().to_owned());
     Ok(ParsedSettings {
+        id_token_alg,
         name: name.to_owned(),
         client_type,
         auth_method,
@@ -340,6 +385,7 @@ pub fn parse(
 /// [`parse`]'s result: the registration in its types, and as it is stored.
 pub struct ParsedSettings {
     pub name: String,
+    id_token_alg: JwsAlg,
     client_type: ClientType,
     auth_method: AuthMethod,
     grant_types: Vec<GrantType>,
@@ -350,10 +396,10 @@ pub struct ParsedSettings {
     pub settings: ClientSettings,
 }
 
-fn from_row(row: ClientRow, allow_loopback_backchannel: bool) -> Result<Client> {
+fn from_row(row: ClientRow, rules: &ClientRules) -> Result<Client> {
     let settings: ClientSettings = serde_json::from_str(&row.settings)
         .map_err(|e| Error::internal(format!("client {}: stored settings: {e}", row.id)))?;
-    let p = parse(&row.name, &settings, allow_loopback_backchannel).map_err(|errors| {
+    let p = parse(&row.name, &settings, rules).map_err(|errors| {
         Error::internal(format!(
             "client {}: stored settings no longer pass: {:?}",
             row.id,
@@ -373,6 +419,7 @@ fn from_row(row: ClientRow, allow_loopback_backchannel: bool) -> Result<Client> 
         post_logout_redirect_uris: p.post_logout_redirect_uris,
         backchannel_logout_uri: p.settings.backchannel_logout_uri.clone(),
         skip_consent: p.settings.skip_consent,
+        id_token_alg: p.id_token_alg,
         settings: p.settings,
         secret_hash: row.secret_hash,
         created_at: row.created_at,
@@ -408,15 +455,15 @@ pub struct Clients {
     /// Clients by id, parsed and checked: every token request authenticates one, and reading and
     /// checking its registration costs more than the rest of a client-credentials grant.
     cache: moka::sync::Cache<ClientId, Arc<Client>>,
-    allow_loopback_backchannel: bool,
+    rules: ClientRules,
 }
 
 impl Clients {
-    pub fn new(store: Store, audit: Audit, allow_loopback_backchannel: bool) -> Self {
+    pub fn new(store: Store, audit: Audit, rules: ClientRules) -> Self {
         Self {
             store,
             audit,
-            allow_loopback_backchannel,
+            rules,
             cache: moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(CACHE_TTL)
@@ -434,7 +481,7 @@ impl Clients {
         }
         match self.store.client(&id).await? {
             Some(row) => {
-                let c = Arc::new(from_row(row, self.allow_loopback_backchannel)?);
+                let c = Arc::new(from_row(row, &self.rules)?);
                 self.cache.insert(id, Arc::clone(&c));
                 Ok(Some(c))
             }
@@ -451,7 +498,7 @@ impl Clients {
             .list_clients(after, limit)
             .await?
             .into_iter()
-            .map(|r| from_row(r, self.allow_loopback_backchannel))
+            .map(|r| from_row(r, &self.rules))
             .collect()
     }
 
@@ -462,8 +509,7 @@ impl Clients {
         settings: &ClientSettings,
         ctx: &AuditContext,
     ) -> Result<(Client, Option<SecretString>)> {
-        let p = parse(&settings.name, settings, self.allow_loopback_backchannel)
-            .map_err(Error::Validation)?;
+        let p = parse(&settings.name, settings, &self.rules).map_err(Error::Validation)?;
         let now = Millis::now();
         let secret = if p.auth_method.uses_secret() {
             Some(OpaqueToken::generate(SECRET_PREFIX).map_err(Error::internal)?)
@@ -487,7 +533,7 @@ impl Clients {
             ctx,
             serde_json::json!({ "name": p.name, "type": p.settings.client_type }),
         );
-        let client = from_row(row, self.allow_loopback_backchannel)?;
+        let client = from_row(row, &self.rules)?;
         Ok((
             client,
             secret.map(|s| SecretString::from(s.expose().to_owned())),
@@ -506,8 +552,7 @@ impl Clients {
             .get(id)
             .await?
             .ok_or_else(|| Error::NotFound("no such client".into()))?;
-        let p = parse(&settings.name, settings, self.allow_loopback_backchannel)
-            .map_err(Error::Validation)?;
+        let p = parse(&settings.name, settings, &self.rules).map_err(Error::Validation)?;
         if p.client_type != current.client_type || p.auth_method != current.auth_method {
             return Err(Error::field(
                 "type",

@@ -192,11 +192,11 @@ impl OAuth {
         audit: Audit,
         counts: Arc<AuditCounts>,
         backoff: LoginBackoff,
-        allow_loopback_backchannel: bool,
+        rules: super::clients::ClientRules,
     ) -> Self {
         let issuer = tokens.issuer().to_owned();
         Self {
-            clients: Clients::new(store.clone(), audit.clone(), allow_loopback_backchannel),
+            clients: Clients::new(store.clone(), audit.clone(), rules),
             backchannel: Backchannel::new(),
             store,
             tokens,
@@ -1268,7 +1268,7 @@ impl OAuth {
         }
         metrics::counter!("portcullis_tokens_issued_total", "kind" => "id").increment(1);
         self.keys
-            .sign_id_token("JWT", &claims)
+            .sign_with(client.id_token_alg, "JWT", &claims)
             .map_err(|_| OAuthError::server_error())
     }
 
@@ -1501,9 +1501,14 @@ impl OAuth {
             let Some(uri) = client.backchannel_logout_uri.clone() else {
                 continue;
             };
-            if let Some(token) =
-                Backchannel::token(&self.keys, &self.issuer, client_id, user_id, session_id)
-            {
+            if let Some(token) = Backchannel::token(
+                &self.keys,
+                client.id_token_alg,
+                &self.issuer,
+                client_id,
+                user_id,
+                session_id,
+            ) {
                 self.backchannel.send(client_id.clone(), uri, token);
             }
         }

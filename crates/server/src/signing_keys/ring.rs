@@ -326,17 +326,27 @@ impl KeyRing {
         Ok(self.store.all_signing_keys().await?)
     }
 
-    /// Signs an ID token (`typ` `JWT`) or another OpenID token (`logout+jwt`) with the current
-    /// RS256 key.
-    pub fn sign_id_token(&self, typ: &str, claims: &serde_json::Value) -> Result<String, KeyError> {
+    /// Signs a JWT of `typ` with the current key of `alg` (an ID token of a client that asked for
+    /// the access-token algorithm).
+    pub fn sign_with(
+        &self,
+        alg: JwsAlg,
+        typ: &str,
+        claims: &serde_json::Value,
+    ) -> Result<String, KeyError> {
         let state = self.current();
         let key = state
-            .signer_for(ID_TOKEN_ALG, Millis::now())
+            .signer_for(alg, Millis::now())
             .ok_or(KeyError::NoActiveKey)?;
         key.sign(typ, claims).map_err(|e: JwtError| KeyError::Key {
             kid: key.kid().into(),
             reason: e.to_string(),
         })
+    }
+
+    /// The algorithms ID tokens may be signed with: RS256 and the access-token algorithm.
+    pub fn algs(&self) -> &[JwsAlg] {
+        &self.algs
     }
 
     pub fn sign_access_token(&self, claims: &AccessClaims) -> Result<String, KeyError> {

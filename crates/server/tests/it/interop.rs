@@ -211,10 +211,17 @@ async fn node_fetch_client_walks_the_api_key_lifecycle() {
 }
 
 /// Runs an OAuth client library's scenario (`interop/*/oauth_*`) against a fresh server with a root
-/// key: the code flow through our login and consent forms, the ID token checked against our JWKS,
+/// key, on SQLite and (when configured) on PostgreSQL: the code flow through our login and consent forms, the ID token checked against our JWKS,
 /// refresh, userinfo, introspection, revocation and client credentials, all through the library.
 async fn oauth_client(program: &str, script: &str, extra: &[&str], label: &str) {
-    let app = TestApp::spawn(Backend::Sqlite).await;
+    oauth_client_on(Backend::Sqlite, program, script, extra, label).await;
+    if let Some(pg) = Backend::postgres() {
+        oauth_client_on(pg, program, script, extra, label).await;
+    }
+}
+
+async fn oauth_client_on(b: Backend, program: &str, script: &str, extra: &[&str], label: &str) {
+    let app = TestApp::spawn(b).await;
     let root = app.root_key().await;
     let mut cmd = tokio::process::Command::new(program);
     cmd.arg(interop_dir().join(script)).args(extra).args([

@@ -25,6 +25,7 @@ on_both_stores!(
     opaque_tokens_are_introspected_and_revoked,
     public_clients_are_answered_cross_origin_from_their_redirect_origins_only,
     back_channel_logout_posts_a_signed_logout_token_and_retries,
+    the_id_token_algorithm_is_rs256_or_what_the_client_registered,
 );
 
 pub const REDIRECT: &str = "http://127.0.0.1:9/cb";
@@ -1600,5 +1601,60 @@ async fn back_channel_logout_posts_a_signed_logout_token_and_retries(b: Backend)
     assert_eq!(claims["sid"], sid);
     assert!(claims["events"]["http://schemas.openid.net/event/backchannel-logout"].is_object());
     assert!(claims.get("nonce").is_none());
+    app.stop().await;
+}
+
+async fn the_id_token_algorithm_is_rs256_or_what_the_client_registered(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let root = app.root_key().await;
+    let mut body = json!({"name": "es", "type": "confidential", "redirect_uris": [REDIRECT], "scopes": ["openid"],
+                          "id_token_signed_response_alg": "HS256"});
+    let r = app
+        .post_with_key("/admin/v1/clients", &root, Some(&body))
+        .await;
+    let problem =
+        crate::support::assert_problem(r, StatusCode::BAD_REQUEST, "validation_failed").await;
+    assert_eq!(
+        problem["errors"][0]["field"],
+        "id_token_signed_response_alg"
+    );
+    body["id_token_signed_response_alg"] = json!("ES256");
+    let c = client(&app, &root, &body).await;
+    assert_eq!(c["id_token_signed_response_alg"], "ES256");
+    let meta: Value = app
+        .client
+        .get(app.url("/.well-known/openid-configuration"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        meta["id_token_signing_alg_values_supported"],
+        json!(["RS256", "ES256"])
+    );
+    app.register("lu@example.com").await;
+    let mut browser = Browser::new(&app);
+    let a = authorize(
+        &app,
+        &mut browser,
+        c["client_id"].as_str().unwrap(),
+        "openid",
+        "lu@example.com",
+    )
+    .await;
+    let t: Value = redeem(&app, &c, &a).await.json().await.unwrap();
+    let id = t["id_token"].as_str().unwrap();
+    let header: Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(id.split('.').next().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(header["alg"], "ES256");
+    assert_eq!(header["typ"], "JWT");
+    let web = web_client(&app, &root).await;
+    assert_eq!(web["id_token_signed_response_alg"], "RS256", "the default");
     app.stop().await;
 }
