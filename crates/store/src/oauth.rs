@@ -117,6 +117,60 @@ macro_rules! code_columns {
     };
 }
 
+/// The statement that stores a code, and its binding: one text for the direct path and the batch.
+macro_rules! insert_code_sql {
+    () => {
+        concat!(
+            "INSERT INTO oauth_codes (",
+            code_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+        )
+    };
+}
+
+macro_rules! bind_code {
+    ($q:expr, $c:expr) => {
+        $q.bind($c.code_hash.as_bytes())
+            .bind($c.client_id.as_str())
+            .bind($c.user_id.as_str())
+            .bind(&$c.session_id)
+            .bind(&$c.redirect_uri)
+            .bind(&$c.code_challenge)
+            .bind(&$c.scope)
+            .bind(&$c.resources)
+            .bind(&$c.nonce)
+            .bind($c.auth_time)
+            .bind($c.created_at.0)
+            .bind($c.expires_at.0)
+            .bind($c.redeemed_at.map(|m| m.0))
+    };
+}
+
+/// The statement that redeems a code (see [`OAuthStore::redeem_code`]), and its binding.
+macro_rules! redeem_code_sql {
+    () => {
+        concat!(
+            "UPDATE oauth_codes SET redeemed_at = $2, family_id = $3, access_jti = $4, access_exp = $5 \
+             WHERE code_hash = $1 AND redeemed_at IS NULL AND expires_at > $2 \
+               AND client_id = $6 AND redirect_uri = $7 AND code_challenge = $8 RETURNING ",
+            code_columns!()
+        )
+    };
+}
+
+macro_rules! bind_redemption {
+    ($q:expr, $hash:expr, $now:expr, $client_id:expr, $redirect_uri:expr, $challenge:expr, $produced:expr) => {
+        $q.bind($hash.as_bytes())
+            .bind($now.0)
+            .bind(&$produced.family_id)
+            .bind(&$produced.access_jti)
+            .bind($produced.access_exp)
+            .bind($client_id.as_str())
+            .bind($redirect_uri)
+            .bind($challenge)
+    };
+}
+
 /// What a redemption will produce, named before it happens so that a replay racing it can revoke it.
 #[derive(Debug, Clone)]
 pub struct Produced {
@@ -443,28 +497,8 @@ impl OAuthStore for Store {
                 CodeOutcome::Redeemed(_) => Err(closed()),
             };
         }
-        let sql = concat!(
-            "INSERT INTO oauth_codes (",
-            code_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-        );
         with_pool!(self, write, p => {
-            sqlx::query(sql)
-                .bind(c.code_hash.as_bytes())
-                .bind(c.client_id.as_str())
-                .bind(c.user_id.as_str())
-                .bind(&c.session_id)
-                .bind(&c.redirect_uri)
-                .bind(&c.code_challenge)
-                .bind(&c.scope)
-                .bind(&c.resources)
-                .bind(&c.nonce)
-                .bind(c.auth_time)
-                .bind(c.created_at.0)
-                .bind(c.expires_at.0)
-                .bind(c.redeemed_at.map(|m| m.0))
-                .execute(p)
-                .await?;
+            bind_code!(sqlx::query(insert_code_sql!()), c).execute(p).await?;
         });
         Ok(())
     }
@@ -508,23 +542,12 @@ impl OAuthStore for Store {
                 CodeOutcome::Inserted => Err(closed()),
             };
         }
-        let sql = concat!(
-            "UPDATE oauth_codes SET redeemed_at = $2, family_id = $3, access_jti = $4, access_exp = $5 \
-             WHERE code_hash = $1 AND redeemed_at IS NULL AND expires_at > $2 \
-               AND client_id = $6 AND redirect_uri = $7 AND code_challenge = $8 RETURNING ",
-            code_columns!()
-        );
-        let row = with_pool!(self, write, p => sqlx::query_as::<_, StoredCode>(sql)
-            .bind(hash.as_bytes())
-            .bind(now.0)
-            .bind(&produced.family_id)
-            .bind(&produced.access_jti)
-            .bind(produced.access_exp)
-            .bind(expect.client_id.as_str())
-            .bind(expect.redirect_uri)
-            .bind(expect.code_challenge)
-            .fetch_optional(p)
-            .await?);
+        let row = with_pool!(self, write, p => bind_redemption!(
+            sqlx::query_as::<_, StoredCode>(redeem_code_sql!()),
+            hash, now, expect.client_id, expect.redirect_uri, expect.code_challenge, produced
+        )
+        .fetch_optional(p)
+        .await?);
         row.map(CodeRow::try_from).transpose()
     }
 
@@ -829,36 +852,12 @@ async fn run_codes(pool: sqlx::SqlitePool, mut rx: tokio::sync::mpsc::Receiver<C
 }
 
 async fn code_batch(pool: &sqlx::SqlitePool, requests: &[CodeRequest]) -> Result<Vec<CodeOutcome>> {
-    let insert = concat!(
-        "INSERT INTO oauth_codes (",
-        code_columns!(),
-        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-    );
-    let redeem = concat!(
-        "UPDATE oauth_codes SET redeemed_at = $2, family_id = $3, access_jti = $4, access_exp = $5 \
-         WHERE code_hash = $1 AND redeemed_at IS NULL AND expires_at > $2 \
-           AND client_id = $6 AND redirect_uri = $7 AND code_challenge = $8 RETURNING ",
-        code_columns!()
-    );
     let mut tx = pool.begin().await?;
     let mut out = Vec::with_capacity(requests.len());
     for (op, _) in requests {
         match op {
             CodeOp::Insert(c) => {
-                sqlx::query(insert)
-                    .bind(c.code_hash.as_bytes())
-                    .bind(c.client_id.as_str())
-                    .bind(c.user_id.as_str())
-                    .bind(&c.session_id)
-                    .bind(&c.redirect_uri)
-                    .bind(&c.code_challenge)
-                    .bind(&c.scope)
-                    .bind(&c.resources)
-                    .bind(&c.nonce)
-                    .bind(c.auth_time)
-                    .bind(c.created_at.0)
-                    .bind(c.expires_at.0)
-                    .bind(c.redeemed_at.map(|m| m.0))
+                bind_code!(sqlx::query(insert_code_sql!()), c)
                     .execute(&mut *tx)
                     .await?;
                 out.push(CodeOutcome::Inserted);
@@ -871,17 +870,17 @@ async fn code_batch(pool: &sqlx::SqlitePool, requests: &[CodeRequest]) -> Result
                 code_challenge,
                 produced,
             } => {
-                let row = sqlx::query_as::<_, StoredCode>(redeem)
-                    .bind(hash.as_bytes())
-                    .bind(now.0)
-                    .bind(&produced.family_id)
-                    .bind(&produced.access_jti)
-                    .bind(produced.access_exp)
-                    .bind(client_id.as_str())
-                    .bind(redirect_uri)
-                    .bind(code_challenge)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+                let row = bind_redemption!(
+                    sqlx::query_as::<_, StoredCode>(redeem_code_sql!()),
+                    hash,
+                    now,
+                    client_id,
+                    redirect_uri.as_str(),
+                    code_challenge.as_str(),
+                    produced
+                )
+                .fetch_optional(&mut *tx)
+                .await?;
                 out.push(CodeOutcome::Redeemed(
                     row.map(CodeRow::try_from).transpose()?.map(Box::new),
                 ));

@@ -207,25 +207,15 @@ pub async fn token(
     ip: ClientIp,
     AuditCtx(ctx): AuditCtx,
     headers: HeaderMap,
-    form: Result<OAuthForm, OAuthError>,
-) -> Response {
-    let OAuthForm(p) = match form {
-        Ok(f) => f,
-        Err(e) => return e.into_response(),
-    };
-    let client = match client_of(&state, &headers, &p, ip, &ctx).await {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
-    let cors = match cors_for(&state, &headers, &client) {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
+    OAuthForm(p): OAuthForm,
+) -> Result<Response, OAuthError> {
+    let client = client_of(&state, &headers, &p, ip, &ctx).await?;
+    let cors = cors_for(&state, &headers, &client)?;
     let res = match state.oauth.token(&client, &p, &ctx).await {
         Ok(t) => token_json(t),
         Err(e) => e.into_response(),
     };
-    with_cors(res, cors)
+    Ok(with_cors(res, cors))
 }
 
 /// `POST /oauth2/introspect`: a confidential client (about its own tokens), or a Bearer token or
@@ -235,33 +225,22 @@ pub async fn introspect(
     ip: ClientIp,
     AuditCtx(ctx): AuditCtx,
     headers: HeaderMap,
-    form: Result<OAuthForm, OAuthError>,
-) -> Response {
-    let OAuthForm(p) = match form {
-        Ok(f) => f,
-        Err(e) => return e.into_response(),
-    };
-    if let Some(name) = p.duplicated() {
-        return OAuthError::invalid_request(format!("{name} is given more than once"))
-            .into_response();
-    }
+    OAuthForm(p): OAuthForm,
+) -> Result<Response, OAuthError> {
+    p.once()?;
     let is_basic = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.len() > 6 && v.get(..6).is_some_and(|s| s.eq_ignore_ascii_case("basic "))
-        });
+        .and_then(|v| v.get(..6))
+        .is_some_and(|s| s.eq_ignore_ascii_case("basic "));
     let caller = if is_basic || p.get("client_id").is_some() {
-        match client_of(&state, &headers, &p, ip, &ctx).await {
-            Ok(c) if c.auth_method.uses_secret() => Introspector::Client(c),
-            Ok(_) => {
-                return OAuthError::unauthorized_client(
-                    "introspection is for confidential clients",
-                )
-                .into_response();
-            }
-            Err(e) => return e.into_response(),
+        let c = client_of(&state, &headers, &p, ip, &ctx).await?;
+        if !c.auth_method.uses_secret() {
+            return Err(OAuthError::unauthorized_client(
+                "introspection is for confidential clients",
+            ));
         }
+        Introspector::Client(c)
     } else {
         let principal = match credential::from_headers(&Method::POST, &headers) {
             Ok(c) => state.auth.authenticate(c).await,
@@ -272,23 +251,20 @@ pub async fn introspect(
                 Introspector::Principal(p)
             }
             Ok(_) => {
-                return OAuthError::bearer(
+                return Err(OAuthError::bearer(
                     403,
                     "insufficient_scope",
                     "introspection needs the oauth:introspect scope",
-                )
-                .into_response();
+                ));
             }
-            Err(_) => return OAuthError::invalid_client(false).into_response(),
+            Err(_) => return Err(OAuthError::invalid_client(false)),
         }
     };
-    let Some(token) = p.get("token") else {
-        return OAuthError::invalid_request("token is required").into_response();
-    };
-    match state.oauth.introspect(&caller, token).await {
-        Ok(v) => json_no_store(StatusCode::OK, v),
-        Err(e) => e.into_response(),
-    }
+    let token = p
+        .get("token")
+        .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
+    let v = state.oauth.introspect(&caller, token).await?;
+    Ok(json_no_store(StatusCode::OK, v))
 }
 
 /// `POST /oauth2/revoke` (RFC 7009).
@@ -297,35 +273,19 @@ pub async fn revoke(
     ip: ClientIp,
     AuditCtx(ctx): AuditCtx,
     headers: HeaderMap,
-    form: Result<OAuthForm, OAuthError>,
-) -> Response {
-    let OAuthForm(p) = match form {
-        Ok(f) => f,
-        Err(e) => return e.into_response(),
+    OAuthForm(p): OAuthForm,
+) -> Result<Response, OAuthError> {
+    p.once()?;
+    let client = client_of(&state, &headers, &p, ip, &ctx).await?;
+    let cors = cors_for(&state, &headers, &client)?;
+    let res = match p.get("token") {
+        None => OAuthError::invalid_request("token is required").into_response(),
+        Some(token) => match state.oauth.revoke(&client, token, &ctx).await {
+            Ok(()) => json_no_store(StatusCode::OK, json!({})),
+            Err(e) => e.into_response(),
+        },
     };
-    if let Some(name) = p.duplicated() {
-        return OAuthError::invalid_request(format!("{name} is given more than once"))
-            .into_response();
-    }
-    let client = match client_of(&state, &headers, &p, ip, &ctx).await {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
-    let cors = match cors_for(&state, &headers, &client) {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
-    let Some(token) = p.get("token") else {
-        return with_cors(
-            OAuthError::invalid_request("token is required").into_response(),
-            cors,
-        );
-    };
-    let res = match state.oauth.revoke(&client, token, &ctx).await {
-        Ok(()) => json_no_store(StatusCode::OK, json!({})),
-        Err(e) => e.into_response(),
-    };
-    with_cors(res, cors)
+    Ok(with_cors(res, cors))
 }
 
 /// `GET` and `POST /oauth2/userinfo` with a Bearer token.

@@ -36,6 +36,16 @@ impl Params {
         })
     }
 
+    /// Refuses a request in which a parameter appears twice (RFC 6749 §3.1, §3.2).
+    pub fn once(&self) -> OAuthResult<()> {
+        match self.duplicated() {
+            Some(name) => Err(OAuthError::invalid_request(format!(
+                "{name} is given more than once"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Whether `name` appears more than once.
     pub fn repeats(&self, name: &str) -> bool {
         self.pairs.iter().filter(|(k, _)| k == name).count() > 1

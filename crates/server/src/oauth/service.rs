@@ -760,11 +760,7 @@ impl OAuth {
         p: &Params,
         ctx: &AuditContext,
     ) -> OAuthResult<TokenResponse> {
-        if let Some(name) = p.duplicated() {
-            return Err(OAuthError::invalid_request(format!(
-                "{name} is given more than once"
-            )));
-        }
+        p.once()?;
         let grant = match p.get("grant_type") {
             None => return Err(OAuthError::invalid_request("grant_type is required")),
             Some(raw) => match GrantType::parse(raw) {
