@@ -158,6 +158,10 @@ macro_rules! redeem_code_sql {
     };
 }
 
+/// Records that a session's code was redeemed by its client (for back-channel logout).
+const SESSION_CLIENT_SQL: &str = "INSERT INTO oauth_session_clients (session_id, client_id, created_at) \
+     VALUES ($1, $2, $3) ON CONFLICT (session_id, client_id) DO NOTHING";
+
 macro_rules! bind_redemption {
     ($q:expr, $hash:expr, $now:expr, $client_id:expr, $redirect_uri:expr, $challenge:expr, $produced:expr) => {
         $q.bind($hash.as_bytes())
@@ -314,6 +318,9 @@ pub trait OAuthStore {
         hash: &TokenHash,
         now: Millis,
     ) -> impl Future<Output = Result<Option<Replayed>>> + Send;
+    /// The clients that redeemed a code issued in browser session `session_id`.
+    fn session_clients(&self, session_id: &str)
+    -> impl Future<Output = Result<Vec<String>>> + Send;
     /// Was this code replayed (checked by the redemption once it has stored what it produced)?
     fn code_replayed(&self, hash: &TokenHash) -> impl Future<Output = Result<bool>> + Send;
 
@@ -542,12 +549,25 @@ impl OAuthStore for Store {
                 CodeOutcome::Inserted => Err(closed()),
             };
         }
-        let row = with_pool!(self, write, p => bind_redemption!(
-            sqlx::query_as::<_, StoredCode>(redeem_code_sql!()),
-            hash, now, expect.client_id, expect.redirect_uri, expect.code_challenge, produced
-        )
-        .fetch_optional(p)
-        .await?);
+        let row = with_pool!(self, write, p => {
+            let mut tx = p.begin().await?;
+            let row = bind_redemption!(
+                sqlx::query_as::<_, StoredCode>(redeem_code_sql!()),
+                hash, now, expect.client_id, expect.redirect_uri, expect.code_challenge, produced
+            )
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(session) = row.as_ref().and_then(|r| r.session_id.as_deref()) {
+                sqlx::query(SESSION_CLIENT_SQL)
+                    .bind(session)
+                    .bind(expect.client_id.as_str())
+                    .bind(now.0)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            row
+        });
         row.map(CodeRow::try_from).transpose()
     }
 
@@ -569,6 +589,15 @@ impl OAuthStore for Store {
                 access_exp,
             }),
         )
+    }
+
+    async fn session_clients(&self, session_id: &str) -> Result<Vec<String>> {
+        Ok(with_pool!(self, read, p => sqlx::query_scalar::<_, String>(
+            "SELECT client_id FROM oauth_session_clients WHERE session_id = $1 ORDER BY client_id",
+        )
+        .bind(session_id)
+        .fetch_all(p)
+        .await?))
     }
 
     async fn code_replayed(&self, hash: &TokenHash) -> Result<bool> {
@@ -772,7 +801,16 @@ impl OAuthStore for Store {
             .execute(p)
             .await?
             .rows_affected();
-            Ok(codes + jtis + opaque)
+            let sessions = sqlx::query(
+                "DELETE FROM oauth_session_clients WHERE session_id IN \
+                 (SELECT c.session_id FROM oauth_session_clients c LEFT JOIN sessions s ON s.id = c.session_id \
+                  WHERE s.id IS NULL LIMIT $1)",
+            )
+            .bind(batch)
+            .execute(p)
+            .await?
+            .rows_affected();
+            Ok(codes + jtis + opaque + sessions)
         })
     }
 }
@@ -881,6 +919,14 @@ async fn code_batch(pool: &sqlx::SqlitePool, requests: &[CodeRequest]) -> Result
                 )
                 .fetch_optional(&mut *tx)
                 .await?;
+                if let Some(session) = row.as_ref().and_then(|r| r.session_id.as_deref()) {
+                    sqlx::query(SESSION_CLIENT_SQL)
+                        .bind(session)
+                        .bind(client_id.as_str())
+                        .bind(now.0)
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 out.push(CodeOutcome::Redeemed(
                     row.map(CodeRow::try_from).transpose()?.map(Box::new),
                 ));

@@ -1485,7 +1485,10 @@ impl OAuth {
             .store
             .revoke_session_families(session_id, Millis::now(), "logout")
             .await?;
+        // The clients with a grant bound to the session: those holding a refresh family from it, and
+        // every client that redeemed a code in it (an ID token alone is a login at that client).
         let mut clients: Vec<String> = ended.into_iter().map(|(_, c)| c).collect();
+        clients.extend(self.store.session_clients(session_id).await?);
         clients.sort();
         clients.dedup();
         // Back-Channel Logout: each of them that asked to be told is sent a logout token, off

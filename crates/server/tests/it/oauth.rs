@@ -1601,6 +1601,41 @@ async fn back_channel_logout_posts_a_signed_logout_token_and_retries(b: Backend)
     assert_eq!(claims["sid"], sid);
     assert!(claims["events"]["http://schemas.openid.net/event/backchannel-logout"].is_object());
     assert!(claims.get("nonce").is_none());
+    // A client that got only an ID token (no refresh token, so no family) is told too.
+    let (url2, mut received2) = logout_receiver().await;
+    let mut body2 = body.clone();
+    body2["backchannel_logout_uri"] = json!(url2);
+    body2["scopes"] = json!(["openid"]);
+    let c2 = client(&app, &root, &body2).await;
+    let mut browser = Browser::new(&app);
+    let a = authorize(
+        &app,
+        &mut browser,
+        c2["client_id"].as_str().unwrap(),
+        "openid",
+        "kim@example.com",
+    )
+    .await;
+    let t: Value = redeem(&app, &c2, &a).await.json().await.unwrap();
+    assert!(t.get("refresh_token").is_none());
+    let r = browser
+        .get(&format!(
+            "/oauth2/logout?id_token_hint={}",
+            t["id_token"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK, "logged out, no redirect asked");
+    let token = tokio::time::timeout(wait, received2.recv())
+        .await
+        .expect("a logout token")
+        .unwrap();
+    assert_eq!(jwt_claims(&token)["aud"], c2["client_id"]);
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), received.recv())
+            .await
+            .is_err(),
+        "the first client had no grant in this session"
+    );
     app.stop().await;
 }
 
