@@ -13,6 +13,7 @@ mod api_keys;
 mod audit;
 mod concurrency;
 mod maintenance;
+mod oauth;
 mod refresh;
 mod sessions;
 mod signing_keys;
