@@ -580,6 +580,21 @@ impl Verifier {
     }
 }
 
+/// `at_hash` (OIDC Core §3.1.3.6): the left half of the hash the ID token's algorithm uses (SHA-256
+/// for ES256 and RS256, SHA-512 for EdDSA with Ed25519), base64url.
+pub fn at_hash(alg: JwsAlg, access_token: &str) -> String {
+    let digest = match alg {
+        JwsAlg::Es256 | JwsAlg::Rs256 => {
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, access_token.as_bytes())
+        }
+        JwsAlg::EdDsa => {
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA512, access_token.as_bytes())
+        }
+    };
+    let bytes = digest.as_ref();
+    B64.encode(bytes.get(..bytes.len() / 2).unwrap_or_default())
+}
+
 /// Which audiences a verification accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Audience {
@@ -898,6 +913,18 @@ mod tests {
             verifier.verify_access_token(&format!("{header}.{rest}"), now),
             Err(JwtError::BadSignature)
         );
+    }
+
+    #[test]
+    fn at_hash_is_the_left_half_of_the_algorithms_hash() {
+        // OIDC Core §A.3's example access token and at_hash (RS256, SHA-256).
+        assert_eq!(
+            at_hash(JwsAlg::Rs256, "jHkWEdUXMU1BwAsC4vtUsZwnNvTIxEl0z9K3vx5KF0Y"),
+            "77QmUPtjPfzWtF2AnpK9RQ"
+        );
+        assert_eq!(at_hash(JwsAlg::Es256, "x"), at_hash(JwsAlg::Rs256, "x"));
+        // Ed25519 uses SHA-512: half of it is 32 bytes, 43 base64url characters.
+        assert_eq!(at_hash(JwsAlg::EdDsa, "x").len(), 43);
     }
 
     #[test]

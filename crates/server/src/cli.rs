@@ -386,16 +386,12 @@ async fn clients(command: ClientsCommand) -> Result<(), Failure> {
     let config = load(&flags, &[])?;
     let store = bootstrap::open_store(&config).await?;
     let (audit, audit_task) = crate::audit::Audit::spawn(store.clone());
-    let mut id_token_algs = vec![portcullis_core::jwt::JwsAlg::Rs256];
-    if !id_token_algs.contains(&config.jwt_alg) {
-        id_token_algs.push(config.jwt_alg);
-    }
     let clients = Clients::new(
         store.clone(),
         audit.clone(),
         crate::oauth::clients::ClientRules {
             allow_loopback_backchannel: config.oauth_allow_loopback_backchannel,
-            id_token_algs,
+            id_token_algs: crate::signing_keys::ring_algs(config.jwt_alg),
         },
     );
     let ctx = crate::audit::AuditContext::default();

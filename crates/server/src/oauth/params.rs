@@ -78,11 +78,6 @@ impl Params {
         }
     }
 
-    /// The pairs, for re-encoding a request (a `return_to` back to it).
-    pub fn pairs(&self) -> &[(String, String)] {
-        &self.pairs
-    }
-
     /// Encodes the pairs but those named in `drop`, with `extra` appended.
     pub fn encode_without(&self, drop: &[&str], extra: &[(&str, String)]) -> String {
         let mut out: Vec<(&str, &str)> = self

@@ -6,8 +6,6 @@
 
 use std::sync::Arc;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use portcullis_core::clock::Millis;
 use portcullis_core::ids::{ClientId, FamilyId, SessionId, UserId};
 use portcullis_core::jwt::{AccessClaims, Audience};
@@ -175,12 +173,6 @@ fn split(scope: &str) -> Vec<String> {
         .collect()
 }
 
-/// The left half of the SHA-256 of an access token, base64url (OIDC Core §3.1.3.6 `at_hash`, RS256).
-pub fn at_hash(access_token: &str) -> String {
-    let digest = TokenHash::of(access_token.as_bytes());
-    B64.encode(digest.0.get(..16).unwrap_or_default())
-}
-
 impl OAuth {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -292,19 +284,13 @@ impl OAuth {
             _ => ResponseMode::Query,
         };
         let fail = |code: &'static str, description: String| {
-            let mut params = vec![
-                ("error", code.to_owned()),
-                ("error_description", description),
-            ];
-            if let Some(s) = &state {
-                params.push(("state", s.clone()));
-            }
-            params.push(("iss", self.issuer.clone()));
-            AuthzError::Redirect(AuthzReply {
-                redirect_uri: redirect_uri.clone(),
+            AuthzError::Redirect(self.error_reply(
+                &redirect_uri,
                 mode,
-                params,
-            })
+                state.as_deref(),
+                code,
+                &description,
+            ))
         };
         if let Some(name) = p.duplicated() {
             return Err(fail(
@@ -472,17 +458,35 @@ impl OAuth {
 
     /// An error answer to `req`'s client.
     pub fn refuse(&self, req: &AuthzRequest, code: &'static str, description: &str) -> AuthzReply {
+        self.error_reply(
+            &req.redirect_uri,
+            req.response_mode,
+            req.state.as_deref(),
+            code,
+            description,
+        )
+    }
+
+    /// RFC 6749 §4.1.2.1: `error`, `error_description`, `state` when given, and `iss` (RFC 9207).
+    fn error_reply(
+        &self,
+        redirect_uri: &str,
+        mode: ResponseMode,
+        state: Option<&str>,
+        code: &'static str,
+        description: &str,
+    ) -> AuthzReply {
         let mut params = vec![
             ("error", code.to_owned()),
             ("error_description", description.to_owned()),
         ];
-        if let Some(s) = &req.state {
-            params.push(("state", s.clone()));
+        if let Some(s) = state {
+            params.push(("state", s.to_owned()));
         }
         params.push(("iss", self.issuer.clone()));
         AuthzReply {
-            redirect_uri: req.redirect_uri.clone(),
-            mode: req.response_mode,
+            redirect_uri: redirect_uri.to_owned(),
+            mode,
             params,
         }
     }
@@ -728,7 +732,7 @@ impl OAuth {
         }
         match self.clients.authenticate(presented).await {
             Ok(client) => {
-                self.failures.release_failure(&key).await;
+                // Clearing the run also takes back the failure reserved for this attempt.
                 self.failures.clear_failures(&key).await;
                 Ok(client)
             }
@@ -944,7 +948,7 @@ impl OAuth {
                 row.auth_time,
                 row.nonce.as_deref(),
                 row.session_id.as_deref(),
-                Some(&access_token),
+                &access_token,
                 now,
             )?)
         } else {
@@ -1083,7 +1087,7 @@ impl OAuth {
                 auth_time,
                 None,
                 rotated.family.session_id.as_deref(),
-                Some(&access_token),
+                &access_token,
                 now,
             )?)
         } else {
@@ -1235,7 +1239,7 @@ impl OAuth {
         auth_time: i64,
         nonce: Option<&str>,
         sid: Option<&str>,
-        access_token: Option<&str>,
+        access_token: &str,
         now: Millis,
     ) -> OAuthResult<String> {
         let mut claims = json!({
@@ -1255,9 +1259,10 @@ impl OAuth {
             if let Some(s) = sid {
                 obj.insert("sid".into(), s.into());
             }
-            if let Some(at) = access_token {
-                obj.insert("at_hash".into(), at_hash(at).into());
-            }
+            obj.insert(
+                "at_hash".into(),
+                portcullis_core::jwt::at_hash(client.id_token_alg, access_token).into(),
+            );
             for (k, v) in user_claims(user, scopes) {
                 obj.insert(k.into(), v);
             }
@@ -1280,7 +1285,12 @@ impl OAuth {
             Introspector::Client(c) => c.id.as_str() == client_id,
             Introspector::Principal(_) => true,
         };
-        let answer = if token.starts_with(&format!("{REFRESH_PREFIX}_")) {
+        let prefixed = |prefix: &str| {
+            token
+                .strip_prefix(prefix)
+                .is_some_and(|rest| rest.starts_with('_'))
+        };
+        let answer = if prefixed(REFRESH_PREFIX) {
             let Ok(t) = OpaqueToken::parse(REFRESH_PREFIX, token) else {
                 return Ok(inactive);
             };
@@ -1304,7 +1314,7 @@ impl OAuth {
                 }
                 _ => inactive,
             }
-        } else if token.starts_with(&format!("{OPAQUE_PREFIX}_")) {
+        } else if prefixed(OPAQUE_PREFIX) {
             let Ok(t) = OpaqueToken::parse(OPAQUE_PREFIX, token) else {
                 return Ok(inactive);
             };

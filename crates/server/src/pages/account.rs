@@ -152,8 +152,10 @@ pub async fn account(
     }
 }
 
-/// A checked account form post: a live session, a same-site origin and the session's CSRF token.
-async fn account_post(
+/// A checked form post of our pages (account, consent, logout): a same-site origin, a live session
+/// and the session's CSRF token. Anything else is answered by the refusal (or, without a session,
+/// by the login page, back to `/account`).
+pub(super) async fn checked_form(
     state: &PageState,
     headers: &HeaderMap,
     body: &Bytes,
@@ -163,7 +165,7 @@ async fn account_post(
             state,
             StatusCode::FORBIDDEN,
             "Request refused",
-            "This request did not come from your account page, so nothing was changed.",
+            "This request did not come from a Portcullis page, so nothing was changed.",
             "/account",
         );
         // The same stable code as the API, for anyone scripting against the pages.
@@ -196,7 +198,7 @@ async fn account_post(
     Ok((s, fields))
 }
 
-/// An account form post that passed [`account_post`]; any other request is answered by the rejection.
+/// An account form post that passed [`checked_form`]; any other request is answered by the rejection.
 pub struct AccountForm {
     session: CookieSession,
     fields: HashMap<String, String>,
@@ -210,7 +212,7 @@ impl FromRequest<PageState> for AccountForm {
         let body = body_bytes(req, state)
             .await
             .map_err(IntoResponse::into_response)?;
-        let (session, fields) = account_post(state, &headers, &body).await?;
+        let (session, fields) = checked_form(state, &headers, &body).await?;
         Ok(Self { session, fields })
     }
 }

@@ -11,15 +11,11 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use minijinja::context;
 use portcullis_core::clock::Millis;
-use portcullis_core::csrf;
 use portcullis_core::secrets::TokenHash;
-use secrecy::ExposeSecret;
 
 use super::{
-    PageState, csp_source, form_fields, message, page, page_posting_to, page_session, see_other,
-    url_escape,
+    PageState, csp_source, message, page, page_posting_to, page_session, see_other, url_escape,
 };
-use crate::auth::credential::site_hints;
 use crate::http::cookies::clear_session_cookie;
 use crate::http::extract::AuditCtx;
 use crate::oauth::params::Params;
@@ -235,41 +231,6 @@ pub async fn login_targets(state: &PageState, return_to: &str) -> Vec<String> {
     csp_source(&uri).into_iter().collect()
 }
 
-/// A form post of ours: same site, a live session, its CSRF token. `None` answers with the refusal.
-async fn checked_post(
-    state: &PageState,
-    headers: &HeaderMap,
-    body: &Bytes,
-) -> Result<(CookieSession, std::collections::HashMap<String, String>), Response> {
-    let refused = |state: &PageState| {
-        message(
-            state,
-            StatusCode::FORBIDDEN,
-            "Request refused",
-            "This request did not come from a Portcullis page, so nothing was done.",
-            "/account",
-        )
-    };
-    if state
-        .sessions
-        .check_same_site(&site_hints(headers))
-        .is_err()
-    {
-        return Err(refused(state));
-    }
-    let Some(s) = page_session(state, headers).await? else {
-        return Err(see_other("/login"));
-    };
-    let fields = form_fields(body).unwrap_or_default();
-    let ok = fields
-        .get("csrf_token")
-        .is_some_and(|t| csrf::token_matches(s.token.expose_secret(), t));
-    if !ok {
-        return Err(refused(state));
-    }
-    Ok((s, fields))
-}
-
 /// `POST /consent`: allow or deny.
 pub async fn consent_submit(
     State(state): State<PageState>,
@@ -277,7 +238,7 @@ pub async fn consent_submit(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (s, fields) = match checked_post(&state, &headers, &body).await {
+    let (s, fields) = match super::account::checked_form(&state, &headers, &body).await {
         Ok(x) => x,
         Err(res) => return res,
     };
@@ -480,7 +441,7 @@ pub async fn logout_confirm(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (s, fields) = match checked_post(&state, &headers, &body).await {
+    let (s, fields) = match super::account::checked_form(&state, &headers, &body).await {
         Ok(x) => x,
         Err(res) => return res,
     };

@@ -3,4 +3,4 @@
 pub mod handlers;
 mod ring;
 
-pub use ring::{KeyError, KeyRing, RingState};
+pub use ring::{KeyError, KeyRing, RingState, ring_algs};

@@ -61,6 +61,16 @@ pub enum KeyError {
 /// ID tokens are RS256 (OIDC Core §3.1.3.7: the algorithm every relying party supports).
 pub const ID_TOKEN_ALG: JwsAlg = JwsAlg::Rs256;
 
+/// The algorithms a ring with access-token algorithm `jwt_alg` holds keys of: it first, then RS256
+/// for ID tokens when that is another one.
+pub fn ring_algs(jwt_alg: JwsAlg) -> Vec<JwsAlg> {
+    if jwt_alg == ID_TOKEN_ALG {
+        vec![jwt_alg]
+    } else {
+        vec![jwt_alg, ID_TOKEN_ALG]
+    }
+}
+
 pub struct KeyRing {
     store: Store,
     master: MasterKey,
@@ -90,11 +100,7 @@ impl KeyRing {
         access_ttl_s: i64,
     ) -> Result<Self, KeyError> {
         let overlap_ms = (access_ttl_s + leeway_s + 60) * 1000;
-        let algs = if alg == ID_TOKEN_ALG {
-            vec![alg]
-        } else {
-            vec![alg, ID_TOKEN_ALG]
-        };
+        let algs = ring_algs(alg);
         let empty = Arc::new(RingState {
             primary: alg,
             schedules: Vec::new(),

@@ -127,10 +127,6 @@ impl Tokens {
         self.settings.access_ttl_s
     }
 
-    pub fn refresh_ttl_s(&self) -> i64 {
-        self.settings.refresh_ttl_s
-    }
-
     pub fn family_ttl_s(&self) -> i64 {
         self.settings.family_ttl_s
     }
@@ -173,6 +169,10 @@ impl Tokens {
         Ok((token, claims))
     }
 
+    /// A first-party access token (configured audience), with a `jti` of `now`: the UUIDv7 time is
+    /// what revocation watermarks compare, so it is `now` as the caller took it, before the rotation
+    /// or login that decided this token, and a watermark set after that decision (a password
+    /// change, say) then always covers the token.
     fn sign(
         &self,
         user_id: &str,
@@ -181,28 +181,15 @@ impl Tokens {
         sid: Option<String>,
         now: Millis,
     ) -> Result<(String, i64)> {
-        let ttl = self.settings.access_ttl_s;
-        let claims = AccessClaims {
-            iss: self.settings.issuer.clone(),
-            sub: user_id.to_owned(),
-            aud: vec![self.settings.audience.clone()],
-            exp: now.as_secs() + ttl,
-            iat: now.as_secs(),
-            nbf: None,
-            // The jti's UUIDv7 time is what revocation watermarks compare, so it is `now` as the caller
-            // took it, before the rotation or login that decided this token: a watermark set after
-            // that decision (a password change, say) then always covers the token.
-            jti: jti_at(now),
+        let grant = AccessGrant {
+            subject: user_id.to_owned(),
             client_id: client_id.to_owned(),
             scope: scope.to_owned(),
             sid,
+            audiences: Vec::new(),
         };
-        let token = self
-            .keys
-            .sign_access_token(&claims)
-            .map_err(Error::internal)?;
-        metrics::counter!("portcullis_tokens_issued_total", "kind" => "access").increment(1);
-        Ok((token, ttl))
+        let (token, _) = self.sign_access(grant, jti_at(now), now)?;
+        Ok((token, self.settings.access_ttl_s))
     }
 
     /// A new refresh family and the first access token for `user`, as password login grants them.
