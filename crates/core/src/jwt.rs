@@ -370,6 +370,115 @@ impl VerifyingKey {
     pub fn jwk(&self) -> &serde_json::Value {
         &self.jwk
     }
+
+    /// A key of a published JWKS (what a resource server fetched from `jwks_uri`): `kid` required,
+    /// `use` if present `sig`, `alg` if present agreeing with the key type (EC P-256 → ES256, RSA of
+    /// 2048 bits or more → RS256, OKP Ed25519 → EdDSA). A JWK with private members is refused: a JWKS
+    /// that carries them is misconfigured, and nothing here should hold them.
+    pub fn from_jwk(jwk: &serde_json::Value) -> Result<Self, JwtError> {
+        let bad = JwtError::Key;
+        let obj = jwk.as_object().ok_or(bad("a JWK is a JSON object"))?;
+        let text = |name: &str| obj.get(name).and_then(|v| v.as_str());
+        let bytes = |name: &str| -> Result<Vec<u8>, JwtError> {
+            text(name)
+                .and_then(|v| B64.decode(v).ok())
+                .ok_or(bad("a JWK member is missing or not base64url"))
+        };
+        if ["d", "p", "q", "dp", "dq", "qi", "k"]
+            .iter()
+            .any(|m| obj.contains_key(*m))
+        {
+            return Err(bad("the JWK carries private key material"));
+        }
+        if text("use").is_some_and(|u| u != "sig") {
+            return Err(bad("the JWK is not for signatures"));
+        }
+        let kid = text("kid").ok_or(JwtError::MissingKid)?.to_owned();
+        let (alg, public, der): (JwsAlg, &'static dyn signature::VerificationAlgorithm, Vec<u8>) =
+            match (text("kty"), text("crv")) {
+                (Some("EC"), Some("P-256")) => {
+                    let (x, y) = (bytes("x")?, bytes("y")?);
+                    if x.len() != 32 || y.len() != 32 {
+                        return Err(bad("a P-256 coordinate is 32 bytes"));
+                    }
+                    let mut point = Vec::with_capacity(65);
+                    point.push(0x04);
+                    point.extend_from_slice(&x);
+                    point.extend_from_slice(&y);
+                    (JwsAlg::Es256, &ECDSA_P256_SHA256_FIXED, point)
+                }
+                (Some("RSA"), _) => {
+                    let (n, e) = (bytes("n")?, bytes("e")?);
+                    let n = strip_leading_zeros(&n);
+                    if n.len() < 256 || n.len() > 1024 {
+                        return Err(bad("an RSA modulus is 2048 to 8192 bits"));
+                    }
+                    (
+                        JwsAlg::Rs256,
+                        &RSA_PKCS1_2048_8192_SHA256,
+                        rsa_public_key_der(n, strip_leading_zeros(&e)),
+                    )
+                }
+                (Some("OKP"), Some("Ed25519")) => {
+                    let x = bytes("x")?;
+                    if x.len() != 32 {
+                        return Err(bad("an Ed25519 key is 32 bytes"));
+                    }
+                    (JwsAlg::EdDsa, &ED25519, x)
+                }
+                _ => return Err(bad("unsupported key type (EC P-256, RSA, OKP Ed25519)")),
+            };
+        if let Some(named) = text("alg")
+            && JwsAlg::parse(named) != Some(alg)
+        {
+            return Err(JwtError::AlgMismatch);
+        }
+        Ok(VerifyingKey {
+            kid,
+            alg,
+            public: UnparsedPublicKey::new(public, der),
+            jwk: jwk.clone(),
+        })
+    }
+}
+
+fn strip_leading_zeros(mut b: &[u8]) -> &[u8] {
+    while let [0, rest @ ..] = b {
+        b = rest;
+    }
+    b
+}
+
+/// DER of PKCS#1 `RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }`, the form
+/// aws-lc-rs verifies with.
+fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Vec<u8> {
+    fn len(out: &mut Vec<u8>, l: usize) {
+        if l < 0x80 {
+            out.push(l as u8);
+        } else {
+            let be = l.to_be_bytes();
+            let be = strip_leading_zeros(&be);
+            out.push(0x80 | be.len() as u8);
+            out.extend_from_slice(be);
+        }
+    }
+    fn integer(out: &mut Vec<u8>, v: &[u8]) {
+        out.push(0x02);
+        let pad = v.first().is_none_or(|b| b & 0x80 != 0);
+        len(out, v.len() + usize::from(pad));
+        if pad {
+            out.push(0);
+        }
+        out.extend_from_slice(v);
+    }
+    let mut body = Vec::with_capacity(n.len() + e.len() + 16);
+    integer(&mut body, n);
+    integer(&mut body, e);
+    let mut out = Vec::with_capacity(body.len() + 8);
+    out.push(0x30);
+    len(&mut out, body.len());
+    out.extend_from_slice(&body);
+    out
 }
 
 /// The order n of the P-256 group, big-endian.
@@ -753,6 +862,47 @@ mod tests {
             assert_eq!(jwk["kid"], key.kid());
             assert_eq!(jwk["alg"], alg.as_str());
         }
+    }
+
+    /// A published JWK read back (what a resource server does with our JWKS) verifies what the key
+    /// signed, for every algorithm; a key with private members, another use, or an `alg` that
+    /// disagrees with its type is refused.
+    #[test]
+    fn published_jwks_read_back_verify_and_bad_ones_are_refused() {
+        for alg in [JwsAlg::Es256, JwsAlg::Rs256, JwsAlg::EdDsa] {
+            let (key, _) = SigningKey::generate(alg).unwrap();
+            let jwk = key.verifying_key().unwrap().jwk().clone();
+            let read = VerifyingKey::from_jwk(&jwk).unwrap();
+            assert_eq!((read.kid(), read.alg()), (key.kid(), alg));
+            let verifier = Verifier::new([read], ISS.into(), ISS.into(), 30);
+            let now = Millis::now();
+            let c = claims(now.as_secs());
+            let token = key.sign(ACCESS_TOKEN_TYP, &c).unwrap();
+            assert_eq!(verifier.verify_access_token(&token, now).unwrap(), c);
+            let (other, _) = SigningKey::generate(alg).unwrap();
+            let forged = other.sign(ACCESS_TOKEN_TYP, &c).unwrap();
+            let forged = format!(
+                "{}.{}",
+                token.rsplit_once('.').unwrap().0,
+                forged.rsplit_once('.').unwrap().1
+            );
+            assert!(verifier.verify_access_token(&forged, now).is_err());
+
+            let with = |name: &str, v: serde_json::Value| {
+                let mut j = jwk.clone();
+                j[name] = v;
+                VerifyingKey::from_jwk(&j)
+            };
+            assert!(with("d", "AAAA".into()).is_err());
+            assert!(with("use", "enc".into()).is_err());
+            let wrong = if alg == JwsAlg::Rs256 { "ES256" } else { "RS256" };
+            assert!(matches!(with("alg", wrong.into()), Err(JwtError::AlgMismatch)));
+            let mut no_kid = jwk.clone();
+            no_kid.as_object_mut().unwrap().remove("kid");
+            assert!(matches!(VerifyingKey::from_jwk(&no_kid), Err(JwtError::MissingKid)));
+        }
+        assert!(VerifyingKey::from_jwk(&serde_json::json!({"kty": "oct", "kid": "a"})).is_err());
+        assert!(VerifyingKey::from_jwk(&serde_json::json!("nope")).is_err());
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod ids;
 pub mod jwt;
 pub mod oauth;
 pub mod page;
+#[cfg(feature = "passwords")]
 pub mod passwords;
 pub mod principal;
 pub mod ratelimit;

@@ -9,7 +9,11 @@ use crate::scopes::Scopes;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMethod {
+    /// An access token in RFC 9068 JWT form, verified by signature.
     Jwt,
+    /// An opaque OAuth access token (`pat_…`), looked up by its hash.
+    #[serde(rename = "oauth")]
+    OAuth,
     ApiKey,
     Session,
     Signature,
@@ -19,10 +23,24 @@ impl AuthMethod {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Jwt => "jwt",
+            Self::OAuth => "oauth",
             Self::ApiKey => "api_key",
             Self::Session => "session",
             Self::Signature => "signature",
         }
+    }
+
+    /// The method named `name` (`jwt`, `oauth`, `api_key`, `session`, `signature`).
+    pub fn parse(name: &str) -> Option<Self> {
+        [
+            Self::Jwt,
+            Self::OAuth,
+            Self::ApiKey,
+            Self::Session,
+            Self::Signature,
+        ]
+        .into_iter()
+        .find(|m| m.as_str() == name)
     }
 }
 

@@ -19,6 +19,7 @@ pub mod cli;
 pub mod coalesce;
 pub mod config;
 pub mod error;
+pub mod forward_auth;
 pub mod http;
 pub mod invalidation;
 pub mod oauth;

@@ -167,13 +167,26 @@ pub async fn services(
             allow_loopback_backchannel: config.oauth_allow_loopback_backchannel,
             id_token_algs: keys.algs().to_vec(),
         },
+        config.route.iter().filter_map(|r| r.resource.clone()).collect(),
     ));
-    let auth = Auth::new(
+    let auth = Arc::new(Auth::new(
         Arc::clone(&users),
         Arc::clone(&tokens),
         Arc::clone(&sessions),
         Arc::clone(&apikeys),
-    );
+    ));
+    let (rules, warnings) =
+        crate::forward_auth::Rules::compile(&config.route, config.default_policy)
+            .map_err(StartError::Other)?;
+    for w in &warnings {
+        tracing::warn!(warning = %w, "route rules");
+    }
+    let forward_auth = Arc::new(crate::forward_auth::ForwardAuth::new(
+        Arc::clone(&auth),
+        Arc::clone(&oauth),
+        rules,
+        config.audience(),
+    ));
     // Load the bundled password list now rather than on the first registration.
     let _ = portcullis_core::passwords::CommonPasswords::bundled().len();
     let pages = Pages::new(config.templates_dir.clone()).map_err(StartError::Other)?;
@@ -191,6 +204,7 @@ pub async fn services(
         apikeys,
         oauth,
         auth,
+        forward_auth,
         metrics,
     }));
     Ok((state, pages, audit_task))

@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::http::ApiError;
 use crate::http::middleware::{self, Settings};
 use crate::http::openapi::Limits;
-use crate::{apikeys, audit, oauth, ops, pages, sessions, signing_keys, tokens, users};
+use crate::{apikeys, audit, forward_auth, oauth, ops, pages, sessions, signing_keys, tokens, users};
 
 /// Every documented route, with its OpenAPI paths.
 pub fn api() -> OpenApiRouter<AppState> {
@@ -49,6 +49,7 @@ pub fn router(state: AppState, pages: pages::Pages) -> Router {
     let router = api
         .merge(pages::routes(state.clone(), pages))
         .merge(oauth::handlers::protocol_routes())
+        .merge(forward_auth::handlers::routes())
         .route(
             "/openapi.json",
             get(move || {

@@ -10,6 +10,7 @@ use crate::apikeys::ApiKeys;
 use crate::audit::{Audit, AuditCounts};
 use crate::auth::Auth;
 use crate::config::Config;
+use crate::forward_auth::ForwardAuth;
 use crate::invalidation::{Bus, Invalidation};
 use crate::oauth::OAuth;
 use crate::sessions::Sessions;
@@ -30,7 +31,8 @@ pub struct Inner {
     pub sessions: Arc<Sessions>,
     pub apikeys: Arc<ApiKeys>,
     pub oauth: Arc<OAuth>,
-    pub auth: Auth,
+    pub auth: Arc<Auth>,
+    pub forward_auth: Arc<ForwardAuth>,
     pub metrics: PrometheusHandle,
     /// `metrics_allowed_ips`, parsed.
     pub metrics_allowed: Vec<ipnet::IpNet>,

@@ -69,7 +69,10 @@ pub fn from_headers<'a>(method: &Method, headers: &'a HeaderMap) -> Result<Crede
     let presented = usize::from(api_key.is_some())
         + usize::from(authorization.is_some())
         + usize::from(cookie.is_some());
-    if presented > 1 || headers.get_all("x-api-key").iter().count() > 1 {
+    if presented > 1
+        || headers.get_all("x-api-key").iter().count() > 1
+        || headers.get_all(header::AUTHORIZATION).iter().count() > 1
+    {
         return Err(Error::MultipleCredentials);
     }
     if let Some(key) = api_key {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use portcullis_core::apikeys::VerifyCode;
 use portcullis_core::ids::{SessionId, UserId};
+use portcullis_core::jwt::{AccessClaims, Audience};
 use portcullis_core::principal::{AuthMethod, Principal};
 use portcullis_core::scopes::Scopes;
 
@@ -89,10 +90,25 @@ impl Auth {
 
     async fn access_token(&self, token: &str) -> Result<Principal> {
         let claims = self.tokens.verify(token).await?;
-        Ok(Principal {
+        Ok(self.claims_principal(&claims, AuthMethod::Jwt))
+    }
+
+    /// An access JWT meant for `audience` (a protected resource behind forward auth): every check of
+    /// [`Tokens::verify`], with that audience instead of ours.
+    pub async fn access_token_for(&self, token: &str, audience: &str) -> Result<Principal> {
+        let claims = self.tokens.verify_for(token, Audience::Any).await?;
+        if !claims.aud.iter().any(|a| a == audience) {
+            return Err(Error::InvalidToken("wrong_audience"));
+        }
+        Ok(self.claims_principal(&claims, AuthMethod::Jwt))
+    }
+
+    /// The principal an access token's claims speak for (a JWT, or an opaque token's row).
+    pub fn claims_principal(&self, claims: &AccessClaims, method: AuthMethod) -> Principal {
+        Principal {
             subject: claims.sub.clone(),
             user_id: UserId::parse(&claims.sub).ok(),
-            method: AuthMethod::Jwt,
+            method,
             scopes: Scopes::parse_space_separated(&claims.scope).unwrap_or_default(),
             session_id: claims
                 .sid
@@ -101,7 +117,7 @@ impl Auth {
             key_id: None,
             first_party: claims.client_id == self.tokens.first_party_client_id(),
             client_id: Some(claims.client_id.clone()),
-        })
+        }
     }
 
     /// A key as a credential goes through the verify order and spends its uses and rate like a verify.

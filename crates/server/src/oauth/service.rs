@@ -138,6 +138,9 @@ pub enum Introspector {
 }
 
 pub struct OAuth {
+    /// The resources forward-auth route rules protect: any client may ask for tokens meant for
+    /// them (RFC 8707), as RFC 9728 metadata tells clients to.
+    protected_resources: Vec<String>,
     store: Store,
     pub clients: Clients,
     tokens: Arc<Tokens>,
@@ -185,9 +188,11 @@ impl OAuth {
         counts: Arc<AuditCounts>,
         backoff: LoginBackoff,
         rules: super::clients::ClientRules,
+        protected_resources: Vec<String>,
     ) -> Self {
         let issuer = tokens.issuer().to_owned();
         Self {
+            protected_resources,
             clients: Clients::new(store.clone(), audit.clone(), rules),
             backchannel: Backchannel::new(),
             store,
@@ -658,7 +663,9 @@ impl OAuth {
                     "a resource is an absolute URI without a fragment",
                 ));
             }
-            let allowed = client.audiences.iter().any(|a| a == r) || *r == self.tokens.audience();
+            let allowed = client.audiences.iter().any(|a| a == r)
+                || *r == self.tokens.audience()
+                || self.protected_resources.iter().any(|p| p == r);
             if !allowed {
                 return Err(OAuthError::invalid_target(
                     "this client may not ask for that resource",
@@ -1368,6 +1375,15 @@ impl OAuth {
             None,
         );
         Ok(answer)
+    }
+
+    /// The claims of a live opaque access token (`pat_…`), or `None` for any other string; what
+    /// forward auth checks such a token with.
+    pub async fn opaque_access(&self, token: &str) -> OAuthResult<Option<AccessClaims>> {
+        match OpaqueToken::parse(OPAQUE_PREFIX, token) {
+            Ok(t) => self.opaque_claims(&t).await,
+            Err(_) => Ok(None),
+        }
     }
 
     /// The claims of a live opaque access token.

@@ -111,6 +111,8 @@ impl From<&UserRow> for UserView {
 #[serde(rename_all = "snake_case")]
 pub enum AuthMethodView {
     Jwt,
+    #[serde(rename = "oauth")]
+    OAuth,
     ApiKey,
     Session,
     Signature,
@@ -120,6 +122,7 @@ impl From<AuthMethod> for AuthMethodView {
     fn from(m: AuthMethod) -> Self {
         match m {
             AuthMethod::Jwt => Self::Jwt,
+            AuthMethod::OAuth => Self::OAuth,
             AuthMethod::ApiKey => Self::ApiKey,
             AuthMethod::Session => Self::Session,
             AuthMethod::Signature => Self::Signature,

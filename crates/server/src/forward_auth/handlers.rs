@@ -1,0 +1,280 @@
+//! `/v1/authorize` (any method) and RFC 9728 `/.well-known/oauth-protected-resource[/path]`.
+//!
+//! Forward auth answers gateways, so its edge is a bare status and headers: 200 with `X-Auth-*`,
+//! 401 with an RFC 6750 §3 challenge (and RFC 9728 §5.1 `resource_metadata`), 403, 429 with the
+//! RateLimit headers, or 302 to the login page; each non-200 also carries a short problem JSON body,
+//! which Caddy and Traefik hand to the client.
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use serde_json::json;
+
+use super::service::{BadOriginal, Original, Verdict};
+use crate::app::state::AppState;
+use crate::auth::credential;
+use crate::auth::extract::credential_in_query;
+use crate::error::Error;
+use crate::http::ApiError;
+use crate::http::error::rate_limit_headers;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/authorize", any(authorize))
+        // Envoy's ext_authz (HTTP) sends the original method and path under a prefix.
+        .route("/v1/authorize/{*rest}", any(authorize))
+        .route("/.well-known/oauth-protected-resource", get(metadata_root))
+        .route(
+            "/.well-known/oauth-protected-resource/{*path}",
+            get(metadata_path),
+        )
+}
+
+/// The one value of header `name`; `Err` when it is sent twice (which one the gateway meant cannot
+/// be known) or is not text.
+fn single<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, BadOriginal> {
+    let mut values = headers.get_all(name).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(BadOriginal {
+            status: 400,
+            code: "bad_forwarded_request",
+            detail: format!("{name} was sent more than once"),
+        });
+    }
+    first.to_str().map(Some).map_err(|_| BadOriginal {
+        status: 400,
+        code: "bad_forwarded_request",
+        detail: format!("{name} is not visible ASCII"),
+    })
+}
+
+/// The original request from `X-Forwarded-*`, else nginx's `X-Original-*` with `Host`, else (Envoy)
+/// this request's own method and the path after `/v1/authorize`.
+fn original(method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<Original, BadOriginal> {
+    let forwarded_method =
+        single(headers, "x-forwarded-method")?.or(single(headers, "x-original-method")?);
+    let forwarded_uri = single(headers, "x-forwarded-uri")?.or(single(headers, "x-original-uri")?);
+    let host = single(headers, "x-forwarded-host")?
+        .or(single(headers, "host")?)
+        .unwrap_or_default();
+    let own_path;
+    let target = match (forwarded_uri, uri.path().strip_prefix("/v1/authorize")) {
+        (Some(u), _) => u,
+        (None, Some(rest)) if rest.starts_with('/') => {
+            own_path = match uri.query() {
+                Some(q) => format!("{rest}?{q}"),
+                None => rest.to_owned(),
+            };
+            &own_path
+        }
+        _ => {
+            return Err(BadOriginal {
+                status: 400,
+                code: "bad_forwarded_request",
+                detail: "the gateway must say which request it asks about: send X-Forwarded-Uri \
+                         (or nginx's X-Original-URI) with X-Forwarded-Method"
+                    .into(),
+            });
+        }
+    };
+    Original::parse(forwarded_method.unwrap_or(method.as_str()), target, host)
+}
+
+async fn authorize(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let original = match original(&method, &uri, &headers) {
+        Ok(o) => o,
+        Err(bad) => {
+            count("bad_request");
+            let status = StatusCode::from_u16(bad.status).unwrap_or(StatusCode::BAD_REQUEST);
+            return problem(status, bad.code, &bad.detail, HeaderMap::new());
+        }
+    };
+    if credential_in_query(original.query()) {
+        count("bad_request");
+        return problem(
+            StatusCode::FORBIDDEN,
+            "credential_in_query",
+            "credentials belong in a header (X-API-Key or Authorization), never in the URL, where \
+             proxies, logs and browser history keep them; this request was refused",
+            HeaderMap::new(),
+        );
+    }
+    let method = Method::from_bytes(original.method.as_bytes()).unwrap_or(Method::GET);
+    let credential = credential::from_headers(&method, &headers);
+    let verdict = match state.forward_auth.decide(&original, credential).await {
+        Ok(v) => v,
+        Err(e) => {
+            count("error");
+            return ApiError::from(e).into_response();
+        }
+    };
+    count(verdict.outcome());
+    render(verdict)
+}
+
+fn count(outcome: &'static str) {
+    metrics::counter!("portcullis_forward_auth_total", "outcome" => outcome).increment(1);
+}
+
+/// A `WWW-Authenticate` Bearer challenge (RFC 6750 §3, RFC 9728 §5.1).
+fn challenge(
+    error: Option<(&str, &str)>,
+    scope: Option<&str>,
+    resource_metadata: Option<&str>,
+) -> Option<HeaderValue> {
+    let quote = |s: &str| s.replace(['"', '\\'], "'");
+    let mut params = Vec::new();
+    if let Some((code, description)) = error {
+        params.push(format!("error=\"{code}\""));
+        params.push(format!("error_description=\"{}\"", quote(description)));
+    }
+    if let Some(scope) = scope {
+        params.push(format!("scope=\"{}\"", quote(scope)));
+    }
+    if let Some(url) = resource_metadata {
+        params.push(format!("resource_metadata=\"{}\"", quote(url)));
+    }
+    let value = if params.is_empty() {
+        "Bearer".to_owned()
+    } else {
+        format!("Bearer {}", params.join(", "))
+    };
+    HeaderValue::try_from(value).ok()
+}
+
+fn render(verdict: Verdict) -> Response {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    match verdict {
+        Verdict::Allow(p) => {
+            if let Some(p) = p {
+                let scopes = p.scopes.to_string();
+                let pairs = [
+                    ("x-auth-subject", Some(p.subject.as_str())),
+                    ("x-auth-method", Some(p.method.as_str())),
+                    ("x-auth-scopes", Some(scopes.as_str())),
+                    ("x-auth-key-id", p.key_id.as_ref().map(|k| k.as_str())),
+                    ("x-auth-client-id", p.client_id.as_deref()),
+                    ("x-auth-session-id", p.session_id.as_ref().map(|s| s.as_str())),
+                ];
+                for (name, value) in pairs {
+                    if let Some(Ok(v)) = value.map(HeaderValue::from_str) {
+                        headers.insert(HeaderName::from_static(name), v);
+                    }
+                }
+            }
+            (StatusCode::OK, headers).into_response()
+        }
+        Verdict::Challenge { error, resource } => {
+            let detail = error.as_ref().map_or(
+                "this request needs a credential: a Bearer access token, an API key or a session",
+                |(_, d)| d.as_str(),
+            );
+            let code = error.as_ref().map_or("unauthenticated", |(c, _)| c);
+            if let Some(v) = challenge(
+                error.as_ref().map(|(c, d)| (*c, d.as_str())),
+                None,
+                resource.as_deref(),
+            ) {
+                headers.insert(header::WWW_AUTHENTICATE, v);
+            }
+            problem(StatusCode::UNAUTHORIZED, code, detail, headers)
+        }
+        Verdict::Login { return_to } => {
+            let escaped: String =
+                url::form_urlencoded::byte_serialize(return_to.as_bytes()).collect();
+            if let Ok(v) = HeaderValue::try_from(format!("/login?return_to={escaped}")) {
+                headers.insert(header::LOCATION, v);
+            }
+            (StatusCode::FOUND, headers).into_response()
+        }
+        Verdict::Refuse {
+            code,
+            detail,
+            scope,
+            resource,
+        } => {
+            if code == "insufficient_scope"
+                && let Some(v) = challenge(
+                    Some((code, "the credential lacks a scope this request needs")),
+                    scope.as_deref(),
+                    resource.as_deref(),
+                )
+            {
+                headers.insert(header::WWW_AUTHENTICATE, v);
+            }
+            problem(StatusCode::FORBIDDEN, code, &detail, headers)
+        }
+        Verdict::Throttled(t) => {
+            rate_limit_headers(&mut headers, &t);
+            problem(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                &Error::RateLimited(t).to_string(),
+                headers,
+            )
+        }
+    }
+}
+
+fn problem(status: StatusCode, code: &str, detail: &str, mut headers: HeaderMap) -> Response {
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    let body = json!({
+        "type": format!("https://portcullis.dev/problems/{}", code.replace('_', "-")),
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail,
+        "code": code,
+    });
+    (status, headers, body.to_string()).into_response()
+}
+
+async fn metadata_root(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    metadata(&state, "", &headers)
+}
+
+async fn metadata_path(
+    State(state): State<AppState>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    metadata(&state, &format!("/{path}"), &headers)
+}
+
+/// RFC 9728 §3: the metadata of the protected resource at this well-known suffix.
+fn metadata(state: &AppState, suffix: &str, headers: &HeaderMap) -> Response {
+    let host = ["x-forwarded-host", "host"]
+        .iter()
+        .find_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()));
+    let Some(r) = state.forward_auth.resource_at(suffix, host) else {
+        return ApiError::NoRoute.into_response();
+    };
+    let doc = json!({
+        "resource": r.resource,
+        "authorization_servers": [state.config.issuer()],
+        "scopes_supported": r.scopes,
+        "bearer_methods_supported": ["header"],
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        doc.to_string(),
+    )
+        .into_response()
+}
