@@ -696,6 +696,21 @@ fn configuration_errors_exit_2_and_name_the_problem() {
     assert!(err.contains("refresh_token_tll_s"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 
+    // Route rules are checked at start: a bad one is named by its number, an unknown key in one too.
+    for (rules, needle) in [
+        ("[[route]]\npath = \"/ok/*\"\n[[route]]\npath = \"orders/*\"\n", "route #2"),
+        ("[[route]]\npath = \"/x\"\nscopes = [\"has space\"]\n", "route #1"),
+        ("[[route]]\npath = \"/x\"\nscope = [\"a\"]\n", "scope"),
+        ("default_policy = \"allow\"\n", "default_policy"),
+    ] {
+        std::fs::write(dir.path().join("routes.toml"), rules).unwrap();
+        let out = run(dir.path(), &["serve", "--config", "routes.toml"], None);
+        assert_eq!(out.status.code(), Some(2), "{rules}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{rules}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    }
+
     let out = run(dir.path(), &["serve", "--listen", "not-an-address"], None);
     assert_eq!(
         out.status.code(),

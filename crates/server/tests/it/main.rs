@@ -15,6 +15,7 @@ mod binary;
 mod browser;
 mod connections;
 mod contract;
+mod forward_auth;
 mod hardening;
 mod http;
 mod interop;
