@@ -158,21 +158,26 @@ fn render(verdict: Verdict) -> Response {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     match verdict {
         Verdict::Allow(p) => {
-            if let Some(p) = p {
-                let scopes = p.scopes.to_string();
-                let pairs = [
-                    ("x-auth-subject", Some(p.subject.as_str())),
-                    ("x-auth-method", Some(p.method.as_str())),
-                    ("x-auth-scopes", Some(scopes.as_str())),
-                    ("x-auth-key-id", p.key_id.as_ref().map(|k| k.as_str())),
-                    ("x-auth-client-id", p.client_id.as_deref()),
-                    ("x-auth-session-id", p.session_id.as_ref().map(|s| s.as_str())),
-                ];
-                for (name, value) in pairs {
-                    if let Some(Ok(v)) = value.map(HeaderValue::from_str) {
-                        headers.insert(HeaderName::from_static(name), v);
-                    }
-                }
+            // Every identity header, empty where it does not apply (an anonymous pass, a key's
+            // client id): gateways that copy named headers (Caddy's copy_headers, Traefik's
+            // authResponseHeaders) then overwrite whatever the client sent under those names, and
+            // some Caddy releases would otherwise pass on a placeholder's text.
+            let scopes = p.as_ref().map(|p| p.scopes.to_string()).unwrap_or_default();
+            let pairs = [
+                ("x-auth-subject", p.as_ref().map(|p| p.subject.as_str())),
+                ("x-auth-method", p.as_ref().map(|p| p.method.as_str())),
+                ("x-auth-scopes", p.as_ref().map(|_| scopes.as_str())),
+                ("x-auth-key-id", p.as_ref().and_then(|p| p.key_id.as_ref()).map(|k| k.as_str())),
+                ("x-auth-client-id", p.as_ref().and_then(|p| p.client_id.as_deref())),
+                (
+                    "x-auth-session-id",
+                    p.as_ref().and_then(|p| p.session_id.as_ref()).map(|s| s.as_str()),
+                ),
+            ];
+            for (name, value) in pairs {
+                let value = HeaderValue::from_str(value.unwrap_or_default())
+                    .unwrap_or_else(|_| HeaderValue::from_static(""));
+                headers.insert(HeaderName::from_static(name), value);
             }
             (StatusCode::OK, headers).into_response()
         }

@@ -16,6 +16,7 @@ mod browser;
 mod connections;
 mod contract;
 mod forward_auth;
+mod gateways;
 mod hardening;
 mod http;
 mod interop;
