@@ -7,6 +7,7 @@
 //! `cargo run --release -p portcullis-bench -- --help` lists the flags.
 
 mod argon;
+mod client;
 mod http;
 mod load;
 mod report;

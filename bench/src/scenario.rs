@@ -304,6 +304,53 @@ pub fn all(s: &Settings) -> Vec<Scenario> {
             },
         },
         Scenario {
+            name: "authorize_jwt",
+            kind: Kind::Loop {
+                connections: s.connections,
+                setup: setup(|ctx, _| async move {
+                    let t = ctx.target.clone();
+                    let token = ctx.access_token.clone();
+                    Ok(Simple::boxed(move || {
+                        forwarded(t.get("/v1/authorize", Some(&token))?)
+                    }))
+                }),
+            },
+        },
+        Scenario {
+            name: "authorize_api_key",
+            kind: Kind::Loop {
+                connections: s.connections,
+                setup: setup(|ctx, _| async move {
+                    let t = ctx.target.clone();
+                    let key = ctx.user_key().await?.to_owned();
+                    Ok(Simple::boxed(move || {
+                        forwarded(t.get_api_key("/v1/authorize", &key)?)
+                    }))
+                }),
+            },
+        },
+        Scenario {
+            name: "client_verify_cached",
+            kind: Kind::InProcess {
+                threads: crate::argon::threads(),
+                run: crate::client::cached,
+            },
+        },
+        Scenario {
+            name: "client_verify_uncached",
+            kind: Kind::InProcess {
+                threads: crate::argon::threads(),
+                run: crate::client::uncached,
+            },
+        },
+        Scenario {
+            name: "jsonwebtoken_verify",
+            kind: Kind::InProcess {
+                threads: crate::argon::threads(),
+                run: crate::client::jsonwebtoken,
+            },
+        },
+        Scenario {
             name: "argon2_raw",
             kind: Kind::InProcess {
                 threads: crate::argon::threads(),
@@ -324,6 +371,28 @@ pub fn all(s: &Settings) -> Vec<Scenario> {
             },
         },
     ]
+}
+
+/// A forward-auth question as Caddy asks it: the original request in `X-Forwarded-*`.
+fn forwarded(mut req: Req) -> Result<Req> {
+    let h = req.headers_mut();
+    h.insert(
+        "x-forwarded-method",
+        hyper::header::HeaderValue::from_static("GET"),
+    );
+    h.insert(
+        "x-forwarded-proto",
+        hyper::header::HeaderValue::from_static("https"),
+    );
+    h.insert(
+        "x-forwarded-host",
+        hyper::header::HeaderValue::from_static("api.example.test"),
+    );
+    h.insert(
+        "x-forwarded-uri",
+        hyper::header::HeaderValue::from_static("/orders/1?expand=items"),
+    );
+    Ok(req)
 }
 
 /// What the OAuth scenarios share: a web client whose consent user 0 has given, a machine client,

@@ -5,7 +5,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use portcullis_core::jwt::{VerifyingKey, Verifier as KeyVerifier};
+use portcullis_core::jwt::{Verifier as KeyVerifier, VerifyingKey};
 
 use crate::Error;
 
@@ -97,7 +97,11 @@ impl Jwks {
 
     /// Fetches unless another caller fetched since `asked_at`, or the last attempt was less than the
     /// interval ago.
-    async fn refetch(&self, http: &reqwest::Client, asked_at: Instant) -> Result<Arc<Snapshot>, Error> {
+    async fn refetch(
+        &self,
+        http: &reqwest::Client,
+        asked_at: Instant,
+    ) -> Result<Arc<Snapshot>, Error> {
         let mut last = self.last_attempt.lock().await;
         if let Some(s) = self.snapshot()
             && s.fetched_at >= asked_at
@@ -163,7 +167,12 @@ impl Jwks {
         }
         let now = Instant::now();
         Ok(Snapshot {
-            verifier: KeyVerifier::new(keys, self.issuer.clone(), self.audience.clone(), self.leeway_s),
+            verifier: KeyVerifier::new(
+                keys,
+                self.issuer.clone(),
+                self.audience.clone(),
+                self.leeway_s,
+            ),
             fresh_until: now + ttl.clamp(self.min_interval, MAX_FRESH),
             fetched_at: now,
         })
@@ -195,7 +204,10 @@ mod tests {
     #[test]
     fn cache_control_sets_the_freshness() {
         let d = Duration::from_secs(7);
-        assert_eq!(freshness("public, max-age=300", d), Duration::from_secs(300));
+        assert_eq!(
+            freshness("public, max-age=300", d),
+            Duration::from_secs(300)
+        );
         assert_eq!(freshness("Max-Age=\"60\"", d), Duration::from_secs(60));
         assert_eq!(freshness("no-store", d), Duration::ZERO);
         assert_eq!(freshness("public", d), d);

@@ -137,7 +137,10 @@ pub fn refusal<B: Default>(e: &Error, resource_metadata: Option<&str>) -> Respon
             StatusCode::UNAUTHORIZED,
             vec![
                 "error=\"invalid_token\"".to_owned(),
-                format!("error_description=\"the access token is not valid: {}\"", quote(why)),
+                format!(
+                    "error_description=\"the access token is not valid: {}\"",
+                    quote(why)
+                ),
             ],
         ),
     };

@@ -94,11 +94,14 @@ impl Introspection {
     }
 }
 
-/// Principals of tokens already checked, by the token's SHA-256, each with the second it expires
-/// and the instant the entry stops being trusted.
+/// A checked token's principal, the second the token expires and the instant the entry stops being
+/// trusted.
+type Entry = (i64, Instant, Arc<Principal>);
+
+/// Principals of tokens already checked, by the token's SHA-256.
 struct Cache {
     capacity: usize,
-    entries: RwLock<HashMap<[u8; 32], (i64, Instant, Arc<Principal>)>>,
+    entries: RwLock<HashMap<[u8; 32], Entry>>,
 }
 
 impl Cache {
@@ -158,7 +161,9 @@ impl Verifier {
             return Err(Error::Config("issuer must be an http(s) URL".into()));
         }
         if config.audience.is_empty() {
-            return Err(Error::Config("audience must be set: the aud this service's tokens carry".into()));
+            return Err(Error::Config(
+                "audience must be set: the aud this service's tokens carry".into(),
+            ));
         }
         let http = reqwest::Client::builder()
             .timeout(config.timeout)
@@ -214,21 +219,26 @@ impl Verifier {
         }
         let keys = inner.jwks.keys(&inner.http).await?;
         let claims = match keys.verifier.verify_for(token, now, Audience::Ours) {
-            Err(JwtError::UnknownKid) => match inner.jwks.refetch_for_unknown_kid(&inner.http).await? {
-                Some(fresh) => {
-                    // The key set changed: what was verified with keys now gone must be checked again.
-                    inner.verified.clear();
-                    fresh.verifier.verify_for(token, now, Audience::Ours)
+            Err(JwtError::UnknownKid) => {
+                match inner.jwks.refetch_for_unknown_kid(&inner.http).await? {
+                    Some(fresh) => {
+                        // The key set changed: what was verified with keys now gone must be checked again.
+                        inner.verified.clear();
+                        fresh.verifier.verify_for(token, now, Audience::Ours)
+                    }
+                    None => Err(JwtError::UnknownKid),
                 }
-                None => Err(JwtError::UnknownKid),
-            },
+            }
             other => other,
         }
         .map_err(|e| Error::InvalidToken(e.reason()))?;
         let p = Arc::new(principal(&claims, AuthMethod::Jwt));
-        inner
-            .verified
-            .put(key, claims.exp, Instant::now() + Duration::from_secs(24 * 3600), Arc::clone(&p));
+        inner.verified.put(
+            key,
+            claims.exp,
+            Instant::now() + Duration::from_secs(24 * 3600),
+            Arc::clone(&p),
+        );
         Ok(p)
     }
 
@@ -239,8 +249,12 @@ impl Verifier {
         if values.next().is_some() {
             return Err(Error::InvalidRequest("send one Authorization header"));
         }
-        let value = value.to_str().map_err(|_| Error::InvalidToken("malformed"))?;
-        let (scheme, token) = value.split_once(' ').ok_or(Error::InvalidToken("malformed"))?;
+        let value = value
+            .to_str()
+            .map_err(|_| Error::InvalidToken("malformed"))?;
+        let (scheme, token) = value
+            .split_once(' ')
+            .ok_or(Error::InvalidToken("malformed"))?;
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(Error::InvalidToken("unsupported_scheme"));
         }
@@ -286,15 +300,18 @@ impl Verifier {
         }
         let aud_ok = match v.get("aud") {
             Some(serde_json::Value::String(a)) => *a == inner.config.audience,
-            Some(serde_json::Value::Array(list)) => {
-                list.iter().any(|a| a.as_str() == Some(inner.config.audience.as_str()))
-            }
+            Some(serde_json::Value::Array(list)) => list
+                .iter()
+                .any(|a| a.as_str() == Some(inner.config.audience.as_str())),
             _ => false,
         };
         if !aud_ok {
             return Err(Error::InvalidToken("wrong_audience"));
         }
-        let exp = v.get("exp").and_then(|e| e.as_i64()).ok_or(Error::InvalidToken("no_exp"))?;
+        let exp = v
+            .get("exp")
+            .and_then(|e| e.as_i64())
+            .ok_or(Error::InvalidToken("no_exp"))?;
         let claims = AccessClaims {
             iss: inner.config.issuer.clone(),
             sub: text("sub").unwrap_or_default().to_owned(),

@@ -1,6 +1,12 @@
 //! `portcullis-client` against the real server over HTTP (SQLite store): local verification and its
 //! refusals, key rotation seen through a JWKS refetch, the issuer going away, the tower layer in an
 //! axum app, and introspection of opaque tokens.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,7 +50,9 @@ impl Server {
         let root = portcullis_server::create_root_key(&store, "client tests")
             .await
             .unwrap();
-        let running = portcullis_server::start(config, store, listener).await.unwrap();
+        let running = portcullis_server::start(config, store, listener)
+            .await
+            .unwrap();
         Self {
             base: format!("http://{addr}"),
             root,
@@ -139,18 +147,29 @@ async fn tokens_verify_locally_with_the_servers_rules() {
 
     // Another audience, a tampered payload, a forged signature, garbage, a token of our own login
     // (another audience too): each refused with its reason.
-    let other = verifier(&server, |c| c.audience = "https://other.example.test".into());
-    assert_eq!(other.verify(&token).await.unwrap_err(), Error::InvalidToken("wrong_audience"));
+    let other = verifier(&server, |c| {
+        c.audience = "https://other.example.test".into()
+    });
+    assert_eq!(
+        other.verify(&token).await.unwrap_err(),
+        Error::InvalidToken("wrong_audience")
+    );
     let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
     parts[1] = parts[1].replace('A', "B");
     let tampered = parts.join(".");
-    assert!(matches!(v.verify(&tampered).await, Err(Error::InvalidToken(_))));
+    assert!(matches!(
+        v.verify(&tampered).await,
+        Err(Error::InvalidToken(_))
+    ));
     let (head, _) = token.rsplit_once('.').unwrap();
     assert_eq!(
         v.verify(&format!("{head}.AAAA")).await.unwrap_err(),
         Error::InvalidToken("bad_signature")
     );
-    assert_eq!(v.verify("nope").await.unwrap_err(), Error::InvalidToken("malformed"));
+    assert_eq!(
+        v.verify("nope").await.unwrap_err(),
+        Error::InvalidToken("malformed")
+    );
     assert_eq!(
         v.verify(&"a".repeat(9000)).await.unwrap_err(),
         Error::InvalidToken("malformed")
@@ -161,7 +180,10 @@ async fn tokens_verify_locally_with_the_servers_rules() {
         ..Config::new("https://impostor.example.test", AUDIENCE)
     })
     .unwrap();
-    assert_eq!(wrong_iss.verify(&token).await.unwrap_err(), Error::InvalidToken("wrong_issuer"));
+    assert_eq!(
+        wrong_iss.verify(&token).await.unwrap_err(),
+        Error::InvalidToken("wrong_issuer")
+    );
 
     // Headers: exactly one Bearer.
     let mut h = http::HeaderMap::new();
@@ -169,7 +191,10 @@ async fn tokens_verify_locally_with_the_servers_rules() {
     h.insert("authorization", format!("Bearer {token}").parse().unwrap());
     assert_eq!(v.authenticate(&h).await.unwrap().subject, id);
     h.append("authorization", "Bearer x".parse().unwrap());
-    assert!(matches!(v.authenticate(&h).await, Err(Error::InvalidRequest(_))));
+    assert!(matches!(
+        v.authenticate(&h).await,
+        Err(Error::InvalidRequest(_))
+    ));
     let mut basic = http::HeaderMap::new();
     basic.insert("authorization", "Basic eDp5".parse().unwrap());
     assert_eq!(
@@ -188,14 +213,18 @@ async fn a_rotated_key_verifies_after_one_refetch_and_the_issuer_may_go_away() {
     v.verify(&first).await.unwrap();
 
     // Rotate: the next token is signed by a key the client has not fetched.
-    server.admin("/admin/v1/signing-keys/rotate", json!({})).await;
+    server
+        .admin("/admin/v1/signing-keys/rotate", json!({}))
+        .await;
     let second = server.token(&id, &secret, "orders:read").await;
     assert_ne!(kid_of(&first), kid_of(&second), "the rotated key signs");
     tokio::time::sleep(Duration::from_millis(250)).await;
     assert_eq!(v.verify(&second).await.unwrap().subject, id);
 
     // An unknown kid refetches at most once per interval: a burst of forged kids costs one fetch.
-    let v2 = verifier(&server, |c| c.min_refetch_interval = Duration::from_secs(60));
+    let v2 = verifier(&server, |c| {
+        c.min_refetch_interval = Duration::from_secs(60)
+    });
     v2.verify(&first).await.unwrap();
     let forged = {
         use base64::Engine;
@@ -205,7 +234,10 @@ async fn a_rotated_key_verifies_after_one_refetch_and_the_issuer_may_go_away() {
         format!("{header}.{rest}")
     };
     for _ in 0..5 {
-        assert_eq!(v2.verify(&forged).await.unwrap_err(), Error::InvalidToken("unknown_kid"));
+        assert_eq!(
+            v2.verify(&forged).await.unwrap_err(),
+            Error::InvalidToken("unknown_kid")
+        );
     }
 
     // The issuer goes away: tokens of known keys still verify (the JWKS is stale, refetching fails,
@@ -217,10 +249,20 @@ async fn a_rotated_key_verifies_after_one_refetch_and_the_issuer_may_go_away() {
     });
     stale.verify(&second).await.unwrap();
     server.stop().await;
-    assert!(stale.verify(&third).await.unwrap().scopes.contains("orders:write"));
+    assert!(
+        stale
+            .verify(&third)
+            .await
+            .unwrap()
+            .scopes
+            .contains("orders:write")
+    );
     // A verifier that never reached the issuer says it is unavailable (a 503, not a 401).
     let fresh = verifier(&server, |_| {});
-    assert!(matches!(fresh.verify(&third).await, Err(Error::Unavailable(_))));
+    assert!(matches!(
+        fresh.verify(&third).await,
+        Err(Error::Unavailable(_))
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,7 +300,12 @@ async fn the_tower_layer_protects_an_axum_app() {
         r.headers()["www-authenticate"],
         "Bearer resource_metadata=\"https://orders.example.test/.well-known/oauth-protected-resource\""
     );
-    let r = http.get(&url).bearer_auth("junk.junk.junk").send().await.unwrap();
+    let r = http
+        .get(&url)
+        .bearer_auth("junk.junk.junk")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert!(
         r.headers()["www-authenticate"]
@@ -309,9 +356,17 @@ async fn opaque_tokens_are_introspected_and_cached_briefly() {
     assert_eq!(r.status(), StatusCode::OK);
     assert!(v.verify(&token).await.is_ok(), "cached");
     tokio::time::sleep(Duration::from_millis(350)).await;
-    assert_eq!(v.verify(&token).await.unwrap_err(), Error::InvalidToken("inactive"));
+    assert_eq!(
+        v.verify(&token).await.unwrap_err(),
+        Error::InvalidToken("inactive")
+    );
     // Wrong client credentials: introspection fails, which is the issuer's answer, not the token's.
-    let bad = verifier(&server, |c| c.introspection = Some(Introspection::new(&id, "wrong")));
-    assert!(matches!(bad.verify(&token).await, Err(Error::Unavailable(_))));
+    let bad = verifier(&server, |c| {
+        c.introspection = Some(Introspection::new(&id, "wrong"))
+    });
+    assert!(matches!(
+        bad.verify(&token).await,
+        Err(Error::Unavailable(_))
+    ));
     server.stop().await;
 }

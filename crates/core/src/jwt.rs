@@ -394,40 +394,43 @@ impl VerifyingKey {
             return Err(bad("the JWK is not for signatures"));
         }
         let kid = text("kid").ok_or(JwtError::MissingKid)?.to_owned();
-        let (alg, public, der): (JwsAlg, &'static dyn signature::VerificationAlgorithm, Vec<u8>) =
-            match (text("kty"), text("crv")) {
-                (Some("EC"), Some("P-256")) => {
-                    let (x, y) = (bytes("x")?, bytes("y")?);
-                    if x.len() != 32 || y.len() != 32 {
-                        return Err(bad("a P-256 coordinate is 32 bytes"));
-                    }
-                    let mut point = Vec::with_capacity(65);
-                    point.push(0x04);
-                    point.extend_from_slice(&x);
-                    point.extend_from_slice(&y);
-                    (JwsAlg::Es256, &ECDSA_P256_SHA256_FIXED, point)
+        let (alg, public, der): (
+            JwsAlg,
+            &'static dyn signature::VerificationAlgorithm,
+            Vec<u8>,
+        ) = match (text("kty"), text("crv")) {
+            (Some("EC"), Some("P-256")) => {
+                let (x, y) = (bytes("x")?, bytes("y")?);
+                if x.len() != 32 || y.len() != 32 {
+                    return Err(bad("a P-256 coordinate is 32 bytes"));
                 }
-                (Some("RSA"), _) => {
-                    let (n, e) = (bytes("n")?, bytes("e")?);
-                    let n = strip_leading_zeros(&n);
-                    if n.len() < 256 || n.len() > 1024 {
-                        return Err(bad("an RSA modulus is 2048 to 8192 bits"));
-                    }
-                    (
-                        JwsAlg::Rs256,
-                        &RSA_PKCS1_2048_8192_SHA256,
-                        rsa_public_key_der(n, strip_leading_zeros(&e)),
-                    )
+                let mut point = Vec::with_capacity(65);
+                point.push(0x04);
+                point.extend_from_slice(&x);
+                point.extend_from_slice(&y);
+                (JwsAlg::Es256, &ECDSA_P256_SHA256_FIXED, point)
+            }
+            (Some("RSA"), _) => {
+                let (n, e) = (bytes("n")?, bytes("e")?);
+                let n = strip_leading_zeros(&n);
+                if n.len() < 256 || n.len() > 1024 {
+                    return Err(bad("an RSA modulus is 2048 to 8192 bits"));
                 }
-                (Some("OKP"), Some("Ed25519")) => {
-                    let x = bytes("x")?;
-                    if x.len() != 32 {
-                        return Err(bad("an Ed25519 key is 32 bytes"));
-                    }
-                    (JwsAlg::EdDsa, &ED25519, x)
+                (
+                    JwsAlg::Rs256,
+                    &RSA_PKCS1_2048_8192_SHA256,
+                    rsa_public_key_der(n, strip_leading_zeros(&e)),
+                )
+            }
+            (Some("OKP"), Some("Ed25519")) => {
+                let x = bytes("x")?;
+                if x.len() != 32 {
+                    return Err(bad("an Ed25519 key is 32 bytes"));
                 }
-                _ => return Err(bad("unsupported key type (EC P-256, RSA, OKP Ed25519)")),
-            };
+                (JwsAlg::EdDsa, &ED25519, x)
+            }
+            _ => return Err(bad("unsupported key type (EC P-256, RSA, OKP Ed25519)")),
+        };
         if let Some(named) = text("alg")
             && JwsAlg::parse(named) != Some(alg)
         {
@@ -895,11 +898,21 @@ mod tests {
             };
             assert!(with("d", "AAAA".into()).is_err());
             assert!(with("use", "enc".into()).is_err());
-            let wrong = if alg == JwsAlg::Rs256 { "ES256" } else { "RS256" };
-            assert!(matches!(with("alg", wrong.into()), Err(JwtError::AlgMismatch)));
+            let wrong = if alg == JwsAlg::Rs256 {
+                "ES256"
+            } else {
+                "RS256"
+            };
+            assert!(matches!(
+                with("alg", wrong.into()),
+                Err(JwtError::AlgMismatch)
+            ));
             let mut no_kid = jwk.clone();
             no_kid.as_object_mut().unwrap().remove("kid");
-            assert!(matches!(VerifyingKey::from_jwk(&no_kid), Err(JwtError::MissingKid)));
+            assert!(matches!(
+                VerifyingKey::from_jwk(&no_kid),
+                Err(JwtError::MissingKid)
+            ));
         }
         assert!(VerifyingKey::from_jwk(&serde_json::json!({"kty": "oct", "kid": "a"})).is_err());
         assert!(VerifyingKey::from_jwk(&serde_json::json!("nope")).is_err());

@@ -167,7 +167,11 @@ pub async fn services(
             allow_loopback_backchannel: config.oauth_allow_loopback_backchannel,
             id_token_algs: keys.algs().to_vec(),
         },
-        config.route.iter().filter_map(|r| r.resource.clone()).collect(),
+        config
+            .route
+            .iter()
+            .filter_map(|r| r.resource.clone())
+            .collect(),
     ));
     let auth = Arc::new(Auth::new(
         Arc::clone(&users),

@@ -14,7 +14,9 @@ use crate::config::Config;
 use crate::http::ApiError;
 use crate::http::middleware::{self, Settings};
 use crate::http::openapi::Limits;
-use crate::{apikeys, audit, forward_auth, oauth, ops, pages, sessions, signing_keys, tokens, users};
+use crate::{
+    apikeys, audit, forward_auth, oauth, ops, pages, sessions, signing_keys, tokens, users,
+};
 
 /// Every documented route, with its OpenAPI paths.
 pub fn api() -> OpenApiRouter<AppState> {

@@ -123,8 +123,32 @@ async fn authorize(
     render(verdict)
 }
 
+/// Counts an answer; the counters are registered once, not looked up per request.
 fn count(outcome: &'static str) {
-    metrics::counter!("portcullis_forward_auth_total", "outcome" => outcome).increment(1);
+    const OUTCOMES: [&str; 8] = [
+        "allowed",
+        "anonymous",
+        "unauthenticated",
+        "login",
+        "forbidden",
+        "rate_limited",
+        "bad_request",
+        "error",
+    ];
+    static COUNTERS: std::sync::OnceLock<Vec<metrics::Counter>> = std::sync::OnceLock::new();
+    let counters = COUNTERS.get_or_init(|| {
+        OUTCOMES
+            .iter()
+            .map(|o| metrics::counter!("portcullis_forward_auth_total", "outcome" => *o))
+            .collect()
+    });
+    if let Some(c) = OUTCOMES
+        .iter()
+        .position(|o| *o == outcome)
+        .and_then(|i| counters.get(i))
+    {
+        c.increment(1);
+    }
 }
 
 /// A `WWW-Authenticate` Bearer challenge (RFC 6750 §3, RFC 9728 §5.1).
@@ -154,7 +178,8 @@ fn challenge(
 }
 
 fn render(verdict: Verdict) -> Response {
-    let mut headers = HeaderMap::new();
+    // Room for the identity headers and what the middleware adds, without growing.
+    let mut headers = HeaderMap::with_capacity(16);
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     match verdict {
         Verdict::Allow(p) => {
@@ -167,11 +192,21 @@ fn render(verdict: Verdict) -> Response {
                 ("x-auth-subject", p.as_ref().map(|p| p.subject.as_str())),
                 ("x-auth-method", p.as_ref().map(|p| p.method.as_str())),
                 ("x-auth-scopes", p.as_ref().map(|_| scopes.as_str())),
-                ("x-auth-key-id", p.as_ref().and_then(|p| p.key_id.as_ref()).map(|k| k.as_str())),
-                ("x-auth-client-id", p.as_ref().and_then(|p| p.client_id.as_deref())),
+                (
+                    "x-auth-key-id",
+                    p.as_ref()
+                        .and_then(|p| p.key_id.as_ref())
+                        .map(|k| k.as_str()),
+                ),
+                (
+                    "x-auth-client-id",
+                    p.as_ref().and_then(|p| p.client_id.as_deref()),
+                ),
                 (
                     "x-auth-session-id",
-                    p.as_ref().and_then(|p| p.session_id.as_ref()).map(|s| s.as_str()),
+                    p.as_ref()
+                        .and_then(|p| p.session_id.as_ref())
+                        .map(|s| s.as_str()),
                 ),
             ];
             for (name, value) in pairs {

@@ -158,16 +158,15 @@ impl Rules {
 fn compile_one(number: usize, r: &RouteRule) -> Result<Rule, String> {
     let path = Glob::new(&r.path)?;
     if !(path.text.starts_with('/') || path.text.starts_with('*')) {
-        return Err("a path glob starts with / (request paths always do), so this one can never match".into());
+        return Err(
+            "a path glob starts with / (request paths always do), so this one can never match"
+                .into(),
+        );
     }
     if path.text.contains(['?', '#']) {
         return Err("a path glob cannot hold ? or #: rules match the path, never the query".into());
     }
-    if path
-        .text
-        .split('/')
-        .any(|seg| seg == "." || seg == "..")
-    {
+    if path.text.split('/').any(|seg| seg == "." || seg == "..") {
         return Err("requests with . or .. segments are refused before the rules, so a glob with them can never match".into());
     }
     let host = match &r.host {
@@ -175,12 +174,14 @@ fn compile_one(number: usize, r: &RouteRule) -> Result<Rule, String> {
         Some(h) => {
             let g = Glob::new(&h.to_ascii_lowercase())?;
             if g.text.is_empty()
-                || !g
-                    .text
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'*' | b':' | b'[' | b']'))
+                || !g.text.bytes().all(|b| {
+                    b.is_ascii_alphanumeric()
+                        || matches!(b, b'.' | b'-' | b'*' | b':' | b'[' | b']')
+                })
             {
-                return Err(format!("host {h:?} is not a host name glob (letters, digits, . - : and *)"));
+                return Err(format!(
+                    "host {h:?} is not a host name glob (letters, digits, . - : and *)"
+                ));
             }
             Some(g)
         }
@@ -188,13 +189,17 @@ fn compile_one(number: usize, r: &RouteRule) -> Result<Rule, String> {
     let methods = match &r.methods {
         None => None,
         Some(list) if list.is_empty() => {
-            return Err("methods = [] matches no request; leave methods out to match them all".into());
+            return Err(
+                "methods = [] matches no request; leave methods out to match them all".into(),
+            );
         }
         Some(list) => Some(
             list.iter()
                 .map(|m| {
                     if m.is_empty() || m.len() > 32 || !m.bytes().all(|b| b.is_ascii_uppercase()) {
-                        return Err(format!("method {m:?} is not an upper-case HTTP method such as \"GET\""));
+                        return Err(format!(
+                            "method {m:?} is not an upper-case HTTP method such as \"GET\""
+                        ));
                     }
                     Ok(m.clone())
                 })
@@ -202,7 +207,8 @@ fn compile_one(number: usize, r: &RouteRule) -> Result<Rule, String> {
         ),
     };
     for s in &r.scopes {
-        Scope::parse(s).map_err(|_| format!("scope {s:?} is not a scope (letters, digits, _ : . - /)"))?;
+        Scope::parse(s)
+            .map_err(|_| format!("scope {s:?} is not a scope (letters, digits, _ : . - /)"))?;
     }
     let allowed = match &r.methods_allowed {
         None => None,
@@ -251,22 +257,31 @@ fn compile_one(number: usize, r: &RouteRule) -> Result<Rule, String> {
 /// RFC 9728 §1.2: a resource identifier is an absolute URL without a fragment (https in production;
 /// http is accepted for local setups).
 fn check_resource(resource: &str) -> Result<(), String> {
-    let url = url::Url::parse(resource).map_err(|_| format!("resource {resource:?} is not an absolute URL"))?;
+    let url = url::Url::parse(resource)
+        .map_err(|_| format!("resource {resource:?} is not an absolute URL"))?;
     if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none() {
-        return Err(format!("resource {resource:?} must be an http(s) URL with a host"));
+        return Err(format!(
+            "resource {resource:?} must be an http(s) URL with a host"
+        ));
     }
     if url.fragment().is_some() || url.query().is_some() {
-        return Err(format!("resource {resource:?} cannot carry a query or fragment (RFC 9728 §1.2)"));
+        return Err(format!(
+            "resource {resource:?} cannot carry a query or fragment (RFC 9728 §1.2)"
+        ));
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(format!("resource {resource:?} cannot carry user information"));
+        return Err(format!(
+            "resource {resource:?} cannot carry user information"
+        ));
     }
     Ok(())
 }
 
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
-        return host.split_once(']').map_or(host, |(h, _)| h.get(1..).unwrap_or(h));
+        return host
+            .split_once(']')
+            .map_or(host, |(h, _)| h.get(1..).unwrap_or(h));
     }
     host.rsplit_once(':')
         .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
@@ -328,7 +343,8 @@ impl Glob {
                 },
             }
         }
-        p.get(pi..).is_some_and(|rest| rest.iter().all(|&c| c == b'*'))
+        p.get(pi..)
+            .is_some_and(|rest| rest.iter().all(|&c| c == b'*'))
     }
 
     /// Does every string `other` matches also match this? Exact for the shapes rules use (equal
@@ -389,8 +405,8 @@ mod tests {
             DefaultPolicy::Authenticated,
         )
         .unwrap();
-        assert!(rules.find(&"GET", "API.example.com:8443", "/x").is_some());
-        assert!(rules.find(&"GET", "example.org", "/x").is_none());
+        assert!(rules.find("GET", "API.example.com:8443", "/x").is_some());
+        assert!(rules.find("GET", "example.org", "/x").is_none());
         let (rules, _) = Rules::compile(
             &[RouteRule {
                 host: Some("127.0.0.1:9000".into()),
@@ -399,8 +415,8 @@ mod tests {
             DefaultPolicy::Authenticated,
         )
         .unwrap();
-        assert!(rules.find(&"GET", "127.0.0.1:9000", "/x").is_some());
-        assert!(rules.find(&"GET", "127.0.0.1:9001", "/x").is_none());
+        assert!(rules.find("GET", "127.0.0.1:9000", "/x").is_some());
+        assert!(rules.find("GET", "127.0.0.1:9001", "/x").is_none());
         assert_eq!(strip_port("[::1]:80"), "::1");
     }
 
@@ -422,15 +438,20 @@ mod tests {
         )
         .unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
-        assert_eq!(rules.find(&"GET", "h", "/orders/1").unwrap().number, 1);
-        assert_eq!(rules.find(&"POST", "h", "/orders/1").unwrap().number, 2);
-        assert!(rules.find(&"GET", "h", "/other").is_none());
+        assert_eq!(rules.find("GET", "h", "/orders/1").unwrap().number, 1);
+        assert_eq!(rules.find("POST", "h", "/orders/1").unwrap().number, 2);
+        assert!(rules.find("GET", "h", "/other").is_none());
     }
 
     #[test]
     fn shadowed_rules_are_warned_about() {
         let (_, warnings) = Rules::compile(
-            &[rule("/api/*"), rule("/api/orders/*"), rule("/api/orders"), rule("/other")],
+            &[
+                rule("/api/*"),
+                rule("/api/orders/*"),
+                rule("/api/orders"),
+                rule("/other"),
+            ],
             DefaultPolicy::Authenticated,
         )
         .unwrap();

@@ -59,11 +59,7 @@ pub struct Original {
 impl Original {
     /// Reads the gateway's description. `uri` is `X-Forwarded-Uri` / `X-Original-URI` (a path and
     /// query, `/…`).
-    pub fn parse(
-        method: &str,
-        uri: &str,
-        host: &str,
-    ) -> std::result::Result<Self, BadOriginal> {
+    pub fn parse(method: &str, uri: &str, host: &str) -> std::result::Result<Self, BadOriginal> {
         if method.is_empty()
             || method.len() > 32
             || !method.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-')
@@ -76,9 +72,9 @@ impl Original {
         let host = host.split(',').next().unwrap_or_default().trim();
         if host.is_empty()
             || host.len() > MAX_HOST_LEN
-            || !host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_'))
+            || !host.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_')
+            })
         {
             return Err(gateway(
                 "the original host (X-Forwarded-Host, or Host) is missing or not a host name",
@@ -274,7 +270,10 @@ impl ForwardAuth {
     /// The resource whose metadata lives at `/.well-known/oauth-protected-resource<suffix>`; when
     /// several share the suffix, the one on `host`.
     pub fn resource_at(&self, suffix: &str, host: Option<&str>) -> Option<&ProtectedResource> {
-        let mut found = self.resources.iter().filter(|r| r.metadata_suffix == suffix);
+        let mut found = self
+            .resources
+            .iter()
+            .filter(|r| r.metadata_suffix == suffix);
         let first = found.next()?;
         let Some(second) = found.next() else {
             return Some(first);
@@ -320,7 +319,11 @@ impl ForwardAuth {
         Ok(verdict)
     }
 
-    async fn principal(&self, rule: Option<&Rule>, credential: Result<Credential<'_>>) -> Result<Principal> {
+    async fn principal(
+        &self,
+        rule: Option<&Rule>,
+        credential: Result<Credential<'_>>,
+    ) -> Result<Principal> {
         let credential = credential?;
         let kind = kind(&credential);
         if let Some(allowed) = rule.and_then(|r| r.allowed.as_ref())
@@ -362,7 +365,10 @@ impl ForwardAuth {
         let required = rule.map(|r| r.scopes.join(" ")).unwrap_or_default();
         Verdict::Refuse {
             code: "insufficient_scope",
-            detail: format!("this request needs the scopes {required:?}; the credential lacks {:?}", missing.join(" ")),
+            detail: format!(
+                "this request needs the scopes {required:?}; the credential lacks {:?}",
+                missing.join(" ")
+            ),
             scope: Some(required),
             resource,
         }
@@ -454,7 +460,10 @@ mod tests {
             );
         }
         let long = format!("/{}", "a".repeat(MAX_URI_LEN));
-        assert_eq!(Original::parse("GET", &long, "h").unwrap_err().code, "uri_too_long");
+        assert_eq!(
+            Original::parse("GET", &long, "h").unwrap_err().code,
+            "uri_too_long"
+        );
         assert!(Original::parse("GE T", "/", "h").is_err());
         assert!(Original::parse("GET", "/", "").is_err());
         assert!(Original::parse("GET", "/", "bad host").is_err());

@@ -698,8 +698,14 @@ fn configuration_errors_exit_2_and_name_the_problem() {
 
     // Route rules are checked at start: a bad one is named by its number, an unknown key in one too.
     for (rules, needle) in [
-        ("[[route]]\npath = \"/ok/*\"\n[[route]]\npath = \"orders/*\"\n", "route #2"),
-        ("[[route]]\npath = \"/x\"\nscopes = [\"has space\"]\n", "route #1"),
+        (
+            "[[route]]\npath = \"/ok/*\"\n[[route]]\npath = \"orders/*\"\n",
+            "route #2",
+        ),
+        (
+            "[[route]]\npath = \"/x\"\nscopes = [\"has space\"]\n",
+            "route #1",
+        ),
         ("[[route]]\npath = \"/x\"\nscope = [\"a\"]\n", "scope"),
         ("default_policy = \"allow\"\n", "default_policy"),
     ] {

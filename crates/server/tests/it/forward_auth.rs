@@ -151,7 +151,10 @@ async fn every_credential_kind_gets_identity_headers(b: Backend) {
     let root = app.root_key().await;
     let user = app.user_with_tokens("fa@example.com").await;
     let jwt = user["access_token"].as_str().unwrap();
-    let uid = crate::support::jwt_claims(jwt)["sub"].as_str().unwrap().to_owned();
+    let uid = crate::support::jwt_claims(jwt)["sub"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     // No credential: a bare challenge.
     let r = ask(&app, "GET", "/anything").send().await.unwrap();
@@ -160,7 +163,11 @@ async fn every_credential_kind_gets_identity_headers(b: Backend) {
     assert!(h(&r, "x-auth-subject").is_none());
 
     // The user's own access JWT (our audience) on a route without a resource.
-    let r = ask(&app, "GET", "/anything?x=1").bearer_auth(jwt).send().await.unwrap();
+    let r = ask(&app, "GET", "/anything?x=1")
+        .bearer_auth(jwt)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(h(&r, "x-auth-subject"), Some(uid.as_str()));
     assert_eq!(h(&r, "x-auth-method"), Some("jwt"));
@@ -169,7 +176,12 @@ async fn every_credential_kind_gets_identity_headers(b: Backend) {
     assert_eq!(h(&r, "cache-control"), Some("no-store"));
 
     // An API key, in either header.
-    let (k, kid) = key(&app, &root, json!({"name": "fa", "scopes": ["orders:read"]})).await;
+    let (k, kid) = key(
+        &app,
+        &root,
+        json!({"name": "fa", "scopes": ["orders:read"]}),
+    )
+    .await;
     for req in [
         ask(&app, "GET", "/orders/1").header("x-api-key", &k),
         ask(&app, "GET", "/orders/1").bearer_auth(&k),
@@ -186,32 +198,55 @@ async fn every_credential_kind_gets_identity_headers(b: Backend) {
     for (format, method) in [("jwt", "jwt"), ("opaque", "oauth")] {
         let (id, secret) = orders_client(&app, &root, format).await;
         let t = resource_token(&app, &id, &secret, "orders:read").await;
-        let r = ask(&app, "GET", "/orders/7").bearer_auth(&t).send().await.unwrap();
+        let r = ask(&app, "GET", "/orders/7")
+            .bearer_auth(&t)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::OK, "{format}");
         assert_eq!(h(&r, "x-auth-method"), Some(method));
         assert_eq!(h(&r, "x-auth-client-id"), Some(id.as_str()));
         assert_eq!(h(&r, "x-auth-subject"), Some(id.as_str()));
         // The same token lacks orders:write for a POST.
-        let r = ask(&app, "POST", "/orders/7").bearer_auth(&t).send().await.unwrap();
+        let r = ask(&app, "POST", "/orders/7")
+            .bearer_auth(&t)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
         let challenge = h(&r, "www-authenticate").unwrap().to_owned();
-        assert!(challenge.contains("error=\"insufficient_scope\""), "{challenge}");
+        assert!(
+            challenge.contains("error=\"insufficient_scope\""),
+            "{challenge}"
+        );
         assert!(challenge.contains("scope=\"orders:write\""), "{challenge}");
         assert_eq!(problem_code(r).await, "insufficient_scope");
         // And is meant for the orders API only, not for routes of our own audience.
-        let r = ask(&app, "GET", "/elsewhere").bearer_auth(&t).send().await.unwrap();
+        let r = ask(&app, "GET", "/elsewhere")
+            .bearer_auth(&t)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{format}");
     }
 
     // A session cookie.
     let (cookie, sid) = session_cookie(&app, "fa@example.com").await;
-    let r = ask(&app, "GET", "/anything").header("cookie", &cookie).send().await.unwrap();
+    let r = ask(&app, "GET", "/anything")
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(h(&r, "x-auth-method"), Some("session"));
     assert_eq!(h(&r, "x-auth-session-id"), Some(sid.as_str()));
     assert_eq!(h(&r, "x-auth-subject"), Some(uid.as_str()));
     // A cookie-authenticated change needs the CSRF token, as on our own API.
-    let r = ask(&app, "POST", "/anything").header("cookie", &cookie).send().await.unwrap();
+    let r = ask(&app, "POST", "/anything")
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     assert_eq!(problem_code(r).await, "csrf_failed");
 
@@ -234,7 +269,11 @@ async fn every_credential_kind_gets_identity_headers(b: Backend) {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN, "a POST needs orders:write");
+    assert_eq!(
+        r.status(),
+        StatusCode::FORBIDDEN,
+        "a POST needs orders:write"
+    );
     let r = app
         .client
         .get(app.url("/v1/authorize/orders/1?x=2"))
@@ -257,26 +296,51 @@ async fn route_rules_pick_scopes_kinds_audiences_and_anonymous_routes(b: Backend
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
         h(&r, "www-authenticate"),
-        Some("Bearer resource_metadata=\"https://api.example.test/.well-known/oauth-protected-resource/orders\"")
+        Some(
+            "Bearer resource_metadata=\"https://api.example.test/.well-known/oauth-protected-resource/orders\""
+        )
     );
     // Our own login's token is not meant for the orders API.
-    let r = ask(&app, "GET", "/orders/1").bearer_auth(jwt).send().await.unwrap();
+    let r = ask(&app, "GET", "/orders/1")
+        .bearer_auth(jwt)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let challenge = h(&r, "www-authenticate").unwrap().to_owned();
-    assert!(challenge.starts_with("Bearer error=\"invalid_token\""), "{challenge}");
+    assert!(
+        challenge.starts_with("Bearer error=\"invalid_token\""),
+        "{challenge}"
+    );
     assert!(challenge.contains("wrong_audience"), "{challenge}");
     assert!(challenge.contains("resource_metadata="), "{challenge}");
 
     // A key without the scope: 403, and a key of another scope cannot write.
     let (plain, _) = key(&app, &root, json!({"name": "plain"})).await;
-    let r = ask(&app, "GET", "/orders/1").header("x-api-key", &plain).send().await.unwrap();
+    let r = ask(&app, "GET", "/orders/1")
+        .header("x-api-key", &plain)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    assert!(h(&r, "www-authenticate").unwrap().contains("scope=\"orders:read\""));
+    assert!(
+        h(&r, "www-authenticate")
+            .unwrap()
+            .contains("scope=\"orders:read\"")
+    );
 
     // methods_allowed: a JWT is refused where only keys are accepted, before anything is spent.
-    let r = ask(&app, "GET", "/keys-only/x").bearer_auth(jwt).send().await.unwrap();
+    let r = ask(&app, "GET", "/keys-only/x")
+        .bearer_auth(jwt)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let r = ask(&app, "GET", "/keys-only/x").header("x-api-key", &plain).send().await.unwrap();
+    let r = ask(&app, "GET", "/keys-only/x")
+        .header("x-api-key", &plain)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 
     // Anonymous routes: through without a credential, with identity when one is good, and as
@@ -284,20 +348,47 @@ async fn route_rules_pick_scopes_kinds_audiences_and_anonymous_routes(b: Backend
     let r = ask(&app, "GET", "/public/doc").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert!(h(&r, "x-auth-subject").is_none() && h(&r, "x-auth-method").is_none());
-    assert_eq!(r.headers()["x-auth-subject"], "", "sent empty, so gateways overwrite");
-    let r = ask(&app, "GET", "/public/doc").header("x-api-key", &plain).send().await.unwrap();
+    assert_eq!(
+        r.headers()["x-auth-subject"],
+        "",
+        "sent empty, so gateways overwrite"
+    );
+    let r = ask(&app, "GET", "/public/doc")
+        .header("x-api-key", &plain)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(h(&r, "x-auth-method"), Some("api_key"));
-    let r = ask(&app, "GET", "/public/doc").bearer_auth("garbage.token.here").send().await.unwrap();
+    let r = ask(&app, "GET", "/public/doc")
+        .bearer_auth("garbage.token.here")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert!(h(&r, "x-auth-subject").is_none());
 
     // Browser routes send people without a session to log in, and back afterwards.
     let r = ask(&app, "GET", "/app/inbox?tab=2").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::FOUND);
-    assert_eq!(h(&r, "location"), Some("/login?return_to=%2Fapp%2Finbox%3Ftab%3D2"));
-    let r = ask(&app, "GET", "/app/inbox").header("cookie", "__Host-portcullis=pcs_AAAA").send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::FOUND, "a dead session logs in again");
-    let r = ask(&app, "GET", "/app/inbox").bearer_auth(jwt).send().await.unwrap();
+    assert_eq!(
+        h(&r, "location"),
+        Some("/login?return_to=%2Fapp%2Finbox%3Ftab%3D2")
+    );
+    let r = ask(&app, "GET", "/app/inbox")
+        .header("cookie", "__Host-portcullis=pcs_AAAA")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::FOUND,
+        "a dead session logs in again"
+    );
+    let r = ask(&app, "GET", "/app/inbox")
+        .bearer_auth(jwt)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     // The login page takes that return_to.
     let r = reqwest::Client::builder()
@@ -317,10 +408,18 @@ async fn api_keys_spend_their_uses_and_rate_and_revocations_apply_at_once(b: Bac
     let root = app.root_key().await;
     let (metered, _) = key(&app, &root, json!({"name": "m", "remaining": 2})).await;
     for _ in 0..2 {
-        let r = ask(&app, "GET", "/x").header("x-api-key", &metered).send().await.unwrap();
+        let r = ask(&app, "GET", "/x")
+            .header("x-api-key", &metered)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
     }
-    let r = ask(&app, "GET", "/x").header("x-api-key", &metered).send().await.unwrap();
+    let r = ask(&app, "GET", "/x")
+        .header("x-api-key", &metered)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     assert_eq!(problem_code(r).await, "usage_exceeded");
     // The uses forward auth spent are the key's: verify sees none left.
@@ -337,10 +436,18 @@ async fn api_keys_spend_their_uses_and_rate_and_revocations_apply_at_once(b: Bac
     )
     .await;
     for _ in 0..2 {
-        let r = ask(&app, "GET", "/x").header("x-api-key", &limited).send().await.unwrap();
+        let r = ask(&app, "GET", "/x")
+            .header("x-api-key", &limited)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
     }
-    let r = ask(&app, "GET", "/x").header("x-api-key", &limited).send().await.unwrap();
+    let r = ask(&app, "GET", "/x")
+        .header("x-api-key", &limited)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(h(&r, "retry-after").is_some());
     assert_eq!(h(&r, "ratelimit-policy"), Some("\"api-key\";q=2;w=60"));
@@ -348,18 +455,35 @@ async fn api_keys_spend_their_uses_and_rate_and_revocations_apply_at_once(b: Bac
 
     // Revoking a key, logging out a token: refused on the next request.
     let (k, kid) = key(&app, &root, json!({"name": "gone"})).await;
-    let r = ask(&app, "GET", "/x").header("x-api-key", &k).send().await.unwrap();
+    let r = ask(&app, "GET", "/x")
+        .header("x-api-key", &k)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let r = app
-        .call(Method::DELETE, &format!("/v1/keys/{kid}"), &crate::support::Auth::Key(root.clone()), None)
+        .call(
+            Method::DELETE,
+            &format!("/v1/keys/{kid}"),
+            &crate::support::Auth::Key(root.clone()),
+            None,
+        )
         .await;
     assert!(r.status().is_success(), "{:?}", r.status());
-    let r = ask(&app, "GET", "/x").header("x-api-key", &k).send().await.unwrap();
+    let r = ask(&app, "GET", "/x")
+        .header("x-api-key", &k)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 
     let user = app.user_with_tokens("rv@example.com").await;
     let jwt = user["access_token"].as_str().unwrap();
-    let r = ask(&app, "GET", "/x").bearer_auth(jwt).send().await.unwrap();
+    let r = ask(&app, "GET", "/x")
+        .bearer_auth(jwt)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let r = app
         .client
@@ -369,22 +493,38 @@ async fn api_keys_spend_their_uses_and_rate_and_revocations_apply_at_once(b: Bac
         .await
         .unwrap();
     assert!(r.status().is_success(), "{:?}", r.status());
-    let r = ask(&app, "GET", "/x").bearer_auth(jwt).send().await.unwrap();
+    let r = ask(&app, "GET", "/x")
+        .bearer_auth(jwt)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     // An opaque token revoked by its client.
     let (id, secret) = orders_client(&app, &root, "opaque").await;
     let t = resource_token(&app, &id, &secret, "orders:read").await;
-    let r = ask(&app, "GET", "/orders/1").bearer_auth(&t).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let r = app
-        .client
-        .post(app.url("/oauth2/revoke"))
-        .form(&[("token", t.as_str()), ("client_id", &id), ("client_secret", &secret)])
+    let r = ask(&app, "GET", "/orders/1")
+        .bearer_auth(&t)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let r = ask(&app, "GET", "/orders/1").bearer_auth(&t).send().await.unwrap();
+    let r = app
+        .client
+        .post(app.url("/oauth2/revoke"))
+        .form(&[
+            ("token", t.as_str()),
+            ("client_id", &id),
+            ("client_secret", &secret),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = ask(&app, "GET", "/orders/1")
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     app.stop().await;
 }
@@ -393,11 +533,21 @@ async fn bad_forwarded_requests_get_clear_answers(b: Backend) {
     let app = TestApp::spawn_with(b, rules).await;
     let root = app.root_key().await;
     // The gateway said nothing about the request.
-    let r = app.client.get(app.url("/v1/authorize")).header("x-api-key", &root).send().await.unwrap();
+    let r = app
+        .client
+        .get(app.url("/v1/authorize"))
+        .header("x-api-key", &root)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(problem_code(r).await, "bad_forwarded_request");
     for uri in ["orders/1", "http://evil.example/x"] {
-        let r = ask(&app, "GET", uri).header("x-api-key", &root).send().await.unwrap();
+        let r = ask(&app, "GET", uri)
+            .header("x-api-key", &root)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{uri}");
     }
     // The client's request is refused: paths that could mean another route, credentials in the URL.
@@ -421,7 +571,11 @@ async fn bad_forwarded_requests_get_clear_answers(b: Backend) {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    assert!(h(&r, "www-authenticate").unwrap().contains("invalid_request"));
+    assert!(
+        h(&r, "www-authenticate")
+            .unwrap()
+            .contains("invalid_request")
+    );
     let r = ask(&app, "GET", "/x")
         .header("x-api-key", &root)
         .bearer_auth("another")
@@ -430,14 +584,25 @@ async fn bad_forwarded_requests_get_clear_answers(b: Backend) {
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     // Two forwarded URIs.
-    let r = ask(&app, "GET", "/x").header("x-forwarded-uri", "/y").send().await.unwrap();
+    let r = ask(&app, "GET", "/x")
+        .header("x-forwarded-uri", "/y")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     // Absurdly long headers are refused by the listener, and the server keeps serving.
-    let r = ask(&app, "GET", "/x").header("x-junk", "j".repeat(200_000)).send().await;
+    let r = ask(&app, "GET", "/x")
+        .header("x-junk", "j".repeat(200_000))
+        .send()
+        .await;
     if let Ok(r) = r {
         assert!(r.status().is_client_error(), "{:?}", r.status());
     }
-    let r = ask(&app, "GET", "/x").header("x-api-key", &root).send().await.unwrap();
+    let r = ask(&app, "GET", "/x")
+        .header("x-api-key", &root)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     app.stop().await;
 }
@@ -470,7 +635,10 @@ async fn protected_resource_metadata_names_us(b: Backend) {
     let m: Value = r.json().await.unwrap();
     assert_eq!(m["resource"], RESOURCE);
     assert_eq!(m["authorization_servers"], json!([app.base]));
-    assert_eq!(m["scopes_supported"], json!(["orders:read", "orders:write"]));
+    assert_eq!(
+        m["scopes_supported"],
+        json!(["orders:read", "orders:write"])
+    );
     assert_eq!(m["bearer_methods_supported"], json!(["header"]));
     // Two resources share the path; the host tells them apart.
     let r = app
@@ -500,7 +668,12 @@ async fn protected_resource_metadata_names_us(b: Backend) {
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     // The authorization server the metadata names issues tokens for that resource.
-    let r = app.client.get(app.url("/.well-known/oauth-authorization-server")).send().await.unwrap();
+    let r = app
+        .client
+        .get(app.url("/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     app.stop().await;
 }
@@ -512,7 +685,11 @@ async fn default_policy_deny_refuses_unmatched_requests(b: Backend) {
     })
     .await;
     let root = app.root_key().await;
-    let r = ask(&app, "GET", "/unlisted").header("x-api-key", &root).send().await.unwrap();
+    let r = ask(&app, "GET", "/unlisted")
+        .header("x-api-key", &root)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     assert_eq!(problem_code(r).await, "no_route");
     let r = ask(&app, "GET", "/public/x").send().await.unwrap();

@@ -16,7 +16,10 @@ use crate::forward_auth::{orders_client, resource_token, rules, session_cookie};
 use crate::on_both_stores;
 use crate::support::{Backend, TestApp};
 
-on_both_stores!(nginx_auth_request_protects_an_upstream, caddy_forward_auth_protects_an_upstream);
+on_both_stores!(
+    nginx_auth_request_protects_an_upstream,
+    caddy_forward_auth_protects_an_upstream
+);
 
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
@@ -80,7 +83,10 @@ impl Gateway {
                     std::fs::read_to_string(log).unwrap_or_default()
                 );
             }
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
                 return self;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -104,8 +110,10 @@ async fn nginx(portcullis: &str, upstream: SocketAddr) -> Option<Gateway> {
     };
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let server = rewritten("nginx/portcullis.conf", portcullis, upstream)
-        .replace("listen 127.0.0.1:8080;", &format!("listen 127.0.0.1:{port};"));
+    let server = rewritten("nginx/portcullis.conf", portcullis, upstream).replace(
+        "listen 127.0.0.1:8080;",
+        &format!("listen 127.0.0.1:{port};"),
+    );
     std::fs::write(dir.path().join("portcullis.conf"), server).unwrap();
     let d = dir.path().display();
     // The smallest main file around the shipped server block: no root, no system paths.
@@ -119,7 +127,14 @@ async fn nginx(portcullis: &str, upstream: SocketAddr) -> Option<Gateway> {
     std::fs::write(dir.path().join("nginx.conf"), main).unwrap();
     let log = dir.path().join("error.log");
     let child = Command::new(bin)
-        .args(["-p", &d.to_string(), "-c", &format!("{d}/nginx.conf"), "-e", &format!("{d}/error.log")])
+        .args([
+            "-p",
+            &d.to_string(),
+            "-c",
+            &format!("{d}/nginx.conf"),
+            "-e",
+            &format!("{d}/error.log"),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -189,7 +204,10 @@ async fn send(r: RequestBuilder) -> Seen {
 
 /// The checks of the issue, through whichever gateway is at `base`.
 async fn through(app: &TestApp, base: &str) {
-    let http = Client::builder().redirect(redirect::Policy::none()).build().unwrap();
+    let http = Client::builder()
+        .redirect(redirect::Policy::none())
+        .build()
+        .unwrap();
     let get = |path: &str| http.get(format!("{base}{path}"));
     let root = app.root_key().await;
 
@@ -224,7 +242,9 @@ async fn through(app: &TestApp, base: &str) {
     assert_eq!(s.upstream_header("x-auth-scopes"), Some("orders:read"));
     // (Caddy 2.6 copies a header Portcullis did not send as empty; nginx sends none.)
     assert!(
-        s.upstream_header("x-auth-client-id").unwrap_or_default().is_empty(),
+        s.upstream_header("x-auth-client-id")
+            .unwrap_or_default()
+            .is_empty(),
         "{:?}",
         s.body
     );
@@ -233,7 +253,10 @@ async fn through(app: &TestApp, base: &str) {
     let email = format!("gw{}@example.com", crate::support::uuid_hex());
     let user = app.user_with_tokens(&email).await;
     let jwt = user["access_token"].as_str().unwrap();
-    let sub = crate::support::jwt_claims(jwt)["sub"].as_str().unwrap().to_owned();
+    let sub = crate::support::jwt_claims(jwt)["sub"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let s = send(get("/profile").bearer_auth(jwt)).await;
     assert_eq!(s.status, StatusCode::OK, "{:?}", s.body);
     assert_eq!(s.upstream_header("x-auth-method"), Some("jwt"));
@@ -251,7 +274,10 @@ async fn through(app: &TestApp, base: &str) {
         let s = send(http.post(format!("{base}/orders/2")).bearer_auth(&t)).await;
         assert_eq!(s.status, StatusCode::FORBIDDEN, "{format}");
         assert!(
-            s.headers["www-authenticate"].to_str().unwrap().contains("insufficient_scope")
+            s.headers["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .contains("insufficient_scope")
         );
     }
 
@@ -264,13 +290,23 @@ async fn through(app: &TestApp, base: &str) {
 
     // A client cannot name itself: its own X-Auth-* never reach the upstream, on an anonymous route
     // (where Portcullis sends none) or beside a real credential (where Portcullis's win).
-    let s = send(get("/public/page").header("x-auth-subject", "usr_admin").header("x-auth-scopes", "admin")).await;
+    let s = send(
+        get("/public/page")
+            .header("x-auth-subject", "usr_admin")
+            .header("x-auth-scopes", "admin"),
+    )
+    .await;
     assert_eq!(s.status, StatusCode::OK, "{:?}", s.body);
     for name in ["x-auth-subject", "x-auth-scopes"] {
         let v = s.upstream_header(name).unwrap_or_default();
         assert!(v.is_empty(), "{name}: {:?}", s.body);
     }
-    let s = send(get("/orders/3").header("x-api-key", key).header("x-auth-subject", "usr_admin")).await;
+    let s = send(
+        get("/orders/3")
+            .header("x-api-key", key)
+            .header("x-auth-subject", "usr_admin"),
+    )
+    .await;
     assert_eq!(s.upstream_header("x-auth-subject"), Some(kid));
     // Nor can it describe another request than the one it makes.
     let s = send(
@@ -306,7 +342,12 @@ async fn through(app: &TestApp, base: &str) {
         .await;
     let limited: Value = r.json().await.unwrap();
     let limited = limited["key"].as_str().unwrap();
-    assert_eq!(send(get("/profile").header("x-api-key", limited)).await.status, StatusCode::OK);
+    assert_eq!(
+        send(get("/profile").header("x-api-key", limited))
+            .await
+            .status,
+        StatusCode::OK
+    );
     let s = send(get("/profile").header("x-api-key", limited)).await;
     assert_eq!(s.status, StatusCode::TOO_MANY_REQUESTS, "{:?}", s.body);
     assert!(s.headers.contains_key("retry-after"));
@@ -327,7 +368,11 @@ async fn through(app: &TestApp, base: &str) {
         if s.status == StatusCode::UNAUTHORIZED {
             break;
         }
-        assert!(revoked_at.elapsed() < Duration::from_secs(1), "still {:?}", s.status);
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(1),
+            "still {:?}",
+            s.status
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
