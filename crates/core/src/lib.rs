@@ -24,6 +24,7 @@ pub mod page;
 pub mod passwords;
 pub mod principal;
 pub mod ratelimit;
+pub mod routes;
 pub mod scopes;
 pub mod seal;
 pub mod secrets;

@@ -200,9 +200,9 @@ pub struct Config {
 
     /// Forward auth: what `/v1/authorize` needs of a request no `[[route]]` matches —
     /// `authenticated` (a valid credential; the default) or `deny` (403).
-    pub default_policy: crate::forward_auth::DefaultPolicy,
+    pub default_policy: portcullis_core::routes::DefaultPolicy,
     /// Forward-auth route rules (`[[route]]` tables), first match wins.
-    pub route: Vec<crate::forward_auth::RouteRule>,
+    pub route: Vec<portcullis_core::routes::RouteRule>,
 }
 
 impl Default for Config {
@@ -268,7 +268,7 @@ impl Default for Config {
             metrics_listen: None,
             metrics_allowed_ips: vec!["127.0.0.0/8".to_owned(), "::1/128".to_owned()],
             hsts_include_subdomains: true,
-            default_policy: crate::forward_auth::DefaultPolicy::Authenticated,
+            default_policy: portcullis_core::routes::DefaultPolicy::Authenticated,
             route: Vec::new(),
         }
     }
@@ -395,7 +395,7 @@ impl Config {
                 "database_url must start with postgres:// (leave it unset for SQLite)".into(),
             );
         }
-        crate::forward_auth::Rules::compile(&self.route, self.default_policy)
+        portcullis_core::routes::Rules::compile(&self.route, self.default_policy)
             .map_err(ConfigError)?;
         if !(60..=24 * 3600).contains(&self.access_token_ttl_s) {
             return err("access_token_ttl_s must be between 60 and 86400".into());

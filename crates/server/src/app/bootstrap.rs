@@ -180,7 +180,7 @@ pub async fn services(
         Arc::clone(&apikeys),
     ));
     let (rules, warnings) =
-        crate::forward_auth::Rules::compile(&config.route, config.default_policy)
+        portcullis_core::routes::Rules::compile(&config.route, config.default_policy)
             .map_err(StartError::Other)?;
     for w in &warnings {
         tracing::warn!(warning = %w, "route rules");

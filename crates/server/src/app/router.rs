@@ -28,6 +28,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(apikeys::handlers::routes())
         .merge(audit::handlers::routes())
         .merge(oauth::handlers::routes())
+        .merge(forward_auth::handlers::routes())
         .merge(ops::routes())
 }
 
@@ -51,7 +52,7 @@ pub fn router(state: AppState, pages: pages::Pages) -> Router {
     let router = api
         .merge(pages::routes(state.clone(), pages))
         .merge(oauth::handlers::protocol_routes())
-        .merge(forward_auth::handlers::routes())
+        .merge(forward_auth::handlers::wildcard_routes())
         .route(
             "/openapi.json",
             get(move || {

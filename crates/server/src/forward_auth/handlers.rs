@@ -11,7 +11,11 @@ use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+use serde::Serialize;
 use serde_json::json;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::service::{BadOriginal, Original, Verdict};
 use crate::app::state::AppState;
@@ -19,19 +23,68 @@ use crate::auth::credential;
 use crate::auth::extract::credential_in_query;
 use crate::error::Error;
 use crate::http::ApiError;
-use crate::http::error::rate_limit_headers;
+use crate::http::error::{Problem, rate_limit_headers};
 
-pub fn routes() -> Router<AppState> {
+/// The documented routes: `/v1/authorize` for every method a gateway may forward, and the RFC 9728
+/// metadata of a resource at the root path.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(
+            authorize_get,
+            authorize_post,
+            authorize_put,
+            authorize_patch,
+            authorize_delete,
+            authorize_options
+        ))
+        .routes(routes!(metadata_root))
+}
+
+/// Routes with a path of any depth, which OpenAPI cannot state: Envoy's ext_authz form
+/// (`/v1/authorize/<original path>`) and the metadata of resources with a path.
+pub fn wildcard_routes() -> Router<AppState> {
     Router::new()
-        .route("/v1/authorize", any(authorize))
-        // Envoy's ext_authz (HTTP) sends the original method and path under a prefix.
         .route("/v1/authorize/{*rest}", any(authorize))
-        .route("/.well-known/oauth-protected-resource", get(metadata_root))
         .route(
             "/.well-known/oauth-protected-resource/{*path}",
             get(metadata_path),
         )
 }
+
+/// One documented operation per method, all answered by [`authorize`].
+macro_rules! authorize_method {
+    ($($name:ident: $method:ident),* $(,)?) => {$(
+        /// Forward auth: is the request the gateway describes (`X-Forwarded-*` or nginx's
+        /// `X-Original-*`) allowed, and who is making it? Its credential (Bearer JWT or opaque
+        /// token, API key, session cookie) is checked as on our own API and against the route rules.
+        #[utoipa::path($method, path = "/v1/authorize", tag = "forward-auth",
+            params(
+                ("x-forwarded-method" = Option<String>, Header, description = "The original method (else X-Original-Method, else this request's)"),
+                ("x-forwarded-uri" = Option<String>, Header, description = "The original path and query (else X-Original-URI)"),
+                ("x-forwarded-host" = Option<String>, Header, description = "The original host (else Host)"),
+            ),
+            responses(
+                (status = 200, description = "Allowed; X-Auth-Subject, X-Auth-Method, X-Auth-Scopes, X-Auth-Key-Id, X-Auth-Client-Id, X-Auth-Session-Id say who (empty where they do not apply)"),
+                (status = 302, description = "A login_redirect route without a session: to /login?return_to=…"),
+                (status = 400, body = Problem, description = "The gateway did not describe the request"),
+                (status = 401, body = Problem, description = "No valid credential; WWW-Authenticate says why"),
+                (status = 403, body = Problem, description = "Refused: insufficient_scope, no_route, csrf_failed, usage_exceeded, credential_in_query, bad_path, uri_too_long"),
+                (status = 429, body = Problem, description = "The credential's rate limit is spent"),
+            ))]
+        pub async fn $name(state: State<AppState>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+            authorize(state, method, uri, headers).await
+        }
+    )*};
+}
+
+authorize_method!(
+    authorize_get: get,
+    authorize_post: post,
+    authorize_put: put,
+    authorize_patch: patch,
+    authorize_delete: delete,
+    authorize_options: options,
+);
 
 /// The one value of header `name`; `Err` when it is sent twice (which one the gateway meant cannot
 /// be known) or is not text.
@@ -283,7 +336,20 @@ fn problem(status: StatusCode, code: &str, detail: &str, mut headers: HeaderMap)
     (status, headers, body.to_string()).into_response()
 }
 
-async fn metadata_root(State(state): State<AppState>, headers: HeaderMap) -> Response {
+/// RFC 9728 protected resource metadata.
+#[derive(Serialize, ToSchema)]
+pub struct ResourceMetadata {
+    resource: String,
+    authorization_servers: Vec<String>,
+    scopes_supported: Vec<String>,
+    bearer_methods_supported: Vec<String>,
+}
+
+/// RFC 9728 metadata of the protected resource (a route rule's `resource`) whose URL has no path;
+/// those with a path are at `/.well-known/oauth-protected-resource/<path>`.
+#[utoipa::path(get, path = "/.well-known/oauth-protected-resource", tag = "forward-auth",
+    responses((status = 200, body = ResourceMetadata), (status = 404, body = Problem)))]
+pub async fn metadata_root(State(state): State<AppState>, headers: HeaderMap) -> Response {
     metadata(&state, "", &headers)
 }
 
@@ -301,20 +367,24 @@ fn metadata(state: &AppState, suffix: &str, headers: &HeaderMap) -> Response {
         .iter()
         .find_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()));
     let Some(r) = state.forward_auth.resource_at(suffix, host) else {
-        return ApiError::NoRoute.into_response();
+        return ApiError::from(Error::NotFound(
+            "no route rule names a protected resource at this address".into(),
+        ))
+        .into_response();
     };
-    let doc = json!({
-        "resource": r.resource,
-        "authorization_servers": [state.config.issuer()],
-        "scopes_supported": r.scopes,
-        "bearer_methods_supported": ["header"],
-    });
+    let doc = ResourceMetadata {
+        resource: r.resource.clone(),
+        authorization_servers: vec![state.config.issuer()],
+        scopes_supported: r.scopes.clone(),
+        bearer_methods_supported: vec!["header".into()],
+    };
+    let doc = serde_json::to_string(&doc).unwrap_or_default();
     (
         [
             (header::CONTENT_TYPE, "application/json"),
             (header::CACHE_CONTROL, "public, max-age=300"),
         ],
-        doc.to_string(),
+        doc,
     )
         .into_response()
 }

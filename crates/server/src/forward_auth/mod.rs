@@ -5,8 +5,7 @@
 //! clients which authorization server guards each protected resource.
 
 pub mod handlers;
-pub mod rules;
 pub mod service;
 
-pub use rules::{DefaultPolicy, RouteRule, Rules};
+pub use portcullis_core::routes::{DefaultPolicy, RouteRule, Rules};
 pub use service::ForwardAuth;

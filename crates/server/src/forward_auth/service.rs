@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use portcullis_core::principal::{AuthMethod, Principal};
 
-use super::rules::{DefaultPolicy, Rule, Rules};
 use crate::auth::{Auth, Credential};
 use crate::error::{Error, Result, Throttled};
 use crate::oauth::OAuth;
+use portcullis_core::routes::{DefaultPolicy, Rule, Rules};
 
 /// Longest original URI (path and query) considered.
 pub const MAX_URI_LEN: usize = 8 * 1024;

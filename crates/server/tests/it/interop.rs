@@ -276,3 +276,45 @@ async fn oauth4webapi_3_runs_the_code_flow_and_validates_the_access_token() {
 async fn authlib_runs_the_code_flow_refresh_introspection_and_revocation() {
     oauth_client("python3", "python/oauth_authlib.py", &[], "Authlib").await;
 }
+
+/// An RFC 9728 client (oauth4webapi 3) finds Portcullis from a protected resource's 401, gets a
+/// token for that resource with RFC 8707 `resource`, and forward auth accepts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth4webapi_discovers_the_authorization_server_of_a_protected_resource() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
+        let base = c.issuer.clone().unwrap();
+        c.route = vec![portcullis_server::forward_auth::RouteRule {
+            path: "/orders/*".into(),
+            scopes: vec!["orders:read".into()],
+            resource: Some(format!("{base}/orders")),
+            ..Default::default()
+        }];
+    })
+    .await;
+    let root = app.root_key().await;
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg(interop_dir().join("node/protected_resource.mjs"))
+        .args(["--base-url", &app.base, "--root-key", &root]);
+    let Some((status, stdout, stderr)) = run_outside(
+        "oauth4webapi (RFC 9728)",
+        cmd,
+        std::time::Duration::from_secs(60),
+    )
+    .await
+    else {
+        app.stop().await;
+        return;
+    };
+    assert!(
+        status.success(),
+        "protected_resource.mjs failed ({status}):\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .last()
+            .is_some_and(|l| l.contains("every check passed")),
+        "{stdout}\n{stderr}"
+    );
+    app.stop().await;
+}

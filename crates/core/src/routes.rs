@@ -1,5 +1,6 @@
-//! Route rules (API.md "Forward auth for gateways"): `[[route]]` tables of the config file, checked
-//! once at start and matched first-match-wins against the original request a gateway asks about.
+//! Forward-auth route rules (API.md "Forward auth for gateways"): the `[[route]]` tables of the
+//! config file, checked once at start and matched first-match-wins against the original request a
+//! gateway asks about. Pure data and matching; the server's `forward_auth` applies them.
 //!
 //! Globs: `*` matches any run of characters, `/` included (as Caddy's path matcher does), so
 //! `/orders/*` covers `/orders/1` and `/orders/1/items` but not `/orders` itself. Hosts match without
@@ -7,8 +8,8 @@
 //! URI is percent-decoded, and paths with `.`/`..` segments never reach the rules (the service refuses
 //! them), so `/public/%2e%2e/admin` cannot slip under `/public/*`.
 
-use portcullis_core::principal::AuthMethod;
-use portcullis_core::scopes::Scope;
+use crate::principal::AuthMethod;
+use crate::scopes::Scope;
 use serde::{Deserialize, Serialize};
 
 /// Longest path or host glob.
