@@ -5,12 +5,11 @@
 use std::time::Duration;
 use std::time::Instant;
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Result, anyhow};
 use argon2::{Algorithm, Argon2, Params, Version};
 
 use crate::Settings;
-use crate::load::{CpuMark, Stats, new_histogram};
-use crate::server::Proc;
+use crate::load::{Stats, new_histogram};
 
 // The server's default parameters, taken from portcullis-core so the `login / argon2_raw` ratio
 // always compares like with like.
@@ -46,46 +45,9 @@ pub fn params() -> Result<Params> {
 /// warm-up and finish inside the window. Peak RSS here is the harness's own.
 pub fn run(s: &Settings) -> Result<Stats> {
     let params = params()?;
-    let n = threads();
-    let me = Proc::SelfProc;
-    let peak_reset = me.reset_peak();
-    let start = Instant::now();
-    let measure_start = start + s.warmup;
-    let end = measure_start + s.duration;
-    let sampler = std::thread::spawn(move || {
-        std::thread::sleep(measure_start.saturating_duration_since(Instant::now()));
-        let first = CpuMark::now(None);
-        std::thread::sleep(end.saturating_duration_since(Instant::now()));
-        first.cores_until(&CpuMark::now(None)).1
-    });
-    let per_thread: Vec<Result<(u64, hdrhistogram::Histogram<u64>)>> =
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..n)
-                .map(|_| {
-                    let params = params.clone();
-                    scope.spawn(move || hash_loop(params, measure_start, end))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().map_err(|_| anyhow!("hashing thread panicked"))?)
-                .collect()
-        });
-    let mut stats = Stats::new("harness")?;
-    for res in per_thread {
-        let (ok, hist) = res?;
-        stats.ok += ok;
-        stats.hist.add(&hist).context("merge histograms")?;
-    }
-    stats.active = n;
-    stats.unit = Some("hashes/s");
-    stats.elapsed = s.duration;
-    stats.peak_kib = me.peak_kib();
-    stats.peak_reset = peak_reset;
-    stats.harness_cpu = sampler
-        .join()
-        .map_err(|_| anyhow!("CPU sampler panicked"))?;
-    Ok(stats)
+    crate::load::in_process(s, "hashes/s", |measure_start, end| {
+        hash_loop(params.clone(), measure_start, end)
+    })
 }
 
 fn hash_loop(

@@ -10,8 +10,7 @@ use portcullis_core::clock::Millis;
 use portcullis_core::jwt::{AccessClaims, JwsAlg, SigningKey};
 
 use crate::Settings;
-use crate::load::{CpuMark, Stats, new_histogram};
-use crate::server::Proc;
+use crate::load::{Stats, new_histogram};
 
 const ISSUER: &str = "http://bench.invalid";
 const AUDIENCE: &str = "https://orders.example.test";
@@ -103,73 +102,33 @@ fn run(s: &Settings, mode: Mode) -> Result<Stats> {
     jsonwebtoken::decode::<serde_json::Value>(&token, &decoding, &validation)
         .context("jsonwebtoken refused the token")?;
 
-    let n = crate::argon::threads();
-    let me = Proc::SelfProc;
-    let peak_reset = me.reset_peak();
-    let start = Instant::now();
-    let measure_start = start + s.warmup;
-    let end = measure_start + s.duration;
-    let sampler = std::thread::spawn(move || {
-        std::thread::sleep(measure_start.saturating_duration_since(Instant::now()));
-        let first = CpuMark::now(None);
-        std::thread::sleep(end.saturating_duration_since(Instant::now()));
-        first.cores_until(&CpuMark::now(None)).1
+    let stats = crate::load::in_process(s, "verifies/s", |measure_start, end| {
+        let local = tokio::runtime::Builder::new_current_thread().build()?;
+        local.block_on(async {
+            let mut hist = new_histogram()?;
+            let mut ok = 0u64;
+            loop {
+                let t0 = Instant::now();
+                if t0 >= end {
+                    break;
+                }
+                let good = match mode {
+                    Mode::Cached | Mode::Uncached => verifier.verify(&token).await.is_ok(),
+                    Mode::JsonWebToken => {
+                        jsonwebtoken::decode::<serde_json::Value>(&token, &decoding, &validation)
+                            .is_ok()
+                    }
+                };
+                let done = Instant::now();
+                if good && t0 >= measure_start && done <= end {
+                    ok += 1;
+                    let us = u64::try_from((done - t0).as_micros()).unwrap_or(u64::MAX);
+                    hist.saturating_record(us.max(1));
+                }
+            }
+            Ok((ok, hist))
+        })
     });
-    let results: Vec<Result<(u64, hdrhistogram::Histogram<u64>)>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..n)
-            .map(|_| {
-                let (token, verifier, decoding, validation) =
-                    (&token, verifier.clone(), &decoding, &validation);
-                scope.spawn(move || -> Result<(u64, hdrhistogram::Histogram<u64>)> {
-                    let local = tokio::runtime::Builder::new_current_thread().build()?;
-                    local.block_on(async move {
-                        let mut hist = new_histogram()?;
-                        let mut ok = 0u64;
-                        loop {
-                            let t0 = Instant::now();
-                            if t0 >= end {
-                                break;
-                            }
-                            let good = match mode {
-                                Mode::Cached | Mode::Uncached => {
-                                    verifier.verify(token).await.is_ok()
-                                }
-                                Mode::JsonWebToken => jsonwebtoken::decode::<serde_json::Value>(
-                                    token, decoding, validation,
-                                )
-                                .is_ok(),
-                            };
-                            let done = Instant::now();
-                            if good && t0 >= measure_start && done <= end {
-                                ok += 1;
-                                let us = u64::try_from((done - t0).as_micros()).unwrap_or(u64::MAX);
-                                hist.saturating_record(us.max(1));
-                            }
-                        }
-                        Ok((ok, hist))
-                    })
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().map_err(|_| anyhow!("verify thread panicked"))?)
-            .collect()
-    });
-    let mut stats = Stats::new("harness")?;
-    for r in results {
-        let (ok, hist) = r?;
-        stats.ok += ok;
-        stats.hist.add(&hist).context("merge histograms")?;
-    }
-    stats.active = n;
-    stats.unit = Some("verifies/s");
-    stats.elapsed = s.duration;
-    stats.peak_kib = me.peak_kib();
-    stats.peak_reset = peak_reset;
-    stats.harness_cpu = sampler
-        .join()
-        .map_err(|_| anyhow!("CPU sampler panicked"))?;
     drop(rt);
-    Ok(stats)
+    stats
 }

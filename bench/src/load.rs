@@ -382,3 +382,48 @@ pub async fn run_burst(
     (stats.server_cpu, stats.harness_cpu) = first.cores_until(&CpuMark::now(Some(server)));
     Ok(stats)
 }
+
+/// An in-process scenario: `work(measure_start, end)` on one thread per core for warm-up +
+/// duration, each returning what it counted inside the window and its latencies; peak RSS and CPU
+/// are the harness's own.
+pub fn in_process<F>(s: &Settings, unit: &'static str, work: F) -> Result<Stats>
+where
+    F: Fn(std::time::Instant, std::time::Instant) -> Result<(u64, Histogram<u64>)> + Sync,
+{
+    let n = crate::argon::threads();
+    let me = Proc::SelfProc;
+    let peak_reset = me.reset_peak();
+    let start = std::time::Instant::now();
+    let measure_start = start + s.warmup;
+    let end = measure_start + s.duration;
+    let sampler = std::thread::spawn(move || {
+        std::thread::sleep(measure_start.saturating_duration_since(std::time::Instant::now()));
+        let first = CpuMark::now(None);
+        std::thread::sleep(end.saturating_duration_since(std::time::Instant::now()));
+        first.cores_until(&CpuMark::now(None)).1
+    });
+    let per_thread: Vec<Result<(u64, Histogram<u64>)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n)
+            .map(|_| scope.spawn(|| work(measure_start, end)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().map_err(|_| anyhow!("a worker thread panicked"))?)
+            .collect()
+    });
+    let mut stats = Stats::new("harness")?;
+    for res in per_thread {
+        let (ok, hist) = res?;
+        stats.ok += ok;
+        stats.hist.add(&hist).context("merge histograms")?;
+    }
+    stats.active = n;
+    stats.unit = Some(unit);
+    stats.elapsed = s.duration;
+    stats.peak_kib = me.peak_kib();
+    stats.peak_reset = peak_reset;
+    stats.harness_cpu = sampler
+        .join()
+        .map_err(|_| anyhow!("CPU sampler panicked"))?;
+    Ok(stats)
+}

@@ -29,15 +29,33 @@ pub struct ApiKey(SecretString);
 pub enum KeyFormatError {
     #[error("an API key looks like <prefix>_<39 base62 characters>")]
     Shape,
-    #[error("the key prefix must be 2 to 20 characters of a-z, 0-9 and _")]
+    #[error(
+        "the key prefix must be 2 to 20 characters of a-z, 0-9 and _, and not begin with pat, prt, pcs or pac (our other tokens)"
+    )]
     Prefix,
     #[error("the key's checksum does not match: it was mistyped or made up")]
     Checksum,
 }
 
+/// Prefixes of the other opaque tokens Portcullis issues (OAuth access tokens, refresh tokens,
+/// session tokens and client secrets, authorization codes). Their bodies are base64url and may hold
+/// `_`, so one can end in what looks like a key's body: a key never starts with one of them, and a
+/// credential that does is never taken for a key.
+pub const RESERVED_PREFIXES: [&str; 4] = ["pat", "prt", "pcs", "pac"];
+
+/// Does `raw` start with a reserved prefix and its `_`?
+fn has_reserved_prefix(raw: &str) -> bool {
+    RESERVED_PREFIXES.iter().any(|p| {
+        raw.strip_prefix(p)
+            .is_some_and(|rest| rest.starts_with('_'))
+    })
+}
+
 /// Checks a prefix for new keys.
 pub fn validate_prefix(prefix: &str) -> Result<(), KeyFormatError> {
     let ok = (2..=20).contains(&prefix.len())
+        && !RESERVED_PREFIXES.contains(&prefix)
+        && !has_reserved_prefix(prefix)
         && prefix
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
@@ -108,6 +126,7 @@ impl ApiKey {
     /// `Authorization: Bearer` header).
     pub fn looks_like_key(raw: &str) -> bool {
         !raw.contains('.')
+            && !has_reserved_prefix(raw)
             && raw
                 .rsplit_once('_')
                 .is_some_and(|(_, body)| body.len() == BODY_CHARS)
@@ -214,6 +233,24 @@ mod tests {
             assert_eq!(k.start().len(), START_CHARS);
             assert!(ApiKey::looks_like_key(k.expose()));
         }
+    }
+
+    /// An opaque token whose base64url body holds a `_` 39 characters from its end has a key's shape;
+    /// it is still not a key (this once sent ~1% of opaque OAuth tokens down the API-key path), and
+    /// no key may take a prefix of our other tokens.
+    #[test]
+    fn our_other_tokens_are_never_keys() {
+        for prefix in RESERVED_PREFIXES {
+            let token = format!("{prefix}_abc_{}", "A".repeat(BODY_CHARS));
+            assert!(!ApiKey::looks_like_key(&token), "{token}");
+            assert!(validate_prefix(prefix).is_err());
+            assert!(validate_prefix(&format!("{prefix}_live")).is_err());
+            assert!(ApiKey::generate(prefix).is_err());
+        }
+        assert!(
+            validate_prefix("patx").is_ok(),
+            "only the exact prefixes are reserved"
+        );
     }
 
     #[test]

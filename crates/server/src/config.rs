@@ -452,7 +452,7 @@ impl Config {
         }
         if portcullis_core::apikeys::validate_prefix(&self.api_key_prefix).is_err() {
             return err(format!(
-                "api_key_prefix must be 2 to 20 characters of a-z, 0-9 and _ (not at either end), got {:?}",
+                "api_key_prefix must be 2 to 20 characters of a-z, 0-9 and _ (not at either end), and not pat, prt, pcs or pac (our other tokens), got {:?}",
                 self.api_key_prefix
             ));
         }

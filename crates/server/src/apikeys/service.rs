@@ -573,7 +573,7 @@ impl ApiKeys {
             errors.push(FieldError::new(
                 "prefix",
                 "invalid_prefix",
-                "prefix must be 2 to 20 characters of a-z, 0-9 and _, not starting or ending with _",
+                "prefix must be 2 to 20 characters of a-z, 0-9 and _, not starting or ending with _, and not pat, prt, pcs or pac (the prefixes of our other tokens)",
             ));
         }
         Error::check(errors)?;
