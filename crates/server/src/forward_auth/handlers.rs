@@ -12,7 +12,6 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use serde::Serialize;
-use serde_json::json;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -326,14 +325,21 @@ fn problem(status: StatusCode, code: &str, detail: &str, mut headers: HeaderMap)
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/problem+json"),
     );
-    let body = json!({
-        "type": format!("https://portcullis.dev/problems/{}", code.replace('_', "-")),
-        "title": status.canonical_reason().unwrap_or("Error"),
-        "status": status.as_u16(),
-        "detail": detail,
-        "code": code,
-    });
-    (status, headers, body.to_string()).into_response()
+    let body = Problem {
+        kind: format!("https://portcullis.dev/problems/{}", code.replace('_', "-")),
+        title: status.canonical_reason().unwrap_or("Error").to_owned(),
+        status: status.as_u16(),
+        detail: detail.to_owned(),
+        code: code.to_owned(),
+        errors: Vec::new(),
+        reason: None,
+    };
+    (
+        status,
+        headers,
+        serde_json::to_vec(&body).unwrap_or_default(),
+    )
+        .into_response()
 }
 
 /// RFC 9728 protected resource metadata.

@@ -312,6 +312,26 @@ impl ForwardAuth {
             });
         }
         let resource = self.metadata_url(rule.and_then(|r| r.resource.as_ref()));
+        // A kind of credential the rule does not take is refused before it is checked, so an API key
+        // shown to a JWT-only route spends nothing.
+        if let (Ok(c), Some(allowed)) = (&credential, rule.and_then(|r| r.allowed.as_ref()))
+            && !allowed.contains(&kind(c))
+        {
+            return Ok(if rule.is_some_and(|r| r.anonymous) {
+                Verdict::Allow(None)
+            } else {
+                Verdict::Challenge {
+                    error: Some((
+                        "invalid_token",
+                        format!(
+                            "this route does not accept {} credentials",
+                            kind(c).as_str()
+                        ),
+                    )),
+                    resource,
+                }
+            });
+        }
         let verdict = match self.principal(rule, credential).await {
             Ok(p) => self.check_scopes(rule, p, resource),
             Err(e) => self.refusal(rule, original, e, resource)?,
@@ -326,11 +346,6 @@ impl ForwardAuth {
     ) -> Result<Principal> {
         let credential = credential?;
         let kind = kind(&credential);
-        if let Some(allowed) = rule.and_then(|r| r.allowed.as_ref())
-            && !allowed.contains(&kind)
-        {
-            return Err(Error::InvalidToken("credential_kind_not_accepted"));
-        }
         let audience = rule
             .and_then(|r| r.resource.as_deref())
             .unwrap_or(&self.audience);
@@ -418,10 +433,6 @@ impl ForwardAuth {
                 resource: None,
             },
             Error::MultipleCredentials => challenge("invalid_request", e.to_string()),
-            Error::InvalidToken("credential_kind_not_accepted") => challenge(
-                "invalid_token",
-                "this route does not accept this kind of credential".into(),
-            ),
             other => challenge("invalid_token", other.to_string()),
         })
     }
