@@ -239,6 +239,44 @@ async fn a_rotated_key_verifies_after_one_refetch_and_the_issuer_may_go_away() {
             Error::InvalidToken("unknown_kid")
         );
     }
+    // Counted at a JWKS stand-in that serves the issuer's document: the first fetch was within the
+    // interval, so the burst of unknown kids fetches nothing more (the rotation above shows a refetch
+    // once the interval has passed).
+    let doc = server
+        .http
+        .get(format!("{}/.well-known/jwks.json", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&fetches);
+    let jwks = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let doc = doc.clone();
+            async move { ([("content-type", "application/json")], doc) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let jwks_uri = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, jwks).await.unwrap() });
+    let v3 = verifier(&server, |c| {
+        c.jwks_uri = Some(jwks_uri);
+        c.min_refetch_interval = Duration::from_secs(60);
+    });
+    v3.verify(&second).await.unwrap();
+    for _ in 0..5 {
+        assert_eq!(
+            v3.verify(&forged).await.unwrap_err(),
+            Error::InvalidToken("unknown_kid")
+        );
+    }
+    v3.verify(&second).await.unwrap();
+    assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 1);
 
     // The issuer goes away: tokens of known keys still verify (the JWKS is stale, refetching fails,
     // the keys we have are kept), including one never seen before.
