@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
+use portcullis_core::bearer::Challenge;
 use portcullis_core::principal::Principal;
 use tower::{Layer, Service};
 
@@ -109,23 +110,30 @@ where
 
 /// The 401 / 403 / 503 answer for `e`, with an empty body.
 pub fn refusal<B: Default>(e: &Error, resource_metadata: Option<&str>) -> Response<B> {
-    let quote = |s: &str| s.replace(['"', '\\'], "'");
-    let (status, mut params) = match e {
-        Error::Missing => (StatusCode::UNAUTHORIZED, Vec::new()),
+    let description;
+    let (status, error, scope) = match e {
+        Error::Missing => (StatusCode::UNAUTHORIZED, None, None),
         Error::InvalidRequest(why) => (
             StatusCode::UNAUTHORIZED,
-            vec![
-                "error=\"invalid_request\"".to_owned(),
-                format!("error_description=\"{}\"", quote(why)),
-            ],
+            Some(("invalid_request", *why)),
+            None,
         ),
         Error::InsufficientScope(scope) => (
             StatusCode::FORBIDDEN,
-            vec![
-                "error=\"insufficient_scope\"".to_owned(),
-                format!("scope=\"{}\"", quote(scope)),
-            ],
+            Some((
+                "insufficient_scope",
+                "the access token lacks a scope this request needs",
+            )),
+            Some(scope.as_str()),
         ),
+        Error::InvalidToken(why) => {
+            description = format!("the access token is not valid: {why}");
+            (
+                StatusCode::UNAUTHORIZED,
+                Some(("invalid_token", description.as_str())),
+                None,
+            )
+        }
         Error::Unavailable(_) | Error::Config(_) | Error::TooSoon => {
             let mut r = Response::new(B::default());
             *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
@@ -133,25 +141,14 @@ pub fn refusal<B: Default>(e: &Error, resource_metadata: Option<&str>) -> Respon
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             return r;
         }
-        Error::InvalidToken(why) => (
-            StatusCode::UNAUTHORIZED,
-            vec![
-                "error=\"invalid_token\"".to_owned(),
-                format!(
-                    "error_description=\"the access token is not valid: {}\"",
-                    quote(why)
-                ),
-            ],
-        ),
     };
-    if let Some(url) = resource_metadata {
-        params.push(format!("resource_metadata=\"{}\"", quote(url)));
+    let challenge = Challenge {
+        realm: None,
+        error,
+        scope,
+        resource_metadata,
     }
-    let challenge = if params.is_empty() {
-        "Bearer".to_owned()
-    } else {
-        format!("Bearer {}", params.join(", "))
-    };
+    .render();
     let mut r = Response::new(B::default());
     *r.status_mut() = status;
     if let Ok(v) = HeaderValue::try_from(challenge) {

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use portcullis_core::bearer;
 use portcullis_core::clock::Millis;
 use portcullis_core::ids::{SessionId, UserId};
 use portcullis_core::jwt::{AccessClaims, Audience, JwtError};
@@ -252,13 +253,8 @@ impl Verifier {
         let value = value
             .to_str()
             .map_err(|_| Error::InvalidToken("malformed"))?;
-        let (scheme, token) = value
-            .split_once(' ')
-            .ok_or(Error::InvalidToken("malformed"))?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(Error::InvalidToken("unsupported_scheme"));
-        }
-        self.verify(token.trim()).await
+        let token = bearer::token(value).map_err(|e| Error::InvalidToken(e.reason()))?;
+        self.verify(token).await
     }
 
     async fn introspect(&self, token: &str, key: [u8; 32]) -> Result<Arc<Principal>, Error> {

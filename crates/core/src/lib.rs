@@ -12,6 +12,7 @@
 )]
 
 pub mod apikeys;
+pub mod bearer;
 pub mod clock;
 pub mod csrf;
 pub mod devices;

@@ -52,13 +52,7 @@ fn bearer(value: &axum::http::HeaderValue) -> Result<&str> {
     let value = value
         .to_str()
         .map_err(|_| Error::InvalidToken("malformed"))?;
-    let (scheme, token) = value
-        .split_once(' ')
-        .ok_or(Error::InvalidToken("malformed"))?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(Error::InvalidToken("unsupported_scheme"));
-    }
-    Ok(token.trim())
+    portcullis_core::bearer::token(value).map_err(|e| Error::InvalidToken(e.reason()))
 }
 
 /// The one credential of a request; `Unauthenticated` when it carries none.

@@ -11,6 +11,7 @@ use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+use portcullis_core::bearer::Challenge;
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -209,23 +210,13 @@ fn challenge(
     scope: Option<&str>,
     resource_metadata: Option<&str>,
 ) -> Option<HeaderValue> {
-    let quote = |s: &str| s.replace(['"', '\\'], "'");
-    let mut params = Vec::new();
-    if let Some((code, description)) = error {
-        params.push(format!("error=\"{code}\""));
-        params.push(format!("error_description=\"{}\"", quote(description)));
+    let value = Challenge {
+        realm: None,
+        error,
+        scope,
+        resource_metadata,
     }
-    if let Some(scope) = scope {
-        params.push(format!("scope=\"{}\"", quote(scope)));
-    }
-    if let Some(url) = resource_metadata {
-        params.push(format!("resource_metadata=\"{}\"", quote(url)));
-    }
-    let value = if params.is_empty() {
-        "Bearer".to_owned()
-    } else {
-        format!("Bearer {}", params.join(", "))
-    };
+    .render();
     HeaderValue::try_from(value).ok()
 }
 

@@ -261,12 +261,6 @@ impl ForwardAuth {
         }
     }
 
-    /// The resources route rules protect, for RFC 9728 and RFC 8707 (`resource` values a token may
-    /// be asked for).
-    pub fn resources(&self) -> &[ProtectedResource] {
-        &self.resources
-    }
-
     /// The resource whose metadata lives at `/.well-known/oauth-protected-resource<suffix>`; when
     /// several share the suffix, the one on `host`.
     pub fn resource_at(&self, suffix: &str, host: Option<&str>) -> Option<&ProtectedResource> {

@@ -61,14 +61,12 @@ impl OAuthError {
 
     /// RFC 6750 §3.1 errors of a protected resource (userinfo).
     pub fn bearer(status: u16, code: &'static str, description: &str) -> Self {
-        let challenge = if code.is_empty() {
-            "Bearer realm=\"portcullis\"".to_owned()
-        } else {
-            format!(
-                "Bearer realm=\"portcullis\", error=\"{code}\", error_description=\"{}\"",
-                description.replace(['"', '\\'], "'")
-            )
-        };
+        let challenge = portcullis_core::bearer::Challenge {
+            realm: Some("portcullis"),
+            error: (!code.is_empty()).then_some((code, description)),
+            ..Default::default()
+        }
+        .render();
         Self {
             status,
             code,
