@@ -7,7 +7,7 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
 
 use crate::on_both_stores;
-use crate::support::{Backend, PASSWORD, TestApp};
+use crate::support::{Backend, TestApp};
 use portcullis_server::Config;
 use portcullis_server::forward_auth::{DefaultPolicy, RouteRule};
 
@@ -63,6 +63,24 @@ pub fn ask(app: &TestApp, method: &str, uri: &str) -> RequestBuilder {
         .header("x-forwarded-proto", "https")
         .header("x-forwarded-host", "api.example.test")
         .header("x-forwarded-uri", uri)
+}
+
+/// [`ask`] with an API key.
+async fn ask_key(app: &TestApp, method: &str, uri: &str, key: &str) -> Response {
+    ask(app, method, uri)
+        .header("x-api-key", key)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// [`ask`] with a Bearer token.
+async fn ask_bearer(app: &TestApp, method: &str, uri: &str, token: &str) -> Response {
+    ask(app, method, uri)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
 }
 
 /// A response header; identity headers that do not apply are sent empty, which reads as `None`.
@@ -130,22 +148,6 @@ pub async fn resource_token(app: &TestApp, id: &str, secret: &str, scope: &str) 
     t["access_token"].as_str().unwrap().to_owned()
 }
 
-pub async fn session_cookie(app: &TestApp, email: &str) -> (String, String) {
-    let r = app
-        .post_json(
-            "/v1/sessions",
-            &json!({"email": email, "password": PASSWORD}),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let set = r.headers()["set-cookie"].to_str().unwrap().to_owned();
-    let body: Value = r.json().await.unwrap();
-    (
-        set.split(';').next().unwrap().to_owned(),
-        body["session"]["id"].as_str().unwrap().to_owned(),
-    )
-}
-
 async fn every_credential_kind_gets_identity_headers(b: Backend) {
     let app = TestApp::spawn_with(b, rules).await;
     let root = app.root_key().await;
@@ -163,11 +165,7 @@ async fn every_credential_kind_gets_identity_headers(b: Backend) {
     assert!(h(&r, "x-auth-subject").is_none());
 
     // The user's own access JWT (our audience) on a route without a resource.
-    let r = ask(&app, "GET", "/anything?x=1")
-        .bearer_auth(jwt)
-        .send()
-        .await
-        .unwrap();
+    let r = ask_bearer(&app, "GET", "/anything?x=1", jwt).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(h(&r, "x-auth-subject"), Some(uid.as_str()));
     assert_eq!(h(&r, "x-auth-method"), Some("jwt"));
@@ -198,21 +196,13 @@ async fn every_credential_kind_gets_identity_headers(b: Backend) {
     for (format, method) in [("jwt", "jwt"), ("opaque", "oauth")] {
         let (id, secret) = orders_client(&app, &root, format).await;
         let t = resource_token(&app, &id, &secret, "orders:read").await;
-        let r = ask(&app, "GET", "/orders/7")
-            .bearer_auth(&t)
-            .send()
-            .await
-            .unwrap();
+        let r = ask_bearer(&app, "GET", "/orders/7", &t).await;
         assert_eq!(r.status(), StatusCode::OK, "{format}");
         assert_eq!(h(&r, "x-auth-method"), Some(method));
         assert_eq!(h(&r, "x-auth-client-id"), Some(id.as_str()));
         assert_eq!(h(&r, "x-auth-subject"), Some(id.as_str()));
         // The same token lacks orders:write for a POST.
-        let r = ask(&app, "POST", "/orders/7")
-            .bearer_auth(&t)
-            .send()
-            .await
-            .unwrap();
+        let r = ask_bearer(&app, "POST", "/orders/7", &t).await;
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
         let challenge = h(&r, "www-authenticate").unwrap().to_owned();
         assert!(
@@ -222,16 +212,14 @@ async fn every_credential_kind_gets_identity_headers(b: Backend) {
         assert!(challenge.contains("scope=\"orders:write\""), "{challenge}");
         assert_eq!(problem_code(r).await, "insufficient_scope");
         // And is meant for the orders API only, not for routes of our own audience.
-        let r = ask(&app, "GET", "/elsewhere")
-            .bearer_auth(&t)
-            .send()
-            .await
-            .unwrap();
+        let r = ask_bearer(&app, "GET", "/elsewhere", &t).await;
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{format}");
     }
 
     // A session cookie.
-    let (cookie, sid) = session_cookie(&app, "fa@example.com").await;
+    let crate::sessions::Session {
+        cookie, id: sid, ..
+    } = crate::sessions::login(&app, "fa@example.com").await;
     let r = ask(&app, "GET", "/anything")
         .header("cookie", &cookie)
         .send()
@@ -301,11 +289,7 @@ async fn route_rules_pick_scopes_kinds_audiences_and_anonymous_routes(b: Backend
         )
     );
     // Our own login's token is not meant for the orders API.
-    let r = ask(&app, "GET", "/orders/1")
-        .bearer_auth(jwt)
-        .send()
-        .await
-        .unwrap();
+    let r = ask_bearer(&app, "GET", "/orders/1", jwt).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let challenge = h(&r, "www-authenticate").unwrap().to_owned();
     assert!(
@@ -317,11 +301,7 @@ async fn route_rules_pick_scopes_kinds_audiences_and_anonymous_routes(b: Backend
 
     // A key without the scope: 403, and a key of another scope cannot write.
     let (plain, _) = key(&app, &root, json!({"name": "plain"})).await;
-    let r = ask(&app, "GET", "/orders/1")
-        .header("x-api-key", &plain)
-        .send()
-        .await
-        .unwrap();
+    let r = ask_key(&app, "GET", "/orders/1", &plain).await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     assert!(
         h(&r, "www-authenticate")
@@ -330,17 +310,9 @@ async fn route_rules_pick_scopes_kinds_audiences_and_anonymous_routes(b: Backend
     );
 
     // methods_allowed: a JWT is refused where only keys are accepted, before anything is spent.
-    let r = ask(&app, "GET", "/keys-only/x")
-        .bearer_auth(jwt)
-        .send()
-        .await
-        .unwrap();
+    let r = ask_bearer(&app, "GET", "/keys-only/x", jwt).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let r = ask(&app, "GET", "/keys-only/x")
-        .header("x-api-key", &plain)
-        .send()
-        .await
-        .unwrap();
+    let r = ask_key(&app, "GET", "/keys-only/x", &plain).await;
     assert_eq!(r.status(), StatusCode::OK);
 
     // Anonymous routes: through without a credential, with identity when one is good, and as
@@ -353,17 +325,9 @@ async fn route_rules_pick_scopes_kinds_audiences_and_anonymous_routes(b: Backend
         "",
         "sent empty, so gateways overwrite"
     );
-    let r = ask(&app, "GET", "/public/doc")
-        .header("x-api-key", &plain)
-        .send()
-        .await
-        .unwrap();
+    let r = ask_key(&app, "GET", "/public/doc", &plain).await;
     assert_eq!(h(&r, "x-auth-method"), Some("api_key"));
-    let r = ask(&app, "GET", "/public/doc")
-        .bearer_auth("garbage.token.here")
-        .send()
-        .await
-        .unwrap();
+    let r = ask_bearer(&app, "GET", "/public/doc", "garbage.token.here").await;
     assert_eq!(r.status(), StatusCode::OK);
     assert!(h(&r, "x-auth-subject").is_none());
 
@@ -384,11 +348,7 @@ async fn route_rules_pick_scopes_kinds_audiences_and_anonymous_routes(b: Backend
         StatusCode::FOUND,
         "a dead session logs in again"
     );
-    let r = ask(&app, "GET", "/app/inbox")
-        .bearer_auth(jwt)
-        .send()
-        .await
-        .unwrap();
+    let r = ask_bearer(&app, "GET", "/app/inbox", jwt).await;
     assert_eq!(r.status(), StatusCode::OK);
     // The login page takes that return_to.
     let r = reqwest::Client::builder()
@@ -408,18 +368,10 @@ async fn api_keys_spend_their_uses_and_rate_and_revocations_apply_at_once(b: Bac
     let root = app.root_key().await;
     let (metered, _) = key(&app, &root, json!({"name": "m", "remaining": 2})).await;
     for _ in 0..2 {
-        let r = ask(&app, "GET", "/x")
-            .header("x-api-key", &metered)
-            .send()
-            .await
-            .unwrap();
+        let r = ask_key(&app, "GET", "/x", &metered).await;
         assert_eq!(r.status(), StatusCode::OK);
     }
-    let r = ask(&app, "GET", "/x")
-        .header("x-api-key", &metered)
-        .send()
-        .await
-        .unwrap();
+    let r = ask_key(&app, "GET", "/x", &metered).await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     assert_eq!(problem_code(r).await, "usage_exceeded");
     // The uses forward auth spent are the key's: verify sees none left.
@@ -436,18 +388,10 @@ async fn api_keys_spend_their_uses_and_rate_and_revocations_apply_at_once(b: Bac
     )
     .await;
     for _ in 0..2 {
-        let r = ask(&app, "GET", "/x")
-            .header("x-api-key", &limited)
-            .send()
-            .await
-            .unwrap();
+        let r = ask_key(&app, "GET", "/x", &limited).await;
         assert_eq!(r.status(), StatusCode::OK);
     }
-    let r = ask(&app, "GET", "/x")
-        .header("x-api-key", &limited)
-        .send()
-        .await
-        .unwrap();
+    let r = ask_key(&app, "GET", "/x", &limited).await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(h(&r, "retry-after").is_some());
     assert_eq!(h(&r, "ratelimit-policy"), Some("\"api-key\";q=2;w=60"));
@@ -455,11 +399,7 @@ async fn api_keys_spend_their_uses_and_rate_and_revocations_apply_at_once(b: Bac
 
     // Revoking a key, logging out a token: refused on the next request.
     let (k, kid) = key(&app, &root, json!({"name": "gone"})).await;
-    let r = ask(&app, "GET", "/x")
-        .header("x-api-key", &k)
-        .send()
-        .await
-        .unwrap();
+    let r = ask_key(&app, "GET", "/x", &k).await;
     assert_eq!(r.status(), StatusCode::OK);
     let r = app
         .call(
@@ -470,20 +410,12 @@ async fn api_keys_spend_their_uses_and_rate_and_revocations_apply_at_once(b: Bac
         )
         .await;
     assert!(r.status().is_success(), "{:?}", r.status());
-    let r = ask(&app, "GET", "/x")
-        .header("x-api-key", &k)
-        .send()
-        .await
-        .unwrap();
+    let r = ask_key(&app, "GET", "/x", &k).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 
     let user = app.user_with_tokens("rv@example.com").await;
     let jwt = user["access_token"].as_str().unwrap();
-    let r = ask(&app, "GET", "/x")
-        .bearer_auth(jwt)
-        .send()
-        .await
-        .unwrap();
+    let r = ask_bearer(&app, "GET", "/x", jwt).await;
     assert_eq!(r.status(), StatusCode::OK);
     let r = app
         .client
@@ -493,20 +425,12 @@ async fn api_keys_spend_their_uses_and_rate_and_revocations_apply_at_once(b: Bac
         .await
         .unwrap();
     assert!(r.status().is_success(), "{:?}", r.status());
-    let r = ask(&app, "GET", "/x")
-        .bearer_auth(jwt)
-        .send()
-        .await
-        .unwrap();
+    let r = ask_bearer(&app, "GET", "/x", jwt).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     // An opaque token revoked by its client.
     let (id, secret) = orders_client(&app, &root, "opaque").await;
     let t = resource_token(&app, &id, &secret, "orders:read").await;
-    let r = ask(&app, "GET", "/orders/1")
-        .bearer_auth(&t)
-        .send()
-        .await
-        .unwrap();
+    let r = ask_bearer(&app, "GET", "/orders/1", &t).await;
     assert_eq!(r.status(), StatusCode::OK);
     let r = app
         .client
@@ -520,11 +444,7 @@ async fn api_keys_spend_their_uses_and_rate_and_revocations_apply_at_once(b: Bac
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let r = ask(&app, "GET", "/orders/1")
-        .bearer_auth(&t)
-        .send()
-        .await
-        .unwrap();
+    let r = ask_bearer(&app, "GET", "/orders/1", &t).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     app.stop().await;
 }
@@ -543,11 +463,7 @@ async fn bad_forwarded_requests_get_clear_answers(b: Backend) {
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(problem_code(r).await, "bad_forwarded_request");
     for uri in ["orders/1", "http://evil.example/x"] {
-        let r = ask(&app, "GET", uri)
-            .header("x-api-key", &root)
-            .send()
-            .await
-            .unwrap();
+        let r = ask_key(&app, "GET", uri, &root).await;
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{uri}");
     }
     // The client's request is refused: paths that could mean another route, credentials in the URL.
@@ -598,11 +514,7 @@ async fn bad_forwarded_requests_get_clear_answers(b: Backend) {
     if let Ok(r) = r {
         assert!(r.status().is_client_error(), "{:?}", r.status());
     }
-    let r = ask(&app, "GET", "/x")
-        .header("x-api-key", &root)
-        .send()
-        .await
-        .unwrap();
+    let r = ask_key(&app, "GET", "/x", &root).await;
     assert_eq!(r.status(), StatusCode::OK);
     app.stop().await;
 }
@@ -685,11 +597,7 @@ async fn default_policy_deny_refuses_unmatched_requests(b: Backend) {
     })
     .await;
     let root = app.root_key().await;
-    let r = ask(&app, "GET", "/unlisted")
-        .header("x-api-key", &root)
-        .send()
-        .await
-        .unwrap();
+    let r = ask_key(&app, "GET", "/unlisted", &root).await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     assert_eq!(problem_code(r).await, "no_route");
     let r = ask(&app, "GET", "/public/x").send().await.unwrap();

@@ -12,7 +12,7 @@ use std::time::Duration;
 use reqwest::{Client, RequestBuilder, StatusCode, redirect};
 use serde_json::{Value, json};
 
-use crate::forward_auth::{orders_client, resource_token, rules, session_cookie};
+use crate::forward_auth::{orders_client, resource_token, rules};
 use crate::on_both_stores;
 use crate::support::{Backend, TestApp};
 
@@ -282,7 +282,9 @@ async fn through(app: &TestApp, base: &str) {
     }
 
     // A session cookie.
-    let (cookie, sid) = session_cookie(app, &email).await;
+    let crate::sessions::Session {
+        cookie, id: sid, ..
+    } = crate::sessions::login(app, &email).await;
     let s = send(get("/profile").header("cookie", &cookie)).await;
     assert_eq!(s.status, StatusCode::OK, "{:?}", s.body);
     assert_eq!(s.upstream_header("x-auth-method"), Some("session"));

@@ -192,10 +192,10 @@ async fn cors_answers_only_allowlisted_origins(b: Backend) {
     assert_problem(r, StatusCode::FORBIDDEN, "csrf_failed").await;
 }
 
-struct Session {
-    cookie: String,
-    csrf: String,
-    id: String,
+pub struct Session {
+    pub cookie: String,
+    pub csrf: String,
+    pub id: String,
 }
 
 fn cookie_of(r: &Response) -> String {
@@ -211,7 +211,8 @@ fn cookie_of(r: &Response) -> String {
     pair.to_owned()
 }
 
-async fn login(app: &TestApp, email: &str) -> Session {
+/// A browser login through `POST /v1/sessions`: the cookie (`name=value`), its CSRF token, its id.
+pub async fn login(app: &TestApp, email: &str) -> Session {
     let r = app
         .post_json(
             "/v1/sessions",
