@@ -279,12 +279,14 @@ impl ForwardAuth {
             .find(|r| r.authority.eq_ignore_ascii_case(&host))
     }
 
-    fn metadata_url(&self, resource: Option<&String>) -> Option<String> {
-        let resource = resource?;
+    /// The RFC 9728 metadata URL of `rule`'s resource: borrowed, so an allowed request allocates
+    /// nothing for it.
+    fn metadata_url(&self, rule: Option<&Rule>) -> Option<&str> {
+        let resource = rule?.resource.as_deref()?;
         self.resources
             .iter()
-            .find(|r| &r.resource == resource)
-            .map(|r| r.metadata_url.clone())
+            .find(|r| r.resource == resource)
+            .map(|r| r.metadata_url.as_str())
     }
 
     /// The answer for `original` carrying `credential` (as parsed from its headers).
@@ -305,7 +307,7 @@ impl ForwardAuth {
                 resource: None,
             });
         }
-        let resource = self.metadata_url(rule.and_then(|r| r.resource.as_ref()));
+        let resource = self.metadata_url(rule);
         // A kind of credential the rule does not take is refused before it is checked, so an API key
         // shown to a JWT-only route spends nothing.
         if let (Ok(c), Some(allowed)) = (&credential, rule.and_then(|r| r.allowed.as_ref()))
@@ -322,7 +324,7 @@ impl ForwardAuth {
                             kind(c).as_str()
                         ),
                     )),
-                    resource,
+                    resource: resource.map(str::to_owned),
                 }
             });
         }
@@ -361,7 +363,7 @@ impl ForwardAuth {
         }
     }
 
-    fn check_scopes(&self, rule: Option<&Rule>, p: Principal, resource: Option<String>) -> Verdict {
+    fn check_scopes(&self, rule: Option<&Rule>, p: Principal, resource: Option<&str>) -> Verdict {
         let missing: Vec<&str> = rule
             .map(|r| r.scopes.iter().map(String::as_str))
             .into_iter()
@@ -379,7 +381,7 @@ impl ForwardAuth {
                 missing.join(" ")
             ),
             scope: Some(required),
-            resource,
+            resource: resource.map(str::to_owned),
         }
     }
 
@@ -389,8 +391,9 @@ impl ForwardAuth {
         rule: Option<&Rule>,
         original: &Original,
         e: Error,
-        resource: Option<String>,
+        resource: Option<&str>,
     ) -> Result<Verdict> {
+        let resource = || resource.map(str::to_owned);
         let anonymous = rule.is_some_and(|r| r.anonymous);
         let login = rule.is_some_and(|r| r.login_redirect);
         let challenge = |code: &'static str, detail: String| {
@@ -399,7 +402,7 @@ impl ForwardAuth {
             } else {
                 Verdict::Challenge {
                     error: Some((code, detail)),
-                    resource: resource.clone(),
+                    resource: resource(),
                 }
             }
         };
@@ -412,7 +415,7 @@ impl ForwardAuth {
             },
             Error::Unauthenticated => Verdict::Challenge {
                 error: None,
-                resource,
+                resource: resource(),
             },
             Error::CsrfFailed(detail) if !anonymous => Verdict::Refuse {
                 code: "csrf_failed",
