@@ -18,9 +18,6 @@ pub enum Error {
     Unavailable(String),
     /// The configuration cannot work.
     Config(String),
-    /// (internal) a refetch was asked for within the minimum interval.
-    #[doc(hidden)]
-    TooSoon,
 }
 
 impl std::fmt::Display for Error {
@@ -32,7 +29,6 @@ impl std::fmt::Display for Error {
             Self::InsufficientScope(s) => write!(f, "the access token lacks the scopes {s:?}"),
             Self::Unavailable(why) => write!(f, "the issuer cannot be reached: {why}"),
             Self::Config(why) => write!(f, "configuration: {why}"),
-            Self::TooSoon => f.write_str("the JWKS was fetched moments ago"),
         }
     }
 }

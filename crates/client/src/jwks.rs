@@ -69,7 +69,13 @@ impl Jwks {
             return Ok(Arc::clone(s));
         }
         match self.refetch(http, now).await {
-            Ok(s) => Ok(s),
+            Ok(Some(s)) => Ok(s),
+            Ok(None) => old.ok_or_else(|| {
+                Error::Unavailable(format!(
+                    "JWKS {}: the last fetch failed moments ago; retrying after the interval",
+                    self.uri
+                ))
+            }),
             Err(e) => match old {
                 Some(s) => {
                     tracing::warn!(error = %e, "JWKS refetch failed; verifying with the keys fetched before");
@@ -86,42 +92,33 @@ impl Jwks {
         &self,
         http: &reqwest::Client,
     ) -> Result<Option<Arc<Snapshot>>, Error> {
-        let now = Instant::now();
-        match self.refetch(http, now).await {
-            Ok(s) if s.fetched_at >= now => Ok(Some(s)),
-            Ok(_) => Ok(None),
-            Err(Error::TooSoon) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.refetch(http, Instant::now()).await
     }
 
-    /// Fetches unless another caller fetched since `asked_at`, or the last attempt was less than the
-    /// interval ago.
+    /// The key set fetched since `asked_at`: by another caller meanwhile, or now; `None` when the
+    /// last attempt was less than the interval ago.
     async fn refetch(
         &self,
         http: &reqwest::Client,
         asked_at: Instant,
-    ) -> Result<Arc<Snapshot>, Error> {
+    ) -> Result<Option<Arc<Snapshot>>, Error> {
         let mut last = self.last_attempt.lock().await;
         if let Some(s) = self.snapshot()
             && s.fetched_at >= asked_at
         {
-            return Ok(s);
+            return Ok(Some(s));
         }
         if let Some(at) = *last
             && at.elapsed() < self.min_interval
         {
-            return match self.snapshot() {
-                Some(s) if s.fresh_until > Instant::now() => Ok(s),
-                _ => Err(Error::TooSoon),
-            };
+            return Ok(None);
         }
         *last = Some(Instant::now());
         let snapshot = Arc::new(self.fetch(http).await?);
         if let Ok(mut g) = self.current.write() {
             *g = Some(Arc::clone(&snapshot));
         }
-        Ok(snapshot)
+        Ok(Some(snapshot))
     }
 
     async fn fetch(&self, http: &reqwest::Client) -> Result<Snapshot, Error> {

@@ -134,7 +134,7 @@ pub fn refusal<B: Default>(e: &Error, resource_metadata: Option<&str>) -> Respon
                 None,
             )
         }
-        Error::Unavailable(_) | Error::Config(_) | Error::TooSoon => {
+        Error::Unavailable(_) | Error::Config(_) => {
             let mut r = Response::new(B::default());
             *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
             r.headers_mut()
