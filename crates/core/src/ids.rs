@@ -99,6 +99,10 @@ prefixed_id!(
     /// An OAuth client.
     ClientId, "cli_"
 );
+prefixed_id!(
+    /// A key for HTTP message signatures (RFC 9421): the `keyid` a signer sends.
+    SignatureKeyId, "sig_"
+);
 
 #[cfg(test)]
 mod tests {

@@ -17,6 +17,7 @@ pub mod clock;
 pub mod csrf;
 pub mod devices;
 pub mod email;
+pub mod httpsig;
 pub mod ids;
 pub mod jwt;
 pub mod oauth;

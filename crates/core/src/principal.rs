@@ -2,7 +2,7 @@
 //! subject, how it proved itself, with which scopes, and the ids that matter. Our own endpoints,
 //! forward auth and introspection all consume a `Principal`; none of them look at credentials.
 
-use crate::ids::{KeyId, SessionId, UserId};
+use crate::ids::{KeyId, SessionId, SignatureKeyId, UserId};
 use crate::scopes::Scopes;
 
 /// How the caller proved who they are.
@@ -54,6 +54,8 @@ pub struct Principal {
     pub scopes: Scopes,
     pub session_id: Option<SessionId>,
     pub key_id: Option<KeyId>,
+    /// The signing key of an RFC 9421 signed request.
+    pub signature_key_id: Option<SignatureKeyId>,
     pub client_id: Option<String>,
     /// A credential from our own login (password → token, session): the user's full self-service
     /// rights.
