@@ -336,6 +336,7 @@ fn principal(claims: &AccessClaims, method: AuthMethod) -> Principal {
         scopes: Scopes::parse_space_separated(&claims.scope).unwrap_or_default(),
         session_id: claims.sid.as_deref().and_then(|s| SessionId::parse(s).ok()),
         key_id: None,
+        signature_key_id: None,
         client_id: Some(claims.client_id.clone()),
         first_party: false,
     }

@@ -14,13 +14,14 @@ pub struct Scope(String);
 pub struct InvalidScope(pub String);
 
 /// Scopes only administrators may grant.
-pub const RESERVED: &[&str] = &[Scope::ADMIN, Scope::KEYS_VERIFY];
+pub const RESERVED: &[&str] = &[Scope::ADMIN, Scope::KEYS_VERIFY, Scope::SIGNATURES_VERIFY];
 /// Scopes a user may always grant their own keys.
 pub const SELF_SERVICE: &[&str] = &[Scope::KEYS_READ, Scope::KEYS_WRITE];
 /// Portcullis's own scopes: no other scope may equal one of them in another letter case.
 pub const OWN: &[&str] = &[
     Scope::ADMIN,
     Scope::KEYS_VERIFY,
+    Scope::SIGNATURES_VERIFY,
     Scope::KEYS_READ,
     Scope::KEYS_WRITE,
 ];
@@ -43,6 +44,8 @@ impl Scope {
     pub const ADMIN: &'static str = "admin";
     /// Verifying API keys (`/v1/keys/verify`).
     pub const KEYS_VERIFY: &'static str = "keys:verify";
+    /// Verifying RFC 9421 signed requests for others (`/v1/signatures/verify`).
+    pub const SIGNATURES_VERIFY: &'static str = "signatures:verify";
     /// Listing and reading one's keys.
     pub const KEYS_READ: &'static str = "keys:read";
     /// Managing one's keys.

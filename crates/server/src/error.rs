@@ -61,6 +61,9 @@ pub enum Error {
     /// 401 `invalid_token`, with the reason.
     #[error("the access token is not valid: {0}")]
     InvalidToken(&'static str),
+    /// 401 `signature_invalid`, with the RFC 9421 reason as the problem's top-level `reason`.
+    #[error("the request signature is not valid: {}", .0.describe())]
+    SignatureInvalid(portcullis_core::httpsig::Reason),
     /// 401 `invalid_api_key`.
     #[error("the API key is not valid")]
     InvalidApiKey,

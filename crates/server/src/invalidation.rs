@@ -17,6 +17,8 @@ pub enum Invalidation {
     Session([u8; 32]),
     /// The user with this id changed: drop the cached row.
     User(String),
+    /// The signing key (RFC 9421) with this id was revoked: drop it.
+    SignatureKey(String),
 }
 
 impl Invalidation {

@@ -27,6 +27,7 @@ pub mod ops;
 pub mod pages;
 pub mod ratelimit;
 pub mod sessions;
+pub mod signatures;
 pub mod signing_keys;
 pub mod telemetry;
 pub mod tokens;

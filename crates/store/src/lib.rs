@@ -1,5 +1,5 @@
 //! Portcullis persistence. One trait per capability ([`UserStore`], [`RefreshTokenStore`],
-//! [`SigningKeyStore`], [`ApiKeyStore`], [`SessionStore`], [`OAuthStore`], [`AuditStore`], [`Maintenance`]), implemented by [`Store`] over
+//! [`SigningKeyStore`], [`ApiKeyStore`], [`SessionStore`], [`SignatureKeyStore`], [`OAuthStore`], [`AuditStore`], [`Maintenance`]), implemented by [`Store`] over
 //! either backend, chosen at start-up: SQLite (an embedded file, zero configuration) or PostgreSQL
 //! (shared by several nodes).
 //!
@@ -32,6 +32,7 @@ mod maintenance;
 mod oauth;
 mod refresh;
 mod sessions;
+mod signature_keys;
 mod signing_keys;
 mod users;
 
@@ -43,6 +44,7 @@ pub use oauth::{
 };
 pub use refresh::{FamilyRow, NewFamily, NextToken, RefreshTokenStore, Rotation};
 pub use sessions::{SessionRow, SessionStore};
+pub use signature_keys::{SignatureKeyRow, SignatureKeyStore};
 pub use signing_keys::{SigningKeyRow, SigningKeyStore};
 pub use users::{NewUser, UserRow, UserStore};
 

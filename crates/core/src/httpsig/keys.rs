@@ -63,7 +63,7 @@ pub enum KeyError {
 /// What verifies a signature: an HMAC secret (kept secret, `Debug` redacted) or an Ed25519 public key.
 #[derive(Clone)]
 pub enum VerifyingKey {
-    Hmac(hmac::Key),
+    Hmac(Box<hmac::Key>),
     Ed25519([u8; 32]),
 }
 
@@ -81,7 +81,10 @@ impl VerifyingKey {
         if secret.len() < HMAC_SECRET_BYTES {
             return Err(KeyError::ShortSecret);
         }
-        Ok(Self::Hmac(hmac::Key::new(hmac::HMAC_SHA256, secret)))
+        Ok(Self::Hmac(Box::new(hmac::Key::new(
+            hmac::HMAC_SHA256,
+            secret,
+        ))))
     }
 
     pub fn ed25519(public_key: [u8; 32]) -> Self {

@@ -4,5 +4,7 @@ pub mod handlers;
 pub mod service;
 pub mod verify;
 
-pub use service::{ApiKeys, KeyChanges, KeyDraft, KeySettings, key_id};
+pub use service::{
+    ApiKeys, KeyChanges, KeyDraft, KeySettings, check_name, check_scopes, key_id, parse_owner,
+};
 pub use verify::KeyCheck;

@@ -57,7 +57,7 @@ const READ_SCOPE: &str = Scope::KEYS_READ;
 
 // ---- input rules -------------------------------------------------------------------------------
 
-fn check_name(raw: &str, errors: &mut Vec<FieldError>) -> String {
+pub fn check_name(raw: &str, errors: &mut Vec<FieldError>) -> String {
     let name = portcullis_core::text::display_name(raw);
     if name.is_none() {
         errors.push(FieldError::new(
@@ -71,7 +71,7 @@ fn check_name(raw: &str, errors: &mut Vec<FieldError>) -> String {
     name.unwrap_or(raw.trim()).to_owned()
 }
 
-fn check_scopes(raw: &[String], errors: &mut Vec<FieldError>) -> Scopes {
+pub fn check_scopes(raw: &[String], errors: &mut Vec<FieldError>) -> Scopes {
     if raw.len() > MAX_SCOPES {
         errors.push(FieldError::new(
             "scopes",
@@ -478,7 +478,7 @@ impl ApiKeys {
     /// May `p` hand out `scopes`? Look-alikes of Portcullis's own scopes are refused to everyone;
     /// reserved scopes need an administrator; a user's own login grants only self-service scopes; a
     /// key (or any credential that is not the user's own login) only scopes it holds itself.
-    fn check_grant(&self, p: &Principal, admin: bool, scopes: &Scopes) -> Result<()> {
+    pub(crate) fn check_grant(&self, p: &Principal, admin: bool, scopes: &Scopes) -> Result<()> {
         for s in scopes.iter() {
             if let Some(own) = confusable_with(s) {
                 return Err(Error::Validation(vec![FieldError::new(

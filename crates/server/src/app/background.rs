@@ -6,7 +6,8 @@ use std::time::Duration;
 use portcullis_core::clock::Millis;
 use portcullis_core::secrets::TokenHash;
 use portcullis_store::{
-    ApiKeyStore, Maintenance, OAuthStore, SessionStore, SigningKeyStore, UserStore,
+    ApiKeyStore, Maintenance, OAuthStore, SessionStore, SignatureKeyStore, SigningKeyStore,
+    UserStore,
 };
 
 use super::AppState;
@@ -43,7 +44,7 @@ const KEY_CHANGES_BATCH: i64 = 10_000;
 /// Picks up what other nodes (or the CLI) changed in the shared store, so that it is honoured here
 /// within a second (polled twice a second): API keys changed or revoked, sessions revoked, users
 /// changed (disabled, roles, passwords), access-token watermarks, and signing keys revoked in an
-/// emergency. Changes made on this node were applied already, before they were acknowledged. (With
+/// emergency, and RFC 9421 signing keys revoked. Changes made on this node were applied already, before they were acknowledged. (With
 /// Redis, the bus will push them instead.)
 async fn key_changes_loop(state: AppState) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -52,6 +53,7 @@ async fn key_changes_loop(state: AppState) {
         (start, start, start, start);
     let mut signing_since = start;
     let mut denied_since = start;
+    let mut signature_keys_since = start;
     loop {
         tick.tick().await;
         let started = Millis::now().0;
@@ -118,6 +120,29 @@ async fn key_changes_loop(state: AppState) {
         {
             Ok(()) => denied_since = started,
             Err(e) => tracing::error!(error = %e, "polling revoked access tokens failed"),
+        }
+        match state
+            .store
+            .signature_keys_revoked_since(
+                Millis(signature_keys_since - KEY_CHANGES_LOOKBACK_MS),
+                KEY_CHANGES_BATCH,
+            )
+            .await
+        {
+            Ok(rows) => {
+                for (id, _) in &rows {
+                    state.apply(&Invalidation::SignatureKey(id.clone()));
+                }
+                signature_keys_since = match rows.last() {
+                    Some((_, at)) if rows.len() as i64 == KEY_CHANGES_BATCH => {
+                        at.0 + KEY_CHANGES_LOOKBACK_MS
+                    }
+                    _ => started,
+                };
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "polling signing-key (RFC 9421) revocations failed")
+            }
         }
         let revoked = state
             .store

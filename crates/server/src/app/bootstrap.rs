@@ -41,6 +41,9 @@ pub async fn services(
     let master = load_master_key(&config)?;
     let devices = (config.known_device_ttl_days > 0)
         .then(|| portcullis_core::devices::DeviceKey::derive(master.expose_bytes()));
+    let signature_master =
+        portcullis_core::seal::MasterKey::from_bytes(master.expose_bytes().to_vec())
+            .map_err(|e| StartError::Other(e.to_string()))?;
     let keys = Arc::new(KeyRing::from_config(store.clone(), master, &config).await?);
     let rules =
         PasswordHashing::new(config.argon2()).map_err(|e| StartError::Other(e.to_string()))?;
@@ -179,6 +182,24 @@ pub async fn services(
         Arc::clone(&sessions),
         Arc::clone(&apikeys),
     ));
+    let (scheme, authority) = config.issuer_origin();
+    let signatures = Arc::new(crate::signatures::Signatures::new(
+        store.clone(),
+        Arc::clone(&users),
+        Arc::clone(&apikeys),
+        signature_master,
+        audit.clone(),
+        Arc::clone(&bus),
+        Arc::new(crate::signatures::MemoryNonces::new(
+            config.signature_nonce_capacity,
+        )),
+        crate::signatures::SignatureSettings {
+            scheme,
+            authority,
+            cache_ttl,
+            trusted_proxies: config.trusted_proxies(),
+        },
+    ));
     let (rules, warnings) =
         portcullis_core::routes::Rules::compile(&config.route, config.default_policy)
             .map_err(StartError::Other)?;
@@ -188,6 +209,7 @@ pub async fn services(
     let forward_auth = Arc::new(crate::forward_auth::ForwardAuth::new(
         Arc::clone(&auth),
         Arc::clone(&oauth),
+        Arc::clone(&signatures),
         rules,
         config.audience(),
     ));
@@ -208,6 +230,7 @@ pub async fn services(
         apikeys,
         oauth,
         auth,
+        signatures,
         forward_auth,
         metrics,
     }));

@@ -15,7 +15,8 @@ use crate::http::ApiError;
 use crate::http::middleware::{self, Settings};
 use crate::http::openapi::Limits;
 use crate::{
-    apikeys, audit, forward_auth, oauth, ops, pages, sessions, signing_keys, tokens, users,
+    apikeys, audit, forward_auth, oauth, ops, pages, sessions, signatures, signing_keys, tokens,
+    users,
 };
 
 /// Every documented route, with its OpenAPI paths.
@@ -26,6 +27,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(signing_keys::handlers::routes())
         .merge(sessions::handlers::routes())
         .merge(apikeys::handlers::routes())
+        .merge(signatures::handlers::routes())
         .merge(audit::handlers::routes())
         .merge(oauth::handlers::routes())
         .merge(forward_auth::handlers::routes())
@@ -67,7 +69,12 @@ pub fn router(state: AppState, pages: pages::Pages) -> Router {
             }),
         )
         .fallback(|| async { ApiError::NoRoute })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        // Inside the edge (which sets the body limit and deadline), around every route.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            signatures::handlers::signed_requests,
+        ));
     let settings = Settings {
         max_body_bytes: state.config.max_body_bytes,
         body_timeout: std::time::Duration::from_secs(state.config.request_body_timeout_s),

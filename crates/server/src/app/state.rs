@@ -14,6 +14,7 @@ use crate::forward_auth::ForwardAuth;
 use crate::invalidation::{Bus, Invalidation};
 use crate::oauth::OAuth;
 use crate::sessions::Sessions;
+use crate::signatures::Signatures;
 use crate::signing_keys::KeyRing;
 use crate::tokens::Tokens;
 use crate::users::Users;
@@ -32,6 +33,7 @@ pub struct Inner {
     pub apikeys: Arc<ApiKeys>,
     pub oauth: Arc<OAuth>,
     pub auth: Arc<Auth>,
+    pub signatures: Arc<Signatures>,
     pub forward_auth: Arc<ForwardAuth>,
     pub metrics: PrometheusHandle,
     /// `metrics_allowed_ips`, parsed.
@@ -54,5 +56,6 @@ impl AppState {
         self.users.apply(event);
         self.sessions.apply(event);
         self.apikeys.apply(event);
+        self.signatures.apply(event);
     }
 }

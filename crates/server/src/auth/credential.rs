@@ -35,6 +35,10 @@ pub enum Credential<'a> {
     ApiKey(&'a str),
     /// `Authorization: Bearer <access token>`.
     Bearer(&'a str),
+    /// An RFC 9421 signed request (`Signature-Input` / `Signature`): verified with the whole request
+    /// (its target, and its body against `Content-Digest`), so by the signature middleware on our own
+    /// API and by forward auth, never from the headers alone.
+    Signature(&'a HeaderMap),
     /// The session cookie; unsafe methods also need the CSRF token and a same-site origin.
     Session {
         cookie: &'a str,
@@ -42,6 +46,11 @@ pub enum Credential<'a> {
         csrf: Option<&'a str>,
         site: SiteHints<'a>,
     },
+}
+
+/// Does the request carry an RFC 9421 signature (either of its two fields)?
+pub fn is_signed(headers: &HeaderMap) -> bool {
+    headers.contains_key("signature-input") || headers.contains_key("signature")
 }
 
 fn is_unsafe(method: &Method) -> bool {
@@ -60,14 +69,19 @@ pub fn from_headers<'a>(method: &Method, headers: &'a HeaderMap) -> Result<Crede
     let api_key = headers.get("x-api-key");
     let authorization = headers.get(header::AUTHORIZATION);
     let cookie = session_cookie(headers)?;
+    let signed = is_signed(headers);
     let presented = usize::from(api_key.is_some())
         + usize::from(authorization.is_some())
-        + usize::from(cookie.is_some());
+        + usize::from(cookie.is_some())
+        + usize::from(signed);
     if presented > 1
         || headers.get_all("x-api-key").iter().count() > 1
         || headers.get_all(header::AUTHORIZATION).iter().count() > 1
     {
         return Err(Error::MultipleCredentials);
+    }
+    if signed {
+        return Ok(Credential::Signature(headers));
     }
     if let Some(key) = api_key {
         return key

@@ -50,6 +50,11 @@ impl Auth {
         match credential {
             Credential::ApiKey(raw) => self.api_key(raw).await,
             Credential::Bearer(token) => self.access_token(token).await,
+            // Only the whole request can be verified: the signature middleware does it before any
+            // handler runs, so a signed request that reaches this point was not verified anywhere.
+            Credential::Signature(_) => Err(Error::SignatureInvalid(
+                portcullis_core::httpsig::Reason::MissingSignature,
+            )),
             Credential::Session {
                 cookie,
                 unsafe_method,
@@ -77,6 +82,7 @@ impl Auth {
             scopes: Scopes::default(),
             session_id: Some(s.row.id.clone()),
             key_id: None,
+            signature_key_id: None,
             client_id: None,
             first_party: true,
         }
@@ -115,6 +121,7 @@ impl Auth {
                 .as_deref()
                 .and_then(|sid| SessionId::parse(sid).ok()),
             key_id: None,
+            signature_key_id: None,
             first_party: claims.client_id == self.tokens.first_party_client_id(),
             client_id: Some(claims.client_id.clone()),
         }
@@ -152,6 +159,7 @@ impl Auth {
             scopes: row.scopes.clone(),
             session_id: None,
             key_id: Some(row.id.clone()),
+            signature_key_id: None,
             client_id: None,
             first_party: false,
         })

@@ -136,7 +136,21 @@ fn original(method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<Original,
             });
         }
     };
-    Original::parse(forwarded_method.unwrap_or(method.as_str()), target, host)
+    let mut original = Original::parse(forwarded_method.unwrap_or(method.as_str()), target, host)?;
+    original.scheme = match single(headers, "x-forwarded-proto")? {
+        Some(p) if p.eq_ignore_ascii_case("http") || p.eq_ignore_ascii_case("https") => {
+            Some(p.to_ascii_lowercase())
+        }
+        Some(_) => {
+            return Err(BadOriginal {
+                status: 400,
+                code: "bad_forwarded_request",
+                detail: "X-Forwarded-Proto must be http or https".into(),
+            });
+        }
+        None => None,
+    };
+    Ok(original)
 }
 
 async fn authorize(
@@ -225,7 +239,7 @@ fn render(verdict: Verdict) -> Response {
     let mut headers = HeaderMap::with_capacity(16);
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     match verdict {
-        Verdict::Allow(p) => {
+        Verdict::Allow(p, digest) => {
             // Every identity header, empty where it does not apply (an anonymous pass, a key's
             // client id): gateways that copy named headers (Caddy's copy_headers, Traefik's
             // authResponseHeaders) then overwrite whatever the client sent under those names, and
@@ -237,9 +251,12 @@ fn render(verdict: Verdict) -> Response {
                 ("x-auth-scopes", p.as_ref().map(|_| scopes.as_str())),
                 (
                     "x-auth-key-id",
-                    p.as_ref()
-                        .and_then(|p| p.key_id.as_ref())
-                        .map(|k| k.as_str()),
+                    p.as_ref().and_then(|p| {
+                        p.key_id
+                            .as_ref()
+                            .map(|k| k.as_str())
+                            .or(p.signature_key_id.as_ref().map(|k| k.as_str()))
+                    }),
                 ),
                 (
                     "x-auth-client-id",
@@ -251,6 +268,8 @@ fn render(verdict: Verdict) -> Response {
                         .and_then(|p| p.session_id.as_ref())
                         .map(|s| s.as_str()),
                 ),
+                // A signed request's covered Content-Digest, for the upstream to check the body.
+                ("x-auth-content-digest", digest.as_deref()),
             ];
             for (name, value) in pairs {
                 let value = HeaderValue::from_str(value.unwrap_or_default())
@@ -299,6 +318,22 @@ fn render(verdict: Verdict) -> Response {
             }
             problem(StatusCode::FORBIDDEN, code, &detail, headers)
         }
+        Verdict::Unsigned(reason) => {
+            let mut response = problem_with_reason(
+                StatusCode::UNAUTHORIZED,
+                "signature_invalid",
+                &Error::SignatureInvalid(reason.clone()).to_string(),
+                Some(reason.to_string()),
+                headers,
+            );
+            // The reason also as a header: nginx's auth_request drops the body.
+            if let Ok(v) = HeaderValue::from_str(&reason.to_string()) {
+                response
+                    .headers_mut()
+                    .insert(HeaderName::from_static("x-auth-signature-reason"), v);
+            }
+            response
+        }
         Verdict::Throttled(t) => {
             rate_limit_headers(&mut headers, &t);
             problem(
@@ -311,7 +346,17 @@ fn render(verdict: Verdict) -> Response {
     }
 }
 
-fn problem(status: StatusCode, code: &str, detail: &str, mut headers: HeaderMap) -> Response {
+fn problem(status: StatusCode, code: &str, detail: &str, headers: HeaderMap) -> Response {
+    problem_with_reason(status, code, detail, None, headers)
+}
+
+fn problem_with_reason(
+    status: StatusCode,
+    code: &str,
+    detail: &str,
+    reason: Option<String>,
+    mut headers: HeaderMap,
+) -> Response {
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/problem+json"),
@@ -323,7 +368,7 @@ fn problem(status: StatusCode, code: &str, detail: &str, mut headers: HeaderMap)
         detail: detail.to_owned(),
         code: code.to_owned(),
         errors: Vec::new(),
-        reason: None,
+        reason,
     };
     (
         status,

@@ -11,6 +11,9 @@ use portcullis_core::principal::{AuthMethod, Principal};
 use crate::auth::{Auth, Credential};
 use crate::error::{Error, Result, Throttled};
 use crate::oauth::OAuth;
+use crate::signatures::{Signatures, SignedRequest};
+use portcullis_core::httpsig::Message;
+use portcullis_core::httpsig::verify::Body;
 use portcullis_core::routes::{DefaultPolicy, Rule, Rules};
 
 /// Longest original URI (path and query) considered.
@@ -49,6 +52,8 @@ fn refused(code: &'static str, detail: impl Into<String>) -> BadOriginal {
 #[derive(Debug, Clone)]
 pub struct Original {
     pub method: String,
+    /// `X-Forwarded-Proto`, lowercased; `None` when the gateway did not say.
+    pub scheme: Option<String>,
     pub host: String,
     /// The path, percent-decoded, free of `.`/`..` segments: what the rules match.
     pub path: String,
@@ -112,10 +117,16 @@ impl Original {
         }
         Ok(Self {
             method: method.to_ascii_uppercase(),
+            scheme: None,
             host: host.to_owned(),
             path,
             uri: uri.to_owned(),
         })
+    }
+
+    /// The path as sent (percent-encoded), without the query.
+    pub fn raw_path(&self) -> &str {
+        self.uri.split(['?', '#']).next().unwrap_or_default()
     }
 
     /// The query string as sent, if any.
@@ -147,8 +158,9 @@ fn percent_decode(raw: &str) -> Option<String> {
 /// What forward auth answers.
 #[derive(Debug)]
 pub enum Verdict {
-    /// 200, with the principal's identity headers (none for an anonymous pass).
-    Allow(Option<Principal>),
+    /// 200, with the principal's identity headers (none for an anonymous pass), and for a signed
+    /// request whose body we did not see, the `Content-Digest` the upstream must check it against.
+    Allow(Option<Principal>, Option<String>),
     /// 401 with `WWW-Authenticate`: no credential (no `error`), or a bad one.
     Challenge {
         error: Option<(&'static str, String)>,
@@ -165,17 +177,20 @@ pub enum Verdict {
     },
     /// 429, with the limit that was spent.
     Throttled(Throttled),
+    /// 401 `signature_invalid` with the RFC 9421 `reason`.
+    Unsigned(portcullis_core::httpsig::Reason),
 }
 
 impl Verdict {
     pub fn outcome(&self) -> &'static str {
         match self {
-            Self::Allow(Some(_)) => "allowed",
-            Self::Allow(None) => "anonymous",
+            Self::Allow(Some(_), _) => "allowed",
+            Self::Allow(None, _) => "anonymous",
             Self::Challenge { .. } => "unauthenticated",
             Self::Login { .. } => "login",
             Self::Refuse { .. } => "forbidden",
             Self::Throttled(_) => "rate_limited",
+            Self::Unsigned(_) => "unauthenticated",
         }
     }
 }
@@ -187,6 +202,7 @@ fn kind(c: &Credential<'_>) -> AuthMethod {
         Credential::Bearer(t) if t.starts_with("pat_") => AuthMethod::OAuth,
         Credential::Bearer(_) => AuthMethod::Jwt,
         Credential::Session { .. } => AuthMethod::Session,
+        Credential::Signature(_) => AuthMethod::Signature,
     }
 }
 
@@ -207,6 +223,7 @@ pub struct ProtectedResource {
 pub struct ForwardAuth {
     auth: Arc<Auth>,
     oauth: Arc<OAuth>,
+    signatures: Arc<Signatures>,
     rules: Rules,
     /// Tokens on requests no rule gives a `resource` must carry this audience (ours).
     audience: String,
@@ -214,7 +231,13 @@ pub struct ForwardAuth {
 }
 
 impl ForwardAuth {
-    pub fn new(auth: Arc<Auth>, oauth: Arc<OAuth>, rules: Rules, audience: String) -> Self {
+    pub fn new(
+        auth: Arc<Auth>,
+        oauth: Arc<OAuth>,
+        signatures: Arc<Signatures>,
+        rules: Rules,
+        audience: String,
+    ) -> Self {
         let mut by_resource: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for r in rules.iter() {
             if let Some(res) = &r.resource {
@@ -255,6 +278,7 @@ impl ForwardAuth {
         Self {
             auth,
             oauth,
+            signatures,
             rules,
             audience,
             resources,
@@ -314,7 +338,7 @@ impl ForwardAuth {
             && !allowed.contains(&kind(c))
         {
             return Ok(if rule.is_some_and(|r| r.anonymous) {
-                Verdict::Allow(None)
+                Verdict::Allow(None, None)
             } else {
                 Verdict::Challenge {
                     error: Some((
@@ -328,8 +352,8 @@ impl ForwardAuth {
                 }
             });
         }
-        let verdict = match self.principal(rule, credential).await {
-            Ok(p) => self.check_scopes(rule, p, resource),
+        let verdict = match self.principal(original, rule, credential).await {
+            Ok((p, digest)) => self.check_scopes(rule, p, digest, resource),
             Err(e) => self.refusal(rule, original, e, resource)?,
         };
         Ok(verdict)
@@ -337,9 +361,10 @@ impl ForwardAuth {
 
     async fn principal(
         &self,
+        original: &Original,
         rule: Option<&Rule>,
         credential: Result<Credential<'_>>,
-    ) -> Result<Principal> {
+    ) -> Result<(Principal, Option<String>)> {
         let credential = credential?;
         let kind = kind(&credential);
         let audience = rule
@@ -356,14 +381,47 @@ impl ForwardAuth {
                 if !claims.aud.iter().any(|a| a == audience) {
                     return Err(Error::InvalidToken("wrong_audience"));
                 }
-                Ok(self.auth.claims_principal(&claims, AuthMethod::OAuth))
+                Ok((self.auth.claims_principal(&claims, AuthMethod::OAuth), None))
             }
-            Credential::Bearer(token) => self.auth.access_token_for(token, audience).await,
-            other => self.auth.authenticate(other).await,
+            Credential::Bearer(token) => {
+                Ok((self.auth.access_token_for(token, audience).await?, None))
+            }
+            Credential::Signature(headers) => {
+                let (default_scheme, _) = self.signatures.origin();
+                let msg = Message {
+                    method: &original.method,
+                    scheme: original.scheme.as_deref().unwrap_or(default_scheme),
+                    authority: &original.host,
+                    path: original.raw_path(),
+                    query: original.query(),
+                    headers,
+                };
+                // The gateway sends no body: a method that carries one must cover content-digest,
+                // which the upstream then checks against the body (X-Auth-Content-Digest).
+                let expected = !matches!(
+                    original.method.as_str(),
+                    "GET" | "HEAD" | "OPTIONS" | "DELETE"
+                );
+                let signed = self
+                    .signatures
+                    .verify(&SignedRequest {
+                        msg,
+                        body: Body::NotSeen { expected },
+                    })
+                    .await?;
+                Ok((signed.principal, signed.content_digest))
+            }
+            other => Ok((self.auth.authenticate(other).await?, None)),
         }
     }
 
-    fn check_scopes(&self, rule: Option<&Rule>, p: Principal, resource: Option<&str>) -> Verdict {
+    fn check_scopes(
+        &self,
+        rule: Option<&Rule>,
+        p: Principal,
+        digest: Option<String>,
+        resource: Option<&str>,
+    ) -> Verdict {
         let missing: Vec<&str> = rule
             .map(|r| r.scopes.iter().map(String::as_str))
             .into_iter()
@@ -371,7 +429,7 @@ impl ForwardAuth {
             .filter(|s| !p.scopes.contains(s))
             .collect();
         if missing.is_empty() {
-            return Verdict::Allow(Some(p));
+            return Verdict::Allow(Some(p), digest);
         }
         let required = rule.map(|r| r.scopes.join(" ")).unwrap_or_default();
         Verdict::Refuse {
@@ -398,7 +456,7 @@ impl ForwardAuth {
         let login = rule.is_some_and(|r| r.login_redirect);
         let challenge = |code: &'static str, detail: String| {
             if anonymous {
-                Verdict::Allow(None)
+                Verdict::Allow(None, None)
             } else {
                 Verdict::Challenge {
                     error: Some((code, detail)),
@@ -409,7 +467,7 @@ impl ForwardAuth {
         Ok(match e {
             Error::Internal(_) | Error::Overloaded => return Err(e),
             Error::RateLimited(t) => Verdict::Throttled(t),
-            Error::Unauthenticated if anonymous => Verdict::Allow(None),
+            Error::Unauthenticated if anonymous => Verdict::Allow(None, None),
             Error::Unauthenticated | Error::InvalidSession(_) if login => Verdict::Login {
                 return_to: original.uri.clone(),
             },
@@ -430,6 +488,7 @@ impl ForwardAuth {
                 resource: None,
             },
             Error::MultipleCredentials => challenge("invalid_request", e.to_string()),
+            Error::SignatureInvalid(reason) if !anonymous => Verdict::Unsigned(reason),
             other => challenge("invalid_token", other.to_string()),
         })
     }

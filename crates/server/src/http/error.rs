@@ -56,6 +56,7 @@ pub fn status_and_code(e: &Error) -> (StatusCode, &'static str) {
         Error::MultipleCredentials => (S::UNAUTHORIZED, "multiple_credentials"),
         Error::InvalidToken(_) => (S::UNAUTHORIZED, "invalid_token"),
         Error::InvalidApiKey => (S::UNAUTHORIZED, "invalid_api_key"),
+        Error::SignatureInvalid(_) => (S::UNAUTHORIZED, "signature_invalid"),
         Error::InvalidSession(_) => (S::UNAUTHORIZED, "invalid_session"),
         Error::CsrfFailed(_) => (S::FORBIDDEN, "csrf_failed"),
         Error::InvalidRefreshToken => (S::UNAUTHORIZED, "invalid_refresh_token"),
@@ -136,6 +137,7 @@ impl IntoResponse for ApiError {
             Self::Domain(Error::InvalidToken(r) | Error::InvalidSession(r)) => {
                 (Vec::new(), Some((*r).to_owned()))
             }
+            Self::Domain(Error::SignatureInvalid(r)) => (Vec::new(), Some(r.to_string())),
             _ => (Vec::new(), None),
         };
         let problem = Problem {

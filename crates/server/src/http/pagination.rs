@@ -4,7 +4,7 @@
 
 use std::marker::PhantomData;
 
-use portcullis_core::ids::{ClientId, EventId, KeyId, UserId};
+use portcullis_core::ids::{ClientId, EventId, KeyId, SignatureKeyId, UserId};
 use serde::Deserialize;
 use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
 use utoipa::openapi::{ObjectBuilder, Required, Type};
@@ -27,7 +27,7 @@ macro_rules! cursor {
         }
     )*};
 }
-cursor!(UserId, KeyId, EventId, ClientId);
+cursor!(UserId, KeyId, EventId, ClientId, SignatureKeyId);
 
 /// `?limit=&cursor=` of a list of `C`s.
 #[derive(Debug, Clone, Deserialize)]

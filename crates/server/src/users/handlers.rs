@@ -239,7 +239,10 @@ pub async fn me(State(state): State<AppState>, p: Principal) -> ApiResult<axum::
             method: p.method.into(),
             scopes: p.scopes.iter().map(str::to_owned).collect(),
             session_id: p.session_id.map(String::from),
-            key_id: p.key_id.map(String::from),
+            key_id: p
+                .key_id
+                .map(String::from)
+                .or(p.signature_key_id.map(String::from)),
             client_id: p.client_id,
         },
     }))

@@ -26,6 +26,7 @@ mod oidc_rp;
 mod pages;
 mod sessions;
 mod shapes;
+mod signatures;
 mod signing_keys;
 mod tokens;
 mod users;
