@@ -318,3 +318,130 @@ async fn oauth4webapi_discovers_the_authorization_server_of_a_protected_resource
     );
     app.stop().await;
 }
+
+/// The PyPI package http-message-signatures signs requests (hmac-sha256 and ed25519, GET and POST
+/// with Content-Digest) that we accept, and tampered ones we refuse with the right reason; it also
+/// verifies a request signed by portcullis-client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_http_message_signatures_signs_requests_we_accept_and_verifies_ours() {
+    signature_client(
+        "python3",
+        "python/http_signatures.py",
+        "http-message-signatures (PyPI)",
+    )
+    .await;
+}
+
+/// The npm package http-message-signatures: the same, signing only (it has no digest helper).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_http_message_signatures_signs_requests_we_accept() {
+    signature_client(
+        "node",
+        "node/http_signatures.mjs",
+        "http-message-signatures (npm)",
+    )
+    .await;
+}
+
+/// A user with an hmac and an ed25519 signing key, and a request signed by portcullis-client, in a
+/// config file for the outside signer.
+async fn signature_client(program: &str, script: &str, label: &str) {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde_json::{Value, json};
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let tokens = app.user_with_tokens("signer@example.com").await;
+    let token = tokens["access_token"].as_str().unwrap();
+    let create = |body: Value| {
+        app.client
+            .post(app.url("/v1/signing-keys"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    let hmac: Value =
+        create(json!({"name": "hmac", "alg": "hmac-sha256", "scopes": ["keys:write"]}))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    let seed: [u8; 32] = rand_seed();
+    let public = portcullis_core::httpsig::keys::SigningKey::ed25519(&seed)
+        .unwrap()
+        .ed25519_public_key()
+        .unwrap();
+    let ed: Value = create(json!({"name": "ed", "alg": "ed25519", "public_key": STANDARD.encode(public), "scopes": ["keys:write"]}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // PKCS#8 v1 of an Ed25519 seed (RFC 8410 §7), as PEM.
+    let der = [hex_bytes("302e020100300506032b657004220420"), seed.to_vec()].concat();
+    let pem = format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        STANDARD.encode(der)
+    );
+    // A request signed by our client crate, for the outside library to verify.
+    let signer = portcullis_client::RequestSigner::hmac(
+        hmac["keyid"].as_str().unwrap(),
+        hmac["secret"].as_str().unwrap(),
+    )
+    .unwrap();
+    let url = reqwest::Url::parse("https://orders.example.test/items?id=7&full=1").unwrap();
+    let body = br#"{"qty":2}"#;
+    let mut headers = http::HeaderMap::new();
+    headers.insert("content-type", "application/json".parse().unwrap());
+    signer
+        .sign_parts("POST", &url, &mut headers, Some(body))
+        .unwrap();
+    let client_signed = json!({
+        "method": "POST",
+        "url": url.as_str(),
+        "headers": headers.iter().map(|(n, v)| (n.as_str().to_owned(), Value::from(v.to_str().unwrap()))).collect::<serde_json::Map<_, _>>(),
+        "body_base64": STANDARD.encode(body),
+    });
+    let config = json!({
+        "base": app.base,
+        "hmac": {"keyid": hmac["keyid"], "secret": hmac["secret"]},
+        "ed25519": {"keyid": ed["keyid"], "private_pem": pem},
+        "client_signed": client_signed,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("signatures.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.arg(interop_dir().join(script)).arg(&path);
+    let Some((status, stdout, stderr)) =
+        run_outside(label, cmd, std::time::Duration::from_secs(60)).await
+    else {
+        app.stop().await;
+        return;
+    };
+    assert!(
+        status.success(),
+        "{label}: {script} failed ({status}):\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .last()
+            .is_some_and(|l| l.contains("every check passed")),
+        "{label}: {stdout}\n{stderr}"
+    );
+    app.stop().await;
+}
+
+fn rand_seed() -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    portcullis_core::secrets::fill_random(&mut seed).unwrap();
+    seed
+}
+
+fn hex_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}
