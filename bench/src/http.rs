@@ -179,6 +179,19 @@ impl Target {
         self.build(Method::GET, path, Cred::bearer(bearer), None)
     }
 
+    /// `GET` with these headers (an RFC 9421 signature, say) and no other credential.
+    pub fn get_with_headers(&self, path: &str, headers: &HeaderMap) -> Result<Request<Body>> {
+        let mut b = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header(HOST, &self.host);
+        for (name, value) in headers {
+            b = b.header(name, value);
+        }
+        b.body(Full::new(Bytes::new()))
+            .context("build signed request")
+    }
+
     /// `GET` with `X-API-Key: <key>`.
     pub fn get_api_key(&self, path: &str, key: &str) -> Result<Request<Body>> {
         self.build(Method::GET, path, Cred::ApiKey(key), None)

@@ -317,6 +317,18 @@ impl Report {
                 );
             }
         }
+        for (name, min) in [
+            ("me_signed_hmac", SIGNED_HMAC_MIN_RATIO),
+            ("me_signed_ed25519", SIGNED_ED25519_MIN_RATIO),
+        ] {
+            if let Some(s) = stats_of(&self.rows, name) {
+                let _ = writeln!(
+                    o,
+                    "- {name} target: {}",
+                    ratio_target(s, "healthz", healthz, min)
+                );
+            }
+        }
         let per_core = |s: &Stats| s.per_sec() / (s.active.max(1) as f64);
         if let Some(c) = stats_of(&self.rows, "client_verify_cached") {
             let mut line = format!(
@@ -400,6 +412,10 @@ pub const VERIFY_MAX_P99_US: u64 = 5_000;
 pub const ME_SESSION_MIN_RATIO: f64 = 0.40;
 /// `/v1/authorize` with a cached JWT, and with an API key, must keep ≥ 60% of `/healthz`.
 pub const AUTHORIZE_MIN_RATIO: f64 = 0.60;
+/// `GET /v1/me` signed (RFC 9421, fresh nonce each) with hmac-sha256 must keep ≥ 40% of `/healthz`.
+pub const SIGNED_HMAC_MIN_RATIO: f64 = 0.40;
+/// … with ed25519 ≥ 25% (an Ed25519 verification is ~50 µs of one core here).
+pub const SIGNED_ED25519_MIN_RATIO: f64 = 0.25;
 /// The server's `/healthz` must reach ≥ 75% of a bare axum hello's, measured in the same run.
 pub const HEALTHZ_MIN_RATIO: f64 = 0.75;
 

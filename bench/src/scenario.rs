@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderMap, SET_COOKIE};
@@ -114,6 +114,54 @@ fn get_healthz() -> Setup {
         let t = ctx.target.clone();
         Ok(Simple::boxed(move || t.get("/healthz", None)))
     })
+}
+
+/// `GET path` signed (RFC 9421) for the server's issuer, with a fresh nonce and `created`.
+pub fn signed_get(
+    t: &Target,
+    signer: &portcullis_client::RequestSigner,
+    path: &str,
+) -> Result<Req> {
+    let url = hyper_url(t, path)?;
+    let mut headers = HeaderMap::new();
+    signer
+        .sign_parts("GET", &url, &mut headers, None)
+        .map_err(|e| anyhow!("sign: {e}"))?;
+    t.get_with_headers(path, &headers)
+}
+
+/// Signed `GET /v1/me` requests, each with its own nonce, made in the (untimed) setup: the load
+/// generator shares the machine with the server, and a real signer signs on its own machine, so the
+/// measurement is of verifying, not of signing. Enough for [`PRESIGN_RATE`] requests/s over warm-up
+/// and measurement; a connection that runs out signs the rest as it goes.
+fn presigned(ed25519: bool, s: &Settings) -> Setup {
+    let seconds = (s.warmup + s.duration).as_secs_f64() + 1.0;
+    let connections = s.connections.max(1);
+    setup(move |ctx, _| async move {
+        let t = ctx.target.clone();
+        let signer = ctx.signer(ed25519).await?;
+        let count = (PRESIGN_RATE * seconds / connections as f64).ceil() as usize;
+        let mut ready = Vec::with_capacity(count);
+        for _ in 0..count {
+            let url = hyper_url(&t, "/v1/me")?;
+            let mut headers = HeaderMap::new();
+            signer
+                .sign_parts("GET", &url, &mut headers, None)
+                .map_err(|e| anyhow!("sign: {e}"))?;
+            ready.push(headers);
+        }
+        Ok(Simple::boxed(move || match ready.pop() {
+            Some(headers) => t.get_with_headers("/v1/me", &headers),
+            None => signed_get(&t, &signer, "/v1/me"),
+        }))
+    })
+}
+
+/// The request rate [`presigned`] signs ahead for (above what this harness reaches on 2 cores).
+const PRESIGN_RATE: f64 = 40_000.0;
+
+fn hyper_url(t: &Target, path: &str) -> Result<url::Url> {
+    url::Url::parse(&format!("{}{path}", t.base_url())).context("the target URL")
 }
 
 /// Every scenario, in the order they run. `ceiling` comes first, so that the server is started
@@ -327,6 +375,20 @@ pub fn all(s: &Settings) -> Vec<Scenario> {
                         forwarded(t.get_api_key("/v1/authorize", &key)?)
                     }))
                 }),
+            },
+        },
+        Scenario {
+            name: "me_signed_hmac",
+            kind: Kind::Loop {
+                connections: s.connections,
+                setup: presigned(false, s),
+            },
+        },
+        Scenario {
+            name: "me_signed_ed25519",
+            kind: Kind::Loop {
+                connections: s.connections,
+                setup: presigned(true, s),
             },
         },
         Scenario {
@@ -709,6 +771,9 @@ pub struct Ctx {
     verifier_key: OnceCell<String>,
     valid_key: OnceCell<String>,
     user_key: OnceCell<String>,
+    /// RFC 9421 signers of user 0: hmac-sha256 and ed25519 keys, made like the keys above.
+    hmac_signer: OnceCell<Arc<portcullis_client::RequestSigner>>,
+    ed25519_signer: OnceCell<Arc<portcullis_client::RequestSigner>>,
     /// `__Host-portcullis=pcs_…` of a browser session of user 0, made like the keys above.
     session_cookie: OnceCell<String>,
     oauth: OnceCell<OAuthSetup>,
@@ -727,6 +792,8 @@ impl Ctx {
             verifier_key: OnceCell::new(),
             valid_key: OnceCell::new(),
             user_key: OnceCell::new(),
+            hmac_signer: OnceCell::new(),
+            ed25519_signer: OnceCell::new(),
             session_cookie: OnceCell::new(),
             oauth: OnceCell::new(),
         }
@@ -845,6 +912,67 @@ impl Ctx {
             )
         })?;
         Ok(created.key)
+    }
+
+    /// A request signer of user 0 (`ed25519`: else hmac-sha256), its key made with user 0's access
+    /// token and tried once on `GET /v1/me`.
+    pub async fn signer(&self, ed25519: bool) -> Result<Arc<portcullis_client::RequestSigner>> {
+        let cell = if ed25519 {
+            &self.ed25519_signer
+        } else {
+            &self.hmac_signer
+        };
+        let signer = cell
+            .get_or_try_init(|| async {
+                let (body, seed) = if ed25519 {
+                    let (seed, public) = portcullis_client::generate_ed25519()
+                        .map_err(|e| anyhow!("{e}"))?;
+                    (
+                        serde_json::json!({"name": "bench-ed25519", "alg": "ed25519", "public_key": public}),
+                        Some(seed),
+                    )
+                } else {
+                    (
+                        serde_json::json!({"name": "bench-hmac", "alg": "hmac-sha256"}),
+                        None,
+                    )
+                };
+                let req = self.target.post_json(
+                    "/v1/signing-keys",
+                    json_bytes(&body)?,
+                    Some(&self.access_token),
+                )?;
+                let (status, body) = self.target.once(req).await.context("POST /v1/signing-keys")?;
+                if status != StatusCode::CREATED {
+                    bail!(
+                        "POST /v1/signing-keys answered {status} (expected 201): {}",
+                        body_snippet(&body)
+                    );
+                }
+                let made: serde_json::Value =
+                    serde_json::from_slice(&body).context("POST /v1/signing-keys: not JSON")?;
+                let keyid = made["keyid"].as_str().context("no keyid")?;
+                let signer = match seed {
+                    Some(seed) => portcullis_client::RequestSigner::ed25519(keyid, &seed),
+                    None => portcullis_client::RequestSigner::hmac(
+                        keyid,
+                        made["secret"].as_str().context("no secret")?,
+                    ),
+                }
+                .map_err(|e| anyhow!("{e}"))?;
+                let signer = Arc::new(signer);
+                let req = signed_get(&self.target, &signer, "/v1/me")?;
+                let (status, body) = self.target.once(req).await.context("signed GET /v1/me")?;
+                if status != StatusCode::OK {
+                    bail!(
+                        "signed GET /v1/me answered {status} (expected 200): {}",
+                        body_snippet(&body)
+                    );
+                }
+                Ok::<_, anyhow::Error>(signer)
+            })
+            .await?;
+        Ok(Arc::clone(signer))
     }
 
     /// An ownerless service key with scope `keys:verify`, made with the root key.

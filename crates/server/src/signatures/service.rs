@@ -492,7 +492,7 @@ impl Signatures {
                 }
                 FirstUse::Unavailable => return Err(Error::Overloaded),
             }
-            metrics::counter!("portcullis_signatures_total", "outcome" => "valid").increment(1);
+            count(true);
             return Ok(SignatureAuth {
                 principal: Principal {
                     subject: key
@@ -513,11 +513,23 @@ impl Signatures {
                 content_digest: verified.content_digest,
             });
         }
-        metrics::counter!("portcullis_signatures_total", "outcome" => "refused").increment(1);
+        count(false);
         Err(refuse(
             known_failure
                 .or(other_failure)
                 .unwrap_or(Reason::MissingSignature),
         ))
     }
+}
+
+/// Counts a verification; the two counters are registered once, not looked up per request.
+fn count(valid: bool) {
+    static COUNTERS: std::sync::OnceLock<[metrics::Counter; 2]> = std::sync::OnceLock::new();
+    let [ok, refused] = COUNTERS.get_or_init(|| {
+        [
+            metrics::counter!("portcullis_signatures_total", "outcome" => "valid"),
+            metrics::counter!("portcullis_signatures_total", "outcome" => "refused"),
+        ]
+    });
+    if valid { ok } else { refused }.increment(1);
 }
