@@ -951,12 +951,12 @@ impl Ctx {
                 }
                 let made: serde_json::Value =
                     serde_json::from_slice(&body).context("POST /v1/signing-keys: not JSON")?;
-                let keyid = made["keyid"].as_str().context("no keyid")?;
+                let keyid = made.get("keyid").and_then(|v| v.as_str()).context("no keyid")?;
                 let signer = match seed {
                     Some(seed) => portcullis_client::RequestSigner::ed25519(keyid, &seed),
                     None => portcullis_client::RequestSigner::hmac(
                         keyid,
-                        made["secret"].as_str().context("no secret")?,
+                        made.get("secret").and_then(|v| v.as_str()).context("no secret")?,
                     ),
                 }
                 .map_err(|e| anyhow!("{e}"))?;
