@@ -366,3 +366,66 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod readme {
+    //! The worked example of README.md "Signing requests", byte for byte.
+
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use http::HeaderMap;
+
+    use super::keys::SigningKey;
+    use super::*;
+
+    #[test]
+    fn the_readme_example_is_exact() {
+        let body = br#"{"item":"book","qty":1}"#;
+        let digest = digest::content_digest(digest::DigestAlg::Sha256, body);
+        assert_eq!(digest, "sha-256=:SqTsJBvyNh+ArgZhJK4lNXo+XGqb5zDvy9gHJLvgICE=:");
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", "application/json".parse().unwrap());
+        headers.insert("content-digest", digest.parse().unwrap());
+        let msg = Message {
+            method: "POST",
+            scheme: "https",
+            authority: "api.example.com",
+            path: "/v1/orders",
+            query: Some("dry_run=1"),
+            headers: &headers,
+        };
+        let secret = STANDARD
+            .decode("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")
+            .unwrap();
+        let key = SigningKey::hmac(secret.clone()).unwrap();
+        let (input, signature) = sign::sign(
+            &key,
+            &sign::Signing {
+                label: "sig1",
+                components: &["@method", "@target-uri", "content-digest", "content-type"],
+                keyid: "sig_0193c1a2b3c4d5e6f708192a3b4c5d6e",
+                created: 1_767_225_600,
+                expires: None,
+                nonce: Some("6bU0tq2YkLzE8Q1wJ3aN0g"),
+                with_alg: true,
+            },
+            &msg,
+        )
+        .unwrap();
+        assert_eq!(
+            input,
+            r#"sig1=("@method" "@target-uri" "content-digest" "content-type");created=1767225600;keyid="sig_0193c1a2b3c4d5e6f708192a3b4c5d6e";nonce="6bU0tq2YkLzE8Q1wJ3aN0g";alg="hmac-sha256""#
+        );
+        assert_eq!(signature, "sig1=:BqJlHY2+uYOOkIMgH9jX7Cflo/nt8SbXw+7ala0Iku4=:");
+        let signed = fields::parse(&input, &signature).unwrap().remove(0);
+        assert_eq!(
+            base::of(&signed, &msg).unwrap(),
+            "\"@method\": POST\n\"@target-uri\": https://api.example.com/v1/orders?dry_run=1\n\"content-digest\": sha-256=:SqTsJBvyNh+ArgZhJK4lNXo+XGqb5zDvy9gHJLvgICE=:\n\"content-type\": application/json\n\"@signature-params\": (\"@method\" \"@target-uri\" \"content-digest\" \"content-type\");created=1767225600;keyid=\"sig_0193c1a2b3c4d5e6f708192a3b4c5d6e\";nonce=\"6bU0tq2YkLzE8Q1wJ3aN0g\";alg=\"hmac-sha256\""
+        );
+        let policy = Policy {
+            now: 1_767_225_600,
+            body: verify::Body::Received(body),
+        };
+        verify::check(&signed, &VerifyingKey::hmac(&secret).unwrap(), &msg, &policy).unwrap();
+    }
+}
