@@ -290,6 +290,41 @@ async fn through(app: &TestApp, base: &str) {
     assert_eq!(s.upstream_header("x-auth-method"), Some("session"));
     assert_eq!(s.upstream_header("x-auth-session-id"), Some(sid.as_str()));
 
+    // An RFC 9421 signed POST, signed for the gateway's URL: the gateway sends no body to
+    // Portcullis, which verifies the signature over Content-Digest and hands the digest on.
+    let r = app
+        .client
+        .post(app.url("/v1/signing-keys"))
+        .bearer_auth(jwt)
+        .json(&json!({"name": "gw", "alg": "hmac-sha256"}))
+        .send()
+        .await
+        .unwrap();
+    let made: Value = r.json().await.unwrap();
+    let signer = portcullis_client::RequestSigner::hmac(
+        made["keyid"].as_str().unwrap(),
+        made["secret"].as_str().unwrap(),
+    )
+    .unwrap();
+    let mut req = http
+        .post(format!("{base}/profile"))
+        .json(&json!({"name": "signed"}))
+        .build()
+        .unwrap();
+    signer.sign(&mut req).unwrap();
+    let replay = req.try_clone().unwrap();
+    let digest = req.headers()["content-digest"].to_str().unwrap().to_owned();
+    let r = http.execute(req).await.unwrap();
+    let status = r.status();
+    let seen: Value = r.json().await.unwrap_or_default();
+    assert_eq!(status, StatusCode::OK, "{seen:?}");
+    assert_eq!(seen["headers"]["x-auth-method"], "signature", "{seen:?}");
+    assert_eq!(seen["headers"]["x-auth-subject"], sub.as_str());
+    assert_eq!(seen["headers"]["x-auth-content-digest"], digest.as_str());
+    let r = http.execute(replay).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(r.headers()["x-auth-signature-reason"], "replayed");
+
     // A client cannot name itself: its own X-Auth-* never reach the upstream, on an anonymous route
     // (where Portcullis sends none) or beside a real credential (where Portcullis's win).
     let s = send(
