@@ -382,7 +382,10 @@ mod readme {
     fn the_readme_example_is_exact() {
         let body = br#"{"item":"book","qty":1}"#;
         let digest = digest::content_digest(digest::DigestAlg::Sha256, body);
-        assert_eq!(digest, "sha-256=:SqTsJBvyNh+ArgZhJK4lNXo+XGqb5zDvy9gHJLvgICE=:");
+        assert_eq!(
+            digest,
+            "sha-256=:SqTsJBvyNh+ArgZhJK4lNXo+XGqb5zDvy9gHJLvgICE=:"
+        );
         let mut headers = HeaderMap::new();
         headers.insert("content-type", "application/json".parse().unwrap());
         headers.insert("content-digest", digest.parse().unwrap());
@@ -416,7 +419,10 @@ mod readme {
             input,
             r#"sig1=("@method" "@target-uri" "content-digest" "content-type");created=1767225600;keyid="sig_0193c1a2b3c4d5e6f708192a3b4c5d6e";nonce="6bU0tq2YkLzE8Q1wJ3aN0g";alg="hmac-sha256""#
         );
-        assert_eq!(signature, "sig1=:BqJlHY2+uYOOkIMgH9jX7Cflo/nt8SbXw+7ala0Iku4=:");
+        assert_eq!(
+            signature,
+            "sig1=:BqJlHY2+uYOOkIMgH9jX7Cflo/nt8SbXw+7ala0Iku4=:"
+        );
         let signed = fields::parse(&input, &signature).unwrap().remove(0);
         assert_eq!(
             base::of(&signed, &msg).unwrap(),
@@ -426,6 +432,12 @@ mod readme {
             now: 1_767_225_600,
             body: verify::Body::Received(body),
         };
-        verify::check(&signed, &VerifyingKey::hmac(&secret).unwrap(), &msg, &policy).unwrap();
+        verify::check(
+            &signed,
+            &VerifyingKey::hmac(&secret).unwrap(),
+            &msg,
+            &policy,
+        )
+        .unwrap();
     }
 }
