@@ -43,7 +43,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct CreateSigningKeyRequest {
+pub struct CreateSignatureKeyRequest {
     #[schema(schema_with = crate::http::openapi::display_name)]
     name: String,
     /// `hmac-sha256` (we generate the secret and show it once) or `ed25519` (send `public_key`).
@@ -60,7 +60,7 @@ pub struct CreateSigningKeyRequest {
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct AdminCreateSigningKeyRequest {
+pub struct AdminCreateSignatureKeyRequest {
     #[schema(schema_with = crate::http::openapi::display_name)]
     name: String,
     #[schema(pattern = "^(hmac-sha256|ed25519)$")]
@@ -75,7 +75,7 @@ pub struct AdminCreateSigningKeyRequest {
 
 /// A signing key, without its secret.
 #[derive(Serialize, ToSchema)]
-pub struct SigningKeyView {
+pub struct SignatureKeyView {
     /// What a signer sends as `keyid`.
     keyid: String,
     name: String,
@@ -92,7 +92,7 @@ pub struct SigningKeyView {
     revoked_at: Option<String>,
 }
 
-impl From<&SignatureKeyRow> for SigningKeyView {
+impl From<&SignatureKeyRow> for SignatureKeyView {
     fn from(r: &SignatureKeyRow) -> Self {
         Self {
             keyid: r.id.clone(),
@@ -114,26 +114,26 @@ impl From<&SignatureKeyRow> for SigningKeyView {
 
 /// A new key; `secret` only for hmac-sha256, only in this response.
 #[derive(Serialize, ToSchema)]
-pub struct CreatedSigningKeyView {
+pub struct CreatedSignatureKeyView {
     #[serde(flatten)]
-    view: SigningKeyView,
+    view: SignatureKeyView,
     /// hmac-sha256: the secret, base64 (32 bytes). Shown once; we keep it only sealed.
     #[serde(skip_serializing_if = "Option::is_none")]
     secret: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct SigningKeyList {
-    items: Vec<SigningKeyView>,
+pub struct SignatureKeyList {
+    items: Vec<SignatureKeyView>,
     /// Pass as `cursor` for the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     next_cursor: Option<String>,
 }
 
-impl SigningKeyList {
+impl SignatureKeyList {
     fn of(page: SignatureKeyPage) -> Self {
         Self {
-            items: page.keys.iter().map(SigningKeyView::from).collect(),
+            items: page.keys.iter().map(SignatureKeyView::from).collect(),
             next_cursor: page.next_cursor,
         }
     }
@@ -143,8 +143,8 @@ fn created(row: &SignatureKeyRow, secret: Option<String>) -> Response {
     (
         StatusCode::CREATED,
         [(axum::http::header::CACHE_CONTROL, "no-store")],
-        axum::Json(CreatedSigningKeyView {
-            view: SigningKeyView::from(row),
+        axum::Json(CreatedSignatureKeyView {
+            view: SignatureKeyView::from(row),
             secret,
         }),
     )
@@ -158,15 +158,15 @@ fn keyid(raw: &str) -> Result<SignatureKeyId, Error> {
 
 /// Make a key for RFC 9421 request signatures. An hmac-sha256 secret is in this response only.
 #[utoipa::path(post, path = "/v1/signing-keys", operation_id = "create_signing_key", tag = "signatures",
-    request_body = CreateSigningKeyRequest,
-    responses((status = 201, body = CreatedSigningKeyView), (status = 400, body = Problem), (status = 401, body = Problem),
+    request_body = CreateSignatureKeyRequest,
+    responses((status = 201, body = CreatedSignatureKeyView), (status = 400, body = Problem), (status = 401, body = Problem),
         (status = 403, body = Problem), (status = 413, body = Problem), (status = 415, body = Problem), (status = 429, body = Problem)),
     security(("bearer" = []), ("api_key" = []), ("session" = [])))]
 pub async fn create(
     State(state): State<AppState>,
     p: Principal,
     AuditCtx(ctx): AuditCtx,
-    Json(req): Json<CreateSigningKeyRequest>,
+    Json(req): Json<CreateSignatureKeyRequest>,
 ) -> ApiResult<Response> {
     let (row, secret) = state
         .signatures
@@ -188,20 +188,20 @@ pub async fn create(
 /// The caller's signing keys, oldest first (revoked ones too, with `revoked_at`).
 #[utoipa::path(get, path = "/v1/signing-keys", operation_id = "list_signing_keys_rfc9421", tag = "signatures",
     params(PageQuery<SignatureKeyId>),
-    responses((status = 200, body = SigningKeyList), (status = 400, body = Problem), (status = 401, body = Problem),
+    responses((status = 200, body = SignatureKeyList), (status = 400, body = Problem), (status = 401, body = Problem),
         (status = 403, body = Problem), (status = 429, body = Problem)),
     security(("bearer" = []), ("api_key" = []), ("session" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     p: Principal,
     Query(q): Query<PageQuery<SignatureKeyId>>,
-) -> ApiResult<axum::Json<SigningKeyList>> {
+) -> ApiResult<axum::Json<SignatureKeyList>> {
     let page = PageRequest::parse(q, state.config.max_page_size)?;
     let keys = state
         .signatures
         .list(&p, page.cursor.as_ref(), page.limit)
         .await?;
-    Ok(axum::Json(SigningKeyList::of(keys)))
+    Ok(axum::Json(SignatureKeyList::of(keys)))
 }
 
 /// Revoke one of the caller's signing keys: its signatures are refused (`unknown_key`) at once here
@@ -226,15 +226,15 @@ pub async fn revoke(
 
 /// Make a signing key for any user, or for none (administrators).
 #[utoipa::path(post, path = "/admin/v1/signature-keys", operation_id = "admin_create_signature_key", tag = "admin",
-    request_body = AdminCreateSigningKeyRequest,
-    responses((status = 201, body = CreatedSigningKeyView), (status = 400, body = Problem), (status = 401, body = Problem),
+    request_body = AdminCreateSignatureKeyRequest,
+    responses((status = 201, body = CreatedSignatureKeyView), (status = 400, body = Problem), (status = 401, body = Problem),
         (status = 403, body = Problem), (status = 413, body = Problem), (status = 415, body = Problem)),
     security(("api_key" = []), ("bearer" = []), ("session" = [])))]
 pub async fn admin_create(
     State(state): State<AppState>,
     Admin(p): Admin,
     AuditCtx(ctx): AuditCtx,
-    Json(req): Json<AdminCreateSigningKeyRequest>,
+    Json(req): Json<AdminCreateSignatureKeyRequest>,
 ) -> ApiResult<Response> {
     let owner = parse_owner(req.owner_id.as_deref(), "invalid_id")?.unwrap_or(None);
     if let Some(u) = &owner
@@ -264,6 +264,7 @@ pub async fn admin_create(
 #[into_params(parameter_in = Query)]
 pub struct AdminSignatureKeyQuery {
     /// Only this user's keys (`usr_…`), or `none` for keys of no user.
+    #[param(pattern = "^(none|usr_[0-9a-f]{32})$")]
     owner: Option<String>,
     /// At most this many items (1 to the server's `max_page_size`, default 50).
     #[param(minimum = 1)]
@@ -276,13 +277,13 @@ pub struct AdminSignatureKeyQuery {
 /// Every signing key, or one owner's (administrators).
 #[utoipa::path(get, path = "/admin/v1/signature-keys", operation_id = "admin_list_signature_keys", tag = "admin",
     params(AdminSignatureKeyQuery),
-    responses((status = 200, body = SigningKeyList), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)),
+    responses((status = 200, body = SignatureKeyList), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)),
     security(("api_key" = []), ("bearer" = []), ("session" = [])))]
 pub async fn admin_list(
     State(state): State<AppState>,
     _admin: Admin,
     Query(q): Query<AdminSignatureKeyQuery>,
-) -> ApiResult<axum::Json<SigningKeyList>> {
+) -> ApiResult<axum::Json<SignatureKeyList>> {
     let owner = parse_owner(q.owner.as_deref(), "invalid_id")?;
     let page = PageRequest::parse(
         PageQuery::<SignatureKeyId>::new(q.limit, q.cursor),
@@ -296,7 +297,7 @@ pub async fn admin_list(
             page.limit,
         )
         .await?;
-    Ok(axum::Json(SigningKeyList::of(keys)))
+    Ok(axum::Json(SignatureKeyList::of(keys)))
 }
 
 /// Revoke any signing key (administrators).
@@ -321,7 +322,7 @@ pub async fn admin_revoke(
 #[serde(deny_unknown_fields)]
 pub struct VerifySignatureRequest {
     /// The signed request's method.
-    #[schema(max_length = 32)]
+    #[schema(pattern = "^[A-Za-z-]{1,32}$")]
     method: String,
     /// Its full target URI (`https://api.example.com/orders?id=1`).
     #[schema(max_length = 8192)]
