@@ -275,7 +275,7 @@ mod tests {
             };
         let check = |headers: &HeaderMap, input: &str, sig: &str, now: i64, body: &[u8]| {
             let signed = fields::parse(input, sig)?.remove(0);
-            verify::check(&signed, &key, &message(headers), &policy(now, body)).map(|v| v.keyid)
+            verify::verify(&signed, &key, &message(headers), &policy(now, body)).map(|v| v.keyid)
         };
         let (input, sig) = sign_with(&headers, &full, Some("n1"), now);
         assert_eq!(
@@ -301,7 +301,7 @@ mod tests {
         };
         let signed = fields::parse(&input, &sig).unwrap().remove(0);
         assert_eq!(
-            verify::check(&signed, &key, &moved, &policy(now, body)).unwrap_err(),
+            verify::verify(&signed, &key, &moved, &policy(now, body)).unwrap_err(),
             Reason::BadSignature
         );
         let (input, sig) = sign_with(&headers, &["@method", "@target-uri"], None, now);
@@ -330,13 +330,13 @@ mod tests {
         let (input, sig) = sign_with(&headers, &full, None, now);
         let signed = fields::parse(&input, &sig).unwrap().remove(0);
         assert_eq!(
-            verify::check(&signed, &ed, &message(&headers), &policy(now, body)).unwrap_err(),
+            verify::verify(&signed, &ed, &message(&headers), &policy(now, body)).unwrap_err(),
             Reason::AlgMismatch
         );
         headers.insert("content-type", "text/plain".parse().unwrap());
         let signed = fields::parse(&input, &sig).unwrap().remove(0);
         assert_eq!(
-            verify::check(&signed, &key, &message(&headers), &policy(now, body)).unwrap_err(),
+            verify::verify(&signed, &key, &message(&headers), &policy(now, body)).unwrap_err(),
             Reason::BadSignature
         );
     }
@@ -356,7 +356,7 @@ mod tests {
         ] {
             let signed = fields::parse(input, "s=:AA==:").unwrap().remove(0);
             let key = VerifyingKey::hmac(&[7; 32]).unwrap();
-            let got = verify::check(
+            let got = verify::verify(
                 &signed,
                 &key,
                 &message(&headers),
@@ -432,7 +432,7 @@ mod readme {
             now: 1_767_225_600,
             body: verify::Body::Received(body),
         };
-        verify::check(
+        verify::verify(
             &signed,
             &VerifyingKey::hmac(&secret).unwrap(),
             &msg,

@@ -57,8 +57,24 @@ impl Verified {
     }
 }
 
-/// The checks that need no key. Returns the `keyid` to look up.
-pub fn precheck<'s>(signed: &'s Signed, policy: &Policy<'_>) -> Result<&'s str, Reason> {
+/// A signature that passed [`precheck`]: what [`check`] takes, so the key's checks never run
+/// without the others, and none runs twice.
+#[derive(Debug, Clone, Copy)]
+pub struct Prechecked<'s> {
+    signed: &'s Signed,
+    keyid: &'s str,
+    created: i64,
+}
+
+impl<'s> Prechecked<'s> {
+    /// The `keyid` to look the key up by.
+    pub fn keyid(&self) -> &'s str {
+        self.keyid
+    }
+}
+
+/// The checks that need no key: the parameters, the time window, the components we require.
+pub fn precheck<'s>(signed: &'s Signed, policy: &Policy<'_>) -> Result<Prechecked<'s>, Reason> {
     let keyid = signed
         .params
         .keyid
@@ -103,17 +119,35 @@ pub fn precheck<'s>(signed: &'s Signed, policy: &Policy<'_>) -> Result<&'s str, 
     if body_expected && !signed.components.iter().any(|c| c.name == "content-digest") {
         return Err(Reason::MissingComponent("content-digest".into()));
     }
-    Ok(keyid)
+    Ok(Prechecked {
+        signed,
+        keyid,
+        created,
+    })
 }
 
-/// The checks with the key: algorithm, signature, digest.
-pub fn check(
+/// [`precheck`], then [`check`] with `key`.
+pub fn verify(
     signed: &Signed,
     key: &VerifyingKey,
     msg: &Message<'_>,
     policy: &Policy<'_>,
 ) -> Result<Verified, Reason> {
-    let keyid = precheck(signed, policy)?.to_owned();
+    check(precheck(signed, policy)?, key, msg, policy)
+}
+
+/// The checks with the key: algorithm, signature, digest.
+pub fn check(
+    pre: Prechecked<'_>,
+    key: &VerifyingKey,
+    msg: &Message<'_>,
+    policy: &Policy<'_>,
+) -> Result<Verified, Reason> {
+    let Prechecked {
+        signed,
+        keyid,
+        created,
+    } = pre;
     if let Some(alg) = &signed.params.alg
         && Algorithm::parse(alg) != Some(key.algorithm())
     {
@@ -136,7 +170,6 @@ pub fn check(
             }
         }
     }
-    let created = signed.params.created.unwrap_or(policy.now);
     let replay = match &signed.params.nonce {
         Some(nonce) => [b"n:".as_slice(), nonce.as_bytes()].concat(),
         None => [
@@ -147,7 +180,7 @@ pub fn check(
     };
     Ok(Verified {
         label: signed.label.clone(),
-        keyid,
+        keyid: keyid.to_owned(),
         created,
         nonce: signed.params.nonce.clone(),
         content_digest: handed_on,

@@ -457,18 +457,18 @@ impl Signatures {
             slot.get_or_insert(r);
         };
         for s in &signed {
-            let keyid = match check::precheck(s, &policy) {
-                Ok(k) => k,
+            let pre = match check::precheck(s, &policy) {
+                Ok(pre) => pre,
                 Err(r) => {
                     note(r, false);
                     continue;
                 }
             };
-            let Some(key) = self.live_key(keyid).await? else {
+            let Some(key) = self.live_key(pre.keyid()).await? else {
                 note(Reason::UnknownKey, false);
                 continue;
             };
-            let verified = match check::check(s, &key.key, &req.msg, &policy) {
+            let verified = match check::check(pre, &key.key, &req.msg, &policy) {
                 Ok(v) => v,
                 Err(r) => {
                     note(r, true);
