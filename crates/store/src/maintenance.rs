@@ -12,11 +12,17 @@ pub struct Purged {
     pub audit_events: u64,
     pub signing_keys: u64,
     pub api_keys: u64,
+    /// RFC 9421 signing keys revoked before the keys' cutoff.
+    pub signature_keys: u64,
 }
 
 impl Purged {
     pub fn total(&self) -> u64 {
-        self.refresh_families + self.audit_events + self.signing_keys + self.api_keys
+        self.refresh_families
+            + self.audit_events
+            + self.signing_keys
+            + self.api_keys
+            + self.signature_keys
     }
 }
 
@@ -26,7 +32,8 @@ pub trait Maintenance {
     /// Deletes at most `batch` rows of each kind that are past use: refresh families expired or revoked
     /// before `dead_before` (their tokens go with them), audit events before `audit_before`, signing keys
     /// expired before `dead_before`, API keys expired, revoked or past the grace of a roll before
-    /// `keys_before` (kept longer so that a verify can still say REVOKED or EXPIRED instead of NOT_FOUND).
+    /// `keys_before` (kept longer so that a verify can still say REVOKED or EXPIRED instead of NOT_FOUND),
+    /// and RFC 9421 signing keys revoked before `keys_before` (listed with `revoked_at` until then).
     fn purge_expired(
         &self,
         dead_before: Millis,
@@ -85,7 +92,16 @@ impl Maintenance for Store {
             .execute(p)
             .await?
             .rows_affected();
-            Ok(Purged { refresh_families, audit_events, signing_keys, api_keys })
+            let signature_keys = sqlx::query(
+                "DELETE FROM signature_keys WHERE id IN (SELECT id FROM signature_keys \
+                 WHERE revoked_at < $1 LIMIT $2)",
+            )
+            .bind(keys_before.0)
+            .bind(batch)
+            .execute(p)
+            .await?
+            .rows_affected();
+            Ok(Purged { refresh_families, audit_events, signing_keys, api_keys, signature_keys })
         })
     }
 }

@@ -243,6 +243,7 @@ pub async fn janitor_pass(state: &AppState) -> u64 {
                     purged.audit_events,
                     purged.signing_keys,
                     purged.api_keys,
+                    purged.signature_keys,
                 ]
                 .iter()
                 .any(|n| *n >= batch);

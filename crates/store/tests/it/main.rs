@@ -16,5 +16,6 @@ mod maintenance;
 mod oauth;
 mod refresh;
 mod sessions;
+mod signature_keys;
 mod signing_keys;
 mod users;

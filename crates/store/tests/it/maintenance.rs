@@ -67,6 +67,7 @@ fn purged(refresh_families: u64, audit_events: u64, signing_keys: u64, api_keys:
         audit_events,
         signing_keys,
         api_keys,
+        signature_keys: 0,
     }
 }
 
