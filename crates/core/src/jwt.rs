@@ -340,6 +340,32 @@ impl SigningKey {
         }
     }
 
+    /// Compact JWS of `claims` under `header` (whose `alg` is set to this key's): for proofs that carry
+    /// their public key (`jwk`) instead of a `kid`, such as DPoP's.
+    pub fn sign_with_header<C: Serialize>(
+        &self,
+        mut header: serde_json::Map<String, serde_json::Value>,
+        claims: &C,
+    ) -> Result<String, JwtError> {
+        header.insert("alg".into(), self.alg.as_str().into());
+        let header =
+            serde_json::to_vec(&header).map_err(|_| JwtError::Key("header encoding failed"))?;
+        let payload =
+            serde_json::to_vec(claims).map_err(|_| JwtError::Key("claims encoding failed"))?;
+        let mut token = B64.encode(header);
+        token.push('.');
+        token.push_str(&B64.encode(payload));
+        let sig = self.sign_bytes(token.as_bytes())?;
+        token.push('.');
+        token.push_str(&B64.encode(sig));
+        Ok(token)
+    }
+
+    /// The public JWK (`kty`, `crv`/`x`/`y` or `n`/`e`), without `kid`, `alg` or `use`.
+    pub fn public_jwk(&self) -> Result<serde_json::Value, JwtError> {
+        Ok(serde_json::Value::Object(self.public_jwk_members()?))
+    }
+
     /// Compact JWS of `claims` with header `{alg, typ, kid}`.
     pub fn sign<C: Serialize>(&self, typ: &str, claims: &C) -> Result<String, JwtError> {
         let header = serde_json::json!({"alg": self.alg.as_str(), "typ": typ, "kid": self.kid});
@@ -376,6 +402,36 @@ impl VerifyingKey {
     /// 2048 bits or more → RS256, OKP Ed25519 → EdDSA). A JWK with private members is refused: a JWKS
     /// that carries them is misconfigured, and nothing here should hold them.
     pub fn from_jwk(jwk: &serde_json::Value) -> Result<Self, JwtError> {
+        Self::parse_jwk(jwk, true)
+    }
+
+    /// A public key a client presents in a proof (a DPoP header's `jwk`): as [`Self::from_jwk`], but
+    /// with no `kid` needed; the key's RFC 7638 thumbprint stands in for it.
+    pub fn from_presented_jwk(jwk: &serde_json::Value) -> Result<Self, JwtError> {
+        Self::parse_jwk(jwk, false)
+    }
+
+    /// RFC 7638 thumbprint of this key (SHA-256, base64url): what `cnf.jkt` binds a token to.
+    pub fn thumbprint(&self) -> String {
+        let obj = self.jwk.as_object();
+        let member = |n: &str| obj.and_then(|o| o.get(n)).cloned().unwrap_or_default();
+        let names: &[&str] = match self.alg {
+            JwsAlg::Es256 => &["crv", "kty", "x", "y"],
+            JwsAlg::Rs256 => &["e", "kty", "n"],
+            JwsAlg::EdDsa => &["crv", "kty", "x"],
+        };
+        let members = names.iter().map(|n| ((*n).to_owned(), member(n))).collect();
+        thumbprint(&members)
+    }
+
+    /// Does `sig` sign `signed` under this key? Unlike our own tokens, a client's ES256 signature may
+    /// be high-S (WebCrypto does not normalise): proofs are replay-checked by `jti`, not by their bytes,
+    /// so the malleability costs nothing.
+    pub fn verifies(&self, signed: &[u8], sig: &[u8]) -> bool {
+        self.public.verify(signed, sig).is_ok()
+    }
+
+    fn parse_jwk(jwk: &serde_json::Value, kid_required: bool) -> Result<Self, JwtError> {
         let bad = JwtError::Key;
         let obj = jwk.as_object().ok_or(bad("a JWK is a JSON object"))?;
         let text = |name: &str| obj.get(name).and_then(|v| v.as_str());
@@ -393,7 +449,11 @@ impl VerifyingKey {
         if text("use").is_some_and(|u| u != "sig") {
             return Err(bad("the JWK is not for signatures"));
         }
-        let kid = text("kid").ok_or(JwtError::MissingKid)?.to_owned();
+        let kid = match text("kid") {
+            Some(kid) => kid.to_owned(),
+            None if !kid_required => String::new(),
+            None => return Err(JwtError::MissingKid),
+        };
         let (alg, public, der): (
             JwsAlg,
             &'static dyn signature::VerificationAlgorithm,

@@ -5,5 +5,6 @@
 //! The server's `oauth` capability calls these; they decide, it answers.
 
 pub mod client;
+pub mod dpop;
 pub mod pkce;
 pub mod redirect;
