@@ -98,6 +98,22 @@ async fn node_jose_verifies_our_tokens_and_rejects_tampered_ones() {
     verify_with("node", "node/verify_jwt.mjs", "jose").await;
 }
 
+/// An outside scenario exited 0 and printed its last line, "every check passed" (a script that
+/// exits 0 half-way through fails here).
+fn finished(what: &str, status: std::process::ExitStatus, stdout: &str, stderr: &str) {
+    assert!(
+        status.success(),
+        "{what} failed ({status}):\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .last()
+            .is_some_and(|l| l.contains("every check passed")),
+        "{what} exited 0 without finishing its scenario:\n{stdout}\n{stderr}"
+    );
+}
+
 /// What an outside program printed, or `None` when it is not there to run (skipped, or failed under
 /// PORTCULLIS_REQUIRE_INTEROP=1): it could not start, or exited 3 (its runtime or library missing).
 async fn run_outside(
@@ -139,17 +155,7 @@ async fn api_key_client(program: &str, script: &str, label: &str) {
         app.stop().await;
         return;
     };
-    assert!(
-        status.success(),
-        "{label}: {script} failed ({status}):\n{stdout}\n{stderr}"
-    );
-    assert!(
-        stdout
-            .lines()
-            .last()
-            .is_some_and(|l| l.contains("every check passed")),
-        "{label}: {script} exited 0 without finishing its scenario:\n{stdout}\n{stderr}"
-    );
+    finished(&format!("{label}: {script}"), status, &stdout, &stderr);
     assert!(
         !stdout.contains(&root) && !stderr.contains(&root),
         "{label}: {script} printed the root key"
@@ -236,17 +242,7 @@ async fn oauth_client_on(b: Backend, program: &str, script: &str, extra: &[&str]
         app.stop().await;
         return;
     };
-    assert!(
-        status.success(),
-        "{label}: {script} failed ({status}):\n{stdout}\n{stderr}"
-    );
-    assert!(
-        stdout
-            .lines()
-            .last()
-            .is_some_and(|l| l.contains("every check passed")),
-        "{label}: {script} exited 0 without finishing its scenario:\n{stdout}\n{stderr}"
-    );
+    finished(&format!("{label}: {script}"), status, &stdout, &stderr);
     app.stop().await;
 }
 
@@ -305,17 +301,7 @@ async fn oauth4webapi_discovers_the_authorization_server_of_a_protected_resource
         app.stop().await;
         return;
     };
-    assert!(
-        status.success(),
-        "protected_resource.mjs failed ({status}):\n{stdout}\n{stderr}"
-    );
-    assert!(
-        stdout
-            .lines()
-            .last()
-            .is_some_and(|l| l.contains("every check passed")),
-        "{stdout}\n{stderr}"
-    );
+    finished("protected_resource.mjs", status, &stdout, &stderr);
     app.stop().await;
 }
 
@@ -419,17 +405,7 @@ async fn signature_client(program: &str, script: &str, label: &str) {
         app.stop().await;
         return;
     };
-    assert!(
-        status.success(),
-        "{label}: {script} failed ({status}):\n{stdout}\n{stderr}"
-    );
-    assert!(
-        stdout
-            .lines()
-            .last()
-            .is_some_and(|l| l.contains("every check passed")),
-        "{label}: {stdout}\n{stderr}"
-    );
+    finished(&format!("{label}: {script}"), status, &stdout, &stderr);
     app.stop().await;
 }
 
