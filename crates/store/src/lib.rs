@@ -28,6 +28,7 @@ use sqlx::sqlite::{
 
 mod apikeys;
 mod audit;
+mod device;
 mod maintenance;
 mod oauth;
 mod refresh;
@@ -38,6 +39,7 @@ mod users;
 
 pub use apikeys::{ApiKeyPatch, ApiKeyRow, ApiKeyStore, KeyOwner, RolledKey, Spend};
 pub use audit::{AuditEvent, AuditFilter, AuditStore};
+pub use device::{DeviceCodeRow, DeviceCodeStore, DeviceDecision, DevicePoll};
 pub use maintenance::{Maintenance, Purged};
 pub use oauth::{
     ClientRow, CodeRow, ConsentRow, OAuthStore, OpaqueAccessRow, Produced, Redemption, Replayed,

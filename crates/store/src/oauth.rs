@@ -373,7 +373,8 @@ pub trait OAuthStore {
         now: Millis,
     ) -> impl Future<Output = Result<bool>> + Send;
 
-    /// Deletes at most `batch` codes, denied jtis and opaque tokens that ended before `before`.
+    /// Deletes at most `batch` codes, denied jtis, opaque tokens and device codes that ended before
+    /// `before`.
     fn purge_oauth(&self, before: Millis, batch: u32) -> impl Future<Output = Result<u64>> + Send;
 }
 
@@ -810,7 +811,16 @@ impl OAuthStore for Store {
             .execute(p)
             .await?
             .rows_affected();
-            Ok(codes + jtis + opaque + sessions)
+            let devices = sqlx::query(
+                "DELETE FROM oauth_device_codes WHERE device_code_hash IN \
+                 (SELECT device_code_hash FROM oauth_device_codes WHERE expires_at < $1 LIMIT $2)",
+            )
+            .bind(before.0)
+            .bind(batch)
+            .execute(p)
+            .await?
+            .rows_affected();
+            Ok(codes + jtis + opaque + sessions + devices)
         })
     }
 }

@@ -12,6 +12,7 @@ mod support;
 mod api_keys;
 mod audit;
 mod concurrency;
+mod device;
 mod maintenance;
 mod oauth;
 mod refresh;

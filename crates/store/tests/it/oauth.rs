@@ -28,7 +28,7 @@ backend_tests!(
 
 const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
 
-async fn client(s: &Store) -> ClientId {
+pub async fn client(s: &Store) -> ClientId {
     let id = ClientId::generate();
     s.insert_client(&ClientRow {
         id: id.clone(),
