@@ -1,4 +1,5 @@
-//! The device authorization grant's rules with no I/O (RFC 8628): user codes and the polling rule.
+//! The device authorization grant's rules with no I/O (RFC 8628): user codes, and the `slow_down`
+//! step (the polling rule itself is one conditional `UPDATE` in the store, which records each poll).
 //!
 //! A user code is what a person reads off a television and types on a phone, so (§6.1) it comes from
 //! 20 consonants — no vowels, so no words; no digits, so no 0/O or 1/I — 8 of them (34.6 bits), shown
@@ -12,7 +13,7 @@ use crate::secrets::{RandomUnavailable, TokenHash, fill_random};
 pub const USER_CODE_ALPHABET: &[u8; 20] = b"BCDFGHJKLMNPQRSTVWXZ";
 /// Characters in a user code.
 pub const USER_CODE_LEN: usize = 8;
-/// What `slow_down` adds to the interval (§3.5).
+/// What `slow_down` adds to the interval (§3.5), for a client that polls sooner than its interval.
 pub const SLOW_DOWN_S: i64 = 5;
 
 /// A user code in canonical form: 8 characters of [`USER_CODE_ALPHABET`].
@@ -80,29 +81,6 @@ impl UserCode {
     }
 }
 
-/// What a token request for a device code answers about its timing (§3.5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Poll {
-    /// In time: look at the code's state.
-    InTime,
-    /// Faster than the interval: answer `slow_down`, and from now on expect `interval_s`.
-    SlowDown { interval_s: i64 },
-}
-
-/// Judges a poll at `now_ms` after the previous one at `last_ms` (none: the first), with the
-/// interval the client was given. Only a client that polls too fast is slowed down; one that keeps
-/// to the interval never is.
-pub fn poll(last_ms: Option<i64>, interval_s: i64, now_ms: i64) -> Poll {
-    match last_ms {
-        Some(last) if now_ms.saturating_sub(last) < interval_s.saturating_mul(1000) => {
-            Poll::SlowDown {
-                interval_s: interval_s.saturating_add(SLOW_DOWN_S),
-            }
-        }
-        _ => Poll::InTime,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,14 +136,6 @@ mod tests {
             counts.iter().all(|n| (600..=1000).contains(n)),
             "{counts:?}"
         );
-    }
-
-    #[test]
-    fn only_a_client_that_polls_too_fast_is_slowed_down() {
-        assert_eq!(poll(None, 5, 1_000), Poll::InTime);
-        assert_eq!(poll(Some(0), 5, 5_000), Poll::InTime);
-        assert_eq!(poll(Some(0), 5, 4_999), Poll::SlowDown { interval_s: 10 });
-        assert_eq!(poll(Some(0), 10, 9_000), Poll::SlowDown { interval_s: 15 });
     }
 
     proptest! {
