@@ -368,18 +368,10 @@ impl SigningKey {
 
     /// Compact JWS of `claims` with header `{alg, typ, kid}`.
     pub fn sign<C: Serialize>(&self, typ: &str, claims: &C) -> Result<String, JwtError> {
-        let header = serde_json::json!({"alg": self.alg.as_str(), "typ": typ, "kid": self.kid});
-        let header =
-            serde_json::to_vec(&header).map_err(|_| JwtError::Key("header encoding failed"))?;
-        let payload =
-            serde_json::to_vec(claims).map_err(|_| JwtError::Key("claims encoding failed"))?;
-        let mut token = B64.encode(header);
-        token.push('.');
-        token.push_str(&B64.encode(payload));
-        let sig = self.sign_bytes(token.as_bytes())?;
-        token.push('.');
-        token.push_str(&B64.encode(sig));
-        Ok(token)
+        let mut header = serde_json::Map::new();
+        header.insert("typ".into(), typ.into());
+        header.insert("kid".into(), self.kid.clone().into());
+        self.sign_with_header(header, claims)
     }
 }
 
