@@ -49,6 +49,7 @@ fn token() -> Result<(String, serde_json::Value)> {
         client_id: "cli_bench".into(),
         scope: "orders:read".into(),
         sid: None,
+        cnf: None,
     };
     let token = key.sign("at+jwt", &claims).map_err(|e| anyhow!("{e}"))?;
     let jwk = key

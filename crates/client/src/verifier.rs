@@ -319,6 +319,13 @@ impl Verifier {
             client_id: text("client_id").unwrap_or_default().to_owned(),
             scope: text("scope").unwrap_or_default().to_owned(),
             sid: text("sid").map(str::to_owned),
+            cnf: v
+                .get("cnf")
+                .and_then(|c| c.get("jkt"))
+                .and_then(|j| j.as_str())
+                .map(|jkt| portcullis_core::jwt::Confirmation {
+                    jkt: jkt.to_owned(),
+                }),
         };
         let p = Arc::new(principal(&claims, AuthMethod::OAuth));
         inner

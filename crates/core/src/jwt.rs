@@ -137,6 +137,15 @@ pub struct AccessClaims {
     pub scope: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sid: Option<String>,
+    /// RFC 9449 §6.1: the DPoP key the token is bound to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
+}
+
+/// A token's confirmation claim (RFC 7800): here only `jkt`, the RFC 7638 thumbprint of a DPoP key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    pub jkt: String,
 }
 
 impl AccessClaims {
@@ -834,6 +843,18 @@ fn parse_claims(payload: &[u8]) -> Result<AccessClaims, JwtError> {
             .unwrap_or_default()
             .to_owned(),
         sid: obj.get("sid").and_then(|v| v.as_str()).map(str::to_owned),
+        cnf: match obj.get("cnf") {
+            None => None,
+            // A confirmation we cannot read must not be dropped: the token would lose its binding.
+            Some(c) => Some(Confirmation {
+                jkt: c
+                    .get("jkt")
+                    .and_then(|v| v.as_str())
+                    .filter(|j| !j.is_empty())
+                    .ok_or(JwtError::MissingClaim("cnf.jkt"))?
+                    .to_owned(),
+            }),
+        },
     })
 }
 
@@ -887,6 +908,7 @@ mod tests {
             client_id: "portcullis".into(),
             scope: "account".into(),
             sid: None,
+            cnf: None,
         }
     }
 

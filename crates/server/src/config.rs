@@ -162,6 +162,15 @@ pub struct Config {
     /// Accept `http://127.0.0.1…` and `http://[::1]…` as an OAuth client's `backchannel_logout_uri`
     /// (development and tests); off by default, since the server itself posts to that URL.
     pub oauth_allow_loopback_backchannel: bool,
+    /// The polling interval a device is given by `/oauth2/device_authorization` (RFC 8628 §3.2,
+    /// seconds); each too-early poll adds 5 s to it for that device.
+    pub oauth_device_poll_interval_s: i64,
+    /// Every client must push its authorization requests to `/oauth2/par` (RFC 9126); otherwise only
+    /// those registered with `require_pushed_authorization_requests`.
+    pub oauth_require_par: bool,
+    /// Require DPoP server nonces (RFC 9449 §8) at the token endpoint: a proof without this
+    /// server's current nonce is answered `use_dpop_nonce` with one in `DPoP-Nonce`.
+    pub oauth_dpop_nonce: bool,
     /// A session unused for this long ends (seconds).
     pub session_idle_timeout_s: i64,
     /// A session ends this long after login, however busy (seconds).
@@ -258,6 +267,9 @@ impl Default for Config {
             templates_dir: None,
             cors_allowed_origins: Vec::new(),
             oauth_allow_loopback_backchannel: false,
+            oauth_device_poll_interval_s: 5,
+            oauth_require_par: false,
+            oauth_dpop_nonce: false,
             session_idle_timeout_s: 30 * 60,
             session_absolute_timeout_s: 24 * 3600,
             trusted_proxies: Vec::new(),
@@ -470,6 +482,9 @@ impl Config {
             return err("api_key_cache_ttl_s must be 1..=3600, api_key_meta_max_bytes 64..=65536, \
                  api_key_max_grace_s 0..=31536000, api_key_retention_days 0..=3650 and verify_audit_interval_ms 100..=3600000"
                 .into());
+        }
+        if !(1..=60).contains(&self.oauth_device_poll_interval_s) {
+            return err("oauth_device_poll_interval_s must be 1..=60".into());
         }
         if !(1000..=100_000_000).contains(&self.signature_nonce_capacity) {
             return err("signature_nonce_capacity must be 1000..=100000000".into());

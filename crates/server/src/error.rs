@@ -61,6 +61,9 @@ pub enum Error {
     /// 401 `invalid_token`, with the reason.
     #[error("the access token is not valid: {0}")]
     InvalidToken(&'static str),
+    /// 401 `invalid_dpop_proof` (RFC 9449 §7.1), with the reason.
+    #[error("the DPoP proof is not valid: {0}")]
+    InvalidDpopProof(&'static str),
     /// 401 `signature_invalid`, with the RFC 9421 reason as the problem's top-level `reason`.
     #[error("the request signature is not valid: {}", .0.describe())]
     SignatureInvalid(portcullis_core::httpsig::Reason),

@@ -31,6 +31,7 @@ mod audit;
 mod device;
 mod maintenance;
 mod oauth;
+mod par;
 mod refresh;
 mod sessions;
 mod signature_keys;
@@ -44,6 +45,7 @@ pub use maintenance::{Maintenance, Purged};
 pub use oauth::{
     ClientRow, CodeRow, ConsentRow, OAuthStore, OpaqueAccessRow, Produced, Redemption, Replayed,
 };
+pub use par::{ParRow, ParStore};
 pub use refresh::{FamilyRow, NewFamily, NextToken, RefreshTokenStore, Rotation};
 pub use sessions::{SessionRow, SessionStore};
 pub use signature_keys::{SignatureKeyRow, SignatureKeyStore};

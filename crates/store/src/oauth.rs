@@ -225,6 +225,8 @@ pub struct OpaqueAccessRow {
     pub created_at: Millis,
     pub expires_at: Millis,
     pub revoked_at: Option<Millis>,
+    /// The DPoP key thumbprint it is bound to (RFC 9449).
+    pub dpop_jkt: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -240,6 +242,7 @@ struct StoredOpaque {
     created_at: i64,
     expires_at: i64,
     revoked_at: Option<i64>,
+    dpop_jkt: Option<String>,
 }
 
 impl TryFrom<StoredOpaque> for OpaqueAccessRow {
@@ -257,13 +260,14 @@ impl TryFrom<StoredOpaque> for OpaqueAccessRow {
             created_at: Millis(r.created_at),
             expires_at: Millis(r.expires_at),
             revoked_at: column::opt_millis(r.revoked_at),
+            dpop_jkt: r.dpop_jkt,
         })
     }
 }
 
 macro_rules! opaque_columns {
     () => {
-        "token_hash, jti, client_id, subject, scope, audiences, session_id, family_id, created_at, expires_at, revoked_at"
+        "token_hash, jti, client_id, subject, scope, audiences, session_id, family_id, created_at, expires_at, revoked_at, dpop_jkt"
     };
 }
 
@@ -726,7 +730,7 @@ impl OAuthStore for Store {
         let sql = concat!(
             "INSERT INTO oauth_access_tokens (",
             opaque_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         );
         with_pool!(self, write, p => {
             sqlx::query(sql)
@@ -741,6 +745,7 @@ impl OAuthStore for Store {
                 .bind(t.created_at.0)
                 .bind(t.expires_at.0)
                 .bind(t.revoked_at.map(|m| m.0))
+                .bind(&t.dpop_jkt)
                 .execute(p)
                 .await?;
         });
@@ -820,7 +825,16 @@ impl OAuthStore for Store {
             .execute(p)
             .await?
             .rows_affected();
-            Ok(codes + jtis + opaque + sessions + devices)
+            let pars = sqlx::query(
+                "DELETE FROM oauth_par_requests WHERE request_hash IN \
+                 (SELECT request_hash FROM oauth_par_requests WHERE expires_at < $1 LIMIT $2)",
+            )
+            .bind(before.0)
+            .bind(batch)
+            .execute(p)
+            .await?
+            .rows_affected();
+            Ok(codes + jtis + opaque + sessions + devices + pars)
         })
     }
 }

@@ -48,6 +48,8 @@ pub struct NewFamily {
     pub audiences: Option<String>,
     /// When the user authenticated (OAuth: `auth_time` of the ID token), seconds.
     pub auth_time: Option<i64>,
+    /// The DPoP key its tokens are bound to (a public client's, RFC 9449 §5).
+    pub dpop_jkt: Option<String>,
 }
 
 /// The token to issue next.
@@ -69,6 +71,7 @@ pub struct FamilyRow {
     pub expires_at: i64,
     pub audiences: Option<String>,
     pub auth_time: Option<i64>,
+    pub dpop_jkt: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -98,7 +101,7 @@ struct TokenState {
 
 macro_rules! family_columns {
     () => {
-        "id, user_id, client_id, scope, session_id, expires_at, audiences, auth_time"
+        "id, user_id, client_id, scope, session_id, expires_at, audiences, auth_time, dpop_jkt"
     };
 }
 
@@ -166,8 +169,8 @@ impl RefreshTokenStore for Store {
         with_pool!(self, write, p => {
             let mut tx = p.begin().await?;
             sqlx::query(
-                "INSERT INTO refresh_families (id, user_id, client_id, scope, session_id, created_at, expires_at, audiences, auth_time) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                "INSERT INTO refresh_families (id, user_id, client_id, scope, session_id, created_at, expires_at, audiences, auth_time, dpop_jkt) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             )
             .bind(f.id.as_str())
             .bind(&f.user_id)
@@ -178,6 +181,7 @@ impl RefreshTokenStore for Store {
             .bind(f.expires_at.0)
             .bind(&f.audiences)
             .bind(f.auth_time)
+            .bind(&f.dpop_jkt)
             .execute(&mut *tx)
             .await?;
             sqlx::query(
@@ -241,7 +245,7 @@ impl RefreshTokenStore for Store {
         presented: &TokenHash,
         now: Millis,
     ) -> Result<Option<(FamilyRow, bool)>> {
-        let sql = "SELECT f.id, f.user_id, f.client_id, f.scope, f.session_id, f.expires_at, f.audiences, f.auth_time, \
+        let sql = "SELECT f.id, f.user_id, f.client_id, f.scope, f.session_id, f.expires_at, f.audiences, f.auth_time, f.dpop_jkt, \
              t.spent_at, t.revoked_at, t.expires_at AS token_expires_at, f.revoked_at AS family_revoked_at \
              FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family_id WHERE t.token_hash = $1";
         #[derive(sqlx::FromRow)]

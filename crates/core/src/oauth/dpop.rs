@@ -36,8 +36,55 @@ pub struct Expected<'a> {
     pub max_skew_s: i64,
     /// The access token presented with the proof (at a resource): `ath` must be its hash.
     pub access_token: Option<&'a str>,
-    /// The nonce we gave this client, when we require one.
-    pub nonce: Option<&'a str>,
+    /// When we require server nonces (§8): the key that made them.
+    pub nonce: Option<&'a NonceKey>,
+}
+
+/// Server nonces (§8) without state: a nonce is a 5-minute window number with a MAC of it, so that
+/// every node sharing the master key issues and accepts the same ones. One is good in its window and
+/// the next (5 to 10 minutes).
+pub struct NonceKey(aws_lc_rs::hmac::Key);
+
+impl std::fmt::Debug for NonceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NonceKey([redacted])")
+    }
+}
+
+/// The length of a nonce window, seconds.
+pub const NONCE_WINDOW_S: i64 = 300;
+
+impl NonceKey {
+    pub fn derive(master: &[u8]) -> Self {
+        use aws_lc_rs::hmac;
+        let root = hmac::Key::new(hmac::HMAC_SHA256, master);
+        let derived = hmac::sign(&root, b"portcullis dpop nonce v1");
+        Self(hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()))
+    }
+
+    fn for_window(&self, window: i64) -> String {
+        let w = window.to_be_bytes();
+        let tag = aws_lc_rs::hmac::sign(&self.0, &w);
+        let mut raw = w.to_vec();
+        raw.extend_from_slice(tag.as_ref().get(..16).unwrap_or_default());
+        B64.encode(raw)
+    }
+
+    /// The nonce to hand out at `now` (Unix seconds).
+    pub fn issue(&self, now: i64) -> String {
+        self.for_window(now.div_euclid(NONCE_WINDOW_S))
+    }
+
+    /// Whether `nonce` is this window's or the previous one's.
+    pub fn accepts(&self, nonce: &str, now: i64) -> bool {
+        let window = now.div_euclid(NONCE_WINDOW_S);
+        [window, window - 1].into_iter().any(|w| {
+            bool::from(subtle::ConstantTimeEq::ct_eq(
+                self.for_window(w).as_bytes(),
+                nonce.as_bytes(),
+            ))
+        })
+    }
 }
 
 /// A proof that checked out.
@@ -162,8 +209,8 @@ pub fn verify(proof: &str, expected: &Expected<'_>) -> Result<Proof, DpopError> 
     {
         return Err(DpopError::WrongAth);
     }
-    if let Some(nonce) = expected.nonce
-        && text(&claims, "nonce").as_deref() != Some(nonce)
+    if let Some(key) = expected.nonce
+        && !text(&claims, "nonce").is_some_and(|n| key.accepts(&n, expected.now))
     {
         return Err(DpopError::UseNonce);
     }
@@ -359,8 +406,9 @@ mod tests {
             ath("Kz~8mXK1EalYznwH-LC-1fBAo.4Ljp~zsPE_NeO.gxU"),
             "fUHyO2r2Z3DZ53EsNrWBb0xWXoaNy59IiKCAqksmQEo"
         );
+        let nonces = NonceKey::derive(b"a master key of thirty-two bytes");
         let nonce = Expected {
-            nonce: Some("eyJ7S_zG.eyJH0-Z.HX4w-7v"),
+            nonce: Some(&nonces),
             ..expected()
         };
         assert_eq!(
@@ -368,7 +416,26 @@ mod tests {
             Err(DpopError::UseNonce)
         );
         c["nonce"] = json!("eyJ7S_zG.eyJH0-Z.HX4w-7v");
+        assert_eq!(
+            verify(&proof(&key, h.clone(), c.clone()), &nonce),
+            Err(DpopError::UseNonce)
+        );
+        c["nonce"] = json!(nonces.issue(NOW));
         verify(&proof(&key, h, c), &nonce).unwrap();
+    }
+
+    #[test]
+    fn nonces_last_two_windows_and_come_from_the_key() {
+        let a = NonceKey::derive(b"one master key");
+        let b = NonceKey::derive(b"another master key");
+        let n = a.issue(NOW);
+        assert!(a.accepts(&n, NOW));
+        assert!(a.accepts(&n, NOW + NONCE_WINDOW_S));
+        assert!(!a.accepts(&n, NOW + 2 * NONCE_WINDOW_S));
+        assert!(!a.accepts(&n, NOW - 2 * NONCE_WINDOW_S));
+        assert!(!b.accepts(&n, NOW));
+        assert!(!a.accepts("", NOW));
+        assert_eq!(a.issue(NOW), NonceKey::derive(b"one master key").issue(NOW));
     }
 
     proptest::proptest! {

@@ -41,6 +41,13 @@ pub async fn services(
     let master = load_master_key(&config)?;
     let devices = (config.known_device_ttl_days > 0)
         .then(|| portcullis_core::devices::DeviceKey::derive(master.expose_bytes()));
+    let dpop = Arc::new(crate::tokens::dpop::Dpop::new(
+        Arc::new(crate::signatures::MemoryNonces::new(
+            config.signature_nonce_capacity,
+        )),
+        master.expose_bytes(),
+        config.oauth_dpop_nonce,
+    ));
     let signature_master =
         portcullis_core::seal::MasterKey::from_bytes(master.expose_bytes().to_vec())
             .map_err(|e| StartError::Other(e.to_string()))?;
@@ -175,12 +182,17 @@ pub async fn services(
             .iter()
             .filter_map(|r| r.resource.clone())
             .collect(),
+        crate::oauth::service::OAuthSettings {
+            device_poll_interval_s: config.oauth_device_poll_interval_s,
+            require_par: config.oauth_require_par,
+        },
     ));
     let auth = Arc::new(Auth::new(
         Arc::clone(&users),
         Arc::clone(&tokens),
         Arc::clone(&sessions),
         Arc::clone(&apikeys),
+        Arc::clone(&dpop),
     ));
     let (scheme, authority) = config.issuer_origin();
     let signatures = Arc::new(crate::signatures::Signatures::new(
@@ -232,6 +244,7 @@ pub async fn services(
         auth,
         signatures,
         forward_auth,
+        dpop,
         metrics,
     }));
     Ok((state, pages, audit_task))

@@ -35,6 +35,7 @@ pub struct Inner {
     pub auth: Arc<Auth>,
     pub signatures: Arc<Signatures>,
     pub forward_auth: Arc<ForwardAuth>,
+    pub dpop: Arc<crate::tokens::dpop::Dpop>,
     pub metrics: PrometheusHandle,
     /// `metrics_allowed_ips`, parsed.
     pub metrics_allowed: Vec<ipnet::IpNet>,

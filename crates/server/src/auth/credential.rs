@@ -35,6 +35,9 @@ pub enum Credential<'a> {
     ApiKey(&'a str),
     /// `Authorization: Bearer <access token>`.
     Bearer(&'a str),
+    /// `Authorization: DPoP <access token>` with its `DPoP` proof (RFC 9449 §7.1): checked against
+    /// the request's method and URI (`Auth::authenticate_at`).
+    Dpop { token: &'a str, proof: &'a str },
     /// An RFC 9421 signed request (`Signature-Input` / `Signature`): verified with the whole request
     /// (its target, and its body against `Content-Digest`), so by the signature middleware on our own
     /// API and by forward auth, never from the headers alone.
@@ -64,6 +67,24 @@ fn bearer(value: &axum::http::HeaderValue) -> Result<&str> {
     portcullis_core::bearer::token(value).map_err(|e| Error::InvalidToken(e.reason()))
 }
 
+/// The token of `Authorization: DPoP <token>`; `None` for another scheme.
+fn dpop_scheme(value: &axum::http::HeaderValue) -> Result<Option<&str>> {
+    let value = value
+        .to_str()
+        .map_err(|_| Error::InvalidToken("malformed"))?;
+    let Some((scheme, token)) = value.split_once(' ') else {
+        return Ok(None);
+    };
+    if !scheme.eq_ignore_ascii_case("dpop") {
+        return Ok(None);
+    }
+    let token = token.trim();
+    if token.is_empty() || token.len() > 8 * 1024 || token.contains(' ') {
+        return Err(Error::InvalidToken("malformed"));
+    }
+    Ok(Some(token))
+}
+
 /// The one credential of a request; `Unauthenticated` when it carries none.
 pub fn from_headers<'a>(method: &Method, headers: &'a HeaderMap) -> Result<Credential<'a>> {
     let api_key = headers.get("x-api-key");
@@ -90,6 +111,16 @@ pub fn from_headers<'a>(method: &Method, headers: &'a HeaderMap) -> Result<Crede
             .map_err(|_| Error::InvalidApiKey);
     }
     if let Some(value) = authorization {
+        if let Some(token) = dpop_scheme(value)? {
+            let mut proofs = headers.get_all("dpop").iter();
+            let (Some(proof), None) = (proofs.next(), proofs.next()) else {
+                return Err(Error::InvalidDpopProof("one_dpop_header"));
+            };
+            let proof = proof
+                .to_str()
+                .map_err(|_| Error::InvalidDpopProof("malformed"))?;
+            return Ok(Credential::Dpop { token, proof });
+        }
         let token = bearer(value)?;
         return Ok(if ApiKey::looks_like_key(token) {
             Credential::ApiKey(token)

@@ -54,7 +54,18 @@ impl FromRequestParts<AppState> for Principal {
             ));
         }
         let credential = credential::from_headers(&parts.method, &parts.headers)?;
-        let principal = state.auth.authenticate(credential).await?;
+        let principal = match credential {
+            c @ credential::Credential::Dpop { .. } => {
+                // The proof names the URI the client used: our origin and this path.
+                let htu = format!("{}{}", state.config.origin(), parts.uri.path());
+                let target = super::Target {
+                    method: parts.method.as_str(),
+                    uri: &htu,
+                };
+                state.auth.authenticate_at(c, target).await?
+            }
+            c => state.auth.authenticate(c).await?,
+        };
         parts.extensions.insert(principal.clone());
         Ok(principal)
     }

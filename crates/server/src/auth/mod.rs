@@ -15,6 +15,16 @@ use portcullis_core::principal::{AuthMethod, Principal};
 use portcullis_core::scopes::Scopes;
 
 pub use credential::Credential;
+
+use crate::tokens::dpop::Dpop;
+
+/// A DPoP-bound token is good only with its proof (RFC 9449 §7.1): as a Bearer token it is refused.
+pub fn refuse_bound_as_bearer(claims: &AccessClaims) -> Result<()> {
+    if claims.cnf.is_some() {
+        return Err(Error::InvalidToken("dpop_bound"));
+    }
+    Ok(())
+}
 pub use extract::Admin;
 
 use crate::apikeys::ApiKeys;
@@ -28,6 +38,15 @@ pub struct Auth {
     tokens: Arc<Tokens>,
     sessions: Arc<Sessions>,
     apikeys: Arc<ApiKeys>,
+    dpop: Arc<Dpop>,
+}
+
+/// Where a request went, as a DPoP proof must name it (`htm`, `htu`).
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub method: &'a str,
+    /// Scheme, authority and path, without the query.
+    pub uri: &'a str,
 }
 
 impl Auth {
@@ -36,13 +55,61 @@ impl Auth {
         tokens: Arc<Tokens>,
         sessions: Arc<Sessions>,
         apikeys: Arc<ApiKeys>,
+        dpop: Arc<Dpop>,
     ) -> Self {
         Self {
             users,
             tokens,
             sessions,
             apikeys,
+            dpop,
         }
+    }
+
+    /// [`Self::authenticate`] for a request whose target is known, which a DPoP-bound token needs.
+    pub async fn authenticate_at(
+        &self,
+        credential: Credential<'_>,
+        target: Target<'_>,
+    ) -> Result<Principal> {
+        match credential {
+            Credential::Dpop { token, proof } => {
+                let claims = self.tokens.verify(token).await?;
+                self.check_dpop(&claims, token, proof, target).await?;
+                Ok(self.claims_principal(&claims, AuthMethod::Jwt))
+            }
+            other => self.authenticate(other).await,
+        }
+    }
+
+    /// A DPoP-bound token's proof: good for this request, by the key the token is bound to. A
+    /// token that is not bound is not accepted under the DPoP scheme either (§7.1).
+    pub async fn check_dpop(
+        &self,
+        claims: &AccessClaims,
+        token: &str,
+        proof: &str,
+        target: Target<'_>,
+    ) -> Result<()> {
+        let Some(cnf) = &claims.cnf else {
+            return Err(Error::InvalidDpopProof("token_not_bound"));
+        };
+        let jkt = self
+            .dpop
+            .check(proof, target.method, target.uri, Some(token))
+            .await
+            .map_err(|e| match e {
+                crate::tokens::dpop::Refused::Invalid(why) => Error::InvalidDpopProof(why),
+                crate::tokens::dpop::Refused::UseNonce(_) => Error::InvalidDpopProof("use_nonce"),
+                crate::tokens::dpop::Refused::Unavailable => Error::Overloaded,
+            })?;
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            jkt.as_bytes(),
+            cnf.jkt.as_bytes(),
+        )) {
+            return Err(Error::InvalidDpopProof("wrong_key"));
+        }
+        Ok(())
     }
 
     /// The principal a credential proves, or why not.
@@ -50,6 +117,9 @@ impl Auth {
         match credential {
             Credential::ApiKey(raw) => self.api_key(raw).await,
             Credential::Bearer(token) => self.access_token(token).await,
+            // A proof names the request it came with; without the request there is nothing to check
+            // it against (see `authenticate_at`).
+            Credential::Dpop { .. } => Err(Error::InvalidDpopProof("no_request_target")),
             // Only the whole request can be verified: the signature middleware does it before any
             // handler runs, so a signed request that reaches this point was not verified anywhere.
             Credential::Signature(_) => Err(Error::SignatureInvalid(
@@ -96,6 +166,7 @@ impl Auth {
 
     async fn access_token(&self, token: &str) -> Result<Principal> {
         let claims = self.tokens.verify(token).await?;
+        refuse_bound_as_bearer(&claims)?;
         Ok(self.claims_principal(&claims, AuthMethod::Jwt))
     }
 
@@ -106,6 +177,23 @@ impl Auth {
         if !claims.aud.iter().any(|a| a == audience) {
             return Err(Error::InvalidToken("wrong_audience"));
         }
+        refuse_bound_as_bearer(&claims)?;
+        Ok(self.claims_principal(&claims, AuthMethod::Jwt))
+    }
+
+    /// [`Self::access_token_for`] presented under the DPoP scheme, with its proof for `target`.
+    pub async fn dpop_token_for(
+        &self,
+        token: &str,
+        proof: &str,
+        audience: &str,
+        target: Target<'_>,
+    ) -> Result<Principal> {
+        let claims = self.tokens.verify_for(token, Audience::Any).await?;
+        if !claims.aud.iter().any(|a| a == audience) {
+            return Err(Error::InvalidToken("wrong_audience"));
+        }
+        self.check_dpop(&claims, token, proof, target).await?;
         Ok(self.claims_principal(&claims, AuthMethod::Jwt))
     }
 

@@ -284,12 +284,27 @@ fn render(verdict: Verdict) -> Response {
                 |(_, d)| d.as_str(),
             );
             let code = error.as_ref().map_or("unauthenticated", |(c, _)| c);
-            if let Some(v) = challenge(
+            if code == "invalid_dpop_proof" {
+                // RFC 9449 §7.1: a refused proof is answered in the DPoP scheme.
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(crate::tokens::dpop::INVALID_CHALLENGE),
+                );
+            } else if let Some(v) = challenge(
                 error.as_ref().map(|(c, d)| (*c, d.as_str())),
                 None,
                 resource.as_deref(),
             ) {
                 headers.insert(header::WWW_AUTHENTICATE, v);
+                if error
+                    .as_ref()
+                    .is_some_and(|(_, d)| d.ends_with(": dpop_bound"))
+                {
+                    headers.append(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static(crate::tokens::dpop::CHALLENGE),
+                    );
+                }
             }
             problem(StatusCode::UNAUTHORIZED, code, detail, headers)
         }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use portcullis_core::principal::{AuthMethod, Principal};
 
-use crate::auth::{Auth, Credential};
+use crate::auth::{Auth, Credential, Target};
 use crate::error::{Error, Result, Throttled};
 use crate::oauth::OAuth;
 use crate::signatures::{Signatures, SignedRequest};
@@ -201,6 +201,8 @@ fn kind(c: &Credential<'_>) -> AuthMethod {
         Credential::ApiKey(_) => AuthMethod::ApiKey,
         Credential::Bearer(t) if t.starts_with("pat_") => AuthMethod::OAuth,
         Credential::Bearer(_) => AuthMethod::Jwt,
+        Credential::Dpop { token, .. } if token.starts_with("pat_") => AuthMethod::OAuth,
+        Credential::Dpop { .. } => AuthMethod::Jwt,
         Credential::Session { .. } => AuthMethod::Session,
         Credential::Signature(_) => AuthMethod::Signature,
     }
@@ -381,10 +383,44 @@ impl ForwardAuth {
                 if !claims.aud.iter().any(|a| a == audience) {
                     return Err(Error::InvalidToken("wrong_audience"));
                 }
+                crate::auth::refuse_bound_as_bearer(&claims)?;
                 Ok((self.auth.claims_principal(&claims, AuthMethod::OAuth), None))
             }
             Credential::Bearer(token) => {
                 Ok((self.auth.access_token_for(token, audience).await?, None))
+            }
+            Credential::Dpop { token, proof } => {
+                // The proof names the URI the client called: the original request's.
+                let (default_scheme, _) = self.signatures.origin();
+                let htu = format!(
+                    "{}://{}{}",
+                    original.scheme.as_deref().unwrap_or(default_scheme),
+                    original.host,
+                    original.raw_path()
+                );
+                let target = Target {
+                    method: &original.method,
+                    uri: &htu,
+                };
+                if kind == AuthMethod::OAuth {
+                    let claims = self
+                        .oauth
+                        .opaque_access(token)
+                        .await
+                        .map_err(|e| Error::Internal(e.description))?
+                        .ok_or(Error::InvalidToken("unknown_or_expired"))?;
+                    if !claims.aud.iter().any(|a| a == audience) {
+                        return Err(Error::InvalidToken("wrong_audience"));
+                    }
+                    self.auth.check_dpop(&claims, token, proof, target).await?;
+                    return Ok((self.auth.claims_principal(&claims, AuthMethod::OAuth), None));
+                }
+                Ok((
+                    self.auth
+                        .dpop_token_for(token, proof, audience, target)
+                        .await?,
+                    None,
+                ))
             }
             Credential::Signature(headers) => {
                 let (default_scheme, _) = self.signatures.origin();
@@ -488,6 +524,7 @@ impl ForwardAuth {
                 resource: None,
             },
             Error::MultipleCredentials => challenge("invalid_request", e.to_string()),
+            Error::InvalidDpopProof(_) => challenge("invalid_dpop_proof", e.to_string()),
             Error::SignatureInvalid(reason) if !anonymous => Verdict::Unsigned(reason),
             other => challenge("invalid_token", other.to_string()),
         })

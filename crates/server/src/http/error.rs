@@ -55,6 +55,7 @@ pub fn status_and_code(e: &Error) -> (StatusCode, &'static str) {
         Error::Unauthenticated => (S::UNAUTHORIZED, "unauthenticated"),
         Error::MultipleCredentials => (S::UNAUTHORIZED, "multiple_credentials"),
         Error::InvalidToken(_) => (S::UNAUTHORIZED, "invalid_token"),
+        Error::InvalidDpopProof(_) => (S::UNAUTHORIZED, "invalid_dpop_proof"),
         Error::InvalidApiKey => (S::UNAUTHORIZED, "invalid_api_key"),
         Error::SignatureInvalid(_) => (S::UNAUTHORIZED, "signature_invalid"),
         Error::InvalidSession(_) => (S::UNAUTHORIZED, "invalid_session"),
@@ -134,9 +135,9 @@ impl IntoResponse for ApiError {
                     .collect(),
                 None,
             ),
-            Self::Domain(Error::InvalidToken(r) | Error::InvalidSession(r)) => {
-                (Vec::new(), Some((*r).to_owned()))
-            }
+            Self::Domain(
+                Error::InvalidToken(r) | Error::InvalidSession(r) | Error::InvalidDpopProof(r),
+            ) => (Vec::new(), Some((*r).to_owned())),
             Self::Domain(Error::SignatureInvalid(r)) => (Vec::new(), Some(r.to_string())),
             _ => (Vec::new(), None),
         };
@@ -165,10 +166,28 @@ impl IntoResponse for ApiError {
                     HeaderValue::from_static("Bearer error=\"invalid_request\""),
                 );
             }
-            Self::Domain(Error::InvalidToken(_) | Error::InvalidApiKey) => {
+            Self::Domain(Error::InvalidToken(r)) => {
                 headers.insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+                if *r == "dpop_bound" {
+                    headers.append(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static(crate::tokens::dpop::CHALLENGE),
+                    );
+                }
+            }
+            Self::Domain(Error::InvalidApiKey) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+            }
+            Self::Domain(Error::InvalidDpopProof(_)) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(crate::tokens::dpop::INVALID_CHALLENGE),
                 );
             }
             Self::Domain(Error::InvalidSession(_)) => {

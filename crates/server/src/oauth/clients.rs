@@ -70,6 +70,9 @@ pub struct ClientSettings {
     /// First-party clients: no consent page.
     #[serde(default)]
     pub skip_consent: bool,
+    /// Its authorization requests must come through `/oauth2/par` (RFC 9126 §6).
+    #[serde(default)]
+    pub require_pushed_authorization_requests: bool,
     /// `RS256` (default), or the server's access-token algorithm (`jwt_alg`).
     #[serde(default)]
     pub id_token_signed_response_alg: Option<String>,
@@ -96,6 +99,8 @@ pub struct Client {
     pub post_logout_redirect_uris: Vec<RedirectUri>,
     pub backchannel_logout_uri: Option<String>,
     pub skip_consent: bool,
+    /// `require_pushed_authorization_requests`.
+    pub require_par: bool,
     /// What its ID tokens are signed with (RS256 unless it registered the access-token algorithm).
     pub id_token_alg: JwsAlg,
     pub settings: ClientSettings,
@@ -201,7 +206,7 @@ pub fn parse(
     };
     for raw in raw_grants {
         match GrantType::parse(raw) {
-            Some(g @ (GrantType::DeviceCode | GrantType::TokenExchange)) => {
+            Some(g @ GrantType::TokenExchange) => {
                 errors.push(FieldError::new(
                     "grant_types",
                     "unsupported",
@@ -212,7 +217,7 @@ pub fn parse(
             None => errors.push(FieldError::new(
                 "grant_types",
                 "invalid",
-                "grant types are authorization_code, refresh_token and client_credentials (never implicit or password)",
+                "grant types are authorization_code, refresh_token, client_credentials and urn:ietf:params:oauth:grant-type:device_code (never implicit or password)",
             )),
         }
     }
@@ -419,6 +424,7 @@ fn from_row(row: ClientRow, rules: &ClientRules) -> Result<Client> {
         post_logout_redirect_uris: p.post_logout_redirect_uris,
         backchannel_logout_uri: p.settings.backchannel_logout_uri.clone(),
         skip_consent: p.settings.skip_consent,
+        require_par: p.settings.require_pushed_authorization_requests,
         id_token_alg: p.id_token_alg,
         settings: p.settings,
         secret_hash: row.secret_hash,

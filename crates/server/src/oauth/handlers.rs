@@ -103,7 +103,7 @@ fn json_no_store(status: StatusCode, body: Value) -> Response {
 fn token_json(t: TokenResponse) -> Response {
     let mut body = json!({
         "access_token": t.access_token,
-        "token_type": "Bearer",
+        "token_type": t.token_type,
         "expires_in": t.expires_in,
         "scope": t.scope,
     });
@@ -211,8 +211,114 @@ pub async fn token(
 ) -> Result<Response, OAuthError> {
     let client = client_of(&state, &headers, &p, ip, &ctx).await?;
     let cors = cors_for(&state, &headers, &client)?;
-    let res = match state.oauth.token(&client, &p, &ctx).await {
+    let jkt = match dpop_proof(&state, &headers, "/oauth2/token").await {
+        Ok(jkt) => jkt,
+        Err(res) => return Ok(with_cors(res, cors)),
+    };
+    let mut res = match state.oauth.token(&client, &p, &ctx, jkt.as_deref()).await {
         Ok(t) => token_json(t),
+        Err(e) => e.into_response(),
+    };
+    if jkt.is_some() {
+        with_dpop_nonce(&state, &mut res, None);
+    }
+    Ok(with_cors(res, cors))
+}
+
+/// The `DPoP` proof of a request to one of our OAuth endpoints (`path`), checked: the key's
+/// thumbprint, `None` without a proof, or the refusal to answer with (RFC 9449 §7.1, §8).
+async fn dpop_proof(
+    state: &AppState,
+    headers: &HeaderMap,
+    path: &str,
+) -> Result<Option<String>, Response> {
+    let mut proofs = headers.get_all("dpop").iter();
+    let proof = match (proofs.next(), proofs.next()) {
+        (None, _) => return Ok(None),
+        (Some(p), None) => p.to_str().unwrap_or_default(),
+        (Some(_), Some(_)) => {
+            return Err(
+                OAuthError::new("invalid_dpop_proof", "send one DPoP header").into_response(),
+            );
+        }
+    };
+    let uri = format!("{}{path}", state.oauth.issuer());
+    match state.dpop.check(proof, "POST", &uri, None).await {
+        Ok(jkt) => Ok(Some(jkt)),
+        Err(refused) => {
+            let mut e = OAuthError::new(refused.code(), refused.description());
+            if matches!(refused, crate::tokens::dpop::Refused::Unavailable) {
+                e.status = 503;
+            }
+            let mut res = e.into_response();
+            with_dpop_nonce(state, &mut res, refused.nonce());
+            Err(res)
+        }
+    }
+}
+
+/// `DPoP-Nonce` (RFC 9449 §8): `nonce`, or a fresh one when the server requires them.
+fn with_dpop_nonce(state: &AppState, res: &mut Response, nonce: Option<&str>) {
+    let nonce = nonce
+        .map(str::to_owned)
+        .or_else(|| state.dpop.fresh_nonce());
+    if let Some(n) = nonce.and_then(|n| HeaderValue::from_str(&n).ok()) {
+        res.headers_mut().insert("dpop-nonce", n);
+        res.headers_mut().append(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("DPoP-Nonce"),
+        );
+    }
+}
+
+/// `POST /oauth2/par` (RFC 9126 §2): the client authenticates as at the token endpoint and pushes
+/// its authorization request; 201 with the `request_uri` to send the browser with.
+pub async fn par(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    AuditCtx(ctx): AuditCtx,
+    headers: HeaderMap,
+    OAuthForm(p): OAuthForm,
+) -> Result<Response, OAuthError> {
+    let client = client_of(&state, &headers, &p, ip, &ctx).await?;
+    let cors = cors_for(&state, &headers, &client)?;
+    let res = match state
+        .oauth
+        .push_authorization_request(&client, &p, &ctx)
+        .await
+    {
+        Ok((request_uri, expires_in)) => json_no_store(
+            StatusCode::CREATED,
+            json!({ "request_uri": request_uri, "expires_in": expires_in }),
+        ),
+        Err(e) => e.into_response(),
+    };
+    Ok(with_cors(res, cors))
+}
+
+/// `POST /oauth2/device_authorization` (RFC 8628 §3.1): the client authenticates as at the token
+/// endpoint; the answer carries the device code, the user code and where to enter it.
+pub async fn device_authorization(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    AuditCtx(ctx): AuditCtx,
+    headers: HeaderMap,
+    OAuthForm(p): OAuthForm,
+) -> Result<Response, OAuthError> {
+    let client = client_of(&state, &headers, &p, ip, &ctx).await?;
+    let cors = cors_for(&state, &headers, &client)?;
+    let res = match state.oauth.device_authorization(&client, &p, &ctx).await {
+        Ok(d) => json_no_store(
+            StatusCode::OK,
+            json!({
+                "device_code": d.device_code,
+                "user_code": d.user_code,
+                "verification_uri": d.verification_uri,
+                "verification_uri_complete": d.verification_uri_complete,
+                "expires_in": d.expires_in,
+                "interval": d.interval,
+            }),
+        ),
         Err(e) => e.into_response(),
     };
     Ok(with_cors(res, cors))
@@ -242,8 +348,13 @@ pub async fn introspect(
         }
         Introspector::Client(c)
     } else {
+        let uri = format!("{}/oauth2/introspect", state.oauth.issuer());
+        let target = crate::auth::Target {
+            method: "POST",
+            uri: &uri,
+        };
         let principal = match credential::from_headers(&Method::POST, &headers) {
-            Ok(c) => state.auth.authenticate(c).await,
+            Ok(c) => state.auth.authenticate_at(c, target).await,
             Err(e) => Err(e),
         };
         match principal {
@@ -289,17 +400,42 @@ pub async fn revoke(
 }
 
 /// `GET` and `POST /oauth2/userinfo` with a Bearer token.
-pub async fn userinfo(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let token = headers
+pub async fn userinfo(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim());
-    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        .filter(|(scheme, _)| {
+            scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("dpop")
+        })
+        .map(|(scheme, t)| (scheme.eq_ignore_ascii_case("dpop"), t.trim()));
+    let Some((is_dpop, token)) = presented.filter(|(_, t)| !t.is_empty()) else {
         return OAuthError::bearer(401, "", "an access token is required").into_response();
     };
-    match state.oauth.userinfo(token).await {
+    let uri = format!("{}/oauth2/userinfo", state.oauth.issuer());
+    let target = crate::auth::Target {
+        method: method.as_str(),
+        uri: &uri,
+    };
+    let dpop = if is_dpop {
+        let mut proofs = headers.get_all("dpop").iter();
+        match (proofs.next().and_then(|p| p.to_str().ok()), proofs.next()) {
+            (Some(proof), None) => Some((proof, state.auth.as_ref(), target)),
+            _ => {
+                let mut e = OAuthError::new("invalid_dpop_proof", "send one DPoP proof");
+                e.status = 401;
+                e.challenge = Some(crate::tokens::dpop::INVALID_CHALLENGE.into());
+                return e.into_response();
+            }
+        }
+    } else {
+        None
+    };
+    match state.oauth.userinfo(token, dpop).await {
         Ok((v, client_id)) => {
             // The token names its client; a browser may read this from that client's origins.
             let cors = match state.oauth.clients.get(&client_id).await {
@@ -329,12 +465,17 @@ pub async fn discovery(State(state): State<AppState>) -> Response {
         "introspection_endpoint": at("/oauth2/introspect"),
         "revocation_endpoint": at("/oauth2/revoke"),
         "end_session_endpoint": at("/oauth2/logout"),
+        "device_authorization_endpoint": at("/oauth2/device_authorization"),
+        "pushed_authorization_request_endpoint": at("/oauth2/par"),
+        "require_pushed_authorization_requests": state.config.oauth_require_par,
+        "dpop_signing_alg_values_supported": crate::tokens::dpop::ALGS,
         "response_types_supported": ["code"],
         "response_modes_supported": ["query", "form_post"],
         "grant_types_supported": [
             GrantType::AuthorizationCode.as_str(),
             GrantType::RefreshToken.as_str(),
             GrantType::ClientCredentials.as_str(),
+            GrantType::DeviceCode.as_str(),
         ],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": state.keys.algs().iter().rev().map(|a| a.as_str()).collect::<Vec<_>>(),
@@ -373,6 +514,11 @@ pub async fn discovery(State(state): State<AppState>) -> Response {
 pub fn protocol_routes() -> Router<AppState> {
     Router::new()
         .route("/oauth2/token", post(token).options(preflight))
+        .route("/oauth2/par", post(par).options(preflight))
+        .route(
+            "/oauth2/device_authorization",
+            post(device_authorization).options(preflight),
+        )
         .route("/oauth2/introspect", post(introspect))
         .route("/oauth2/revoke", post(revoke).options(preflight))
         .route(

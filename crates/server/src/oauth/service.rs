@@ -15,11 +15,15 @@ use portcullis_core::principal::Principal;
 use portcullis_core::ratelimit::LoginBackoff;
 use portcullis_core::secrets::{OpaqueToken, TokenHash};
 use portcullis_store::{
-    CodeRow, NewFamily, OAuthStore, OpaqueAccessRow, Produced, Redemption, RefreshTokenStore,
-    Store, UserRow,
+    CodeRow, NewFamily, OAuthStore, OpaqueAccessRow, ParRow, ParStore, Produced, Redemption,
+    RefreshTokenStore, Store, UserRow,
 };
 use secrecy::SecretString;
 use serde_json::{Value, json};
+
+mod device;
+
+pub use device::{DEVICE_CODE_PREFIX, DeviceAuthorization, DeviceRequest, UserCodeRefused};
 
 use super::backchannel::Backchannel;
 use super::clients::{Client, ClientAuthFailed, Clients, Presented, TokenFormat, is_resource_uri};
@@ -36,6 +40,12 @@ use crate::users::Users;
 pub const CODE_PREFIX: &str = "pac";
 /// Prefix of opaque access tokens.
 pub const OPAQUE_PREFIX: &str = "pat";
+/// `request_uri`s of pushed requests start with this (RFC 9126 §2.2).
+pub const REQUEST_URI_PREFIX: &str = "urn:ietf:params:oauth:request_uri:";
+/// A pushed request must be used this soon (API.md: 60 s).
+pub const PAR_TTL_S: i64 = 60;
+/// Once opened, a pushed request waits this long for the login and consent.
+pub const PAR_OPEN_S: i64 = 600;
 /// Codes live this long (API.md: 60 s).
 pub const CODE_TTL_S: i64 = 60;
 pub const MAX_STATE_LEN: usize = 1024;
@@ -75,6 +85,8 @@ pub struct AuthzRequest {
     /// A login newer than this (ms) satisfies `prompt=login` and `max_age` (set when we send the
     /// browser to log in, so that coming back does not ask again).
     pub auth_after: Option<i64>,
+    /// The pushed request this came from (RFC 9126), spent by the code or the denial.
+    pub par: Option<TokenHash>,
 }
 
 /// An authorization request that failed.
@@ -117,6 +129,8 @@ pub struct Browser {
 /// A successful token response (RFC 6749 §5.1).
 pub struct TokenResponse {
     pub access_token: String,
+    /// `Bearer`, or `DPoP` for a token bound to the proof's key (RFC 9449 §5).
+    pub token_type: &'static str,
     pub expires_in: i64,
     pub scope: String,
     pub refresh_token: Option<SecretString>,
@@ -129,6 +143,23 @@ impl std::fmt::Debug for TokenResponse {
     }
 }
 
+/// What [`OAuth::user_tokens`] issues from.
+struct UserGrant<'a> {
+    user: &'a UserRow,
+    scope: &'a str,
+    session_id: Option<String>,
+    /// The requested resources; empty: the client's audiences.
+    audiences: Vec<String>,
+    auth_time: i64,
+    nonce: Option<&'a str>,
+    jti: String,
+    family_id: Option<FamilyId>,
+    now: Millis,
+    /// The DPoP key the tokens are bound to (the access token always; the refresh token for a
+    /// public client, RFC 9449 §5).
+    jkt: Option<String>,
+}
+
 /// Who may call introspection.
 pub enum Introspector {
     /// A confidential client: about tokens issued to it.
@@ -137,7 +168,26 @@ pub enum Introspector {
     Principal(Principal),
 }
 
+/// The server's OAuth configuration beyond clients' own.
+#[derive(Debug, Clone)]
+pub struct OAuthSettings {
+    /// `oauth_device_poll_interval_s`.
+    pub device_poll_interval_s: i64,
+    /// `oauth_require_par`: every client must push its authorization requests.
+    pub require_par: bool,
+}
+
+impl Default for OAuthSettings {
+    fn default() -> Self {
+        Self {
+            device_poll_interval_s: 5,
+            require_par: false,
+        }
+    }
+}
+
 pub struct OAuth {
+    settings: OAuthSettings,
     /// The resources forward-auth route rules protect: any client may ask for tokens meant for
     /// them (RFC 8707), as RFC 9728 metadata tells clients to.
     protected_resources: Vec<String>,
@@ -153,11 +203,33 @@ pub struct OAuth {
     /// Failed client authentications, per client and address, backing off like failed logins.
     failures: MemoryLimiter,
     backoff: LoginBackoff,
+    /// Wrong user codes typed on `/device`, per address (in `failures`).
+    user_code_backoff: LoginBackoff,
     /// Remembered consents by (user, client), for [`clients::CACHE_TTL`]: every authorization of a
     /// signed-in user reads one. Granting or withdrawing here drops the entry at once; another
     /// node's change applies within the TTL.
     consents: moka::sync::Cache<(UserId, ClientId), Arc<Vec<String>>>,
     backchannel: Backchannel,
+}
+
+/// The static name of an authorization error this server produces, for the PAR endpoint's JSON.
+fn authz_error_code(code: &str) -> &'static str {
+    [
+        "invalid_request",
+        "unauthorized_client",
+        "unsupported_response_type",
+        "invalid_scope",
+        "invalid_target",
+        "request_not_supported",
+        "server_error",
+    ]
+    .into_iter()
+    .find(|c| *c == code)
+    .unwrap_or("invalid_request")
+}
+
+fn token_type(jkt: Option<&str>) -> &'static str {
+    if jkt.is_some() { "DPoP" } else { "Bearer" }
 }
 
 fn has(scopes: &[String], s: &str) -> bool {
@@ -189,9 +261,11 @@ impl OAuth {
         backoff: LoginBackoff,
         rules: super::clients::ClientRules,
         protected_resources: Vec<String>,
+        settings: OAuthSettings,
     ) -> Self {
         let issuer = tokens.issuer().to_owned();
         Self {
+            settings,
             protected_resources,
             clients: Clients::new(store.clone(), audit.clone(), rules),
             backchannel: Backchannel::new(),
@@ -208,6 +282,12 @@ impl OAuth {
                 std::time::Duration::from_millis(backoff.forget_after_ms.max(1000)),
             ),
             backoff,
+            user_code_backoff: LoginBackoff {
+                free_failures: 10,
+                base_wait_ms: 1_000,
+                max_wait_ms: 15 * 60 * 1000,
+                forget_after_ms: 3600 * 1000,
+            },
             consents: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(super::clients::CACHE_TTL)
@@ -241,6 +321,122 @@ impl OAuth {
     /// Reads an authorization request. Until client and redirect URI are known good, every error is
     /// a page; after that, a redirect to the client with `error`, `state` and `iss`.
     pub async fn authorization_request(&self, p: &Params) -> Result<AuthzRequest, AuthzError> {
+        let Some(uri) = p.get("request_uri") else {
+            return self.read_request(p, false).await;
+        };
+        // RFC 9126 §4: a pushed request; only client_id (and our own _auth_after) travel beside it.
+        let expired = || {
+            AuthzError::Page(
+                "This sign-in request has expired or was used already. Go back to the application and start again."
+                    .into(),
+            )
+        };
+        if p.repeats("request_uri") || p.repeats("client_id") {
+            return Err(AuthzError::Page(
+                "The request names request_uri or client_id more than once.".into(),
+            ));
+        }
+        let Some(client_id) = p.get("client_id") else {
+            return Err(AuthzError::Page(
+                "The request names no client (client_id).".into(),
+            ));
+        };
+        let Some(random) = uri.strip_prefix(REQUEST_URI_PREFIX) else {
+            return Err(expired());
+        };
+        let hash = TokenHash::of(random.as_bytes());
+        let now = Millis::now();
+        let raw = match self
+            .store
+            .open_par(&hash, client_id, now, now.plus_secs(PAR_OPEN_S))
+            .await
+        {
+            Ok(Some(raw)) => raw,
+            Ok(None) => return Err(expired()),
+            Err(_) => {
+                return Err(AuthzError::Page(
+                    "The server could not read the request; try again.".into(),
+                ));
+            }
+        };
+        let extra: Vec<(&str, String)> = p
+            .get("_auth_after")
+            .map(|v| ("_auth_after", v.to_owned()))
+            .into_iter()
+            .collect();
+        let pushed = Params::parse(raw.as_bytes())
+            .and_then(|q| Params::parse(q.encode_without(&["_auth_after"], &extra).as_bytes()))
+            .map_err(|_| expired())?;
+        let mut req = self.read_request(&pushed, true).await?;
+        req.par = Some(hash);
+        Ok(req)
+    }
+
+    /// RFC 9126 §2: checks a pushed request as its authorization request would be, and keeps it for
+    /// 60 s. Errors are JSON (nothing redirects from here).
+    pub async fn push_authorization_request(
+        &self,
+        client: &Client,
+        p: &Params,
+        ctx: &AuditContext,
+    ) -> OAuthResult<(String, i64)> {
+        if p.get("request_uri").is_some() {
+            return Err(OAuthError::invalid_request(
+                "a pushed request cannot itself name a request_uri",
+            ));
+        }
+        let encoded = p.encode_without(
+            &[
+                "client_id",
+                "client_secret",
+                "client_assertion",
+                "client_assertion_type",
+                "_auth_after",
+            ],
+            &[("client_id", client.id.to_string())],
+        );
+        let params = Params::parse(encoded.as_bytes())?;
+        if let Err(e) = self.read_request(&params, true).await {
+            return Err(match e {
+                AuthzError::Page(text) => OAuthError::invalid_request(text),
+                AuthzError::Redirect(reply) => {
+                    let get = |k: &str| {
+                        reply
+                            .params
+                            .iter()
+                            .find(|(n, _)| *n == k)
+                            .map(|(_, v)| v.clone())
+                            .unwrap_or_default()
+                    };
+                    OAuthError::new(authz_error_code(&get("error")), get("error_description"))
+                }
+            });
+        }
+        let random = OpaqueToken::generate("par").map_err(|_| OAuthError::server_error())?;
+        let random = random.expose().to_owned();
+        let now = Millis::now();
+        self.store
+            .insert_par(&ParRow {
+                request_hash: TokenHash::of(random.as_bytes()),
+                client_id: client.id.to_string(),
+                params: encoded,
+                created_at: now,
+                expires_at: now.plus_secs(PAR_TTL_S),
+            })
+            .await?;
+        metrics::counter!("portcullis_oauth_par_total", "outcome" => "pushed").increment(1);
+        self.counts.record(
+            "oauth.par_pushed",
+            Some(client.id.as_str()),
+            json!({}),
+            "ips",
+            ctx.ip.as_deref(),
+        );
+        Ok((format!("{REQUEST_URI_PREFIX}{random}"), PAR_TTL_S))
+    }
+
+    /// Reads the parameters of an authorization request (`pushed`: they came through PAR).
+    async fn read_request(&self, p: &Params, pushed: bool) -> Result<AuthzRequest, AuthzError> {
         for name in ["client_id", "redirect_uri"] {
             if p.repeats(name) {
                 return Err(AuthzError::Page(format!(
@@ -326,8 +522,15 @@ impl OAuth {
         }
         if p.get("request_uri").is_some() {
             return Err(fail(
-                "request_uri_not_supported",
-                "request_uri is not supported".into(),
+                "invalid_request",
+                "a pushed request cannot itself name a request_uri".into(),
+            ));
+        }
+        if !pushed && (client.require_par || self.settings.require_par) {
+            return Err(fail(
+                "invalid_request",
+                "this client pushes its authorization requests to /oauth2/par first (RFC 9126)"
+                    .into(),
             ));
         }
         match p.get("response_type") {
@@ -458,6 +661,7 @@ impl OAuth {
             login_hint,
             resources,
             auth_after,
+            par: None,
         })
     }
 
@@ -580,7 +784,12 @@ impl OAuth {
     }
 
     /// The user said no.
-    pub fn deny(&self, req: &AuthzRequest, b: &Browser, ctx: &AuditContext) -> AuthzReply {
+    pub async fn deny(&self, req: &AuthzRequest, b: &Browser, ctx: &AuditContext) -> AuthzReply {
+        if let Some(h) = &req.par
+            && let Err(e) = self.store.spend_par(h, Millis::now()).await
+        {
+            tracing::warn!(error = %e, "could not spend a pushed request");
+        }
         self.audit.record(
             "oauth.consent_denied",
             Some(b.user_id.as_str()),
@@ -599,8 +808,16 @@ impl OAuth {
         b: &Browser,
         ctx: &AuditContext,
     ) -> OAuthResult<AuthzReply> {
-        let code = OpaqueToken::generate(CODE_PREFIX).map_err(|_| OAuthError::server_error())?;
         let now = Millis::now();
+        // A pushed request leads to one code (RFC 9126 §4: single use).
+        if let Some(h) = &req.par
+            && !self.store.spend_par(h, now).await?
+        {
+            return Err(OAuthError::invalid_request(
+                "this request_uri was used already",
+            ));
+        }
+        let code = OpaqueToken::generate(CODE_PREFIX).map_err(|_| OAuthError::server_error())?;
         let row = CodeRow {
             code_hash: code.hash(),
             client_id: req.client.id.clone(),
@@ -770,6 +987,7 @@ impl OAuth {
         client: &Client,
         p: &Params,
         ctx: &AuditContext,
+        dpop: Option<&str>,
     ) -> OAuthResult<TokenResponse> {
         p.once()?;
         let grant = match p.get("grant_type") {
@@ -778,12 +996,13 @@ impl OAuth {
                 Some(
                     g @ (GrantType::AuthorizationCode
                     | GrantType::RefreshToken
-                    | GrantType::ClientCredentials),
+                    | GrantType::ClientCredentials
+                    | GrantType::DeviceCode),
                 ) => g,
                 _ => {
                     return Err(OAuthError::new(
                         "unsupported_grant_type",
-                        "grant_type is authorization_code, refresh_token or client_credentials",
+                        "grant_type is authorization_code, refresh_token, client_credentials or urn:ietf:params:oauth:grant-type:device_code",
                     ));
                 }
             },
@@ -795,9 +1014,10 @@ impl OAuth {
             )));
         }
         let answer = match grant {
-            GrantType::AuthorizationCode => self.code_grant(client, p, ctx).await,
-            GrantType::RefreshToken => self.refresh_grant(client, p, ctx).await,
-            _ => self.client_credentials_grant(client, p, ctx).await,
+            GrantType::AuthorizationCode => self.code_grant(client, p, ctx, dpop).await,
+            GrantType::RefreshToken => self.refresh_grant(client, p, ctx, dpop).await,
+            GrantType::DeviceCode => self.device_grant(client, p, ctx, dpop).await,
+            _ => self.client_credentials_grant(client, p, ctx, dpop).await,
         };
         let outcome = match &answer {
             Ok(_) => "issued",
@@ -812,6 +1032,7 @@ impl OAuth {
         client: &Client,
         p: &Params,
         ctx: &AuditContext,
+        dpop: Option<&str>,
     ) -> OAuthResult<TokenResponse> {
         let code = p
             .bounded("code", 256)?
@@ -900,67 +1121,29 @@ impl OAuth {
         let scopes = split(&row.scope);
         let refresh = client.allows(GrantType::RefreshToken)
             && (has(&scopes, "offline_access") || !has(&scopes, "openid"));
-        let family_id = refresh.then_some(family_id);
-        let audiences = if audiences.is_empty() {
-            client.audiences.clone()
-        } else {
-            audiences
-        };
-        let (access_token, expires_in) = self
-            .access_token(
+        let answer = self
+            .user_tokens(
                 client,
-                &user.id,
-                &row.scope,
-                row.session_id.clone(),
-                audiences.clone(),
-                jti,
-                family_id.as_ref().map(|f| f.to_string()),
-                now,
+                UserGrant {
+                    user: &user,
+                    scope: &row.scope,
+                    session_id: row.session_id.clone(),
+                    audiences,
+                    auth_time: row.auth_time,
+                    nonce: row.nonce.as_deref(),
+                    jti,
+                    family_id: refresh.then_some(family_id.clone()),
+                    now,
+                    jkt: dpop.map(str::to_owned),
+                },
             )
             .await?;
-        let refresh_token = match &family_id {
-            Some(id) => {
-                let family = NewFamily {
-                    id: id.clone(),
-                    user_id: user.id.clone(),
-                    client_id: client.id.to_string(),
-                    scope: row.scope.clone(),
-                    session_id: row.session_id.clone(),
-                    created_at: now,
-                    expires_at: now.plus_secs(self.tokens.family_ttl_s()),
-                    audiences: Some(
-                        serde_json::to_string(&audiences).unwrap_or_else(|_| "[]".into()),
-                    ),
-                    auth_time: Some(row.auth_time),
-                };
-                Some(self.tokens.start_family(&family).await?.0)
-            }
-            None => None,
-        };
         // A replay that raced this redemption found the family not yet stored: end it now.
-        if let Some(id) = &family_id
-            && self.store.code_replayed(&hash).await?
-        {
-            {
-                self.store
-                    .revoke_family(id.as_str(), Millis::now(), "code_replayed")
-                    .await?;
-            }
+        if refresh && self.store.code_replayed(&hash).await? {
+            self.store
+                .revoke_family(family_id.as_str(), Millis::now(), "code_replayed")
+                .await?;
         }
-        let id_token = if has(&scopes, "openid") {
-            Some(self.id_token(
-                client,
-                &user,
-                &scopes,
-                row.auth_time,
-                row.nonce.as_deref(),
-                row.session_id.as_deref(),
-                &access_token,
-                now,
-            )?)
-        } else {
-            None
-        };
         metrics::counter!("portcullis_oauth_codes_total", "outcome" => "redeemed").increment(1);
         self.audit.record(
             "oauth.code_redeemed",
@@ -969,10 +1152,73 @@ impl OAuth {
             ctx,
             json!({ "scope": row.scope, "refresh": refresh }),
         );
+        Ok(answer)
+    }
+
+    /// The tokens of a grant a user made (a code, a device approval): the access token, a refresh
+    /// token when `family_id` is named, an ID token when `openid` was granted.
+    async fn user_tokens(&self, client: &Client, g: UserGrant<'_>) -> OAuthResult<TokenResponse> {
+        let scopes = split(g.scope);
+        let audiences = if g.audiences.is_empty() {
+            client.audiences.clone()
+        } else {
+            g.audiences
+        };
+        let (access_token, expires_in) = self
+            .access_token(
+                client,
+                &g.user.id,
+                g.scope,
+                g.session_id.clone(),
+                audiences.clone(),
+                g.jti,
+                g.family_id.as_ref().map(|f| f.to_string()),
+                g.now,
+                g.jkt.as_deref(),
+            )
+            .await?;
+        let refresh_token = match &g.family_id {
+            Some(id) => {
+                let family = NewFamily {
+                    id: id.clone(),
+                    user_id: g.user.id.clone(),
+                    client_id: client.id.to_string(),
+                    scope: g.scope.to_owned(),
+                    session_id: g.session_id.clone(),
+                    created_at: g.now,
+                    expires_at: g.now.plus_secs(self.tokens.family_ttl_s()),
+                    audiences: Some(
+                        serde_json::to_string(&audiences).unwrap_or_else(|_| "[]".into()),
+                    ),
+                    auth_time: Some(g.auth_time),
+                    dpop_jkt: g
+                        .jkt
+                        .clone()
+                        .filter(|_| client.client_type == ClientType::Public),
+                };
+                Some(self.tokens.start_family(&family).await?.0)
+            }
+            None => None,
+        };
+        let id_token = if has(&scopes, "openid") {
+            Some(self.id_token(
+                client,
+                g.user,
+                &scopes,
+                g.auth_time,
+                g.nonce,
+                g.session_id.as_deref(),
+                &access_token,
+                g.now,
+            )?)
+        } else {
+            None
+        };
         Ok(TokenResponse {
+            token_type: token_type(g.jkt.as_deref()),
             access_token,
             expires_in,
-            scope: row.scope,
+            scope: g.scope.to_owned(),
             refresh_token,
             id_token,
         })
@@ -1014,6 +1260,7 @@ impl OAuth {
         client: &Client,
         p: &Params,
         ctx: &AuditContext,
+        dpop: Option<&str>,
     ) -> OAuthResult<TokenResponse> {
         let raw = p
             .bounded("refresh_token", 256)?
@@ -1035,6 +1282,28 @@ impl OAuth {
                 json!({ "reason": "other_client" }),
             );
             return Err(bad());
+        }
+        // A bound family (a public client's, RFC 9449 §5) rotates only with a proof by its key;
+        // checked before anything is spent, so a stolen token alone cannot end the family.
+        if let Some(bound) = &family.dpop_jkt
+            && !dpop.is_some_and(|jkt| {
+                bool::from(subtle::ConstantTimeEq::ct_eq(
+                    jkt.as_bytes(),
+                    bound.as_bytes(),
+                ))
+            })
+        {
+            self.audit.record(
+                "oauth.refresh_refused",
+                Some(&family.user_id),
+                Some(client.id.as_str()),
+                ctx,
+                json!({ "reason": "dpop_key" }),
+            );
+            return Err(OAuthError::new(
+                "invalid_dpop_proof",
+                "this refresh token is bound to a DPoP key: send a proof made with it",
+            ));
         }
         let granted = split(&family.scope);
         let scopes = match p.bounded("scope", MAX_SCOPE_LEN)? {
@@ -1083,6 +1352,7 @@ impl OAuth {
                 Tokens::new_jti(now),
                 Some(rotated.family.id.clone()),
                 now,
+                dpop,
             )
             .await?;
         let id_token = if has(&scopes, "openid") {
@@ -1101,6 +1371,7 @@ impl OAuth {
             None
         };
         Ok(TokenResponse {
+            token_type: token_type(dpop),
             access_token,
             expires_in,
             scope,
@@ -1114,6 +1385,7 @@ impl OAuth {
         client: &Client,
         p: &Params,
         ctx: &AuditContext,
+        dpop: Option<&str>,
     ) -> OAuthResult<TokenResponse> {
         if client.client_type != ClientType::Confidential {
             return Err(OAuthError::unauthorized_client(
@@ -1162,6 +1434,7 @@ impl OAuth {
                 Tokens::new_jti(now),
                 None,
                 now,
+                dpop,
             )
             .await?;
         // Machine tokens are many: counted per client and interval, not written one by one.
@@ -1173,6 +1446,7 @@ impl OAuth {
             ctx.ip.as_deref(),
         );
         Ok(TokenResponse {
+            token_type: token_type(dpop),
             access_token,
             expires_in,
             scope,
@@ -1193,6 +1467,7 @@ impl OAuth {
         jti: String,
         family_id: Option<String>,
         now: Millis,
+        jkt: Option<&str>,
     ) -> OAuthResult<(String, i64)> {
         let ttl = self.tokens.access_ttl_s();
         match client.token_format {
@@ -1203,6 +1478,7 @@ impl OAuth {
                     scope: scope.to_owned(),
                     sid,
                     audiences,
+                    jkt: jkt.map(str::to_owned),
                 };
                 let (token, _) = self.tokens.sign_access(grant, jti, now)?;
                 Ok((token, ttl))
@@ -1227,6 +1503,7 @@ impl OAuth {
                     created_at: now,
                     expires_at: now.plus_secs(ttl),
                     revoked_at: None,
+                    dpop_jkt: jkt.map(str::to_owned),
                 };
                 self.store.insert_opaque_access(&row).await?;
                 metrics::counter!("portcullis_tokens_issued_total", "kind" => "opaque_access")
@@ -1409,6 +1686,9 @@ impl OAuth {
             client_id: row.client_id.to_string(),
             scope: row.scope,
             sid: row.session_id,
+            cnf: row
+                .dpop_jkt
+                .map(|jkt| portcullis_core::jwt::Confirmation { jkt }),
         }))
     }
 
@@ -1462,7 +1742,11 @@ impl OAuth {
 
     /// OIDC Core §5.3: the claims of the user an access token with `openid` speaks for, and the
     /// token's client.
-    pub async fn userinfo(&self, token: &str) -> OAuthResult<(Value, String)> {
+    pub async fn userinfo(
+        &self,
+        token: &str,
+        dpop: Option<(&str, &crate::auth::Auth, crate::auth::Target<'_>)>,
+    ) -> OAuthResult<(Value, String)> {
         let invalid = || OAuthError::bearer(401, "invalid_token", "the access token is not valid");
         let claims = if let Ok(t) = OpaqueToken::parse(OPAQUE_PREFIX, token) {
             self.opaque_claims(&t).await?.ok_or_else(invalid)?
@@ -1474,6 +1758,28 @@ impl OAuth {
                 .map_err(|_| invalid())?)
             .clone()
         };
+        match (dpop, &claims.cnf) {
+            (None, None) => {}
+            (None, Some(_)) => {
+                let mut e = OAuthError::bearer(
+                    401,
+                    "invalid_token",
+                    "this access token is bound to a DPoP key: present it with the DPoP scheme and a proof",
+                );
+                e.challenge = e
+                    .challenge
+                    .map(|c| format!("{c}, {}", crate::tokens::dpop::CHALLENGE));
+                return Err(e);
+            }
+            (Some((proof, auth, target)), _) => {
+                if let Err(e) = auth.check_dpop(&claims, token, proof, target).await {
+                    let mut err = OAuthError::new("invalid_dpop_proof", e.to_string());
+                    err.status = 401;
+                    err.challenge = Some(crate::tokens::dpop::INVALID_CHALLENGE.into());
+                    return Err(err);
+                }
+            }
+        }
         let scopes = split(&claims.scope);
         if !has(&scopes, "openid") {
             return Err(OAuthError::bearer(
@@ -1594,8 +1900,15 @@ fn access_view(c: &AccessClaims, token_type: &str) -> Value {
         "jti": c.jti,
         "aud": match c.aud.as_slice() { [one] => json!(one), many => json!(many) },
     });
-    if let (Some(sid), Some(obj)) = (&c.sid, v.as_object_mut()) {
-        obj.insert("sid".into(), sid.clone().into());
+    if let Some(obj) = v.as_object_mut() {
+        if let Some(sid) = &c.sid {
+            obj.insert("sid".into(), sid.clone().into());
+        }
+        // RFC 9449 §6.2: a bound token says so, and by which key.
+        if let Some(cnf) = &c.cnf {
+            obj.insert("token_type".into(), "DPoP".into());
+            obj.insert("cnf".into(), json!({ "jkt": cnf.jkt }));
+        }
     }
     v
 }

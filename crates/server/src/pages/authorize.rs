@@ -25,7 +25,7 @@ use crate::sessions::CookieSession;
 /// The script of the form-post page, allowed by its hash and nothing else.
 const FORM_POST_SCRIPT: &str = "document.getElementById(\"form-post\").submit();";
 
-fn browser_of(s: &CookieSession) -> Browser {
+pub(super) fn browser_of(s: &CookieSession) -> Browser {
     Browser {
         user_id: s.row.user_id.clone(),
         session_id: s.row.id.clone(),
@@ -258,7 +258,7 @@ pub async fn consent_submit(
             Ok(r) => reply(&state, r),
             Err(e) => reply(&state, state.oauth.refuse(&req, e.code, &e.description)),
         },
-        Some("deny") => reply(&state, state.oauth.deny(&req, &b, &ctx)),
+        Some("deny") => reply(&state, state.oauth.deny(&req, &b, &ctx).await),
         _ => error_page(&state, "Choose Allow or Deny."),
     }
 }

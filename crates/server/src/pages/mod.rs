@@ -9,6 +9,7 @@
 
 mod account;
 pub(crate) mod authorize;
+mod device;
 mod login;
 
 use std::collections::HashMap;
@@ -44,6 +45,7 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../templates/form_post.html"),
     ),
     ("logout.html", include_str!("../../templates/logout.html")),
+    ("device.html", include_str!("../../templates/device.html")),
 ];
 const STYLESHEET: &str = include_str!("../../assets/portcullis.css");
 
@@ -289,6 +291,10 @@ pub fn routes<S>(app: AppState, pages: Pages) -> Router<S> {
             get(authorize::authorize).post(authorize::authorize),
         )
         .route("/consent", post(authorize::consent_submit))
+        .route(
+            "/device",
+            get(device::device_page).post(device::device_submit),
+        )
         .route(
             "/oauth2/logout",
             get(authorize::logout).post(authorize::logout),

@@ -44,6 +44,8 @@ pub struct AccessGrant {
     pub sid: Option<String>,
     /// Empty: the configured audience.
     pub audiences: Vec<String>,
+    /// The DPoP key the token is bound to (`cnf.jkt`).
+    pub jkt: Option<String>,
 }
 
 /// A refresh token spent and its successor issued, with the family it belongs to.
@@ -160,6 +162,9 @@ impl Tokens {
             client_id: grant.client_id,
             scope: grant.scope,
             sid: grant.sid,
+            cnf: grant
+                .jkt
+                .map(|jkt| portcullis_core::jwt::Confirmation { jkt }),
         };
         let token = self
             .keys
@@ -187,6 +192,7 @@ impl Tokens {
             scope: scope.to_owned(),
             sid,
             audiences: Vec::new(),
+            jkt: None,
         };
         let (token, _) = self.sign_access(grant, jti_at(now), now)?;
         Ok((token, self.settings.access_ttl_s))
@@ -207,6 +213,7 @@ impl Tokens {
             expires_at: now.plus_secs(self.settings.family_ttl_s),
             audiences: None,
             auth_time: None,
+            dpop_jkt: None,
         };
         let first = NextToken {
             id: RefreshTokenId::generate(),

@@ -385,6 +385,7 @@ async fn the_openapi_document_covers_every_route_the_router_serves() {
                         "/metrics",
                         "/oauth2/",
                         "/consent",
+                        "/device",
                         "/.well-known/openid-configuration",
                         "/.well-known/oauth-authorization-server",
                         // Paths of any depth, which OpenAPI cannot state.

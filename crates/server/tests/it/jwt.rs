@@ -34,6 +34,7 @@ pub(crate) fn claims(app: &TestApp, sub: &str) -> AccessClaims {
         client_id: "portcullis".into(),
         scope: String::new(),
         sid: None,
+        cnf: None,
     }
 }
 

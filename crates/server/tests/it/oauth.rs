@@ -70,7 +70,7 @@ pub async fn web_client(app: &TestApp, root: &str) -> Value {
     .await
 }
 
-fn form_value(html: &str, name: &str) -> String {
+pub fn form_value(html: &str, name: &str) -> String {
     let at = html
         .find(&format!("name=\"{name}\" value=\""))
         .unwrap_or_else(|| panic!("no {name} in {html}"));
@@ -84,7 +84,7 @@ fn form_value(html: &str, name: &str) -> String {
         .replace("&#x27;", "'")
 }
 
-fn query_of(location: &str) -> Vec<(String, String)> {
+pub fn query_of(location: &str) -> Vec<(String, String)> {
     let q = location.split_once('?').map(|(_, q)| q).unwrap_or_default();
     url_pairs(q)
 }
@@ -97,7 +97,7 @@ fn url_pairs(q: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+pub fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
     pairs
         .iter()
         .find(|(k, _)| k == name)
@@ -494,10 +494,9 @@ async fn code_flow_through_login_and_consent_issues_verified_tokens(b: Backend) 
         let r = app.client.get(url).send().await.unwrap();
         assert_ne!(r.status(), StatusCode::NOT_FOUND, "{endpoint} {url}");
     }
-    assert!(
-        one.get("device_authorization_endpoint").is_none()
-            && one.get("registration_endpoint").is_none()
-    );
+    // Served: the device endpoint; off by default: dynamic registration.
+    assert!(one.get("device_authorization_endpoint").is_some());
+    assert!(one.get("registration_endpoint").is_none());
     app.wait_for_audit(&root, "oauth.code_redeemed").await;
     app.stop().await;
 }

@@ -222,6 +222,32 @@ impl TestApp {
 
     /// Runs one SQL statement on the test's database, beside the server (to set up states that only
     /// time would otherwise make, such as a signing key a month old).
+    /// The one integer a query answers (`SELECT COUNT(*) …`), read straight from the database.
+    pub async fn scalar_i64(&self, sql: &str) -> i64 {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        match &self.schema {
+            Some(schema) => {
+                let mut conn = schema.connect().await;
+                sqlx::query_scalar::<_, i64>(sql)
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap()
+            }
+            None => {
+                let opts = sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(self.state().config.sqlite_path())
+                    .busy_timeout(std::time::Duration::from_secs(5));
+                let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&opts)
+                    .await
+                    .unwrap();
+                sqlx::query_scalar::<_, i64>(sql)
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap()
+            }
+        }
+    }
+
     pub async fn execute_sql(&self, sql: &str) {
         match &self.schema {
             Some(schema) => {

@@ -303,6 +303,7 @@ pub fn new_family(user_id: &str, created_at: Millis, lifetime_ms: i64) -> NewFam
         expires_at: created_at.plus_millis(lifetime_ms),
         audiences: None,
         auth_time: None,
+        dpop_jkt: None,
     }
 }
 
