@@ -11,12 +11,16 @@ use portcullis_core::jwt::{JwsAlg, MAX_LEEWAY_S};
 use portcullis_core::passwords::{Argon2Params, PasswordPolicy};
 use serde::{Deserialize, Serialize};
 
-/// The master key given in configuration: a secret, redacted in `Debug` and never serialized.
+/// A secret given in configuration (the master key, an initial access token): redacted in `Debug`
+/// and never serialized.
 #[derive(Clone, Deserialize)]
 #[serde(transparent)]
-pub struct MasterKeyHex(secrecy::SecretString);
+pub struct SecretSetting(secrecy::SecretString);
 
-impl MasterKeyHex {
+/// The master key, as hex.
+pub type MasterKeyHex = SecretSetting;
+
+impl SecretSetting {
     pub fn new(hex: String) -> Self {
         Self(secrecy::SecretString::from(hex))
     }
@@ -26,7 +30,7 @@ impl MasterKeyHex {
     }
 }
 
-impl Serialize for MasterKeyHex {
+impl Serialize for SecretSetting {
     /// Configuration is serialized only for its defaults (where this is unset) and its key list; a
     /// set key is written as `[redacted]`, never as itself.
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -34,7 +38,7 @@ impl Serialize for MasterKeyHex {
     }
 }
 
-impl std::fmt::Debug for MasterKeyHex {
+impl std::fmt::Debug for SecretSetting {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("[redacted]")
     }
@@ -171,6 +175,17 @@ pub struct Config {
     /// Require DPoP server nonces (RFC 9449 §8) at the token endpoint: a proof without this
     /// server's current nonce is answered `use_dpop_nonce` with one in `DPoP-Nonce`.
     pub oauth_dpop_nonce: bool,
+    /// Serve RFC 7591 dynamic client registration at `/oauth2/register` (and RFC 7592 management).
+    pub oauth_dynamic_registration: bool,
+    /// When set, registrations must present it as `Authorization: Bearer` (an initial access
+    /// token, RFC 7591 §3). Kept in memory as SHA-256 only.
+    pub oauth_registration_token: Option<SecretSetting>,
+    /// Scopes a dynamically registered client may ask for, beyond OpenID Connect's and those the
+    /// route rules require.
+    pub oauth_registration_scopes: Vec<String>,
+    /// Registrations one address may make per `oauth_registration_ip_period_s`.
+    pub oauth_registration_ip_limit: u32,
+    pub oauth_registration_ip_period_s: u64,
     /// A session unused for this long ends (seconds).
     pub session_idle_timeout_s: i64,
     /// A session ends this long after login, however busy (seconds).
@@ -270,6 +285,11 @@ impl Default for Config {
             oauth_device_poll_interval_s: 5,
             oauth_require_par: false,
             oauth_dpop_nonce: false,
+            oauth_dynamic_registration: false,
+            oauth_registration_token: None,
+            oauth_registration_scopes: Vec::new(),
+            oauth_registration_ip_limit: 10,
+            oauth_registration_ip_period_s: 3600,
             session_idle_timeout_s: 30 * 60,
             session_absolute_timeout_s: 24 * 3600,
             trusted_proxies: Vec::new(),
@@ -482,6 +502,19 @@ impl Config {
             return err("api_key_cache_ttl_s must be 1..=3600, api_key_meta_max_bytes 64..=65536, \
                  api_key_max_grace_s 0..=31536000, api_key_retention_days 0..=3650 and verify_audit_interval_ms 100..=3600000"
                 .into());
+        }
+        if self.oauth_registration_ip_limit == 0 || self.oauth_registration_ip_period_s == 0 {
+            return err(
+                "oauth_registration_ip_limit and oauth_registration_ip_period_s must be positive"
+                    .into(),
+            );
+        }
+        if self
+            .oauth_registration_token
+            .as_ref()
+            .is_some_and(|t| t.expose().len() < 32)
+        {
+            return err("oauth_registration_token must be at least 32 characters".into());
         }
         if !(1..=60).contains(&self.oauth_device_poll_interval_s) {
             return err("oauth_device_poll_interval_s must be 1..=60".into());

@@ -33,6 +33,7 @@ mod maintenance;
 mod oauth;
 mod par;
 mod refresh;
+mod registrations;
 mod sessions;
 mod signature_keys;
 mod signing_keys;
@@ -47,6 +48,7 @@ pub use oauth::{
 };
 pub use par::{ParRow, ParStore};
 pub use refresh::{FamilyRow, NewFamily, NextToken, RefreshTokenStore, Rotation};
+pub use registrations::{RegistrationRow, RegistrationStore};
 pub use sessions::{SessionRow, SessionStore};
 pub use signature_keys::{SignatureKeyRow, SignatureKeyStore};
 pub use signing_keys::{SigningKeyRow, SigningKeyStore};

@@ -185,6 +185,19 @@ pub async fn services(
         crate::oauth::service::OAuthSettings {
             device_poll_interval_s: config.oauth_device_poll_interval_s,
             require_par: config.oauth_require_par,
+            dynamic_registration: config.oauth_dynamic_registration,
+            registration_token_hash: config
+                .oauth_registration_token
+                .as_ref()
+                .map(|t| portcullis_core::secrets::TokenHash::of(t.expose().as_bytes())),
+            registration_scopes: crate::oauth::service::registration::registration_scopes(
+                &config.oauth_registration_scopes,
+                &config.route,
+            ),
+            registration_rate: crate::oauth::service::registration::registration_rate(
+                config.oauth_registration_ip_limit,
+                config.oauth_registration_ip_period_s,
+            ),
         },
     ));
     let auth = Arc::new(Auth::new(

@@ -271,6 +271,179 @@ fn with_dpop_nonce(state: &AppState, res: &mut Response, nonce: Option<&str>) {
     }
 }
 
+/// A registration endpoint's answer (RFC 7591 §3.2, RFC 7592 §2).
+fn registration_answer(
+    r: Result<(StatusCode, Option<Value>), crate::oauth::service::registration::RegistrationError>,
+) -> Response {
+    use crate::oauth::service::registration::RegistrationError as E;
+    let (status, body) = match r {
+        Ok((status, body)) => (status, body),
+        Err(E::Disabled) => (
+            StatusCode::NOT_FOUND,
+            Some(
+                json!({"error": "not_found", "error_description": "dynamic client registration is off (oauth_dynamic_registration)"}),
+            ),
+        ),
+        Err(E::InvalidToken) => {
+            let mut res = json_no_store(
+                StatusCode::UNAUTHORIZED,
+                json!({"error": "invalid_token", "error_description": "the access token is missing or not valid for this registration"}),
+            );
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+            return res;
+        }
+        Err(E::Throttled(secs)) => {
+            let mut res = json_no_store(
+                StatusCode::TOO_MANY_REQUESTS,
+                json!({"error": "temporarily_unavailable", "error_description": format!("too many registrations from this address; try again in {secs} s")}),
+            );
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                res.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            return res;
+        }
+        Err(E::RedirectUri(d)) => (
+            StatusCode::BAD_REQUEST,
+            Some(json!({"error": "invalid_redirect_uri", "error_description": d})),
+        ),
+        Err(E::Metadata(d)) => (
+            StatusCode::BAD_REQUEST,
+            Some(json!({"error": "invalid_client_metadata", "error_description": d})),
+        ),
+        Err(E::Internal) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Some(
+                json!({"error": "server_error", "error_description": "the server could not complete the registration"}),
+            ),
+        ),
+    };
+    match body {
+        Some(b) => json_no_store(status, b),
+        None => {
+            let mut res = status.into_response();
+            no_store(&mut res);
+            res
+        }
+    }
+}
+
+/// A registration body: a JSON object, bounded.
+async fn registration_body(
+    req: Request,
+    state: &AppState,
+) -> Result<serde_json::Map<String, Value>, Response> {
+    use crate::oauth::service::registration::{MAX_METADATA_BYTES, RegistrationError};
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .eq_ignore_ascii_case("application/json")
+        });
+    if !is_json {
+        return Err(registration_answer(Err(RegistrationError::Metadata(
+            "send the metadata as application/json".into(),
+        ))));
+    }
+    let bytes = body_bytes(req, state)
+        .await
+        .map_err(|e| registration_answer(Err(RegistrationError::Metadata(e.to_string()))))?;
+    if bytes.len() > MAX_METADATA_BYTES {
+        return Err(registration_answer(Err(RegistrationError::Metadata(
+            format!("the metadata is at most {MAX_METADATA_BYTES} bytes"),
+        ))));
+    }
+    serde_json::from_slice(&bytes).map_err(|_| {
+        registration_answer(Err(RegistrationError::Metadata(
+            "the metadata is a JSON object".into(),
+        )))
+    })
+}
+
+fn bearer_of(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
+}
+
+/// `POST /oauth2/register` (RFC 7591).
+pub async fn register(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    AuditCtx(ctx): AuditCtx,
+    req: Request,
+) -> Response {
+    if !state.oauth.registration_enabled() {
+        return registration_answer(Err(
+            crate::oauth::service::registration::RegistrationError::Disabled,
+        ));
+    }
+    let headers = req.headers().clone();
+    let metadata = match registration_body(req, &state).await {
+        Ok(m) => m,
+        Err(res) => return res,
+    };
+    let r = state
+        .oauth
+        .register_client(&metadata, bearer_of(&headers), Some(ip.0), &ctx)
+        .await
+        .map(|r| (StatusCode::CREATED, Some(r.body)));
+    let mut res = registration_answer(r);
+    // Browser-based clients (an MCP inspector) register too; the endpoint takes no cookies.
+    if headers.contains_key(header::ORIGIN) {
+        res.headers_mut().insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+    }
+    res
+}
+
+/// `GET`, `PUT` and `DELETE /oauth2/register/{client_id}` (RFC 7592).
+pub async fn manage_registration(
+    State(state): State<AppState>,
+    AuditCtx(ctx): AuditCtx,
+    Path(id): Path<String>,
+    req: Request,
+) -> Response {
+    let headers = req.headers().clone();
+    let token = bearer_of(&headers);
+    let r = match *req.method() {
+        Method::GET => state
+            .oauth
+            .read_registration(&id, token)
+            .await
+            .map(|r| (StatusCode::OK, Some(r.body))),
+        Method::PUT => {
+            let metadata = match registration_body(req, &state).await {
+                Ok(m) => m,
+                Err(res) => return res,
+            };
+            state
+                .oauth
+                .replace_registration(&id, token, &metadata, &ctx)
+                .await
+                .map(|r| (StatusCode::OK, Some(r.body)))
+        }
+        _ => state
+            .oauth
+            .delete_registration(&id, token, &ctx)
+            .await
+            .map(|()| (StatusCode::NO_CONTENT, None)),
+    };
+    registration_answer(r)
+}
+
 /// `POST /oauth2/par` (RFC 9126 §2): the client authenticates as at the token endpoint and pushes
 /// its authorization request; 201 with the `request_uri` to send the browser with.
 pub async fn par(
@@ -469,6 +642,7 @@ pub async fn discovery(State(state): State<AppState>) -> Response {
         "pushed_authorization_request_endpoint": at("/oauth2/par"),
         "require_pushed_authorization_requests": state.config.oauth_require_par,
         "dpop_signing_alg_values_supported": crate::tokens::dpop::ALGS,
+        "registration_endpoint": state.oauth.registration_enabled().then(|| at("/oauth2/register")),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query", "form_post"],
         "grant_types_supported": [
@@ -494,6 +668,11 @@ pub async fn discovery(State(state): State<AppState>) -> Response {
         "backchannel_logout_supported": true,
         "backchannel_logout_session_supported": true,
     });
+    let mut doc = doc;
+    if let Some(o) = doc.as_object_mut() {
+        // What is off is not advertised at all.
+        o.retain(|_, v| !v.is_null());
+    }
     (
         [
             (
@@ -515,6 +694,13 @@ pub fn protocol_routes() -> Router<AppState> {
     Router::new()
         .route("/oauth2/token", post(token).options(preflight))
         .route("/oauth2/par", post(par).options(preflight))
+        .route("/oauth2/register", post(register).options(preflight))
+        .route(
+            "/oauth2/register/{client_id}",
+            get(manage_registration)
+                .put(manage_registration)
+                .delete(manage_registration),
+        )
         .route(
             "/oauth2/device_authorization",
             post(device_authorization).options(preflight),

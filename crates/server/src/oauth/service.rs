@@ -22,6 +22,7 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 mod device;
+pub mod registration;
 
 pub use device::{DEVICE_CODE_PREFIX, DeviceAuthorization, DeviceRequest, UserCodeRefused};
 
@@ -175,6 +176,14 @@ pub struct OAuthSettings {
     pub device_poll_interval_s: i64,
     /// `oauth_require_par`: every client must push its authorization requests.
     pub require_par: bool,
+    /// `oauth_dynamic_registration`.
+    pub dynamic_registration: bool,
+    /// SHA-256 of `oauth_registration_token`, the initial access token registrations need.
+    pub registration_token_hash: Option<TokenHash>,
+    /// What a registered client may ask for.
+    pub registration_scopes: Vec<String>,
+    /// Registrations per address.
+    pub registration_rate: portcullis_core::ratelimit::RatePolicy,
 }
 
 impl Default for OAuthSettings {
@@ -182,6 +191,10 @@ impl Default for OAuthSettings {
         Self {
             device_poll_interval_s: 5,
             require_par: false,
+            dynamic_registration: false,
+            registration_token_hash: None,
+            registration_scopes: Vec::new(),
+            registration_rate: registration::registration_rate(10, 3600),
         }
     }
 }

@@ -25,6 +25,7 @@ mod oauth;
 mod oauth_device;
 mod oauth_dpop;
 mod oauth_par;
+mod oauth_registration;
 mod oidc_rp;
 mod pages;
 mod sessions;
