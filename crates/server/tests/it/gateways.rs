@@ -18,7 +18,8 @@ use crate::support::{Backend, TestApp};
 
 on_both_stores!(
     nginx_auth_request_protects_an_upstream,
-    caddy_forward_auth_protects_an_upstream
+    caddy_forward_auth_protects_an_upstream,
+    the_mcp_sdk_authorizes_itself_for_an_mcp_server_behind_nginx,
 );
 
 fn examples() -> PathBuf {
@@ -104,12 +105,15 @@ fn rewritten(file: &str, portcullis: &str, upstream: SocketAddr) -> String {
 }
 
 async fn nginx(portcullis: &str, upstream: SocketAddr) -> Option<Gateway> {
+    nginx_on(free_port(), portcullis, upstream).await
+}
+
+async fn nginx_on(port: u16, portcullis: &str, upstream: SocketAddr) -> Option<Gateway> {
     let Some(bin) = binary("nginx") else {
         eprintln!("skipped: nginx is not installed (apt-get install nginx)");
         return None;
     };
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let server = rewritten("nginx/portcullis.conf", portcullis, upstream).replace(
         "listen 127.0.0.1:8080;",
         &format!("listen 127.0.0.1:{port};"),
@@ -439,6 +443,49 @@ async fn caddy_forward_auth_protects_an_upstream(b: Backend) {
         return;
     };
     through(&app, &gw.base).await;
+    drop(gw);
+    app.stop().await;
+}
+
+/// MCP readiness (issue 14): the MCP TypeScript SDK's client, pointed at an MCP server that nginx
+/// protects with the shipped config, gets the 401, discovers Portcullis (RFC 9728, RFC 8414),
+/// registers itself (RFC 7591), runs code + PKCE with `resource` through the real login and consent
+/// pages, and calls a tool with the token (`interop/node/mcp_client.mjs`).
+async fn the_mcp_sdk_authorizes_itself_for_an_mcp_server_behind_nginx(b: Backend) {
+    let gateway_port = free_port();
+    let resource = format!("http://127.0.0.1:{gateway_port}/mcp");
+    let app = TestApp::spawn_with(b, |c| {
+        c.trusted_proxies = vec!["127.0.0.1".into()];
+        c.oauth_dynamic_registration = true;
+        c.route = vec![portcullis_server::forward_auth::RouteRule {
+            path: "/mcp".into(),
+            scopes: vec!["mcp:tools".into()],
+            resource: Some(resource.clone()),
+            ..Default::default()
+        }];
+    })
+    .await;
+    let user = app.register("mcp@example.com").await;
+    let upstream_port = free_port();
+    let upstream: SocketAddr = format!("127.0.0.1:{upstream_port}").parse().unwrap();
+    let portcullis = app.base.trim_start_matches("http://").to_owned();
+    let Some(gw) = nginx_on(gateway_port, &portcullis, upstream).await else {
+        return;
+    };
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg(crate::interop::interop_dir().join("node/mcp_client.mjs"))
+        .args(["--resource", &resource])
+        .args(["--listen", &upstream_port.to_string()])
+        .args(["--issuer", &app.base])
+        .args(["--email", "mcp@example.com"])
+        .args(["--password", crate::support::PASSWORD])
+        .args(["--user-id", user["id"].as_str().unwrap()]);
+    let Some((status, stdout, stderr)) =
+        crate::interop::run_outside("MCP TypeScript SDK", cmd, Duration::from_secs(90)).await
+    else {
+        return;
+    };
+    crate::interop::finished("mcp_client.mjs", status, &stdout, &stderr);
     drop(gw);
     app.stop().await;
 }

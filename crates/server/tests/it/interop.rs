@@ -11,7 +11,7 @@ use portcullis_core::jwt::JwsAlg;
 
 use crate::support::{Backend, TestApp};
 
-fn interop_dir() -> std::path::PathBuf {
+pub fn interop_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../interop")
 }
 
@@ -100,7 +100,7 @@ async fn node_jose_verifies_our_tokens_and_rejects_tampered_ones() {
 
 /// An outside scenario exited 0 and printed its last line, "every check passed" (a script that
 /// exits 0 half-way through fails here).
-fn finished(what: &str, status: std::process::ExitStatus, stdout: &str, stderr: &str) {
+pub fn finished(what: &str, status: std::process::ExitStatus, stdout: &str, stderr: &str) {
     assert!(
         status.success(),
         "{what} failed ({status}):\n{stdout}\n{stderr}"
@@ -116,7 +116,7 @@ fn finished(what: &str, status: std::process::ExitStatus, stdout: &str, stderr: 
 
 /// What an outside program printed, or `None` when it is not there to run (skipped, or failed under
 /// PORTCULLIS_REQUIRE_INTEROP=1): it could not start, or exited 3 (its runtime or library missing).
-async fn run_outside(
+pub async fn run_outside(
     label: &str,
     mut cmd: tokio::process::Command,
     limit: std::time::Duration,
