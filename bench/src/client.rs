@@ -50,6 +50,7 @@ fn token() -> Result<(String, serde_json::Value)> {
         scope: "orders:read".into(),
         sid: None,
         cnf: None,
+        act: None,
     };
     let token = key.sign("at+jwt", &claims).map_err(|e| anyhow!("{e}"))?;
     let jwk = key

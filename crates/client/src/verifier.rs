@@ -326,6 +326,7 @@ impl Verifier {
                 .map(|jkt| portcullis_core::jwt::Confirmation {
                     jkt: jkt.to_owned(),
                 }),
+            act: v.get("act").filter(|a| a.is_object()).cloned(),
         };
         let p = Arc::new(principal(&claims, AuthMethod::OAuth));
         inner

@@ -140,6 +140,9 @@ pub struct AccessClaims {
     /// RFC 9449 §6.1: the DPoP key the token is bound to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cnf: Option<Confirmation>,
+    /// RFC 8693 §4.1: who acts for `sub` (a token exchange's actor, nested for a chain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<serde_json::Value>,
 }
 
 /// A token's confirmation claim (RFC 7800): here only `jkt`, the RFC 7638 thumbprint of a DPoP key.
@@ -855,6 +858,7 @@ fn parse_claims(payload: &[u8]) -> Result<AccessClaims, JwtError> {
                     .to_owned(),
             }),
         },
+        act: obj.get("act").filter(|a| a.is_object()).cloned(),
     })
 }
 
@@ -909,6 +913,7 @@ mod tests {
             scope: "account".into(),
             sid: None,
             cnf: None,
+            act: None,
         }
     }
 

@@ -206,18 +206,11 @@ pub fn parse(
     };
     for raw in raw_grants {
         match GrantType::parse(raw) {
-            Some(g @ GrantType::TokenExchange) => {
-                errors.push(FieldError::new(
-                    "grant_types",
-                    "unsupported",
-                    format!("{} is not served yet", g.as_str()),
-                ));
-            }
             Some(g) => grant_types.push(g),
             None => errors.push(FieldError::new(
                 "grant_types",
                 "invalid",
-                "grant types are authorization_code, refresh_token, client_credentials and urn:ietf:params:oauth:grant-type:device_code (never implicit or password)",
+                "grant types are authorization_code, refresh_token, client_credentials, urn:ietf:params:oauth:grant-type:device_code and urn:ietf:params:oauth:grant-type:token-exchange (never implicit or password)",
             )),
         }
     }

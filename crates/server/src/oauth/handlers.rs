@@ -114,6 +114,9 @@ fn token_json(t: TokenResponse) -> Response {
         if let Some(id) = t.id_token {
             obj.insert("id_token".into(), id.into());
         }
+        if let Some(issued) = t.issued_token_type {
+            obj.insert("issued_token_type".into(), issued.into());
+        }
     }
     json_no_store(StatusCode::OK, body)
 }
@@ -650,6 +653,7 @@ pub async fn discovery(State(state): State<AppState>) -> Response {
             GrantType::RefreshToken.as_str(),
             GrantType::ClientCredentials.as_str(),
             GrantType::DeviceCode.as_str(),
+            GrantType::TokenExchange.as_str(),
         ],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": state.keys.algs().iter().rev().map(|a| a.as_str()).collect::<Vec<_>>(),

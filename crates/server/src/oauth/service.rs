@@ -22,6 +22,7 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 mod device;
+mod exchange;
 pub mod registration;
 
 pub use device::{DEVICE_CODE_PREFIX, DeviceAuthorization, DeviceRequest, UserCodeRefused};
@@ -132,6 +133,8 @@ pub struct TokenResponse {
     pub access_token: String,
     /// `Bearer`, or `DPoP` for a token bound to the proof's key (RFC 9449 §5).
     pub token_type: &'static str,
+    /// RFC 8693 §2.2.1 `issued_token_type`, for a token exchange.
+    pub issued_token_type: Option<&'static str>,
     pub expires_in: i64,
     pub scope: String,
     pub refresh_token: Option<SecretString>,
@@ -1010,12 +1013,13 @@ impl OAuth {
                     g @ (GrantType::AuthorizationCode
                     | GrantType::RefreshToken
                     | GrantType::ClientCredentials
-                    | GrantType::DeviceCode),
+                    | GrantType::DeviceCode
+                    | GrantType::TokenExchange),
                 ) => g,
                 _ => {
                     return Err(OAuthError::new(
                         "unsupported_grant_type",
-                        "grant_type is authorization_code, refresh_token, client_credentials or urn:ietf:params:oauth:grant-type:device_code",
+                        "grant_type is authorization_code, refresh_token, client_credentials, urn:ietf:params:oauth:grant-type:device_code or urn:ietf:params:oauth:grant-type:token-exchange",
                     ));
                 }
             },
@@ -1030,6 +1034,7 @@ impl OAuth {
             GrantType::AuthorizationCode => self.code_grant(client, p, ctx, dpop).await,
             GrantType::RefreshToken => self.refresh_grant(client, p, ctx, dpop).await,
             GrantType::DeviceCode => self.device_grant(client, p, ctx, dpop).await,
+            GrantType::TokenExchange => self.exchange_grant(client, p, ctx, dpop).await,
             _ => self.client_credentials_grant(client, p, ctx, dpop).await,
         };
         let outcome = match &answer {
@@ -1228,6 +1233,7 @@ impl OAuth {
             None
         };
         Ok(TokenResponse {
+            issued_token_type: None,
             token_type: token_type(g.jkt.as_deref()),
             access_token,
             expires_in,
@@ -1384,6 +1390,7 @@ impl OAuth {
             None
         };
         Ok(TokenResponse {
+            issued_token_type: None,
             token_type: token_type(dpop),
             access_token,
             expires_in,
@@ -1459,6 +1466,7 @@ impl OAuth {
             ctx.ip.as_deref(),
         );
         Ok(TokenResponse {
+            issued_token_type: None,
             token_type: token_type(dpop),
             access_token,
             expires_in,
@@ -1492,6 +1500,7 @@ impl OAuth {
                     sid,
                     audiences,
                     jkt: jkt.map(str::to_owned),
+                    act: None,
                 };
                 let (token, _) = self.tokens.sign_access(grant, jti, now)?;
                 Ok((token, ttl))
@@ -1702,6 +1711,7 @@ impl OAuth {
             cnf: row
                 .dpop_jkt
                 .map(|jkt| portcullis_core::jwt::Confirmation { jkt }),
+            act: None,
         }))
     }
 

@@ -46,6 +46,8 @@ pub struct AccessGrant {
     pub audiences: Vec<String>,
     /// The DPoP key the token is bound to (`cnf.jkt`).
     pub jkt: Option<String>,
+    /// RFC 8693 `act`: who acts for the subject.
+    pub act: Option<serde_json::Value>,
 }
 
 /// A refresh token spent and its successor issued, with the family it belongs to.
@@ -165,6 +167,7 @@ impl Tokens {
             cnf: grant
                 .jkt
                 .map(|jkt| portcullis_core::jwt::Confirmation { jkt }),
+            act: grant.act,
         };
         let token = self
             .keys
@@ -193,6 +196,7 @@ impl Tokens {
             sid,
             audiences: Vec::new(),
             jkt: None,
+            act: None,
         };
         let (token, _) = self.sign_access(grant, jti_at(now), now)?;
         Ok((token, self.settings.access_ttl_s))

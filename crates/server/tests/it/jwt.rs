@@ -35,6 +35,7 @@ pub(crate) fn claims(app: &TestApp, sub: &str) -> AccessClaims {
         scope: String::new(),
         sid: None,
         cnf: None,
+        act: None,
     }
 }
 

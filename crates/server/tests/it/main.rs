@@ -24,6 +24,7 @@ mod jwt;
 mod oauth;
 mod oauth_device;
 mod oauth_dpop;
+mod oauth_exchange;
 mod oauth_par;
 mod oauth_registration;
 mod oidc_rp;
