@@ -392,6 +392,7 @@ async fn clients(command: ClientsCommand) -> Result<(), Failure> {
         crate::oauth::clients::ClientRules {
             allow_loopback_backchannel: config.oauth_allow_loopback_backchannel,
             id_token_algs: crate::signing_keys::ring_algs(config.jwt_alg),
+            allow_private_fetch: config.oauth_fetch_allow_private_for_tests,
         },
     );
     let ctx = crate::audit::AuditContext::default();

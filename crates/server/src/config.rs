@@ -177,6 +177,10 @@ pub struct Config {
     pub oauth_dpop_nonce: bool,
     /// Serve RFC 7591 dynamic client registration at `/oauth2/register` (and RFC 7592 management).
     pub oauth_dynamic_registration: bool,
+    /// TESTS ONLY: let the server fetch client documents (`jwks_uri`, Client ID Metadata
+    /// Documents) over http, from loopback and private addresses, and with any TLS certificate.
+    /// Never turn this on in production: it opens the server to SSRF.
+    pub oauth_fetch_allow_private_for_tests: bool,
     /// When set, registrations must present it as `Authorization: Bearer` (an initial access
     /// token, RFC 7591 §3). Kept in memory as SHA-256 only.
     pub oauth_registration_token: Option<SecretSetting>,
@@ -286,6 +290,7 @@ impl Default for Config {
             oauth_require_par: false,
             oauth_dpop_nonce: false,
             oauth_dynamic_registration: false,
+            oauth_fetch_allow_private_for_tests: false,
             oauth_registration_token: None,
             oauth_registration_scopes: Vec::new(),
             oauth_registration_ip_limit: 10,

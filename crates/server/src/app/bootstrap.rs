@@ -176,6 +176,7 @@ pub async fn services(
         crate::oauth::clients::ClientRules {
             allow_loopback_backchannel: config.oauth_allow_loopback_backchannel,
             id_token_algs: keys.algs().to_vec(),
+            allow_private_fetch: config.oauth_fetch_allow_private_for_tests,
         },
         config
             .route
@@ -198,6 +199,7 @@ pub async fn services(
                 config.oauth_registration_ip_limit,
                 config.oauth_registration_ip_period_s,
             ),
+            allow_private_fetch: config.oauth_fetch_allow_private_for_tests,
         },
     ));
     let auth = Arc::new(Auth::new(

@@ -124,6 +124,29 @@ impl Client {
     }
 }
 
+/// The most keys a client's JWK Set may hold.
+pub const MAX_CLIENT_KEYS: usize = 10;
+
+/// The public keys of a JWK Set a client registered or publishes (`{"keys": [...]}`), each with a
+/// `kid` and of a type we verify; private members refused.
+pub fn client_keys(
+    jwks: &serde_json::Value,
+) -> std::result::Result<Vec<portcullis_core::jwt::VerifyingKey>, String> {
+    let keys = jwks
+        .get("keys")
+        .and_then(|k| k.as_array())
+        .filter(|k| !k.is_empty() && k.len() <= MAX_CLIENT_KEYS)
+        .ok_or_else(|| {
+            format!("jwks is a JWK Set: {{\"keys\": [1 to {MAX_CLIENT_KEYS} public keys]}}")
+        })?;
+    keys.iter()
+        .map(|k| {
+            portcullis_core::jwt::VerifyingKey::from_jwk(k)
+                .map_err(|e| format!("a key of the JWK Set is not usable: {e}"))
+        })
+        .collect()
+}
+
 /// An absolute URI for an audience or resource (RFC 8707 §2: absolute, no fragment).
 pub fn is_resource_uri(raw: &str) -> bool {
     raw.len() <= MAX_URL_LEN
@@ -139,6 +162,8 @@ pub struct ClientRules {
     pub allow_loopback_backchannel: bool,
     /// The algorithms the key ring can sign ID tokens with: RS256, and the access-token algorithm.
     pub id_token_algs: Vec<JwsAlg>,
+    /// `oauth_fetch_allow_private_for_tests`: http `jwks_uri`s on local test servers.
+    pub allow_private_fetch: bool,
 }
 
 impl Default for ClientRules {
@@ -146,6 +171,7 @@ impl Default for ClientRules {
         Self {
             allow_loopback_backchannel: false,
             id_token_algs: vec![JwsAlg::Rs256],
+            allow_private_fetch: false,
         }
     }
 }
@@ -179,20 +205,12 @@ pub fn parse(
     let auth_method = match s.token_endpoint_auth_method.as_deref() {
         None => AuthMethod::default_for(client_type),
         Some(raw) => match AuthMethod::parse(raw) {
-            Some(AuthMethod::PrivateKeyJwt) => {
-                errors.push(FieldError::new(
-                    "token_endpoint_auth_method",
-                    "unsupported",
-                    "private_key_jwt is not served yet: use client_secret_basic, client_secret_post or none",
-                ));
-                AuthMethod::PrivateKeyJwt
-            }
             Some(m) => m,
             None => {
                 errors.push(FieldError::new(
                     "token_endpoint_auth_method",
                     "invalid",
-                    "token_endpoint_auth_method is client_secret_basic, client_secret_post or none",
+                    "token_endpoint_auth_method is client_secret_basic, client_secret_post, private_key_jwt or none",
                 ));
                 AuthMethod::default_for(client_type)
             }
@@ -301,14 +319,23 @@ pub fn parse(
             ));
         }
     }
-    if let Some(uri) = &s.jwks_uri
-        && uri.len() > MAX_URL_LEN
+    if let Some(uri) = &s.jwks_uri {
+        let https = url::Url::parse(uri).is_ok_and(|u| {
+            u.host_str().is_some()
+                && (u.scheme() == "https" || (rules.allow_private_fetch && u.scheme() == "http"))
+        });
+        if uri.len() > MAX_URL_LEN || !https {
+            errors.push(FieldError::new(
+                "jwks_uri",
+                "invalid",
+                "jwks_uri is an https URL of at most 2048 bytes",
+            ));
+        }
+    }
+    if let Some(jwks) = &s.jwks
+        && let Err(why) = client_keys(jwks)
     {
-        errors.push(FieldError::new(
-            "jwks_uri",
-            "too_long",
-            "jwks_uri is at most 2048 bytes",
-        ));
+        errors.push(FieldError::new("jwks", "invalid", why));
     }
     if let Some(uri) = &s.backchannel_logout_uri
         && uri.len() > MAX_URL_LEN

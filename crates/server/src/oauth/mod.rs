@@ -6,6 +6,7 @@
 pub mod backchannel;
 pub mod clients;
 pub mod error;
+pub mod fetch;
 pub mod handlers;
 pub mod params;
 pub mod service;

@@ -21,6 +21,7 @@ use portcullis_store::{
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
+mod assertion;
 mod device;
 mod exchange;
 pub mod registration;
@@ -187,6 +188,8 @@ pub struct OAuthSettings {
     pub registration_scopes: Vec<String>,
     /// Registrations per address.
     pub registration_rate: portcullis_core::ratelimit::RatePolicy,
+    /// `oauth_fetch_allow_private_for_tests`.
+    pub allow_private_fetch: bool,
 }
 
 impl Default for OAuthSettings {
@@ -198,12 +201,17 @@ impl Default for OAuthSettings {
             registration_token_hash: None,
             registration_scopes: Vec::new(),
             registration_rate: registration::registration_rate(10, 3600),
+            allow_private_fetch: false,
         }
     }
 }
 
 pub struct OAuth {
     settings: OAuthSettings,
+    /// Fetches clients' `jwks_uri` (and Client ID Metadata Documents).
+    fetcher: super::fetch::Fetcher,
+    /// `jti`s of client assertions, each good once until its `exp`.
+    assertion_jtis: crate::signatures::MemoryNonces,
     /// The resources forward-auth route rules protect: any client may ask for tokens meant for
     /// them (RFC 8707), as RFC 9728 metadata tells clients to.
     protected_resources: Vec<String>,
@@ -281,6 +289,8 @@ impl OAuth {
     ) -> Self {
         let issuer = tokens.issuer().to_owned();
         Self {
+            fetcher: super::fetch::Fetcher::new(settings.allow_private_fetch),
+            assertion_jtis: crate::signatures::MemoryNonces::new(200_000),
             settings,
             protected_resources,
             clients: Clients::new(store.clone(), audit.clone(), rules),
@@ -925,6 +935,11 @@ impl OAuth {
     ) -> OAuthResult<Arc<Client>> {
         let body_id = p.get("client_id");
         let body_secret = p.get("client_secret");
+        if p.get("client_assertion").is_some() || p.get("client_assertion_type").is_some() {
+            return self
+                .authenticate_by_assertion(basic.is_some() || body_secret.is_some(), p, ip, ctx)
+                .await;
+        }
         let presented = match (&basic, body_id, body_secret) {
             (Some(_), _, Some(_)) => {
                 return Err(OAuthError::invalid_request(
@@ -991,6 +1006,73 @@ impl OAuth {
                     json!({ "reason": reason }),
                 );
                 Err(OAuthError::invalid_client(basic))
+            }
+        }
+    }
+
+    /// `private_key_jwt`: the assertion names the client, whose keys verify it; failures back off
+    /// as any other client authentication's.
+    async fn authenticate_by_assertion(
+        &self,
+        other_method: bool,
+        p: &Params,
+        ip: Option<std::net::IpAddr>,
+        ctx: &AuditContext,
+    ) -> OAuthResult<Arc<Client>> {
+        if other_method {
+            return Err(OAuthError::invalid_request(
+                "use one client authentication method: a client_assertion, or a secret",
+            ));
+        }
+        if p.get("client_assertion_type") != Some(assertion::JWT_BEARER) {
+            return Err(OAuthError::invalid_request(format!(
+                "client_assertion_type is {}",
+                assertion::JWT_BEARER
+            )));
+        }
+        let raw = p
+            .get("client_assertion")
+            .ok_or_else(|| OAuthError::invalid_request("client_assertion is required"))?;
+        let Some(id) = assertion::asserted_client(raw) else {
+            return Err(OAuthError::invalid_client(false));
+        };
+        if p.get("client_id").is_some_and(|body| body != id) {
+            return Err(OAuthError::invalid_request(
+                "client_id differs from the client_assertion's sub",
+            ));
+        }
+        let key = format!(
+            "oauth-client:{id}:{}",
+            ip.map(|i| i.to_string()).unwrap_or_default()
+        );
+        let wait = self.failures.reserve_failure(&key, self.backoff).await;
+        if wait > 0 {
+            let mut e = OAuthError::invalid_client(false);
+            e.status = 429;
+            e.description = format!(
+                "too many failed client authentications; try again in {} s",
+                wait.div_ceil(1000)
+            );
+            return Err(e);
+        }
+        match self.assertion_client(&id, raw).await {
+            Ok(client) => {
+                self.failures.clear_failures(&key).await;
+                Ok(client)
+            }
+            Err(ClientAuthFailed {
+                client_id, reason, ..
+            }) => {
+                metrics::counter!("portcullis_oauth_client_auth_total", "outcome" => reason)
+                    .increment(1);
+                self.audit.record(
+                    "oauth.client_auth_failed",
+                    None,
+                    client_id.as_deref(),
+                    ctx,
+                    json!({ "reason": reason }),
+                );
+                Err(OAuthError::invalid_client(false))
             }
         }
     }

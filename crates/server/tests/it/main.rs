@@ -26,6 +26,7 @@ mod oauth_device;
 mod oauth_dpop;
 mod oauth_exchange;
 mod oauth_par;
+mod oauth_private_key_jwt;
 mod oauth_registration;
 mod oidc_rp;
 mod pages;
