@@ -389,11 +389,7 @@ async fn clients(command: ClientsCommand) -> Result<(), Failure> {
     let clients = Clients::new(
         store.clone(),
         audit.clone(),
-        crate::oauth::clients::ClientRules {
-            allow_loopback_backchannel: config.oauth_allow_loopback_backchannel,
-            id_token_algs: crate::signing_keys::ring_algs(config.jwt_alg),
-            allow_private_fetch: config.oauth_fetch_allow_private_for_tests,
-        },
+        bootstrap::client_rules(&config, crate::signing_keys::ring_algs(config.jwt_alg)),
     );
     let ctx = crate::audit::AuditContext::default();
     let fail = |e: Error| match e {

@@ -181,6 +181,13 @@ pub struct Config {
     /// Documents) over http, from loopback and private addresses, and with any TLS certificate.
     /// Never turn this on in production: it opens the server to SSRF.
     pub oauth_fetch_allow_private_for_tests: bool,
+    /// Accept Client ID Metadata Documents: an https `client_id` is fetched and is the client it
+    /// describes (MCP clients use them). On by default.
+    pub oauth_client_metadata_documents: bool,
+    /// Only documents from these domains (and their subdomains); empty: any.
+    pub oauth_client_metadata_allowed_domains: Vec<String>,
+    /// Never documents from these domains (and their subdomains).
+    pub oauth_client_metadata_denied_domains: Vec<String>,
     /// When set, registrations must present it as `Authorization: Bearer` (an initial access
     /// token, RFC 7591 §3). Kept in memory as SHA-256 only.
     pub oauth_registration_token: Option<SecretSetting>,
@@ -291,6 +298,9 @@ impl Default for Config {
             oauth_dpop_nonce: false,
             oauth_dynamic_registration: false,
             oauth_fetch_allow_private_for_tests: false,
+            oauth_client_metadata_documents: true,
+            oauth_client_metadata_allowed_domains: Vec::new(),
+            oauth_client_metadata_denied_domains: Vec::new(),
             oauth_registration_token: None,
             oauth_registration_scopes: Vec::new(),
             oauth_registration_ip_limit: 10,

@@ -173,11 +173,7 @@ pub async fn services(
         audit.clone(),
         Arc::clone(&counts),
         per_client,
-        crate::oauth::clients::ClientRules {
-            allow_loopback_backchannel: config.oauth_allow_loopback_backchannel,
-            id_token_algs: keys.algs().to_vec(),
-            allow_private_fetch: config.oauth_fetch_allow_private_for_tests,
-        },
+        client_rules(&config, keys.algs().to_vec()),
         config
             .route
             .iter()
@@ -263,6 +259,25 @@ pub async fn services(
         metrics,
     }));
     Ok((state, pages, audit_task))
+}
+
+/// What the configuration allows of client registrations.
+pub fn client_rules(
+    config: &Config,
+    id_token_algs: Vec<portcullis_core::jwt::JwsAlg>,
+) -> crate::oauth::clients::ClientRules {
+    crate::oauth::clients::ClientRules {
+        allow_loopback_backchannel: config.oauth_allow_loopback_backchannel,
+        id_token_algs,
+        allow_private_fetch: config.oauth_fetch_allow_private_for_tests,
+        metadata_documents: config.oauth_client_metadata_documents,
+        metadata_allowed: config.oauth_client_metadata_allowed_domains.clone(),
+        metadata_denied: config.oauth_client_metadata_denied_domains.clone(),
+        open_scopes: crate::oauth::service::registration::registration_scopes(
+            &config.oauth_registration_scopes,
+            &config.route,
+        ),
+    }
 }
 
 /// Opens the store named by the configuration (creating the data folder for SQLite) and migrates it.

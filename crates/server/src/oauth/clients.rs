@@ -30,7 +30,7 @@ pub const MAX_URL_LEN: usize = 2048;
 pub const OIDC_SCOPES: &[&str] = &["openid", "profile", "email", "offline_access"];
 
 /// A registration as written and stored (the admin API's body and the `settings` column).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClientSettings {
     #[serde(default)]
@@ -76,6 +76,10 @@ pub struct ClientSettings {
     /// `RS256` (default), or the server's access-token algorithm (`jwt_alg`).
     #[serde(default)]
     pub id_token_signed_response_alg: Option<String>,
+    /// Set by the server for a Client ID Metadata Document client: the URL that is its
+    /// `client_id` (read only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id_metadata_document: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +105,10 @@ pub struct Client {
     pub skip_consent: bool,
     /// `require_pushed_authorization_requests`.
     pub require_par: bool,
+    /// The `client_id` the world knows it by: its id, or a metadata document's URL.
+    pub public_id: String,
+    /// A Client ID Metadata Document client (unverified: anyone may publish a document).
+    pub metadata_document: bool,
     /// What its ID tokens are signed with (RS256 unless it registered the access-token algorithm).
     pub id_token_alg: JwsAlg,
     pub settings: ClientSettings,
@@ -164,6 +172,13 @@ pub struct ClientRules {
     pub id_token_algs: Vec<JwsAlg>,
     /// `oauth_fetch_allow_private_for_tests`: http `jwks_uri`s on local test servers.
     pub allow_private_fetch: bool,
+    /// `oauth_client_metadata_documents`: https `client_id`s are fetched.
+    pub metadata_documents: bool,
+    /// `oauth_client_metadata_allowed_domains` / `_denied_domains`.
+    pub metadata_allowed: Vec<String>,
+    pub metadata_denied: Vec<String>,
+    /// What a document's client may ask for (as a dynamically registered one).
+    pub open_scopes: Vec<String>,
 }
 
 impl Default for ClientRules {
@@ -172,6 +187,10 @@ impl Default for ClientRules {
             allow_loopback_backchannel: false,
             id_token_algs: vec![JwsAlg::Rs256],
             allow_private_fetch: false,
+            metadata_documents: false,
+            metadata_allowed: Vec::new(),
+            metadata_denied: Vec::new(),
+            open_scopes: OIDC_SCOPES.iter().map(|s| (*s).to_owned()).collect(),
         }
     }
 }
@@ -422,6 +441,7 @@ pub struct ParsedSettings {
 }
 
 fn from_row(row: ClientRow, rules: &ClientRules) -> Result<Client> {
+    let own_id = row.id.to_string();
     let settings: ClientSettings = serde_json::from_str(&row.settings)
         .map_err(|e| Error::internal(format!("client {}: stored settings: {e}", row.id)))?;
     let p = parse(&row.name, &settings, rules).map_err(|errors| {
@@ -445,6 +465,12 @@ fn from_row(row: ClientRow, rules: &ClientRules) -> Result<Client> {
         backchannel_logout_uri: p.settings.backchannel_logout_uri.clone(),
         skip_consent: p.settings.skip_consent,
         require_par: p.settings.require_pushed_authorization_requests,
+        public_id: p
+            .settings
+            .client_id_metadata_document
+            .clone()
+            .unwrap_or(own_id),
+        metadata_document: p.settings.client_id_metadata_document.is_some(),
         id_token_alg: p.id_token_alg,
         settings: p.settings,
         secret_hash: row.secret_hash,
@@ -482,6 +508,8 @@ pub struct Clients {
     /// checking its registration costs more than the rest of a client-credentials grant.
     cache: moka::sync::Cache<ClientId, Arc<Client>>,
     rules: ClientRules,
+    /// Fetches metadata documents and clients' `jwks_uri`.
+    fetcher: Arc<super::fetch::Fetcher>,
 }
 
 impl Clients {
@@ -489,6 +517,7 @@ impl Clients {
         Self {
             store,
             audit,
+            fetcher: Arc::new(super::fetch::Fetcher::new(rules.allow_private_fetch)),
             rules,
             cache: moka::sync::Cache::builder()
                 .max_capacity(10_000)
@@ -497,8 +526,21 @@ impl Clients {
         }
     }
 
-    /// A client by its id; `None` for an id that is not one of ours.
+    pub fn fetcher(&self) -> &super::fetch::Fetcher {
+        &self.fetcher
+    }
+
+    /// Whether https `client_id`s are fetched as metadata documents.
+    pub fn metadata_documents(&self) -> bool {
+        self.rules.metadata_documents
+    }
+
+    /// A client by its id (or, for a metadata document client, its URL); `None` for one that is not
+    /// a client here.
     pub async fn get(&self, raw_id: &str) -> Result<Option<Arc<Client>>> {
+        if super::metadata_documents::is_document_id(raw_id) {
+            return self.document_client(raw_id).await;
+        }
         let Ok(id) = ClientId::parse(raw_id) else {
             return Ok(None);
         };
@@ -528,6 +570,97 @@ impl Clients {
             .collect()
     }
 
+    /// The client a metadata document at `url` describes, its row kept in step with the document;
+    /// `None` when documents are off, the URL or document is not acceptable, or it cannot be fetched
+    /// (each logged, none of them a server error).
+    async fn document_client(&self, url: &str) -> Result<Option<Arc<Client>>> {
+        use super::metadata_documents as md;
+        if !self.rules.metadata_documents {
+            return Ok(None);
+        }
+        let refused = |e: md::DocumentError| {
+            tracing::info!(client_id = %url.chars().take(200).collect::<String>(), error = %e, "metadata document refused");
+            metrics::counter!("portcullis_oauth_metadata_documents_total", "outcome" => "refused")
+                .increment(1);
+            Ok(None)
+        };
+        let parsed = match md::check_url(url, self.rules.allow_private_fetch) {
+            Ok(u) => u,
+            Err(e) => return refused(e),
+        };
+        let host = parsed.host_str().unwrap_or_default();
+        if !md::host_allowed(
+            host,
+            &self.rules.metadata_allowed,
+            &self.rules.metadata_denied,
+        ) {
+            return refused(md::DocumentError::DomainRefused);
+        }
+        let doc = match self.fetcher.json(url).await {
+            Ok(d) => d,
+            Err(e) => return refused(e.into()),
+        };
+        let settings = match md::settings_of(url, &doc, &self.rules.open_scopes) {
+            Ok(s) => s,
+            Err(e) => return refused(e),
+        };
+        let id = md::internal_id(url);
+        if let Some(c) = self.cache.get(&id)
+            && c.settings.client_id_metadata_document == settings.client_id_metadata_document
+            && c.settings.redirect_uris == settings.redirect_uris
+            && c.settings.grant_types.len() == settings.grant_types.len()
+            && c.name == settings.name
+        {
+            return Ok(Some(c));
+        }
+        let p = match parse(&settings.name, &settings, &self.rules) {
+            Ok(p) => p,
+            Err(errors) => {
+                return refused(md::DocumentError::Invalid(
+                    errors
+                        .first()
+                        .map(|e| format!("{}: {}", e.field, e.message))
+                        .unwrap_or_default(),
+                ));
+            }
+        };
+        let json = serde_json::to_string(&p.settings).map_err(Error::internal)?;
+        let now = Millis::now();
+        let stored = self.store.client(&id).await?;
+        let row = match stored {
+            Some(row) if row.settings == json && row.name == p.name => row,
+            Some(_) => {
+                self.store.update_client(&id, &p.name, &json, now).await?;
+                self.store
+                    .client(&id)
+                    .await?
+                    .ok_or_else(|| Error::internal("a metadata document client vanished"))?
+            }
+            None => {
+                let row = ClientRow {
+                    id: id.clone(),
+                    name: p.name.clone(),
+                    settings: json,
+                    secret_hash: None,
+                    secret_changed_at: None,
+                    created_at: now,
+                    updated_at: now,
+                };
+                match self.store.insert_client(&row).await {
+                    // Another request (or node) stored it first: the same document, the same row.
+                    Ok(()) | Err(portcullis_store::StoreError::Conflict(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                metrics::counter!("portcullis_oauth_metadata_documents_total", "outcome" => "new")
+                    .increment(1);
+                row
+            }
+        };
+        let client = Arc::new(from_row(row, &self.rules)?);
+        self.cache.insert(id, Arc::clone(&client));
+        Ok(Some(client))
+    }
+
     /// Registers a client; a confidential one gets its secret, shown only in this answer.
     pub async fn create(
         &self,
@@ -535,6 +668,13 @@ impl Clients {
         settings: &ClientSettings,
         ctx: &AuditContext,
     ) -> Result<(Client, Option<SecretString>)> {
+        if settings.client_id_metadata_document.is_some() {
+            return Err(Error::field(
+                "client_id_metadata_document",
+                "read_only",
+                "client_id_metadata_document is set by the server for clients whose client_id is a document's URL",
+            ));
+        }
         let p = parse(&settings.name, settings, &self.rules).map_err(Error::Validation)?;
         let now = Millis::now();
         let secret = if p.auth_method.uses_secret() {

@@ -646,6 +646,7 @@ pub async fn discovery(State(state): State<AppState>) -> Response {
         "require_pushed_authorization_requests": state.config.oauth_require_par,
         "dpop_signing_alg_values_supported": crate::tokens::dpop::ALGS,
         "registration_endpoint": state.oauth.registration_enabled().then(|| at("/oauth2/register")),
+        "client_id_metadata_document_supported": state.oauth.clients.metadata_documents(),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query", "form_post"],
         "grant_types_supported": [

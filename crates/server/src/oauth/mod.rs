@@ -8,6 +8,7 @@ pub mod clients;
 pub mod error;
 pub mod fetch;
 pub mod handlers;
+pub mod metadata_documents;
 pub mod params;
 pub mod service;
 

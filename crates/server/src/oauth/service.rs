@@ -372,9 +372,14 @@ impl OAuth {
         };
         let hash = TokenHash::of(random.as_bytes());
         let now = Millis::now();
+        // The push was stored under the client's own id; the browser names it as the world does.
+        let internal = match self.clients.get(client_id).await {
+            Ok(Some(c)) => c.id.to_string(),
+            _ => return Err(expired()),
+        };
         let raw = match self
             .store
-            .open_par(&hash, client_id, now, now.plus_secs(PAR_OPEN_S))
+            .open_par(&hash, &internal, now, now.plus_secs(PAR_OPEN_S))
             .await
         {
             Ok(Some(raw)) => raw,
@@ -1577,7 +1582,7 @@ impl OAuth {
             TokenFormat::Jwt => {
                 let grant = AccessGrant {
                     subject: subject.to_owned(),
-                    client_id: client.id.to_string(),
+                    client_id: client.public_id.clone(),
                     scope: scope.to_owned(),
                     sid,
                     audiences,
@@ -1633,8 +1638,8 @@ impl OAuth {
         let mut claims = json!({
             "iss": self.issuer,
             "sub": user.id,
-            "aud": client.id.as_str(),
-            "azp": client.id.as_str(),
+            "aud": client.public_id,
+            "azp": client.public_id,
             "exp": now.as_secs() + self.tokens.access_ttl_s(),
             "iat": now.as_secs(),
             "auth_time": auth_time,
@@ -1670,7 +1675,7 @@ impl OAuth {
             return Ok(inactive);
         }
         let mine = |client_id: &str| match caller {
-            Introspector::Client(c) => c.id.as_str() == client_id,
+            Introspector::Client(c) => c.id.as_str() == client_id || c.public_id == client_id,
             Introspector::Principal(_) => true,
         };
         let prefixed = |prefix: &str| {
@@ -1827,7 +1832,7 @@ impl OAuth {
                 revoked = Some("access_token");
             }
         } else if let Ok(c) = self.tokens.verify_for(token, Audience::Any).await
-            && c.client_id == client.id.as_str()
+            && c.client_id == client.public_id
         {
             self.tokens.deny_access(&c.jti, c.exp).await?;
             revoked = Some("access_token");
@@ -1941,7 +1946,7 @@ impl OAuth {
                 &self.keys,
                 client.id_token_alg,
                 &self.issuer,
-                client_id,
+                &client.public_id,
                 user_id,
                 session_id,
             ) {

@@ -209,6 +209,11 @@ async fn consent_page(
             request => p.encode_without(&["_auth_after"], &[]),
             csrf_token => s.csrf_token(),
             user => true,
+            unverified => req.client.metadata_document,
+            client_host => url::Url::parse(&req.client.public_id)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_owned))
+                .unwrap_or_default(),
         },
         &targets,
     )

@@ -22,6 +22,7 @@ mod http;
 mod interop;
 mod jwt;
 mod oauth;
+mod oauth_cimd;
 mod oauth_device;
 mod oauth_dpop;
 mod oauth_exchange;

@@ -122,7 +122,7 @@ impl OAuth {
         if !ok {
             return Err("bad_assertion_signature");
         }
-        let id = client.id.as_str();
+        let id = client.public_id.as_str();
         let text = |n: &str| claims.get(n).and_then(Value::as_str);
         if text("iss") != Some(id) || text("sub") != Some(id) {
             return Err("assertion_not_by_client");

@@ -132,7 +132,7 @@ impl OAuth {
             TokenFormat::Jwt => {
                 let grant = AccessGrant {
                     subject: subject.sub.clone(),
-                    client_id: client.id.to_string(),
+                    client_id: client.public_id.clone(),
                     scope: scope.clone(),
                     sid: None,
                     audiences: audiences.clone(),
