@@ -11,12 +11,19 @@
 // --listen, which the gateway at --resource forwards to, and drives the person's half (the login and
 // consent pages) with fetch.
 //
+// With --cimd PORT --tls-key FILE --tls-cert FILE it is a Client ID Metadata Document client
+// instead: it serves its document at https://127.0.0.1:PORT/mcp-client.json and the SDK, seeing
+// client_id_metadata_document_supported, uses that URL as its client_id without registering.
+//
 // Usage:
 //   node mcp_client.mjs --resource URL --listen PORT --issuer URL --email E --password P --user-id ID
+//                       [--cimd PORT --tls-key FILE --tls-cert FILE]
 //
 // Exit codes: 0 every check passed, 1 a check failed, 2 bad arguments, 3 the SDK missing.
 
+import fs from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 import { parseArgs } from 'node:util';
 
 class CheckFailed extends Error {}
@@ -34,6 +41,9 @@ const { values: args } = parseArgs({
     email: { type: 'string' },
     password: { type: 'string' },
     'user-id': { type: 'string' },
+    cimd: { type: 'string' },
+    'tls-key': { type: 'string' },
+    'tls-cert': { type: 'string' },
   },
 });
 for (const name of ['resource', 'listen', 'issuer', 'email', 'password', 'user-id']) {
@@ -85,6 +95,34 @@ const upstream = http.createServer(async (req, res) => {
 await new Promise((ok) => upstream.listen(Number(args.listen), '127.0.0.1', ok));
 
 const redirectUrl = 'http://127.0.0.1:9/callback';
+const metadata = {
+  client_name: 'MCP interop client',
+  redirect_uris: [redirectUrl],
+  grant_types: ['authorization_code', 'refresh_token'],
+  response_types: ['code'],
+  token_endpoint_auth_method: 'none',
+};
+
+// The metadata document, when the client is one (served over https, as the draft requires).
+let documentUrl;
+let documentServer;
+let documentFetches = 0;
+if (args.cimd) {
+  documentUrl = `https://127.0.0.1:${args.cimd}/mcp-client.json`;
+  documentServer = https.createServer(
+    { key: fs.readFileSync(args['tls-key']), cert: fs.readFileSync(args['tls-cert']) },
+    (req, res) => {
+      if (req.url !== '/mcp-client.json') {
+        res.writeHead(404).end();
+        return;
+      }
+      documentFetches += 1;
+      res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'max-age=300' });
+      res.end(JSON.stringify({ client_id: documentUrl, ...metadata }));
+    },
+  );
+  await new Promise((ok) => documentServer.listen(Number(args.cimd), '127.0.0.1', ok));
+}
 class Provider {
   constructor() {
     this.client = undefined;
@@ -96,13 +134,10 @@ class Provider {
     return redirectUrl;
   }
   get clientMetadata() {
-    return {
-      client_name: 'MCP interop client',
-      redirect_uris: [redirectUrl],
-      grant_types: ['authorization_code', 'refresh_token'],
-      response_types: ['code'],
-      token_endpoint_auth_method: 'none',
-    };
+    return metadata;
+  }
+  get clientMetadataUrl() {
+    return documentUrl;
   }
   clientInformation() {
     return this.client;
@@ -149,6 +184,9 @@ async function person(authorizationUrl) {
   const html = await r.text();
   check(r.status === 200 && html.includes('consent-client'), 'the consent page names the client');
   check(html.includes('MCP interop client'), 'with the name it registered');
+  if (documentUrl) {
+    check(html.includes('consent-unverified') && html.includes('127.0.0.1'), 'marked unverified, with its host');
+  }
   const field = (name) => {
     const m = html.match(new RegExp(`name="${name}" value="([^"]*)"`));
     return m[1]
@@ -190,7 +228,11 @@ try {
     if (!unauthorized) throw e;
   }
   check(unauthorized, 'the first request is refused (401) and the SDK starts authorizing');
-  check(provider.client?.client_id?.startsWith('cli_'), 'the SDK registered a client (RFC 7591)');
+  if (documentUrl) {
+    check(provider.client?.client_id === documentUrl, 'the SDK uses its metadata document URL as client_id');
+  } else {
+    check(provider.client?.client_id?.startsWith('cli_'), 'the SDK registered a client (RFC 7591)');
+  }
   const url = provider.authorizationUrl;
   check(url?.origin === new URL(args.issuer).origin, 'it found the authorization server (RFC 9728, RFC 8414)');
   check(url.searchParams.get('code_challenge_method') === 'S256', 'PKCE with S256');
@@ -214,6 +256,9 @@ try {
     'nothing reached the MCP server without Portcullis saying who it was',
   );
   await client.close();
+  if (documentUrl) {
+    check(documentFetches >= 1, 'Portcullis fetched the metadata document');
+  }
   console.log('every check passed');
 } catch (e) {
   failed = true;
@@ -221,5 +266,7 @@ try {
 } finally {
   upstream.close();
   upstream.closeAllConnections?.();
+  documentServer?.close();
+  documentServer?.closeAllConnections?.();
 }
 process.exit(failed ? 1 : 0);

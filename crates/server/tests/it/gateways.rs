@@ -20,6 +20,7 @@ on_both_stores!(
     nginx_auth_request_protects_an_upstream,
     caddy_forward_auth_protects_an_upstream,
     the_mcp_sdk_authorizes_itself_for_an_mcp_server_behind_nginx,
+    the_mcp_sdk_authorizes_itself_as_a_metadata_document_client,
 );
 
 fn examples() -> PathBuf {
@@ -452,11 +453,48 @@ async fn caddy_forward_auth_protects_an_upstream(b: Backend) {
 /// registers itself (RFC 7591), runs code + PKCE with `resource` through the real login and consent
 /// pages, and calls a tool with the token (`interop/node/mcp_client.mjs`).
 async fn the_mcp_sdk_authorizes_itself_for_an_mcp_server_behind_nginx(b: Backend) {
+    mcp_sdk_flow(b, false).await;
+}
+
+/// The same with the SDK as a Client ID Metadata Document client: its document, served over https
+/// by the script, is its registration; nothing registers.
+async fn the_mcp_sdk_authorizes_itself_as_a_metadata_document_client(b: Backend) {
+    mcp_sdk_flow(b, true).await;
+}
+
+/// A self-signed certificate for 127.0.0.1 (the document server's), by the system's openssl.
+fn self_signed(dir: &Path) -> Option<(PathBuf, PathBuf)> {
+    let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then_some((key, cert))
+}
+
+async fn mcp_sdk_flow(b: Backend, cimd: bool) {
     let gateway_port = free_port();
     let resource = format!("http://127.0.0.1:{gateway_port}/mcp");
     let app = TestApp::spawn_with(b, |c| {
         c.trusted_proxies = vec!["127.0.0.1".into()];
-        c.oauth_dynamic_registration = true;
+        c.oauth_dynamic_registration = !cimd;
+        // The document server is on loopback with a self-signed certificate.
+        c.oauth_fetch_allow_private_for_tests = cimd;
         c.route = vec![portcullis_server::forward_auth::RouteRule {
             path: "/mcp".into(),
             scopes: vec!["mcp:tools".into()],
@@ -472,6 +510,7 @@ async fn the_mcp_sdk_authorizes_itself_for_an_mcp_server_behind_nginx(b: Backend
     let Some(gw) = nginx_on(gateway_port, &portcullis, upstream).await else {
         return;
     };
+    let tls = tempfile::tempdir().unwrap();
     let mut cmd = tokio::process::Command::new("node");
     cmd.arg(crate::interop::interop_dir().join("node/mcp_client.mjs"))
         .args(["--resource", &resource])
@@ -480,12 +519,31 @@ async fn the_mcp_sdk_authorizes_itself_for_an_mcp_server_behind_nginx(b: Backend
         .args(["--email", "mcp@example.com"])
         .args(["--password", crate::support::PASSWORD])
         .args(["--user-id", user["id"].as_str().unwrap()]);
+    if cimd {
+        let Some((key, cert)) = self_signed(tls.path()) else {
+            eprintln!("skipped: openssl is not installed");
+            return;
+        };
+        cmd.args(["--cimd", &free_port().to_string()])
+            .arg("--tls-key")
+            .arg(key)
+            .arg("--tls-cert")
+            .arg(cert);
+    }
     let Some((status, stdout, stderr)) =
         crate::interop::run_outside("MCP TypeScript SDK", cmd, Duration::from_secs(90)).await
     else {
         return;
     };
     crate::interop::finished("mcp_client.mjs", status, &stdout, &stderr);
+    if cimd {
+        assert_eq!(
+            app.scalar_i64("SELECT COUNT(*) FROM oauth_client_registrations")
+                .await,
+            0,
+            "a metadata document client registers nothing"
+        );
+    }
     drop(gw);
     app.stop().await;
 }
