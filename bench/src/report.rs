@@ -329,6 +329,13 @@ impl Report {
                 );
             }
         }
+        if let (Some(s), Some(h)) = (stats_of(&self.rows, "me_dpop"), healthz) {
+            let _ = writeln!(
+                o,
+                "- me_dpop / healthz = {:.2} (a DPoP proof checked in full on every request; issue 14 asks for the figure, not a bound)",
+                s.per_sec() / h
+            );
+        }
         let per_core = |s: &Stats| s.per_sec() / (s.active.max(1) as f64);
         if let Some(c) = stats_of(&self.rows, "client_verify_cached") {
             let mut line = format!(

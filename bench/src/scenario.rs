@@ -172,6 +172,118 @@ fn presigned(ed25519: bool, s: &Settings) -> Setup {
 /// The request rate [`presigned`] signs ahead for (above what this harness reaches on 2 cores).
 const PRESIGN_RATE: f64 = 35_000.0;
 
+/// The rate [`dpop_me`] makes proofs ahead for (its requests check an ES256 signature each, so they
+/// run well below [`PRESIGN_RATE`]).
+const DPOP_PRESIGN_RATE: f64 = 15_000.0;
+
+/// A DPoP proof (RFC 9449 §4.2) by `key` for `method` `url`, with `ath` when a token goes with it.
+fn dpop_proof(
+    key: &portcullis_core::jwt::SigningKey,
+    jwk: &serde_json::Value,
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+) -> Result<String> {
+    let mut jti = [0u8; 16];
+    portcullis_core::secrets::fill_random(&mut jti).map_err(|_| anyhow!("no randomness"))?;
+    let jti: String = jti.iter().map(|b| format!("{b:02x}")).collect();
+    let mut claims = serde_json::json!({
+        "jti": jti,
+        "htm": method,
+        "htu": url,
+        "iat": portcullis_core::clock::Millis::now().as_secs(),
+    });
+    if let Some(t) = token {
+        claims["ath"] = portcullis_core::oauth::dpop::ath(t).into();
+    }
+    let mut header = serde_json::Map::new();
+    header.insert("typ".into(), "dpop+jwt".into());
+    header.insert("jwk".into(), jwk.clone());
+    key.sign_with_header(header, &claims)
+        .map_err(|e| anyhow!("sign a DPoP proof: {e}"))
+}
+
+/// `GET /v1/me` with a DPoP-bound access token (`Authorization: DPoP`) and a fresh proof each time,
+/// which the server checks in full (signature, `htm`/`htu`, `iat`, `ath`, `jti` single use). Each
+/// connection gets its own key and token by a code flow redeemed with a proof; the proofs are made
+/// in the untimed setup, as [`presigned`] does for signatures.
+fn dpop_me(s: &Settings) -> Setup {
+    let seconds = (s.warmup + s.duration).as_secs_f64() + 1.0;
+    let connections = s.connections.max(1);
+    setup(move |ctx, _| async move {
+        use hyper::header::{AUTHORIZATION, HeaderValue, LOCATION};
+        let t = ctx.target.clone();
+        let o = ctx.oauth().await?.clone();
+        let cookie = ctx.session_cookie().await?.to_owned();
+        let (verifier, challenge) = pkce_pair()?;
+        let (status, headers, body) = t
+            .once_full(t.get_cookie(&authorize_path(&o.web_id, &challenge), &cookie)?)
+            .await?;
+        if status != StatusCode::SEE_OTHER {
+            bail!(
+                "GET /oauth2/authorize answered {status}: {}",
+                body_snippet(&body)
+            );
+        }
+        let code = headers
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|l| l.split(['?', '&']).find_map(|p| p.strip_prefix("code=")))
+            .context("no code in the redirect")?
+            .to_owned();
+        let (key, _) =
+            portcullis_core::jwt::SigningKey::generate(portcullis_core::jwt::JwsAlg::Es256)
+                .map_err(|e| anyhow!("{e}"))?;
+        let jwk = key.public_jwk().map_err(|e| anyhow!("{e}"))?;
+        let base = t.base_url();
+        let form = format!(
+            "grant_type=authorization_code&code={code}&code_verifier={verifier}&redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fcb"
+        );
+        let mut req = t.post_form("/oauth2/token", Bytes::from(form), Some(&o.web_basic), None)?;
+        let proof = dpop_proof(&key, &jwk, "POST", &format!("{base}/oauth2/token"), None)?;
+        req.headers_mut().insert(
+            "dpop",
+            HeaderValue::from_str(&proof).context("proof header")?,
+        );
+        let (status, body) = t.once(req).await.context("POST /oauth2/token")?;
+        if status != StatusCode::OK {
+            bail!(
+                "the DPoP token request answered {status}: {}",
+                body_snippet(&body)
+            );
+        }
+        let v: serde_json::Value = serde_json::from_slice(&body).context("token JSON")?;
+        if v.get("token_type").and_then(|x| x.as_str()) != Some("DPoP") {
+            bail!("the token is not DPoP-bound: {}", body_snippet(&body));
+        }
+        let token = v
+            .get("access_token")
+            .and_then(|x| x.as_str())
+            .context("access_token")?
+            .to_owned();
+        let me = format!("{base}/v1/me");
+        let authorization =
+            HeaderValue::from_str(&format!("DPoP {token}")).context("authorization header")?;
+        let count = (DPOP_PRESIGN_RATE * seconds / connections as f64).ceil() as usize;
+        let mut ready = Vec::with_capacity(count);
+        for _ in 0..count {
+            let p = dpop_proof(&key, &jwk, "GET", &me, Some(&token))?;
+            ready.push(HeaderValue::from_str(&p).context("proof header")?);
+        }
+        Ok(Simple::boxed(move || {
+            let proof = match ready.pop() {
+                Some(p) => p,
+                None => HeaderValue::from_str(&dpop_proof(&key, &jwk, "GET", &me, Some(&token))?)
+                    .context("proof header")?,
+            };
+            let mut headers = HeaderMap::with_capacity(2);
+            headers.insert(AUTHORIZATION, authorization.clone());
+            headers.insert("dpop", proof);
+            t.get_with_headers("/v1/me", &headers)
+        }))
+    })
+}
+
 fn hyper_url(t: &Target, path: &str) -> Result<url::Url> {
     url::Url::parse(&format!("{}{path}", t.base_url())).context("the target URL")
 }
@@ -444,6 +556,13 @@ pub fn all(s: &Settings) -> Vec<Scenario> {
             kind: Kind::Loop {
                 connections: s.connections,
                 setup: presigned(true, s),
+            },
+        },
+        Scenario {
+            name: "me_dpop",
+            kind: Kind::Loop {
+                connections: s.connections,
+                setup: dpop_me(s),
             },
         },
     ]
