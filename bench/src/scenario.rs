@@ -193,8 +193,8 @@ fn dpop_proof(
         "htu": url,
         "iat": portcullis_core::clock::Millis::now().as_secs(),
     });
-    if let Some(t) = token {
-        claims["ath"] = portcullis_core::oauth::dpop::ath(t).into();
+    if let (Some(t), Some(obj)) = (token, claims.as_object_mut()) {
+        obj.insert("ath".into(), portcullis_core::oauth::dpop::ath(t).into());
     }
     let mut header = serde_json::Map::new();
     header.insert("typ".into(), "dpop+jwt".into());
