@@ -305,6 +305,35 @@ async fn oauth4webapi_discovers_the_authorization_server_of_a_protected_resource
     app.stop().await;
 }
 
+/// Issue 14's outside clients (`interop/node/oauth_advanced.mjs`): oauth4webapi authenticates with
+/// private_key_jwt, pushes its request (PAR), binds its tokens with DPoP and uses them at userinfo
+/// and `/v1/me`; the npm `dpop` package's proofs are accepted at the token endpoint and
+/// `/v1/authorize`; openid-client runs the device flow while the person approves on `/device`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth4webapi_dpop_par_private_key_jwt_and_openid_client_device_flow() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| c.oauth_device_poll_interval_s = 1).await;
+    let root = app.root_key().await;
+    let user = app.register("advanced@example.com").await;
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg(interop_dir().join("node/oauth_advanced.mjs"))
+        .args(["--base-url", &app.base, "--root-key", &root])
+        .args(["--email", "advanced@example.com"])
+        .args(["--password", crate::support::PASSWORD])
+        .args(["--user-id", user["id"].as_str().unwrap()]);
+    let Some((status, stdout, stderr)) = run_outside(
+        "oauth4webapi, dpop, openid-client (issue 14)",
+        cmd,
+        std::time::Duration::from_secs(90),
+    )
+    .await
+    else {
+        app.stop().await;
+        return;
+    };
+    finished("oauth_advanced.mjs", status, &stdout, &stderr);
+    app.stop().await;
+}
+
 /// The PyPI package http-message-signatures signs requests (hmac-sha256 and ed25519, GET and POST
 /// with Content-Digest) that we accept, and tampered ones we refuse with the right reason; it also
 /// verifies a request signed by portcullis-client.
