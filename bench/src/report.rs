@@ -329,6 +329,34 @@ impl Report {
                 );
             }
         }
+        if let (Some(b), Some(alone)) = (
+            stats_of(&self.rows, "me_jwt_beside_polls"),
+            stats_of(&self.rows, "me_jwt"),
+        ) {
+            let secs = (self.warmup_secs + self.duration_secs) as f64;
+            let connections: usize = self
+                .rows
+                .iter()
+                .find(|r| r.name == "me_jwt_beside_polls")
+                .and_then(|r| r.concurrency.parse().ok())
+                .unwrap_or(1);
+            let polls = crate::scenario::DEVICE_POLLS.load(std::sync::atomic::Ordering::Relaxed)
+                as f64
+                / secs.max(1.0);
+            let me = (b.per_sec() - polls).max(0.0);
+            let share = connections.saturating_sub(crate::scenario::DEVICE_POLLERS) as f64
+                / connections.max(1) as f64;
+            let _ = writeln!(
+                o,
+                "- me_jwt_beside_polls: {} device-code pollers answered ~{polls:.0} polls/s while the other connections got {me:.0} /v1/me/s = {:.2} of me_jwt's rate for their share of the connections",
+                crate::scenario::DEVICE_POLLERS,
+                if alone.per_sec() > 0.0 {
+                    me / (alone.per_sec() * share)
+                } else {
+                    0.0
+                }
+            );
+        }
         if let (Some(s), Some(h)) = (stats_of(&self.rows, "me_dpop"), healthz) {
             let _ = writeln!(
                 o,

@@ -172,6 +172,92 @@ fn presigned(ed25519: bool, s: &Settings) -> Setup {
 /// The request rate [`presigned`] signs ahead for (above what this harness reaches on 2 cores).
 const PRESIGN_RATE: f64 = 35_000.0;
 
+/// Device-code polls answered (`authorization_pending` or `slow_down`) by `me_jwt_beside_polls`'
+/// pollers, over its warm-up and measurement.
+pub static DEVICE_POLLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// How many of `me_jwt_beside_polls`'s connections poll a device code (the rest ask `/v1/me`).
+pub const DEVICE_POLLERS: usize = 4;
+
+/// A device that polls the token endpoint as fast as it can with a code nobody approves: each poll
+/// is answered `slow_down` (or, the first, `authorization_pending`) and records itself in the code's
+/// row, the most a device can make the server do.
+struct DevicePoller {
+    target: Target,
+    form: Bytes,
+}
+
+impl ConnDriver for DevicePoller {
+    fn request(&mut self) -> Result<Req> {
+        self.target
+            .post_form("/oauth2/token", self.form.clone(), None, None)
+    }
+
+    fn check(&mut self, status: StatusCode, body: &Bytes) -> bool {
+        let answered = status == StatusCode::BAD_REQUEST
+            && (contains(body, b"slow_down") || contains(body, b"authorization_pending"));
+        if answered {
+            DEVICE_POLLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        answered
+    }
+}
+
+/// `me_jwt` on all but [`DEVICE_POLLERS`] connections, which poll a pending device code meanwhile.
+fn me_jwt_beside_polls() -> Setup {
+    setup(|ctx, i| async move {
+        let t = ctx.target.clone();
+        if i >= DEVICE_POLLERS {
+            let token = ctx.access_token.clone();
+            return Ok(Simple::boxed(move || t.get("/v1/me", Some(&token))));
+        }
+        let body = serde_json::json!({
+            "name": format!("bench device {i}"), "type": "public",
+            "grant_types": ["urn:ietf:params:oauth:grant-type:device_code"], "scopes": ["orders:read"],
+        });
+        let req = t.post_json_api_key("/admin/v1/clients", json_bytes(&body)?, ctx.root()?)?;
+        let (status, body) = t.once(req).await.context("POST /admin/v1/clients")?;
+        if status != StatusCode::CREATED {
+            bail!(
+                "POST /admin/v1/clients answered {status}: {}",
+                body_snippet(&body)
+            );
+        }
+        let v: serde_json::Value = serde_json::from_slice(&body).context("client JSON")?;
+        let client_id = v
+            .get("client_id")
+            .and_then(|x| x.as_str())
+            .context("client_id")?
+            .to_owned();
+        let req = t.post_form(
+            "/oauth2/device_authorization",
+            Bytes::from(format!("client_id={client_id}&scope=orders%3Aread")),
+            None,
+            None,
+        )?;
+        let (status, body) = t
+            .once(req)
+            .await
+            .context("POST /oauth2/device_authorization")?;
+        if status != StatusCode::OK {
+            bail!(
+                "device_authorization answered {status}: {}",
+                body_snippet(&body)
+            );
+        }
+        let v: serde_json::Value = serde_json::from_slice(&body).context("device JSON")?;
+        let code = v
+            .get("device_code")
+            .and_then(|x| x.as_str())
+            .context("device_code")?;
+        Ok(Box::new(DevicePoller {
+            target: t,
+            form: Bytes::from(format!(
+                "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Adevice_code&client_id={client_id}&device_code={code}"
+            )),
+        }) as Box<dyn ConnDriver>)
+    })
+}
+
 /// The rate [`dpop_me`] makes proofs ahead for (its requests check an ES256 signature each, so they
 /// run well below [`PRESIGN_RATE`]).
 const DPOP_PRESIGN_RATE: f64 = 15_000.0;
@@ -556,6 +642,13 @@ pub fn all(s: &Settings) -> Vec<Scenario> {
             kind: Kind::Loop {
                 connections: s.connections,
                 setup: presigned(true, s),
+            },
+        },
+        Scenario {
+            name: "me_jwt_beside_polls",
+            kind: Kind::Loop {
+                connections: s.connections.max(DEVICE_POLLERS + 1),
+                setup: me_jwt_beside_polls(),
             },
         },
         Scenario {
