@@ -695,6 +695,20 @@ pub async fn discovery(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// Discovery at a path-inserted well-known URL: served when the path is the issuer's own, else 404.
+pub async fn discovery_for_path(
+    State(state): State<AppState>,
+    Path(issuer_path): Path<String>,
+) -> Response {
+    let own = url::Url::parse(state.oauth.issuer())
+        .map(|u| u.path().trim_matches('/').to_owned())
+        .unwrap_or_default();
+    if own.is_empty() || issuer_path.trim_matches('/') != own {
+        return crate::http::ApiError::NoRoute.into_response();
+    }
+    discovery(State(state)).await
+}
+
 /// The OAuth protocol's own routes (described by the discovery document, not the OpenAPI one).
 pub fn protocol_routes() -> Router<AppState> {
     Router::new()
@@ -719,6 +733,16 @@ pub fn protocol_routes() -> Router<AppState> {
         )
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/.well-known/oauth-authorization-server", get(discovery))
+        // RFC 8414 §3.1: an issuer with a path has its metadata at the path-inserted URL (MCP
+        // clients try these first), and OIDC Discovery's appended form is served too.
+        .route(
+            "/.well-known/oauth-authorization-server/{*issuer_path}",
+            get(discovery_for_path),
+        )
+        .route(
+            "/.well-known/openid-configuration/{*issuer_path}",
+            get(discovery_for_path),
+        )
 }
 
 // ---- /admin/v1/clients ---------------------------------------------------------------------------

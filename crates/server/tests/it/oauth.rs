@@ -26,6 +26,7 @@ on_both_stores!(
     public_clients_are_answered_cross_origin_from_their_redirect_origins_only,
     back_channel_logout_posts_a_signed_logout_token_and_retries,
     the_id_token_algorithm_is_rs256_or_what_the_client_registered,
+    an_issuer_with_a_path_has_its_metadata_at_the_path_inserted_urls,
 );
 
 pub const REDIRECT: &str = "http://127.0.0.1:9/cb";
@@ -1691,4 +1692,29 @@ async fn the_id_token_algorithm_is_rs256_or_what_the_client_registered(b: Backen
     let web = web_client(&app, &root).await;
     assert_eq!(web["id_token_signed_response_alg"], "RS256", "the default");
     app.stop().await;
+}
+
+/// RFC 8414 §3.1 (and the MCP authorization spec, which tries it first): an issuer with a path has
+/// its metadata at `/.well-known/oauth-authorization-server/<path>`; other paths are not found.
+async fn an_issuer_with_a_path_has_its_metadata_at_the_path_inserted_urls(b: Backend) {
+    let app = TestApp::spawn_with(b, |c| {
+        c.issuer = c.issuer.as_ref().map(|i| format!("{i}/tenant-a"));
+    })
+    .await;
+    for path in [
+        "/.well-known/oauth-authorization-server/tenant-a",
+        "/.well-known/openid-configuration/tenant-a",
+    ] {
+        let r = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        let doc: Value = r.json().await.unwrap();
+        assert_eq!(doc["issuer"], format!("{}/tenant-a", app.base));
+    }
+    for path in [
+        "/.well-known/oauth-authorization-server/tenant-b",
+        "/.well-known/oauth-authorization-server/tenant-a/x",
+    ] {
+        let r = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
+    }
 }
