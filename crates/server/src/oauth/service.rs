@@ -252,6 +252,13 @@ fn authz_error_code(code: &str) -> &'static str {
     .unwrap_or("invalid_request")
 }
 
+/// Whether a user's grant of `scopes` to `client` comes with a refresh token: `offline_access`, or
+/// (without `openid`) the client's `refresh_token` grant.
+fn issues_refresh(client: &Client, scopes: &[String]) -> bool {
+    client.allows(GrantType::RefreshToken)
+        && (has(scopes, "offline_access") || !has(scopes, "openid"))
+}
+
 fn token_type(jkt: Option<&str>) -> &'static str {
     if jkt.is_some() { "DPoP" } else { "Bearer" }
 }
@@ -1223,9 +1230,7 @@ impl OAuth {
         let Some(user) = self.users.active(row.user_id.as_str()).await? else {
             return Err(bad());
         };
-        let scopes = split(&row.scope);
-        let refresh = client.allows(GrantType::RefreshToken)
-            && (has(&scopes, "offline_access") || !has(&scopes, "openid"));
+        let refresh = issues_refresh(client, &split(&row.scope));
         let answer = self
             .user_tokens(
                 client,

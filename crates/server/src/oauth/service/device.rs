@@ -311,9 +311,7 @@ impl OAuth {
             None => None,
         }
         .unwrap_or(row.decided_at.unwrap_or(now.0) / 1000);
-        let scopes = split(&row.scope);
-        let refresh = client.allows(GrantType::RefreshToken)
-            && (has(&scopes, "offline_access") || !has(&scopes, "openid"));
+        let refresh = super::issues_refresh(client, &split(&row.scope));
         let answer = self
             .user_tokens(
                 client,
