@@ -228,6 +228,23 @@ async fn through(app: &TestApp, base: &str) {
     assert_eq!(s.status, StatusCode::OK, "{:?}", s.body);
     assert_eq!(s.body["authorization_servers"], json!([app.base]));
 
+    // Portcullis's own pages and metadata on the gateway's host reach Portcullis, not the API.
+    for (path, kind) in [
+        ("/assets/portcullis.css", "text/css"),
+        ("/device", "text/html"),
+        ("/login", "text/html"),
+        (
+            "/.well-known/oauth-authorization-server",
+            "application/json",
+        ),
+        ("/.well-known/jwks.json", "application/json"),
+    ] {
+        let r = get(path).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        let ct = r.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(ct.starts_with(kind), "{path}: {ct}");
+    }
+
     // An API key.
     let r = app
         .post_with_key(
