@@ -158,7 +158,8 @@ pub struct Config {
     pub verify_audit_interval_ms: u64,
 
     /// A folder whose files replace the built-in page templates of the same name (`base.html`,
-    /// `login.html`, `account.html`, `message.html`, `portcullis.css`).
+    /// `login.html`, `account.html`, `message.html`, `consent.html`, `device.html`, `logout.html`,
+    /// `form_post.html`, `portcullis.css`).
     pub templates_dir: Option<PathBuf>,
     /// Origins (`https://app.example.com`) whose pages may call the API from the browser with
     /// credentials (CORS). Default: none. Their cookie requests still need the CSRF token.
