@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::{Audit, AuditContext};
 use crate::error::{Error, FieldError, Result};
+use crate::ratelimit::RateLimiter;
 
 /// Prefix of client secrets.
 pub const SECRET_PREFIX: &str = "pcs";
@@ -510,6 +511,8 @@ pub struct Clients {
     rules: ClientRules,
     /// Fetches metadata documents and clients' `jwks_uri`.
     fetcher: Arc<super::fetch::Fetcher>,
+    /// New metadata document clients per site.
+    new_documents: crate::ratelimit::MemoryLimiter,
 }
 
 impl Clients {
@@ -518,6 +521,10 @@ impl Clients {
             store,
             audit,
             fetcher: Arc::new(super::fetch::Fetcher::new(rules.allow_private_fetch)),
+            new_documents: crate::ratelimit::MemoryLimiter::new(
+                std::time::Duration::from_secs(3600),
+                std::time::Duration::from_secs(60),
+            ),
             rules,
             cache: moka::sync::Cache::builder()
                 .max_capacity(10_000)
@@ -637,6 +644,13 @@ impl Clients {
                     .ok_or_else(|| Error::internal("a metadata document client vanished"))?
             }
             None => {
+                // Anyone can name a new document; each becomes a row. New ones are limited per
+                // site (the host's last two labels), so one domain's documents cannot fill the store.
+                let site = md::site_of(host);
+                let decision = self.new_documents.check(&site, md::NEW_PER_SITE, 1).await;
+                if !decision.allowed {
+                    return refused(md::DocumentError::TooManyNew);
+                }
                 let row = ClientRow {
                     id: id.clone(),
                     name: p.name.clone(),

@@ -23,6 +23,26 @@ pub enum DocumentError {
     Fetch(#[from] super::fetch::FetchError),
     #[error("the document is not a client's metadata: {0}")]
     Invalid(String),
+    #[error("too many new metadata documents from this site; try again later")]
+    TooManyNew,
+}
+
+/// New metadata-document clients one site may bring per hour (a client seen before does not count).
+pub const NEW_PER_SITE: portcullis_core::ratelimit::RatePolicy =
+    portcullis_core::ratelimit::RatePolicy {
+        limit: 20,
+        period_ms: 3_600_000,
+    };
+
+/// What the per-site limit counts by: an address as itself, a name by its last two labels
+/// (`a.b.example.com` → `example.com`; without the public suffix list, `co.uk`-style names share).
+pub fn site_of(host: &str) -> String {
+    if host.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[') {
+        return format!("cimd:{host}");
+    }
+    let labels: Vec<&str> = host.trim_end_matches('.').rsplit('.').take(2).collect();
+    let site: Vec<&str> = labels.into_iter().rev().collect();
+    format!("cimd:{}", site.join(".").to_ascii_lowercase())
 }
 
 /// Does this look like a metadata-document client id (rather than one of ours)?
@@ -185,6 +205,14 @@ mod tests {
             assert!(check_url(bad, false).is_err(), "{bad}");
         }
         assert!(check_url("http://127.0.0.1:9/c.json", true).is_ok());
+    }
+
+    #[test]
+    fn sites_are_the_last_two_labels_or_the_address() {
+        assert_eq!(site_of("a.b.example.com"), "cimd:example.com");
+        assert_eq!(site_of("Example.COM"), "cimd:example.com");
+        assert_eq!(site_of("127.0.0.1"), "cimd:127.0.0.1");
+        assert_eq!(site_of("localhost"), "cimd:localhost");
     }
 
     #[test]

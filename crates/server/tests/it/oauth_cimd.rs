@@ -20,6 +20,7 @@ use crate::support::{Backend, TestApp, jwt_claims};
 on_both_stores!(
     a_metadata_document_is_a_client,
     documents_that_break_the_rules_are_no_client,
+    one_site_brings_a_bounded_number_of_new_documents,
 );
 
 /// The documents' server; counts fetches of the good one.
@@ -76,6 +77,7 @@ async fn documents(fetches: Arc<AtomicUsize>) -> String {
                     axum::Json(doc(json!({}))).into_response()
                 }
                 "/html.json" => "<html>not json</html>".into_response(),
+                p if p.starts_with("/many-") => axum::Json(doc(json!({}))).into_response(),
                 _ => S::NOT_FOUND.into_response(),
             }
         }
@@ -258,4 +260,45 @@ async fn documents_that_break_the_rules_are_no_client(b: Backend) {
         .await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(fetches.load(Ordering::SeqCst), 0);
+}
+
+/// Anyone can name a new document, and each becomes a row: 20 new ones per site per hour, then
+/// refused until the hour passes; those already known keep working.
+async fn one_site_brings_a_bounded_number_of_new_documents(b: Backend) {
+    let docs = documents(Arc::new(AtomicUsize::new(0))).await;
+    let app = TestApp::spawn_with(b, |c| c.oauth_fetch_allow_private_for_tests = true).await;
+    let browser = Browser::new(&app);
+    let (_, challenge) = pkce();
+    let status = |n: usize| {
+        let url = authorize_url(
+            &format!("{docs}/many-{n}.json"),
+            "openid",
+            &challenge,
+            "s",
+            "n",
+        );
+        let browser = &browser;
+        async move { browser.get(&url).await.status() }
+    };
+    for n in 0..20 {
+        assert_eq!(
+            status(n).await,
+            StatusCode::SEE_OTHER,
+            "document {n} is a client (to the login)"
+        );
+    }
+    assert_eq!(
+        status(20).await,
+        StatusCode::BAD_REQUEST,
+        "the 21st new one is refused"
+    );
+    assert_eq!(
+        status(3).await,
+        StatusCode::SEE_OTHER,
+        "a known one still works"
+    );
+    assert_eq!(
+        app.scalar_i64("SELECT COUNT(*) FROM oauth_clients").await,
+        20
+    );
 }
