@@ -978,7 +978,8 @@ impl OAuth {
             Presented::Basic { id, .. } => (id.clone(), true),
             Presented::Post { id, .. } | Presented::None { id } => ((*id).to_owned(), false),
         };
-        if id.len() > 256 {
+        // Our ids are short; a metadata document's is its URL, up to 2048 bytes.
+        if id.len() > super::clients::MAX_URL_LEN {
             return Err(OAuthError::invalid_client(is_basic));
         }
         let key = format!(

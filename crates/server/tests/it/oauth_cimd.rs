@@ -178,6 +178,27 @@ async fn a_metadata_document_is_a_client(b: Backend) {
     let other = url.replace("127.0.0.1%3A9", "127.0.0.1%3A9%2Fother");
     let r = browser.get(&other).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // A long URL (here 430 bytes) is a client id like any other at the token endpoint: the made-up
+    // code is refused, not the client.
+    let long = format!("{docs}/many-{}.json", "x".repeat(400));
+    let r = app
+        .client
+        .post(app.url("/oauth2/token"))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("client_id", long.as_str()),
+            ("code", "pac_made_up"),
+            ("code_verifier", &"v".repeat(43)),
+            ("redirect_uri", REDIRECT),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"],
+        "invalid_grant",
+        "the long document client authenticated"
+    );
     // Fetched once: max-age=600 holds it across every request above.
     assert_eq!(fetches.load(Ordering::SeqCst), 1);
 }
