@@ -200,7 +200,8 @@ impl Verifier {
 
     /// The principal an access token speaks for: an RFC 9068 JWT verified locally (algorithm pinned
     /// to the key, `typ` `at+jwt`, `iss`, `aud`, `exp`/`nbf` with leeway), or an opaque token by
-    /// introspection when configured.
+    /// introspection when configured. A DPoP-bound token (`cnf`) is refused (`dpop_bound`): it is
+    /// good only with a proof of its key, which this Bearer verifier does not check.
     pub async fn verify(&self, token: &str) -> Result<Arc<Principal>, Error> {
         let inner = &self.inner;
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
@@ -233,6 +234,11 @@ impl Verifier {
             other => other,
         }
         .map_err(|e| Error::InvalidToken(e.reason()))?;
+        // A DPoP-bound token (RFC 9449) is good only with a proof by its key, which a Bearer
+        // verifier does not see: refused, as the server refuses it as Bearer.
+        if claims.cnf.is_some() {
+            return Err(Error::InvalidToken("dpop_bound"));
+        }
         let p = Arc::new(principal(&claims, AuthMethod::Jwt));
         inner.verified.put(
             key,
@@ -287,6 +293,9 @@ impl Verifier {
         }
         let v: serde_json::Value =
             serde_json::from_slice(&body).map_err(|_| unavailable("not JSON".into()))?;
+        if v.get("cnf").is_some() {
+            return Err(Error::InvalidToken("dpop_bound"));
+        }
         if v.get("active").and_then(|a| a.as_bool()) != Some(true) {
             return Err(Error::InvalidToken("inactive"));
         }

@@ -408,3 +408,46 @@ async fn opaque_tokens_are_introspected_and_cached_briefly() {
     ));
     server.stop().await;
 }
+
+/// A DPoP-bound token (RFC 9449) is refused by the Bearer verifier, as the server refuses it as
+/// Bearer: without its proof, a stolen bound token must be worth nothing here too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dpop_bound_tokens_are_refused_as_bearer() {
+    use portcullis_core::jwt::{JwsAlg, SigningKey};
+    let mut server = Server::start().await;
+    let (id, secret) = server.client("jwt").await;
+    let (key, _) = SigningKey::generate(JwsAlg::Es256).unwrap();
+    let mut header = serde_json::Map::new();
+    header.insert("typ".into(), "dpop+jwt".into());
+    header.insert("jwk".into(), key.public_jwk().unwrap());
+    let url = format!("{}/oauth2/token", server.base);
+    let claims = json!({
+        "jti": "client-test-1", "htm": "POST", "htu": url,
+        "iat": portcullis_core::clock::Millis::now().as_secs(),
+    });
+    let proof = key.sign_with_header(header, &claims).unwrap();
+    let r = server
+        .http
+        .post(&url)
+        .basic_auth(&id, Some(&secret))
+        .header("dpop", proof)
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("scope", "orders:read"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let t: Value = r.json().await.unwrap();
+    assert_eq!(t["token_type"], "DPoP");
+    let bound = t["access_token"].as_str().unwrap();
+    let v = verifier(&server, |_| {});
+    match v.verify(bound).await {
+        Err(portcullis_client::Error::InvalidToken(reason)) => assert_eq!(reason, "dpop_bound"),
+        other => panic!("a bound token passed as Bearer: {other:?}"),
+    }
+    // An unbound one still verifies.
+    let plain = server.token(&id, &secret, "orders:read").await;
+    assert!(v.verify(&plain).await.is_ok());
+    server.stop().await;
+}
