@@ -330,6 +330,28 @@ mod tests {
         assert!(Fetcher::new(true).check_url("http://127.0.0.1:9/m").is_ok());
     }
 
+    #[tokio::test]
+    async fn names_that_resolve_to_private_addresses_resolve_to_nothing() {
+        use reqwest::dns::Resolve;
+        use std::str::FromStr;
+        let strict = PublicOnly {
+            allow_private: false,
+        };
+        let name = reqwest::dns::Name::from_str("localhost").unwrap();
+        assert!(strict.resolve(name).await.is_err(), "localhost is loopback");
+        let lenient = PublicOnly {
+            allow_private: true,
+        };
+        let name = reqwest::dns::Name::from_str("localhost").unwrap();
+        assert!(lenient.resolve(name).await.is_ok());
+        // And a fetch of such a name never connects.
+        let f = Fetcher::new(false);
+        assert_eq!(
+            f.json("https://localhost:1/jwks.json").await,
+            Err(FetchError::PrivateAddress)
+        );
+    }
+
     #[test]
     fn cache_lifetimes_follow_cache_control_within_bounds() {
         let h = |s: &str| reqwest::header::HeaderValue::from_str(s).unwrap();
