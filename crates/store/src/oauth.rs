@@ -71,6 +71,8 @@ pub struct CodeRow {
     pub created_at: Millis,
     pub expires_at: Millis,
     pub redeemed_at: Option<Millis>,
+    /// The DPoP key its redemption must prove (RFC 9449 §10).
+    pub dpop_jkt: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -88,6 +90,7 @@ struct StoredCode {
     created_at: i64,
     expires_at: i64,
     redeemed_at: Option<i64>,
+    dpop_jkt: Option<String>,
 }
 
 impl TryFrom<StoredCode> for CodeRow {
@@ -107,13 +110,14 @@ impl TryFrom<StoredCode> for CodeRow {
             created_at: Millis(r.created_at),
             expires_at: Millis(r.expires_at),
             redeemed_at: column::opt_millis(r.redeemed_at),
+            dpop_jkt: r.dpop_jkt,
         })
     }
 }
 
 macro_rules! code_columns {
     () => {
-        "code_hash, client_id, user_id, session_id, redirect_uri, code_challenge, scope, resources, nonce, auth_time, created_at, expires_at, redeemed_at"
+        "code_hash, client_id, user_id, session_id, redirect_uri, code_challenge, scope, resources, nonce, auth_time, created_at, expires_at, redeemed_at, dpop_jkt"
     };
 }
 
@@ -123,7 +127,7 @@ macro_rules! insert_code_sql {
         concat!(
             "INSERT INTO oauth_codes (",
             code_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
         )
     };
 }
@@ -143,6 +147,7 @@ macro_rules! bind_code {
             .bind($c.created_at.0)
             .bind($c.expires_at.0)
             .bind($c.redeemed_at.map(|m| m.0))
+            .bind(&$c.dpop_jkt)
     };
 }
 

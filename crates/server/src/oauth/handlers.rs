@@ -458,9 +458,13 @@ pub async fn par(
 ) -> Result<Response, OAuthError> {
     let client = client_of(&state, &headers, &p, ip, &ctx).await?;
     let cors = cors_for(&state, &headers, &client)?;
+    let jkt = match dpop_proof(&state, &headers, "/oauth2/par").await {
+        Ok(jkt) => jkt,
+        Err(res) => return Ok(with_cors(res, cors)),
+    };
     let res = match state
         .oauth
-        .push_authorization_request(&client, &p, &ctx)
+        .push_authorization_request(&client, &p, &ctx, jkt.as_deref())
         .await
     {
         Ok((request_uri, expires_in)) => json_no_store(

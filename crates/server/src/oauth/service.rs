@@ -90,6 +90,9 @@ pub struct AuthzRequest {
     pub auth_after: Option<i64>,
     /// The pushed request this came from (RFC 9126), spent by the code or the denial.
     pub par: Option<TokenHash>,
+    /// RFC 9449 §10: the DPoP key the code is bound to (`dpop_jkt`, or the key of the proof sent
+    /// with the pushed request).
+    pub dpop_jkt: Option<String>,
 }
 
 /// An authorization request that failed.
@@ -417,11 +420,25 @@ impl OAuth {
         client: &Client,
         p: &Params,
         ctx: &AuditContext,
+        dpop: Option<&str>,
     ) -> OAuthResult<(String, i64)> {
         if p.get("request_uri").is_some() {
             return Err(OAuthError::invalid_request(
                 "a pushed request cannot itself name a request_uri",
             ));
+        }
+        // RFC 9449 §10.1: a proof with the push binds the code to its key (as dpop_jkt would).
+        let mut extra = vec![("client_id", client.id.to_string())];
+        if let Some(jkt) = dpop {
+            if p.get("dpop_jkt").is_some_and(|j| j != jkt) {
+                return Err(OAuthError::new(
+                    "invalid_dpop_proof",
+                    "dpop_jkt is not the thumbprint of the DPoP proof's key",
+                ));
+            }
+            if p.get("dpop_jkt").is_none() {
+                extra.push(("dpop_jkt", jkt.to_owned()));
+            }
         }
         let encoded = p.encode_without(
             &[
@@ -431,7 +448,7 @@ impl OAuth {
                 "client_assertion_type",
                 "_auth_after",
             ],
-            &[("client_id", client.id.to_string())],
+            &extra,
         );
         let params = Params::parse(encoded.as_bytes())?;
         if let Err(e) = self.read_request(&params, true).await {
@@ -684,6 +701,23 @@ impl OAuth {
             Err(e) => return Err(fail(e.code, e.description)),
         };
         let auth_after = p.get("_auth_after").and_then(|v| v.parse::<i64>().ok());
+        let dpop_jkt = match p.get("dpop_jkt") {
+            None => None,
+            // An RFC 7638 SHA-256 thumbprint: 43 base64url characters.
+            Some(j)
+                if j.len() == 43
+                    && j.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+            {
+                Some(j.to_owned())
+            }
+            Some(_) => {
+                return Err(fail(
+                    "invalid_request",
+                    "dpop_jkt is the base64url SHA-256 JWK thumbprint of a DPoP key".into(),
+                ));
+            }
+        };
         Ok(AuthzRequest {
             client,
             redirect_uri,
@@ -700,6 +734,7 @@ impl OAuth {
             resources,
             auth_after,
             par: None,
+            dpop_jkt,
         })
     }
 
@@ -870,6 +905,7 @@ impl OAuth {
             created_at: now,
             expires_at: now.plus_secs(CODE_TTL_S),
             redeemed_at: None,
+            dpop_jkt: req.dpop_jkt.clone(),
         };
         self.store.insert_code(&row).await?;
         metrics::counter!("portcullis_oauth_codes_total", "outcome" => "issued").increment(1);
@@ -1215,6 +1251,22 @@ impl OAuth {
             );
             return Err(bad());
         };
+        // RFC 9449 §10: a bound code is redeemed only with a proof by its key.
+        if let Some(bound) = &row.dpop_jkt
+            && dpop != Some(bound.as_str())
+        {
+            self.audit.record(
+                "oauth.code_refused",
+                Some(row.user_id.as_str()),
+                Some(client.id.as_str()),
+                ctx,
+                json!({ "reason": "dpop_key" }),
+            );
+            return Err(OAuthError::new(
+                "invalid_dpop_proof",
+                "this code is bound to a DPoP key: send a proof made with it",
+            ));
+        }
         let granted: Vec<String> = serde_json::from_str(&row.resources).unwrap_or_default();
         let asked = p.all("resource");
         let audiences = if asked.is_empty() {

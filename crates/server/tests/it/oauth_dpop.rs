@@ -16,6 +16,7 @@ use crate::on_both_stores;
 use crate::support::{Backend, TestApp, jwt_claims, uuid_hex};
 
 on_both_stores!(
+    codes_can_be_bound_to_a_key_by_par_or_dpop_jkt,
     bound_tokens_need_their_proof_at_every_resource,
     bad_proofs_are_refused_and_nothing_is_issued,
     server_nonces_are_asked_for_when_configured,
@@ -457,4 +458,160 @@ async fn server_nonces_are_asked_for_when_configured(b: Backend) {
     assert_eq!(r.status(), StatusCode::OK);
     assert!(r.headers().contains_key("dpop-nonce"));
     assert_eq!(r.json::<Value>().await.unwrap()["token_type"], "DPoP");
+}
+
+/// The browser half for `url` (logged in, consent given once): the code.
+async fn code_for(browser: &Browser, url: &str) -> String {
+    let mut r = browser.get(url).await;
+    if r.status() == StatusCode::OK {
+        let html = r.text().await.unwrap();
+        r = browser
+            .post(
+                "/consent",
+                &[
+                    ("csrf_token", &crate::oauth::form_value(&html, "csrf_token")),
+                    ("request", &crate::oauth::form_value(&html, "request")),
+                    ("decision", "approve"),
+                ],
+            )
+            .await;
+    }
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let q = crate::oauth::query_of(r.headers()["location"].to_str().unwrap());
+    crate::oauth::param(&q, "code").expect("a code").to_owned()
+}
+
+/// RFC 9449 §10: a proof sent with the pushed request, or `dpop_jkt` on the authorization request,
+/// binds the code; only a proof by that key redeems it.
+async fn codes_can_be_bound_to_a_key_by_par_or_dpop_jkt(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let root = app.root_key().await;
+    let web = crate::oauth::web_client(&app, &root).await;
+    let cid = web["client_id"].as_str().unwrap().to_owned();
+    app.register("ada@example.com").await;
+    let mut browser = Browser::new(&app);
+    browser.log_in("ada@example.com", "/account").await;
+    let key = DpopKey::new(JwsAlg::Es256);
+    let other = DpopKey::new(JwsAlg::Es256);
+    let par_url = app.url("/oauth2/par");
+    let token_url = app.url("/oauth2/token");
+    let redeem = |code: String, verifier: String, proof: Option<String>| {
+        let app = &app;
+        let web = &web;
+        async move {
+            let mut r = app
+                .client
+                .post(app.url("/oauth2/token"))
+                .header(
+                    "authorization",
+                    crate::oauth::basic(
+                        web["client_id"].as_str().unwrap(),
+                        web["client_secret"].as_str().unwrap(),
+                    ),
+                )
+                .form(&[
+                    ("grant_type", "authorization_code"),
+                    ("code", code.as_str()),
+                    ("code_verifier", verifier.as_str()),
+                    ("redirect_uri", crate::oauth::REDIRECT),
+                ]);
+            if let Some(p) = proof {
+                r = r.header("dpop", p);
+            }
+            r.send().await.unwrap()
+        }
+    };
+    let pushed = |verifier_challenge: String| {
+        let app = &app;
+        let web = &web;
+        let key = &key;
+        let par_url = par_url.clone();
+        async move {
+            let r = app
+                .client
+                .post(&par_url)
+                .header(
+                    "authorization",
+                    crate::oauth::basic(
+                        web["client_id"].as_str().unwrap(),
+                        web["client_secret"].as_str().unwrap(),
+                    ),
+                )
+                .header("dpop", key.proof("POST", &par_url, None, None))
+                .form(&[
+                    ("response_type", "code"),
+                    ("redirect_uri", crate::oauth::REDIRECT),
+                    ("scope", "orders:read"),
+                    ("code_challenge", verifier_challenge.as_str()),
+                    ("code_challenge_method", "S256"),
+                ])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::CREATED);
+            let v: Value = r.json().await.unwrap();
+            v["request_uri"].as_str().unwrap().replace(':', "%3A")
+        }
+    };
+    // Pushed with a proof: another key's proof, or none, does not redeem it.
+    for proof in [Some(other.proof("POST", &token_url, None, None)), None] {
+        let (verifier, challenge) = crate::oauth::pkce();
+        let uri = pushed(challenge).await;
+        let code = code_for(
+            &browser,
+            &format!("/oauth2/authorize?client_id={cid}&request_uri={uri}"),
+        )
+        .await;
+        let r = redeem(code, verifier, proof).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["error"],
+            "invalid_dpop_proof"
+        );
+    }
+    let (verifier, challenge) = crate::oauth::pkce();
+    let uri = pushed(challenge).await;
+    let code = code_for(
+        &browser,
+        &format!("/oauth2/authorize?client_id={cid}&request_uri={uri}"),
+    )
+    .await;
+    let r = redeem(
+        code,
+        verifier,
+        Some(key.proof("POST", &token_url, None, None)),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let t: Value = r.json().await.unwrap();
+    assert_eq!(
+        jwt_claims(t["access_token"].as_str().unwrap())["cnf"]["jkt"],
+        key.jkt()
+    );
+
+    // dpop_jkt on a plain authorization request binds the same way; a malformed one is refused.
+    let (verifier, challenge) = crate::oauth::pkce();
+    let url = format!(
+        "{}&dpop_jkt={}",
+        crate::oauth::authorize_url(&cid, "orders:read", &challenge, "s", "n"),
+        key.jkt()
+    );
+    let code = code_for(&browser, &url).await;
+    let r = redeem(
+        code,
+        verifier,
+        Some(key.proof("POST", &token_url, None, None)),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let (_, challenge) = crate::oauth::pkce();
+    let r = browser
+        .get(&format!(
+            "{}&dpop_jkt=short",
+            crate::oauth::authorize_url(&cid, "orders:read", &challenge, "s", "n")
+        ))
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let q = crate::oauth::query_of(r.headers()["location"].to_str().unwrap());
+    assert_eq!(crate::oauth::param(&q, "error"), Some("invalid_request"));
 }

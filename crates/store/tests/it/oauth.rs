@@ -60,6 +60,7 @@ async fn code(s: &Store, client: &ClientId, user: &UserId) -> TokenHash {
         created_at: T0,
         expires_at: T0.plus_secs(60),
         redeemed_at: None,
+        dpop_jkt: None,
     })
     .await
     .unwrap();
