@@ -166,7 +166,6 @@ try {
 
   // 2. A proof by the npm dpop package.
   const own = await dpop.generateKeyPair('ES256');
-  const ownDpop = oauth.DPoP(c, own);
   const machine = await register({
     name: 'dpop machine', type: 'confidential', grant_types: ['client_credentials'], scopes: ['orders:read'],
   });
@@ -196,7 +195,6 @@ try {
   });
   check(forward.status === 200, '/v1/authorize accepts it with a proof for the original request');
   check(mc.client_id === forward.headers.get('x-auth-client-id'), 'and names the client');
-  void ownDpop;
 
   // 3. The device flow with openid-client.
   const tv = await register({

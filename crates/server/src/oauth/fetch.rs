@@ -176,7 +176,7 @@ impl Fetcher {
             return Ok(Arc::clone(&c.value));
         }
         let url = self.check_url(raw)?;
-        let res = self
+        let mut res = self
             .http
             .get(url)
             .header(reqwest::header::ACCEPT, "application/json")
@@ -206,7 +206,6 @@ impl Fetcher {
         }
         let ttl = ttl(res.headers().get(reqwest::header::CACHE_CONTROL));
         let mut body = BytesMut::new();
-        let mut res = res;
         while let Some(chunk) = res.chunk().await.map_err(|e| {
             if e.is_timeout() {
                 FetchError::Timeout

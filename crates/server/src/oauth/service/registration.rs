@@ -128,8 +128,8 @@ impl OAuth {
         self.settings.dynamic_registration
     }
 
-    /// RFC 7591 metadata as a registration of ours, and the metadata to echo. `current` is the
-    /// client being replaced (RFC 7592 PUT): its type stays.
+    /// RFC 7591 metadata as a registration of ours, and the metadata to echo (a replacement, RFC
+    /// 7592 PUT, that changes the client's type is refused by `Clients::update`).
     fn registration_settings(
         &self,
         m: &Map<String, Value>,
