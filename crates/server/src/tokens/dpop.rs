@@ -10,10 +10,13 @@ use portcullis_core::oauth::dpop::{self, DpopError, Expected, NonceKey};
 
 use crate::signatures::{FirstUse, NonceCache};
 
-/// How old a proof's `iat` may be (s); its `jti` is remembered this long (plus the skew).
-pub const MAX_AGE_S: i64 = 300;
+/// How old a proof's `iat` may be (s); its `jti` is remembered this long (plus the skew). Proofs are
+/// made per request, so a minute is plenty (RFC 9449 §11.1: "seconds or minutes"), and it bounds the
+/// replay cache: with the default capacity (`signature_nonce_capacity`, 2,000,000) ~22,000 proofs/s
+/// can be remembered for their whole window; beyond, requests get 503 rather than a forgotten `jti`.
+pub const MAX_AGE_S: i64 = 60;
 /// How far ahead of our clock a proof's `iat` may be (s).
-pub const MAX_SKEW_S: i64 = 60;
+pub const MAX_SKEW_S: i64 = 30;
 /// The algorithms a proof may use (`dpop_signing_alg_values_supported`).
 pub const ALGS: &[&str] = &["ES256", "RS256", "EdDSA"];
 /// The DPoP challenge (RFC 9449 §7.1), beside Bearer's for a bound token presented as Bearer.
