@@ -187,15 +187,10 @@ pub async fn services(
                 .oauth_registration_token
                 .as_ref()
                 .map(|t| portcullis_core::secrets::TokenHash::of(t.expose().as_bytes())),
-            registration_scopes: crate::oauth::service::registration::registration_scopes(
-                &config.oauth_registration_scopes,
-                &config.route,
-            ),
             registration_rate: crate::oauth::service::registration::registration_rate(
                 config.oauth_registration_ip_limit,
                 config.oauth_registration_ip_period_s,
             ),
-            allow_private_fetch: config.oauth_fetch_allow_private_for_tests,
         },
     ));
     let auth = Arc::new(Auth::new(

@@ -67,6 +67,19 @@ fn bearer(value: &axum::http::HeaderValue) -> Result<&str> {
     portcullis_core::bearer::token(value).map_err(|e| Error::InvalidToken(e.reason()))
 }
 
+/// The request's `DPoP` proof: `None` without one; refused when there are several or it is not text.
+pub fn dpop_proof(headers: &HeaderMap) -> Result<Option<&str>> {
+    let mut proofs = headers.get_all("dpop").iter();
+    match (proofs.next(), proofs.next()) {
+        (None, _) => Ok(None),
+        (Some(p), None) => p
+            .to_str()
+            .map(Some)
+            .map_err(|_| Error::InvalidDpopProof("malformed")),
+        (Some(_), Some(_)) => Err(Error::InvalidDpopProof("one_dpop_header")),
+    }
+}
+
 /// The token of `Authorization: DPoP <token>`; `None` for another scheme.
 fn dpop_scheme(value: &axum::http::HeaderValue) -> Result<Option<&str>> {
     let value = value
@@ -112,13 +125,7 @@ pub fn from_headers<'a>(method: &Method, headers: &'a HeaderMap) -> Result<Crede
     }
     if let Some(value) = authorization {
         if let Some(token) = dpop_scheme(value)? {
-            let mut proofs = headers.get_all("dpop").iter();
-            let (Some(proof), None) = (proofs.next(), proofs.next()) else {
-                return Err(Error::InvalidDpopProof("one_dpop_header"));
-            };
-            let proof = proof
-                .to_str()
-                .map_err(|_| Error::InvalidDpopProof("malformed"))?;
+            let proof = dpop_proof(headers)?.ok_or(Error::InvalidDpopProof("one_dpop_header"))?;
             return Ok(Credential::Dpop { token, proof });
         }
         let token = bearer(value)?;

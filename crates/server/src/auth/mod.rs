@@ -173,12 +173,18 @@ impl Auth {
     /// An access JWT meant for `audience` (a protected resource behind forward auth): every check of
     /// [`Tokens::verify`], with that audience instead of ours.
     pub async fn access_token_for(&self, token: &str, audience: &str) -> Result<Principal> {
+        let claims = self.claims_for(token, audience).await?;
+        refuse_bound_as_bearer(&claims)?;
+        Ok(self.claims_principal(&claims, AuthMethod::Jwt))
+    }
+
+    /// An access JWT's claims, checked as [`Tokens::verify`] does but for `audience`.
+    async fn claims_for(&self, token: &str, audience: &str) -> Result<Arc<AccessClaims>> {
         let claims = self.tokens.verify_for(token, Audience::Any).await?;
         if !claims.aud.iter().any(|a| a == audience) {
             return Err(Error::InvalidToken("wrong_audience"));
         }
-        refuse_bound_as_bearer(&claims)?;
-        Ok(self.claims_principal(&claims, AuthMethod::Jwt))
+        Ok(claims)
     }
 
     /// [`Self::access_token_for`] presented under the DPoP scheme, with its proof for `target`.
@@ -189,10 +195,7 @@ impl Auth {
         audience: &str,
         target: Target<'_>,
     ) -> Result<Principal> {
-        let claims = self.tokens.verify_for(token, Audience::Any).await?;
-        if !claims.aud.iter().any(|a| a == audience) {
-            return Err(Error::InvalidToken("wrong_audience"));
-        }
+        let claims = self.claims_for(token, audience).await?;
         self.check_dpop(&claims, token, proof, target).await?;
         Ok(self.claims_principal(&claims, AuthMethod::Jwt))
     }

@@ -374,15 +374,7 @@ impl ForwardAuth {
             .unwrap_or(&self.audience);
         match credential {
             Credential::Bearer(token) if kind == AuthMethod::OAuth => {
-                let claims = self
-                    .oauth
-                    .opaque_access(token)
-                    .await
-                    .map_err(|e| Error::Internal(e.description))?
-                    .ok_or(Error::InvalidToken("unknown_or_expired"))?;
-                if !claims.aud.iter().any(|a| a == audience) {
-                    return Err(Error::InvalidToken("wrong_audience"));
-                }
+                let claims = self.opaque_for(token, audience).await?;
                 crate::auth::refuse_bound_as_bearer(&claims)?;
                 Ok((self.auth.claims_principal(&claims, AuthMethod::OAuth), None))
             }
@@ -403,15 +395,7 @@ impl ForwardAuth {
                     uri: &htu,
                 };
                 if kind == AuthMethod::OAuth {
-                    let claims = self
-                        .oauth
-                        .opaque_access(token)
-                        .await
-                        .map_err(|e| Error::Internal(e.description))?
-                        .ok_or(Error::InvalidToken("unknown_or_expired"))?;
-                    if !claims.aud.iter().any(|a| a == audience) {
-                        return Err(Error::InvalidToken("wrong_audience"));
-                    }
+                    let claims = self.opaque_for(token, audience).await?;
                     self.auth.check_dpop(&claims, token, proof, target).await?;
                     return Ok((self.auth.claims_principal(&claims, AuthMethod::OAuth), None));
                 }
@@ -449,6 +433,24 @@ impl ForwardAuth {
             }
             other => Ok((self.auth.authenticate(other).await?, None)),
         }
+    }
+
+    /// An opaque access token's claims, for `audience`.
+    async fn opaque_for(
+        &self,
+        token: &str,
+        audience: &str,
+    ) -> Result<portcullis_core::jwt::AccessClaims> {
+        let claims = self
+            .oauth
+            .opaque_access(token)
+            .await
+            .map_err(|e| Error::Internal(e.description))?
+            .ok_or(Error::InvalidToken("unknown_or_expired"))?;
+        if !claims.aud.iter().any(|a| a == audience) {
+            return Err(Error::InvalidToken("wrong_audience"));
+        }
+        Ok(claims)
     }
 
     fn check_scopes(

@@ -533,6 +533,11 @@ impl Clients {
         }
     }
 
+    /// What a dynamically registered or metadata-document client may ask for.
+    pub fn open_scopes(&self) -> &[String] {
+        &self.rules.open_scopes
+    }
+
     pub fn fetcher(&self) -> &super::fetch::Fetcher {
         &self.fetcher
     }

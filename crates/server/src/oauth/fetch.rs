@@ -86,6 +86,18 @@ pub fn is_public(ip: IpAddr) -> bool {
     }
 }
 
+/// The resolver's refusal, found again in the error chain of the request it failed.
+#[derive(Debug)]
+struct NoPublicAddress;
+
+impl std::fmt::Display for NoPublicAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the name resolves to no public address")
+    }
+}
+
+impl std::error::Error for NoPublicAddress {}
+
 /// Resolves names as the system does, keeping public addresses only.
 struct PublicOnly {
     allow_private: bool,
@@ -101,7 +113,7 @@ impl reqwest::dns::Resolve for PublicOnly {
                 .filter(|a| allow_private || is_public(a.ip()))
                 .collect();
             if addrs.is_empty() {
-                return Err("the name resolves to no public address".into());
+                return Err(Box::new(NoPublicAddress) as Box<dyn std::error::Error + Send + Sync>);
             }
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
@@ -183,9 +195,16 @@ impl Fetcher {
             .send()
             .await
             .map_err(|e| {
+                let mut source = std::error::Error::source(&e);
+                let refused = std::iter::from_fn(|| {
+                    let s = source?;
+                    source = s.source();
+                    Some(s)
+                })
+                .any(|s| s.is::<NoPublicAddress>());
                 if e.is_timeout() {
                     FetchError::Timeout
-                } else if format!("{e:?}").contains("no public address") {
+                } else if refused {
                     FetchError::PrivateAddress
                 } else {
                     FetchError::Unreachable

@@ -235,15 +235,10 @@ async fn dpop_proof(
     headers: &HeaderMap,
     path: &str,
 ) -> Result<Option<String>, Response> {
-    let mut proofs = headers.get_all("dpop").iter();
-    let proof = match (proofs.next(), proofs.next()) {
-        (None, _) => return Ok(None),
-        (Some(p), None) => p.to_str().unwrap_or_default(),
-        (Some(_), Some(_)) => {
-            return Err(
-                OAuthError::new("invalid_dpop_proof", "send one DPoP header").into_response(),
-            );
-        }
+    let proof = match credential::dpop_proof(headers) {
+        Ok(None) => return Ok(None),
+        Ok(Some(p)) => p,
+        Err(e) => return Err(OAuthError::new("invalid_dpop_proof", e.to_string()).into_response()),
     };
     let uri = format!("{}{path}", state.oauth.issuer());
     match state.dpop.check(proof, "POST", &uri, None).await {
@@ -602,9 +597,8 @@ pub async fn userinfo(
         uri: &uri,
     };
     let dpop = if is_dpop {
-        let mut proofs = headers.get_all("dpop").iter();
-        match (proofs.next().and_then(|p| p.to_str().ok()), proofs.next()) {
-            (Some(proof), None) => Some((proof, state.auth.as_ref(), target)),
+        match credential::dpop_proof(&headers) {
+            Ok(Some(proof)) => Some((proof, state.auth.as_ref(), target)),
             _ => {
                 let mut e = OAuthError::new("invalid_dpop_proof", "send one DPoP proof");
                 e.status = 401;

@@ -187,12 +187,8 @@ pub struct OAuthSettings {
     pub dynamic_registration: bool,
     /// SHA-256 of `oauth_registration_token`, the initial access token registrations need.
     pub registration_token_hash: Option<TokenHash>,
-    /// What a registered client may ask for.
-    pub registration_scopes: Vec<String>,
     /// Registrations per address.
     pub registration_rate: portcullis_core::ratelimit::RatePolicy,
-    /// `oauth_fetch_allow_private_for_tests`.
-    pub allow_private_fetch: bool,
 }
 
 impl Default for OAuthSettings {
@@ -202,17 +198,13 @@ impl Default for OAuthSettings {
             require_par: false,
             dynamic_registration: false,
             registration_token_hash: None,
-            registration_scopes: Vec::new(),
             registration_rate: registration::registration_rate(10, 3600),
-            allow_private_fetch: false,
         }
     }
 }
 
 pub struct OAuth {
     settings: OAuthSettings,
-    /// Fetches clients' `jwks_uri` (and Client ID Metadata Documents).
-    fetcher: super::fetch::Fetcher,
     /// `jti`s of client assertions, each good once until its `exp`.
     assertion_jtis: crate::signatures::MemoryNonces,
     /// The resources forward-auth route rules protect: any client may ask for tokens meant for
@@ -299,7 +291,6 @@ impl OAuth {
     ) -> Self {
         let issuer = tokens.issuer().to_owned();
         Self {
-            fetcher: super::fetch::Fetcher::new(settings.allow_private_fetch),
             assertion_jtis: crate::signatures::MemoryNonces::new(200_000),
             settings,
             protected_resources,

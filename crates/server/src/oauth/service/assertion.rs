@@ -100,7 +100,8 @@ impl OAuth {
             (Some(jwks), _) => verified(jwks)?,
             (None, Some(uri)) => {
                 let jwks = self
-                    .fetcher
+                    .clients
+                    .fetcher()
                     .json(uri)
                     .await
                     .map_err(|_| "jwks_uri_unavailable")?;
@@ -108,9 +109,10 @@ impl OAuth {
                     true
                 } else {
                     // The client may have rotated its keys since we cached them: look once more.
-                    self.fetcher.forget(uri);
+                    self.clients.fetcher().forget(uri);
                     let jwks = self
-                        .fetcher
+                        .clients
+                        .fetcher()
                         .json(uri)
                         .await
                         .map_err(|_| "jwks_uri_unavailable")?;

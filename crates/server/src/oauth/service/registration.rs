@@ -187,7 +187,7 @@ impl OAuth {
                 ));
             }
         }
-        let allowed = &self.settings.registration_scopes;
+        let allowed = self.clients.open_scopes();
         let scopes: Vec<String> = match text(m, "scope")? {
             Some(s) => {
                 let asked: Vec<String> = super::split(s);
@@ -199,7 +199,7 @@ impl OAuth {
                 }
                 asked
             }
-            None => allowed.clone(),
+            None => allowed.to_vec(),
         };
         let name = text(m, "client_name")?
             .unwrap_or("Unnamed client")
