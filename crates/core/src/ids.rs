@@ -100,6 +100,10 @@ prefixed_id!(
     ClientId, "cli_"
 );
 prefixed_id!(
+    /// An upstream identity (provider, subject) linked to a user.
+    IdentityId, "idn_"
+);
+prefixed_id!(
     /// A key for HTTP message signatures (RFC 9421): the `keyid` a signer sends.
     SignatureKeyId, "sig_"
 );

@@ -20,6 +20,7 @@ pub mod email;
 pub mod httpsig;
 pub mod ids;
 pub mod jwt;
+pub mod links;
 pub mod oauth;
 pub mod page;
 #[cfg(feature = "passwords")]

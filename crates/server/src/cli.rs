@@ -299,7 +299,16 @@ pub async fn run(command: Command) -> Result<(), Failure> {
                 .hash(&password)
                 .map_err(|e| Failure::Runtime(e.to_string()))?;
             let roles = if admin { "admin" } else { "" };
-            match insert_user(&store, &email, name, Some(hash.as_str().to_owned()), roles).await {
+            match insert_user(
+                &store,
+                &email,
+                name,
+                Some(hash.as_str().to_owned()),
+                roles,
+                Some(Millis::now()),
+            )
+            .await
+            {
                 Ok(user) => println!("{}", user.id),
                 Err(Error::EmailTaken) => {
                     return Err(Failure::Runtime(format!(

@@ -238,6 +238,21 @@ pub struct Config {
     /// Add `includeSubDomains` to HSTS (sent when the issuer is https).
     pub hsts_include_subdomains: bool,
 
+    /// Outgoing mail (verification and password-reset links): `smtp://host:port` (STARTTLS, which
+    /// only a loopback server may go without) or `smtps://user:password@host:465`. Unset: mail is
+    /// not sent, only logged (without its link at info level).
+    pub smtp_url: Option<SecretSetting>,
+    /// The `From` of our mail. Default: `Portcullis <no-reply@<issuer host>>`.
+    pub mail_from: Option<String>,
+    /// Refuse password logins until the account's email is verified.
+    pub require_verified_email: bool,
+    /// Requests for emailed links (verification resends, password resets) one client address may
+    /// make per `email_link_ip_period_s`.
+    pub email_link_ip_limit: u32,
+    pub email_link_ip_period_s: u64,
+    /// Upstream sign-in providers (`[[upstream]]` tables): "Continue with …" on `/login`.
+    pub upstream: Vec<crate::upstream::UpstreamConfig>,
+
     /// Forward auth: what `/v1/authorize` needs of a request no `[[route]]` matches —
     /// `authenticated` (a valid credential; the default) or `deny` (403).
     pub default_policy: portcullis_core::routes::DefaultPolicy,
@@ -321,6 +336,12 @@ impl Default for Config {
             metrics_listen: None,
             metrics_allowed_ips: vec!["127.0.0.0/8".to_owned(), "::1/128".to_owned()],
             hsts_include_subdomains: true,
+            smtp_url: None,
+            mail_from: None,
+            require_verified_email: false,
+            email_link_ip_limit: 20,
+            email_link_ip_period_s: 3600,
+            upstream: Vec::new(),
             default_policy: portcullis_core::routes::DefaultPolicy::Authenticated,
             route: Vec::new(),
         }
@@ -405,6 +426,18 @@ pub fn keys() -> &'static [String] {
 pub struct ConfigError(pub String);
 
 impl Config {
+    /// The `From` of our mail.
+    pub fn mail_from(&self) -> String {
+        self.mail_from.clone().unwrap_or_else(|| {
+            let host = url::Url::parse(&self.issuer())
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_owned))
+                .filter(|h| h.contains('.') && h.parse::<std::net::IpAddr>().is_err())
+                .unwrap_or_else(|| "localhost.localdomain".into());
+            format!("Portcullis <no-reply@{host}>")
+        })
+    }
+
     /// Layers defaults, the file, the environment and `overrides` (the flags given).
     pub fn load(
         file: Option<&std::path::Path>,
@@ -426,7 +459,14 @@ impl Config {
                     .filter(|k| keys().iter().any(|n| *n == k.as_str().to_ascii_lowercase())),
             )
             .merge(Serialized::defaults(overrides.clone()));
-        let config: Config = fig.extract().map_err(|e| ConfigError(describe(e)))?;
+        let mut config: Config = fig.extract().map_err(|e| ConfigError(describe(e)))?;
+        for u in &mut config.upstream {
+            if let Ok(secret) = std::env::var(u.secret_env())
+                && !secret.is_empty()
+            {
+                u.client_secret = Some(SecretSetting::new(secret));
+            }
+        }
         config.validate()?;
         Ok(config)
     }
@@ -450,6 +490,14 @@ impl Config {
         }
         portcullis_core::routes::Rules::compile(&self.route, self.default_policy)
             .map_err(ConfigError)?;
+        if self.email_link_ip_limit == 0 || self.email_link_ip_period_s == 0 {
+            return err("email_link_ip_limit and email_link_ip_period_s must be positive".into());
+        }
+        if let Some(url) = &self.smtp_url {
+            crate::accounts::mailer::SmtpMailer::new(url.expose(), &self.mail_from())
+                .map_err(ConfigError)?;
+        }
+        crate::upstream::validate(&self.upstream).map_err(ConfigError)?;
         if !(60..=24 * 3600).contains(&self.access_token_ttl_s) {
             return err("access_token_ttl_s must be between 60 and 86400".into());
         }

@@ -50,6 +50,14 @@ pub enum Error {
     /// 401 `invalid_credentials`: unknown account and wrong password alike.
     #[error("the email or password is wrong")]
     InvalidCredentials,
+    /// 403 `email_not_verified`: the server requires a verified email before login
+    /// (`require_verified_email`), and this account's is not (a new link has been sent).
+    #[error("verify your email address first: we sent you a link")]
+    EmailNotVerified,
+    /// 400 `invalid_link`: an emailed link (verification, password reset) that is unknown, used,
+    /// expired, or for an address the account no longer has.
+    #[error("this link is not valid: it may have expired or been used already")]
+    InvalidLink,
     /// 401 `unauthenticated`: no credential at all.
     #[error("this endpoint needs a credential: a Bearer access token or an API key")]
     Unauthenticated,

@@ -11,6 +11,7 @@
     clippy::todo
 )]
 
+pub mod accounts;
 pub mod apikeys;
 pub mod app;
 pub mod audit;
@@ -31,6 +32,7 @@ pub mod signatures;
 pub mod signing_keys;
 pub mod telemetry;
 pub mod tokens;
+pub mod upstream;
 pub mod users;
 
 pub use app::{AppState, Running, StartError, create_root_key, start, store_is_empty};

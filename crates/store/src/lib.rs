@@ -26,6 +26,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+mod accounts;
 mod apikeys;
 mod audit;
 mod device;
@@ -39,6 +40,7 @@ mod signature_keys;
 mod signing_keys;
 mod users;
 
+pub use accounts::{AccountStore, EmailLinkRow, IdentityRow, LinkPurpose, UpstreamLoginRow};
 pub use apikeys::{ApiKeyPatch, ApiKeyRow, ApiKeyStore, KeyOwner, RolledKey, Spend};
 pub use audit::{AuditEvent, AuditFilter, AuditStore};
 pub use device::{DeviceCodeRow, DeviceCodeStore, DeviceDecision, DevicePoll};

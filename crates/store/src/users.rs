@@ -19,6 +19,9 @@ pub struct UserRow {
     pub tokens_valid_after: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// When the user proved they receive mail at `email` (a link we sent, or an upstream provider
+    /// that vouched for it).
+    pub email_verified_at: Option<i64>,
 }
 
 impl UserRow {
@@ -36,11 +39,13 @@ pub struct NewUser {
     pub password_hash: Option<String>,
     pub roles: String,
     pub created_at: Millis,
+    /// Set for an account whose email an upstream provider vouched for.
+    pub email_verified_at: Option<Millis>,
 }
 
 macro_rules! user_columns {
     () => {
-        "id, email, email_key, name, password_hash, roles, disabled_at, tokens_valid_after, created_at, updated_at"
+        "id, email, email_key, name, password_hash, roles, disabled_at, tokens_valid_after, created_at, updated_at, email_verified_at"
     };
 }
 
@@ -102,14 +107,22 @@ pub trait UserStore {
         limit: u32,
     ) -> impl Future<Output = Result<Vec<UserRow>>> + Send;
     fn count_users(&self) -> impl Future<Output = Result<i64>> + Send;
+    /// Marks the email verified, if the account still has the address `email_key` (a link sent to
+    /// an old address verifies nothing). False when it does not, or was verified already.
+    fn set_email_verified(
+        &self,
+        id: &str,
+        email_key: &str,
+        now: Millis,
+    ) -> impl Future<Output = Result<bool>> + Send;
 }
 
 impl UserStore for Store {
     async fn create_user(&self, u: &NewUser) -> Result<()> {
         with_pool!(self, write, p => {
             sqlx::query(
-                "INSERT INTO users (id, email, email_key, name, password_hash, roles, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+                "INSERT INTO users (id, email, email_key, name, password_hash, roles, created_at, updated_at, email_verified_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)",
             )
             .bind(u.id.as_str())
             .bind(&u.email)
@@ -118,6 +131,7 @@ impl UserStore for Store {
             .bind(&u.password_hash)
             .bind(&u.roles)
             .bind(u.created_at.0)
+            .bind(u.email_verified_at.map(|m| m.0))
             .execute(p)
             .await
             .map_err(StoreError::unique("users_email_key_unique"))?;
@@ -259,5 +273,19 @@ impl UserStore for Store {
         Ok(
             with_pool!(self, read, p => sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM users").fetch_one(p).await?),
         )
+    }
+
+    async fn set_email_verified(&self, id: &str, email_key: &str, now: Millis) -> Result<bool> {
+        let done = with_pool!(self, write, p => sqlx::query(
+            "UPDATE users SET email_verified_at = $3, updated_at = $3 \
+             WHERE id = $1 AND email_key = $2 AND email_verified_at IS NULL",
+        )
+        .bind(id)
+        .bind(email_key)
+        .bind(now.0)
+        .execute(p)
+        .await?
+        .rows_affected());
+        Ok(done == 1)
     }
 }

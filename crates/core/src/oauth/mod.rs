@@ -9,5 +9,6 @@
 pub mod client;
 pub mod device;
 pub mod dpop;
+pub mod id_token;
 pub mod pkce;
 pub mod redirect;

@@ -6,8 +6,8 @@ use std::time::Duration;
 use portcullis_core::clock::Millis;
 use portcullis_core::secrets::TokenHash;
 use portcullis_store::{
-    ApiKeyStore, Maintenance, OAuthStore, SessionStore, SignatureKeyStore, SigningKeyStore,
-    UserStore,
+    AccountStore, ApiKeyStore, Maintenance, OAuthStore, SessionStore, SignatureKeyStore,
+    SigningKeyStore, UserStore,
 };
 
 use super::AppState;
@@ -274,6 +274,26 @@ pub async fn janitor_pass(state: &AppState) -> u64 {
             }
             Err(e) => {
                 tracing::error!(error = %e, "janitor pass over OAuth rows failed");
+                break;
+            }
+        }
+    }
+    // Emailed links and upstream sign-ins a minute past their expiry.
+    loop {
+        match state
+            .store
+            .purge_accounts(now.plus_secs(-60), state.config.janitor_batch)
+            .await
+        {
+            Ok(n) => {
+                total += n;
+                if n < u64::from(state.config.janitor_batch) {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "janitor pass over emailed links failed");
                 break;
             }
         }

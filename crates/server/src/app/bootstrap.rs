@@ -51,6 +51,11 @@ pub async fn services(
     let signature_master =
         portcullis_core::seal::MasterKey::from_bytes(master.expose_bytes().to_vec())
             .map_err(|e| StartError::Other(e.to_string()))?;
+    let account_links = portcullis_core::links::LinkKey::derive(master.expose_bytes());
+    let upstream_links = portcullis_core::links::LinkKey::derive(master.expose_bytes());
+    let upstream_seal =
+        portcullis_core::seal::MasterKey::from_bytes(master.expose_bytes().to_vec())
+            .map_err(|e| StartError::Other(e.to_string()))?;
     let keys = Arc::new(KeyRing::from_config(store.clone(), master, &config).await?);
     let rules =
         PasswordHashing::new(config.argon2()).map_err(|e| StartError::Other(e.to_string()))?;
@@ -110,6 +115,7 @@ pub async fn services(
             devices,
             device_ttl_days: config.known_device_ttl_days,
             cache_ttl: Duration::from_secs(60),
+            require_verified_email: config.require_verified_email,
         },
     ));
     let tokens = Arc::new(Tokens::new(
@@ -145,6 +151,51 @@ pub async fn services(
             cache_ttl,
         },
     ));
+    let mailer: Arc<dyn crate::accounts::mailer::Mailer> = match &config.smtp_url {
+        Some(url) => Arc::new(
+            crate::accounts::mailer::SmtpMailer::new(url.expose(), &config.mail_from())
+                .map_err(StartError::Other)?,
+        ),
+        None => Arc::new(crate::accounts::mailer::LogMailer),
+    };
+    tracing::info!(mail = %mailer.describe(), "outgoing mail");
+    let accounts = Arc::new(crate::accounts::Accounts::new(
+        store.clone(),
+        Arc::clone(&users),
+        Arc::clone(&sessions),
+        crate::accounts::mailer::Outbox::start(mailer),
+        account_links,
+        audit.clone(),
+        crate::accounts::AccountSettings {
+            issuer: config.issuer(),
+            ip_policy: RatePolicy {
+                limit: config.email_link_ip_limit,
+                period_ms: config.email_link_ip_period_s * 1000,
+            },
+        },
+    ));
+    let upstreams = Arc::new(
+        crate::upstream::Upstreams::new(
+            &config.upstream,
+            store.clone(),
+            Arc::clone(&users),
+            Arc::clone(&sessions),
+            upstream_links,
+            upstream_seal,
+            audit.clone(),
+            crate::upstream::UpstreamSettings {
+                issuer: config.issuer(),
+                registration: config.registration,
+                require_verified_email: config.require_verified_email,
+                leeway_s: config.jwt_leeway_s,
+            },
+        )
+        .map_err(StartError::Other)?,
+    );
+    {
+        let upstreams = Arc::clone(&upstreams);
+        tokio::spawn(async move { upstreams.warm().await });
+    }
     let apikeys = Arc::new(ApiKeys::new(
         store.clone(),
         Arc::clone(&users),
@@ -245,6 +296,8 @@ pub async fn services(
         users,
         tokens,
         sessions,
+        accounts,
+        upstreams,
         apikeys,
         oauth,
         auth,

@@ -15,14 +15,16 @@ use crate::http::ApiError;
 use crate::http::middleware::{self, Settings};
 use crate::http::openapi::Limits;
 use crate::{
-    apikeys, audit, forward_auth, oauth, ops, pages, sessions, signatures, signing_keys, tokens,
-    users,
+    accounts, apikeys, audit, forward_auth, oauth, ops, pages, sessions, signatures, signing_keys,
+    tokens, upstream, users,
 };
 
 /// Every documented route, with its OpenAPI paths.
 pub fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(users::handlers::routes())
+        .merge(accounts::handlers::routes())
+        .merge(upstream::handlers::routes())
         .merge(tokens::handlers::routes())
         .merge(signing_keys::handlers::routes())
         .merge(sessions::handlers::routes())

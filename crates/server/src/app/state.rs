@@ -6,6 +6,7 @@ use std::sync::Arc;
 use metrics_exporter_prometheus::PrometheusHandle;
 use portcullis_store::Store;
 
+use crate::accounts::Accounts;
 use crate::apikeys::ApiKeys;
 use crate::audit::{Audit, AuditCounts};
 use crate::auth::Auth;
@@ -30,6 +31,8 @@ pub struct Inner {
     pub users: Arc<Users>,
     pub tokens: Arc<Tokens>,
     pub sessions: Arc<Sessions>,
+    pub accounts: Arc<Accounts>,
+    pub upstreams: Arc<crate::upstream::Upstreams>,
     pub apikeys: Arc<ApiKeys>,
     pub oauth: Arc<OAuth>,
     pub auth: Arc<Auth>,

@@ -71,6 +71,28 @@ pub fn device_cookie(headers: &HeaderMap) -> Option<&str> {
     cookie_value(headers, DEVICE_COOKIE).ok().flatten()
 }
 
+/// Binds an upstream sign-in to the browser that started it: `SameSite=Lax`, so that the
+/// provider's top-level redirect back carries it; ten minutes, like the sign-in.
+pub const UPSTREAM_COOKIE: &str = "__Host-portcullis-upstream";
+
+pub fn set_upstream_cookie(value: &str, max_age_s: i64) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!(
+        "{UPSTREAM_COOKIE}={value}; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age={max_age_s}"
+    ))
+    .ok()
+}
+
+pub fn clear_upstream_cookie() -> HeaderValue {
+    HeaderValue::from_static(
+        "__Host-portcullis-upstream=; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age=0",
+    )
+}
+
+/// The upstream binding cookie of the request, if it carries exactly one.
+pub fn upstream_cookie(headers: &HeaderMap) -> Option<&str> {
+    cookie_value(headers, UPSTREAM_COOKIE).ok().flatten()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

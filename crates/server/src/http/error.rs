@@ -52,6 +52,8 @@ pub fn status_and_code(e: &Error) -> (StatusCode, &'static str) {
         Error::EmailTaken => (S::CONFLICT, "email_taken"),
         Error::RegistrationClosed => (S::FORBIDDEN, "registration_closed"),
         Error::InvalidCredentials => (S::UNAUTHORIZED, "invalid_credentials"),
+        Error::EmailNotVerified => (S::FORBIDDEN, "email_not_verified"),
+        Error::InvalidLink => (S::BAD_REQUEST, "invalid_link"),
         Error::Unauthenticated => (S::UNAUTHORIZED, "unauthenticated"),
         Error::MultipleCredentials => (S::UNAUTHORIZED, "multiple_credentials"),
         Error::InvalidToken(_) => (S::UNAUTHORIZED, "invalid_token"),

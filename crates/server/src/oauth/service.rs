@@ -2077,8 +2077,10 @@ fn user_claims(user: &UserRow, scopes: &[String]) -> Vec<(&'static str, Value)> 
     let mut out = Vec::new();
     if has(scopes, "email") {
         out.push(("email", Value::from(user.email.clone())));
-        // Emails are not verified yet (the issue "Accounts people can trust" adds verification).
-        out.push(("email_verified", Value::from(false)));
+        out.push((
+            "email_verified",
+            Value::from(user.email_verified_at.is_some()),
+        ));
     }
     if has(scopes, "profile")
         && let Some(name) = &user.name

@@ -37,6 +37,9 @@ fn notice_for(code: Option<&str>) -> Option<&'static str> {
         "password_changed" => {
             Some("Your password was changed, and every other session was signed out.")
         }
+        "identity_linked" => Some("The provider was linked: you can sign in with it now."),
+        "identity_unlinked" => Some("The provider was unlinked."),
+        "verification_sent" => Some("We sent you a link: open it to verify your email address."),
         _ => None,
     }
 }
@@ -105,14 +108,40 @@ async fn render_account(
             .collect::<Vec<_>>(),
         Err(e) => return crate::error::Error::internal(e.description).into_response(),
     };
+    let identities = match state.upstreams.identities(&user.id).await {
+        Ok(rows) => rows,
+        Err(e) => return e.into_response(),
+    };
+    let providers: Vec<minijinja::Value> = state
+        .upstreams
+        .buttons()
+        .into_iter()
+        .filter(|b| !identities.iter().any(|i| i.provider == b.id))
+        .map(|b| context! { id => b.id, name => b.name })
+        .collect();
+    let identities: Vec<minijinja::Value> = identities
+        .iter()
+        .map(|i| {
+            context! {
+                id => i.id.clone(),
+                provider => i.provider.clone(),
+                name => state.upstreams.name_of(&i.provider).unwrap_or_else(|| i.provider.clone()),
+                email => i.email.clone(),
+                last_login_at => when(Some(portcullis_core::clock::Millis(i.last_login_at))),
+            }
+        })
+        .collect();
     page(
         state,
         status,
         "account.html",
         context! {
             consents,
+            identities,
+            providers,
             user => context! {
                 email => user.email.clone(),
+                email_verified => user.email_verified_at.is_some(),
                 name => user.name.clone(),
                 created_at => when(Some(portcullis_core::clock::Millis(user.created_at))),
             },
@@ -204,6 +233,12 @@ pub struct AccountForm {
     fields: HashMap<String, String>,
 }
 
+impl AccountForm {
+    pub fn session(&self) -> &CookieSession {
+        &self.session
+    }
+}
+
 impl FromRequest<PageState> for AccountForm {
     type Rejection = Response;
 
@@ -218,7 +253,7 @@ impl FromRequest<PageState> for AccountForm {
 }
 
 /// The account page again, with an error for the form that was posted.
-async fn account_error(
+pub(super) async fn account_error(
     state: &PageState,
     s: &CookieSession,
     status: StatusCode,

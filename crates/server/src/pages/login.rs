@@ -50,11 +50,38 @@ pub async fn login_form(
                 &state,
                 StatusCode::OK,
                 "login.html",
-                context! { return_to, email, error => None::<String>, user => None::<String> },
+                login_context(&state, &return_to, &email, None, false),
                 &targets,
             )
         }
         Err(res) => res,
+    }
+}
+
+/// What the login page shows: the form, the providers' buttons, the links to `/register` and
+/// `/reset`.
+fn login_context(
+    state: &PageState,
+    return_to: &str,
+    email: &str,
+    error: Option<&str>,
+    unverified: bool,
+) -> minijinja::Value {
+    let providers: Vec<minijinja::Value> = state
+        .upstreams
+        .buttons()
+        .into_iter()
+        .map(|b| context! { id => b.id, name => b.name })
+        .collect();
+    context! {
+        return_to,
+        return_to_q => super::url_escape(return_to),
+        email,
+        error,
+        unverified,
+        providers,
+        registration_open => state.config.registration == crate::config::Registration::Open,
+        user => None::<String>,
     }
 }
 
@@ -74,15 +101,16 @@ pub async fn login_submit(
         .unwrap_or_default();
     let password = fields.get("password").cloned().unwrap_or_default();
     let targets = super::authorize::login_targets(&state, &return_to).await;
-    let again = |status: StatusCode, error: &str| {
+    let again_with = |status: StatusCode, error: &str, unverified: bool| {
         super::page_posting_to(
             &state,
             status,
             "login.html",
-            context! { return_to => return_to.clone(), email => email.clone(), error, user => None::<String> },
+            login_context(&state, &return_to, &email, Some(error), unverified),
             &targets,
         )
     };
+    let again = |status: StatusCode, error: &str| again_with(status, error, false);
     let hints = site_hints(&headers);
     if state.sessions.check_same_site(&hints).is_err() {
         return message(
@@ -125,6 +153,13 @@ pub async fn login_submit(
         // An over-long password is simply not the password.
         Err(Error::InvalidCredentials | Error::Validation(_)) => {
             return again(StatusCode::UNAUTHORIZED, "The email or password is wrong.");
+        }
+        Err(Error::EmailNotVerified) => {
+            return again_with(
+                StatusCode::FORBIDDEN,
+                "Verify your email address first: open the link we sent you.",
+                true,
+            );
         }
         Err(Error::RateLimited(t)) => {
             let wait = t.decision.retry_after_ms.div_ceil(1000).max(1);

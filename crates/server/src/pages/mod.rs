@@ -10,7 +10,9 @@
 mod account;
 pub(crate) mod authorize;
 mod device;
+mod email;
 mod login;
+mod upstream;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -46,6 +48,12 @@ const TEMPLATES: &[(&str, &str)] = &[
     ),
     ("logout.html", include_str!("../../templates/logout.html")),
     ("device.html", include_str!("../../templates/device.html")),
+    (
+        "register.html",
+        include_str!("../../templates/register.html"),
+    ),
+    ("verify.html", include_str!("../../templates/verify.html")),
+    ("reset.html", include_str!("../../templates/reset.html")),
 ];
 const STYLESHEET: &str = include_str!("../../assets/portcullis.css");
 
@@ -221,7 +229,7 @@ fn to_login(return_to: &str, clear: bool) -> Response {
     res
 }
 
-fn url_escape(s: &str) -> String {
+pub(crate) fn url_escape(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
@@ -273,6 +281,21 @@ pub fn routes<S>(app: AppState, pages: Pages) -> Router<S> {
     Router::new()
         .route("/login", get(login::login_form).post(login::login_submit))
         .route("/account", get(account::account))
+        .route(
+            "/register",
+            get(email::register_form).post(email::register_submit),
+        )
+        .route(
+            "/verify",
+            get(email::verify_form).post(email::verify_submit),
+        )
+        .route("/verify/resend", post(email::verify_resend))
+        .route("/reset", get(email::reset_form).post(email::reset_submit))
+        .route("/v1/upstream/{id}/start", get(upstream::start))
+        .route("/v1/upstream/{id}/callback", get(upstream::callback))
+        .route("/account/identities/link/{provider}", post(upstream::link))
+        .route("/account/identities/{id}/unlink", post(upstream::unlink))
+        .route("/account/email/verify", post(upstream::send_verification))
         .route("/account/logout", post(account::logout))
         .route(
             "/account/sessions/{id}/revoke",

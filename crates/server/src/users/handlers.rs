@@ -89,6 +89,8 @@ pub struct LoginRequest {
 pub struct UserView {
     id: String,
     email: String,
+    /// Whether the user proved they receive mail at `email`.
+    email_verified: bool,
     name: Option<String>,
     #[serde(with = "rfc3339")]
     #[schema(value_type = String, format = DateTime)]
@@ -100,6 +102,7 @@ impl From<&UserRow> for UserView {
         Self {
             id: u.id.clone(),
             email: u.email.clone(),
+            email_verified: u.email_verified_at.is_some(),
             name: u.name.clone(),
             created_at: Millis(u.created_at),
         }
@@ -146,6 +149,9 @@ pub struct AuthView {
 pub struct MeView {
     id: String,
     email: String,
+    /// Whether the user proved they receive mail at `email` (a link we sent, or an upstream provider
+    /// that vouched for it).
+    email_verified: bool,
     name: Option<String>,
     roles: Vec<String>,
     #[serde(with = "rfc3339")]
@@ -210,6 +216,7 @@ pub async fn register(
         .users
         .register(&req.email, req.password, req.name.as_deref(), ip.0, &ctx)
         .await?;
+    state.accounts.welcome(&user).await;
     Ok((StatusCode::CREATED, axum::Json(UserView::from(&user))))
 }
 
@@ -227,6 +234,7 @@ pub async fn me(State(state): State<AppState>, p: Principal) -> ApiResult<axum::
     Ok(axum::Json(MeView {
         id: user.id.clone(),
         email: user.email.clone(),
+        email_verified: user.email_verified_at.is_some(),
         name: user.name.clone(),
         roles: user
             .roles

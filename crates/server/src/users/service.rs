@@ -79,6 +79,8 @@ pub struct UsersSettings {
     pub device_ttl_days: i64,
     /// How long a user row is served from memory (other nodes' changes also arrive by poll).
     pub cache_ttl: Duration,
+    /// Refuse logins (after the password checks out) until the email is verified.
+    pub require_verified_email: bool,
 }
 
 pub struct Users {
@@ -180,7 +182,7 @@ impl Users {
     }
 
     /// This node forgets the user at once; the bus tells whoever else listens.
-    fn changed(&self, id: &str) {
+    pub fn changed(&self, id: &str) {
         let event = Invalidation::User(id.to_owned());
         self.apply(&event);
         self.bus.send(event);
@@ -241,8 +243,15 @@ impl Users {
         actor: Option<&str>,
         ctx: &AuditContext,
     ) -> Result<UserRow> {
-        let user =
-            insert_user(&self.store, email, name, Some(hash.as_str().to_owned()), "").await?;
+        let user = insert_user(
+            &self.store,
+            email,
+            name,
+            Some(hash.as_str().to_owned()),
+            "",
+            None,
+        )
+        .await?;
         self.audit.record(
             event,
             Some(actor.unwrap_or(&user.id)),
@@ -383,6 +392,18 @@ impl Users {
         match user {
             Some(user) if verdict && user.disabled_at.is_none() => {
                 self.throttle.succeeded(attempt).await;
+                if self.settings.require_verified_email && user.email_verified_at.is_none() {
+                    metrics::counter!("portcullis_logins_total", "outcome" => "unverified")
+                        .increment(1);
+                    self.audit.record(
+                        "login.refused_unverified",
+                        Some(&user.id),
+                        Some(&user.id),
+                        ctx,
+                        serde_json::json!({}),
+                    );
+                    return Err(Error::EmailNotVerified);
+                }
                 if let Some((old, new)) = upgraded
                     && self
                         .store
@@ -488,6 +509,30 @@ impl Users {
         Ok(())
     }
 
+    /// A new password for `user` (a reset), checked against the policy and hashed.
+    pub async fn hash_new_password(&self, user: &UserRow, new: SecretString) -> Result<StoredHash> {
+        let email = Email::parse(&user.email).map_err(Error::internal)?;
+        self.settings
+            .policy
+            .check(new.expose_secret(), &email)
+            .map_err(Error::WeakPassword)?;
+        self.hashing
+            .run(move |h| h.hash(&new))
+            .await
+            .map_err(|_| Error::Overloaded)?
+            .map_err(Error::internal)
+    }
+
+    /// Replaces the password of `user` (a reset: no current password to check). Ending what the user
+    /// held is the caller's.
+    pub async fn reset_password(&self, user: &UserRow, hash: &StoredHash) -> Result<()> {
+        self.store
+            .set_password_hash(&user.id, hash.as_str(), Millis::now(), None)
+            .await?;
+        self.changed(&user.id);
+        Ok(())
+    }
+
     /// Disables (`true`) or enables a user; `NotFound` when there is no such user. Ending what a
     /// disabled user held is the caller's (`sessions`).
     pub async fn set_disabled(&self, id: &str, disabled: bool) -> Result<()> {
@@ -516,6 +561,7 @@ pub async fn insert_user(
     name: Option<String>,
     hash: Option<String>,
     roles: &str,
+    email_verified_at: Option<Millis>,
 ) -> Result<UserRow> {
     let new = NewUser {
         id: UserId::generate(),
@@ -525,6 +571,7 @@ pub async fn insert_user(
         password_hash: hash,
         roles: roles.to_owned(),
         created_at: Millis::now(),
+        email_verified_at,
     };
     match store.create_user(&new).await {
         Ok(()) => {}

@@ -23,9 +23,9 @@ fn command() -> Command {
     cmd
 }
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    base: String,
+    pub(crate) base: String,
     stderr_lines: Vec<String>,
 }
 
@@ -33,7 +33,7 @@ impl Server {
     /// Starts `portcullis serve` in `dir` with `args` on a port the system picks, waits for it to
     /// print its URL, and takes the port from there (a port found free and handed back could be
     /// taken by someone else before the child binds it).
-    fn start(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+    pub(crate) fn start(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut all = vec!["--listen", "127.0.0.1:0"];
         all.extend_from_slice(args);
         Self::start_raw(dir, &all, env)
@@ -95,7 +95,7 @@ impl Server {
 
     /// The first start's root key, from the 0600 file the server named on stderr. The key itself
     /// is never on stderr when stderr is not a terminal (supervisors keep it in their logs).
-    fn root_key(&self) -> Option<String> {
+    pub(crate) fn root_key(&self) -> Option<String> {
         assert!(
             !self.stderr_lines.iter().any(|l| l.contains("pk_live_")),
             "a key reached stderr: {:?}",
@@ -113,7 +113,7 @@ impl Server {
         Some(std::fs::read_to_string(&path).ok()?.trim().to_owned())
     }
 
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();

@@ -78,7 +78,7 @@ async fn verify_with(program: &str, script: &str, label: &str) {
     }
 }
 
-fn skip_or_fail(label: &str, why: &str) {
+pub fn skip_or_fail(label: &str, why: &str) {
     if std::env::var("PORTCULLIS_REQUIRE_INTEROP").as_deref() == Ok("1") {
         panic!("{label} is required (PORTCULLIS_REQUIRE_INTEROP=1) but unavailable: {why}");
     }

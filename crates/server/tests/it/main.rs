@@ -9,6 +9,7 @@
 
 mod support;
 
+mod accounts;
 mod apikeys;
 mod architecture;
 mod binary;
@@ -21,6 +22,7 @@ mod hardening;
 mod http;
 mod interop;
 mod jwt;
+mod mail;
 mod oauth;
 mod oauth_cimd;
 mod oauth_device;
@@ -36,4 +38,5 @@ mod shapes;
 mod signatures;
 mod signing_keys;
 mod tokens;
+mod upstream;
 mod users;

@@ -260,6 +260,7 @@ pub fn new_user_row(email: &str, at: Millis) -> NewUser {
         password_hash: Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".to_owned()),
         roles: "user".to_owned(),
         created_at: at,
+        email_verified_at: None,
     }
 }
 

@@ -1,0 +1,244 @@
+//! Outgoing mail. [`Mailer`] is what sends one message: [`SmtpMailer`] (lettre, TLS by rustls, which
+//! only a loopback server may go without) or [`LogMailer`] for zero configuration. Requests never
+//! wait for either: they put mail in the [`Outbox`], whose one worker sends it (with retries), so a
+//! slow mail server costs no request anything and cannot tell anyone, by timing, which addresses
+//! have accounts.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lettre::message::Mailbox;
+use lettre::message::header::ContentType;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use tokio::sync::mpsc;
+
+/// How long one SMTP conversation may take.
+const SMTP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Mail waiting to be sent; beyond it new mail is dropped (and counted), never blocking a request.
+const QUEUE: usize = 1024;
+/// Tries per message, with 1 s, 4 s between them.
+const ATTEMPTS: u32 = 3;
+
+/// One plain-text message.
+pub struct Mail {
+    pub to: String,
+    pub subject: String,
+    pub text: String,
+}
+
+pub type Sending<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+
+/// Sends one message.
+pub trait Mailer: Send + Sync + 'static {
+    fn send(&self, mail: &Mail) -> Sending<'_>;
+    /// For the start-up log line (never a password).
+    fn describe(&self) -> String;
+}
+
+/// SMTP: `smtp://host[:port]` (STARTTLS, required unless the host is loopback; default port 587)
+/// or `smtps://host[:port]` (TLS from the start; default port 465), either with `user:password@`.
+pub struct SmtpMailer {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+    described: String,
+}
+
+impl SmtpMailer {
+    pub fn new(smtp_url: &str, from: &str) -> Result<Self, String> {
+        let from: Mailbox = from
+            .parse()
+            .map_err(|e| format!("mail_from {from:?} is not an address: {e}"))?;
+        let url = url::Url::parse(smtp_url).map_err(|e| {
+            format!(
+                "smtp_url is not a URL ({e}); use smtp://host:port or smtps://user:password@host"
+            )
+        })?;
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or("smtp_url has no host")?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        if url.query().is_some() || !matches!(url.path(), "" | "/") {
+            return Err(
+                "smtp_url takes no path or query: smtp://host:port or smtps://host:port".into(),
+            );
+        }
+        let loopback =
+            host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        let tls_params =
+            || TlsParameters::new(host.clone()).map_err(|e| format!("TLS for {host}: {e}"));
+        let (tls, port) = match url.scheme() {
+            "smtps" => (Tls::Wrapper(tls_params()?), url.port().unwrap_or(465)),
+            "smtp" if loopback => (Tls::None, url.port().unwrap_or(587)),
+            "smtp" => (Tls::Required(tls_params()?), url.port().unwrap_or(587)),
+            other => {
+                return Err(format!(
+                    "smtp_url scheme must be smtp or smtps, got {other:?}"
+                ));
+            }
+        };
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.clone())
+            .port(port)
+            .tls(tls)
+            .timeout(Some(SMTP_TIMEOUT));
+        if !url.username().is_empty() {
+            let user = percent(url.username());
+            let password = percent(url.password().unwrap_or_default());
+            builder = builder.credentials(Credentials::new(user, password));
+        }
+        Ok(Self {
+            transport: builder.build(),
+            from,
+            described: format!(
+                "{}://{host}:{port}{}",
+                url.scheme(),
+                if loopback && url.scheme() == "smtp" {
+                    " (loopback, no TLS)"
+                } else {
+                    ""
+                }
+            ),
+        })
+    }
+}
+
+fn percent(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+impl Mailer for SmtpMailer {
+    fn send(&self, mail: &Mail) -> Sending<'_> {
+        let message = (|| {
+            Message::builder()
+                .from(self.from.clone())
+                .to(mail.to.parse::<Mailbox>().map_err(|e| e.to_string())?)
+                .subject(mail.subject.clone())
+                .header(ContentType::TEXT_PLAIN)
+                .body(mail.text.clone())
+                .map_err(|e| e.to_string())
+        })();
+        Box::pin(async move {
+            let message = message?;
+            self.transport
+                .send(message)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn describe(&self) -> String {
+        self.described.clone()
+    }
+}
+
+/// Zero configuration: no mail leaves the machine. The recipient and subject are logged at info; the
+/// body, which holds the secret link, only at debug under the target `portcullis::mail_body` (for a
+/// developer's own machine: `RUST_LOG=portcullis::mail_body=debug`).
+pub struct LogMailer;
+
+impl Mailer for LogMailer {
+    fn send(&self, mail: &Mail) -> Sending<'_> {
+        tracing::info!(to = %mail.to, subject = %mail.subject, "mail not sent: no smtp_url is configured");
+        tracing::debug!(target: "portcullis::mail_body", to = %mail.to, body = %mail.text, "mail body");
+        Box::pin(async { Ok(()) })
+    }
+
+    fn describe(&self) -> String {
+        "log only (set smtp_url to send mail)".into()
+    }
+}
+
+/// The queue requests put mail in.
+#[derive(Clone)]
+pub struct Outbox {
+    tx: mpsc::Sender<Mail>,
+}
+
+impl Outbox {
+    /// Starts the worker that sends what is queued.
+    pub fn start(mailer: Arc<dyn Mailer>) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Mail>(QUEUE);
+        tokio::spawn(async move {
+            while let Some(mail) = rx.recv().await {
+                let mut wait = Duration::from_secs(1);
+                for attempt in 1..=ATTEMPTS {
+                    match mailer.send(&mail).await {
+                        Ok(()) => {
+                            metrics::counter!("portcullis_mail_total", "outcome" => "sent")
+                                .increment(1);
+                            break;
+                        }
+                        Err(e) if attempt == ATTEMPTS => {
+                            metrics::counter!("portcullis_mail_total", "outcome" => "failed")
+                                .increment(1);
+                            tracing::error!(error = %e, subject = %mail.subject, "mail could not be sent");
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, attempt, "sending mail failed; trying again");
+                            tokio::time::sleep(wait).await;
+                            wait *= 4;
+                        }
+                    }
+                }
+            }
+        });
+        Self { tx }
+    }
+
+    /// Queues `mail`; false (and counted) when the queue is full.
+    pub fn enqueue(&self, mail: Mail) -> bool {
+        match self.tx.try_send(mail) {
+            Ok(()) => true,
+            Err(_) => {
+                metrics::counter!("portcullis_mail_total", "outcome" => "dropped").increment(1);
+                tracing::error!("the mail queue is full; a message was dropped");
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smtp_urls_need_tls_except_to_loopback() {
+        let ok =
+            |u: &str| SmtpMailer::new(u, "Portcullis <auth@example.com>").map(|m| m.describe());
+        assert_eq!(
+            ok("smtp://127.0.0.1:2525").unwrap(),
+            "smtp://127.0.0.1:2525 (loopback, no TLS)"
+        );
+        assert_eq!(
+            ok("smtps://u:p%40ss@mail.example.com").unwrap(),
+            "smtps://mail.example.com:465"
+        );
+        assert_eq!(
+            ok("smtp://mail.example.com").unwrap(),
+            "smtp://mail.example.com:587"
+        );
+        for bad in [
+            "http://mail.example.com",
+            "smtp://",
+            "smtp://h/path",
+            "smtp://h?tls=none",
+            "nonsense",
+        ] {
+            assert!(ok(bad).is_err(), "{bad}");
+        }
+        assert!(SmtpMailer::new("smtp://127.0.0.1", "not an address").is_err());
+        assert_eq!(percent("p%40ss"), "p@ss");
+    }
+}
