@@ -180,3 +180,155 @@ async fn chromium_walks_the_oauth_code_flow_through_login_and_consent() {
     }
     app.stop().await;
 }
+
+/// "Continue with …" in Chromium (`interop/node/browser_upstream.mjs`) with node-oidc-provider as
+/// the upstream (`interop/node/upstream_op.mjs`): the login page's button, the provider's login and
+/// consent, and /account signed in; then the same from an OAuth client's authorization request,
+/// whose code redeems for an ID token naming the user. Screenshots `upstream-provider.png`,
+/// `upstream-account.png`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_continues_with_an_upstream_provider_to_the_account_and_to_an_oauth_client() {
+    let node_dir = repo_root().join("interop/node");
+    if !Path::new(CHROMIUM).exists() {
+        return skip_or_fail(&format!("no Chromium at {CHROMIUM}"));
+    }
+    if !node_dir.join("node_modules/playwright-core").is_dir()
+        || !node_dir.join("node_modules/oidc-provider").is_dir()
+    {
+        return skip_or_fail(
+            "playwright-core and oidc-provider are not installed in interop/node/node_modules",
+        );
+    }
+    let Some(mut op) = crate::upstream::NodeOp::start().await else {
+        return;
+    };
+    let out_dir = screenshot_dir().join("upstream");
+    let _ = std::fs::remove_dir_all(&out_dir);
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let issuer = op.issuer.clone();
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
+        let mut u = crate::upstream::oidc_upstream(
+            "node",
+            &issuer,
+            crate::upstream::NODE_CLIENT,
+            crate::upstream::NODE_SECRET,
+        );
+        u.name = "Node OP".into();
+        c.upstream = vec![u];
+    })
+    .await;
+    op.configure(&app.url("/v1/upstream/node/callback")).await;
+    let root = app.root_key().await;
+    let c = crate::oauth::client(
+        &app,
+        &root,
+        &serde_json::json!({
+            "name": "Upstream app", "type": "confidential",
+            "redirect_uris": [crate::oauth::REDIRECT],
+            "scopes": ["openid", "email"],
+        }),
+    )
+    .await;
+    let run = tokio::process::Command::new("node")
+        .arg(node_dir.join("browser_upstream.mjs"))
+        .args([
+            "--base-url",
+            &app.base,
+            "--provider-id",
+            "node",
+            "--login",
+            "grace",
+        ])
+        .args(["--chromium", CHROMIUM])
+        .args(["--client-id", c["client_id"].as_str().unwrap()])
+        .args(["--client-secret", c["client_secret"].as_str().unwrap()])
+        .arg("--out-dir")
+        .arg(&out_dir)
+        .current_dir(&node_dir)
+        .kill_on_drop(true)
+        .output();
+    let out = match tokio::time::timeout(Duration::from_secs(180), run).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => {
+            app.stop().await;
+            return skip_or_fail(&format!("cannot run node: {e}"));
+        }
+        Err(_) => panic!("browser_upstream.mjs did not finish within 180 s"),
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() == Some(3) {
+        app.stop().await;
+        return skip_or_fail(&stderr);
+    }
+    eprint!("{stdout}");
+    crate::interop::finished("browser_upstream.mjs", out.status, &stdout, &stderr);
+    for png in ["upstream-provider.png", "upstream-account.png"] {
+        let size = std::fs::metadata(out_dir.join(png)).map_or(0, |m| m.len());
+        assert!(size > 0, "{png} is missing or empty");
+    }
+    app.stop().await;
+}
+
+/// Registration, email verification and password reset in Chromium
+/// (`interop/node/browser_accounts.mjs`), with real mail through aiosmtpd: the policy's reasons
+/// inline, the mailed links followed and confirmed, the old password refused after the reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_registers_verifies_the_email_and_resets_the_password_by_mail() {
+    let node_dir = repo_root().join("interop/node");
+    if !Path::new(CHROMIUM).exists() {
+        return skip_or_fail(&format!("no Chromium at {CHROMIUM}"));
+    }
+    if !node_dir.join("node_modules/playwright-core").is_dir() {
+        return skip_or_fail("playwright-core is not installed in interop/node/node_modules");
+    }
+    let Some(sink) = crate::mail::SmtpSink::start().await else {
+        return;
+    };
+    let out_dir = screenshot_dir().join("accounts");
+    let _ = std::fs::remove_dir_all(&out_dir);
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let url = sink.url();
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
+        c.smtp_url = Some(portcullis_server::config::SecretSetting::new(url));
+    })
+    .await;
+    let run = tokio::process::Command::new("node")
+        .arg(node_dir.join("browser_accounts.mjs"))
+        .args(["--base-url", &app.base, "--email", "mailed@example.com"])
+        .args([
+            "--password",
+            support::PASSWORD,
+            "--new-password",
+            "copper lantern meadow",
+        ])
+        .args(["--chromium", CHROMIUM])
+        .arg("--mail-dir")
+        .arg(sink.dir())
+        .arg("--out-dir")
+        .arg(&out_dir)
+        .current_dir(&node_dir)
+        .kill_on_drop(true)
+        .output();
+    let out = match tokio::time::timeout(Duration::from_secs(180), run).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => {
+            app.stop().await;
+            return skip_or_fail(&format!("cannot run node: {e}"));
+        }
+        Err(_) => panic!("browser_accounts.mjs did not finish within 180 s"),
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() == Some(3) {
+        app.stop().await;
+        return skip_or_fail(&stderr);
+    }
+    eprint!("{stdout}");
+    crate::interop::finished("browser_accounts.mjs", out.status, &stdout, &stderr);
+    for png in ["register-weak.png", "verify.png", "reset.png"] {
+        let size = std::fs::metadata(out_dir.join(png)).map_or(0, |m| m.len());
+        assert!(size > 0, "{png} is missing or empty");
+    }
+    app.stop().await;
+}

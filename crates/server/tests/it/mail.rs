@@ -65,6 +65,11 @@ impl SmtpSink {
         })
     }
 
+    /// Where the messages are written (`<n>.json`).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     pub fn url(&self) -> String {
         format!("smtp://127.0.0.1:{}", self.port)
     }

@@ -404,6 +404,7 @@ on_both_stores!(
     github_signs_in_by_its_verified_email_and_links_to_a_signed_in_user,
     an_oauth_client_of_ours_gets_upstream_login_unchanged,
     another_portcullis_is_the_upstream_of_this_one,
+    node_oidc_provider_is_an_upstream_and_its_email_comes_from_userinfo,
 );
 
 async fn an_openid_provider_signs_a_new_person_in_and_again_later(backend: Backend) {
@@ -1142,4 +1143,156 @@ async fn another_portcullis_is_the_upstream_of_this_one(backend: Backend) {
     assert_eq!(me["email_verified"], false);
     app.stop().await;
     up.stop();
+}
+
+// ---------------------------------------------------------------------------------------------
+// node-oidc-provider (npm), started by the tests: `interop/node/upstream_op.mjs`.
+
+pub struct NodeOp {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    pub issuer: String,
+}
+
+pub const NODE_CLIENT: &str = "portcullis-downstream";
+pub const NODE_SECRET: &str = "node-op-secret-0123456789abcdef";
+
+impl NodeOp {
+    /// Starts the provider; `None` (skipped) without node or oidc-provider, unless interop is required.
+    pub async fn start() -> Option<Self> {
+        use tokio::io::AsyncBufReadExt;
+        let dir = crate::interop::interop_dir().join("node");
+        let mut child = match tokio::process::Command::new("node")
+            .arg(dir.join("upstream_op.mjs"))
+            .current_dir(&dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                crate::interop::skip_or_fail(
+                    "node-oidc-provider",
+                    &format!("cannot run node: {e}"),
+                );
+                return None;
+            }
+        };
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await;
+        let issuer = match first {
+            Ok(Ok(Some(l))) if l.starts_with("issuer ") => l["issuer ".len()..].to_owned(),
+            _ => {
+                crate::interop::skip_or_fail(
+                    "node-oidc-provider",
+                    "upstream_op.mjs did not start (is oidc-provider installed in interop/node?)",
+                );
+                return None;
+            }
+        };
+        Some(Self {
+            child,
+            lines,
+            issuer,
+        })
+    }
+
+    /// Registers the downstream client with its callback; waits until the provider serves.
+    pub async fn configure(&mut self, redirect_uri: &str) {
+        use tokio::io::AsyncWriteExt;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin
+            .write_all(format!("client {NODE_CLIENT} {NODE_SECRET} {redirect_uri}\n").as_bytes())
+            .await
+            .unwrap();
+        stdin.flush().await.unwrap();
+        let line = tokio::time::timeout(Duration::from_secs(30), self.lines.next_line()).await;
+        assert!(
+            matches!(line, Ok(Ok(Some(ref l))) if l == "ready"),
+            "{line:?}"
+        );
+    }
+}
+
+/// The first `<form … action="…">` of a page, resolved against `url`.
+fn form_action(url: &str, html: &str) -> String {
+    let action = html
+        .split("action=\"")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no form at {url}: {html}"))
+        .split('"')
+        .next()
+        .unwrap()
+        .replace("&amp;", "&");
+    reqwest::Url::parse(url)
+        .unwrap()
+        .join(&action)
+        .unwrap()
+        .to_string()
+}
+
+async fn node_oidc_provider_is_an_upstream_and_its_email_comes_from_userinfo(backend: Backend) {
+    let Some(mut op) = NodeOp::start().await else {
+        return;
+    };
+    let issuer = op.issuer.clone();
+    let app = TestApp::spawn_with(backend, |c| {
+        c.upstream = vec![oidc_upstream("node", &issuer, NODE_CLIENT, NODE_SECRET)];
+    })
+    .await;
+    op.configure(&app.url("/v1/upstream/node/callback")).await;
+    let mut agent = Agent::new();
+    let (url, page) = agent
+        .open(&app.url("/v1/upstream/node/start?return_to=/account"))
+        .await;
+    assert!(
+        url.starts_with(&format!("{issuer}/interaction/")),
+        "{url} {:?}",
+        agent.visited
+    );
+    let html = page.text().await.unwrap();
+    let login = form_action(&url, &html);
+    let r = agent
+        .post_form(
+            &login,
+            &[
+                ("prompt", "login"),
+                ("login", "ada"),
+                ("password", "anything"),
+            ],
+        )
+        .await;
+    let (url, page) = agent.follow(login, r).await;
+    let (url, page) = if url.starts_with(&issuer) {
+        // Its consent screen.
+        let html = page.text().await.unwrap();
+        let confirm = form_action(&url, &html);
+        let r = agent.post_form(&confirm, &[("prompt", "consent")]).await;
+        agent.follow(confirm, r).await
+    } else {
+        (url, page)
+    };
+    assert_eq!(url, app.url("/account"), "{:?}", agent.visited);
+    let html = page.text().await.unwrap();
+    // node-oidc-provider puts the email only in UserInfo: it still arrived.
+    assert!(html.contains("ada@example.org"), "{html}");
+    let cookie = format!(
+        "__Host-portcullis={}",
+        agent.cookie(&app.base, "__Host-portcullis").unwrap()
+    );
+    let me: Value = app
+        .client
+        .get(app.url("/v1/me"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["email_verified"], true);
+    assert_eq!(me["name"], "Node ada");
+    app.stop().await;
 }
