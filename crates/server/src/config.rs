@@ -244,6 +244,9 @@ pub struct Config {
     pub smtp_url: Option<SecretSetting>,
     /// The `From` of our mail. Default: `Portcullis <no-reply@<issuer host>>`.
     pub mail_from: Option<String>,
+    /// DEVELOPMENT ONLY: without `smtp_url`, log the body of each message (with its secret link) at
+    /// debug level, target `portcullis::mail_body`. Off: only recipient and subject are logged.
+    pub mail_log_links: bool,
     /// Refuse password logins until the account's email is verified.
     pub require_verified_email: bool,
     /// Requests for emailed links (verification resends, password resets) one client address may
@@ -338,6 +341,7 @@ impl Default for Config {
             hsts_include_subdomains: true,
             smtp_url: None,
             mail_from: None,
+            mail_log_links: false,
             require_verified_email: false,
             email_link_ip_limit: 20,
             email_link_ip_period_s: 3600,

@@ -156,7 +156,9 @@ pub async fn services(
             crate::accounts::mailer::SmtpMailer::new(url.expose(), &config.mail_from())
                 .map_err(StartError::Other)?,
         ),
-        None => Arc::new(crate::accounts::mailer::LogMailer),
+        None => Arc::new(crate::accounts::mailer::LogMailer {
+            log_links: config.mail_log_links,
+        }),
     };
     tracing::info!(mail = %mailer.describe(), "outgoing mail");
     let accounts = Arc::new(crate::accounts::Accounts::new(

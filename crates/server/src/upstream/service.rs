@@ -235,8 +235,14 @@ impl Upstreams {
         format!("{}/v1/upstream/{id}/callback", self.settings.issuer)
     }
 
-    fn failed(&self, provider: &str, reason: &str, user: Option<&str>, ctx: &AuditContext) {
-        metrics::counter!("portcullis_upstream_logins_total", "provider" => provider.to_owned(), "outcome" => "failed").increment(1);
+    fn failed(&self, provider: &str, reason: &'static str, user: Option<&str>, ctx: &AuditContext) {
+        // Providers are configured and reasons a fixed set: the labels stay few.
+        let provider_label = if self.provider(provider).is_some() {
+            provider.to_owned()
+        } else {
+            "unknown".to_owned()
+        };
+        metrics::counter!("portcullis_upstream_logins_total", "provider" => provider_label, "outcome" => "failed", "reason" => reason).increment(1);
         self.audit.record(
             "upstream.login_failed",
             user,
@@ -307,6 +313,7 @@ impl Upstreams {
                 );
             }
         }
+        metrics::counter!("portcullis_upstream_logins_total", "provider" => id.to_owned(), "outcome" => "started", "reason" => "").increment(1);
         self.audit.record(
             "upstream.login_started",
             link_user.map(UserId::as_str),
@@ -331,7 +338,7 @@ impl Upstreams {
         let outcome = self.complete(id, q, &browser, ctx).await;
         match &outcome {
             Ok(Outcome::SignedIn { .. }) => {
-                metrics::counter!("portcullis_upstream_logins_total", "provider" => id.to_owned(), "outcome" => "succeeded").increment(1);
+                metrics::counter!("portcullis_upstream_logins_total", "provider" => id.to_owned(), "outcome" => "succeeded", "reason" => "").increment(1);
             }
             Ok(Outcome::Linked { .. }) => {}
             Err(r) => self.failed(id, r.reason, None, ctx),
@@ -706,6 +713,7 @@ impl Upstreams {
             }
             Err(e) => return Err(e.into()),
         }
+        metrics::counter!("portcullis_identities_total", "event" => "linked").increment(1);
         self.audit.record(
             "identity.linked",
             Some(user_id),
@@ -769,6 +777,7 @@ impl Upstreams {
             )),
             Some(true) => {
                 self.users.changed(user_id);
+                metrics::counter!("portcullis_identities_total", "event" => "unlinked").increment(1);
                 self.audit.record(
                     "identity.unlinked",
                     Some(user_id),

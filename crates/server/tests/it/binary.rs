@@ -585,8 +585,27 @@ async fn logs_never_contain_passwords_tokens_or_keys() {
         "password change",
     )
     .await;
+    // With no smtp_url, mail is only logged: never with its link.
+    step(
+        c.post(format!("{base}/v1/password-reset"))
+            .json(&json!({"email": "leak@example.com"})),
+        202,
+        "password reset",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     server.stop();
     let logs = std::fs::read_to_string(dir.path().join("stdout.log")).unwrap();
+    assert!(
+        logs.contains("Reset your password") && logs.contains("Verify your email address"),
+        "the log-only mailer logged both messages: {logs}"
+    );
+    for link in ["pcv_", "pcr_", "?token="] {
+        assert!(
+            !logs.contains(link),
+            "an emailed link reached the logs ({link})"
+        );
+    }
     assert!(
         logs.lines().count() > 5,
         "trace logging produced lines: {logs}"
