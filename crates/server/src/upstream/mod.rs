@@ -213,7 +213,6 @@ pub fn validate(all: &[UpstreamConfig]) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::config::Config;
 
     fn load(toml: &str) -> Result<Config, String> {
