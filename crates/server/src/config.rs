@@ -254,7 +254,7 @@ pub struct Config {
     pub email_link_ip_limit: u32,
     pub email_link_ip_period_s: u64,
     /// Upstream sign-in providers (`[[upstream]]` tables): "Continue with …" on `/login`.
-    pub upstream: Vec<crate::upstream::UpstreamConfig>,
+    pub upstream: Vec<UpstreamConfig>,
 
     /// Forward auth: what `/v1/authorize` needs of a request no `[[route]]` matches —
     /// `authenticated` (a valid credential; the default) or `deny` (403).
@@ -424,6 +424,282 @@ pub fn keys() -> &'static [String] {
     })
 }
 
+/// Where outgoing mail goes: `smtp://host[:port]` (STARTTLS, required unless the host is loopback;
+/// default port 587) or `smtps://host[:port]` (TLS from the start; default port 465), either with
+/// `user:password@` (percent-encoded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmtpTarget {
+    pub host: String,
+    pub port: u16,
+    pub tls: SmtpTls,
+    pub credentials: Option<(String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// `smtps://`: TLS from the first byte.
+    Wrapper,
+    /// `smtp://` to anything but loopback: STARTTLS, required.
+    StartTls,
+    /// `smtp://` to a loopback address: plain.
+    None,
+}
+
+impl SmtpTarget {
+    pub fn parse(smtp_url: &str) -> Result<Self, String> {
+        let url = url::Url::parse(smtp_url).map_err(|e| {
+            format!(
+                "smtp_url is not a URL ({e}); use smtp://host:port or smtps://user:password@host"
+            )
+        })?;
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or("smtp_url has no host")?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        if url.query().is_some() || !matches!(url.path(), "" | "/") {
+            return Err(
+                "smtp_url takes no path or query: smtp://host:port or smtps://host:port".into(),
+            );
+        }
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        let (tls, port) = match url.scheme() {
+            "smtps" => (SmtpTls::Wrapper, url.port().unwrap_or(465)),
+            "smtp" if loopback => (SmtpTls::None, url.port().unwrap_or(587)),
+            "smtp" => (SmtpTls::StartTls, url.port().unwrap_or(587)),
+            other => {
+                return Err(format!(
+                    "smtp_url scheme must be smtp or smtps, got {other:?}"
+                ));
+            }
+        };
+        let decode = |s: &str| {
+            url::form_urlencoded::parse(format!("x={s}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default()
+        };
+        let credentials = (!url.username().is_empty()).then(|| {
+            (
+                decode(url.username()),
+                decode(url.password().unwrap_or_default()),
+            )
+        });
+        Ok(Self {
+            host,
+            port,
+            tls,
+            credentials,
+        })
+    }
+}
+
+/// The address in a `From` such as `Name <a@b.example>` or `a@b.example`.
+pub fn mail_address(from: &str) -> Result<String, String> {
+    let addr = match (from.rfind('<'), from.rfind('>')) {
+        (Some(l), Some(r)) if l < r && r == from.trim_end().len() - 1 => &from[l + 1..r],
+        (None, None) => from.trim(),
+        _ => return Err(format!("mail_from {from:?} is not an address")),
+    };
+    portcullis_core::email::Email::parse(addr)
+        .map(|e| e.as_str().to_owned())
+        .map_err(|_| format!("mail_from {from:?} is not an address"))
+}
+
+/// `oidc` (any OpenID provider, by discovery) or `github`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamKind {
+    Oidc,
+    Github,
+}
+
+/// One `[[upstream]]` table.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// In URLs (`/v1/upstream/<id>/callback`) and identities: 1 to 32 of `a-z`, `0-9`, `-`, `_`.
+    pub id: String,
+    pub kind: UpstreamKind,
+    /// The button text: "Continue with <name>".
+    pub name: String,
+    /// `oidc`: the issuer, found by discovery (`<issuer>/.well-known/openid-configuration`). https;
+    /// plain http only on a loopback address (tests).
+    #[serde(default)]
+    pub issuer: Option<String>,
+    pub client_id: String,
+    /// Also from the environment: `PORTCULLIS_UPSTREAM_<ID>_CLIENT_SECRET` (ID upper-cased, `-` as
+    /// `_`), which wins over the file. Without one, `oidc` acts as a public client (PKCE only).
+    #[serde(default)]
+    pub client_secret: Option<SecretSetting>,
+    /// Default: `openid email profile` (oidc), `read:user user:email` (github).
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+    /// A first sign-in whose email matches an existing account links to it only when this is on
+    /// (the default) and the provider says the email is verified (and the account's is too).
+    #[serde(default = "yes")]
+    pub link_by_email: bool,
+    /// Keep the provider's tokens, sealed under the master key (off: they are used once and
+    /// dropped).
+    #[serde(default)]
+    pub store_tokens: bool,
+    /// `oidc`: the one algorithm ID tokens must be signed with. Default: what the provider's
+    /// discovery document lists, of RS256, ES256 and EdDSA (never `none` or HMAC).
+    #[serde(default)]
+    pub id_token_alg: Option<String>,
+    /// `github`: its endpoints, for GitHub Enterprise Server (or a test double). Defaults:
+    /// `https://github.com/login/oauth/authorize`, `https://github.com/login/oauth/access_token`,
+    /// `https://api.github.com`.
+    #[serde(default)]
+    pub authorization_endpoint: Option<String>,
+    #[serde(default)]
+    pub token_endpoint: Option<String>,
+    #[serde(default)]
+    pub api_url: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl std::fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamConfig {
+    pub fn scopes(&self) -> Vec<String> {
+        self.scopes.clone().unwrap_or_else(|| {
+            match self.kind {
+                UpstreamKind::Oidc => vec!["openid", "email", "profile"],
+                UpstreamKind::Github => vec!["read:user", "user:email"],
+            }
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
+        })
+    }
+
+    /// The environment variable that may hold the client secret.
+    pub fn secret_env(&self) -> String {
+        format!(
+            "PORTCULLIS_UPSTREAM_{}_CLIENT_SECRET",
+            self.id.to_ascii_uppercase().replace('-', "_")
+        )
+    }
+}
+
+/// An upstream URL we will call: https, or http to a loopback address.
+pub fn check_url(what: &str, raw: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(raw).map_err(|e| format!("{what} {raw:?} is not a URL: {e}"))?;
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    };
+    match url.scheme() {
+        "https" if url.host().is_some() => {}
+        "http" if loopback => {}
+        _ => {
+            return Err(format!(
+                "{what} must be an https URL (plain http only on a loopback address), got {raw:?}"
+            ));
+        }
+    }
+    if url.fragment().is_some() || !url.username().is_empty() {
+        return Err(format!("{what} must have no fragment or user name"));
+    }
+    Ok(url)
+}
+
+/// Checks every `[[upstream]]` table, naming the one at fault.
+pub fn validate_upstreams(all: &[UpstreamConfig]) -> Result<(), String> {
+    let mut seen = std::collections::HashSet::new();
+    for u in all {
+        let at = |m: String| format!("[[upstream]] {:?}: {m}", u.id);
+        if u.id.is_empty()
+            || u.id.len() > 32
+            || !u
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        {
+            return Err(at("id must be 1 to 32 of a-z, 0-9, - and _".into()));
+        }
+        if !seen.insert(u.id.clone()) {
+            return Err(at("this id is used twice".into()));
+        }
+        if u.name.trim().is_empty() || portcullis_core::text::display_name(&u.name).is_none() {
+            return Err(at(
+                "name (the button text) must be set, at most 200 plain characters".into(),
+            ));
+        }
+        if u.client_id.trim().is_empty() {
+            return Err(at("client_id must be set".into()));
+        }
+        if u.scopes().iter().any(|s| s.is_empty() || s.contains(' ')) {
+            return Err(at("scopes must be single words".into()));
+        }
+        match u.kind {
+            UpstreamKind::Oidc => {
+                let issuer = u
+                    .issuer
+                    .as_deref()
+                    .ok_or_else(|| at("kind = \"oidc\" needs issuer".into()))?;
+                check_url("issuer", issuer).map_err(at)?;
+                if !u.scopes().iter().any(|s| s == "openid") {
+                    return Err(at("scopes must include openid".into()));
+                }
+                if let Some(alg) = &u.id_token_alg
+                    && JwsAlg::parse(alg).is_none()
+                {
+                    return Err(at("id_token_alg must be one of RS256, ES256, EdDSA".into()));
+                }
+                if u.authorization_endpoint.is_some()
+                    || u.token_endpoint.is_some()
+                    || u.api_url.is_some()
+                {
+                    return Err(at("an oidc provider's endpoints come from its discovery document; remove authorization_endpoint, token_endpoint and api_url".into()));
+                }
+            }
+            UpstreamKind::Github => {
+                if u.issuer.is_some() || u.id_token_alg.is_some() {
+                    return Err(at(
+                        "kind = \"github\" takes no issuer or id_token_alg".into()
+                    ));
+                }
+                if u.client_secret.is_none() {
+                    return Err(at(format!(
+                        "kind = \"github\" needs client_secret (or {})",
+                        u.secret_env()
+                    )));
+                }
+                for (what, v) in [
+                    ("authorization_endpoint", &u.authorization_endpoint),
+                    ("token_endpoint", &u.token_endpoint),
+                    ("api_url", &u.api_url),
+                ] {
+                    if let Some(v) = v {
+                        check_url(what, v).map_err(at)?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A configuration that cannot be used; the message says what to change.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -498,10 +774,10 @@ impl Config {
             return err("email_link_ip_limit and email_link_ip_period_s must be positive".into());
         }
         if let Some(url) = &self.smtp_url {
-            crate::accounts::mailer::SmtpMailer::new(url.expose(), &self.mail_from())
-                .map_err(ConfigError)?;
+            SmtpTarget::parse(url.expose()).map_err(ConfigError)?;
         }
-        crate::upstream::validate(&self.upstream).map_err(ConfigError)?;
+        mail_address(&self.mail_from()).map_err(ConfigError)?;
+        validate_upstreams(&self.upstream).map_err(ConfigError)?;
         if !(60..=24 * 3600).contains(&self.access_token_ttl_s) {
             return err("access_token_ttl_s must be between 60 and 86400".into());
         }

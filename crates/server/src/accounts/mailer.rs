@@ -5,7 +5,6 @@
 //! have accounts.
 
 use std::future::Future;
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +15,8 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use tokio::sync::mpsc;
+
+use crate::config::{SmtpTarget, SmtpTls};
 
 /// How long one SMTP conversation may take.
 const SMTP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -50,56 +51,32 @@ pub struct SmtpMailer {
 
 impl SmtpMailer {
     pub fn new(smtp_url: &str, from: &str) -> Result<Self, String> {
+        let target = SmtpTarget::parse(smtp_url)?;
         let from: Mailbox = from
             .parse()
             .map_err(|e| format!("mail_from {from:?} is not an address: {e}"))?;
-        let url = url::Url::parse(smtp_url).map_err(|e| {
-            format!(
-                "smtp_url is not a URL ({e}); use smtp://host:port or smtps://user:password@host"
-            )
-        })?;
-        let host = url
-            .host_str()
-            .filter(|h| !h.is_empty())
-            .ok_or("smtp_url has no host")?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        if url.query().is_some() || !matches!(url.path(), "" | "/") {
-            return Err(
-                "smtp_url takes no path or query: smtp://host:port or smtps://host:port".into(),
-            );
-        }
-        let loopback =
-            host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        let host = target.host.clone();
         let tls_params =
             || TlsParameters::new(host.clone()).map_err(|e| format!("TLS for {host}: {e}"));
-        let (tls, port) = match url.scheme() {
-            "smtps" => (Tls::Wrapper(tls_params()?), url.port().unwrap_or(465)),
-            "smtp" if loopback => (Tls::None, url.port().unwrap_or(587)),
-            "smtp" => (Tls::Required(tls_params()?), url.port().unwrap_or(587)),
-            other => {
-                return Err(format!(
-                    "smtp_url scheme must be smtp or smtps, got {other:?}"
-                ));
-            }
+        let (tls, scheme) = match target.tls {
+            SmtpTls::Wrapper => (Tls::Wrapper(tls_params()?), "smtps"),
+            SmtpTls::StartTls => (Tls::Required(tls_params()?), "smtp"),
+            SmtpTls::None => (Tls::None, "smtp"),
         };
         let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.clone())
-            .port(port)
+            .port(target.port)
             .tls(tls)
             .timeout(Some(SMTP_TIMEOUT));
-        if !url.username().is_empty() {
-            let user = percent(url.username());
-            let password = percent(url.password().unwrap_or_default());
+        if let Some((user, password)) = target.credentials {
             builder = builder.credentials(Credentials::new(user, password));
         }
         Ok(Self {
             transport: builder.build(),
             from,
             described: format!(
-                "{}://{host}:{port}{}",
-                url.scheme(),
-                if loopback && url.scheme() == "smtp" {
+                "{scheme}://{host}:{}{}",
+                target.port,
+                if target.tls == SmtpTls::None {
                     " (loopback, no TLS)"
                 } else {
                     ""
@@ -107,13 +84,6 @@ impl SmtpMailer {
             ),
         })
     }
-}
-
-fn percent(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={s}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
 }
 
 impl Mailer for SmtpMailer {
@@ -243,6 +213,12 @@ mod tests {
             assert!(ok(bad).is_err(), "{bad}");
         }
         assert!(SmtpMailer::new("smtp://127.0.0.1", "not an address").is_err());
-        assert_eq!(percent("p%40ss"), "p@ss");
+        let t = SmtpTarget::parse("smtps://u%40x:p%40ss@mail.example.com").unwrap();
+        assert_eq!(t.credentials, Some(("u@x".into(), "p@ss".into())));
+        assert_eq!(
+            crate::config::mail_address("A <a@b.example>").unwrap(),
+            "a@b.example"
+        );
+        assert!(crate::config::mail_address("A <nope>").is_err());
     }
 }

@@ -13,10 +13,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use super::{UpstreamConfig, UpstreamKind, check_url};
+use crate::config::{UpstreamConfig, UpstreamKind, check_url};
 
-/// ID-token algorithms we can check.
-pub const ID_TOKEN_ALGS: &[&str] = &["RS256", "ES256", "EdDSA"];
 const MAX_ANSWER: usize = 256 * 1024;
 const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
 const JWKS_TTL: Duration = Duration::from_secs(600);

@@ -38,9 +38,9 @@ use secrecy::ExposeSecret;
 use serde_json::Value;
 
 use super::provider::{Provider, UpstreamError};
-use super::{UpstreamConfig, UpstreamKind};
 use crate::audit::{Audit, AuditContext};
 use crate::config::Registration;
+use crate::config::{UpstreamConfig, UpstreamKind};
 use crate::error::{Error, Result};
 use crate::sessions::Sessions;
 use crate::users::{Users, insert_user, parse_email};

@@ -386,6 +386,11 @@ async fn the_openapi_document_covers_every_route_the_router_serves() {
                         "/oauth2/",
                         "/consent",
                         "/device",
+                        "/register",
+                        "/verify",
+                        "/reset",
+                        // The browser's side of upstream sign-in: redirects and HTML pages.
+                        "/v1/upstream/",
                         "/.well-known/openid-configuration",
                         "/.well-known/oauth-authorization-server",
                         // Paths of any depth, which OpenAPI cannot state.
