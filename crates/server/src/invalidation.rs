@@ -31,6 +31,43 @@ impl Invalidation {
     }
 }
 
+impl Invalidation {
+    /// The event as the bus between nodes carries it.
+    pub fn encode(&self) -> String {
+        let hex = |h: &[u8; 32]| h.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        match self {
+            Self::ApiKey(h) => format!("k:{}", hex(h)),
+            Self::Session(h) => format!("s:{}", hex(h)),
+            Self::User(id) => format!("u:{id}"),
+            Self::SignatureKey(id) => format!("g:{id}"),
+        }
+    }
+
+    /// An event another node sent; `None` for anything else.
+    pub fn decode(raw: &str) -> Option<Self> {
+        let hash = |h: &str| -> Option<[u8; 32]> {
+            if h.len() != 64 {
+                return None;
+            }
+            let mut out = [0u8; 32];
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = u8::from_str_radix(h.get(i * 2..i * 2 + 2)?, 16).ok()?;
+            }
+            Some(out)
+        };
+        let (kind, rest) = raw.split_once(':')?;
+        match kind {
+            "k" => hash(rest).map(Self::ApiKey),
+            "s" => hash(rest).map(Self::Session),
+            "u" if !rest.is_empty() && rest.len() <= 64 => Some(Self::User(rest.to_owned())),
+            "g" if !rest.is_empty() && rest.len() <= 64 => {
+                Some(Self::SignatureKey(rest.to_owned()))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// The in-process bus. Sending never blocks; a subscriber that falls behind loses old events and is
 /// told so (`RecvError::Lagged`), and must then drop its whole cache.
 pub struct Bus {
@@ -56,5 +93,32 @@ impl Bus {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Invalidation> {
         self.tx.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_cross_the_bus_unchanged_and_nothing_else_does() {
+        for e in [
+            Invalidation::ApiKey([7; 32]),
+            Invalidation::Session([0xab; 32]),
+            Invalidation::User("usr_01".into()),
+            Invalidation::SignatureKey("sig_01".into()),
+        ] {
+            assert_eq!(Invalidation::decode(&e.encode()), Some(e));
+        }
+        for bad in [
+            "",
+            "k:00",
+            "x:1",
+            "u:",
+            "s:zz",
+            &format!("k:{}", "0".repeat(66)),
+        ] {
+            assert_eq!(Invalidation::decode(bad), None, "{bad}");
+        }
     }
 }

@@ -28,23 +28,31 @@ pub async fn healthz() -> impl IntoResponse {
     )
 }
 
-/// Ready: the store answers.
+/// Ready: the store answers. With Redis configured, `"redis": "degraded"` says that it does not (the
+/// node still serves, with per-node rate limits and replay caches) and `"redis": "ok"` that it does.
 #[utoipa::path(get, path = "/readyz", tag = "ops",
     responses((status = 200, description = "ready", content_type = "application/json", body = Object),
         (status = 503, description = "store unreachable", content_type = "application/json", body = Object)))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let redis = match &state.redis {
+        None => "",
+        Some(r) => match r.ping().await {
+            Ok(()) => ",\"redis\":\"ok\"",
+            Err(_) => ",\"redis\":\"degraded\"",
+        },
+    };
     match state.store.ping().await {
         Ok(()) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
-            "{\"status\":\"ready\"}",
+            format!("{{\"status\":\"ready\"{redis}}}"),
         ),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 [(header::CONTENT_TYPE, "application/json")],
-                "{\"status\":\"unavailable\"}",
+                format!("{{\"status\":\"unavailable\"{redis}}}"),
             )
         }
     }

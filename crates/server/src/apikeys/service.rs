@@ -43,7 +43,7 @@ use crate::audit::{Audit, AuditContext, AuditCounts};
 use crate::coalesce::OncePerMinute;
 use crate::error::{Error, FieldError, Result};
 use crate::invalidation::{Bus, Invalidation};
-use crate::ratelimit::MemoryLimiter;
+use crate::ratelimit::Limiter;
 use crate::users::Users;
 
 /// The longest rate-limit window a key may have.
@@ -225,6 +225,8 @@ pub struct KeySettings {
     /// Scopes users may put on their own keys besides `keys:read` and `keys:write`.
     pub self_service_scopes: Vec<String>,
     pub cache_ttl: std::time::Duration,
+    /// Redis, when several nodes share per-key rate limits.
+    pub redis: Option<Arc<portcullis_kv::redis::Redis>>,
 }
 
 pub struct ApiKeys {
@@ -232,7 +234,7 @@ pub struct ApiKeys {
     pub(super) users: Arc<Users>,
     pub(super) cache: KeyCache,
     /// Per-key rate limits.
-    pub(super) limits: MemoryLimiter,
+    pub(super) limits: Limiter,
     /// `last_used_at`, written at most once a minute per key.
     pub(super) usage: OncePerMinute<KeyId>,
     counts: Arc<AuditCounts>,
@@ -381,7 +383,8 @@ impl ApiKeys {
         Self {
             cache: KeyCache::new(settings.cache_ttl),
             // A key's limiter state is forgotten after a day idle: the longest period a key may have.
-            limits: MemoryLimiter::new(
+            limits: Limiter::new(
+                settings.redis.as_ref(),
                 std::time::Duration::from_millis(MAX_RATELIMIT_DURATION_MS as u64),
                 std::time::Duration::from_secs(60),
             ),

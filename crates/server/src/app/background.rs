@@ -14,7 +14,49 @@ use super::AppState;
 use crate::coalesce::FLUSH_EVERY;
 use crate::invalidation::Invalidation;
 
+/// With Redis, this node's invalidations go to the other nodes and theirs are applied here.
+fn spawn_redis_bus(state: &AppState) {
+    let Some(redis) = state.redis.clone() else {
+        return;
+    };
+    let (out_tx, out_rx) = tokio::sync::mpsc::channel::<String>(4096);
+    let (in_tx, mut in_rx) = tokio::sync::mpsc::unbounded_channel();
+    portcullis_kv::bus::spawn(redis, state.node_id.clone(), out_rx, in_tx);
+    let mut local = state.bus.subscribe();
+    tokio::spawn(async move {
+        loop {
+            match local.recv().await {
+                Ok(event) => {
+                    if out_tx.try_send(event.encode()).is_err() {
+                        metrics::counter!("portcullis_redis_errors_total", "op" => "publish_queue")
+                            .increment(1);
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    let state = state.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = in_rx.recv().await {
+            match incoming {
+                portcullis_kv::bus::Incoming::Event(raw) => {
+                    if let Some(event) = Invalidation::decode(&raw) {
+                        metrics::counter!("portcullis_invalidations_received_total").increment(1);
+                        state.apply(&event);
+                    }
+                }
+                portcullis_kv::bus::Incoming::Resubscribed => {
+                    tracing::info!("subscribed to other nodes' invalidations");
+                }
+            }
+        }
+    });
+}
+
 pub fn spawn(state: AppState) -> Vec<tokio::task::JoinHandle<()>> {
+    spawn_redis_bus(&state);
     vec![
         tokio::spawn(keys_loop(state.clone())),
         tokio::spawn(janitor_loop(state.clone())),

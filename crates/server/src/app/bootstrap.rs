@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::invalidation::Bus;
 use crate::oauth::OAuth;
 use crate::pages::Pages;
-use crate::ratelimit::MemoryLimiter;
+use crate::ratelimit::Limiter;
 use crate::sessions::{SessionSettings, Sessions};
 use crate::signing_keys::KeyRing;
 use crate::tokens::{TokenSettings, Tokens};
@@ -39,12 +39,41 @@ pub async fn services(
     metrics: PrometheusHandle,
 ) -> Result<(AppState, Pages, tokio::task::JoinHandle<()>), StartError> {
     let master = load_master_key(&config)?;
+    let redis = match &config.redis_url {
+        Some(url) => {
+            if config.database_url.is_none() {
+                tracing::warn!(
+                    "redis_url is set with a SQLite store: SQLite is one node by nature, so Redis only mirrors what this node keeps"
+                );
+            }
+            let r = portcullis_kv::redis::Redis::connect(url, "portcullis")
+                .await
+                .map_err(|e| StartError::Other(e.0))?;
+            tracing::info!(
+                mode = "several nodes",
+                "rate limits, replay caches and invalidations are shared through Redis"
+            );
+            Some(Arc::new(r))
+        }
+        None => {
+            tracing::info!(
+                mode = "one node",
+                "rate limits, replay caches and invalidations are in this process"
+            );
+            None
+        }
+    };
+    let nonces = |capacity: usize| -> Arc<dyn crate::signatures::NonceCache> {
+        let memory = crate::signatures::MemoryNonces::new(capacity);
+        match &redis {
+            Some(r) => Arc::new(crate::signatures::RedisNonces::new(Arc::clone(r), memory)),
+            None => Arc::new(memory),
+        }
+    };
     let devices = (config.known_device_ttl_days > 0)
         .then(|| portcullis_core::devices::DeviceKey::derive(master.expose_bytes()));
     let dpop = Arc::new(crate::tokens::dpop::Dpop::new(
-        Arc::new(crate::signatures::MemoryNonces::new(
-            config.signature_nonce_capacity,
-        )),
+        nonces(config.signature_nonce_capacity),
         master.expose_bytes(),
         config.oauth_dpop_nonce,
     ));
@@ -87,7 +116,8 @@ pub async fn services(
             period_ms: config.registration_ip_period_s * 1000,
         },
     };
-    let limiter = MemoryLimiter::new(
+    let limiter = Limiter::new(
+        redis.as_ref(),
         Duration::from_millis(
             policies
                 .ip
@@ -210,6 +240,7 @@ pub async fn services(
             api_key_max_grace_s: config.api_key_max_grace_s,
             self_service_scopes: config.self_service_scopes.clone(),
             cache_ttl,
+            redis: redis.clone(),
         },
     ));
     // Denied access-token jtis that have not expired yet (revoked before this node started).
@@ -261,9 +292,7 @@ pub async fn services(
         signature_master,
         audit.clone(),
         Arc::clone(&bus),
-        Arc::new(crate::signatures::MemoryNonces::new(
-            config.signature_nonce_capacity,
-        )),
+        nonces(config.signature_nonce_capacity),
         crate::signatures::SignatureSettings {
             scheme,
             authority,
@@ -307,6 +336,11 @@ pub async fn services(
         forward_auth,
         dpop,
         metrics,
+        redis,
+        node_id: format!(
+            "node-{}",
+            portcullis_core::ids::EventId::generate().as_str()
+        ),
     }));
     Ok((state, pages, audit_task))
 }

@@ -27,6 +27,10 @@ pub struct Inner {
     pub counts: Arc<AuditCounts>,
     /// Cache invalidations, for other nodes (see [`crate::invalidation`]).
     pub bus: Arc<Bus>,
+    /// Redis, when `redis_url` is set: shared rate limits, replay caches and the bus between nodes.
+    pub redis: Option<Arc<portcullis_kv::redis::Redis>>,
+    /// This process, as the bus between nodes names it.
+    pub node_id: String,
     pub keys: Arc<KeyRing>,
     pub users: Arc<Users>,
     pub tokens: Arc<Tokens>,

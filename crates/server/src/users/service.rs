@@ -22,7 +22,7 @@ use crate::audit::{Audit, AuditContext, AuditCounts};
 use crate::config::Registration;
 use crate::error::{Error, Result};
 use crate::invalidation::{Bus, Invalidation};
-use crate::ratelimit::{MemoryLimiter, client_bucket};
+use crate::ratelimit::{Limiter, client_bucket};
 
 /// Login passwords longer than this are refused before hashing: no policy allows them.
 const MAX_LOGIN_PASSWORD_BYTES: usize = 4096;
@@ -88,7 +88,7 @@ pub struct Users {
     hashing: HashPool,
     /// The hashing parameters, for checks that run no hash (the cost cap of imported hashes).
     rules: PasswordHashing,
-    throttle: LoginThrottle<MemoryLimiter>,
+    throttle: LoginThrottle<Limiter>,
     audit: Audit,
     counts: Arc<AuditCounts>,
     bus: Arc<Bus>,
@@ -111,7 +111,7 @@ impl Users {
         store: Store,
         hashing: HashPool,
         rules: PasswordHashing,
-        throttle: LoginThrottle<MemoryLimiter>,
+        throttle: LoginThrottle<Limiter>,
         audit: Audit,
         counts: Arc<AuditCounts>,
         bus: Arc<Bus>,
