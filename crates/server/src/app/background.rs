@@ -37,14 +37,19 @@ fn spawn_redis_bus(state: &AppState) {
             }
         }
     });
-    let state = state.clone();
+    // Weak: a stopping node drops its state (and with it the audit writer's last sender) while this
+    // task still waits for events.
+    let weak = std::sync::Arc::downgrade(&state.0);
     tokio::spawn(async move {
         while let Some(incoming) = in_rx.recv().await {
             match incoming {
                 portcullis_kv::bus::Incoming::Event(raw) => {
+                    let Some(inner) = weak.upgrade() else {
+                        return;
+                    };
                     if let Some(event) = Invalidation::decode(&raw) {
                         metrics::counter!("portcullis_invalidations_received_total").increment(1);
-                        state.apply(&event);
+                        AppState(inner).apply(&event);
                     }
                 }
                 portcullis_kv::bus::Incoming::Resubscribed => {

@@ -23,6 +23,7 @@ mod http;
 mod interop;
 mod jwt;
 mod mail;
+mod nodes;
 mod oauth;
 mod oauth_cimd;
 mod oauth_device;

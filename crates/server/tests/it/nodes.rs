@@ -1,0 +1,332 @@
+//! Several nodes: two real `portcullis` processes on one PostgreSQL database and one Redis
+//! (`PORTCULLIS_TEST_DATABASE_URL` and `PORTCULLIS_TEST_REDIS_URL`; without them each test says it is
+//! skipped). What one node changes, the other refuses within a second (measured and printed); limits
+//! hold for the nodes together, not for each.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+
+use crate::binary::Server;
+use crate::support::PASSWORD;
+
+struct Nodes {
+    a: Server,
+    b: Server,
+    _schema: portcullis_testkit::PgSchema,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+async fn two_nodes() -> Option<Nodes> {
+    let (Some(db), Ok(redis)) = (
+        portcullis_testkit::database_url(),
+        std::env::var("PORTCULLIS_TEST_REDIS_URL"),
+    ) else {
+        eprintln!(
+            "skipped: several nodes need PORTCULLIS_TEST_DATABASE_URL and PORTCULLIS_TEST_REDIS_URL"
+        );
+        return None;
+    };
+    let schema = portcullis_testkit::PgSchema::create(&db, "nodes").await;
+    let url = schema.url_with_search_path();
+    let master = crate::support::uuid_hex().repeat(8);
+    let master = &master[..64];
+    let env = [("PORTCULLIS_MASTER_KEY", master)];
+    let args = [
+        "--database-url",
+        url.as_str(),
+        "--redis-url",
+        redis.as_str(),
+    ];
+    let (da, db_) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Server::start(da.path(), &args, &env);
+    assert!(a.root_key().is_some(), "the first node made the root key");
+    let b = Server::start(db_.path(), &args, &env);
+    Some(Nodes {
+        a,
+        b,
+        _schema: schema,
+        _dirs: (da, db_),
+    })
+}
+
+impl Nodes {
+    fn stop(self) {
+        self.a.stop();
+        self.b.stop();
+    }
+}
+
+async fn user_token(c: &Client, base: &str, email: &str) -> String {
+    let r = c
+        .post(format!("{base}/v1/users"))
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let t: Value = c
+        .post(format!("{base}/v1/auth/login"))
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    t["access_token"].as_str().unwrap().to_owned()
+}
+
+/// Polls `check` every 2 ms until it is true; how long that took.
+async fn until_true<F: std::future::Future<Output = bool>>(
+    mut check: impl FnMut() -> F,
+) -> Duration {
+    let began = Instant::now();
+    while began.elapsed() < Duration::from_secs(3) {
+        if check().await {
+            return began.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("not seen within 3 s");
+}
+
+fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_one_node_revokes_the_other_refuses_within_a_second() {
+    let Some(n) = two_nodes().await else { return };
+    let c = Client::new();
+    let token = user_token(&c, &n.a.base, "nodes-revoke@example.com").await;
+    let mut keys = Vec::new();
+    for i in 0..12 {
+        let r = c
+            .post(format!("{}/v1/keys", n.a.base))
+            .bearer_auth(&token)
+            .json(&json!({"name": format!("k{i}")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let k: Value = r.json().await.unwrap();
+        // Used once on B, so that B has it cached.
+        let r = c
+            .get(format!("{}/v1/me", n.b.base))
+            .header("x-api-key", k["key"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        keys.push(k);
+    }
+    let mut took = Vec::new();
+    for k in &keys {
+        let r = c
+            .delete(format!(
+                "{}/v1/keys/{}",
+                n.a.base,
+                k["id"].as_str().unwrap()
+            ))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        let key = k["key"].as_str().unwrap().to_owned();
+        let (c, b) = (c.clone(), n.b.base.clone());
+        took.push(
+            until_true(|| {
+                let (c, b, key) = (c.clone(), b.clone(), key.clone());
+                async move {
+                    c.get(format!("{b}/v1/me"))
+                        .header("x-api-key", key)
+                        .send()
+                        .await
+                        .unwrap()
+                        .status()
+                        == StatusCode::UNAUTHORIZED
+                }
+            })
+            .await,
+        );
+    }
+    // A session ended on A.
+    let r = c
+        .post(format!("{}/v1/sessions", n.a.base))
+        .json(&json!({"email": "nodes-revoke@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let csrf = r.json::<Value>().await.unwrap()["csrf_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        c.get(format!("{}/v1/me", n.b.base))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let r = c
+        .delete(format!("{}/v1/sessions/current", n.a.base))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &csrf)
+        .header("origin", &n.a.base)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let (cc, b, ck) = (c.clone(), n.b.base.clone(), cookie.clone());
+    let session = until_true(|| {
+        let (c, b, ck) = (cc.clone(), b.clone(), ck.clone());
+        async move {
+            c.get(format!("{b}/v1/me"))
+                .header("cookie", ck)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                == StatusCode::UNAUTHORIZED
+        }
+    })
+    .await;
+    let (p50, p99) = (
+        percentile(took.clone(), 0.5),
+        percentile(took.clone(), 0.99),
+    );
+    println!(
+        "API key revoked on A, refused on B after: p50 {p50:?}, p99 {p99:?} (n = {}); a session: {session:?}",
+        took.len()
+    );
+    assert!(
+        p99 < Duration::from_secs(1) && session < Duration::from_secs(1),
+        "{took:?} {session:?}"
+    );
+    n.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_limited_to_k_allows_exactly_k_through_both_nodes_together() {
+    let Some(n) = two_nodes().await else { return };
+    let c = Client::new();
+    let token = user_token(&c, &n.a.base, "nodes-limit@example.com").await;
+    let r = c
+        .post(format!("{}/v1/keys", n.a.base))
+        .bearer_auth(&token)
+        .json(&json!({"name": "limited", "ratelimit": {"limit": 20, "duration_ms": 600_000}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let key = r.json::<Value>().await.unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut tasks = Vec::new();
+    for i in 0..80 {
+        let base = if i % 2 == 0 {
+            n.a.base.clone()
+        } else {
+            n.b.base.clone()
+        };
+        let (c, key) = (c.clone(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            c.get(format!("{base}/v1/me"))
+                .header("x-api-key", key)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }));
+    }
+    let (mut ok, mut limited) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            StatusCode::OK => ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => limited += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    println!(
+        "80 concurrent requests through two nodes on a limit of 20: {ok} allowed, {limited} refused"
+    );
+    assert_eq!((ok, limited), (20, 60));
+    n.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_failures_count_across_nodes() {
+    let Some(n) = two_nodes().await else { return };
+    let c = Client::new();
+    let email = "nodes-guess@example.com";
+    user_token(&c, &n.a.base, email).await;
+    // Five free failures (login_free_failures) from this client, spread over both nodes…
+    for i in 0..5 {
+        let base = if i % 2 == 0 { &n.a.base } else { &n.b.base };
+        let r = c
+            .post(format!("{base}/v1/auth/login"))
+            .json(&json!({"email": email, "password": "not the password"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "failure {i}");
+    }
+    // …and both nodes now make the next guess wait.
+    for base in [&n.a.base, &n.b.base] {
+        let r = c
+            .post(format!("{base}/v1/auth/login"))
+            .json(&json!({"email": email, "password": "still not it"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "{base}");
+    }
+    n.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_says_redis_is_shared_and_a_wrong_redis_url_stops_the_start() {
+    let Some(n) = two_nodes().await else { return };
+    let ready: Value = Client::new()
+        .get(format!("{}/readyz", n.b.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready, json!({"status": "ready", "redis": "ok"}));
+    n.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .current_dir(dir.path())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--redis-url",
+            "redis://127.0.0.1:1",
+        ])
+        .env_remove("PORTCULLIS_TEST_REDIS_URL")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("redis_url"),
+        "{stderr}"
+    );
+}
