@@ -28,8 +28,10 @@ pub async fn healthz() -> impl IntoResponse {
     )
 }
 
-/// Ready: the store answers. With Redis configured, `"redis": "degraded"` says that it does not (the
-/// node still serves, with per-node rate limits and replay caches) and `"redis": "ok"` that it does.
+/// Ready: the store answers.
+///
+/// With Redis configured, `"redis": "degraded"` says that it does not (the node still serves, with
+/// per-node rate limits and replay caches) and `"redis": "ok"` that it does.
 #[utoipa::path(get, path = "/readyz", tag = "ops",
     responses((status = 200, description = "ready", content_type = "application/json", body = Object),
         (status = 503, description = "store unreachable", content_type = "application/json", body = Object)))]
