@@ -307,8 +307,8 @@ pub async fn verify_resend(
     let fields = form_fields(&body).unwrap_or_default();
     let email = fields.get("email").map(|e| e.trim()).unwrap_or_default();
     let form = |status, error: Option<&str>, notice: Option<&str>| {
-        context! { token => "", error, notice, user => None::<String> }
-            .pipe(|ctx| page(&state, status, "verify.html", ctx))
+        let ctx = context! { token => "", error, notice, user => None::<String> };
+        page(&state, status, "verify.html", ctx)
     };
     match state.accounts.resend_verification_to(email, ip.0).await {
         Ok(()) => form(
@@ -330,13 +330,6 @@ pub async fn verify_resend(
         Err(e) => e.into_response(),
     }
 }
-
-trait Pipe: Sized {
-    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
-        f(self)
-    }
-}
-impl Pipe for minijinja::Value {}
 
 fn reset_context(
     state: &PageState,
