@@ -27,6 +27,15 @@ impl std::fmt::Display for RedisUnusable {
     }
 }
 
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the URL: it may carry a password.
+        f.debug_struct("Redis")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Redis {
     /// Connects (and pings) `url`; keys go under `prefix`.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, RedisUnusable> {

@@ -399,6 +399,7 @@ async fn clients(command: ClientsCommand) -> Result<(), Failure> {
         store.clone(),
         audit.clone(),
         bootstrap::client_rules(&config, crate::signing_keys::ring_algs(config.jwt_alg)),
+        None,
     );
     let ctx = crate::audit::AuditContext::default();
     let fail = |e: Error| match e {

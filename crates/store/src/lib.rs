@@ -44,7 +44,7 @@ pub use accounts::{AccountStore, EmailLinkRow, IdentityRow, LinkPurpose, Upstrea
 pub use apikeys::{ApiKeyPatch, ApiKeyRow, ApiKeyStore, KeyOwner, RolledKey, Spend};
 pub use audit::{AuditEvent, AuditFilter, AuditStore};
 pub use device::{DeviceCodeRow, DeviceCodeStore, DeviceDecision, DevicePoll};
-pub use maintenance::{Maintenance, Purged};
+pub use maintenance::{Job, JobLock, Maintenance, Purged};
 pub use oauth::{
     ClientRow, CodeRow, ConsentRow, OAuthStore, OpaqueAccessRow, Produced, Redemption, Replayed,
 };

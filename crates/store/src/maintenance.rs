@@ -105,3 +105,51 @@ impl Maintenance for Store {
         })
     }
 }
+
+/// A background job that one node at a time may run (the janitor, scheduled key rotation).
+#[derive(Debug, Clone, Copy)]
+pub enum Job {
+    Janitor = 1,
+    KeyRotation = 2,
+}
+
+/// Held while this node runs a [`Job`]: on PostgreSQL a session advisory lock on a connection of its
+/// own (released by [`JobLock::release`], or by the database when the node dies and the connection
+/// closes); on SQLite nothing, since one file has one node.
+pub struct JobLock(Option<(sqlx::pool::PoolConnection<sqlx::Postgres>, i64)>);
+
+/// The advisory-lock key space of Portcullis jobs (an arbitrary constant, then the job).
+const JOB_LOCK_BASE: i64 = 0x5043_4a42_0000_0000;
+
+impl Store {
+    /// The lock of `job` if no other node holds it now; `None` when one does.
+    pub async fn try_job_lock(&self, job: Job) -> Result<Option<JobLock>> {
+        match &self.backend {
+            crate::Backend::Sqlite { .. } => Ok(Some(JobLock(None))),
+            crate::Backend::Postgres(pool) => {
+                let key = JOB_LOCK_BASE + job as i64;
+                let mut conn = pool.acquire().await?;
+                let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                    .bind(key)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                Ok(got.then_some(JobLock(Some((conn, key)))))
+            }
+        }
+    }
+}
+
+impl JobLock {
+    pub async fn release(self) {
+        if let Some((mut conn, key)) = self.0
+            && sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(key)
+                .execute(&mut *conn)
+                .await
+                .is_err()
+        {
+            // Not back to the pool still holding the lock: closing the connection frees it.
+            drop(conn.detach());
+        }
+    }
+}

@@ -25,7 +25,7 @@ use secrecy::{ExposeSecret, SecretString};
 use super::mailer::{Mail, Outbox};
 use crate::audit::{Audit, AuditContext};
 use crate::error::{Error, Result, Throttled};
-use crate::ratelimit::{MemoryLimiter, RateLimiter, client_bucket};
+use crate::ratelimit::{Limiter, RateLimiter, client_bucket};
 use crate::sessions::Sessions;
 use crate::users::{Users, parse_email};
 
@@ -37,6 +37,8 @@ const LINKS_PER_HOUR: i64 = 5;
 
 /// What [`Accounts`] is built from.
 pub struct AccountSettings {
+    /// Redis, when several nodes share the per-address limit.
+    pub redis: Option<Arc<portcullis_kv::redis::Redis>>,
     /// Links point here (`<issuer>/verify?token=…`).
     pub issuer: String,
     /// Requests for a link (verification resend, reset) one client address may make per period.
@@ -49,7 +51,7 @@ pub struct Accounts {
     sessions: Arc<Sessions>,
     outbox: Outbox,
     links: LinkKey,
-    limiter: MemoryLimiter,
+    limiter: Limiter,
     audit: Audit,
     settings: AccountSettings,
 }
@@ -77,7 +79,8 @@ impl Accounts {
             sessions,
             outbox,
             links,
-            limiter: MemoryLimiter::new(
+            limiter: Limiter::new(
+                settings.redis.as_ref(),
                 Duration::from_millis(settings.ip_policy.period_ms.max(1000)),
                 Duration::from_secs(60),
             ),

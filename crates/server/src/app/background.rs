@@ -246,11 +246,28 @@ async fn keys_loop(state: AppState) {
     loop {
         tick.tick().await;
         let interval_s = state.config.signing_key_rotation_days * 86_400;
-        match state
-            .keys
-            .rotate_if_due(interval_s, state.config.signing_key_publish_lead_s)
+        // One node at a time decides whether a rotation is due, so two nodes never both rotate; a
+        // node that does not hold the lock only reloads what the holder made.
+        let rotated = match state
+            .store
+            .try_job_lock(portcullis_store::Job::KeyRotation)
             .await
         {
+            Ok(Some(lock)) => {
+                let r = state
+                    .keys
+                    .rotate_if_due(interval_s, state.config.signing_key_publish_lead_s)
+                    .await;
+                lock.release().await;
+                r
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take the key rotation's lock");
+                Ok(None)
+            }
+        };
+        match rotated {
             Ok(Some(row)) => {
                 tracing::info!(kid = %row.kid, activate_at = %Millis(row.activate_at).rfc3339(), "signing key rotated on schedule");
                 state.audit.record(
@@ -383,7 +400,19 @@ async fn janitor_loop(state: AppState) {
     let mut tick = tokio::time::interval(Duration::from_secs(state.config.janitor_interval_s));
     loop {
         tick.tick().await;
-        janitor_pass(&state).await;
+        // One node at a time (several nodes on PostgreSQL); the others skip this round.
+        match state
+            .store
+            .try_job_lock(portcullis_store::Job::Janitor)
+            .await
+        {
+            Ok(Some(lock)) => {
+                janitor_pass(&state).await;
+                lock.release().await;
+            }
+            Ok(None) => tracing::debug!("another node is running the janitor"),
+            Err(e) => tracing::warn!(error = %e, "cannot take the janitor's lock"),
+        }
     }
 }
 

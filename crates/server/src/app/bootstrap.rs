@@ -199,6 +199,7 @@ pub async fn services(
         account_links,
         audit.clone(),
         crate::accounts::AccountSettings {
+            redis: redis.clone(),
             issuer: config.issuer(),
             ip_policy: RatePolicy {
                 limit: config.email_link_ip_limit,
@@ -275,6 +276,7 @@ pub async fn services(
                 config.oauth_registration_ip_limit,
                 config.oauth_registration_ip_period_s,
             ),
+            redis: redis.clone(),
         },
     ));
     let auth = Arc::new(Auth::new(

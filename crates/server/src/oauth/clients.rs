@@ -512,16 +512,22 @@ pub struct Clients {
     /// Fetches metadata documents and clients' `jwks_uri`.
     fetcher: Arc<super::fetch::Fetcher>,
     /// New metadata document clients per site.
-    new_documents: crate::ratelimit::MemoryLimiter,
+    new_documents: crate::ratelimit::Limiter,
 }
 
 impl Clients {
-    pub fn new(store: Store, audit: Audit, rules: ClientRules) -> Self {
+    pub fn new(
+        store: Store,
+        audit: Audit,
+        rules: ClientRules,
+        redis: Option<&Arc<portcullis_kv::redis::Redis>>,
+    ) -> Self {
         Self {
             store,
             audit,
             fetcher: Arc::new(super::fetch::Fetcher::new(rules.allow_private_fetch)),
-            new_documents: crate::ratelimit::MemoryLimiter::new(
+            new_documents: crate::ratelimit::Limiter::new(
+                redis,
                 std::time::Duration::from_secs(3600),
                 std::time::Duration::from_secs(60),
             ),

@@ -34,7 +34,7 @@ use super::error::{OAuthError, OAuthResult};
 use super::params::Params;
 use crate::apikeys::ApiKeys;
 use crate::audit::{Audit, AuditContext, AuditCounts};
-use crate::ratelimit::{MemoryLimiter, RateLimiter};
+use crate::ratelimit::{Limiter, RateLimiter};
 use crate::signing_keys::KeyRing;
 use crate::tokens::{AccessGrant, REFRESH_PREFIX, Tokens};
 use crate::users::Users;
@@ -189,6 +189,8 @@ pub struct OAuthSettings {
     pub registration_token_hash: Option<TokenHash>,
     /// Registrations per address.
     pub registration_rate: portcullis_core::ratelimit::RatePolicy,
+    /// Redis, when several nodes share the client-assertion replay cache and the limits.
+    pub redis: Option<Arc<portcullis_kv::redis::Redis>>,
 }
 
 impl Default for OAuthSettings {
@@ -199,6 +201,7 @@ impl Default for OAuthSettings {
             dynamic_registration: false,
             registration_token_hash: None,
             registration_rate: registration::registration_rate(10, 3600),
+            redis: None,
         }
     }
 }
@@ -206,7 +209,7 @@ impl Default for OAuthSettings {
 pub struct OAuth {
     settings: OAuthSettings,
     /// `jti`s of client assertions, each good once until its `exp`.
-    assertion_jtis: crate::signatures::MemoryNonces,
+    assertion_jtis: Arc<dyn crate::signatures::NonceCache>,
     /// The resources forward-auth route rules protect: any client may ask for tokens meant for
     /// them (RFC 8707), as RFC 9728 metadata tells clients to.
     protected_resources: Vec<String>,
@@ -220,7 +223,7 @@ pub struct OAuth {
     counts: Arc<AuditCounts>,
     issuer: String,
     /// Failed client authentications, per client and address, backing off like failed logins.
-    failures: MemoryLimiter,
+    failures: Limiter,
     backoff: LoginBackoff,
     /// Wrong user codes typed on `/device`, per address (in `failures`).
     user_code_backoff: LoginBackoff,
@@ -291,10 +294,21 @@ impl OAuth {
     ) -> Self {
         let issuer = tokens.issuer().to_owned();
         Self {
-            assertion_jtis: crate::signatures::MemoryNonces::new(200_000),
+            assertion_jtis: {
+                let memory = crate::signatures::MemoryNonces::new(200_000);
+                match &settings.redis {
+                    Some(r) => Arc::new(crate::signatures::RedisNonces::new(Arc::clone(r), memory)),
+                    None => Arc::new(memory),
+                }
+            },
+            clients: Clients::new(store.clone(), audit.clone(), rules, settings.redis.as_ref()),
+            failures: Limiter::new(
+                settings.redis.as_ref(),
+                std::time::Duration::from_secs(3600),
+                std::time::Duration::from_millis(backoff.forget_after_ms.max(1000)),
+            ),
             settings,
             protected_resources,
-            clients: Clients::new(store.clone(), audit.clone(), rules),
             backchannel: Backchannel::new(),
             store,
             tokens,
@@ -304,10 +318,6 @@ impl OAuth {
             audit,
             counts,
             issuer,
-            failures: MemoryLimiter::new(
-                std::time::Duration::from_secs(3600),
-                std::time::Duration::from_millis(backoff.forget_after_ms.max(1000)),
-            ),
             backoff,
             user_code_backoff: LoginBackoff {
                 free_failures: 10,

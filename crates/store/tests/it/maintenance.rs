@@ -15,7 +15,46 @@ backend_tests!(
     ping_answers,
     purge_expired_removes_dead_rows_in_batches_and_keeps_live_ones,
     dead_api_keys_are_kept_until_their_own_cutoff,
+    a_job_runs_on_one_node_at_a_time,
 );
+
+/// Two stores on one database are two nodes: only one holds a job's lock; released, the other gets it.
+/// (SQLite is one node: its lock is always granted.)
+async fn a_job_runs_on_one_node_at_a_time(t: Ctx) {
+    use portcullis_store::Job;
+    let s = &t.store;
+    let first = s
+        .try_job_lock(Job::Janitor)
+        .await
+        .unwrap()
+        .expect("the first taker gets it");
+    let crate::support::Raw::Postgres { url, schema } = &t.raw else {
+        assert!(s.try_job_lock(Job::Janitor).await.unwrap().is_some());
+        first.release().await;
+        return;
+    };
+    let other = portcullis_store::Store::connect_postgres(url, &Default::default(), Some(schema))
+        .await
+        .unwrap();
+    assert!(
+        other.try_job_lock(Job::Janitor).await.unwrap().is_none(),
+        "held by the first node"
+    );
+    let rotation = other.try_job_lock(Job::KeyRotation).await.unwrap();
+    assert!(rotation.is_some(), "another job is another lock");
+    first.release().await;
+    let second = other
+        .try_job_lock(Job::Janitor)
+        .await
+        .unwrap()
+        .expect("free once released");
+    assert!(s.try_job_lock(Job::Janitor).await.unwrap().is_none());
+    second.release().await;
+    if let Some(r) = rotation {
+        r.release().await;
+    }
+    other.close().await;
+}
 
 async fn dead_api_keys_are_kept_until_their_own_cutoff(t: Ctx) {
     let s = &t.store;

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::OAuth;
 use crate::oauth::clients::{Client, ClientAuthFailed, client_keys};
-use crate::signatures::{FirstUse, NonceCache};
+use crate::signatures::FirstUse;
 
 /// RFC 7523 §2.2's `client_assertion_type`.
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
