@@ -162,7 +162,7 @@ async fn a_nonce_used_on_one_node_is_a_replay_on_every_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_redis_url_is_refused_with_a_message_naming_it() {
     for bad in ["not a url", "http://127.0.0.1:6379"] {
-        let err = Redis::connect(bad, "x").await.err().expect("refused");
+        let err = Redis::connect(bad, "x").await.expect_err("refused");
         assert!(err.0.contains("redis_url"), "{bad}: {}", err.0);
     }
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
@@ -172,8 +172,7 @@ async fn a_wrong_redis_url_is_refused_with_a_message_naming_it() {
     let began = std::time::Instant::now();
     let err = Redis::connect(&format!("redis://{closed}"), "x")
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert!(err.0.contains("redis_url"), "{}", err.0);
     assert!(
         began.elapsed() < Duration::from_secs(6),
