@@ -330,3 +330,214 @@ async fn ready_says_redis_is_shared_and_a_wrong_redis_url_stops_the_start() {
         "{stderr}"
     );
 }
+
+/// A Redis of the test's own, on a free port, that the test can stop and start again.
+struct OwnRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    fn start(port: u16) -> Option<Self> {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(Self {
+                    port,
+                    child: Some(child),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_under_load_degrades_to_per_node_and_comes_back() {
+    let Some(db) = portcullis_testkit::database_url() else {
+        eprintln!("skipped: needs PORTCULLIS_TEST_DATABASE_URL");
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let Some(mut redis) = OwnRedis::start(port) else {
+        eprintln!("skipped: no redis-server to start");
+        return;
+    };
+    let schema = portcullis_testkit::PgSchema::create(&db, "fault").await;
+    let url = schema.url_with_search_path();
+    let master = crate::support::uuid_hex().repeat(8);
+    let env = [("PORTCULLIS_MASTER_KEY", &master[..64])];
+    let redis_url = format!("redis://127.0.0.1:{}", redis.port);
+    let args = [
+        "--database-url",
+        url.as_str(),
+        "--redis-url",
+        redis_url.as_str(),
+    ];
+    let (da, db_) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Server::start(da.path(), &args, &env);
+    let b = Server::start(db_.path(), &args, &env);
+    let c = Client::new();
+    let token = user_token(&c, &a.base, "nodes-fault@example.com").await;
+    let k: Value = c
+        .post(format!("{}/v1/keys", a.base))
+        .bearer_auth(&token)
+        .json(&json!({"name": "load", "ratelimit": {"limit": 600_000, "duration_ms": 600_000}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = k["key"].as_str().unwrap().to_owned();
+
+    // Load on both nodes while Redis goes away and comes back; the key's rate limit puts Redis on the
+    // path of every request.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for base in [a.base.clone(), b.base.clone()] {
+        let (c, key, stop) = (c.clone(), key.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let (mut ok, mut bad, mut slowest) = (0u32, Vec::new(), Duration::ZERO);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let began = Instant::now();
+                let r = c
+                    .get(format!("{base}/v1/me"))
+                    .header("x-api-key", &key)
+                    .send()
+                    .await;
+                slowest = slowest.max(began.elapsed());
+                match r.map(|r| r.status()) {
+                    Ok(StatusCode::OK) => ok += 1,
+                    other => bad.push(format!("{other:?}")),
+                }
+            }
+            (ok, bad, slowest)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.stop();
+    let down_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ready: Value = c
+        .get(format!("{}/readyz", a.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready, json!({"status": "ready", "redis": "degraded"}));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut redis = OwnRedis::start(port).expect("Redis starts again");
+    let up_at = Instant::now();
+    let back = until_true(|| {
+        let (c, base) = (c.clone(), b.base.clone());
+        async move {
+            let r: Value = c
+                .get(format!("{base}/readyz"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            r["redis"] == "ok"
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for t in load {
+        let (ok, bad, slowest) = t.await.unwrap();
+        println!(
+            "one node under load: {ok} answered 200, {} failed, slowest {slowest:?}",
+            bad.len()
+        );
+        assert!(bad.is_empty(), "{bad:?}");
+        assert!(slowest < Duration::from_secs(2), "{slowest:?}");
+        total += ok;
+    }
+    assert!(total > 50, "{total}");
+    // Shared again: a revocation on A reaches B through pub/sub, not the poll.
+    let k2: Value = c
+        .post(format!("{}/v1/keys", a.base))
+        .bearer_auth(&token)
+        .json(&json!({"name": "after"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key2 = k2["key"].as_str().unwrap().to_owned();
+    assert_eq!(
+        c.get(format!("{}/v1/me", b.base))
+            .header("x-api-key", &key2)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    // The subscription comes back within a second or two of Redis.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.delete(format!("{}/v1/keys/{}", a.base, k2["id"].as_str().unwrap()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let refused = until_true(|| {
+        let (c, base, key) = (c.clone(), b.base.clone(), key2.clone());
+        async move {
+            c.get(format!("{base}/v1/me"))
+                .header("x-api-key", key)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                == StatusCode::UNAUTHORIZED
+        }
+    })
+    .await;
+    println!(
+        "Redis down for {:?}; /readyz said ok again {back:?} after it came back; a revocation then took {refused:?} to reach the other node",
+        up_at - down_at
+    );
+    assert!(refused < Duration::from_secs(1));
+    redis.stop();
+    a.stop();
+    b.stop();
+}
