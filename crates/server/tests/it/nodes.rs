@@ -541,3 +541,117 @@ async fn redis_stopped_under_load_degrades_to_per_node_and_comes_back() {
     a.stop();
     b.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_refresh_token_presented_to_both_nodes_at_once_has_exactly_one_winner() {
+    let Some(n) = two_nodes().await else { return };
+    let c = Client::new();
+    let email = "nodes-refresh@example.com";
+    user_token(&c, &n.a.base, email).await;
+    let mut winners_total = 0;
+    for round in 0..5 {
+        let t: Value = c
+            .post(format!("{}/v1/auth/login", n.a.base))
+            .json(&json!({"email": email, "password": PASSWORD}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let rt = t["refresh_token"].as_str().unwrap().to_owned();
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let base = if i % 2 == 0 {
+                n.a.base.clone()
+            } else {
+                n.b.base.clone()
+            };
+            let (c, rt) = (c.clone(), rt.clone());
+            tasks.push(tokio::spawn(async move {
+                let r = c
+                    .post(format!("{base}/v1/auth/refresh"))
+                    .json(&json!({"refresh_token": rt}))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status();
+                (status, r.json::<Value>().await.unwrap_or(Value::Null))
+            }));
+        }
+        let mut winners = Vec::new();
+        for t in tasks {
+            let (status, body) = t.await.unwrap();
+            match status {
+                StatusCode::OK => winners.push(body),
+                StatusCode::UNAUTHORIZED => {}
+                other => panic!("round {round}: unexpected {other} {body}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: one rotation wins");
+        winners_total += 1;
+        // The others presented a spent token: the family is revoked, the winner's child with it.
+        let child = winners[0]["refresh_token"].as_str().unwrap();
+        let r = c
+            .post(format!("{}/v1/auth/refresh", n.b.base))
+            .json(&json!({"refresh_token": child}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::UNAUTHORIZED,
+            "round {round}: the family is revoked"
+        );
+    }
+    println!(
+        "5 rounds of 8 concurrent refreshes of one token over two nodes: {winners_total} winners, one per round"
+    );
+    n.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_another_master_key_refuses_to_start_and_says_why() {
+    let Some(db) = portcullis_testkit::database_url() else {
+        eprintln!("skipped: needs PORTCULLIS_TEST_DATABASE_URL");
+        return;
+    };
+    let schema = portcullis_testkit::PgSchema::create(&db, "mkey").await;
+    let url = schema.url_with_search_path();
+    let first = crate::support::uuid_hex().repeat(8);
+    let other = crate::support::uuid_hex().repeat(8);
+    let dir = tempfile::tempdir().unwrap();
+    let a = Server::start(
+        dir.path(),
+        &["--database-url", &url],
+        &[("PORTCULLIS_MASTER_KEY", &first[..64])],
+    );
+    let dir2 = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .current_dir(dir2.path())
+        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &url])
+        .env("PORTCULLIS_MASTER_KEY", &other[..64])
+        .env_remove("PORTCULLIS_TEST_DATABASE_URL")
+        .env_remove("PORTCULLIS_TEST_REDIS_URL")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let began = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if began.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("a node with another master key started against the store");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    println!("{}", stderr.trim());
+    assert!(!status.success());
+    assert!(stderr.to_lowercase().contains("master key"), "{stderr}");
+    a.stop();
+}
