@@ -113,6 +113,12 @@ impl Server {
         Some(std::fs::read_to_string(&path).ok()?.trim().to_owned())
     }
 
+    /// `kill -9`: no shutdown, no flush.
+    pub(crate) fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub(crate) fn stop(mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])

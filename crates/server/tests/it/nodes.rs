@@ -655,3 +655,107 @@ async fn a_node_with_another_master_key_refuses_to_start_and_says_why() {
     assert!(stderr.to_lowercase().contains("master key"), "{stderr}");
     a.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_under_refresh_load_loses_no_answered_rotation() {
+    let (Some(db), Ok(redis)) = (
+        portcullis_testkit::database_url(),
+        std::env::var("PORTCULLIS_TEST_REDIS_URL"),
+    ) else {
+        eprintln!("skipped: needs PORTCULLIS_TEST_DATABASE_URL and PORTCULLIS_TEST_REDIS_URL");
+        return;
+    };
+    let schema = portcullis_testkit::PgSchema::create(&db, "kill").await;
+    let url = schema.url_with_search_path();
+    let master = crate::support::uuid_hex().repeat(8);
+    // A client whose request died with the node may retry its token once (its child is unused).
+    let env = [
+        ("PORTCULLIS_MASTER_KEY", &master[..64]),
+        ("PORTCULLIS_REFRESH_REUSE_GRACE_S", "30"),
+    ];
+    let args = [
+        "--database-url",
+        url.as_str(),
+        "--redis-url",
+        redis.as_str(),
+    ];
+    let (da, db_) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Server::start(da.path(), &args, &env);
+    let b = Server::start(db_.path(), &args, &env);
+    let c = Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let email = "nodes-kill@example.com";
+    user_token(&c, &b.base, email).await;
+    let mut chains = Vec::new();
+    for _ in 0..6 {
+        let t: Value = c
+            .post(format!("{}/v1/auth/login", b.base))
+            .json(&json!({"email": email, "password": PASSWORD}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let (c, base) = (c.clone(), a.base.clone());
+        let mut held = t["refresh_token"].as_str().unwrap().to_owned();
+        chains.push(tokio::spawn(async move {
+            let mut rotations = 0u32;
+            loop {
+                match c
+                    .post(format!("{base}/v1/auth/refresh"))
+                    .json(&json!({"refresh_token": held}))
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == StatusCode::OK => {
+                        held = r.json::<Value>().await.unwrap()["refresh_token"]
+                            .as_str()
+                            .unwrap()
+                            .to_owned();
+                        rotations += 1;
+                    }
+                    Ok(r) => panic!("refresh answered {} before the kill", r.status()),
+                    // The node is gone: keep the last token it answered with.
+                    Err(_) => return (held, rotations),
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    a.kill9();
+    let mut total = 0;
+    for chain in chains {
+        let (held, rotations) = chain.await.unwrap();
+        total += rotations;
+        let r = c
+            .post(format!("{}/v1/auth/refresh", b.base))
+            .json(&json!({"refresh_token": held}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::OK,
+            "the last token A answered with works on B"
+        );
+        let next = r.json::<Value>().await.unwrap()["refresh_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let r = c
+            .post(format!("{}/v1/auth/refresh", b.base))
+            .json(&json!({"refresh_token": next}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "and its family goes on");
+    }
+    println!(
+        "{total} rotations answered by A over 6 chains before kill -9; every last answered token worked on B"
+    );
+    assert!(total > 6, "{total}");
+    b.stop();
+}
