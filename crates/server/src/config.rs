@@ -69,8 +69,11 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// `postgres://…` selects PostgreSQL; unset means SQLite in `data_dir`.
     pub database_url: Option<String>,
-    /// Redis, for several nodes (accepted now, used by a later release).
+    /// Redis, for several nodes: shared rate limits, replay caches and invalidations.
     pub redis_url: Option<String>,
+    /// Every Redis key and channel of this deployment starts with this (several deployments may
+    /// share one Redis).
+    pub redis_prefix: String,
     /// Public base URL; the `iss` of every token. Default `http://<listen>`.
     pub issuer: Option<String>,
     /// `aud` of access tokens. Default: the issuer.
@@ -270,6 +273,7 @@ impl Default for Config {
             data_dir: PathBuf::from("portcullis-data"),
             database_url: None,
             redis_url: None,
+            redis_prefix: "portcullis".into(),
             issuer: None,
             audience: None,
             master_key: None,
@@ -770,6 +774,15 @@ impl Config {
         }
         portcullis_core::routes::Rules::compile(&self.route, self.default_policy)
             .map_err(ConfigError)?;
+        if self.redis_prefix.is_empty()
+            || self.redis_prefix.len() > 64
+            || !self
+                .redis_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return err("redis_prefix must be 1 to 64 of a-z, A-Z, 0-9, -, _ and .".into());
+        }
         if self.email_link_ip_limit == 0 || self.email_link_ip_period_s == 0 {
             return err("email_link_ip_limit and email_link_ip_period_s must be positive".into());
         }

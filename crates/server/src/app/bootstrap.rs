@@ -46,7 +46,7 @@ pub async fn services(
                     "redis_url is set with a SQLite store: SQLite is one node by nature, so Redis only mirrors what this node keeps"
                 );
             }
-            let r = portcullis_kv::redis::Redis::connect(url, "portcullis")
+            let r = portcullis_kv::redis::Redis::connect(url, &config.redis_prefix)
                 .await
                 .map_err(|e| StartError::Other(e.0))?;
             tracing::info!(
