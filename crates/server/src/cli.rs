@@ -172,7 +172,8 @@ pub enum SigningKeysCommand {
     Revoke {
         #[command(flatten)]
         store: StoreFlags,
-        /// The key's id (`kid`), as `signing-keys list` shows it.
+        /// The key's id (`kid`), as `signing-keys list` shows it. Base64url, so it may begin with `-`.
+        #[arg(allow_hyphen_values = true)]
         kid: String,
     },
 }

@@ -1160,3 +1160,13 @@ async fn serve_migrates_a_fresh_postgresql_schema_by_itself() {
     assert!(tables >= 6, "{tables} tables after serve");
     schema.drop_now().await;
 }
+
+/// A kid is base64url, so one in 64 begins with `-`: the CLI takes it as the kid, not as an option.
+#[test]
+fn a_kid_that_begins_with_a_hyphen_is_a_kid() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &["signing-keys", "revoke", "-OnotAKid"], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no live signing key -OnotAKid"), "{stderr}");
+}
