@@ -14,6 +14,7 @@ use crate::support::PASSWORD;
 struct Nodes {
     a: Server,
     b: Server,
+    root: String,
     _schema: portcullis_testkit::PgSchema,
     _dirs: (tempfile::TempDir, tempfile::TempDir),
 }
@@ -46,11 +47,12 @@ async fn two_nodes() -> Option<Nodes> {
     ];
     let (da, db_) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = Server::start(da.path(), &args, &env);
-    assert!(a.root_key().is_some(), "the first node made the root key");
+    let root = a.root_key().expect("the first node made the root key");
     let b = Server::start(db_.path(), &args, &env);
     Some(Nodes {
         a,
         b,
+        root,
         _schema: schema,
         _dirs: (da, db_),
     })
@@ -765,4 +767,115 @@ async fn a_node_killed_under_refresh_load_loses_no_answered_rotation() {
     );
     assert!(total > 6, "{total}");
     b.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_authorization_code_redeemed_on_both_nodes_at_once_is_redeemed_once() {
+    let Some(n) = two_nodes().await else { return };
+    let c = Client::new();
+    let email = "nodes-code@example.com";
+    user_token(&c, &n.a.base, email).await;
+    let r = c
+        .post(format!("{}/admin/v1/clients", n.a.base))
+        .header("x-api-key", &n.root)
+        .json(&json!({"name": "Two nodes", "type": "confidential", "redirect_uris": [crate::oauth::REDIRECT], "scopes": ["openid"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let client: Value = r.json().await.unwrap();
+    let (id, secret) = (
+        client["client_id"].as_str().unwrap(),
+        client["client_secret"].as_str().unwrap(),
+    );
+    let (verifier, challenge) = crate::oauth::pkce();
+    let url = format!(
+        "{}{}",
+        n.a.base,
+        crate::oauth::authorize_url(id, "openid", &challenge, "st", "nn")
+    );
+    let mut agent = crate::upstream::Agent::new();
+    let (at, _) = agent.open(&url).await;
+    let return_to = crate::oauth::param(&crate::oauth::query_of(&at), "return_to")
+        .unwrap()
+        .to_owned();
+    let r = agent
+        .post_form(
+            &format!("{}/login", n.a.base),
+            &[
+                ("email", email),
+                ("password", PASSWORD),
+                ("return_to", &return_to),
+            ],
+        )
+        .await;
+    let (_, page) = agent.follow(format!("{}/login", n.a.base), r).await;
+    let html = page.text().await.unwrap();
+    let r = agent
+        .post_form(
+            &format!("{}/consent", n.a.base),
+            &[
+                ("csrf_token", &crate::oauth::form_value(&html, "csrf_token")),
+                ("request", &crate::oauth::form_value(&html, "request")),
+                ("decision", "approve"),
+            ],
+        )
+        .await;
+    let to = r.headers()["location"].to_str().unwrap().to_owned();
+    let code = crate::oauth::param(&crate::oauth::query_of(&to), "code")
+        .expect("a code")
+        .to_owned();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let base = if i % 2 == 0 {
+            n.a.base.clone()
+        } else {
+            n.b.base.clone()
+        };
+        let (c, code, verifier, auth) = (
+            c.clone(),
+            code.clone(),
+            verifier.clone(),
+            crate::oauth::basic(id, secret),
+        );
+        tasks.push(tokio::spawn(async move {
+            c.post(format!("{base}/oauth2/token"))
+                .header("authorization", auth)
+                .form(&[
+                    ("grant_type", "authorization_code"),
+                    ("code", &code),
+                    ("redirect_uri", crate::oauth::REDIRECT),
+                    ("code_verifier", &verifier),
+                ])
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    let won = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    println!(
+        "one code redeemed 8 times at once over two nodes: {won} success, the rest {:?}",
+        statuses
+            .iter()
+            .filter(|s| **s != StatusCode::OK)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(won, 1, "{statuses:?}");
+    // The losers get invalid_grant (400), or, once their failures pass the client's free allowance (the
+    // failure backoff is shared by both nodes too), temporarily_unavailable (429).
+    let refusals = [
+        StatusCode::OK,
+        StatusCode::BAD_REQUEST,
+        StatusCode::TOO_MANY_REQUESTS,
+    ];
+    assert!(
+        statuses.iter().all(|s| refusals.contains(s)),
+        "{statuses:?}"
+    );
+    n.stop();
 }
