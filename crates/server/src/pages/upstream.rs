@@ -17,7 +17,7 @@ use crate::http::cookies::{
 };
 use crate::http::extract::{AuditCtx, ClientIp};
 use crate::upstream::service::{
-    CallbackBrowser, CallbackQuery, LOGIN_TTL_S, Outcome, Refused, Started,
+    CallbackBrowser, CallbackQuery, Fault, LOGIN_TTL_S, Outcome, Refused, Started,
 };
 
 #[derive(Deserialize)]
@@ -44,20 +44,11 @@ fn to_provider(started: Started) -> Response {
 }
 
 fn refused(state: &PageState, r: &Refused) -> Response {
-    let status = if r.internal {
-        StatusCode::INTERNAL_SERVER_ERROR
-    } else if r.reason.starts_with("upstream_timeout")
-        || r.reason.starts_with("upstream_unreachable")
-        || matches!(
-            r.reason,
-            "discovery" | "jwks" | "token" | "userinfo" | "github_user" | "github_emails"
-        )
-    {
-        StatusCode::BAD_GATEWAY
-    } else if r.reason == "unknown_provider" {
-        StatusCode::NOT_FOUND
-    } else {
-        StatusCode::BAD_REQUEST
+    let status = match r.fault {
+        Fault::Request => StatusCode::BAD_REQUEST,
+        Fault::UnknownProvider => StatusCode::NOT_FOUND,
+        Fault::Upstream => StatusCode::BAD_GATEWAY,
+        Fault::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     };
     let mut res = message(state, status, "Sign-in refused", &r.message, "/login");
     res.headers_mut()

@@ -26,7 +26,7 @@ const MAX_KEYS: usize = 50;
 pub enum UpstreamError {
     #[error("it did not answer in time, or could not be reached")]
     Unreachable(&'static str),
-    #[error("its answer was not what a sign-in needs")]
+    #[error("its answer was not what a sign-in needs: {1}")]
     BadAnswer(&'static str, String),
     #[error("it refused: {1}")]
     Refused(&'static str, String),

@@ -66,13 +66,25 @@ pub struct Upstreams {
     settings: UpstreamSettings,
 }
 
+/// Whose fault a refusal is: what the page's status says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The request, the browser, or what the provider vouched for (400).
+    Request,
+    /// No such provider (404).
+    UnknownProvider,
+    /// The provider was down, slow or answered nonsense (502).
+    Upstream,
+    /// Ours (500, logged).
+    Internal,
+}
+
 /// A sign-in refused: `reason` for the audit log and metrics, `message` for the person.
 #[derive(Debug)]
 pub struct Refused {
     pub reason: &'static str,
     pub message: String,
-    /// A server fault (logged), not the person's or the provider's.
-    pub internal: bool,
+    pub fault: Fault,
 }
 
 impl Refused {
@@ -80,7 +92,32 @@ impl Refused {
         Self {
             reason,
             message: message.into(),
-            internal: false,
+            fault: Fault::Request,
+        }
+    }
+
+    fn unknown_provider() -> Self {
+        Self {
+            fault: Fault::UnknownProvider,
+            ..Self::new("unknown_provider", "There is no such sign-in provider.")
+        }
+    }
+
+    /// A call to the provider `name` failed, while `starting` the sign-in or completing it.
+    fn upstream(name: &str, e: &UpstreamError, starting: bool) -> Self {
+        let message = if starting {
+            format!("{name} cannot be reached right now ({e}). Try again in a moment.")
+        } else {
+            format!("{name} could not complete the sign-in: {e}. Try again in a moment.")
+        };
+        Self {
+            reason: e.reason(),
+            message,
+            // The provider's own refusal of the code is about this sign-in, not an outage.
+            fault: match e {
+                UpstreamError::Refused(..) => Fault::Request,
+                UpstreamError::Unreachable(_) | UpstreamError::BadAnswer(..) => Fault::Upstream,
+            },
         }
     }
 }
@@ -91,7 +128,7 @@ impl From<Error> for Refused {
         Self {
             reason: "internal",
             message: "Something went wrong on our side. Try again in a moment.".into(),
-            internal: true,
+            fault: Fault::Internal,
         }
     }
 }
@@ -260,16 +297,11 @@ impl Upstreams {
         link_user: Option<&UserId>,
         ctx: &AuditContext,
     ) -> std::result::Result<Started, Refused> {
-        let provider = self.provider(id).ok_or_else(|| {
-            Refused::new("unknown_provider", "There is no such sign-in provider.")
-        })?;
+        let provider = self.provider(id).ok_or_else(Refused::unknown_provider)?;
         let name = &provider.config.name;
         let endpoints = provider.endpoints().await.map_err(|e| {
             self.failed(id, e.reason(), link_user.map(UserId::as_str), ctx);
-            Refused::new(
-                e.reason(),
-                format!("{name} cannot be reached right now ({e}). Try again in a moment."),
-            )
+            Refused::upstream(name, &e, true)
         })?;
         let state = random_b64()?;
         let browser = random_b64()?;
@@ -353,9 +385,7 @@ impl Upstreams {
         browser: &CallbackBrowser<'_>,
         ctx: &AuditContext,
     ) -> std::result::Result<Outcome, Refused> {
-        let provider = self.provider(id).ok_or_else(|| {
-            Refused::new("unknown_provider", "There is no such sign-in provider.")
-        })?;
+        let provider = self.provider(id).ok_or_else(Refused::unknown_provider)?;
         let name = provider.config.name.clone();
         let expired = || {
             Refused::new(
@@ -395,12 +425,10 @@ impl Upstreams {
                 format!("{name} did not sign you in: {said}"),
             ));
         }
-        let endpoints = provider.endpoints().await.map_err(|e| {
-            Refused::new(
-                e.reason(),
-                format!("{name} cannot be reached right now ({e}). Try again in a moment."),
-            )
-        })?;
+        let endpoints = provider
+            .endpoints()
+            .await
+            .map_err(|e| Refused::upstream(&name, &e, true))?;
         // RFC 9207 §2.4: an `iss` must be the provider's; one that promises it must send it.
         match (&q.iss, &endpoints.issuer) {
             (Some(iss), Some(expected)) if iss == expected => {}
@@ -423,12 +451,7 @@ impl Upstreams {
                 Refused::new("no_code", format!("{name} sent no authorization code."))
             })?;
         let verifier = self.links.derive_secret("upstream-pkce", state);
-        let unreachable = |e: UpstreamError| {
-            Refused::new(
-                e.reason(),
-                format!("{name} could not complete the sign-in: {e}. Try again in a moment."),
-            )
-        };
+        let unreachable = |e: UpstreamError| Refused::upstream(&name, &e, false);
         let tokens = provider
             .exchange(code, &verifier, &self.redirect_uri(id))
             .await
@@ -540,12 +563,7 @@ impl Upstreams {
             now_s: Millis::now().as_secs(),
             leeway_s: self.settings.leeway_s,
         };
-        let unreachable = |e: UpstreamError| {
-            Refused::new(
-                e.reason(),
-                format!("{name} could not complete the sign-in: {e}. Try again in a moment."),
-            )
-        };
+        let unreachable = |e: UpstreamError| Refused::upstream(name, &e, false);
         let keys = provider.keys(false).await.map_err(unreachable)?;
         let claims = match id_token::verify(raw, &keys, &want) {
             Err(IdTokenError::UnknownKey) => {

@@ -218,16 +218,7 @@ impl Users {
         }
         let email = parse_email(email)?;
         let name = parse_name(name)?;
-        self.settings
-            .policy
-            .check(password.expose_secret(), &email)
-            .map_err(Error::WeakPassword)?;
-        let hash = self
-            .hashing
-            .run(move |h| h.hash(&password))
-            .await
-            .map_err(|_| Error::Overloaded)?
-            .map_err(Error::internal)?;
+        let hash = self.checked_hash(&email, password).await?;
         self.create(&email, name, hash, "user.registered", None, ctx)
             .await
     }
@@ -512,12 +503,17 @@ impl Users {
     /// A new password for `user` (a reset), checked against the policy and hashed.
     pub async fn hash_new_password(&self, user: &UserRow, new: SecretString) -> Result<StoredHash> {
         let email = Email::parse(&user.email).map_err(Error::internal)?;
+        self.checked_hash(&email, new).await
+    }
+
+    /// A new password of `email`'s account, checked against the policy, then hashed.
+    async fn checked_hash(&self, email: &Email, password: SecretString) -> Result<StoredHash> {
         self.settings
             .policy
-            .check(new.expose_secret(), &email)
+            .check(password.expose_secret(), email)
             .map_err(Error::WeakPassword)?;
         self.hashing
-            .run(move |h| h.hash(&new))
+            .run(move |h| h.hash(&password))
             .await
             .map_err(|_| Error::Overloaded)?
             .map_err(Error::internal)
