@@ -20,13 +20,17 @@ struct Nodes {
 }
 
 async fn two_nodes() -> Option<Nodes> {
-    let (Some(db), Ok(redis)) = (
-        portcullis_testkit::database_url(),
-        std::env::var("PORTCULLIS_TEST_REDIS_URL"),
-    ) else {
-        eprintln!(
-            "skipped: several nodes need PORTCULLIS_TEST_DATABASE_URL and PORTCULLIS_TEST_REDIS_URL"
-        );
+    let Ok(redis) = std::env::var("PORTCULLIS_TEST_REDIS_URL") else {
+        eprintln!("skipped: several nodes need PORTCULLIS_TEST_REDIS_URL");
+        return None;
+    };
+    two_nodes_on(&redis, &[]).await
+}
+
+/// Two nodes on a fresh PostgreSQL schema and `redis`, with `extra` settings (environment).
+async fn two_nodes_on(redis: &str, extra: &[(&str, &str)]) -> Option<Nodes> {
+    let Some(db) = portcullis_testkit::database_url() else {
+        eprintln!("skipped: several nodes need PORTCULLIS_TEST_DATABASE_URL");
         return None;
     };
     let schema = portcullis_testkit::PgSchema::create(&db, "nodes").await;
@@ -35,16 +39,12 @@ async fn two_nodes() -> Option<Nodes> {
     let master = &master[..64];
     // Keys of their own in the shared Redis: limits counted by earlier runs must not count here.
     let prefix = format!("test-{}", crate::support::uuid_hex());
-    let env = [
+    let mut env = vec![
         ("PORTCULLIS_MASTER_KEY", master),
         ("PORTCULLIS_REDIS_PREFIX", prefix.as_str()),
     ];
-    let args = [
-        "--database-url",
-        url.as_str(),
-        "--redis-url",
-        redis.as_str(),
-    ];
+    env.extend_from_slice(extra);
+    let args = ["--database-url", url.as_str(), "--redis-url", redis];
     let (da, db_) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = Server::start(da.path(), &args, &env);
     let root = a.root_key().expect("the first node made the root key");
@@ -63,6 +63,16 @@ impl Nodes {
         self.a.stop();
         self.b.stop();
     }
+}
+
+/// `GET /v1/me` on `base` with one credential header.
+async fn me_with(c: &Client, base: &str, header: &str, value: &str) -> StatusCode {
+    c.get(format!("{base}/v1/me"))
+        .header(header, value)
+        .send()
+        .await
+        .unwrap()
+        .status()
 }
 
 async fn user_token(c: &Client, base: &str, email: &str) -> String {
@@ -148,15 +158,7 @@ async fn what_one_node_revokes_the_other_refuses_within_a_second() {
         took.push(
             until_true(|| {
                 let (c, b, key) = (c.clone(), b.clone(), key.clone());
-                async move {
-                    c.get(format!("{b}/v1/me"))
-                        .header("x-api-key", key)
-                        .send()
-                        .await
-                        .unwrap()
-                        .status()
-                        == StatusCode::UNAUTHORIZED
-                }
+                async move { me_with(&c, &b, "x-api-key", &key).await == StatusCode::UNAUTHORIZED }
             })
             .await,
         );
@@ -180,12 +182,7 @@ async fn what_one_node_revokes_the_other_refuses_within_a_second() {
         .unwrap()
         .to_owned();
     assert_eq!(
-        c.get(format!("{}/v1/me", n.b.base))
-            .header("cookie", &cookie)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        me_with(&c, &n.b.base, "cookie", &cookie).await,
         StatusCode::OK
     );
     let r = c
@@ -200,15 +197,7 @@ async fn what_one_node_revokes_the_other_refuses_within_a_second() {
     let (cc, b, ck) = (c.clone(), n.b.base.clone(), cookie.clone());
     let session = until_true(|| {
         let (c, b, ck) = (cc.clone(), b.clone(), ck.clone());
-        async move {
-            c.get(format!("{b}/v1/me"))
-                .header("cookie", ck)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                == StatusCode::UNAUTHORIZED
-        }
+        async move { me_with(&c, &b, "cookie", &ck).await == StatusCode::UNAUTHORIZED }
     })
     .await;
     let (p50, p99) = (
@@ -252,12 +241,7 @@ async fn a_key_limited_to_k_allows_exactly_k_through_both_nodes_together() {
         };
         let (c, key) = (c.clone(), key.clone());
         tasks.push(tokio::spawn(async move {
-            c.get(format!("{base}/v1/me"))
-                .header("x-api-key", key)
-                .send()
-                .await
-                .unwrap()
-                .status()
+            me_with(&c, &base, "x-api-key", &key).await
         }));
     }
     let (mut ok, mut limited) = (0, 0);
@@ -388,10 +372,6 @@ impl Drop for OwnRedis {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stopped_under_load_degrades_to_per_node_and_comes_back() {
-    let Some(db) = portcullis_testkit::database_url() else {
-        eprintln!("skipped: needs PORTCULLIS_TEST_DATABASE_URL");
-        return;
-    };
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -401,20 +381,17 @@ async fn redis_stopped_under_load_degrades_to_per_node_and_comes_back() {
         eprintln!("skipped: no redis-server to start");
         return;
     };
-    let schema = portcullis_testkit::PgSchema::create(&db, "fault").await;
-    let url = schema.url_with_search_path();
-    let master = crate::support::uuid_hex().repeat(8);
-    let env = [("PORTCULLIS_MASTER_KEY", &master[..64])];
     let redis_url = format!("redis://127.0.0.1:{}", redis.port);
-    let args = [
-        "--database-url",
-        url.as_str(),
-        "--redis-url",
-        redis_url.as_str(),
-    ];
-    let (da, db_) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = Server::start(da.path(), &args, &env);
-    let b = Server::start(db_.path(), &args, &env);
+    let Some(Nodes {
+        a,
+        b,
+        _schema,
+        _dirs,
+        ..
+    }) = two_nodes_on(&redis_url, &[]).await
+    else {
+        return;
+    };
     let c = Client::new();
     let token = user_token(&c, &a.base, "nodes-fault@example.com").await;
     let k: Value = c
@@ -511,12 +488,7 @@ async fn redis_stopped_under_load_degrades_to_per_node_and_comes_back() {
         .unwrap();
     let key2 = k2["key"].as_str().unwrap().to_owned();
     assert_eq!(
-        c.get(format!("{}/v1/me", b.base))
-            .header("x-api-key", &key2)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        me_with(&c, &b.base, "x-api-key", &key2).await,
         StatusCode::OK
     );
     // The subscription comes back within a second or two of Redis.
@@ -528,15 +500,7 @@ async fn redis_stopped_under_load_degrades_to_per_node_and_comes_back() {
         .unwrap();
     let refused = until_true(|| {
         let (c, base, key) = (c.clone(), b.base.clone(), key2.clone());
-        async move {
-            c.get(format!("{base}/v1/me"))
-                .header("x-api-key", key)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                == StatusCode::UNAUTHORIZED
-        }
+        async move { me_with(&c, &base, "x-api-key", &key).await == StatusCode::UNAUTHORIZED }
     })
     .await;
     println!(
@@ -665,32 +629,22 @@ async fn a_node_with_another_master_key_refuses_to_start_and_says_why() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_under_refresh_load_loses_no_answered_rotation() {
-    let (Some(db), Ok(redis)) = (
-        portcullis_testkit::database_url(),
-        std::env::var("PORTCULLIS_TEST_REDIS_URL"),
-    ) else {
-        eprintln!("skipped: needs PORTCULLIS_TEST_DATABASE_URL and PORTCULLIS_TEST_REDIS_URL");
+    let Ok(redis) = std::env::var("PORTCULLIS_TEST_REDIS_URL") else {
+        eprintln!("skipped: needs PORTCULLIS_TEST_REDIS_URL");
         return;
     };
-    let schema = portcullis_testkit::PgSchema::create(&db, "kill").await;
-    let url = schema.url_with_search_path();
-    let master = crate::support::uuid_hex().repeat(8);
     // A client whose request died with the node may retry its token once (its child is unused).
-    let prefix = format!("test-{}", crate::support::uuid_hex());
-    let env = [
-        ("PORTCULLIS_MASTER_KEY", &master[..64]),
-        ("PORTCULLIS_REFRESH_REUSE_GRACE_S", "30"),
-        ("PORTCULLIS_REDIS_PREFIX", prefix.as_str()),
-    ];
-    let args = [
-        "--database-url",
-        url.as_str(),
-        "--redis-url",
-        redis.as_str(),
-    ];
-    let (da, db_) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = Server::start(da.path(), &args, &env);
-    let b = Server::start(db_.path(), &args, &env);
+    let grace = [("PORTCULLIS_REFRESH_REUSE_GRACE_S", "30")];
+    let Some(Nodes {
+        a,
+        b,
+        _schema,
+        _dirs,
+        ..
+    }) = two_nodes_on(&redis, &grace).await
+    else {
+        return;
+    };
     let c = Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
