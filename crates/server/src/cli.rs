@@ -497,9 +497,6 @@ enum KeyAction {
 
 async fn serve(config: Config) -> Result<(), Failure> {
     telemetry::init_logging(config.log_format);
-    if config.redis_url.is_some() {
-        tracing::warn!("redis_url is set but this release keeps rate limits and caches in process");
-    }
     let store = bootstrap::open_store(&config).await?;
     let first_start = crate::app::store_is_empty(&store).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)

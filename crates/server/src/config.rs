@@ -133,6 +133,9 @@ pub struct Config {
     pub max_page_size: u32,
     /// Connections (PostgreSQL) or readers (SQLite).
     pub db_pool_size: u32,
+    /// How long a request waits for a database connection before it is answered 503 `unavailable`
+    /// (milliseconds): while the database restarts or fails over, requests fail fast instead of piling up.
+    pub db_timeout_ms: u64,
     /// Audit events older than this are deleted (days).
     pub audit_retention_days: i64,
     /// How often the janitor runs (seconds) and how many rows of each kind it deletes per statement.
@@ -302,6 +305,7 @@ impl Default for Config {
             max_body_bytes: 64 * 1024,
             max_page_size: 100,
             db_pool_size: 8,
+            db_timeout_ms: 5000,
             audit_retention_days: 90,
             janitor_interval_s: 300,
             janitor_batch: 1000,
@@ -829,6 +833,9 @@ impl Config {
         }
         if !(1024..=16 * 1024 * 1024).contains(&self.max_body_bytes) {
             return err("max_body_bytes must be between 1024 and 16777216".into());
+        }
+        if !(100..=60_000).contains(&self.db_timeout_ms) {
+            return err("db_timeout_ms must be 100..=60000".into());
         }
         if !(1..=1000).contains(&self.max_page_size)
             || self.janitor_batch == 0

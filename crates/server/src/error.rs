@@ -107,6 +107,10 @@ pub enum Error {
     /// 503 `overloaded`: the password-hashing queue is full.
     #[error("the server is busy; try again shortly")]
     Overloaded,
+    /// 503 `unavailable`: the store cannot be reached now (a restart, a failover, every connection
+    /// busy past `db_timeout_ms`). Retry-After says when to try again.
+    #[error("the service is briefly unavailable; try again shortly")]
+    Unavailable,
     /// 500 `internal`. The cause is logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -138,7 +142,16 @@ impl From<portcullis_store::StoreError> for Error {
     fn from(e: portcullis_store::StoreError) -> Self {
         match e {
             portcullis_store::StoreError::NotFound => Self::NotFound("not found".into()),
-            other => Self::Internal(other.to_string()),
+            other if other.is_unavailable() => {
+                metrics::counter!("portcullis_db_errors_total", "kind" => "unavailable")
+                    .increment(1);
+                tracing::warn!(error = %other, "the store is unavailable");
+                Self::Unavailable
+            }
+            other => {
+                metrics::counter!("portcullis_db_errors_total", "kind" => "other").increment(1);
+                Self::Internal(other.to_string())
+            }
         }
     }
 }

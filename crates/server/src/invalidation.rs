@@ -19,6 +19,10 @@ pub enum Invalidation {
     User(String),
     /// The signing key (RFC 9421) with this id was revoked: drop it.
     SignatureKey(String),
+    /// The access token with this `jti` was revoked; deny it until `exp` (Unix seconds).
+    AccessToken { jti: String, exp: i64 },
+    /// The JWT signing keys changed (a rotation or a revocation): read them again.
+    SigningKeys,
 }
 
 impl Invalidation {
@@ -40,6 +44,8 @@ impl Invalidation {
             Self::Session(h) => format!("s:{}", hex(h)),
             Self::User(id) => format!("u:{id}"),
             Self::SignatureKey(id) => format!("g:{id}"),
+            Self::SigningKeys => "r:".to_owned(),
+            Self::AccessToken { jti, exp } => format!("j:{exp}:{jti}"),
         }
     }
 
@@ -62,6 +68,15 @@ impl Invalidation {
             "u" if !rest.is_empty() && rest.len() <= 64 => Some(Self::User(rest.to_owned())),
             "g" if !rest.is_empty() && rest.len() <= 64 => {
                 Some(Self::SignatureKey(rest.to_owned()))
+            }
+            "r" if rest.is_empty() => Some(Self::SigningKeys),
+            "j" => {
+                let (exp, jti) = rest.split_once(':')?;
+                let exp = exp.parse().ok()?;
+                (!jti.is_empty() && jti.len() <= 128).then(|| Self::AccessToken {
+                    jti: jti.to_owned(),
+                    exp,
+                })
             }
             _ => None,
         }
@@ -107,6 +122,11 @@ mod tests {
             Invalidation::Session([0xab; 32]),
             Invalidation::User("usr_01".into()),
             Invalidation::SignatureKey("sig_01".into()),
+            Invalidation::SigningKeys,
+            Invalidation::AccessToken {
+                jti: "at_01:x".into(),
+                exp: 1_700_000_000,
+            },
         ] {
             assert_eq!(Invalidation::decode(&e.encode()), Some(e));
         }
@@ -115,6 +135,10 @@ mod tests {
             "k:00",
             "x:1",
             "u:",
+            "r:x",
+            "j:1",
+            "j:x:jti",
+            "j:1:",
             "s:zz",
             &format!("k:{}", "0".repeat(66)),
         ] {

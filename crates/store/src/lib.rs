@@ -81,6 +81,26 @@ impl StoreError {
     /// Turns a unique violation into `Conflict(rule)`, leaving other errors alone. Backends report the
     /// violated constraint differently (PostgreSQL by name, SQLite by table and column), so the caller
     /// names the only unique rule its statement can break besides the random primary key.
+    /// The database cannot be reached now: no connection within the timeout, a connection lost, the
+    /// server shutting down or not yet accepting (SQLSTATE classes 08 and 57P). Worth a retry; the
+    /// caller answers 503, not 500.
+    pub fn is_unavailable(&self) -> bool {
+        let StoreError::Database(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => db
+                .code()
+                .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+            _ => false,
+        }
+    }
+
     pub(crate) fn unique(rule: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
         move |e| match &e {
             sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(rule),

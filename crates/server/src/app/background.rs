@@ -49,11 +49,22 @@ fn spawn_redis_bus(state: &AppState) {
                     };
                     if let Some(event) = Invalidation::decode(&raw) {
                         metrics::counter!("portcullis_invalidations_received_total").increment(1);
-                        AppState(inner).apply(&event);
+                        let state = AppState(inner);
+                        if event == Invalidation::SigningKeys {
+                            // Another node made or ended a key: know it before anyone signs with it.
+                            tokio::spawn(async move { reload_signing_keys(&state).await });
+                        } else {
+                            state.apply(&event);
+                        }
                     }
                 }
                 portcullis_kv::bus::Incoming::Resubscribed => {
                     tracing::info!("subscribed to other nodes' invalidations");
+                    // Key changes sent while the subscription was down are not replayed.
+                    if let Some(inner) = weak.upgrade() {
+                        let state = AppState(inner);
+                        tokio::spawn(async move { reload_signing_keys(&state).await });
+                    }
                 }
             }
         }
@@ -68,8 +79,32 @@ pub fn spawn(state: AppState) -> Vec<tokio::task::JoinHandle<()>> {
         tokio::spawn(usage_loop(state.clone())),
         tokio::spawn(audit_counts_loop(state.clone())),
         tokio::spawn(key_changes_loop(state.clone())),
+        tokio::spawn(database_probe_loop(state.clone())),
         tokio::spawn(metrics_upkeep_loop(state)),
     ]
+}
+
+/// Times one round trip to the store every five seconds (`portcullis_db_seconds{op="ping"}`,
+/// `portcullis_db_up`), so that a slow or lost database shows on the dashboard before requests fail.
+async fn database_probe_loop(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut was_up = true;
+    loop {
+        tick.tick().await;
+        let began = std::time::Instant::now();
+        let up = state.store.ping().await.is_ok();
+        metrics::histogram!("portcullis_db_seconds", "op" => "ping")
+            .record(began.elapsed().as_secs_f64());
+        metrics::gauge!("portcullis_db_up").set(if up { 1.0 } else { 0.0 });
+        if up != was_up {
+            if up {
+                tracing::info!("the store answers again");
+            } else {
+                tracing::warn!("the store does not answer");
+            }
+            was_up = up;
+        }
+    }
 }
 
 /// Drains the Prometheus histograms' buckets into their summaries every few seconds, so that their
@@ -270,6 +305,7 @@ async fn keys_loop(state: AppState) {
         match rotated {
             Ok(Some(row)) => {
                 tracing::info!(kid = %row.kid, activate_at = %Millis(row.activate_at).rfc3339(), "signing key rotated on schedule");
+                state.bus.send(Invalidation::SigningKeys);
                 state.audit.record(
                     "signing_key.rotated",
                     Some("system"),

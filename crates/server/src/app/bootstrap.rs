@@ -163,6 +163,7 @@ pub async fn services(
             first_party_client_id: config.first_party_client_id.clone(),
             login_scope: config.login_scopes.join(" "),
         },
+        Arc::clone(&bus),
     ));
     let forget_before =
         Millis::now().plus_secs(-(config.access_token_ttl_s + config.jwt_leeway_s + 60));
@@ -370,7 +371,7 @@ pub fn client_rules(
 pub async fn open_store(config: &Config) -> Result<Store, StartError> {
     let opts = StoreOptions {
         pool_size: config.db_pool_size,
-        ..StoreOptions::default()
+        acquire_timeout: std::time::Duration::from_millis(config.db_timeout_ms),
     };
     let store = match &config.database_url {
         Some(url) => Store::connect_postgres(url, &opts, None).await?,

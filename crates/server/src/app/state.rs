@@ -65,5 +65,6 @@ impl AppState {
         self.sessions.apply(event);
         self.apikeys.apply(event);
         self.signatures.apply(event);
+        self.tokens.apply(event);
     }
 }

@@ -503,7 +503,7 @@ impl ForwardAuth {
             }
         };
         Ok(match e {
-            Error::Internal(_) | Error::Overloaded => return Err(e),
+            Error::Internal(_) | Error::Overloaded | Error::Unavailable => return Err(e),
             Error::RateLimited(t) => Verdict::Throttled(t),
             Error::Unauthenticated if anonymous => Verdict::Allow(None, None),
             Error::Unauthenticated | Error::InvalidSession(_) if login => Verdict::Login {

@@ -69,6 +69,7 @@ pub fn status_and_code(e: &Error) -> (StatusCode, &'static str) {
         Error::Conflict(code, _) => (S::CONFLICT, code),
         Error::RateLimited(_) => (S::TOO_MANY_REQUESTS, "rate_limited"),
         Error::Overloaded => (S::SERVICE_UNAVAILABLE, "overloaded"),
+        Error::Unavailable => (S::SERVICE_UNAVAILABLE, "unavailable"),
         Error::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
     }
 }
@@ -197,7 +198,7 @@ impl IntoResponse for ApiError {
                 headers.insert(header::SET_COOKIE, super::cookies::clear_session_cookie());
             }
             Self::Domain(Error::RateLimited(t)) => rate_limit_headers(&mut headers, t),
-            Self::Domain(Error::Overloaded) => {
+            Self::Domain(Error::Overloaded | Error::Unavailable) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Self::RequestTimeout => {

@@ -102,7 +102,7 @@ impl From<Error> for OAuthError {
                 Self::invalid_grant("the refresh token is not valid")
             }
             Error::RateLimited(_) => Self::temporarily_unavailable(429),
-            Error::Overloaded => Self::temporarily_unavailable(503),
+            Error::Overloaded | Error::Unavailable => Self::temporarily_unavailable(503),
             Error::Validation(errors) => Self::invalid_request(
                 errors
                     .first()

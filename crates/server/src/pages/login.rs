@@ -170,7 +170,7 @@ pub async fn login_submit(
             rate_limit_headers(res.headers_mut(), &t);
             return res;
         }
-        Err(Error::Overloaded) => {
+        Err(Error::Overloaded | Error::Unavailable) => {
             return again(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "The server is busy. Try again in a moment.",

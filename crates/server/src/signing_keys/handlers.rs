@@ -15,6 +15,7 @@ use crate::auth::Admin;
 use crate::error::Error;
 use crate::http::extract::AuditCtx;
 use crate::http::{ApiResult, Problem};
+use crate::invalidation::Invalidation;
 
 #[derive(Serialize, ToSchema)]
 pub struct SigningKeyView {
@@ -126,6 +127,7 @@ pub async fn rotate(
         .create_key(now, state.config.signing_key_publish_lead_s)
         .await
         .map_err(Error::internal)?;
+    state.bus.send(Invalidation::SigningKeys);
     state.audit.record(
         "signing_key.rotated",
         Some(&admin.subject),
@@ -153,6 +155,7 @@ pub async fn revoke(
     Path(kid): Path<String>,
 ) -> ApiResult<axum::Json<RevokedSigningKey>> {
     let replacement = state.tokens.revoke_signing_key(&admin, &kid, &ctx).await?;
+    state.bus.send(Invalidation::SigningKeys);
     let now = Millis::now();
     Ok(axum::Json(RevokedSigningKey {
         kid,

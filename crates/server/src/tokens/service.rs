@@ -95,6 +95,7 @@ pub struct Tokens {
     access: AccessTokens,
     audit: Audit,
     settings: TokenSettings,
+    bus: Arc<crate::invalidation::Bus>,
 }
 
 impl Tokens {
@@ -104,6 +105,7 @@ impl Tokens {
         users: Arc<Users>,
         audit: Audit,
         settings: TokenSettings,
+        bus: Arc<crate::invalidation::Bus>,
     ) -> Self {
         Self {
             store,
@@ -112,6 +114,14 @@ impl Tokens {
             access: AccessTokens::default(),
             audit,
             settings,
+            bus,
+        }
+    }
+
+    /// Applies an access token denied on another node.
+    pub fn apply(&self, event: &crate::invalidation::Invalidation) {
+        if let crate::invalidation::Invalidation::AccessToken { jti, exp } = event {
+            self.access.deny(jti, *exp);
         }
     }
 
@@ -348,11 +358,16 @@ impl Tokens {
         })
     }
 
-    /// Revokes one access token by `jti` until its `exp`: here at once, on other nodes when they
-    /// next poll the store.
+    /// Revokes one access token by `jti` until its `exp`: here at once, on other nodes through the
+    /// bus (or, without Redis, when they next poll the store).
     pub async fn deny_access(&self, jti: &str, exp: i64) -> Result<()> {
         self.store.deny_jti(jti, exp, Millis::now()).await?;
         self.access.deny(jti, exp);
+        self.bus
+            .send(crate::invalidation::Invalidation::AccessToken {
+                jti: jti.to_owned(),
+                exp,
+            });
         Ok(())
     }
 

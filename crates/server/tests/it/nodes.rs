@@ -33,7 +33,12 @@ async fn two_nodes_on(redis: &str, extra: &[(&str, &str)]) -> Option<Nodes> {
         eprintln!("skipped: several nodes need PORTCULLIS_TEST_DATABASE_URL");
         return None;
     };
-    let schema = portcullis_testkit::PgSchema::create(&db, "nodes").await;
+    Some(nodes_on(&db, redis, extra).await)
+}
+
+/// Two nodes on a fresh schema of the PostgreSQL at `db` and on `redis`.
+async fn nodes_on(db: &str, redis: &str, extra: &[(&str, &str)]) -> Nodes {
+    let schema = portcullis_testkit::PgSchema::create(db, "nodes").await;
     let url = schema.url_with_search_path();
     let master = crate::support::uuid_hex().repeat(8);
     let master = &master[..64];
@@ -49,13 +54,13 @@ async fn two_nodes_on(redis: &str, extra: &[(&str, &str)]) -> Option<Nodes> {
     let a = Server::start(da.path(), &args, &env);
     let root = a.root_key().expect("the first node made the root key");
     let b = Server::start(db_.path(), &args, &env);
-    Some(Nodes {
+    Nodes {
         a,
         b,
         root,
         _schema: schema,
         _dirs: (da, db_),
-    })
+    }
 }
 
 impl Nodes {
@@ -831,5 +836,658 @@ async fn one_authorization_code_redeemed_on_both_nodes_at_once_is_redeemed_once(
         statuses.iter().all(|s| refusals.contains(s)),
         "{statuses:?}"
     );
+    n.stop();
+}
+
+/// Behind a balancer the nodes answer for one public address, the issuer of every token they sign
+/// (each node would otherwise name its own listen address, and refuse the other's tokens).
+const PUBLIC: (&str, &str) = ("PORTCULLIS_ISSUER", "http://portcullis.test");
+
+/// `/v1/authorize` at `url` as a gateway asks it, about a request carrying `authorization`.
+async fn forward(c: &Client, url: &str, authorization: &str) -> reqwest::Response {
+    c.get(url)
+        .header("authorization", authorization)
+        .header("x-forwarded-method", "GET")
+        .header("x-forwarded-uri", "/orders")
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A JWT's header, decoded.
+fn jwt_header(token: &str) -> Value {
+    use base64::Engine;
+    let head = token.split('.').next().unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(head)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_family_an_oauth_token_and_a_signing_key_ended_on_one_node_are_refused_by_the_other()
+ {
+    let Ok(redis) = std::env::var("PORTCULLIS_TEST_REDIS_URL") else {
+        eprintln!("skipped: needs PORTCULLIS_TEST_REDIS_URL");
+        return;
+    };
+    let Some(n) = two_nodes_on(&redis, &[PUBLIC]).await else {
+        return;
+    };
+    let c = Client::new();
+    let email = "nodes-ended@example.com";
+    let access = user_token(&c, &n.a.base, email).await;
+
+    // A refresh family: logged out on A, refused on B (the store decides: no cache in between).
+    let t: Value = c
+        .post(format!("{}/v1/auth/login", n.a.base))
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rt = t["refresh_token"].as_str().unwrap();
+    let r = c
+        .post(format!("{}/v1/auth/logout", n.a.base))
+        .json(&json!({"refresh_token": rt}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let began = Instant::now();
+    let r = c
+        .post(format!("{}/v1/auth/refresh", n.b.base))
+        .json(&json!({"refresh_token": rt}))
+        .send()
+        .await
+        .unwrap();
+    let family = began.elapsed();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    // An OAuth access token (a JWT, denied by its jti): revoked through RFC 7009 on A.
+    let r = c
+        .post(format!("{}/admin/v1/clients", n.a.base))
+        .header("x-api-key", &n.root)
+        .json(
+            &json!({"name": "svc", "type": "confidential", "grant_types": ["client_credentials"],
+            "scopes": ["orders:read"]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let svc: Value = r.json().await.unwrap();
+    let auth = crate::oauth::basic(
+        svc["client_id"].as_str().unwrap(),
+        svc["client_secret"].as_str().unwrap(),
+    );
+    let mut oauth = Vec::new();
+    for _ in 0..10 {
+        let t: Value = c
+            .post(format!("{}/oauth2/token", n.a.base))
+            .header("authorization", &auth)
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = format!("Bearer {}", t["access_token"].as_str().unwrap());
+        let at_b = format!("{}/v1/authorize", n.b.base);
+        let r = forward(&c, &at_b, &token).await;
+        assert_eq!(r.status(), StatusCode::OK, "{:?}", r.text().await);
+        let r = c
+            .post(format!("{}/oauth2/revoke", n.a.base))
+            .header("authorization", &auth)
+            .form(&[("token", &token[7..])])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let (c, at_b) = (c.clone(), at_b.clone());
+        oauth.push(
+            until_true(|| {
+                let (c, at_b, token) = (c.clone(), at_b.clone(), token.clone());
+                async move { forward(&c, &at_b, &token).await.status() == StatusCode::UNAUTHORIZED }
+            })
+            .await,
+        );
+    }
+
+    // The signing key: revoked on A (an emergency); B refuses what it signed and signs with the
+    // replacement, which A accepts.
+    assert_eq!(
+        me_with(&c, &n.b.base, "authorization", &format!("Bearer {access}")).await,
+        StatusCode::OK
+    );
+    let kid = jwt_header(&access)["kid"].as_str().unwrap().to_owned();
+    let r = c
+        .post(format!("{}/admin/v1/signing-keys/{kid}/revoke", n.a.base))
+        .header("x-api-key", &n.root)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    let bearer = format!("Bearer {access}");
+    let (cc, b) = (c.clone(), n.b.base.clone());
+    let signing = until_true(|| {
+        let (c, b, bearer) = (cc.clone(), b.clone(), bearer.clone());
+        async move { me_with(&c, &b, "authorization", &bearer).await == StatusCode::UNAUTHORIZED }
+    })
+    .await;
+    let t: Value = c
+        .post(format!("{}/v1/auth/login", n.b.base))
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let fresh = t["access_token"].as_str().unwrap();
+    assert_ne!(
+        jwt_header(fresh)["kid"],
+        kid.as_str(),
+        "B signs with the replacement"
+    );
+    assert_eq!(
+        me_with(&c, &n.a.base, "authorization", &format!("Bearer {fresh}")).await,
+        StatusCode::OK
+    );
+    let (p50, p99) = (
+        percentile(oauth.clone(), 0.5),
+        percentile(oauth.clone(), 0.99),
+    );
+    println!(
+        "ended on A, refused on B after: a refresh family {family:?} (at once, the store decides); an OAuth access token p50 {p50:?}, p99 {p99:?} (n = 10); a signing key {signing:?}"
+    );
+    assert!(p99 < Duration::from_secs(1) && signing < Duration::from_secs(1));
+    n.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_signing_key_is_known_to_every_node_before_any_signs_with_it() {
+    let Ok(redis) = std::env::var("PORTCULLIS_TEST_REDIS_URL") else {
+        eprintln!("skipped: needs PORTCULLIS_TEST_REDIS_URL");
+        return;
+    };
+    let lead = [("PORTCULLIS_SIGNING_KEY_PUBLISH_LEAD_S", "3"), PUBLIC];
+    let Some(n) = two_nodes_on(&redis, &lead).await else {
+        return;
+    };
+    let c = Client::new();
+    let email = "nodes-rotate@example.com";
+    let before = user_token(&c, &n.a.base, email).await;
+    let r = c
+        .post(format!("{}/admin/v1/signing-keys/rotate", n.a.base))
+        .header("x-api-key", &n.root)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{:?}", r.text().await);
+    let rotated = Instant::now();
+    let new: Value = r.json().await.unwrap();
+    let kid = new["kid"].as_str().unwrap().to_owned();
+    let (cc, b, k) = (c.clone(), n.b.base.clone(), kid.clone());
+    let known = until_true(|| {
+        let (c, b, k) = (cc.clone(), b.clone(), k.clone());
+        async move {
+            let jwks: Value = c
+                .get(format!("{b}/.well-known/jwks.json"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            jwks["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|j| j["kid"] == k.as_str())
+        }
+    })
+    .await;
+    assert!(
+        known < Duration::from_secs(2),
+        "B published it {known:?} after, before it signs"
+    );
+    // Until it activates, both nodes sign with the old key; afterwards, with the new one, and each
+    // accepts what the other signed.
+    let login = |base: String| {
+        let c = c.clone();
+        async move {
+            let t: Value = c
+                .post(format!("{base}/v1/auth/login"))
+                .json(&json!({"email": email, "password": PASSWORD}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            t["access_token"].as_str().unwrap().to_owned()
+        }
+    };
+    assert_ne!(
+        jwt_header(&login(n.b.base.clone()).await)["kid"],
+        kid.as_str()
+    );
+    tokio::time::sleep(Duration::from_millis(3500).saturating_sub(rotated.elapsed())).await;
+    for (signer, checker) in [(&n.a.base, &n.b.base), (&n.b.base, &n.a.base)] {
+        let t = login(signer.clone()).await;
+        assert_eq!(
+            jwt_header(&t)["kid"],
+            kid.as_str(),
+            "{signer} signs with the new key"
+        );
+        let r = c
+            .get(format!("{checker}/v1/me"))
+            .bearer_auth(&t)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{signer} signed, {checker} refused: {:?}",
+            r.text().await
+        );
+    }
+    // What the old key signed still verifies on both.
+    for base in [&n.a.base, &n.b.base] {
+        assert_eq!(
+            me_with(&c, base, "authorization", &format!("Bearer {before}")).await,
+            StatusCode::OK
+        );
+    }
+    println!(
+        "a key rotated on A was in B's JWKS {known:?} later, 3 s before either signed with it"
+    );
+    n.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signature_nonce_used_on_one_node_is_refused_on_the_other() {
+    use base64::Engine;
+    use portcullis_core::httpsig::Message;
+    use portcullis_core::httpsig::keys::SigningKey;
+    use portcullis_core::httpsig::sign::{Signing, sign};
+
+    let Ok(redis) = std::env::var("PORTCULLIS_TEST_REDIS_URL") else {
+        eprintln!("skipped: needs PORTCULLIS_TEST_REDIS_URL");
+        return;
+    };
+    // Requests are signed for the nodes' one public address.
+    let Some(n) = two_nodes_on(&redis, &[PUBLIC]).await else {
+        return;
+    };
+    let c = Client::new();
+    let token = user_token(&c, &n.a.base, "nodes-nonce@example.com").await;
+    let r = c
+        .post(format!("{}/v1/signing-keys", n.a.base))
+        .bearer_auth(&token)
+        .json(&json!({"name": "ci", "alg": "hmac-sha256"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let v: Value = r.json().await.unwrap();
+    let keyid = v["keyid"].as_str().unwrap().to_owned();
+    let key = SigningKey::hmac(
+        base64::engine::general_purpose::STANDARD
+            .decode(v["secret"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let signed = || {
+        let headers = http::HeaderMap::new();
+        let nonce = crate::support::uuid_hex();
+        let msg = Message {
+            method: "GET",
+            scheme: "http",
+            authority: "portcullis.test",
+            path: "/v1/me",
+            query: None,
+            headers: &headers,
+        };
+        let (input, signature) = sign(
+            &key,
+            &Signing {
+                label: "sig1",
+                components: &["@method", "@target-uri"],
+                keyid: &keyid,
+                created: portcullis_core::clock::Millis::now().0 / 1000,
+                expires: None,
+                nonce: Some(&nonce),
+                with_alg: true,
+            },
+            &msg,
+        )
+        .unwrap();
+        (input, signature)
+    };
+    let send = |base: String, (input, signature): (String, String)| {
+        let c = c.clone();
+        async move {
+            let r = c
+                .get(format!("{base}/v1/me"))
+                .header("signature-input", input)
+                .header("signature", signature)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    for i in 0..20 {
+        let (first, second) = if i % 2 == 0 {
+            (&n.a.base, &n.b.base)
+        } else {
+            (&n.b.base, &n.a.base)
+        };
+        let s = signed();
+        let (status, body) = send(first.clone(), s.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (status, body) = send(second.clone(), s).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        assert_eq!(body["reason"], "replayed", "{body}");
+    }
+    // At once on both: one of them takes it.
+    let mut won = 0;
+    for _ in 0..10 {
+        let s = signed();
+        let (x, y) = tokio::join!(send(n.a.base.clone(), s.clone()), send(n.b.base.clone(), s));
+        won += [x.0, y.0].iter().filter(|s| **s == StatusCode::OK).count();
+        assert!(
+            [x.0, y.0].contains(&StatusCode::UNAUTHORIZED),
+            "{x:?} {y:?}"
+        );
+    }
+    assert_eq!(won, 10);
+    println!(
+        "20 signed requests replayed on the other node: all refused as replayed; 10 sent to both at once: one use each"
+    );
+    n.stop();
+}
+
+/// A PostgreSQL cluster of the test's own (initdb, pg_ctl), so that it can be restarted without
+/// touching the one every other test uses. As root, its programs run as `postgres` (PostgreSQL
+/// refuses to run as root).
+struct OwnPostgres {
+    bin: std::path::PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+    as_postgres: bool,
+}
+
+impl OwnPostgres {
+    fn bindir() -> Option<std::path::PathBuf> {
+        let from_config = std::process::Command::new("pg_config")
+            .arg("--bindir")
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| std::path::PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+        let mut candidates: Vec<std::path::PathBuf> = from_config.into_iter().collect();
+        if let Ok(versions) = std::fs::read_dir("/usr/lib/postgresql") {
+            let mut found: Vec<_> = versions.flatten().map(|v| v.path().join("bin")).collect();
+            found.sort();
+            candidates.extend(found.into_iter().rev());
+        }
+        candidates
+            .into_iter()
+            .find(|d| d.join("initdb").is_file() && d.join("pg_ctl").is_file())
+    }
+
+    fn run(&self, program: &str, args: &[&str]) -> std::process::ExitStatus {
+        let path = self.bin.join(program);
+        let mut cmd = if self.as_postgres {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            std::process::Command::new(path)
+        };
+        cmd.args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+    }
+
+    fn start() -> Option<Self> {
+        let bin = Self::bindir()?;
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .ok()
+            .is_some_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+        let dir = tempfile::tempdir().ok()?;
+        if root {
+            let owned = std::process::Command::new("chown")
+                .args(["postgres:", &dir.path().display().to_string()])
+                .status()
+                .ok()?;
+            if !owned.success() {
+                return None;
+            }
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let this = Self {
+            bin,
+            dir,
+            port,
+            as_postgres: root,
+        };
+        let data = this.data();
+        if !this
+            .run(
+                "initdb",
+                &["-D", &data, "-U", "postgres", "-A", "trust", "--no-sync"],
+            )
+            .success()
+        {
+            return None;
+        }
+        this.up().then_some(this)
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn up(&self) -> bool {
+        let d = self.dir.path().display();
+        let options = format!(
+            "-p {} -k {d} -c listen_addresses=127.0.0.1 -c max_connections=50",
+            self.port
+        );
+        let log = format!("{d}/log");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data(),
+                "-o",
+                &options,
+                "-l",
+                &log,
+                "-w",
+                "start",
+            ],
+        )
+        .success()
+    }
+
+    /// `pg_ctl stop -m fast`: sessions are ended (their transactions rolled back), then it exits.
+    fn down(&self) -> bool {
+        self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"])
+            .success()
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        self.run(
+            "pg_ctl",
+            &["-D", &self.data(), "-m", "immediate", "-w", "stop"],
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarted_under_load_fails_fast_recovers_and_loses_no_answered_write() {
+    let Ok(redis) = std::env::var("PORTCULLIS_TEST_REDIS_URL") else {
+        eprintln!("skipped: needs PORTCULLIS_TEST_REDIS_URL");
+        return;
+    };
+    if portcullis_testkit::database_url().is_none() {
+        return;
+    }
+    let Some(pg) = OwnPostgres::start() else {
+        eprintln!("skipped: no initdb/pg_ctl to run a PostgreSQL of this test's own");
+        return;
+    };
+    let n = nodes_on(
+        &pg.url(),
+        &redis,
+        &[("PORTCULLIS_DB_TIMEOUT_MS", "1000"), PUBLIC],
+    )
+    .await;
+    let c = Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let token = user_token(&c, &n.a.base, "nodes-pg@example.com").await;
+
+    // Writers on both nodes: each answered 201 is a key that must exist afterwards.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for (w, base) in [
+        n.a.base.clone(),
+        n.b.base.clone(),
+        n.a.base.clone(),
+        n.b.base.clone(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (c, token, stop) = (c.clone(), token.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let (mut made, mut unavailable, mut bad, mut slowest) =
+                (Vec::new(), 0u32, Vec::new(), Duration::ZERO);
+            let mut i = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let began = Instant::now();
+                let r = c
+                    .post(format!("{base}/v1/keys"))
+                    .bearer_auth(&token)
+                    .json(&json!({"name": format!("w{w}-{i}")}))
+                    .send()
+                    .await;
+                slowest = slowest.max(began.elapsed());
+                match r {
+                    Ok(r) if r.status() == StatusCode::CREATED => {
+                        let k: Value = r.json().await.unwrap();
+                        made.push(k["key"].as_str().unwrap().to_owned());
+                    }
+                    Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                        assert_eq!(r.headers()["retry-after"], "1");
+                        let p: Value = r.json().await.unwrap();
+                        assert_eq!(p["code"], "unavailable", "{p}");
+                        unavailable += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Ok(r) => bad.push(format!("{} {:?}", r.status(), r.text().await)),
+                    Err(e) => bad.push(e.to_string()),
+                }
+            }
+            (made, unavailable, bad, slowest)
+        }));
+    }
+    let ready = |base: String| {
+        let c = c.clone();
+        async move {
+            c.get(format!("{base}/readyz"))
+                .send()
+                .await
+                .map(|r| r.status())
+                .unwrap_or(StatusCode::BAD_GATEWAY)
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let began = Instant::now();
+    assert!(pg.down(), "pg_ctl stop");
+    let stopped = began.elapsed();
+    let (ra, rb) = tokio::join!(ready(n.a.base.clone()), ready(n.b.base.clone()));
+    assert_eq!(
+        (ra, rb),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::SERVICE_UNAVAILABLE
+        )
+    );
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert!(pg.up(), "pg_ctl start");
+    let restarted = Instant::now();
+    let mut recovered = Duration::ZERO;
+    for base in [n.a.base.clone(), n.b.base.clone()] {
+        let took = until_true(|| {
+            let base = base.clone();
+            async move { ready(base).await == StatusCode::OK }
+        })
+        .await;
+        recovered = recovered.max(took);
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut made, mut unavailable, mut slowest) = (Vec::new(), 0, Duration::ZERO);
+    for t in load {
+        let (m, u, bad, s) = t.await.unwrap();
+        assert!(
+            bad.is_empty(),
+            "only 201 or 503; {} others, first {:?}",
+            bad.len(),
+            bad.first()
+        );
+        made.extend(m);
+        unavailable += u;
+        slowest = slowest.max(s);
+    }
+    let down_for = restarted.duration_since(began);
+    // Every key answered 201 is there, on either node.
+    for (i, key) in made.iter().enumerate() {
+        let base = if i % 2 == 0 { &n.a.base } else { &n.b.base };
+        assert_eq!(
+            me_with(&c, base, "x-api-key", key).await,
+            StatusCode::OK,
+            "key {i} of {} was answered 201 and is gone",
+            made.len()
+        );
+    }
+    println!(
+        "PostgreSQL stopped ({stopped:?}) and started again under 4 writers on 2 nodes: {} keys answered 201, all there after; {unavailable} answered 503 unavailable; slowest answer {slowest:?} (db_timeout_ms 1000); /readyz ok again {recovered:?} after the restart (down about {down_for:?})",
+        made.len()
+    );
+    assert!(unavailable > 0, "the restart was seen");
+    assert!(slowest < Duration::from_millis(2500), "{slowest:?}");
+    assert!(recovered < Duration::from_secs(3), "{recovered:?}");
     n.stop();
 }
