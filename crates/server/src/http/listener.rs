@@ -132,6 +132,9 @@ impl Drop for ClientSlot {
     }
 }
 
+/// How long a stopping server keeps connections it accepted open for their first request.
+const SETTLE: Duration = Duration::from_millis(200);
+
 /// Serves `router` on `listener` until `shutdown` resolves, then lets connections in flight finish
 /// (for at most `drain`).
 pub async fn serve(
@@ -201,7 +204,12 @@ pub async fn serve(
             drop(permit);
         });
     }
+    // Closed first: from now on a new connection is refused, which a balancer retries on another
+    // node (nothing was sent). A connection accepted just before may not have delivered its request
+    // yet; closing it now would drop a request that was sent, which no balancer may resend (a POST).
+    // So its request gets a moment to arrive and be served, then idle connections are closed.
     drop(listener);
+    tokio::time::sleep(SETTLE.min(drain)).await;
     let _ = tokio::time::timeout(drain, graceful.shutdown()).await;
     Ok(())
 }

@@ -40,7 +40,7 @@ impl Server {
     }
 
     /// `portcullis serve` with exactly `args` (no `--listen` of ours).
-    fn start_raw(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+    pub(crate) fn start_raw(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut cmd = command();
         cmd.current_dir(dir).arg("serve").args(args);
         for (k, v) in env {
@@ -119,7 +119,21 @@ impl Server {
         let _ = self.child.wait();
     }
 
+    /// The port it listens on.
+    pub(crate) fn port(&self) -> u16 {
+        self.base
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap()
+    }
+
     pub(crate) fn stop(mut self) {
+        self.terminate();
+    }
+
+    /// SIGTERM, then waits (at most 10 s, then SIGKILL) for the process to exit.
+    pub(crate) fn terminate(&mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();

@@ -23,11 +23,11 @@ on_both_stores!(
     the_mcp_sdk_authorizes_itself_as_a_metadata_document_client,
 );
 
-fn examples() -> PathBuf {
+pub(crate) fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -63,9 +63,9 @@ async fn echo_upstream() -> SocketAddr {
 }
 
 /// A gateway process, stopped when dropped.
-struct Gateway {
+pub(crate) struct Gateway {
     child: Child,
-    base: String,
+    pub(crate) base: String,
     _dir: tempfile::TempDir,
 }
 
@@ -77,6 +77,29 @@ impl Drop for Gateway {
 }
 
 impl Gateway {
+    /// The last lines of nginx's error log (for a failure's message).
+    pub(crate) fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self._dir.path().join("error.log")).unwrap_or_default();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| !l.contains("[info]") && !l.contains("[notice]"))
+            .collect();
+        let mut kinds: Vec<String> = lines
+            .iter()
+            .map(|l| {
+                l.split(": ")
+                    .skip(1)
+                    .collect::<Vec<_>>()
+                    .join(": ")
+                    .chars()
+                    .take(160)
+                    .collect()
+            })
+            .collect();
+        kinds.dedup();
+        kinds[..kinds.len().min(12)].join("\n")
+    }
+
     async fn wait_ready(mut self, port: u16, log: &Path) -> Self {
         for _ in 0..100 {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -110,12 +133,18 @@ async fn nginx(portcullis: &str, upstream: SocketAddr) -> Option<Gateway> {
 }
 
 async fn nginx_on(port: u16, portcullis: &str, upstream: SocketAddr) -> Option<Gateway> {
+    let server = rewritten("nginx/portcullis.conf", portcullis, upstream);
+    nginx_serving(port, &server).await
+}
+
+/// nginx on `port` with one server block (`listen 127.0.0.1:8080;` in it is moved to `port`).
+pub(crate) async fn nginx_serving(port: u16, server: &str) -> Option<Gateway> {
     let Some(bin) = binary("nginx") else {
         eprintln!("skipped: nginx is not installed (apt-get install nginx)");
         return None;
     };
     let dir = tempfile::tempdir().unwrap();
-    let server = rewritten("nginx/portcullis.conf", portcullis, upstream).replace(
+    let server = server.replace(
         "listen 127.0.0.1:8080;",
         &format!("listen 127.0.0.1:{port};"),
     );

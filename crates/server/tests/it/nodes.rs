@@ -15,6 +15,9 @@ struct Nodes {
     a: Server,
     b: Server,
     root: String,
+    /// What each node was started with, to start one again.
+    args: Vec<String>,
+    env: Vec<(String, String)>,
     _schema: portcullis_testkit::PgSchema,
     _dirs: (tempfile::TempDir, tempfile::TempDir),
 }
@@ -58,12 +61,42 @@ async fn nodes_on(db: &str, redis: &str, extra: &[(&str, &str)]) -> Nodes {
         a,
         b,
         root,
+        args: args.iter().map(|a| a.to_string()).collect(),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         _schema: schema,
         _dirs: (da, db_),
     }
 }
 
 impl Nodes {
+    /// Stops node A or B (SIGTERM: it finishes what it has, then exits) and starts it again on its
+    /// port, in its folder.
+    fn restart(&mut self, second: bool) {
+        let listen = {
+            let node = if second { &mut self.b } else { &mut self.a };
+            let port = node.port();
+            node.terminate();
+            format!("127.0.0.1:{port}")
+        };
+        let mut args = vec!["--listen", listen.as_str()];
+        args.extend(self.args.iter().map(String::as_str));
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let dir = if second { &self._dirs.1 } else { &self._dirs.0 };
+        let started = Server::start_raw(dir.path(), &args, &env);
+        if second {
+            self.b = started;
+        } else {
+            self.a = started;
+        }
+    }
+
     fn stop(self) {
         self.a.stop();
         self.b.stop();
@@ -1489,5 +1522,117 @@ async fn postgres_restarted_under_load_fails_fast_recovers_and_loses_no_answered
     assert!(unavailable > 0, "the restart was seen");
     assert!(slowest < Duration::from_millis(2500), "{slowest:?}");
     assert!(recovered < Duration::from_secs(3), "{recovered:?}");
+    n.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_behind_nginx_fails_no_request() {
+    let Ok(redis) = std::env::var("PORTCULLIS_TEST_REDIS_URL") else {
+        eprintln!("skipped: needs PORTCULLIS_TEST_REDIS_URL");
+        return;
+    };
+    let Some(mut n) = two_nodes_on(&redis, &[PUBLIC]).await else {
+        return;
+    };
+    // The shipped example, pointed at this test's nodes.
+    let conf = std::fs::read_to_string(crate::gateways::examples().join("nginx/two-nodes.conf"))
+        .unwrap()
+        .replace("127.0.0.1:8787", &format!("127.0.0.1:{}", n.a.port()))
+        .replace("127.0.0.1:8788", &format!("127.0.0.1:{}", n.b.port()));
+    let Some(gw) = crate::gateways::nginx_serving(crate::gateways::free_port(), &conf).await else {
+        return;
+    };
+    let c = Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let email = "nodes-rolling@example.com";
+    let access = user_token(&c, &gw.base, email).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for i in 0..4 {
+        let (c, base, stop, access) = (c.clone(), gw.base.clone(), stop.clone(), access.clone());
+        load.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            // Half read with a JWT; half rotate a refresh chain (POST, not idempotent).
+            let mut held = if i % 2 == 1 {
+                let t: Value = c
+                    .post(format!("{base}/v1/auth/login"))
+                    .json(&json!({"email": email, "password": PASSWORD}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                Some(t["refresh_token"].as_str().unwrap().to_owned())
+            } else {
+                None
+            };
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = match &held {
+                    None => {
+                        c.get(format!("{base}/v1/me"))
+                            .bearer_auth(&access)
+                            .send()
+                            .await
+                    }
+                    Some(rt) => {
+                        c.post(format!("{base}/v1/auth/refresh"))
+                            .json(&json!({"refresh_token": rt}))
+                            .send()
+                            .await
+                    }
+                };
+                match r {
+                    Ok(r) if r.status() == StatusCode::OK => {
+                        if held.is_some() {
+                            let t: Value = r.json().await.unwrap();
+                            held = Some(t["refresh_token"].as_str().unwrap().to_owned());
+                        }
+                        ok += 1;
+                    }
+                    Ok(r) => {
+                        let status = r.status();
+                        failed.push(format!("{status} {}", r.text().await.unwrap_or_default()));
+                        // A refused rotation leaves the chain unusable: stop this one.
+                        if held.is_some() {
+                            break;
+                        }
+                    }
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let began = Instant::now();
+    // Blocking (it waits for the process): off the runtime's worker, so the load goes on.
+    tokio::task::block_in_place(|| n.restart(false));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    tokio::task::block_in_place(|| n.restart(true));
+    let rolled = began.elapsed();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for t in load {
+        let (o, f) = t.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    println!(
+        "rolling restart of 2 nodes behind nginx ({rolled:?}) under 4 clients (JWT reads and refresh rotations): {ok} answered 200, {} failed",
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} failed, first {:?}; nginx says: {}",
+        failed.len(),
+        failed.first(),
+        gw.log_tail()
+    );
+    assert!(ok > 100, "{ok}");
+    drop(gw);
     n.stop();
 }
