@@ -1,7 +1,8 @@
 //! Replay protection: a nonce (RFC 9421 signatures, DPoP proofs, client assertions) is good once per
 //! key for as long as what carries it could verify. [`MemoryNonces`] is the cache of one node;
-//! [`RedisNonces`] is shared by every node (`SET NX PX`), and falls back to its own in-process cache
-//! while Redis cannot be reached (then a replay is caught only on the node that saw the first use).
+//! [`RedisNonces`] is shared by every node (`SET NX PX`), and falls back to another cache while Redis
+//! cannot be reached: the server gives it one in the database when the nodes share PostgreSQL (a
+//! replay is still caught on every node), else this process's own.
 //!
 //! An entry may never be dropped early: a forgotten nonce is a replay let through. So the in-process
 //! cache is bounded by refusing, not by evicting: at capacity it sweeps out what has expired, and if
@@ -120,12 +121,12 @@ impl NonceCache for MemoryNonces {
 /// A nonce cache shared by every node through Redis: keys `<prefix>:n:<SHA-256 of the pair>`.
 pub struct RedisNonces {
     redis: Arc<Redis>,
-    fallback: MemoryNonces,
+    fallback: Arc<dyn NonceCache>,
     degraded: AtomicBool,
 }
 
 impl RedisNonces {
-    pub fn new(redis: Arc<Redis>, fallback: MemoryNonces) -> Self {
+    pub fn new(redis: Arc<Redis>, fallback: Arc<dyn NonceCache>) -> Self {
         Self {
             redis,
             fallback,
@@ -138,7 +139,8 @@ impl RedisNonces {
     }
 }
 
-fn pair_id(keyid: &str, replay: &[u8]) -> [u8; 32] {
+/// The one id of a (key id, replay key) pair, in every cache.
+pub fn pair_id(keyid: &str, replay: &[u8]) -> [u8; 32] {
     // Length-prefixed, so (keyid, replay) pairs cannot run into each other.
     let input = [
         (keyid.len() as u64).to_be_bytes().as_slice(),
@@ -192,7 +194,7 @@ impl NonceCache for RedisNonces {
                 }
                 Err(e) => {
                     if !self.degraded.swap(true, Ordering::Relaxed) {
-                        tracing::warn!(error = %e, "Redis is unreachable: replay protection is per node until it is back");
+                        tracing::warn!(error = %e, "Redis is unreachable: replay protection uses the fallback cache until it is back");
                     }
                     metrics::counter!("portcullis_redis_errors_total", "op" => "nonce")
                         .increment(1);

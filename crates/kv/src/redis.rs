@@ -2,12 +2,16 @@
 //! reconnects by itself), every command bounded in time, every key under one prefix.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 /// How long one command may take before the caller falls back (a slow Redis never holds a request).
 pub const COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
+/// After a command fails, how long every caller falls back at once instead of trying Redis (then one
+/// command tries again): an outage costs each request nothing, not a timeout each.
+pub const BREAK_FOR: Duration = Duration::from_secs(1);
 /// How long connecting may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -15,6 +19,9 @@ pub struct Redis {
     client: redis::Client,
     conn: ConnectionManager,
     prefix: String,
+    /// Milliseconds since `epoch` until which commands are not tried (the breaker is open).
+    open_until_ms: AtomicU64,
+    epoch: Instant,
 }
 
 /// A `redis_url` that cannot be used, or a Redis that does not answer at start.
@@ -60,6 +67,8 @@ impl Redis {
             client,
             conn,
             prefix: prefix.to_owned(),
+            open_until_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
         };
         this.ping()
             .await
@@ -79,13 +88,21 @@ impl Redis {
         &self.prefix
     }
 
-    /// `fut` (a command), bounded by [`COMMAND_TIMEOUT`], its round trip recorded.
+    /// `fut` (a command), bounded by [`COMMAND_TIMEOUT`], its round trip recorded. Within
+    /// [`BREAK_FOR`] of a failure it is not sent at all: the caller falls back at once.
     pub async fn timed<T>(
         &self,
         op: &'static str,
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> redis::RedisResult<T> {
         let began = Instant::now();
+        let now_ms = self.since_epoch_ms(began);
+        if now_ms < self.open_until_ms.load(Ordering::Relaxed) {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "Redis failed within the last second; not tried",
+            )));
+        }
         let out = match tokio::time::timeout(COMMAND_TIMEOUT, fut).await {
             Ok(r) => r,
             Err(_) => Err(redis::RedisError::from((
@@ -95,7 +112,21 @@ impl Redis {
         };
         metrics::histogram!("portcullis_redis_seconds", "op" => op)
             .record(began.elapsed().as_secs_f64());
+        if let Err(e) = &out
+            && (e.is_io_error()
+                || e.is_timeout()
+                || e.is_connection_dropped()
+                || e.is_connection_refusal())
+        {
+            // A connection or time failure, not an answer (a script's own error is an answer).
+            let until = self.since_epoch_ms(Instant::now()) + BREAK_FOR.as_millis() as u64;
+            self.open_until_ms.store(until, Ordering::Relaxed);
+        }
         out
+    }
+
+    fn since_epoch_ms(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
     pub async fn ping(&self) -> redis::RedisResult<()> {

@@ -125,7 +125,10 @@ async fn a_nonce_used_on_one_node_is_a_replay_on_every_other() {
         let Some(r) = redis(&prefix).await else {
             return;
         };
-        nodes.push(Arc::new(RedisNonces::new(r, MemoryNonces::new(1000))));
+        nodes.push(Arc::new(RedisNonces::new(
+            r,
+            Arc::new(MemoryNonces::new(1000)),
+        )));
     }
     let now = 1_000;
     let mut tasks = Vec::new();

@@ -31,6 +31,7 @@ mod apikeys;
 mod audit;
 mod device;
 mod maintenance;
+mod nonces;
 mod oauth;
 mod par;
 mod refresh;
@@ -45,6 +46,7 @@ pub use apikeys::{ApiKeyPatch, ApiKeyRow, ApiKeyStore, KeyOwner, RolledKey, Spen
 pub use audit::{AuditEvent, AuditFilter, AuditStore};
 pub use device::{DeviceCodeRow, DeviceCodeStore, DeviceDecision, DevicePoll};
 pub use maintenance::{Job, JobLock, Maintenance, Purged};
+pub use nonces::NonceStore;
 pub use oauth::{
     ClientRow, CodeRow, ConsentRow, OAuthStore, OpaqueAccessRow, Produced, Redemption, Replayed,
 };

@@ -6,8 +6,8 @@ use std::time::Duration;
 use portcullis_core::clock::Millis;
 use portcullis_core::secrets::TokenHash;
 use portcullis_store::{
-    AccountStore, ApiKeyStore, Maintenance, OAuthStore, SessionStore, SignatureKeyStore,
-    SigningKeyStore, UserStore,
+    AccountStore, ApiKeyStore, Maintenance, NonceStore, OAuthStore, SessionStore,
+    SignatureKeyStore, SigningKeyStore, UserStore,
 };
 
 use super::AppState;
@@ -354,6 +354,26 @@ pub async fn janitor_pass(state: &AppState) -> u64 {
             }
             Err(e) => {
                 tracing::error!(error = %e, "janitor pass failed");
+                break;
+            }
+        }
+    }
+    // Replay nonces recorded in the store while Redis was away, a minute past their expiry.
+    loop {
+        match state
+            .store
+            .purge_nonces(now.as_secs() - 60, state.config.janitor_batch)
+            .await
+        {
+            Ok(n) => {
+                total += n;
+                if n < u64::from(state.config.janitor_batch) {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "purging replay nonces failed");
                 break;
             }
         }

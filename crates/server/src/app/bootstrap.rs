@@ -63,13 +63,8 @@ pub async fn services(
             None
         }
     };
-    let nonces = |capacity: usize| -> Arc<dyn crate::signatures::NonceCache> {
-        let memory = crate::signatures::MemoryNonces::new(capacity);
-        match &redis {
-            Some(r) => Arc::new(crate::signatures::RedisNonces::new(Arc::clone(r), memory)),
-            None => Arc::new(memory),
-        }
-    };
+    let nonces =
+        |capacity: usize| crate::signatures::replay_cache(redis.as_ref(), &store, capacity);
     let devices = (config.known_device_ttl_days > 0)
         .then(|| portcullis_core::devices::DeviceKey::derive(master.expose_bytes()));
     let dpop = Arc::new(crate::tokens::dpop::Dpop::new(

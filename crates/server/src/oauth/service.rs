@@ -294,13 +294,11 @@ impl OAuth {
     ) -> Self {
         let issuer = tokens.issuer().to_owned();
         Self {
-            assertion_jtis: {
-                let memory = crate::signatures::MemoryNonces::new(200_000);
-                match &settings.redis {
-                    Some(r) => Arc::new(crate::signatures::RedisNonces::new(Arc::clone(r), memory)),
-                    None => Arc::new(memory),
-                }
-            },
+            assertion_jtis: crate::signatures::replay_cache(
+                settings.redis.as_ref(),
+                &store,
+                200_000,
+            ),
             clients: Clients::new(store.clone(), audit.clone(), rules, settings.redis.as_ref()),
             failures: Limiter::new(
                 settings.redis.as_ref(),

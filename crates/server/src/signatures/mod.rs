@@ -6,5 +6,5 @@ pub mod handlers;
 pub mod replay;
 mod service;
 
-pub use replay::{FirstUse, MemoryNonces, NonceCache, RedisNonces};
+pub use replay::{FirstUse, MemoryNonces, NonceCache, RedisNonces, StoreNonces, replay_cache};
 pub use service::{NewSignatureKey, SignatureAuth, SignatureSettings, Signatures, SignedRequest};

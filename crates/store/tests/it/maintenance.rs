@@ -16,7 +16,49 @@ backend_tests!(
     purge_expired_removes_dead_rows_in_batches_and_keeps_live_ones,
     dead_api_keys_are_kept_until_their_own_cutoff,
     a_job_runs_on_one_node_at_a_time,
+    a_replay_nonce_is_recorded_once_until_it_expires,
 );
+
+/// The database's replay cache (used while Redis is away): once per id while live, taken over after
+/// expiry, and purged in batches after that; many nodes at once, one first use.
+async fn a_replay_nonce_is_recorded_once_until_it_expires(t: Ctx) {
+    use portcullis_store::NonceStore;
+    let s = &t.store;
+    let id = crate::support::random_bytes::<32>();
+    assert!(s.record_nonce(&id, 1000, 1300).await.unwrap());
+    assert!(!s.record_nonce(&id, 1299, 1600).await.unwrap(), "a replay");
+    assert!(
+        !s.record_nonce(&id, 1300, 1600).await.unwrap(),
+        "still live at its expiry"
+    );
+    assert!(
+        s.record_nonce(&id, 1301, 1600).await.unwrap(),
+        "expired: free again"
+    );
+    assert!(!s.record_nonce(&id, 1400, 1700).await.unwrap());
+    let other = crate::support::random_bytes::<32>();
+    let racers: Vec<_> = (0..16)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.record_nonce(&other, 1000, 1300).await.unwrap() })
+        })
+        .collect();
+    let mut first = 0;
+    for r in racers {
+        first += usize::from(r.await.unwrap());
+    }
+    assert_eq!(first, 1, "one first use among 16 at once");
+    for i in 0..5u8 {
+        s.record_nonce(&[i; 32], 0, 10).await.unwrap();
+    }
+    assert_eq!(s.purge_nonces(11, 3).await.unwrap(), 3);
+    assert_eq!(s.purge_nonces(11, 3).await.unwrap(), 2);
+    assert_eq!(
+        s.purge_nonces(1601, 10).await.unwrap(),
+        2,
+        "the two live ones, once expired"
+    );
+}
 
 /// Two stores on one database are two nodes: only one holds a job's lock; released, the other gets it.
 /// (SQLite is one node: its lock is always granted.)
