@@ -156,6 +156,23 @@ impl Stats {
         Ok(())
     }
 
+    /// Adds the same scenario measured at the same time against another process (another node):
+    /// counts and latencies add up, the window is the longer, CPU adds up (both servers worked).
+    pub fn add_parallel(&mut self, other: Stats) -> Result<()> {
+        self.server_cpu = match (self.server_cpu, other.server_cpu) {
+            (Some(x), Some(y)) => Some(x + y),
+            _ => None,
+        };
+        // One harness process: both runs read its whole CPU over the same window.
+        self.harness_cpu = self.harness_cpu.or(other.harness_cpu);
+        let elapsed = self.elapsed.max(other.elapsed);
+        let (cpu, harness, peak) = (self.server_cpu, self.harness_cpu, self.peak_kib);
+        self.absorb(other)?;
+        (self.server_cpu, self.harness_cpu, self.elapsed) = (cpu, harness, elapsed);
+        self.peak_kib = peak.max(self.peak_kib);
+        Ok(())
+    }
+
     fn merge(&mut self, other: ConnStats) -> Result<()> {
         self.hist.add(&other.hist).context("merge histograms")?;
         self.ok += other.ok;

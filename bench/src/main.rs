@@ -10,6 +10,7 @@ mod argon;
 mod client;
 mod http;
 mod load;
+mod nodes;
 mod report;
 mod scenario;
 mod server;
@@ -67,6 +68,17 @@ struct Args {
     /// Users to create before the scenarios (logins spread over them).
     #[arg(long, default_value_t = 8)]
     users: usize,
+    /// Measure one node against 2 nodes of one PostgreSQL (`--database-url`, an empty database)
+    /// and Redis (`--redis-url`); runs me_jwt, verify_cached, refresh and oauth_client_credentials
+    /// unless --only names others, and writes its own section of the results file.
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// PostgreSQL of `--nodes` [default: $PORTCULLIS_BENCH_DATABASE_URL].
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Redis of `--nodes` [default: $PORTCULLIS_BENCH_REDIS_URL, else redis://127.0.0.1:6379].
+    #[arg(long)]
+    redis_url: Option<String>,
 }
 
 /// What the scenarios need to know about the run.
@@ -139,6 +151,9 @@ fn real_main(args: Args) -> Result<ExitCode> {
         connections: args.connections.max(1),
     };
     let mut scenarios = scenario::all(&settings);
+    if args.nodes.is_some() && args.only.is_empty() {
+        scenarios.retain(|s| nodes::DEFAULT.contains(&s.name));
+    }
     if !args.only.is_empty() {
         let known: Vec<&str> = scenarios.iter().map(|s| s.name).collect();
         let unknown: Vec<&String> = args
@@ -163,6 +178,9 @@ fn real_main(args: Args) -> Result<ExitCode> {
             server_bin.display()
         );
         return Ok(ExitCode::from(2));
+    }
+    if let Some(n) = args.nodes {
+        return run_nodes(&args, n, &server_bin, scenarios, &settings);
     }
     let ceiling_bin = args.ceiling_bin.clone().unwrap_or_else(default_ceiling_bin);
     let runs_ceiling = scenarios
@@ -500,4 +518,59 @@ async fn run_ceiling(
         .ensure_alive()
         .map_err(|e| anyhow!("{CEILING_BIN} {e:#}"))?;
     res
+}
+
+/// `--nodes`: one node against two on PostgreSQL and Redis, in one run.
+fn run_nodes(
+    args: &Args,
+    n: usize,
+    server_bin: &Path,
+    scenarios: Vec<Scenario>,
+    settings: &Settings,
+) -> Result<ExitCode> {
+    let Some(db) = args
+        .database_url
+        .clone()
+        .or_else(|| std::env::var("PORTCULLIS_BENCH_DATABASE_URL").ok())
+    else {
+        eprintln!(
+            "portcullis-bench: --nodes needs --database-url (an empty PostgreSQL database) or PORTCULLIS_BENCH_DATABASE_URL"
+        );
+        return Ok(ExitCode::from(2));
+    };
+    let redis = args
+        .redis_url
+        .clone()
+        .or_else(|| std::env::var("PORTCULLIS_BENCH_REDIS_URL").ok())
+        .unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.client_threads.max(1))
+        .enable_all()
+        .build()
+        .context("build tokio runtime")?;
+    let measured = runtime.block_on(nodes::run(
+        server_bin,
+        n,
+        &db,
+        &redis,
+        scenarios,
+        settings,
+        args.users.max(1),
+    ))?;
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let machine = Machine::detect(&manifest_dir);
+    let summary = format!(
+        "{} cores ({}), {}, commit {}",
+        machine.nproc, machine.cpu, machine.date_utc, machine.commit
+    );
+    let section = nodes::render(&measured, n, settings, &summary);
+    println!("{section}");
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| manifest_dir.join("RESULTS.md"));
+    nodes::write(&out, &section)?;
+    eprintln!("[bench] wrote {}", out.display());
+    Ok(ExitCode::SUCCESS)
 }

@@ -969,6 +969,7 @@ fn authenticated_by(body: &[u8], method: &str) -> bool {
     serde_json::from_slice::<MeAnswer>(body).is_ok_and(|me| me.auth.method == method)
 }
 
+#[derive(Clone)]
 pub struct User {
     pub email: String,
     pub password: String,
@@ -1023,6 +1024,14 @@ impl Ctx {
             session_cookie: OnceCell::new(),
             oauth: OnceCell::new(),
         }
+    }
+
+    /// The same users, token and root key, aimed at another node of the same store (its keys and
+    /// sessions are made there when a scenario first needs them).
+    pub fn on(&self, target: Target) -> Self {
+        let mut ctx = Self::new(target, self.users.clone(), self.root_key.clone());
+        ctx.access_token = self.access_token.clone();
+        ctx
     }
 
     /// A context without users, tokens or keys, for scenarios that need only the target (the

@@ -171,6 +171,17 @@ pub struct ServerGuard {
 
 impl ServerGuard {
     pub fn start(bin: &Path) -> Result<Self> {
+        Self::start_with(bin, &[], &[], None)
+    }
+
+    /// [`Self::start`] with more flags and environment, and an issuer of the caller's (several
+    /// nodes answer for one).
+    pub fn start_with(
+        bin: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        issuer: Option<&str>,
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("portcullis-bench-")
             .tempdir()
@@ -189,7 +200,9 @@ impl ServerGuard {
             .arg("--listen")
             .arg(addr.to_string())
             .arg("--issuer")
-            .arg(format!("http://{addr}"))
+            .arg(issuer.map_or_else(|| format!("http://{addr}"), str::to_owned))
+            .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
             // Every request of the harness comes from 127.0.0.1 and logs in 8 users, and a login in
             // flight counts as a failure (of the address, the account from this address, and the

@@ -204,7 +204,9 @@ async fn malformed_keys_never_reach_the_store(b: Backend) {
             Some(&json!({"key": fresh.expose()})),
         )
         .await;
-    assert_problem(r, StatusCode::INTERNAL_SERVER_ERROR, "internal").await;
+    // A store that cannot be reached is "try again shortly", not an internal error.
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_problem(r, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
     // A miss is remembered too: guessing the same key again costs no lookup.
     assert_eq!(code(&app, &v, unknown.expose()).await, "NOT_FOUND");
 }
