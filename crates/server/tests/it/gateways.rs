@@ -77,6 +77,38 @@ impl Drop for Gateway {
 }
 
 impl Gateway {
+    /// Replaces the server block of an nginx started by [`nginx_serving`] and reloads it (SIGHUP:
+    /// new workers take the new block, old ones finish what they have), then waits for the reload.
+    pub(crate) async fn reload_nginx(&self, server: &str) {
+        let port = self.base.rsplit(':').next().unwrap();
+        let server = server.replace(
+            "listen 127.0.0.1:8080;",
+            &format!("listen 127.0.0.1:{port};"),
+        );
+        std::fs::write(self._dir.path().join("portcullis.conf"), server).unwrap();
+        let log = self._dir.path().join("error.log");
+        let before = std::fs::read_to_string(&log).unwrap_or_default().len();
+        let ok = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        // nginx logs "reconfiguring" when it has read the new block; its old workers then stop
+        // taking requests.
+        for _ in 0..100 {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text
+                .get(before..)
+                .is_some_and(|t| t.contains("start worker process"))
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("nginx did not reload: {}", self.log_tail());
+    }
+
     /// The last lines of nginx's error log (for a failure's message).
     pub(crate) fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(self._dir.path().join("error.log")).unwrap_or_default();
