@@ -324,6 +324,31 @@ async fn keys_loop(state: AppState) {
 }
 
 /// Runs one janitor pass: deletes in batches until a batch comes back short.
+/// Runs `purge` (a bounded delete) until a batch comes back short of `batch` rows, yielding between
+/// batches; the rows deleted. A failure is logged (as `failed`) and ends it: the next pass retries.
+async fn purge_until_short<F, Fut>(batch: u32, failed: &str, mut purge: F) -> u64
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = portcullis_store::Result<u64>>,
+{
+    let mut total = 0;
+    loop {
+        match purge().await {
+            Ok(n) => {
+                total += n;
+                if n < u64::from(batch) {
+                    return total;
+                }
+                tokio::task::yield_now().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "{failed}");
+                return total;
+            }
+        }
+    }
+}
+
 pub async fn janitor_pass(state: &AppState) -> u64 {
     let now = Millis::now();
     let audit_before = now.plus_secs(-state.config.audit_retention_days * 86_400);
@@ -359,92 +384,54 @@ pub async fn janitor_pass(state: &AppState) -> u64 {
         }
     }
     // Replay nonces recorded in the store while Redis was away, a minute past their expiry.
-    loop {
-        match state
-            .store
-            .purge_nonces(now.as_secs() - 60, state.config.janitor_batch)
-            .await
-        {
-            Ok(n) => {
-                total += n;
-                if n < u64::from(state.config.janitor_batch) {
-                    break;
-                }
-                tokio::task::yield_now().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "purging replay nonces failed");
-                break;
-            }
-        }
-    }
+    total += purge_until_short(
+        state.config.janitor_batch,
+        "purging replay nonces failed",
+        || {
+            state
+                .store
+                .purge_nonces(now.as_secs() - 60, state.config.janitor_batch)
+        },
+    )
+    .await;
     // OAuth: codes, denied jtis and opaque tokens a minute past their expiry.
-    loop {
-        match state
-            .store
-            .purge_oauth(now.plus_secs(-60), state.config.janitor_batch)
-            .await
-        {
-            Ok(n) => {
-                total += n;
-                if n < u64::from(state.config.janitor_batch) {
-                    break;
-                }
-                tokio::task::yield_now().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "janitor pass over OAuth rows failed");
-                break;
-            }
-        }
-    }
+    total += purge_until_short(
+        state.config.janitor_batch,
+        "janitor pass over OAuth rows failed",
+        || {
+            state
+                .store
+                .purge_oauth(now.plus_secs(-60), state.config.janitor_batch)
+        },
+    )
+    .await;
     // Emailed links and upstream sign-ins a minute past their expiry.
-    loop {
-        match state
-            .store
-            .purge_accounts(now.plus_secs(-60), state.config.janitor_batch)
-            .await
-        {
-            Ok(n) => {
-                total += n;
-                if n < u64::from(state.config.janitor_batch) {
-                    break;
-                }
-                tokio::task::yield_now().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "janitor pass over emailed links failed");
-                break;
-            }
-        }
-    }
+    total += purge_until_short(
+        state.config.janitor_batch,
+        "janitor pass over emailed links failed",
+        || {
+            state
+                .store
+                .purge_accounts(now.plus_secs(-60), state.config.janitor_batch)
+        },
+    )
+    .await;
     // Sessions: ended a day ago, or idle for the idle timeout.
     let idle_before = now
         .plus_secs(-state.config.session_idle_timeout_s)
         .plus_millis(-60_000);
-    loop {
-        match state
-            .store
-            .purge_sessions(
+    total += purge_until_short(
+        state.config.janitor_batch,
+        "janitor pass over sessions failed",
+        || {
+            state.store.purge_sessions(
                 now.plus_secs(-86_400),
                 idle_before,
                 state.config.janitor_batch,
             )
-            .await
-        {
-            Ok(n) => {
-                total += n;
-                if n < u64::from(state.config.janitor_batch) {
-                    break;
-                }
-                tokio::task::yield_now().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "janitor pass over sessions failed");
-                break;
-            }
-        }
-    }
+        },
+    )
+    .await;
     if total > 0 {
         tracing::info!(rows = total, "janitor removed expired rows");
         metrics::counter!("portcullis_janitor_rows_deleted_total").increment(total);

@@ -394,6 +394,18 @@ impl OwnRedis {
         None
     }
 
+    /// SIGSTOP (`true`) or SIGCONT (`false`): a Redis that hangs, and one that resumes.
+    fn freeze(&self, frozen: bool) {
+        if let Some(c) = &self.child {
+            let signal = if frozen { "-STOP" } else { "-CONT" };
+            let ok = std::process::Command::new("kill")
+                .args([signal, &c.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        }
+    }
+
     fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -470,6 +482,12 @@ async fn redis_stopped_under_load_degrades_to_per_node_and_comes_back() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // First a Redis that answers nothing (SIGSTOP: connections open, no replies) for 1.5 s: every
+    // command is bounded, so no request waits on it past the bound (checked with the load below).
+    redis.freeze(true);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.freeze(false);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     redis.stop();
     let down_at = Instant::now();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -559,7 +577,7 @@ async fn redis_stopped_under_load_degrades_to_per_node_and_comes_back() {
     })
     .await;
     println!(
-        "Redis down for {:?}: {replays} nonces replayed on the other node all refused (the database's replay cache); /readyz said ok again {back:?} after it came back; a revocation then took {refused:?} to reach the other node",
+        "Redis hung 1.5 s, then down for {:?}: {replays} nonces replayed on the other node all refused (the database's replay cache); /readyz said ok again {back:?} after it came back; a revocation then took {refused:?} to reach the other node",
         up_at - down_at
     );
     assert!(refused < Duration::from_secs(1));
