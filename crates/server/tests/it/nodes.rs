@@ -121,16 +121,27 @@ async fn user_token(c: &Client, base: &str, email: &str) -> String {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    let t: Value = c
+    access_token(c, base, email).await
+}
+
+/// A fresh access token of `email` from `base`.
+async fn access_token(c: &Client, base: &str, email: &str) -> String {
+    login(c, base, email).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// `POST /v1/auth/login` on `base`: the tokens.
+async fn login(c: &Client, base: &str, email: &str) -> Value {
+    let r = c
         .post(format!("{base}/v1/auth/login"))
         .json(&json!({"email": email, "password": PASSWORD}))
         .send()
         .await
-        .unwrap()
-        .json()
-        .await
         .unwrap();
-    t["access_token"].as_str().unwrap().to_owned()
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json().await.unwrap()
 }
 
 /// Polls `check` every 2 ms until it is true; how long that took.
@@ -594,15 +605,7 @@ async fn one_refresh_token_presented_to_both_nodes_at_once_has_exactly_one_winne
     user_token(&c, &n.a.base, email).await;
     let mut winners_total = 0;
     for round in 0..5 {
-        let t: Value = c
-            .post(format!("{}/v1/auth/login", n.a.base))
-            .json(&json!({"email": email, "password": PASSWORD}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let t = login(&c, &n.a.base, email).await;
         let rt = t["refresh_token"].as_str().unwrap().to_owned();
         let mut tasks = Vec::new();
         for i in 0..8 {
@@ -726,15 +729,7 @@ async fn a_node_killed_under_refresh_load_loses_no_answered_rotation() {
     user_token(&c, &b.base, email).await;
     let mut chains = Vec::new();
     for _ in 0..6 {
-        let t: Value = c
-            .post(format!("{}/v1/auth/login", b.base))
-            .json(&json!({"email": email, "password": PASSWORD}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let t = login(&c, &b.base, email).await;
         let (c, base) = (c.clone(), a.base.clone());
         let mut held = t["refresh_token"].as_str().unwrap().to_owned();
         chains.push(tokio::spawn(async move {
@@ -949,15 +944,7 @@ async fn a_refresh_family_an_oauth_token_and_a_signing_key_ended_on_one_node_are
     let access = user_token(&c, &n.a.base, email).await;
 
     // A refresh family: logged out on A, refused on B (the store decides: no cache in between).
-    let t: Value = c
-        .post(format!("{}/v1/auth/login", n.a.base))
-        .json(&json!({"email": email, "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let t = login(&c, &n.a.base, email).await;
     let rt = t["refresh_token"].as_str().unwrap();
     let r = c
         .post(format!("{}/v1/auth/logout", n.a.base))
@@ -1048,16 +1035,7 @@ async fn a_refresh_family_an_oauth_token_and_a_signing_key_ended_on_one_node_are
         async move { me_with(&c, &b, "authorization", &bearer).await == StatusCode::UNAUTHORIZED }
     })
     .await;
-    let t: Value = c
-        .post(format!("{}/v1/auth/login", n.b.base))
-        .json(&json!({"email": email, "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let fresh = t["access_token"].as_str().unwrap();
+    let fresh = &access_token(&c, &n.b.base, email).await;
     assert_ne!(
         jwt_header(fresh)["kid"],
         kid.as_str(),
@@ -1127,28 +1105,13 @@ async fn a_new_signing_key_is_known_to_every_node_before_any_signs_with_it() {
     );
     // Until it activates, both nodes sign with the old key; afterwards, with the new one, and each
     // accepts what the other signed.
-    let login = |base: String| {
-        let c = c.clone();
-        async move {
-            let t: Value = c
-                .post(format!("{base}/v1/auth/login"))
-                .json(&json!({"email": email, "password": PASSWORD}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            t["access_token"].as_str().unwrap().to_owned()
-        }
-    };
     assert_ne!(
-        jwt_header(&login(n.b.base.clone()).await)["kid"],
+        jwt_header(&access_token(&c, &n.b.base, email).await)["kid"],
         kid.as_str()
     );
     tokio::time::sleep(Duration::from_millis(3500).saturating_sub(rotated.elapsed())).await;
     for (signer, checker) in [(&n.a.base, &n.b.base), (&n.b.base, &n.a.base)] {
-        let t = login(signer.clone()).await;
+        let t = access_token(&c, signer, email).await;
         assert_eq!(
             jwt_header(&t)["kid"],
             kid.as_str(),
@@ -1608,15 +1571,7 @@ async fn a_rolling_restart_behind_nginx_fails_no_request() {
             let (mut ok, mut failed) = (0u32, Vec::new());
             // Half read with a JWT; half rotate a refresh chain (POST, not idempotent).
             let mut held = if i % 2 == 1 {
-                let t: Value = c
-                    .post(format!("{base}/v1/auth/login"))
-                    .json(&json!({"email": email, "password": PASSWORD}))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let t = login(&c, &base, email).await;
                 Some(t["refresh_token"].as_str().unwrap().to_owned())
             } else {
                 None
