@@ -881,10 +881,10 @@ fn closed() -> StoreError {
 }
 
 impl CodeQueue {
-    pub(crate) fn spawn(write: sqlx::SqlitePool) -> Self {
+    pub(crate) fn spawn(write: sqlx::SqlitePool) -> std::io::Result<Self> {
         let (tx, rx) = tokio::sync::mpsc::channel(4 * CODE_BATCH);
-        tokio::spawn(run_codes(write, rx));
-        Self { tx }
+        crate::spawn_serial("pc-codes", run_codes(write, rx))?;
+        Ok(Self { tx })
     }
 
     async fn run(&self, op: CodeOp) -> Result<CodeOutcome> {

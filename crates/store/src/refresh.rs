@@ -491,10 +491,10 @@ const BATCH: usize = 128;
 
 impl RotationQueue {
     /// `direct` must be a store whose rotations are not queued (it is the queue's own writer).
-    pub(crate) fn spawn(direct: Store) -> Self {
+    pub(crate) fn spawn(direct: Store) -> std::io::Result<Self> {
         let (tx, rx) = tokio::sync::mpsc::channel(4 * BATCH);
-        tokio::spawn(run_rotations(direct, rx));
-        Self { tx }
+        crate::spawn_serial("pc-rotations", run_rotations(direct, rx))?;
+        Ok(Self { tx })
     }
 
     async fn rotate(
@@ -521,12 +521,18 @@ fn closed() -> StoreError {
     StoreError::Database(sqlx::Error::PoolClosed)
 }
 
+/// Families the queue remembers. A family's row never changes once stored except for its revocation,
+/// which the spending `UPDATE` checks itself, so a remembered row is as good as a read. Bounded:
+/// when full it starts over (one read per live family to refill it).
+const FAMILY_CACHE: usize = 16_384;
+
 async fn run_rotations(store: Store, mut rx: tokio::sync::mpsc::Receiver<RotateRequest>) {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut families = std::collections::HashMap::with_capacity(1024);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         let requests = std::mem::take(&mut batch);
         let spent = match &store.backend {
-            Backend::Sqlite { write, .. } => spend_batch(write, &requests).await,
+            Backend::Sqlite { write, .. } => spend_batch(write, &requests, &mut families).await,
             Backend::Postgres(_) => Ok(vec![None; requests.len()]),
         };
         match spent {
@@ -604,6 +610,7 @@ async fn known_hashes(
 async fn spend_batch(
     pool: &sqlx::SqlitePool,
     requests: &[RotateRequest],
+    known_families: &mut std::collections::HashMap<String, FamilyRow>,
 ) -> Result<Vec<Option<Rotation>>> {
     let now = requests
         .iter()
@@ -629,17 +636,30 @@ async fn spend_batch(
         return Ok(requests.iter().map(|_| None).collect());
     }
 
-    let mut families_query = sqlx::QueryBuilder::new(concat!(
-        "SELECT ",
-        family_columns!(),
-        " FROM refresh_families WHERE id IN ("
-    ));
-    let mut ids = families_query.separated(", ");
-    for (_, _, family_id) in &spent {
-        ids.push_bind(family_id.clone());
+    // Starting over happens before this batch's families are looked up, never while one is in use.
+    if known_families.len() + spent.len() > FAMILY_CACHE {
+        known_families.clear();
     }
-    families_query.push(")");
-    let families: Vec<FamilyRow> = families_query.build_query_as().fetch_all(&mut *tx).await?;
+    let unknown: std::collections::BTreeSet<&String> = spent
+        .iter()
+        .map(|(_, _, family_id)| family_id)
+        .filter(|id| !known_families.contains_key(*id))
+        .collect();
+    if !unknown.is_empty() {
+        let mut families_query = sqlx::QueryBuilder::new(concat!(
+            "SELECT ",
+            family_columns!(),
+            " FROM refresh_families WHERE id IN ("
+        ));
+        let mut ids = families_query.separated(", ");
+        for id in unknown {
+            ids.push_bind(id.clone());
+        }
+        families_query.push(")");
+        let read: Vec<FamilyRow> = families_query.build_query_as().fetch_all(&mut *tx).await?;
+        known_families.extend(read.into_iter().map(|f| (f.id.clone(), f)));
+    }
+    let families = &*known_families;
 
     // Each spent row goes to the first request that presented its hash.
     let mut outcomes: Vec<Option<Rotation>> = requests.iter().map(|_| None).collect();
@@ -651,10 +671,7 @@ async fn spend_batch(
         else {
             continue;
         };
-        let (Some(request), Some(family)) = (
-            requests.get(index),
-            families.iter().find(|f| &f.id == family_id),
-        ) else {
+        let (Some(request), Some(family)) = (requests.get(index), families.get(family_id)) else {
             continue;
         };
         let expires_at = Millis(
