@@ -308,6 +308,23 @@ impl Report {
         if let Some(s) = stats_of(&self.rows, "me_session") {
             let _ = writeln!(o, "{}", me_session_target(s, healthz));
         }
+        if let Some(r) = stats_of(&self.rows, "refresh") {
+            let _ = writeln!(
+                o,
+                "- refresh target: {}",
+                ratio_target(r, "healthz", healthz, REFRESH_MIN_RATIO)
+            );
+            if let Some(grant) = stats_of(&self.rows, "oauth_refresh") {
+                let _ = writeln!(
+                    o,
+                    "- oauth_refresh target (the `refresh_token` grant within 15 % of refresh): {}",
+                    ratio_target(grant, "refresh", Some(r.per_sec()), OAUTH_REFRESH_MIN_RATIO)
+                );
+            }
+        }
+        if let Some(flow) = stats_of(&self.rows, "oauth_code_flow") {
+            let _ = writeln!(o, "{}", code_redemption_target(flow, healthz));
+        }
         for name in ["authorize_jwt", "authorize_api_key"] {
             if let Some(s) = stats_of(&self.rows, name) {
                 let _ = writeln!(
@@ -453,6 +470,28 @@ pub const SIGNED_HMAC_MIN_RATIO: f64 = 0.40;
 pub const SIGNED_ED25519_MIN_RATIO: f64 = 0.25;
 /// The server's `/healthz` must reach ≥ 75% of a bare axum hello's, measured in the same run.
 pub const HEALTHZ_MIN_RATIO: f64 = 0.75;
+/// `POST /v1/auth/refresh` over `/healthz`.
+pub const REFRESH_MIN_RATIO: f64 = 0.20;
+/// OAuth's `refresh_token` grant over `POST /v1/auth/refresh`.
+pub const OAUTH_REFRESH_MIN_RATIO: f64 = 0.85;
+/// Code redemptions (one per two requests of `oauth_code_flow`) over `/healthz`.
+pub const CODE_REDEMPTION_MIN_RATIO: f64 = 0.10;
+
+/// The line under the table that holds code redemptions against their target: `oauth_code_flow`
+/// counts both requests of a flow, so redemptions are half its rate.
+fn code_redemption_target(flow: &Stats, healthz: Option<f64>) -> String {
+    let redemptions = flow.per_sec() / 2.0;
+    let ratio = healthz.filter(|h| *h > 0.0).map(|h| redemptions / h);
+    let verdict = match ratio {
+        Some(r) => verdict(Some(r >= CODE_REDEMPTION_MIN_RATIO)).to_owned(),
+        None => "needs the healthz row".to_owned(),
+    };
+    format!(
+        "- code redemption target: {} redemptions/s (half of oauth_code_flow) = {} × healthz (target ≥ {CODE_REDEMPTION_MIN_RATIO:.2}: {verdict})",
+        thousands(redemptions),
+        ratio.map_or_else(|| "?".into(), sig3),
+    )
+}
 
 fn verdict(met: Option<bool>) -> &'static str {
     match met {

@@ -303,7 +303,7 @@ fn dpop_me(s: &Settings) -> Setup {
         let cookie = ctx.session_cookie().await?.to_owned();
         let (verifier, challenge) = pkce_pair()?;
         let (status, headers, body) = t
-            .once_full(t.get_cookie(&authorize_path(&o.web_id, &challenge), &cookie)?)
+            .once_full(t.get_cookie(&authorize_path(&o.web_id, &challenge, WEB_SCOPE), &cookie)?)
             .await?;
         if status != StatusCode::SEE_OTHER {
             bail!(
@@ -562,6 +562,21 @@ pub fn all(s: &Settings) -> Vec<Scenario> {
             },
         },
         Scenario {
+            name: "oauth_refresh",
+            kind: Kind::Loop {
+                connections: s.connections,
+                setup: setup(|ctx, _| async move {
+                    let basic = ctx.oauth().await?.refresh_basic.clone();
+                    let refresh_token = ctx.oauth_refresh_token().await?;
+                    Ok(Box::new(OAuthRefreshChain {
+                        ctx,
+                        basic,
+                        refresh_token,
+                    }) as Box<dyn ConnDriver>)
+                }),
+            },
+        },
+        Scenario {
             name: "authorize_jwt",
             kind: Kind::Loop {
                 connections: s.connections,
@@ -689,6 +704,9 @@ fn forwarded(mut req: Req) -> Result<Req> {
 pub struct OAuthSetup {
     pub web_id: String,
     pub web_basic: String,
+    /// A client with the `refresh_token` grant (and no `openid`), so its codes yield refresh tokens.
+    pub refresh_id: String,
+    pub refresh_basic: String,
     pub machine_basic: String,
     pub machine_token: String,
 }
@@ -751,18 +769,41 @@ fn pkce_pair() -> Result<(String, String)> {
     Ok((verifier, challenge.as_str().to_owned()))
 }
 
-fn authorize_path(client_id: &str, challenge: &str) -> String {
+/// The scope the code-flow scenario asks for (an ID token, no refresh token).
+const WEB_SCOPE: &str = "openid%20orders%3Aread";
+/// The scope of the refresh client's codes (no `openid`: its `refresh_token` grant yields one).
+const REFRESH_SCOPE: &str = "orders%3Aread";
+
+fn authorize_path(client_id: &str, challenge: &str, scope: &str) -> String {
     format!(
         "/oauth2/authorize?response_type=code&client_id={client_id}&redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fcb\
-         &scope=openid%20orders%3Aread&state=bench&nonce=n&code_challenge={challenge}&code_challenge_method=S256"
+         &scope={scope}&state=bench&nonce=n&code_challenge={challenge}&code_challenge_method=S256"
     )
+}
+
+/// The `code` of an authorization redirect's `Location`.
+fn code_of(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(hyper::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|l| l.split(['?', '&']).find_map(|p| p.strip_prefix("code=")))
+        .map(str::to_owned)
+}
+
+/// The `refresh_token` of a token response.
+fn refresh_token_of(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()?
+        .get("refresh_token")?
+        .as_str()
+        .map(str::to_owned)
 }
 
 impl CodeFlow {
     fn new(target: Target, o: OAuthSetup, cookie: String) -> Result<Self> {
         let (verifier, challenge) = pkce_pair()?;
         Ok(Self {
-            authorize: authorize_path(&o.web_id, &challenge),
+            authorize: authorize_path(&o.web_id, &challenge, WEB_SCOPE),
             target,
             o,
             cookie,
@@ -793,11 +834,7 @@ impl ConnDriver for CodeFlow {
 
     fn check_full(&mut self, status: StatusCode, headers: &HeaderMap, body: &Bytes) -> bool {
         if status == StatusCode::SEE_OTHER {
-            let code = headers
-                .get(hyper::header::LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|l| l.split(['?', '&']).find_map(|p| p.strip_prefix("code=")))
-                .map(str::to_owned);
+            let code = code_of(headers);
             let ok = code.is_some();
             self.code = code;
             return ok;
@@ -857,6 +894,47 @@ impl ConnDriver for RefreshChain {
         Box::pin(async move {
             let tokens = self.ctx.login(self.user).await?;
             self.refresh_token = tokens.refresh_token;
+            Ok(())
+        })
+    }
+}
+
+/// OAuth's `refresh_token` grant: each request spends the refresh token of the previous answer, as
+/// [`RefreshChain`] does on `/v1/auth/refresh`; a broken chain starts over with a new code.
+struct OAuthRefreshChain {
+    ctx: Arc<Ctx>,
+    basic: String,
+    refresh_token: String,
+}
+
+impl ConnDriver for OAuthRefreshChain {
+    fn request(&mut self) -> Result<Req> {
+        let body = serde_urlencoded::to_string([
+            ("grant_type", "refresh_token"),
+            ("refresh_token", self.refresh_token.as_str()),
+        ])
+        .context("encode the refresh form")?;
+        self.ctx
+            .target
+            .post_form("/oauth2/token", Bytes::from(body), Some(&self.basic), None)
+    }
+
+    fn check(&mut self, status: StatusCode, body: &Bytes) -> bool {
+        if status != StatusCode::OK || !body.starts_with(b"{\"access_token\"") {
+            return false;
+        }
+        match refresh_token_of(body) {
+            Some(next) => {
+                self.refresh_token = next;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn recover(&mut self) -> BoxFut<'_, Result<()>> {
+        Box::pin(async move {
+            self.refresh_token = self.ctx.oauth_refresh_token().await?;
             Ok(())
         })
     }
@@ -1345,48 +1423,14 @@ impl Ctx {
                     "grant_types": ["client_credentials"], "scopes": ["orders:read"],
                 }))
                 .await?;
-                // User 0 approves the web client once, through the consent form.
-                let cookie = self.session_cookie().await?.to_owned();
-                let (_, challenge) = pkce_pair()?;
-                let req = self
-                    .target
-                    .get_cookie(&authorize_path(&web_id, &challenge), &cookie)?;
-                let (status, page) = self
-                    .target
-                    .once(req)
-                    .await
-                    .context("GET /oauth2/authorize")?;
-                if status != StatusCode::OK {
-                    bail!(
-                        "the first authorization answered {status}, not the consent page: {}",
-                        body_snippet(&page)
-                    );
-                }
-                let page = String::from_utf8_lossy(&page).into_owned();
-                let field = |name: &str| -> Result<String> {
-                    let key = format!("name=\"{name}\" value=\"");
-                    let at = page
-                        .find(&key)
-                        .with_context(|| format!("no {name} on the consent page"))?
-                        + key.len();
-                    let end = page[at..].find('"').context("unterminated value")?;
-                    Ok(page[at..at + end]
-                        .replace("&#x2f;", "/")
-                        .replace("&amp;", "&"))
-                };
-                let form = serde_urlencoded::to_string([
-                    ("csrf_token", field("csrf_token")?),
-                    ("request", field("request")?),
-                    ("decision", "approve".to_owned()),
-                ])
-                .context("encode the consent form")?;
-                let req =
-                    self.target
-                        .post_form("/consent", Bytes::from(form), None, Some(&cookie))?;
-                let (status, body) = self.target.once(req).await.context("POST /consent")?;
-                if status != StatusCode::SEE_OTHER {
-                    bail!("POST /consent answered {status}: {}", body_snippet(&body));
-                }
+                let (refresh_id, refresh_secret) = register(serde_json::json!({
+                    "name": "bench refresh", "type": "confidential", "redirect_uris": [BENCH_REDIRECT],
+                    "grant_types": ["authorization_code", "refresh_token"], "scopes": ["orders:read"],
+                }))
+                .await?;
+                // User 0 approves both browser clients once, through the consent form.
+                self.approve(&authorize_path(&web_id, &pkce_pair()?.1, WEB_SCOPE)).await?;
+                self.approve(&authorize_path(&refresh_id, &pkce_pair()?.1, REFRESH_SCOPE)).await?;
                 let machine_basic = basic(&m_id, &m_secret);
                 let req = self.target.post_form(
                     "/oauth2/token",
@@ -1405,6 +1449,8 @@ impl Ctx {
                 Ok(OAuthSetup {
                     web_basic: basic(&web_id, &web_secret),
                     web_id,
+                    refresh_basic: basic(&refresh_id, &refresh_secret),
+                    refresh_id,
                     machine_basic,
                     machine_token: v
                         .get("access_token")
@@ -1414,6 +1460,80 @@ impl Ctx {
                 })
             })
             .await
+    }
+
+    /// User 0 approves the authorization request at `path` through the consent form (200, then 303).
+    async fn approve(&self, path: &str) -> Result<()> {
+        let cookie = self.session_cookie().await?.to_owned();
+        let req = self.target.get_cookie(path, &cookie)?;
+        let (status, page) = self
+            .target
+            .once(req)
+            .await
+            .context("GET /oauth2/authorize")?;
+        if status != StatusCode::OK {
+            bail!(
+                "the first authorization answered {status}, not the consent page: {}",
+                body_snippet(&page)
+            );
+        }
+        let page = String::from_utf8_lossy(&page).into_owned();
+        let field = |name: &str| -> Result<String> {
+            let key = format!("name=\"{name}\" value=\"");
+            let at = page
+                .find(&key)
+                .with_context(|| format!("no {name} on the consent page"))?
+                + key.len();
+            let end = page[at..].find('"').context("unterminated value")?;
+            Ok(page[at..at + end]
+                .replace("&#x2f;", "/")
+                .replace("&amp;", "&"))
+        };
+        let form = serde_urlencoded::to_string([
+            ("csrf_token", field("csrf_token")?),
+            ("request", field("request")?),
+            ("decision", "approve".to_owned()),
+        ])
+        .context("encode the consent form")?;
+        let req = self
+            .target
+            .post_form("/consent", Bytes::from(form), None, Some(&cookie))?;
+        let (status, body) = self.target.once(req).await.context("POST /consent")?;
+        if status != StatusCode::SEE_OTHER {
+            bail!("POST /consent answered {status}: {}", body_snippet(&body));
+        }
+        Ok(())
+    }
+
+    /// A refresh token of the `bench refresh` client, by the code flow (authorize with user 0's
+    /// session, then redeem the code).
+    pub async fn oauth_refresh_token(&self) -> Result<String> {
+        let o = self.oauth().await?;
+        let cookie = self.session_cookie().await?;
+        let (verifier, challenge) = pkce_pair()?;
+        let req = self.target.get_cookie(
+            &authorize_path(&o.refresh_id, &challenge, REFRESH_SCOPE),
+            cookie,
+        )?;
+        let (status, headers, body) = self.target.once_full(req).await.context("authorize")?;
+        if status != StatusCode::SEE_OTHER {
+            bail!("authorize answered {status}: {}", body_snippet(&body));
+        }
+        let code = code_of(&headers).context("no code in the redirect")?;
+        let form = format!(
+            "grant_type=authorization_code&code={code}&code_verifier={verifier}&redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fcb"
+        );
+        let req = self.target.post_form(
+            "/oauth2/token",
+            Bytes::from(form),
+            Some(&o.refresh_basic),
+            None,
+        )?;
+        let (status, body) = self.target.once(req).await.context("code redemption")?;
+        if status != StatusCode::OK {
+            bail!("code redemption answered {status}: {}", body_snippet(&body));
+        }
+        refresh_token_of(&body).context("no refresh_token in the token response")
     }
 
     /// A browser session of user 0: logs in with `POST /v1/sessions` (201), takes the cookie pair
