@@ -12,6 +12,7 @@ mod http;
 mod load;
 mod nodes;
 mod report;
+mod scale;
 mod scenario;
 mod server;
 
@@ -73,7 +74,16 @@ struct Args {
     /// unless --only names others, and writes its own section of the results file.
     #[arg(long)]
     nodes: Option<usize>,
-    /// PostgreSQL of `--nodes` [default: $PORTCULLIS_BENCH_DATABASE_URL].
+    /// Measure the hot paths on an empty store against the same store filled with 1M users, 1M API
+    /// keys, 10M refresh-token rows, 1M sessions and 5M audit events (times `--scale-factor`), plus
+    /// cold key and session lookups; on SQLite, and on PostgreSQL too when `--database-url` names an
+    /// empty database. Writes its own section of the results file.
+    #[arg(long)]
+    scale: bool,
+    /// Multiplies the row counts of `--scale` (0.01 for a quick look).
+    #[arg(long, default_value_t = 1.0)]
+    scale_factor: f64,
+    /// PostgreSQL of `--nodes` and `--scale` [default: $PORTCULLIS_BENCH_DATABASE_URL].
     #[arg(long)]
     database_url: Option<String>,
     /// Redis of `--nodes` [default: $PORTCULLIS_BENCH_REDIS_URL, else redis://127.0.0.1:6379].
@@ -181,6 +191,9 @@ fn real_main(args: Args) -> Result<ExitCode> {
     }
     if let Some(n) = args.nodes {
         return run_nodes(&args, n, &server_bin, scenarios, &settings);
+    }
+    if args.scale {
+        return run_scale(&args, &server_bin, &settings);
     }
     let ceiling_bin = args.ceiling_bin.clone().unwrap_or_else(default_ceiling_bin);
     let runs_ceiling = scenarios
@@ -521,6 +534,60 @@ async fn run_ceiling(
 }
 
 /// `--nodes`: one node against two on PostgreSQL and Redis, in one run.
+fn run_scale(args: &Args, server_bin: &Path, settings: &Settings) -> Result<ExitCode> {
+    if !(args.scale_factor > 0.0 && args.scale_factor <= 10.0) {
+        eprintln!("portcullis-bench: --scale-factor is above 0 and at most 10");
+        return Ok(ExitCode::from(2));
+    }
+    let names: Vec<String> = if args.only.is_empty() {
+        scale::DEFAULT.iter().map(|s| (*s).to_owned()).collect()
+    } else {
+        args.only.clone()
+    };
+    let database = args
+        .database_url
+        .clone()
+        .or_else(|| std::env::var("PORTCULLIS_BENCH_DATABASE_URL").ok());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.client_threads.max(1))
+        .enable_all()
+        .build()
+        .context("build tokio runtime")?;
+    let mut outcomes = Vec::new();
+    let mut backends = vec![scale::Backend::Sqlite];
+    if let Some(url) = database.as_deref() {
+        backends.push(scale::Backend::Postgres(url));
+    }
+    for backend in backends {
+        let mut scenarios = scenario::all(settings);
+        scenarios.retain(|s| names.iter().any(|n| n == s.name));
+        outcomes.push(runtime.block_on(scale::run(
+            server_bin,
+            backend,
+            scenarios,
+            settings,
+            args.users.max(1),
+            args.scale_factor,
+        ))?);
+    }
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let machine = Machine::detect(&manifest_dir);
+    let summary = format!(
+        "{} cores ({}), {}, commit {}",
+        machine.nproc, machine.cpu, machine.date_utc, machine.commit
+    );
+    let section = scale::render(&outcomes, settings, &summary, args.scale_factor);
+    println!("{section}");
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| manifest_dir.join("RESULTS.md"));
+    scale::write(&out, &section)?;
+    eprintln!("[bench] wrote {}", out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run_nodes(
     args: &Args,
     n: usize,

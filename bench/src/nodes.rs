@@ -33,7 +33,7 @@ pub struct Measured {
     pub two: Stats,
 }
 
-fn random_hex(bytes: usize) -> Result<String> {
+pub fn random_hex(bytes: usize) -> Result<String> {
     let mut b = vec![0u8; bytes];
     getrandom::fill(&mut b).map_err(|e| anyhow!("random: {e}"))?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())

@@ -60,7 +60,7 @@ pub trait ConnDriver: Send {
 pub type Setup =
     Arc<dyn Fn(Arc<Ctx>, usize) -> BoxFut<'static, Result<Box<dyn ConnDriver>>> + Send + Sync>;
 
-fn setup<F, Fut>(f: F) -> Setup
+pub fn setup<F, Fut>(f: F) -> Setup
 where
     F: Fn(Arc<Ctx>, usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Box<dyn ConnDriver>>> + Send + 'static,

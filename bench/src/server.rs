@@ -182,11 +182,33 @@ impl ServerGuard {
         env: &[(&str, &str)],
         issuer: Option<&str>,
     ) -> Result<Self> {
+        Self::start_in(bin, None, args, env, issuer)
+    }
+
+    /// [`Self::start_with`] on the data directory `data_dir`, which outlives the server (started
+    /// again on the same store).
+    pub fn start_on(
+        bin: &Path,
+        data_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        issuer: Option<&str>,
+    ) -> Result<Self> {
+        Self::start_in(bin, Some(data_dir), args, env, issuer)
+    }
+
+    fn start_in(
+        bin: &Path,
+        data_dir: Option<&Path>,
+        args: &[&str],
+        env: &[(&str, &str)],
+        issuer: Option<&str>,
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("portcullis-bench-")
             .tempdir()
             .context("create temp dir")?;
-        let data_dir = dir.path().join("data");
+        let data_dir = data_dir.map_or_else(|| dir.path().join("data"), Path::to_path_buf);
         std::fs::create_dir_all(&data_dir).context("create data dir")?;
         let addr = free_port()?;
         let stdout_path = dir.path().join("server.stdout.log");

@@ -29,6 +29,7 @@ use sqlx::sqlite::{
 mod accounts;
 mod apikeys;
 mod audit;
+pub mod bulk;
 mod device;
 mod maintenance;
 mod nonces;
@@ -77,6 +78,10 @@ pub enum StoreError {
     /// length): the row is refused rather than guessed at.
     #[error("a stored {0} does not parse")]
     Corrupt(&'static str),
+    /// A request the store refuses before touching the database (a bulk load of a table it does
+    /// not load).
+    #[error("invalid request to the store: {0}")]
+    Invalid(String),
 }
 
 impl StoreError {
