@@ -180,7 +180,8 @@ def plot(samples, kinds, path, title):
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 8), sharex=True)
     for table in TABLES:
         top.plot(t, [s[table] for s in samples], label=f"{table} rows")
-    top.set_ylabel("rows")
+    top.set_ylabel("rows (log)")
+    top.set_yscale("symlog", linthresh=10)
     top.legend(loc="upper left", fontsize=8)
     size_axis = top.twinx()
     size_axis.plot(t, [s["bytes"] / 2**20 for s in samples], "k--", label="database + WAL, MiB")
@@ -206,7 +207,18 @@ def main():
     ap.add_argument("--session-rate", type=float, default=4, help="browser logins/s")
     ap.add_argument("--key-rate", type=float, default=10, help="API keys created/s (half revoked)")
     ap.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
+    ap.add_argument("--replot", help="only draw the PNG again from this CSV of an earlier run")
     a = ap.parse_args()
+    kinds = ["refresh", "login", "session_login", "me_session", "key_create", "key_revoke"]
+    if a.replot:
+        with open(a.replot) as f:
+            samples = [{k: (float(v) if v not in ("", "None") else None) for k, v in row.items()}
+                       for row in csv.DictReader(f)]
+        minutes = samples[-1]["t"] / 60 if samples else 0
+        plot(samples, kinds, os.path.join(a.out, "soak-sqlite.png"),
+             f"SQLite soak, {minutes:.0f} min: {a.refresh_rate:g} refresh/s, {a.session_rate:g} sessions/s, "
+             f"{a.key_rate:g} keys/s; janitor every 30 s")
+        return
 
     work = tempfile.mkdtemp(prefix="portcullis-soak-")
     data = os.path.join(work, "data")
@@ -268,7 +280,6 @@ def main():
             t.daemon = True
             t.start()
         db = os.path.join(data, "portcullis.db")
-        kinds = ["refresh", "login", "session_login", "me_session", "key_create", "key_revoke"]
         samples = []
         start = time.monotonic()
         end = start + a.minutes * 60

@@ -80,6 +80,10 @@ struct Args {
     /// empty database. Writes its own section of the results file.
     #[arg(long)]
     scale: bool,
+    /// Which stores `--scale` measures: `both` (SQLite, and PostgreSQL when `--database-url` is
+    /// given), `sqlite` or `postgres`.
+    #[arg(long, default_value = "both")]
+    scale_backend: String,
     /// Multiplies the row counts of `--scale` (0.01 for a quick look).
     #[arg(long, default_value_t = 1.0)]
     scale_factor: f64,
@@ -554,9 +558,23 @@ fn run_scale(args: &Args, server_bin: &Path, settings: &Settings) -> Result<Exit
         .build()
         .context("build tokio runtime")?;
     let mut outcomes = Vec::new();
-    let mut backends = vec![scale::Backend::Sqlite];
-    if let Some(url) = database.as_deref() {
-        backends.push(scale::Backend::Postgres(url));
+    let mut backends = Vec::new();
+    if matches!(args.scale_backend.as_str(), "both" | "sqlite") {
+        backends.push(scale::Backend::Sqlite);
+    }
+    if matches!(args.scale_backend.as_str(), "both" | "postgres") {
+        match database.as_deref() {
+            Some(url) => backends.push(scale::Backend::Postgres(url)),
+            None if args.scale_backend == "postgres" => {
+                eprintln!("portcullis-bench: --scale-backend postgres needs --database-url");
+                return Ok(ExitCode::from(2));
+            }
+            None => {}
+        }
+    }
+    if backends.is_empty() {
+        eprintln!("portcullis-bench: --scale-backend is both, sqlite or postgres");
+        return Ok(ExitCode::from(2));
     }
     for backend in backends {
         let mut scenarios = scenario::all(settings);

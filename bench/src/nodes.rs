@@ -180,11 +180,23 @@ pub fn render(measured: &[Measured], nodes: usize, settings: &Settings, machine:
 
 /// Replaces the section between [`BEGIN`] and [`END`] of `path` (appending one if missing).
 pub fn write(path: &Path, section: &str) -> Result<()> {
+    replace_section(path, BEGIN, END, "Several nodes", section)
+}
+
+/// Replaces what stands between `begin` and `end` in `path` with `section`, or appends it under a
+/// `## heading` when the markers are missing.
+pub fn replace_section(
+    path: &Path,
+    begin: &str,
+    end: &str,
+    heading: &str,
+    section: &str,
+) -> Result<()> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let block = format!("{BEGIN}\n{section}{END}");
-    let new = match (text.find(BEGIN), text.find(END)) {
-        (Some(a), Some(b)) if a < b => format!("{}{block}{}", &text[..a], &text[b + END.len()..]),
-        _ => format!("{}\n\n## Several nodes\n\n{block}\n", text.trim_end()),
+    let block = format!("{begin}\n{section}{end}");
+    let new = match (text.find(begin), text.find(end)) {
+        (Some(a), Some(b)) if a < b => format!("{}{block}{}", &text[..a], &text[b + end.len()..]),
+        _ => format!("{}\n\n## {heading}\n\n{block}\n", text.trim_end()),
     };
     std::fs::write(path, new).with_context(|| format!("write {}", path.display()))
 }

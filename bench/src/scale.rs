@@ -375,6 +375,7 @@ pub async fn seed(store: &Store, factor: f64, password_hash: &str) -> Result<See
         "[bench] scale: {n_events} audit events; seeding took {:.0} s",
         took.as_secs_f64()
     );
+    store.bulk_done().await?;
     let (counts, bytes) = store.bulk_counts().await?;
     Ok(Seeded {
         counts,
@@ -759,11 +760,5 @@ pub fn render(outcomes: &[Outcome], settings: &Settings, machine: &str, factor: 
 
 /// Replaces the section between [`BEGIN`] and [`END`] of `path` (appending one if missing).
 pub fn write(path: &Path, section: &str) -> Result<()> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let block = format!("{BEGIN}\n{section}{END}");
-    let new = match (text.find(BEGIN), text.find(END)) {
-        (Some(a), Some(b)) if a < b => format!("{}{block}{}", &text[..a], &text[b + END.len()..]),
-        _ => format!("{}\n\n## At scale\n\n{block}\n", text.trim_end()),
-    };
-    std::fs::write(path, new).with_context(|| format!("write {}", path.display()))
+    crate::nodes::replace_section(path, BEGIN, END, "At scale", section)
 }

@@ -125,6 +125,16 @@ impl Store {
         Ok(())
     }
 
+    /// Ends a bulk load: on PostgreSQL the tables are analyzed, so that the planner's statistics
+    /// describe what was loaded (autovacuum would get there too, later); SQLite keeps no statistics
+    /// unless asked (the server never does), so nothing is done there.
+    pub async fn bulk_done(&self) -> Result<()> {
+        if let Backend::Postgres(pool) = &self.backend {
+            sqlx::query("ANALYZE").execute(pool).await?;
+        }
+        Ok(())
+    }
+
     /// Inserts `rows` into `table`, each holding a value for every one of `columns` in order. Returns
     /// the rows inserted. Fails before writing anything if the table, a column or a row's width is
     /// wrong; a database error part-way leaves the transactions already committed in place.
