@@ -11,6 +11,7 @@ mod support;
 
 mod api_keys;
 mod audit;
+mod bulk;
 mod concurrency;
 mod device;
 mod maintenance;
