@@ -83,6 +83,14 @@ fn int(v: i64) -> Cell {
     Cell::Int(Some(v))
 }
 
+/// Inserts `rows`, each holding a value for every bulk column of `table` in the store's order
+/// ([`portcullis_store::bulk::columns`]).
+async fn insert(store: &Store, table: &str, rows: &[Vec<Cell>]) -> Result<u64> {
+    let columns = portcullis_store::bulk::columns(table)
+        .ok_or_else(|| anyhow!("the store has no bulk load into {table}"))?;
+    Ok(store.bulk_insert(table, columns, rows).await?)
+}
+
 /// Fills `store` (already migrated): users first (everything else belongs to one), then keys,
 /// families and their chains, sessions, and audit events spread over the last 30 days.
 pub async fn seed(store: &Store, factor: f64, password_hash: &str) -> Result<Seeded> {
@@ -111,24 +119,7 @@ pub async fn seed(store: &Store, factor: f64, password_hash: &str) -> Result<See
             ]);
             users.push(id);
         }
-        store
-            .bulk_insert(
-                "users",
-                &[
-                    "id",
-                    "email",
-                    "email_key",
-                    "name",
-                    "password_hash",
-                    "roles",
-                    "created_at",
-                    "updated_at",
-                    "email_verified_at",
-                ],
-                &rows,
-            )
-            .await
-            .context("seed users")?;
+        insert(store, "users", &rows).await.context("seed users")?;
     }
     eprintln!(
         "[bench] scale: {n_users} users after {:.0} s",
@@ -161,25 +152,7 @@ pub async fn seed(store: &Store, factor: f64, password_hash: &str) -> Result<See
                 cold_keys.push(key.expose().to_owned());
             }
         }
-        store
-            .bulk_insert(
-                "api_keys",
-                &[
-                    "id",
-                    "owner_id",
-                    "prefix",
-                    "start",
-                    "key_hash",
-                    "name",
-                    "scopes",
-                    "created_at",
-                    "updated_at",
-                    "expires_at",
-                    "revoked_at",
-                    "last_used_at",
-                ],
-                &rows,
-            )
+        insert(store, "api_keys", &rows)
             .await
             .context("seed API keys")?;
     }
@@ -231,40 +204,10 @@ pub async fn seed(store: &Store, factor: f64, password_hash: &str) -> Result<See
                 parent = Some(id.as_str().to_owned());
             }
         }
-        store
-            .bulk_insert(
-                "refresh_families",
-                &[
-                    "id",
-                    "user_id",
-                    "client_id",
-                    "scope",
-                    "session_id",
-                    "created_at",
-                    "expires_at",
-                    "revoked_at",
-                    "revoked_reason",
-                    "auth_time",
-                ],
-                &families,
-            )
+        insert(store, "refresh_families", &families)
             .await
             .context("seed refresh families")?;
-        store
-            .bulk_insert(
-                "refresh_tokens",
-                &[
-                    "id",
-                    "family_id",
-                    "parent_id",
-                    "token_hash",
-                    "created_at",
-                    "expires_at",
-                    "spent_at",
-                    "revoked_at",
-                ],
-                &tokens,
-            )
+        insert(store, "refresh_tokens", &tokens)
             .await
             .context("seed refresh tokens")?;
     }
@@ -297,23 +240,7 @@ pub async fn seed(store: &Store, factor: f64, password_hash: &str) -> Result<See
                 cold_sessions.push(token.expose().to_owned());
             }
         }
-        store
-            .bulk_insert(
-                "sessions",
-                &[
-                    "id",
-                    "token_hash",
-                    "user_id",
-                    "created_at",
-                    "last_seen_at",
-                    "expires_at",
-                    "revoked_at",
-                    "revoked_reason",
-                    "ip",
-                    "user_agent",
-                ],
-                &rows,
-            )
+        insert(store, "sessions", &rows)
             .await
             .context("seed sessions")?;
     }
@@ -352,21 +279,7 @@ pub async fn seed(store: &Store, factor: f64, password_hash: &str) -> Result<See
                 int(at),
             ]);
         }
-        store
-            .bulk_insert(
-                "audit_events",
-                &[
-                    "id",
-                    "type",
-                    "actor",
-                    "subject",
-                    "ip",
-                    "request_id",
-                    "data",
-                    "created_at",
-                ],
-                &rows,
-            )
+        insert(store, "audit_events", &rows)
             .await
             .context("seed audit events")?;
     }

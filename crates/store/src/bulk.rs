@@ -107,6 +107,42 @@ const TABLES: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// Every column a bulk load may name for `table`, in the order of [`TABLES`]; `None` for a table it
+/// does not load.
+pub fn columns(table: &str) -> Option<&'static [&'static str]> {
+    TABLES.iter().find(|(t, _)| *t == table).map(|(_, c)| *c)
+}
+
+/// Binds one [`Cell`] with `$bind` (a query's `bind` or a builder's `push_bind`), keeping its type.
+macro_rules! bind_cell {
+    ($target:expr, $bind:ident, $cell:expr) => {
+        match $cell.clone() {
+            Cell::Text(v) => $target.$bind(v),
+            Cell::Int(v) => $target.$bind(v),
+            Cell::Blob(v) => $target.$bind(v),
+        }
+    };
+}
+
+/// Inserts `group` in one transaction of `pool`, `per_statement` rows a statement.
+macro_rules! insert_group {
+    ($db:ty, $pool:expr, $head:expr, $group:expr, $per_statement:expr) => {{
+        let mut tx = $pool.begin().await?;
+        let mut n = 0;
+        for chunk in $group.chunks($per_statement) {
+            let mut q = QueryBuilder::<$db>::new($head);
+            q.push_values(chunk, |mut b, row| {
+                for cell in row {
+                    bind_cell!(b, push_bind, cell);
+                }
+            });
+            n += q.build().execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        n
+    }};
+}
+
 /// Bound values per statement: under SQLite's 32,766 and PostgreSQL's 65,535.
 const MAX_BINDS: usize = 30_000;
 /// Statements per transaction.
@@ -167,42 +203,10 @@ impl Store {
         for group in rows.chunks(per_statement * STATEMENTS_PER_TX) {
             inserted += match &self.backend {
                 Backend::Sqlite { write, .. } => {
-                    let mut tx = write.begin().await?;
-                    let mut n = 0;
-                    for chunk in group.chunks(per_statement) {
-                        let mut q = QueryBuilder::<sqlx::Sqlite>::new(&head);
-                        q.push_values(chunk, |mut b, row| {
-                            for cell in row {
-                                match cell.clone() {
-                                    Cell::Text(v) => b.push_bind(v),
-                                    Cell::Int(v) => b.push_bind(v),
-                                    Cell::Blob(v) => b.push_bind(v),
-                                };
-                            }
-                        });
-                        n += q.build().execute(&mut *tx).await?.rows_affected();
-                    }
-                    tx.commit().await?;
-                    n
+                    insert_group!(sqlx::Sqlite, write, &head, group, per_statement)
                 }
                 Backend::Postgres(pool) => {
-                    let mut tx = pool.begin().await?;
-                    let mut n = 0;
-                    for chunk in group.chunks(per_statement) {
-                        let mut q = QueryBuilder::<sqlx::Postgres>::new(&head);
-                        q.push_values(chunk, |mut b, row| {
-                            for cell in row {
-                                match cell.clone() {
-                                    Cell::Text(v) => b.push_bind(v),
-                                    Cell::Int(v) => b.push_bind(v),
-                                    Cell::Blob(v) => b.push_bind(v),
-                                };
-                            }
-                        });
-                        n += q.build().execute(&mut *tx).await?.rows_affected();
-                    }
-                    tx.commit().await?;
-                    n
+                    insert_group!(sqlx::Postgres, pool, &head, group, per_statement)
                 }
             };
         }
@@ -249,11 +253,7 @@ impl Store {
                 let text = format!("EXPLAIN QUERY PLAN {sql}");
                 let mut q = sqlx::query_as::<_, (i64, i64, i64, String)>(sqlx::AssertSqlSafe(text));
                 for b in binds {
-                    q = match b.clone() {
-                        Cell::Text(v) => q.bind(v),
-                        Cell::Int(v) => q.bind(v),
-                        Cell::Blob(v) => q.bind(v),
-                    };
+                    q = bind_cell!(q, bind, b);
                 }
                 let rows = q.fetch_all(read).await?;
                 Ok(rows.into_iter().map(|(_, _, _, detail)| detail).collect())
@@ -262,11 +262,7 @@ impl Store {
                 let text = format!("EXPLAIN {sql}");
                 let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(text));
                 for b in binds {
-                    q = match b.clone() {
-                        Cell::Text(v) => q.bind(v),
-                        Cell::Int(v) => q.bind(v),
-                        Cell::Blob(v) => q.bind(v),
-                    };
+                    q = bind_cell!(q, bind, b);
                 }
                 Ok(q.fetch_all(pool).await?)
             }
