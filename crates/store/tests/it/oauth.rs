@@ -1,6 +1,7 @@
 //! The OAuth store on both backends: a code is redeemed once (of any number of concurrent
 //! redemptions exactly one gets the row, through SQLite's batch as through PostgreSQL's
-//! statements), a redemption that fails a condition writes nothing, a replay returns what the first
+//! statements; redemptions of different codes batched together each get their own row and write
+//! their own outcome, alongside codes being issued), a redemption that fails a condition writes nothing, a replay returns what the first
 //! produced, consents are upserted and withdrawn with their client's families, denied jtis are
 //! idempotent, and deleting a client takes what hangs on it.
 
@@ -19,6 +20,7 @@ use crate::support::{Ctx, T0, backend_tests, family, random_hash, user_id};
 
 backend_tests!(
     exactly_one_of_concurrent_redemptions_gets_the_code,
+    concurrent_redemptions_of_different_codes_each_get_their_own,
     a_redemption_that_fails_a_condition_writes_nothing,
     a_replay_returns_what_the_first_redemption_produced,
     consents_are_upserted_and_withdrawn_with_the_clients_families,
@@ -103,6 +105,74 @@ async fn exactly_one_of_concurrent_redemptions_gets_the_code(t: Ctx) {
     assert_eq!(won, 1, "exactly one redemption gets the code");
     let row = s.code(&hash).await.unwrap().unwrap();
     assert!(row.redeemed_at.is_some());
+    assert_eq!(
+        s.session_clients("ses_test").await.unwrap(),
+        [client.to_string()]
+    );
+}
+
+async fn concurrent_redemptions_of_different_codes_each_get_their_own(t: Ctx) {
+    let s = t.store;
+    let (client, user) = (client(&s).await, user_id(&s).await);
+    let mut hashes = Vec::new();
+    for _ in 0..24 {
+        hashes.push(code(&s, &client, &user).await);
+    }
+    // Every code redeemed twice and twelve codes issued, all at once: on SQLite they share
+    // batches, so each outcome must find its way back to the request that asked.
+    let barrier = Arc::new(Barrier::new(2 * hashes.len() + 12));
+    let mut tasks = JoinSet::new();
+    for (n, hash) in hashes.iter().enumerate() {
+        for attempt in 0..2 {
+            let (s, hash, client, barrier) =
+                (s.clone(), hash.clone(), client.clone(), barrier.clone());
+            tasks.spawn(async move {
+                barrier.wait().await;
+                let expect = Redemption {
+                    client_id: &client,
+                    redirect_uri: "https://app.example/cb",
+                    code_challenge: CHALLENGE,
+                };
+                let jti = 100 * n + attempt;
+                let row = s
+                    .redeem_code(&hash, T0.plus_secs(1), &expect, &produced(jti))
+                    .await
+                    .unwrap();
+                row.map(|r| {
+                    assert_eq!(r.code_hash, hash, "a redemption gets its own code back");
+                    (n, jti)
+                })
+            });
+        }
+    }
+    for _ in 0..12 {
+        let (s, client, user, barrier) = (s.clone(), client.clone(), user.clone(), barrier.clone());
+        tasks.spawn(async move {
+            barrier.wait().await;
+            code(&s, &client, &user).await;
+            None
+        });
+    }
+    let mut winners = std::collections::HashMap::new();
+    while let Some(r) = tasks.join_next().await {
+        if let Some((n, jti)) = r.unwrap() {
+            assert!(winners.insert(n, jti).is_none(), "code {n} was won twice");
+        }
+    }
+    assert_eq!(
+        winners.len(),
+        hashes.len(),
+        "every code is won exactly once"
+    );
+    for (n, hash) in hashes.iter().enumerate() {
+        let r = s.replay_code(hash, T0.plus_secs(2)).await.unwrap().unwrap();
+        assert_eq!(
+            r.access_jti.as_deref(),
+            Some(format!("jti-{}", winners[&n]).as_str()),
+            "the stored outcome is the winner's"
+        );
+    }
+    assert_eq!(t.raw.scalar("SELECT COUNT(*) FROM oauth_codes").await, 36);
     assert_eq!(
         s.session_clients("ses_test").await.unwrap(),
         [client.to_string()]
