@@ -322,8 +322,10 @@ impl Report {
                 );
             }
         }
-        if let Some(flow) = stats_of(&self.rows, "oauth_code_flow") {
-            let _ = writeln!(o, "{}", code_redemption_target(flow, healthz));
+        for name in ["oauth_code_flow", "oauth_code_flow_es256"] {
+            if let Some(flow) = stats_of(&self.rows, name) {
+                let _ = writeln!(o, "{}", code_redemption_target(name, flow, healthz));
+            }
         }
         for name in ["authorize_jwt", "authorize_api_key"] {
             if let Some(s) = stats_of(&self.rows, name) {
@@ -477,9 +479,9 @@ pub const OAUTH_REFRESH_MIN_RATIO: f64 = 0.85;
 /// Code redemptions (one per two requests of `oauth_code_flow`) over `/healthz`.
 pub const CODE_REDEMPTION_MIN_RATIO: f64 = 0.10;
 
-/// The line under the table that holds code redemptions against their target: `oauth_code_flow`
-/// counts both requests of a flow, so redemptions are half its rate.
-fn code_redemption_target(flow: &Stats, healthz: Option<f64>) -> String {
+/// The line under the table that holds code redemptions against their target: a code-flow row
+/// (`name`) counts both requests of a flow, so redemptions are half its rate.
+fn code_redemption_target(name: &str, flow: &Stats, healthz: Option<f64>) -> String {
     let redemptions = flow.per_sec() / 2.0;
     let ratio = healthz.filter(|h| *h > 0.0).map(|h| redemptions / h);
     let verdict = match ratio {
@@ -487,7 +489,7 @@ fn code_redemption_target(flow: &Stats, healthz: Option<f64>) -> String {
         None => "needs the healthz row".to_owned(),
     };
     format!(
-        "- code redemption target: {} redemptions/s (half of oauth_code_flow) = {} × healthz (target ≥ {CODE_REDEMPTION_MIN_RATIO:.2}: {verdict})",
+        "- code redemption target: {} redemptions/s (half of {name}) = {} × healthz (target ≥ {CODE_REDEMPTION_MIN_RATIO:.2}: {verdict})",
         thousands(redemptions),
         ratio.map_or_else(|| "?".into(), sig3),
     )

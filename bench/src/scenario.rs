@@ -556,8 +556,28 @@ pub fn all(s: &Settings) -> Vec<Scenario> {
                 setup: setup(|ctx, _| async move {
                     let o = ctx.oauth().await?.clone();
                     let cookie = ctx.session_cookie().await?.to_owned();
-                    Ok(Box::new(CodeFlow::new(ctx.target.clone(), o, cookie)?)
-                        as Box<dyn ConnDriver>)
+                    Ok(Box::new(CodeFlow::new(
+                        ctx.target.clone(),
+                        &o.web_id,
+                        o.web_basic,
+                        cookie,
+                    )?) as Box<dyn ConnDriver>)
+                }),
+            },
+        },
+        Scenario {
+            name: "oauth_code_flow_es256",
+            kind: Kind::Loop {
+                connections: s.connections,
+                setup: setup(|ctx, _| async move {
+                    let o = ctx.oauth().await?.clone();
+                    let cookie = ctx.session_cookie().await?.to_owned();
+                    Ok(Box::new(CodeFlow::new(
+                        ctx.target.clone(),
+                        &o.web_es256_id,
+                        o.web_es256_basic,
+                        cookie,
+                    )?) as Box<dyn ConnDriver>)
                 }),
             },
         },
@@ -704,6 +724,10 @@ fn forwarded(mut req: Req) -> Result<Req> {
 pub struct OAuthSetup {
     pub web_id: String,
     pub web_basic: String,
+    /// The web client again, registered with ES256 ID tokens (the access tokens' algorithm) instead
+    /// of the RS256 that OIDC makes the default.
+    pub web_es256_id: String,
+    pub web_es256_basic: String,
     /// A client with the `refresh_token` grant (and no `openid`), so its codes yield refresh tokens.
     pub refresh_id: String,
     pub refresh_basic: String,
@@ -750,7 +774,8 @@ impl ConnDriver for Introspect {
 /// at `POST /oauth2/token` (200). The table counts requests: flows are half of them.
 struct CodeFlow {
     target: Target,
-    o: OAuthSetup,
+    /// The client's `Authorization: Basic`.
+    basic: String,
     cookie: String,
     authorize: String,
     verifier: String,
@@ -800,12 +825,13 @@ fn refresh_token_of(body: &[u8]) -> Option<String> {
 }
 
 impl CodeFlow {
-    fn new(target: Target, o: OAuthSetup, cookie: String) -> Result<Self> {
+    /// Flows of the client `client_id` (whose `Authorization: Basic` is `basic`).
+    fn new(target: Target, client_id: &str, basic: String, cookie: String) -> Result<Self> {
         let (verifier, challenge) = pkce_pair()?;
         Ok(Self {
-            authorize: authorize_path(&o.web_id, &challenge, WEB_SCOPE),
+            authorize: authorize_path(client_id, &challenge, WEB_SCOPE),
             target,
-            o,
+            basic,
             cookie,
             verifier,
             code: None,
@@ -822,12 +848,8 @@ impl ConnDriver for CodeFlow {
                     "grant_type=authorization_code&code={code}&code_verifier={}&redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fcb",
                     self.verifier
                 );
-                self.target.post_form(
-                    "/oauth2/token",
-                    Bytes::from(body),
-                    Some(&self.o.web_basic),
-                    None,
-                )
+                self.target
+                    .post_form("/oauth2/token", Bytes::from(body), Some(&self.basic), None)
             }
         }
     }
@@ -1418,6 +1440,11 @@ impl Ctx {
                     "scopes": ["openid", "orders:read"],
                 }))
                 .await?;
+                let (web_es256_id, web_es256_secret) = register(serde_json::json!({
+                    "name": "bench web es256", "type": "confidential", "redirect_uris": [BENCH_REDIRECT],
+                    "scopes": ["openid", "orders:read"], "id_token_signed_response_alg": "ES256",
+                }))
+                .await?;
                 let (m_id, m_secret) = register(serde_json::json!({
                     "name": "bench machine", "type": "confidential",
                     "grant_types": ["client_credentials"], "scopes": ["orders:read"],
@@ -1430,6 +1457,7 @@ impl Ctx {
                 .await?;
                 // User 0 approves both browser clients once, through the consent form.
                 self.approve(&authorize_path(&web_id, &pkce_pair()?.1, WEB_SCOPE)).await?;
+                self.approve(&authorize_path(&web_es256_id, &pkce_pair()?.1, WEB_SCOPE)).await?;
                 self.approve(&authorize_path(&refresh_id, &pkce_pair()?.1, REFRESH_SCOPE)).await?;
                 let machine_basic = basic(&m_id, &m_secret);
                 let req = self.target.post_form(
@@ -1449,6 +1477,8 @@ impl Ctx {
                 Ok(OAuthSetup {
                     web_basic: basic(&web_id, &web_secret),
                     web_id,
+                    web_es256_basic: basic(&web_es256_id, &web_es256_secret),
+                    web_es256_id,
                     refresh_basic: basic(&refresh_id, &refresh_secret),
                     refresh_id,
                     machine_basic,
