@@ -1,10 +1,15 @@
 #!/usr/bin/env python3
 """Soak: a steady churn of refresh rotations, browser sessions and API keys against a release server on
-SQLite, with short lifetimes, while the janitor runs. Every SAMPLE_S seconds it records each table's
-rows, the database file's size (file + WAL) and the p99 latency of each kind of request in that window;
-at the end it writes a CSV and a two-panel PNG (rows and size over time; p99 over time).
+SQLite or PostgreSQL, with short lifetimes, while the janitor runs. Every SAMPLE_S seconds it records
+each table's rows, the database's size (SQLite: file + WAL; PostgreSQL: `pg_database_size`, with the
+dead tuples autovacuum has still to reclaim) and the p99 latency of each kind of request in that
+window; at the end it writes a CSV and a two-panel PNG (rows and size over time; p99 over time).
 
     python3 bench/soak/soak.py --server-bin $CARGO_TARGET_DIR/release/portcullis --minutes 20
+    createdb -h 127.0.0.1 -U postgres pc_soak    # empty; the run leaves its rows there
+    python3 bench/soak/soak.py --server-bin … --minutes 20 --database-url postgres://postgres@127.0.0.1/pc_soak
+
+PostgreSQL is sampled through `psql` (on PATH), so the script needs no driver.
 
 Needs matplotlib (`pip install matplotlib`). Lifetimes: refresh tokens 60 s in families of 120 s,
 sessions idle 60 s / absolute 120 s, API keys that expire after 60 s (half revoked at once), audit and
@@ -170,7 +175,18 @@ def sample(db):
     return rows, size, free
 
 
-def plot(samples, kinds, path, title):
+def sample_postgres(url):
+    counts = ", ".join(f"(SELECT COUNT(*) FROM {t})" for t in TABLES)
+    sql = (f"SELECT {counts}, pg_database_size(current_database()), "
+           "(SELECT COALESCE(SUM(n_dead_tup), 0) FROM pg_stat_user_tables)")
+    out = subprocess.run(["psql", url, "-XAtqc", sql], capture_output=True, text=True, timeout=60, check=True)
+    values = [int(v) for v in out.stdout.strip().split("|")]
+    rows = dict(zip(TABLES, values))
+    # The third figure is dead tuples here (freed pages on SQLite): what is waiting for (auto)vacuum.
+    return rows, values[len(TABLES)], values[len(TABLES) + 1]
+
+
+def plot(samples, kinds, path, title, size_label="database + WAL, MiB"):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -184,7 +200,7 @@ def plot(samples, kinds, path, title):
     top.set_yscale("symlog", linthresh=10)
     top.legend(loc="upper left", fontsize=8)
     size_axis = top.twinx()
-    size_axis.plot(t, [s["bytes"] / 2**20 for s in samples], "k--", label="database + WAL, MiB")
+    size_axis.plot(t, [s["bytes"] / 2**20 for s in samples], "k--", label=size_label)
     size_axis.set_ylabel("MiB")
     size_axis.set_ylim(bottom=0)
     size_axis.legend(loc="upper right", fontsize=8)
@@ -208,16 +224,20 @@ def main():
     ap.add_argument("--key-rate", type=float, default=10, help="API keys created/s (half revoked)")
     ap.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
     ap.add_argument("--replot", help="only draw the PNG again from this CSV of an earlier run")
+    ap.add_argument("--database-url", help="soak PostgreSQL (an empty database) instead of SQLite")
     a = ap.parse_args()
+    backend = "postgres" if a.database_url else "sqlite"
+    name = "PostgreSQL" if a.database_url else "SQLite"
+    size_label = "pg_database_size, MiB" if a.database_url else "database + WAL, MiB"
     kinds = ["refresh", "login", "session_login", "me_session", "key_create", "key_revoke"]
     if a.replot:
         with open(a.replot) as f:
             samples = [{k: (float(v) if v not in ("", "None") else None) for k, v in row.items()}
                        for row in csv.DictReader(f)]
         minutes = samples[-1]["t"] / 60 if samples else 0
-        plot(samples, kinds, os.path.join(a.out, "soak-sqlite.png"),
-             f"SQLite soak, {minutes:.0f} min: {a.refresh_rate:g} refresh/s, {a.session_rate:g} sessions/s, "
-             f"{a.key_rate:g} keys/s; janitor every 30 s")
+        plot(samples, kinds, os.path.join(a.out, f"soak-{backend}.png"),
+             f"{name} soak, {minutes:.0f} min: {a.refresh_rate:g} refresh/s, {a.session_rate:g} sessions/s, "
+             f"{a.key_rate:g} keys/s; janitor every 30 s", size_label)
         return
 
     work = tempfile.mkdtemp(prefix="portcullis-soak-")
@@ -239,8 +259,9 @@ def main():
         "PORTCULLIS_LOGIN_ACCOUNT_FREE_FAILURES": "100000",
     })
     log = open(os.path.join(work, "server.stderr.log"), "w")
+    store = ["--database-url", a.database_url] if a.database_url else []
     server = subprocess.Popen(
-        [a.server_bin, "serve", "--data-dir", data, "--listen", f"127.0.0.1:{port}",
+        [a.server_bin, "serve", "--data-dir", data, *store, "--listen", f"127.0.0.1:{port}",
          "--issuer", f"http://127.0.0.1:{port}"],
         env=env, stdout=subprocess.DEVNULL, stderr=log)
     try:
@@ -287,9 +308,9 @@ def main():
             time.sleep(SAMPLE_S)
             if server.poll() is not None:
                 sys.exit("the server exited")
-            rows, size, free = sample(db)
+            rows, size, free = sample_postgres(a.database_url) if a.database_url else sample(db)
             window, errors = lat.take()
-            s = {"t": time.monotonic() - start, "bytes": size, "free_pages": free, **rows}
+            s = {"t": time.monotonic() - start, "bytes": size, ("dead_tuples" if a.database_url else "free_pages"): free, **rows}
             for kind in kinds:
                 n, p99 = window.get(kind, (0, None))
                 s[f"n_{kind}"] = n
@@ -297,18 +318,18 @@ def main():
                 s[f"errors_{kind}"] = errors.get(kind, 0)
             samples.append(s)
             print(f"[soak] {s['t']/60:5.1f} min: " + ", ".join(f"{t} {rows[t]}" for t in TABLES)
-                  + f"; {size/2**20:.1f} MiB ({free} free pages); refresh {window.get('refresh', (0, 0))[0]/SAMPLE_S:.0f}/s"
+                  + f"; {size/2**20:.1f} MiB ({free} {'dead tuples' if a.database_url else 'free pages'}); refresh {window.get('refresh', (0, 0))[0]/SAMPLE_S:.0f}/s"
                   + f" p99 {window.get('refresh', (0, 0))[1] or 0:.1f} ms; errors {errors}", flush=True)
         stop.set()
         os.makedirs(a.out, exist_ok=True)
-        with open(os.path.join(a.out, "soak-sqlite.csv"), "w", newline="") as f:
+        with open(os.path.join(a.out, f"soak-{backend}.csv"), "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(samples[0].keys()))
             w.writeheader()
             w.writerows(samples)
-        plot(samples, kinds, os.path.join(a.out, "soak-sqlite.png"),
-             f"SQLite soak, {a.minutes:g} min: {a.refresh_rate:g} refresh/s, {a.session_rate:g} sessions/s, "
-             f"{a.key_rate:g} keys/s; janitor every 30 s")
-        print(f"[soak] wrote {a.out}/soak-sqlite.png and .csv")
+        plot(samples, kinds, os.path.join(a.out, f"soak-{backend}.png"),
+             f"{name} soak, {a.minutes:g} min: {a.refresh_rate:g} refresh/s, {a.session_rate:g} sessions/s, "
+             f"{a.key_rate:g} keys/s; janitor every 30 s", size_label)
+        print(f"[soak] wrote {a.out}/soak-{backend}.png and .csv")
     finally:
         server.terminate()
         try:
